@@ -1,0 +1,345 @@
+//! `troupe.toml`: the app manifest.
+//!
+//! An app is a directory with a `troupe.toml` that names the steps to load
+//! (a compiled component, or a plugin source directory that Troupe builds),
+//! and for each step its instance policy, concurrency, limits, retry budget
+//! and grants. Everything is checked when the file is read: unknown keys,
+//! missing files and impossible limits are errors that name the step and
+//! the key. The full reference is `docs/troupe-toml.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::contract::is_step_name;
+
+/// The manifest's file name inside an app directory.
+pub const MANIFEST: &str = "troupe.toml";
+/// The app's state folder (broker data, artifact cache) inside the app.
+pub const STATE_DIR: &str = ".troupe";
+
+/// Why an app could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: step `{step}`: {message}")]
+    Step {
+        path: PathBuf,
+        step: String,
+        message: String,
+    },
+}
+
+/// A loaded, checked `troupe.toml`.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The app directory.
+    pub dir: PathBuf,
+    /// The app's name (the `name` key, or the directory's name).
+    pub name: String,
+    /// Steps, in the order of their names.
+    pub steps: BTreeMap<String, StepConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    name: Option<String>,
+    #[serde(default)]
+    steps: BTreeMap<String, StepConfig>,
+}
+
+/// Where a step's component comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A compiled component file.
+    Component(PathBuf),
+    /// A plugin source directory, built with `troupe build`.
+    Plugin(PathBuf),
+}
+
+/// Instance policy: a fresh instance per message (no state survives a
+/// message; the default) or instances reused across messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Instances {
+    #[default]
+    Fresh,
+    Reuse,
+}
+
+/// One `[steps.NAME]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfig {
+    /// A compiled component, relative to the app directory.
+    pub component: Option<PathBuf>,
+    /// A plugin source directory, relative to the app directory.
+    pub plugin: Option<PathBuf>,
+    #[serde(default)]
+    pub instances: Instances,
+    /// Messages handled at once (default: the number of CPUs).
+    pub concurrency: Option<usize>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+/// What a step may use per message.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory, MiB.
+    pub memory_mb: u64,
+    /// Wall-clock time per message, milliseconds (epoch interruption).
+    pub timeout_ms: u64,
+    /// Events emitted per message.
+    pub max_emits: usize,
+    /// Size of one emitted event's data, bytes.
+    pub max_event_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: 64,
+            timeout_ms: 1_000,
+            max_emits: 100,
+            max_event_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Redelivery of a failed message: attempts in all, with exponential
+/// backoff from `backoff_ms`, capped at `max_backoff_ms`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            backoff_ms: 100,
+            max_backoff_ms: 30_000,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before delivery number `attempt + 1`, after `attempt`
+    /// deliveries failed.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u64 << attempt.saturating_sub(1).min(20);
+        Duration::from_millis(
+            self.backoff_ms
+                .saturating_mul(factor)
+                .min(self.max_backoff_ms),
+        )
+    }
+}
+
+/// Capabilities granted to a step. Nothing by default.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Grants {
+    /// Directories the step may open.
+    pub dirs: Vec<DirGrant>,
+    /// Environment variables the step sees.
+    pub env: BTreeMap<String, String>,
+    /// Let the step write to the host's stderr (its stdout goes there too).
+    pub stderr: bool,
+}
+
+/// A host directory mapped into the sandbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// The directory on the host, relative to the app directory.
+    pub host: PathBuf,
+    /// Where the step sees it, e.g. `/data`.
+    pub guest: String,
+    /// Whether the step may create and change files there.
+    #[serde(default)]
+    pub write: bool,
+}
+
+impl App {
+    /// Read and check `DIR/troupe.toml`.
+    pub fn load(dir: &Path) -> Result<App, AppError> {
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(|source| AppError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(dir, &path, &text)
+    }
+
+    fn parse(dir: &Path, path: &Path, text: &str) -> Result<App, AppError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| AppError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let name = manifest.name.unwrap_or_else(|| {
+            std::fs::canonicalize(dir)
+                .ok()
+                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "app".to_string())
+        });
+        if manifest.steps.is_empty() {
+            return Err(AppError::Parse {
+                path: path.to_path_buf(),
+                message: "no steps: add a `[steps.NAME]` table with a `component` or `plugin`"
+                    .into(),
+            });
+        }
+        let mut steps = BTreeMap::new();
+        for (step, mut cfg) in manifest.steps {
+            let bad = |message: String| AppError::Step {
+                path: path.to_path_buf(),
+                step: step.clone(),
+                message,
+            };
+            if !is_step_name(&step) {
+                return Err(bad(
+                    "a step name is lower-case letters, digits and `-`, starting with a letter"
+                        .into(),
+                ));
+            }
+            cfg.validate().map_err(bad)?;
+            cfg.component = cfg.component.map(|p| dir.join(p));
+            cfg.plugin = cfg.plugin.map(|p| dir.join(p));
+            for d in &mut cfg.grants.dirs {
+                d.host = dir.join(&d.host);
+            }
+            steps.insert(step, cfg);
+        }
+        Ok(App {
+            dir: dir.to_path_buf(),
+            name,
+            steps,
+        })
+    }
+
+    /// The app's state folder, `DIR/.troupe`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join(STATE_DIR)
+    }
+}
+
+impl StepConfig {
+    /// Where the component comes from.
+    pub fn source(&self) -> Source {
+        match (&self.component, &self.plugin) {
+            (Some(c), _) => Source::Component(c.clone()),
+            (None, Some(p)) => Source::Plugin(p.clone()),
+            (None, None) => unreachable!("validate() requires one of them"),
+        }
+    }
+
+    /// Messages handled at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match (&self.component, &self.plugin) {
+            (Some(_), Some(_)) => return Err("set `component` or `plugin`, not both".into()),
+            (None, None) => {
+                return Err(
+                    "set `component` (a .wasm file) or `plugin` (a source directory)".into(),
+                );
+            }
+            _ => {}
+        }
+        let l = &self.limits;
+        if l.memory_mb == 0 || l.memory_mb > crate::runtime::MAX_MEMORY_MB {
+            return Err(format!(
+                "limits.memory_mb must be between 1 and {}",
+                crate::runtime::MAX_MEMORY_MB
+            ));
+        }
+        if l.timeout_ms == 0 || l.timeout_ms > 600_000 {
+            return Err("limits.timeout_ms must be between 1 and 600000".into());
+        }
+        if self.concurrency == Some(0) || self.concurrency.is_some_and(|c| c > 256) {
+            return Err("concurrency must be between 1 and 256".into());
+        }
+        if self.retry.max_attempts == 0 {
+            return Err("retry.max_attempts must be at least 1 (1 means no retry)".into());
+        }
+        for d in &self.grants.dirs {
+            if !d.guest.starts_with('/') {
+                return Err(format!(
+                    "grants.dirs: guest path {:?} must be absolute",
+                    d.guest
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<App, AppError> {
+        App::parse(Path::new("/app"), Path::new("/app/troupe.toml"), text)
+    }
+
+    #[test]
+    fn a_minimal_app_gets_the_documented_defaults() {
+        let app = parse("[steps.echo]\ncomponent = \"echo.wasm\"\n").unwrap();
+        let s = &app.steps["echo"];
+        assert_eq!(s.source(), Source::Component("/app/echo.wasm".into()));
+        assert_eq!(s.instances, Instances::Fresh);
+        assert_eq!(s.limits.memory_mb, 64);
+        assert_eq!(s.retry.max_attempts, 5);
+        assert!(s.grants.dirs.is_empty() && s.grants.env.is_empty() && !s.grants.stderr);
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_the_step_and_key() {
+        let e = |t: &str| parse(t).unwrap_err().to_string();
+        assert!(
+            e("[steps.a]\ncomponent = \"x\"\nlimits = { memroy_mb = 3 }\n").contains("memroy_mb")
+        );
+        assert!(e("[steps.a]\n").contains("step `a`: set `component`"));
+        assert!(e("[steps.a]\ncomponent = \"x\"\nplugin = \"y\"\n").contains("not both"));
+        assert!(e("[steps.A]\ncomponent = \"x\"\n").contains("lower-case"));
+        assert!(e("[steps.a\n").contains("troupe.toml"));
+        assert!(e("name = \"x\"\n").contains("no steps"));
+        assert!(
+            e("[steps.a]\ncomponent = \"x\"\nretry = { max_attempts = 0 }\n")
+                .contains("max_attempts")
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = RetryPolicy {
+            max_attempts: 9,
+            backoff_ms: 100,
+            max_backoff_ms: 1000,
+        };
+        let ms: Vec<u128> = (1..=6).map(|a| p.backoff(a).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
+    }
+}

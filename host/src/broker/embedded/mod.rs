@@ -1,0 +1,337 @@
+//! The embedded broker: the default backend, in the app's `.troupe/` folder.
+//!
+//! Durable state lives in SQLite ([`store`]), changed only by one writer
+//! thread that commits in groups ([`writer`]). Dispatch is in memory: each
+//! consumer group has a queue that the writer fills after each commit, and
+//! that the group's workers drain. On start, a group's unsettled deliveries
+//! are read back from disk, so whatever was in flight when a process died
+//! is delivered again.
+//!
+//! Other processes on the same machine (`troupe publish APP_DIR`, `troupe
+//! dlq replay`) don't touch the queues: they append to the `inbox` table,
+//! which the writer polls while a host runs, and which a host takes on start.
+
+mod store;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::{Ack, Broker, BrokerError, Consumer, DeadLetter, Delivery, Disposition, ReasonClass};
+use crate::app::RetryPolicy;
+use crate::event::Event;
+use writer::{Op, Writer};
+
+pub use store::DB_FILE;
+
+/// Event type -> the groups subscribed to it.
+type Routes = HashMap<String, Vec<Arc<Group>>>;
+
+/// A consumer group's queue and counters.
+pub(crate) struct Group {
+    name: Arc<str>,
+    retry: RetryPolicy,
+    tx: async_channel::Sender<Delivery>,
+    rx: async_channel::Receiver<Delivery>,
+    /// Deliveries stored and not yet settled.
+    pending: AtomicU64,
+}
+
+impl Group {
+    fn push(&self, d: Delivery) {
+        // The channel is unbounded and only closes on shutdown, when a lost
+        // push is fine: the delivery is still on disk.
+        let _ = self.tx.try_send(d);
+    }
+
+    fn requeue(&self, d: Delivery) {
+        self.push(d);
+    }
+
+    fn add_pending(&self) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn settle(&self) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Consumer for Group {
+    async fn next(&self) -> Option<Delivery> {
+        self.rx.recv().await.ok()
+    }
+}
+
+/// The embedded broker.
+pub struct Embedded {
+    ops: Mutex<Option<mpsc::Sender<Op>>>,
+    routes: Arc<RwLock<Routes>>,
+    groups: Arc<RwLock<HashMap<Arc<str>, Arc<Group>>>>,
+    reader: Arc<Mutex<Connection>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    state_dir: PathBuf,
+}
+
+impl Embedded {
+    /// Open the broker in `state_dir` (created if needed). Must be called
+    /// within a tokio runtime (retries are timed on it).
+    pub fn open(state_dir: &Path) -> Result<Embedded, BrokerError> {
+        let conn = store::open(state_dir)?;
+        let reader = store::open(state_dir)?;
+        let (tx, rx) = mpsc::channel();
+        let routes = Arc::new(RwLock::new(Routes::new()));
+        let groups = Arc::new(RwLock::new(HashMap::new()));
+        let w = Writer {
+            conn,
+            ops: rx,
+            routes: routes.clone(),
+            groups: groups.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("troupe-broker".into())
+            .spawn(move || w.run())
+            .map_err(|e| BrokerError::Store(format!("cannot start the writer thread: {e}")))?;
+        Ok(Embedded {
+            ops: Mutex::new(Some(tx)),
+            routes,
+            groups,
+            reader: Arc::new(Mutex::new(reader)),
+            writer: Mutex::new(Some(handle)),
+            state_dir: state_dir.to_path_buf(),
+        })
+    }
+
+    /// The folder the broker keeps its data in.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    async fn call<T>(&self, op: impl FnOnce(writer::Reply<T>) -> Op) -> Result<T, BrokerError> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let ops = self.ops.lock().expect("ops lock");
+            let ops = ops.as_ref().ok_or(BrokerError::Closed)?;
+            ops.send(op(reply)).map_err(|_| BrokerError::Closed)?;
+        }
+        rx.await.map_err(|_| BrokerError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, BrokerError> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        // SQLite calls block: run them off the async threads.
+        let conn = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(&conn.lock().expect("reader lock")))
+            .await
+            .map_err(|e| BrokerError::Store(e.to_string()))?
+    }
+}
+
+fn seq(d: &Delivery) -> i64 {
+    match d.ack {
+        Ack::Embedded(seq) => seq,
+    }
+}
+
+#[async_trait]
+impl Broker for Embedded {
+    async fn subscribe(
+        &self,
+        group: &str,
+        kinds: &[String],
+        retry: RetryPolicy,
+    ) -> Result<Arc<dyn Consumer>, BrokerError> {
+        let name: Arc<str> = group.into();
+        if self.groups.read().expect("groups lock").contains_key(&name) {
+            return Err(BrokerError::Invalid(format!(
+                "group {group:?} is already subscribed"
+            )));
+        }
+        let (tx, rx) = async_channel::unbounded();
+        let g = Arc::new(Group {
+            name: name.clone(),
+            retry,
+            tx,
+            rx,
+            pending: AtomicU64::new(0),
+        });
+        self.groups
+            .write()
+            .expect("groups lock")
+            .insert(name, g.clone());
+        {
+            let mut routes = self.routes.write().expect("routes lock");
+            for k in kinds {
+                routes.entry(k.clone()).or_default().push(g.clone());
+            }
+        }
+        let loaded = g.clone();
+        self.call(|reply| Op::Load {
+            group: loaded,
+            reply,
+        })
+        .await?;
+        Ok(g)
+    }
+
+    async fn ready(&self) -> Result<(), BrokerError> {
+        self.call(|reply| Op::Ready { reply }).await
+    }
+
+    async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError> {
+        self.call(|reply| Op::Publish { events, reply }).await
+    }
+
+    async fn complete(&self, d: &Delivery, emitted: Vec<Event>) -> Result<(), BrokerError> {
+        let (group, seq) = (d.group.clone(), seq(d));
+        self.call(|reply| Op::Complete {
+            group,
+            seq,
+            emitted,
+            reply,
+        })
+        .await
+    }
+
+    async fn fail(
+        &self,
+        d: &Delivery,
+        class: ReasonClass,
+        message: &str,
+    ) -> Result<Disposition, BrokerError> {
+        let policy = self
+            .groups
+            .read()
+            .expect("groups lock")
+            .get(&d.group)
+            .map(|g| g.retry.clone())
+            .ok_or_else(|| BrokerError::Invalid(format!("unknown group {:?}", d.group)))?;
+        if d.attempt >= policy.max_attempts {
+            return self
+                .dead_letter(d, class, message)
+                .await
+                .map(Disposition::DeadLettered);
+        }
+        let delay = policy.backoff(d.attempt);
+        let (delivery, seq) = (d.clone(), seq(d));
+        self.call(|reply| Op::Retry {
+            delivery,
+            seq,
+            delay,
+            reply,
+        })
+        .await?;
+        Ok(Disposition::Retry(delay))
+    }
+
+    async fn dead_letter(
+        &self,
+        d: &Delivery,
+        class: ReasonClass,
+        message: &str,
+    ) -> Result<String, BrokerError> {
+        let (group, seq, attempts, message) =
+            (d.group.clone(), seq(d), d.attempt, message.to_string());
+        self.call(|reply| Op::DeadLetter {
+            group,
+            seq,
+            attempts,
+            class,
+            message,
+            reply,
+        })
+        .await
+    }
+
+    async fn dlq_list(&self) -> Result<Vec<DeadLetter>, BrokerError> {
+        self.read(|c| store::dead_letters(c, None)).await
+    }
+
+    async fn dlq_get(&self, id: &str) -> Result<DeadLetter, BrokerError> {
+        let id = id.to_string();
+        self.read(move |c| {
+            store::dead_letters(c, Some(&id))?
+                .pop()
+                .ok_or(BrokerError::NoSuchDeadLetter(id))
+        })
+        .await
+    }
+
+    async fn dlq_replay(&self, id: &str) -> Result<(), BrokerError> {
+        let id = id.to_string();
+        self.call(|reply| Op::Replay { id, reply }).await
+    }
+
+    async fn backlog(&self) -> Result<u64, BrokerError> {
+        let queued: u64 = self
+            .groups
+            .read()
+            .expect("groups lock")
+            .values()
+            .map(|g| g.pending.load(Ordering::Relaxed))
+            .sum();
+        let inbox = self.read(store::inbox_len).await?;
+        Ok(queued + inbox)
+    }
+
+    async fn close(&self) {
+        for g in self.groups.read().expect("groups lock").values() {
+            g.tx.close();
+        }
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        // Dropping the sender ends the writer once it has committed what
+        // was already asked of it.
+        self.ops.lock().expect("ops lock").take();
+        if let Some(h) = self.writer.lock().expect("writer lock").take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Work for a broker from another process: the CLI's `publish` and
+/// `dlq replay` against an app directory, whether or not a host runs.
+pub mod offline {
+    use super::*;
+
+    /// Queue events for the app's host; durable when this returns.
+    pub fn publish(state_dir: &Path, events: &[Event]) -> Result<(), BrokerError> {
+        let items: Vec<(&str, String)> = events
+            .iter()
+            .map(|e| ("publish", e.to_json().to_string()))
+            .collect();
+        store::queue(state_dir, &items)
+    }
+
+    /// Dead letters of the app (empty when no broker ever ran there).
+    pub fn dead_letters(
+        state_dir: &Path,
+        id: Option<&str>,
+    ) -> Result<Vec<DeadLetter>, BrokerError> {
+        match store::open_read(state_dir)? {
+            Some(c) => store::dead_letters(&c, id),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Queue the replay of dead letter `id`.
+    pub fn replay(state_dir: &Path, id: &str) -> Result<(), BrokerError> {
+        if dead_letters(state_dir, Some(id))?.is_empty() {
+            return Err(BrokerError::NoSuchDeadLetter(id.to_string()));
+        }
+        store::queue(state_dir, &[("replay", id.to_string())])
+    }
+}

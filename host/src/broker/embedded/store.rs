@@ -1,0 +1,256 @@
+//! The embedded broker's tables, in SQLite (WAL mode, `synchronous=FULL`:
+//! every commit is fsynced).
+//!
+//! - `events`: every event, by sequence number; the id is unique, so a
+//!   republished event is ignored.
+//! - `deliveries`: one row per (consumer group, event) not yet settled, with
+//!   the failed attempts so far and when it may next be delivered.
+//! - `dlq`: dead letters, pointing at their event.
+//! - `inbox`: work queued by other processes (`troupe publish`,
+//!   `troupe dlq replay`) for the host that owns the broker to pick up.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+
+use crate::broker::{BrokerError, DeadLetter, ReasonClass};
+use crate::event::Event;
+
+/// The broker's database file inside the app's state folder.
+pub const DB_FILE: &str = "broker.db";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL,
+    subject TEXT,
+    time TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    schema TEXT,
+    data BLOB NOT NULL,
+    extensions TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    grp TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    not_before INTEGER NOT NULL,
+    PRIMARY KEY (grp, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dlq (
+    id TEXT PRIMARY KEY,
+    grp TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    class TEXT NOT NULL,
+    message TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    time TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inbox (
+    n INTEGER PRIMARY KEY,
+    op TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+";
+
+/// Open (creating if needed) the broker database in `state_dir`.
+pub fn open(state_dir: &Path) -> Result<Connection, BrokerError> {
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| BrokerError::Store(format!("cannot create {}: {e}", state_dir.display())))?;
+    let conn = Connection::open(state_dir.join(DB_FILE))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// Open the database of `state_dir` for reading only; `None` when no
+/// broker ever ran there.
+pub fn open_read(state_dir: &Path) -> Result<Option<Connection>, BrokerError> {
+    let path = state_dir.join(DB_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(Some(conn))
+}
+
+/// Insert an event; its sequence number, or `None` if its id is known.
+pub fn insert_event(tx: &Transaction, e: &Event) -> Result<Option<i64>, BrokerError> {
+    let ext = serde_json::to_string(&e.extensions).expect("a string map serialises");
+    let n = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO events (id, kind, source, subject, time, content_type, schema, data, extensions)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            e.id, e.kind, e.source, e.subject, e.time, e.content_type, e.schema, e.data, ext
+        ])?;
+    Ok((n == 1).then(|| tx.last_insert_rowid()))
+}
+
+pub fn insert_delivery(
+    tx: &Transaction,
+    group: &str,
+    seq: i64,
+    attempts: u32,
+    not_before_ms: i64,
+) -> Result<(), BrokerError> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO deliveries (grp, seq, attempts, not_before) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![group, seq, attempts, not_before_ms])?;
+    Ok(())
+}
+
+/// Remove a delivery; whether it was there.
+pub fn delete_delivery(tx: &Transaction, group: &str, seq: i64) -> Result<bool, BrokerError> {
+    let n = tx
+        .prepare_cached("DELETE FROM deliveries WHERE grp = ?1 AND seq = ?2")?
+        .execute(params![group, seq])?;
+    Ok(n == 1)
+}
+
+pub fn insert_dead_letter(
+    tx: &Transaction,
+    id: &str,
+    group: &str,
+    seq: i64,
+    class: ReasonClass,
+    message: &str,
+    attempts: u32,
+    time: &str,
+) -> Result<(), BrokerError> {
+    tx.prepare_cached(
+        "INSERT INTO dlq (id, grp, seq, class, message, attempts, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![id, group, seq, class.as_str(), message, attempts, time])?;
+    Ok(())
+}
+
+/// Remove a dead letter; its group and event sequence number.
+pub fn take_dead_letter(tx: &Transaction, id: &str) -> Result<(String, i64), BrokerError> {
+    let row: Option<(String, i64)> = tx
+        .query_row("SELECT grp, seq FROM dlq WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let row = row.ok_or_else(|| BrokerError::NoSuchDeadLetter(id.to_string()))?;
+    tx.execute("DELETE FROM dlq WHERE id = ?1", [id])?;
+    Ok(row)
+}
+
+/// The event with sequence number `seq`.
+pub fn event(conn: &Connection, seq: i64) -> Result<Event, BrokerError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"
+    ))?;
+    Ok(stmt.query_row([seq], row_event)?)
+}
+
+/// A group's unsettled deliveries: (seq, failed attempts, not before, event).
+pub fn pending(conn: &Connection, group: &str) -> Result<Vec<(i64, u32, i64, Event)>, BrokerError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT d.seq, d.attempts, d.not_before, {EVENT_COLUMNS}
+         FROM deliveries d JOIN events e ON e.seq = d.seq WHERE d.grp = ?1 ORDER BY d.seq"
+    ))?;
+    let rows = stmt.query_map([group], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, row_event_at(r, 3)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+const EVENT_COLUMNS: &str =
+    "e.id, e.kind, e.source, e.subject, e.time, e.content_type, e.schema, e.data, e.extensions";
+
+fn row_event(r: &rusqlite::Row) -> rusqlite::Result<Event> {
+    row_event_at(r, 0)
+}
+
+fn row_event_at(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Event> {
+    let ext: String = r.get(at + 8)?;
+    let extensions: BTreeMap<String, String> = serde_json::from_str(&ext).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(at + 8, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(Event {
+        id: r.get(at)?,
+        kind: r.get(at + 1)?,
+        source: r.get(at + 2)?,
+        subject: r.get(at + 3)?,
+        time: r.get(at + 4)?,
+        content_type: r.get(at + 5)?,
+        schema: r.get(at + 6)?,
+        data: r.get(at + 7)?,
+        extensions,
+    })
+}
+
+/// Dead letters, oldest first, or one by id.
+pub fn dead_letters(conn: &Connection, id: Option<&str>) -> Result<Vec<DeadLetter>, BrokerError> {
+    let sql = format!(
+        "SELECT q.id, q.grp, q.class, q.message, q.attempts, q.time, {EVENT_COLUMNS}
+         FROM dlq q JOIN events e ON e.seq = q.seq {} ORDER BY q.time, q.id",
+        if id.is_some() { "WHERE q.id = ?1" } else { "" }
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let map = |r: &rusqlite::Row| {
+        let class: String = r.get(2)?;
+        Ok(DeadLetter {
+            id: r.get(0)?,
+            step: r.get(1)?,
+            class: ReasonClass::parse(&class).unwrap_or(ReasonClass::Rejected),
+            message: r.get(3)?,
+            attempts: r.get(4)?,
+            time: r.get(5)?,
+            event: row_event_at(r, 6)?,
+        })
+    };
+    let rows = match id {
+        Some(id) => stmt.query_map([id], map)?.collect::<Result<Vec<_>, _>>()?,
+        None => stmt.query_map([], map)?.collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(rows)
+}
+
+/// Queue work for the host that owns the broker (`op` is `publish`, with a
+/// CloudEvents JSON body, or `replay`, with a dead letter's id).
+pub fn queue(state_dir: &Path, items: &[(&str, String)]) -> Result<(), BrokerError> {
+    let mut conn = open(state_dir)?;
+    let tx = conn.transaction()?;
+    for (op, body) in items {
+        tx.execute(
+            "INSERT INTO inbox (op, body) VALUES (?1, ?2)",
+            params![op, body],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Queued inbox items: (n, op, body).
+pub fn inbox(conn: &Connection) -> Result<Vec<(i64, String, String)>, BrokerError> {
+    let mut stmt = conn.prepare_cached("SELECT n, op, body FROM inbox ORDER BY n LIMIT 1000")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn delete_inbox(tx: &Transaction, n: i64) -> Result<(), BrokerError> {
+    tx.prepare_cached("DELETE FROM inbox WHERE n = ?1")?
+        .execute([n])?;
+    Ok(())
+}
+
+/// How many inbox items wait.
+pub fn inbox_len(conn: &Connection) -> Result<u64, BrokerError> {
+    Ok(conn.query_row("SELECT count(*) FROM inbox", [], |r| r.get(0))?)
+}
+
+/// `PRAGMA data_version`: changes when another connection commits.
+pub fn data_version(conn: &Connection) -> Result<i64, BrokerError> {
+    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}

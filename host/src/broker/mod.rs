@@ -1,0 +1,224 @@
+//! The message broker: a small trait, and its backends.
+//!
+//! - [`embedded`]: the default. SQLite in the app's `.troupe/` folder, group
+//!   commits, in-memory dispatch.
+//!
+//! The trait is what the rest of Troupe sees. Its promises, which every
+//! backend keeps:
+//!
+//! - **`publish` returns only when the events are durable**; nothing a
+//!   producer was told is accepted is lost when the process dies.
+//! - One consumer group per subscribed step: each event of a kind the group
+//!   subscribed to is delivered to one member of the group, at least once.
+//! - **`complete` acknowledges a delivery and publishes what the step
+//!   emitted as one unit** where the backend can (the embedded one does, in
+//!   one transaction); elsewhere outputs are published first, then the ack,
+//!   so a crash between them yields a duplicate with the same event id,
+//!   never a loss.
+//! - `fail` redelivers with exponential backoff up to the group's retry
+//!   budget, then dead-letters; `dead_letter` does so at once.
+//! - A dead letter keeps the original event, the step, the reason class and
+//!   the message, and can be replayed to the same step.
+
+pub mod embedded;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::app::RetryPolicy;
+use crate::event::Event;
+
+/// What can go wrong talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker store: {0}")]
+    Store(String),
+    #[error("the broker is shut down")]
+    Closed,
+    #[error("no dead letter with id {0:?}")]
+    NoSuchDeadLetter(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<rusqlite::Error> for BrokerError {
+    fn from(e: rusqlite::Error) -> Self {
+        BrokerError::Store(e.to_string())
+    }
+}
+
+/// Why a message is in the dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReasonClass {
+    /// The step rejected it.
+    Rejected,
+    /// It broke a contract, on the way in or out.
+    Contract,
+    /// The step kept asking for retries past its budget.
+    Exhausted,
+    /// The step kept trapping.
+    Trap,
+    /// The step kept running past a limit.
+    Limit,
+}
+
+impl ReasonClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonClass::Rejected => "rejected",
+            ReasonClass::Contract => "contract",
+            ReasonClass::Exhausted => "exhausted",
+            ReasonClass::Trap => "trap",
+            ReasonClass::Limit => "limit",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReasonClass> {
+        [
+            ReasonClass::Rejected,
+            ReasonClass::Contract,
+            ReasonClass::Exhausted,
+            ReasonClass::Trap,
+            ReasonClass::Limit,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ReasonClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a backend identifies a delivery when it is settled.
+#[derive(Debug, Clone)]
+pub(crate) enum Ack {
+    /// The embedded broker's event sequence number.
+    Embedded(i64),
+}
+
+/// One event handed to one consumer group.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The consumer group (the step's name).
+    pub group: Arc<str>,
+    pub event: Arc<Event>,
+    /// 1 for the first delivery, 2 for the first retry, ...
+    pub attempt: u32,
+    pub(crate) ack: Ack,
+}
+
+/// What happened to a failed delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// It will be delivered again after this wait.
+    Retry(Duration),
+    /// The retry budget is spent: it is in the DLQ under this id.
+    DeadLettered(String),
+}
+
+/// A dead letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: String,
+    /// The step (consumer group) that could not handle it.
+    pub step: String,
+    pub class: ReasonClass,
+    pub message: String,
+    /// Deliveries made before it was dead-lettered.
+    pub attempts: u32,
+    /// When it was dead-lettered, RFC 3339.
+    pub time: String,
+    pub event: Event,
+}
+
+impl DeadLetter {
+    /// The JSON form the CLI and the HTTP API show.
+    pub fn to_json(&self, with_event: bool) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "id": self.id,
+            "step": self.step,
+            "class": self.class,
+            "message": self.message,
+            "attempts": self.attempts,
+            "time": self.time,
+            "event_id": self.event.id,
+            "event_type": self.event.kind,
+        });
+        if with_event {
+            v["event"] = self.event.to_json();
+        }
+        v
+    }
+}
+
+/// The members of one consumer group take deliveries from this.
+#[async_trait]
+pub trait Consumer: Send + Sync {
+    /// The next delivery, waiting for one; `None` once the broker closes.
+    async fn next(&self) -> Option<Delivery>;
+}
+
+/// A message broker backend.
+#[async_trait]
+pub trait Broker: Send + Sync {
+    /// Declare consumer group `group` for event types `kinds`, with its retry
+    /// budget. Deliveries left pending by an earlier process are resumed.
+    async fn subscribe(
+        &self,
+        group: &str,
+        kinds: &[String],
+        retry: RetryPolicy,
+    ) -> Result<Arc<dyn Consumer>, BrokerError>;
+
+    /// Every group is declared: start taking events queued from outside
+    /// (other processes' `troupe publish`) and routing them.
+    async fn ready(&self) -> Result<(), BrokerError>;
+
+    /// Publish events; returns when they are durable. An event whose id was
+    /// already published is ignored (deduplication).
+    async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError>;
+
+    /// Acknowledge `delivery` and publish what handling it emitted.
+    async fn complete(&self, delivery: &Delivery, emitted: Vec<Event>) -> Result<(), BrokerError>;
+
+    /// A retryable failure: redeliver later, or dead-letter as `class` when
+    /// the group's retry budget is spent.
+    async fn fail(
+        &self,
+        delivery: &Delivery,
+        class: ReasonClass,
+        message: &str,
+    ) -> Result<Disposition, BrokerError>;
+
+    /// Dead-letter `delivery` now; returns the DLQ id.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        class: ReasonClass,
+        message: &str,
+    ) -> Result<String, BrokerError>;
+
+    /// Dead letters, oldest first.
+    async fn dlq_list(&self) -> Result<Vec<DeadLetter>, BrokerError>;
+
+    /// One dead letter.
+    async fn dlq_get(&self, id: &str) -> Result<DeadLetter, BrokerError>;
+
+    /// Deliver a dead letter to its step again, with a fresh retry budget,
+    /// and remove it from the DLQ.
+    async fn dlq_replay(&self, id: &str) -> Result<(), BrokerError>;
+
+    /// Deliveries not yet settled (waiting, in flight, or backing off).
+    async fn backlog(&self) -> Result<u64, BrokerError>;
+
+    /// Stop delivering: consumers get `None`. Calls already made still
+    /// complete; dropping the broker flushes them.
+    async fn close(&self);
+}

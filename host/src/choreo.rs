@@ -1,0 +1,244 @@
+//! Choreography: feeding deliveries to a step and routing what it emits.
+//!
+//! Each step gets `concurrency` worker threads. A worker takes a delivery
+//! from the step's consumer group, checks it against the step's contract,
+//! runs the guest, checks every emitted event against the contract, stamps
+//! the host-owned attributes on it (id, source, time, correlation,
+//! causation, trace, schema) and hands the lot to the broker, which acks the
+//! input and publishes the outputs together. There is no central
+//! controller: the broker's routing by event type is the whole wiring.
+//!
+//! **The broker never waits on a guest**: guests run on these worker
+//! threads, and the workers hand broker calls to the async runtime without
+//! waiting for their commit (at most [`MAX_UNSETTLED`] per step), so a slow
+//! fsync does not idle a worker and a slow guest does not hold a commit.
+//!
+//! A contract violation, in either direction, is never retried: the input
+//! goes to the DLQ at once, classed `contract`, and an alert is raised: an
+//! error log line, a counter, and a `troupe.alert.contract` event.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+
+use crate::broker::{Broker, BrokerError, Consumer, Delivery, Disposition, ReasonClass};
+use crate::contract::Violation;
+use crate::event::{Emitted, Event, JSON};
+use crate::runtime::step::{Failure, LoadedStep};
+use crate::stats::StepStats;
+
+/// Broker calls a step's workers may have outstanding at once.
+pub const MAX_UNSETTLED: usize = 4096;
+/// The type of the alert raised for a contract violation.
+pub const CONTRACT_ALERT: &str = "troupe.alert.contract";
+
+/// What a step's workers share.
+pub struct Wiring {
+    pub step: Arc<LoadedStep>,
+    pub consumer: Arc<dyn Consumer>,
+    pub broker: Arc<dyn Broker>,
+    pub stats: Arc<StepStats>,
+    /// `source` of the events the step emits, `troupe://APP/step/NAME`.
+    pub source: String,
+    /// `source` of the host's own events (alerts).
+    pub host_source: String,
+    pub runtime: Handle,
+    unsettled: Arc<Semaphore>,
+}
+
+impl Wiring {
+    pub fn new(
+        step: Arc<LoadedStep>,
+        consumer: Arc<dyn Consumer>,
+        broker: Arc<dyn Broker>,
+        stats: Arc<StepStats>,
+        app: &str,
+        runtime: Handle,
+    ) -> Wiring {
+        Wiring {
+            source: format!("troupe://{app}/step/{}", step.name()),
+            host_source: format!("troupe://{app}/host"),
+            step,
+            consumer,
+            broker,
+            stats,
+            runtime,
+            unsettled: Arc::new(Semaphore::new(MAX_UNSETTLED)),
+        }
+    }
+
+    /// Start the step's worker threads; they end when the broker closes.
+    pub fn spawn(self: &Arc<Self>) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+        (0..self.step.sandbox.config.concurrency())
+            .map(|i| {
+                let w = self.clone();
+                std::thread::Builder::new()
+                    .name(format!("step-{}-{i}", self.step.name()))
+                    .spawn(move || w.work())
+            })
+            .collect()
+    }
+
+    /// Wait until every broker call the workers started has finished.
+    pub async fn drain(&self) {
+        let _ = self.unsettled.acquire_many(MAX_UNSETTLED as u32).await;
+    }
+
+    fn work(&self) {
+        while let Some(d) = self.runtime.block_on(self.consumer.next()) {
+            self.process(d);
+        }
+    }
+
+    /// Handle one delivery, start to finish.
+    pub fn process(&self, d: Delivery) {
+        let step = &self.step;
+        if let Err(v) = step.contract.check_input(&d.event) {
+            return self.violation(d, v);
+        }
+        let start = Instant::now();
+        let result = step.handle(&d.event, d.attempt);
+        StepStats::add(&self.stats.guest_micros, start.elapsed().as_micros() as u64);
+        match result {
+            Ok(emits) => {
+                let mut out = Vec::with_capacity(emits.len());
+                for (i, e) in emits.into_iter().enumerate() {
+                    let ct = e.content_type.unwrap_or_else(|| JSON.to_string());
+                    let declared = match step.contract.check_output(&e.kind, &ct, &e.data) {
+                        Ok(t) => t.urn.clone(),
+                        Err(v) => return self.violation(d, v),
+                    };
+                    let emitted = Emitted {
+                        kind: e.kind,
+                        subject: e.subject,
+                        content_type: Some(ct),
+                        data: e.data,
+                        schema: Some(declared),
+                    };
+                    out.push(d.event.caused(step.name(), &self.source, i, emitted));
+                }
+                tracing::info!(
+                    step = %step.name(),
+                    event = %d.event.id,
+                    "{} -> [{}] in {:.0?}",
+                    d.event.kind,
+                    out.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>().join(", "),
+                    start.elapsed()
+                );
+                StepStats::add(&self.stats.handled, 1);
+                StepStats::add(&self.stats.emitted, out.len() as u64);
+                let b = self.broker.clone();
+                self.settle(async move { b.complete(&d, out).await });
+            }
+            Err(Failure::Reject(m)) => self.dead_letter(d, ReasonClass::Rejected, m),
+            Err(f) => {
+                let class = match &f {
+                    Failure::Trap(_) => ReasonClass::Trap,
+                    Failure::Limit(_) => ReasonClass::Limit,
+                    _ => ReasonClass::Exhausted,
+                };
+                let message = f.to_string();
+                let (b, stats, step_name) =
+                    (self.broker.clone(), self.stats.clone(), step.name().clone());
+                self.settle(async move {
+                    match b.fail(&d, class, &message).await? {
+                        Disposition::Retry(after) => {
+                            StepStats::add(&stats.retried, 1);
+                            tracing::warn!(
+                                step = %step_name,
+                                event = %d.event.id,
+                                attempt = d.attempt,
+                                "{message}; retrying in {after:.0?}"
+                            );
+                        }
+                        Disposition::DeadLettered(id) => {
+                            StepStats::add(&stats.dead_lettered, 1);
+                            tracing::error!(
+                                step = %step_name,
+                                event = %d.event.id,
+                                attempt = d.attempt,
+                                dlq = %id,
+                                "{message}; retry budget spent, dead-lettered as {class}"
+                            );
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
+
+    fn dead_letter(&self, d: Delivery, class: ReasonClass, message: String) {
+        let (b, stats, step) = (
+            self.broker.clone(),
+            self.stats.clone(),
+            self.step.name().clone(),
+        );
+        self.settle(async move {
+            let id = b.dead_letter(&d, class, &message).await?;
+            StepStats::add(&stats.dead_lettered, 1);
+            tracing::warn!(step = %step, event = %d.event.id, dlq = %id, "dead-lettered as {class}: {message}");
+            Ok(())
+        });
+    }
+
+    /// A contract violation: DLQ at once, and an alert.
+    fn violation(&self, d: Delivery, v: Violation) {
+        StepStats::add(&self.stats.contract_violations, 1);
+        let (b, stats, step, host_source) = (
+            self.broker.clone(),
+            self.stats.clone(),
+            self.step.name().clone(),
+            self.host_source.clone(),
+        );
+        self.settle(async move {
+            let message = v.to_string();
+            let id = b.dead_letter(&d, ReasonClass::Contract, &message).await?;
+            StepStats::add(&stats.dead_lettered, 1);
+            tracing::error!(
+                step = %step,
+                event = %d.event.id,
+                dlq = %id,
+                alert = CONTRACT_ALERT,
+                "contract violation, dead-lettered without retry: {message}"
+            );
+            let alert = serde_json::json!({
+                "step": &*step,
+                "event_id": d.event.id,
+                "event_type": d.event.kind,
+                "direction": match v {
+                    Violation::NotConsumed(_) | Violation::NotJson { direction: crate::contract::Direction::Input, .. }
+                    | Violation::Schema { direction: crate::contract::Direction::Input, .. } => "input",
+                    _ => "output",
+                },
+                "reason": message,
+                "dlq_id": id,
+            });
+            let mut e = Event::new(CONTRACT_ALERT, &host_source, alert.to_string().into_bytes());
+            e.subject = Some(step.to_string());
+            e.extensions.insert(crate::event::CORRELATION_ID.into(), d.event.correlation_id().to_string());
+            e.extensions.insert(crate::event::CAUSATION_ID.into(), d.event.id.clone());
+            b.publish(vec![e]).await
+        });
+    }
+
+    /// Run a broker call on the async runtime without waiting for it; at
+    /// most [`MAX_UNSETTLED`] at once per step (the worker waits beyond).
+    fn settle(&self, call: impl Future<Output = Result<(), BrokerError>> + Send + 'static) {
+        let permit = self
+            .runtime
+            .block_on(self.unsettled.clone().acquire_owned())
+            .expect("the semaphore is never closed");
+        let step = self.step.name().clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = call.await {
+                // The delivery stays unsettled in the broker and is
+                // delivered again after a restart: nothing is lost.
+                tracing::error!(step = %step, "broker call failed: {e}");
+            }
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,346 @@
+//! Step contracts: what a step consumes and produces, and the checks made on
+//! every message that crosses the sandbox boundary.
+//!
+//! A contract comes out of the component itself (its `describe` export), is
+//! checked once when the step loads (names, semver versions, schemas that
+//! compile), and its JSON Schemas are compiled once into validators. After
+//! that, [`StepContract::check_input`] and [`StepContract::check_output`] are
+//! the two gates every event passes, on the hot path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::event::{Event, is_json_type, schema_urn};
+use crate::world;
+
+/// A contract that does not hold together: the step cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("step name {0:?} must be lower-case letters, digits and `-`, starting with a letter")]
+    Name(String),
+    #[error("{what} version {version:?} is not semver (MAJOR.MINOR.PATCH)")]
+    Version { what: String, version: String },
+    #[error("event type {0:?} must be lower-case words joined by `.` (letters, digits, `-`, `_`)")]
+    Kind(String),
+    #[error("event type {kind:?} is declared twice in `{list}`")]
+    Duplicate { kind: String, list: &'static str },
+    #[error("the schema of {kind:?} is not JSON: {error}")]
+    SchemaJson { kind: String, error: String },
+    #[error("the schema of {kind:?} is not a valid JSON Schema: {error}")]
+    Schema { kind: String, error: String },
+}
+
+/// Why an event broke a contract: the reason recorded in the DLQ.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Violation {
+    #[error("step does not consume {0:?}")]
+    NotConsumed(String),
+    #[error("step emitted {0:?}, which its contract does not declare in `produces`")]
+    Undeclared(String),
+    #[error("{direction} {kind:?} data is not JSON: {error}")]
+    NotJson {
+        direction: Direction,
+        kind: String,
+        error: String,
+    },
+    #[error("{direction} {kind:?} data breaks schema {version}: {errors}")]
+    Schema {
+        direction: Direction,
+        kind: String,
+        version: String,
+        errors: String,
+    },
+}
+
+/// Which way a message was crossing the sandbox boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Input,
+    Output,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::Input => "input",
+            Direction::Output => "output",
+        })
+    }
+}
+
+/// One declared event type with its compiled schema.
+pub struct EventType {
+    pub kind: String,
+    pub version: String,
+    pub description: String,
+    /// The schema as the step declared it.
+    pub schema: Value,
+    /// `dataschema` of events of this type.
+    pub urn: String,
+    validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventType")
+            .field("kind", &self.kind)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A step's contract, checked and compiled.
+#[derive(Debug)]
+pub struct StepContract {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub deterministic: bool,
+    pub consumes: Vec<Arc<EventType>>,
+    pub produces: Vec<Arc<EventType>>,
+    consumes_by_kind: HashMap<String, Arc<EventType>>,
+    produces_by_kind: HashMap<String, Arc<EventType>>,
+}
+
+impl StepContract {
+    /// Check and compile the contract a step returned from `describe`.
+    pub fn compile(c: world::Contract) -> Result<StepContract, ContractError> {
+        if !is_step_name(&c.name) {
+            return Err(ContractError::Name(c.name));
+        }
+        check_semver(&format!("step {:?}", c.name), &c.version)?;
+        let consumes = compile_list(c.consumes, "consumes")?;
+        let produces = compile_list(c.produces, "produces")?;
+        let index = |l: &[Arc<EventType>]| l.iter().map(|t| (t.kind.clone(), t.clone())).collect();
+        Ok(StepContract {
+            consumes_by_kind: index(&consumes),
+            produces_by_kind: index(&produces),
+            name: c.name,
+            version: c.version,
+            description: c.description,
+            deterministic: c.deterministic,
+            consumes,
+            produces,
+        })
+    }
+
+    /// The event types the step consumes.
+    pub fn consumed_kinds(&self) -> Vec<String> {
+        self.consumes.iter().map(|t| t.kind.clone()).collect()
+    }
+
+    /// The declared type `kind` that the step produces, if any.
+    pub fn produced(&self, kind: &str) -> Option<&Arc<EventType>> {
+        self.produces_by_kind.get(kind)
+    }
+
+    /// Gate on the way in: the step declared `event.kind` and the data
+    /// follows its schema.
+    pub fn check_input(&self, event: &Event) -> Result<(), Violation> {
+        let t = self
+            .consumes_by_kind
+            .get(&event.kind)
+            .ok_or_else(|| Violation::NotConsumed(event.kind.clone()))?;
+        check_data(t, Direction::Input, &event.content_type, &event.data)
+    }
+
+    /// Gate on the way out: the step declared `kind` in `produces` and the
+    /// data follows its schema. Returns the declared type.
+    pub fn check_output(
+        &self,
+        kind: &str,
+        content_type: &str,
+        data: &[u8],
+    ) -> Result<&Arc<EventType>, Violation> {
+        let t = self
+            .produces_by_kind
+            .get(kind)
+            .ok_or_else(|| Violation::Undeclared(kind.to_string()))?;
+        check_data(t, Direction::Output, content_type, data)?;
+        Ok(t)
+    }
+}
+
+fn check_data(
+    t: &EventType,
+    direction: Direction,
+    content_type: &str,
+    data: &[u8],
+) -> Result<(), Violation> {
+    if !is_json_type(content_type) {
+        // Only JSON data has a schema to check; other media types pass as
+        // opaque bytes.
+        return Ok(());
+    }
+    let value: Value = serde_json::from_slice(data).map_err(|e| Violation::NotJson {
+        direction,
+        kind: t.kind.clone(),
+        error: e.to_string(),
+    })?;
+    if t.validator.is_valid(&value) {
+        return Ok(());
+    }
+    let errors: Vec<String> = t
+        .validator
+        .iter_errors(&value)
+        .take(5)
+        .map(|e| {
+            let path = e.instance_path.to_string();
+            format!("{}: {e}", if path.is_empty() { "/" } else { &path })
+        })
+        .collect();
+    Err(Violation::Schema {
+        direction,
+        kind: t.kind.clone(),
+        version: t.version.clone(),
+        errors: errors.join("; "),
+    })
+}
+
+fn compile_list(
+    list: Vec<world::EventContract>,
+    name: &'static str,
+) -> Result<Vec<Arc<EventType>>, ContractError> {
+    let mut out: Vec<Arc<EventType>> = Vec::with_capacity(list.len());
+    for c in list {
+        if !is_kind(&c.kind) {
+            return Err(ContractError::Kind(c.kind));
+        }
+        if out.iter().any(|t| t.kind == c.kind) {
+            return Err(ContractError::Duplicate {
+                kind: c.kind,
+                list: name,
+            });
+        }
+        check_semver(&format!("event type {:?}", c.kind), &c.version)?;
+        let schema: Value =
+            serde_json::from_str(&c.schema).map_err(|e| ContractError::SchemaJson {
+                kind: c.kind.clone(),
+                error: e.to_string(),
+            })?;
+        let validator = compile_schema(&schema).map_err(|error| ContractError::Schema {
+            kind: c.kind.clone(),
+            error,
+        })?;
+        out.push(Arc::new(EventType {
+            urn: schema_urn(&c.kind, &c.version),
+            kind: c.kind,
+            version: c.version,
+            description: c.description,
+            schema,
+            validator,
+        }));
+    }
+    Ok(out)
+}
+
+/// Compile a JSON Schema; the schema itself is first checked against its
+/// meta-schema so that a typo is an error, not a schema that accepts all.
+pub fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
+    if let Err(e) = jsonschema::meta::validate(schema) {
+        return Err(e.to_string());
+    }
+    jsonschema::validator_for(schema).map_err(|e| e.to_string())
+}
+
+/// `MAJOR.MINOR.PATCH`, each a number, with an optional `-pre` suffix.
+fn check_semver(what: &str, v: &str) -> Result<(), ContractError> {
+    let core = v.split(['-', '+']).next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
+    let ok = parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(ContractError::Version {
+            what: what.to_string(),
+            version: v.to_string(),
+        })
+    }
+}
+
+/// Step names: `order-validate`.
+pub fn is_step_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_lowercase())
+        && s.len() <= 64
+        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+/// Event types: `order.placed`, `troupe.alert.contract`.
+pub fn is_kind(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.split('.').all(|w| {
+            let mut b = w.bytes();
+            matches!(b.next(), Some(c) if c.is_ascii_lowercase())
+                && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contract(schema: &str) -> world::Contract {
+        world::Contract {
+            name: "s".into(),
+            version: "1.0.0".into(),
+            description: String::new(),
+            consumes: vec![world::EventContract {
+                kind: "a.b".into(),
+                version: "1.0.0".into(),
+                schema: schema.into(),
+                description: String::new(),
+            }],
+            produces: vec![],
+            deterministic: true,
+        }
+    }
+
+    #[test]
+    fn schemas_are_enforced() {
+        let c = StepContract::compile(contract(r#"{"type":"object","required":["x"]}"#)).unwrap();
+        let ok = Event::new("a.b", "t", br#"{"x":1}"#.to_vec());
+        assert!(c.check_input(&ok).is_ok());
+        let bad = Event::new("a.b", "t", br#"{"y":1}"#.to_vec());
+        let err = c.check_input(&bad).unwrap_err().to_string();
+        assert!(err.contains("\"x\" is a required property"), "{err}");
+        let junk = Event::new("a.b", "t", b"{".to_vec());
+        assert!(matches!(
+            c.check_input(&junk),
+            Err(Violation::NotJson { .. })
+        ));
+        let other = Event::new("c.d", "t", b"{}".to_vec());
+        assert!(matches!(
+            c.check_input(&other),
+            Err(Violation::NotConsumed(_))
+        ));
+        assert!(matches!(
+            c.check_output("a.b", "application/json", b"{}"),
+            Err(Violation::Undeclared(_))
+        ));
+    }
+
+    #[test]
+    fn broken_contracts_are_refused() {
+        let e = |c| StepContract::compile(c).unwrap_err().to_string();
+        assert!(e(contract("{not json")).contains("not JSON"));
+        assert!(e(contract(r#"{"type": 12}"#)).contains("not a valid JSON Schema"));
+        let mut c = contract("{}");
+        c.version = "1.0".into();
+        assert!(e(c).contains("semver"));
+        let mut c = contract("{}");
+        c.name = "Bad Name".into();
+        assert!(e(c).contains("step name"));
+        let mut c = contract("{}");
+        c.consumes[0].kind = "Order Placed".into();
+        assert!(e(c).contains("event type"));
+    }
+}

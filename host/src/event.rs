@@ -1,0 +1,322 @@
+//! The event envelope: CloudEvents 1.0 plus Troupe's extensions.
+//!
+//! This is the host's own representation, used by the broker and the
+//! router. It converts to and from the guest's `event` record (see
+//! [`crate::world`]) and to and from the CloudEvents JSON format, which is
+//! what the CLI and the HTTP API speak.
+//!
+//! Ids: events entering from outside get a UUIDv7 (time-ordered) unless the
+//! producer set one. Events a step emits get a UUIDv5 derived from the id of
+//! the event that caused them, the step and the position in the step's
+//! output, so a redelivered input yields the same output ids and a consumer
+//! can recognise the duplicate.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Extension attribute: the cascade or run an event belongs to.
+pub const CORRELATION_ID: &str = "correlationid";
+/// Extension attribute: the id of the event that caused this one.
+pub const CAUSATION_ID: &str = "causationid";
+/// Extension attribute: W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+/// The default content type of event data.
+pub const JSON: &str = "application/json";
+
+/// Namespace of the UUIDv5 ids given to emitted events.
+const EMIT_NAMESPACE: Uuid = Uuid::from_u128(0x6a1e_4a36_3b1f_4e39_9d7c_5e1f_0a7b_c0de);
+
+/// One event, as stored and routed by the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub source: String,
+    pub kind: String,
+    pub subject: Option<String>,
+    pub time: String,
+    pub content_type: String,
+    pub schema: Option<String>,
+    pub data: Vec<u8>,
+    /// Extension attributes, including `correlationid`, `causationid` and
+    /// `traceparent`.
+    pub extensions: BTreeMap<String, String>,
+}
+
+/// Why a CloudEvents JSON document could not be read as an event.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("an event must be a JSON object")]
+    NotAnObject,
+    #[error("attribute `{0}` is required")]
+    Missing(&'static str),
+    #[error("attribute `{0}` must be a string")]
+    NotAString(String),
+    #[error("specversion {0:?} is not supported (only \"1.0\")")]
+    SpecVersion(String),
+    #[error("`data_base64` is not valid base64")]
+    Base64,
+    #[error("extension attribute names are lower-case letters and digits, at most 20: {0:?}")]
+    ExtensionName(String),
+}
+
+impl Event {
+    /// A new event entering the system from a producer: fresh id, time and
+    /// trace; its own id is its correlation id.
+    pub fn new(kind: &str, source: &str, data: Vec<u8>) -> Event {
+        let id = Uuid::now_v7().to_string();
+        let mut extensions = BTreeMap::new();
+        extensions.insert(CORRELATION_ID.to_string(), id.clone());
+        extensions.insert(TRACEPARENT.to_string(), new_traceparent(None));
+        Event {
+            id,
+            source: source.to_string(),
+            kind: kind.to_string(),
+            subject: None,
+            time: now_rfc3339(),
+            content_type: JSON.to_string(),
+            schema: None,
+            data,
+            extensions,
+        }
+    }
+
+    /// The correlation id (the cascade or run), falling back to the id.
+    pub fn correlation_id(&self) -> &str {
+        self.extensions
+            .get(CORRELATION_ID)
+            .map_or(&self.id, |s| s.as_str())
+    }
+
+    /// The id of the event that caused this one, if any.
+    pub fn causation_id(&self) -> Option<&str> {
+        self.extensions.get(CAUSATION_ID).map(|s| s.as_str())
+    }
+
+    /// True when `data` is JSON and so is checked against schemas.
+    pub fn is_json(&self) -> bool {
+        is_json_type(&self.content_type)
+    }
+
+    /// The event a step emitted in answer to `self`: ids, source, time,
+    /// correlation, causation and trace are set by the host here, never by
+    /// the guest. `index` is the position in the step's output.
+    pub fn caused(&self, step: &str, source: &str, index: usize, out: Emitted) -> Event {
+        let name = format!("{}/{}/{}", self.id, step, index);
+        let id = Uuid::new_v5(&EMIT_NAMESPACE, name.as_bytes()).to_string();
+        let mut extensions = BTreeMap::new();
+        extensions.insert(
+            CORRELATION_ID.to_string(),
+            self.correlation_id().to_string(),
+        );
+        extensions.insert(CAUSATION_ID.to_string(), self.id.clone());
+        extensions.insert(
+            TRACEPARENT.to_string(),
+            new_traceparent(self.extensions.get(TRACEPARENT).map(|s| s.as_str())),
+        );
+        Event {
+            id,
+            source: source.to_string(),
+            kind: out.kind,
+            subject: out.subject.or_else(|| self.subject.clone()),
+            time: now_rfc3339(),
+            content_type: out.content_type.unwrap_or_else(|| JSON.to_string()),
+            schema: out.schema,
+            data: out.data,
+            extensions,
+        }
+    }
+
+    /// The CloudEvents JSON form (structured mode).
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("specversion".into(), "1.0".into());
+        m.insert("id".into(), self.id.clone().into());
+        m.insert("source".into(), self.source.clone().into());
+        m.insert("type".into(), self.kind.clone().into());
+        if let Some(s) = &self.subject {
+            m.insert("subject".into(), s.clone().into());
+        }
+        m.insert("time".into(), self.time.clone().into());
+        m.insert("datacontenttype".into(), self.content_type.clone().into());
+        if let Some(s) = &self.schema {
+            m.insert("dataschema".into(), s.clone().into());
+        }
+        for (k, v) in &self.extensions {
+            m.insert(k.clone(), v.clone().into());
+        }
+        match serde_json::from_slice::<Value>(&self.data) {
+            Ok(v) if self.is_json() => {
+                m.insert("data".into(), v);
+            }
+            _ => {
+                use base64::Engine as _;
+                let b = base64::engine::general_purpose::STANDARD.encode(&self.data);
+                m.insert("data_base64".into(), b.into());
+            }
+        }
+        Value::Object(m)
+    }
+
+    /// Read the CloudEvents JSON form. Attributes the producer leaves out
+    /// (`id`, `time`, `source`, the correlation) are filled in as for
+    /// [`Event::new`].
+    pub fn from_json(value: Value, default_source: &str) -> Result<Event, EnvelopeError> {
+        let Value::Object(mut m) = value else {
+            return Err(EnvelopeError::NotAnObject);
+        };
+        let mut take = |name: &'static str| -> Result<Option<String>, EnvelopeError> {
+            match m.remove(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(EnvelopeError::NotAString(name.to_string())),
+            }
+        };
+        if let Some(v) = take("specversion")?
+            && v != "1.0"
+        {
+            return Err(EnvelopeError::SpecVersion(v));
+        }
+        let kind = take("type")?.ok_or(EnvelopeError::Missing("type"))?;
+        let id = take("id")?;
+        let source = take("source")?;
+        let subject = take("subject")?;
+        let time = take("time")?;
+        let content_type = take("datacontenttype")?;
+        let schema = take("dataschema")?;
+        let b64 = take("data_base64")?;
+        let data = match (m.remove("data"), b64) {
+            (Some(v), _) => serde_json::to_vec(&v).expect("a JSON value serialises"),
+            (None, Some(b)) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .map_err(|_| EnvelopeError::Base64)?
+            }
+            (None, None) => b"null".to_vec(),
+        };
+        let mut event = Event::new(&kind, source.as_deref().unwrap_or(default_source), data);
+        if let Some(id) = id {
+            event.extensions.insert(CORRELATION_ID.into(), id.clone());
+            event.id = id;
+        }
+        event.subject = subject;
+        if let Some(t) = time {
+            event.time = t;
+        }
+        if let Some(ct) = content_type {
+            event.content_type = ct;
+        }
+        event.schema = schema;
+        for (k, v) in m {
+            if k.is_empty()
+                || k.len() > 20
+                || !k
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            {
+                return Err(EnvelopeError::ExtensionName(k));
+            }
+            match v {
+                Value::String(s) => {
+                    event.extensions.insert(k, s);
+                }
+                _ => return Err(EnvelopeError::NotAString(k)),
+            }
+        }
+        Ok(event)
+    }
+}
+
+/// What a step emitted, after the host checked it, before it became an
+/// [`Event`].
+#[derive(Debug, Clone)]
+pub struct Emitted {
+    pub kind: String,
+    pub subject: Option<String>,
+    pub content_type: Option<String>,
+    pub data: Vec<u8>,
+    /// `dataschema`, from the producer's contract.
+    pub schema: Option<String>,
+}
+
+/// `application/json` and the `+json` types.
+pub fn is_json_type(content_type: &str) -> bool {
+    let base = content_type.split(';').next().unwrap_or("").trim();
+    base == JSON || base.ends_with("+json")
+}
+
+/// The `dataschema` URN of an event type at a version.
+pub fn schema_urn(kind: &str, version: &str) -> String {
+    format!("urn:troupe:schema:{kind}:{version}")
+}
+
+/// Now, RFC 3339 in UTC with microseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+/// A W3C `traceparent`: the parent's trace id (or a new one) and a new span.
+fn new_traceparent(parent: Option<&str>) -> String {
+    let trace = parent
+        .and_then(|p| p.split('-').nth(1))
+        .filter(|t| t.len() == 32)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:032x}", Uuid::new_v4().as_u128()));
+    let span = Uuid::new_v4().as_u64_pair().0;
+    format!("00-{trace}-{span:016x}-01")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_keeps_every_attribute() {
+        let mut e = Event::new("order.placed", "troupe://test", br#"{"a":1}"#.to_vec());
+        e.subject = Some("o-1".into());
+        e.extensions.insert("tenant".into(), "acme".into());
+        let back = Event::from_json(e.to_json(), "x").unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn caused_events_inherit_correlation_and_get_stable_ids() {
+        let first = Event::new("a", "s", b"1".to_vec());
+        let out = |i| {
+            let emitted = Emitted {
+                kind: "b".into(),
+                subject: None,
+                content_type: None,
+                data: b"2".to_vec(),
+                schema: None,
+            };
+            first.caused("step", "src", i, emitted)
+        };
+        let (x, y, z) = (out(0), out(0), out(1));
+        assert_eq!(x.id, y.id, "redelivery gives the same id");
+        assert_ne!(x.id, z.id);
+        assert_eq!(x.correlation_id(), first.id);
+        assert_eq!(x.causation_id(), Some(first.id.as_str()));
+        let trace = |e: &Event| {
+            e.extensions[TRACEPARENT]
+                .split('-')
+                .nth(1)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(trace(&x), trace(&first));
+    }
+
+    #[test]
+    fn malformed_envelopes_are_refused_with_the_reason() {
+        let err = |v: Value| Event::from_json(v, "s").unwrap_err().to_string();
+        assert!(err(serde_json::json!([1])).contains("object"));
+        assert!(err(serde_json::json!({"data": 1})).contains("`type`"));
+        assert!(err(serde_json::json!({"type": 5})).contains("string"));
+        assert!(err(serde_json::json!({"type": "a", "Bad-Name": "x"})).contains("Bad-Name"));
+        assert!(err(serde_json::json!({"type": "a", "specversion": "0.3"})).contains("0.3"));
+    }
+}

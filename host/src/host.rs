@@ -1,0 +1,171 @@
+//! A running app: steps loaded, broker open, workers wired.
+//!
+//! [`load_steps`] turns an app's step table into loaded steps (building
+//! plugin sources, compiling components in parallel through the artifact
+//! cache, reading contracts). [`Host::start`] opens the broker, subscribes
+//! each step to what it consumes, starts the workers, and only then lets
+//! the broker take events queued from outside, so nothing is routed before
+//! every step is listening.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::{App, Source};
+use crate::broker::embedded::Embedded;
+use crate::broker::{Broker, BrokerError};
+use crate::builder::{self, BuildError};
+use crate::choreo::Wiring;
+use crate::runtime::cache::ArtifactCache;
+use crate::runtime::step::LoadedStep;
+use crate::runtime::{Runtime, RuntimeError};
+use crate::stats::{Stats, StepStats};
+
+/// Why an app could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("step `{step}`: {error}")]
+    Build { step: String, error: BuildError },
+    #[error("step `{step}`: {error}")]
+    Load { step: String, error: RuntimeError },
+    #[error("broker: {0}")]
+    Broker(#[from] BrokerError),
+    #[error("cannot start worker threads: {0}")]
+    Threads(std::io::Error),
+}
+
+/// Build, compile and load every step of `app`.
+pub fn load_steps(rt: &Runtime, app: &App) -> Result<Vec<Arc<LoadedStep>>, HostError> {
+    let mut items: Vec<(String, PathBuf)> = Vec::new();
+    for (name, cfg) in &app.steps {
+        let path = match cfg.source() {
+            Source::Component(p) => p,
+            Source::Plugin(dir) => builder::build(&dir).map_err(|error| HostError::Build {
+                step: name.clone(),
+                error,
+            })?,
+        };
+        items.push((name.clone(), path));
+    }
+    let cache = ArtifactCache::new(rt.engine(), app.state_dir().join("cache"));
+    let loaded = cache.load_all(rt.engine(), &items);
+    let mut steps = Vec::new();
+    for ((name, _), component) in items.iter().zip(loaded) {
+        let component = component.map_err(|error| HostError::Load {
+            step: name.clone(),
+            error,
+        })?;
+        let cfg = app.steps[name].clone();
+        let step = LoadedStep::load(rt, name, &component.component, cfg).map_err(|error| {
+            HostError::Load {
+                step: name.clone(),
+                error,
+            }
+        })?;
+        steps.push(Arc::new(step));
+    }
+    Ok(steps)
+}
+
+/// A running app.
+pub struct Host {
+    pub app: App,
+    pub steps: Vec<Arc<LoadedStep>>,
+    pub broker: Arc<dyn Broker>,
+    pub stats: Arc<Stats>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    wirings: Vec<Arc<Wiring>>,
+    _runtime: Arc<Runtime>,
+}
+
+impl Host {
+    /// Load `app` and start it on the embedded broker in its state folder.
+    /// Must be called within a multi-threaded tokio runtime.
+    pub async fn start(app: App) -> Result<Host, HostError> {
+        let rt = Arc::new(Runtime::new()?);
+        let (rt2, app2) = (rt.clone(), app.clone());
+        let steps = tokio::task::spawn_blocking(move || load_steps(&rt2, &app2))
+            .await
+            .expect("loading does not panic")?;
+        let broker: Arc<dyn Broker> = Arc::new(Embedded::open(&app.state_dir())?);
+        Self::start_with(app, rt, steps, broker).await
+    }
+
+    /// Start already loaded steps on `broker`.
+    pub async fn start_with(
+        app: App,
+        runtime: Arc<Runtime>,
+        steps: Vec<Arc<LoadedStep>>,
+        broker: Arc<dyn Broker>,
+    ) -> Result<Host, HostError> {
+        let mut stats = Stats::default();
+        let mut wirings = Vec::new();
+        for step in &steps {
+            let consumer = broker
+                .subscribe(
+                    step.name(),
+                    &step.contract.consumed_kinds(),
+                    step.sandbox.config.retry.clone(),
+                )
+                .await?;
+            let s = Arc::new(StepStats::default());
+            stats.steps.insert(step.name().to_string(), s.clone());
+            wirings.push(Arc::new(Wiring::new(
+                step.clone(),
+                consumer,
+                broker.clone(),
+                s,
+                &app.name,
+                tokio::runtime::Handle::current(),
+            )));
+        }
+        let mut workers = Vec::new();
+        for w in &wirings {
+            workers.extend(w.spawn().map_err(HostError::Threads)?);
+        }
+        broker.ready().await?;
+        tracing::info!(app = %app.name, steps = steps.len(), "running");
+        Ok(Host {
+            app,
+            steps,
+            broker,
+            stats: Arc::new(stats),
+            workers,
+            wirings,
+            _runtime: runtime,
+        })
+    }
+
+    /// Wait until no delivery has been unsettled for `quiet` in a row.
+    pub async fn wait_idle(&self, quiet: Duration) -> Result<(), BrokerError> {
+        let tick = Duration::from_millis(20);
+        let mut idle_for = Duration::ZERO;
+        while idle_for < quiet {
+            tokio::time::sleep(tick).await;
+            if self.broker.backlog().await? == 0 {
+                idle_for += tick;
+            } else {
+                idle_for = Duration::ZERO;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop taking deliveries, let the workers finish the message in hand,
+    /// and wait for every broker call they made.
+    pub async fn shutdown(self) {
+        self.broker.close().await;
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
+        for w in &self.wirings {
+            w.drain().await;
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Troupe: run event-driven microservices out of sandboxed WebAssembly steps.
+//!
+//! A *step* is a WASI component implementing the `troupe:step` world (see
+//! `wit/step.wit`). The host loads steps into sandboxes, runs a durable
+//! message broker, and wires steps together by choreography: each step is
+//! subscribed to the event types it declares, and what it emits is routed
+//! on to the next steps.
+//!
+//! # Layout
+//!
+//! - [`world`]: the one place `bindgen!` runs for the host side of the WIT.
+//! - [`event`]: the CloudEvents envelope as the host stores and routes it.
+//! - [`contract`]: a step's declared contract, compiled JSON Schemas, and the
+//!   checks made on data crossing the sandbox boundary.
+//! - [`app`]: `troupe.toml`, the app manifest: steps, limits, grants.
+//! - [`runtime`]: the wasmtime engine, the on-disk artifact cache, the
+//!   sandbox (WASI context, limits) and calling a step.
+//! - [`broker`]: the `Broker` trait and its backends (`embedded`: SQLite).
+//! - [`choreo`]: the workers that feed deliveries to steps and route their
+//!   output; contract enforcement and alerts.
+//! - [`host`]: putting it together: load an app, run it, stop it.
+//! - [`builder`]: building plugin sources into components.
+//! - [`stats`]: per-step counters, shown by the CLI and (later) `/metrics`.
+
+pub mod app;
+pub mod broker;
+pub mod builder;
+pub mod choreo;
+pub mod contract;
+pub mod event;
+pub mod host;
+pub mod runtime;
+pub mod stats;
+pub mod world;

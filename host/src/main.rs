@@ -1,0 +1,361 @@
+//! The `troupe` command line.
+//!
+//! One binary: `run` an app, `publish` events into it, inspect and replay
+//! its dead letters, `build` plugin sources. Library errors are thiserror
+//! enums; here they get `anyhow` context and are printed once, with their
+//! causes, and a non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use troupe::app::App;
+use troupe::broker::DeadLetter;
+use troupe::broker::embedded::offline;
+use troupe::event::Event;
+use troupe::host::{Host, load_steps};
+use troupe::runtime::Runtime;
+
+#[derive(Parser)]
+#[command(
+    name = "troupe",
+    version,
+    about = "Run event-driven microservices out of sandboxed WebAssembly steps"
+)]
+struct Cli {
+    /// Print records as JSON (one document per command), for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load an app and run it until stopped (Ctrl-C), or until idle.
+    Run {
+        /// The app directory (holds troupe.toml).
+        app: PathBuf,
+        /// Stop once no event has been in flight for a moment, and print
+        /// what each step did.
+        #[arg(long)]
+        until_idle: bool,
+    },
+    /// Publish an event into an app's choreography. The event is stored
+    /// durably in the app's broker and picked up by its running host (or by
+    /// the next one to start).
+    Publish {
+        /// The app directory.
+        app: PathBuf,
+        /// The event type, e.g. order.placed (not with --file).
+        #[arg(required_unless_present = "file")]
+        kind: Option<String>,
+        /// The event data, JSON.
+        #[arg(long, required_unless_present = "file")]
+        data: Option<String>,
+        /// The event's subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// A file of CloudEvents JSON documents, one per line.
+        #[arg(long, conflicts_with_all = ["kind", "data", "subject"])]
+        file: Option<PathBuf>,
+        /// Skip checking the data against the schemas of the app's steps.
+        #[arg(long)]
+        no_check: bool,
+    },
+    /// Inspect and replay dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCmd,
+    },
+    /// Build plugin source directories into components.
+    Build {
+        /// Plugin directories (default: the current directory).
+        dirs: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCmd {
+    /// List dead letters, oldest first.
+    List {
+        /// The app directory.
+        #[arg(long, default_value = ".")]
+        app: PathBuf,
+    },
+    /// Show one dead letter with its original event.
+    Show {
+        id: String,
+        #[arg(long, default_value = ".")]
+        app: PathBuf,
+    },
+    /// Deliver a dead letter to its step again (with a fresh retry budget).
+    Replay {
+        id: String,
+        #[arg(long, default_value = ".")]
+        app: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TROUPE_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,cranelift=warn,wasmtime=warn")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let json = cli.json;
+    match cli.command {
+        Cmd::Run { app, until_idle } => tokio_main(run_app(&app, until_idle, json)),
+        Cmd::Publish {
+            app,
+            kind,
+            data,
+            subject,
+            file,
+            no_check,
+        } => publish(&app, kind, data, subject, file, no_check, json),
+        Cmd::Dlq { command } => dlq(command, json),
+        Cmd::Build { dirs } => build(dirs, json),
+    }
+}
+
+fn tokio_main(f: impl Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(f)
+}
+
+fn load_app(dir: &Path) -> Result<App> {
+    App::load(dir).with_context(|| format!("cannot load the app in {}", dir.display()))
+}
+
+async fn run_app(dir: &Path, until_idle: bool, json: bool) -> Result<()> {
+    let app = load_app(dir)?;
+    let host = Host::start(app)
+        .await
+        .with_context(|| format!("cannot start the app in {}", dir.display()))?;
+    if until_idle {
+        host.wait_idle(Duration::from_millis(500)).await?;
+    } else {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+    }
+    let stats = host.stats.snapshot();
+    let broker = host.broker.clone();
+    host.shutdown().await;
+    let dead = broker.dlq_list().await?;
+    if json {
+        let v = serde_json::json!({
+            "steps": stats,
+            "dlq": dead.iter().map(|d| d.to_json(false)).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!();
+    println!(
+        "{:<24} {:>8} {:>8} {:>8} {:>6} {:>9}",
+        "step", "handled", "emitted", "retried", "dlq", "contract"
+    );
+    for (name, s) in &stats {
+        println!(
+            "{:<24} {:>8} {:>8} {:>8} {:>6} {:>9}",
+            name, s.handled, s.emitted, s.retried, s.dead_lettered, s.contract_violations
+        );
+    }
+    print_dlq(&dead);
+    Ok(())
+}
+
+fn print_dlq(dead: &[DeadLetter]) {
+    println!();
+    if dead.is_empty() {
+        println!("dead-letter queue: empty");
+        return;
+    }
+    println!("dead-letter queue: {} message(s)", dead.len());
+    for d in dead {
+        println!(
+            "  {}  {:<18} {:<10} {}  {}",
+            d.id, d.step, d.class, d.event.kind, d.message
+        );
+    }
+}
+
+fn publish(
+    dir: &Path,
+    kind: Option<String>,
+    data: Option<String>,
+    subject: Option<String>,
+    file: Option<PathBuf>,
+    no_check: bool,
+    json: bool,
+) -> Result<()> {
+    let app = load_app(dir)?;
+    let source = format!("troupe://{}/publish", app.name);
+    let events = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(&f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            let mut events = Vec::new();
+            for (n, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let at = || format!("{}:{}", f.display(), n + 1);
+                let v: serde_json::Value =
+                    serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+                events.push(
+                    Event::from_json(v, &source)
+                        .with_context(|| format!("{}: not an event", at()))?,
+                );
+            }
+            events
+        }
+        None => {
+            let (kind, data) = (
+                kind.expect("clap requires it"),
+                data.expect("clap requires it"),
+            );
+            if !troupe::contract::is_kind(&kind) {
+                bail!(
+                    "{kind:?} is not an event type: lower-case words joined by `.`, e.g. order.placed"
+                );
+            }
+            let value: serde_json::Value =
+                serde_json::from_str(&data).context("--data is not valid JSON")?;
+            let mut e = Event::new(&kind, &source, serde_json::to_vec(&value)?);
+            e.subject = subject;
+            vec![e]
+        }
+    };
+    if !no_check {
+        check_against_consumers(&app, &events)?;
+    }
+    offline::publish(&app.state_dir(), &events).context("cannot store the events")?;
+    if json {
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        println!("{}", serde_json::json!({ "published": ids }));
+    } else {
+        for e in &events {
+            println!("published {} {}", e.kind, e.id);
+        }
+    }
+    Ok(())
+}
+
+/// Refuse events that a step of the app would dead-letter on arrival.
+fn check_against_consumers(app: &App, events: &[Event]) -> Result<()> {
+    let rt = Runtime::new()?;
+    let steps = load_steps(&rt, app)?;
+    for e in events {
+        let consumers: Vec<_> = steps
+            .iter()
+            .filter(|s| s.contract.consumed_kinds().contains(&e.kind))
+            .collect();
+        if consumers.is_empty() {
+            tracing::warn!(
+                "no step of {} consumes {}; it is stored for other systems",
+                app.name,
+                e.kind
+            );
+        }
+        for s in consumers {
+            s.contract.check_input(e).with_context(|| {
+                format!(
+                    "event {} would break the contract of step `{}`",
+                    e.id,
+                    s.name()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn dlq(cmd: DlqCmd, json: bool) -> Result<()> {
+    match cmd {
+        DlqCmd::List { app } => {
+            let app = load_app(&app)?;
+            let dead = offline::dead_letters(&app.state_dir(), None)?;
+            if json {
+                let v: Vec<_> = dead.iter().map(|d| d.to_json(false)).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_dlq(&dead);
+            }
+        }
+        DlqCmd::Show { id, app } => {
+            let app = load_app(&app)?;
+            let d = offline::dead_letters(&app.state_dir(), Some(&id))?
+                .pop()
+                .with_context(|| {
+                    format!("no dead letter with id {id:?} in {}", app.dir.display())
+                })?;
+            let v = d.to_json(true);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("id:       {}", d.id);
+                println!("step:     {}", d.step);
+                println!("class:    {}", d.class);
+                println!("message:  {}", d.message);
+                println!("attempts: {}", d.attempts);
+                println!("time:     {}", d.time);
+                println!("event:\n{}", serde_json::to_string_pretty(&v["event"])?);
+            }
+        }
+        DlqCmd::Replay { id, app } => {
+            let app = load_app(&app)?;
+            offline::replay(&app.state_dir(), &id)?;
+            if json {
+                println!("{}", serde_json::json!({ "replayed": id }));
+            } else {
+                println!("replay of {id} queued: the app's host delivers it to its step again");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn build(dirs: Vec<PathBuf>, json: bool) -> Result<()> {
+    let dirs = if dirs.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        dirs
+    };
+    let mut built = Vec::new();
+    for d in dirs {
+        eprintln!("building {}", d.display());
+        let out =
+            troupe::builder::build(&d).with_context(|| format!("cannot build {}", d.display()))?;
+        if !json {
+            println!("{}", out.display());
+        }
+        built.push(serde_json::json!({ "dir": d, "component": out }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&built)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Compiling components, once.
+//!
+//! A component is compiled to native code by Cranelift the first time it is
+//! seen and the result is kept in a cache directory as
+//! `<sha256 of the component>-<engine fingerprint>.cwasm`. The fingerprint
+//! covers wasmtime's version and every engine setting that affects code, so
+//! a changed engine never loads an artifact made for another. Artifacts are
+//! written to a temporary file and renamed, so a crash never leaves half of
+//! one; an artifact that fails to load is compiled again.
+//!
+//! **Only artifacts this module wrote are ever deserialized**: the cache
+//! directory belongs to the app (`.troupe/cache`).
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use super::RuntimeError;
+
+/// How a component was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Loaded from a precompiled artifact.
+    Cached,
+    /// Compiled now (and stored).
+    Compiled,
+}
+
+/// A component ready to instantiate.
+pub struct Loaded {
+    pub component: Component,
+    pub origin: Origin,
+    pub elapsed: Duration,
+    /// Hex sha256 of the component file.
+    pub hash: String,
+}
+
+/// The on-disk artifact cache.
+pub struct ArtifactCache {
+    dir: PathBuf,
+    fingerprint: String,
+}
+
+impl ArtifactCache {
+    /// A cache in `dir` for components run on `engine`.
+    pub fn new(engine: &Engine, dir: impl Into<PathBuf>) -> ArtifactCache {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        ArtifactCache {
+            dir: dir.into(),
+            fingerprint: format!("{:016x}", h.finish()),
+        }
+    }
+
+    /// Load (from the cache) or compile (and cache) the component at `path`.
+    pub fn load(&self, engine: &Engine, path: &Path) -> Result<Loaded, RuntimeError> {
+        let start = Instant::now();
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let hash = hex::encode(Sha256::digest(&bytes));
+        let artifact = self.dir.join(format!("{hash}-{}.cwasm", self.fingerprint));
+        if artifact.exists() {
+            // SAFETY: the file is in the app's own cache directory, named by
+            // the hash of its source and the engine fingerprint, and was
+            // written whole by `store` below.
+            match unsafe { Component::deserialize_file(engine, &artifact) } {
+                Ok(component) => {
+                    return Ok(Loaded {
+                        component,
+                        origin: Origin::Cached,
+                        elapsed: start.elapsed(),
+                        hash,
+                    });
+                }
+                Err(e) => tracing::warn!(
+                    artifact = %artifact.display(),
+                    "cached artifact does not load ({e:#}); compiling again"
+                ),
+            }
+        }
+        let component = Component::new(engine, &bytes).map_err(|error| RuntimeError::Compile {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        self.store(&artifact, &component)?;
+        Ok(Loaded {
+            component,
+            origin: Origin::Compiled,
+            elapsed: start.elapsed(),
+            hash,
+        })
+    }
+
+    fn store(&self, artifact: &Path, component: &Component) -> Result<(), RuntimeError> {
+        let err = |source| RuntimeError::Cache {
+            path: artifact.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(err)?;
+        let bytes = component
+            .serialize()
+            .map_err(|e| err(std::io::Error::other(e)))?;
+        let tmp = artifact.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes).map_err(err)?;
+        std::fs::rename(&tmp, artifact).map_err(err)
+    }
+
+    /// Load several components at once, in parallel, showing a progress
+    /// line per component on a terminal. Results are in input order.
+    pub fn load_all(
+        &self,
+        engine: &Engine,
+        items: &[(String, PathBuf)],
+    ) -> Vec<Result<Loaded, RuntimeError>> {
+        let progress = MultiProgress::new();
+        let style =
+            ProgressStyle::with_template("{spinner} {prefix:>24} {msg}").expect("a valid template");
+        std::thread::scope(|s| {
+            let handles: Vec<_> = items
+                .iter()
+                .map(|(name, path)| {
+                    let bar = progress.add(ProgressBar::new_spinner());
+                    bar.set_style(style.clone());
+                    bar.set_prefix(name.clone());
+                    bar.set_message(format!("loading {}", path.display()));
+                    bar.enable_steady_tick(Duration::from_millis(100));
+                    s.spawn(move || {
+                        let r = self.load(engine, path);
+                        match &r {
+                            Ok(l) => {
+                                let how = match l.origin {
+                                    Origin::Cached => "cached",
+                                    Origin::Compiled => "compiled",
+                                };
+                                tracing::info!(step = %name, "{how} in {:.1?}", l.elapsed);
+                                bar.finish_with_message(format!("{how} in {:.1?}", l.elapsed));
+                            }
+                            Err(e) => bar.abandon_with_message(format!("failed: {e}")),
+                        }
+                        r
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a compile thread does not panic"))
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,139 @@
+//! The sandbox runtime: one wasmtime engine for the process, and the steps
+//! loaded into it.
+//!
+//! - [`cache`]: components compiled once, kept on disk as precompiled
+//!   artifacts keyed by the component's hash and the engine's settings;
+//!   several components compile in parallel, with progress.
+//! - [`sandbox`]: the per-store state of a step (WASI context with nothing
+//!   granted unless `troupe.toml` says so, limits, the `host` import).
+//! - [`step`]: a loaded step: its contract, and `handle` with a fresh or a
+//!   reused instance, every failure classified.
+//!
+//! **A guest never runs on the async runtime's threads**: callers run
+//! [`step::LoadedStep::handle`] on threads of their own (see `choreo`), so a
+//! guest that loops until its deadline delays nothing else.
+
+pub mod cache;
+pub mod sandbox;
+pub mod step;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+use crate::world::Step;
+use sandbox::StepCtx;
+
+/// The largest linear memory a step may be given, MiB.
+pub const MAX_MEMORY_MB: u64 = 1024;
+/// How often the epoch ticks: the resolution of per-message deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Why the runtime or a step could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot set up the wasm engine: {0:#}")]
+    Engine(wasmtime::Error),
+    #[error("cannot read component {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid WebAssembly component: {error:#}")]
+    Compile {
+        path: std::path::PathBuf,
+        error: wasmtime::Error,
+    },
+    #[error("step `{step}`: the component does not fit the sandbox: {error:#}")]
+    Link {
+        step: String,
+        error: wasmtime::Error,
+    },
+    #[error("step `{step}`: the component does not implement the `troupe:step` world: {error:#}")]
+    World {
+        step: String,
+        error: wasmtime::Error,
+    },
+    #[error("step `{step}`: `describe` failed: {error}")]
+    Describe { step: String, error: String },
+    #[error("step `{step}`: bad contract: {error}")]
+    Contract {
+        step: String,
+        error: crate::contract::ContractError,
+    },
+    #[error("artifact cache {path}: {source}")]
+    Cache {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The process's wasm engine, the linker every step shares, and the thread
+/// that ticks the epoch for deadlines.
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<StepCtx>,
+    ticking: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// One engine: Cranelift, the component model, epoch interruption, and
+    /// the pooling allocator sized for a few hundred live instances of any
+    /// of the supported guest languages.
+    pub fn new() -> Result<Runtime, RuntimeError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(1000)
+            .total_core_instances(4000)
+            .total_memories(1000)
+            .total_tables(4000)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(8)
+            .max_tables_per_component(64)
+            .table_elements(100_000)
+            .max_core_instance_size(1 << 20)
+            .max_component_instance_size(1 << 20)
+            .max_memory_size((MAX_MEMORY_MB as usize) << 20);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(OptLevel::Speed)
+            .parallel_compilation(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(RuntimeError::Engine)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(RuntimeError::Engine)?;
+        Step::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(RuntimeError::Engine)?;
+
+        let ticking = Arc::new(AtomicBool::new(true));
+        let (e, t) = (engine.clone(), ticking.clone());
+        std::thread::Builder::new()
+            .name("troupe-epoch".into())
+            .spawn(move || {
+                while t.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    e.increment_epoch();
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(wasmtime::Error::msg(e.to_string())))?;
+        Ok(Runtime {
+            engine,
+            linker,
+            ticking,
+        })
+    }
+
+    /// The engine, for callers that compile or inspect components.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticking.store(false, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,16 @@
+//! Host bindings of the `troupe:step` world: the only `bindgen!` in Troupe.
+//!
+//! Everything that talks to a guest uses the types generated here
+//! ([`Step`], [`StepPre`], and the `troupe::step::*` modules), so a change to
+//! `wit/step.wit` shows up in one place.
+
+wasmtime::component::bindgen!({
+    world: "step",
+    path: "../wit",
+});
+
+pub use troupe::step::host::Level;
+pub use troupe::step::types::EventContract;
+
+/// The guest's view of an event (the WIT `event` record).
+pub type GuestEvent = Event;
