@@ -69,6 +69,13 @@ enum Cmd {
         #[command(subcommand)]
         command: DlqCmd,
     },
+    /// The causal tree of a cascade: every event with this correlation id,
+    /// each under the event that caused it.
+    Trace {
+        correlation_id: String,
+        #[arg(long, default_value = ".")]
+        app: PathBuf,
+    },
     /// Build plugin source directories into components.
     Build {
         /// Plugin directories (default: the current directory).
@@ -128,6 +135,7 @@ fn run(cli: Cli) -> Result<()> {
             no_check,
         } => publish(&app, kind, data, subject, file, no_check, json),
         Cmd::Dlq { command } => dlq(command, json),
+        Cmd::Trace { correlation_id, app } => trace(&app, &correlation_id, json),
         Cmd::Build { dirs } => build(dirs, json),
     }
 }
@@ -335,6 +343,33 @@ fn dlq(cmd: DlqCmd, json: bool) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> {
+    let app = load_app(dir)?;
+    let events = offline::trace(&app.state_dir(), correlation_id)?;
+    if events.is_empty() {
+        bail!("no events with correlation id {correlation_id:?} in {}", app.dir.display());
+    }
+    if json {
+        let v: Vec<_> = events.iter().map(Event::to_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let known: std::collections::HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    fn show(events: &[Event], parent: Option<&str>, known: &std::collections::HashSet<&str>, depth: usize) {
+        for e in events {
+            let cause = e.causation_id().filter(|c| known.contains(c));
+            if cause != parent {
+                continue;
+            }
+            let by = e.source.rsplit('/').next().unwrap_or(&e.source);
+            println!("{:indent$}{} {}  (from {by}, {})", "", e.kind, e.id, e.time, indent = depth * 2);
+            show(events, Some(&e.id), known, depth + 1);
+        }
+    }
+    show(&events, None, &known, 0);
     Ok(())
 }
 

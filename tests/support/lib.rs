@@ -1,1 +1,126 @@
+//! Shared helpers for Troupe's integration tests.
+//!
+//! Everything here is real: guests are compiled from source (the fixtures
+//! in `tests/guests/`, the example plugins in `plugins/`) with cargo for
+//! `wasm32-wasip2`, apps are directories with a `troupe.toml` in a fresh
+//! temporary folder, and the broker is the real embedded one on disk.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use troupe::app::App;
+use troupe::event::Event;
+use troupe::host::Host;
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+fn cargo_wasm(workspace: &Path) {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .current_dir(workspace)
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the guests in {} failed", workspace.display());
+}
+
+fn wasm_dir(workspace: &str, built: &'static OnceLock<PathBuf>) -> &'static Path {
+    built.get_or_init(|| {
+        let ws = repo().join(workspace);
+        cargo_wasm(&ws);
+        ws.join("target/wasm32-wasip2/release")
+    })
+}
+
+/// The component of test fixture `name` (a crate in `tests/guests/`).
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let p = wasm_dir("tests/guests", &BUILT).join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(p.exists(), "no fixture component {}", p.display());
+    p
+}
+
+/// The component of example plugin `name` (a crate in `plugins/`).
+pub fn plugin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let p = wasm_dir("plugins", &BUILT).join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(p.exists(), "no plugin component {}", p.display());
+    p
+}
+
+/// The `troupe` binary, built in release like the tests.
+pub fn troupe_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "--release", "--quiet", "-p", "troupe", "--bin", "troupe"])
+                .current_dir(repo())
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building troupe failed");
+            let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| repo().join("target"), PathBuf::from);
+            target.join("release/troupe")
+        })
+        .clone()
+}
+
+/// An app in a temporary directory.
+pub struct TestApp {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    /// An app whose `troupe.toml` is `manifest`.
+    pub fn new(manifest: &str) -> TestApp {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(dir.path().join("troupe.toml"), manifest).expect("write troupe.toml");
+        TestApp { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn app(&self) -> App {
+        App::load(self.path()).expect("the test app loads")
+    }
+
+    /// Start the app's host in this process.
+    pub async fn start(&self) -> Host {
+        Host::start(self.app()).await.expect("the test app starts")
+    }
+}
+
+/// A `[steps.NAME]` table for fixture or plugin `component`, plus `extra`
+/// lines.
+pub fn step(name: &str, component: &Path, extra: &str) -> String {
+    format!("[steps.{name}]\ncomponent = {:?}\n{extra}\n", component.display().to_string())
+}
+
+/// A new event from outside, with JSON data.
+pub fn event(kind: &str, data: serde_json::Value) -> Event {
+    Event::new(kind, "troupe://tests", serde_json::to_vec(&data).expect("JSON"))
+}
+
+/// Poll `check` until it returns `Some`, or panic after `timeout`.
+pub async fn eventually<T>(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The data of `e` as JSON.
+pub fn data(e: &Event) -> serde_json::Value {
+    serde_json::from_slice(&e.data).expect("JSON data")
+}

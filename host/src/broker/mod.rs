@@ -215,6 +215,10 @@ pub trait Broker: Send + Sync {
     /// and remove it from the DLQ.
     async fn dlq_replay(&self, id: &str) -> Result<(), BrokerError>;
 
+    /// Every event with correlation id `correlation_id` (a cascade or a
+    /// run), in the order they were published.
+    async fn trace(&self, correlation_id: &str) -> Result<Vec<Event>, BrokerError>;
+
     /// Deliveries not yet settled (waiting, in flight, or backing off).
     async fn backlog(&self) -> Result<u64, BrokerError>;
 

@@ -272,6 +272,11 @@ impl Broker for Embedded {
         self.call(|reply| Op::Replay { id, reply }).await
     }
 
+    async fn trace(&self, correlation_id: &str) -> Result<Vec<Event>, BrokerError> {
+        let id = correlation_id.to_string();
+        self.read(move |c| store::trace(c, &id)).await
+    }
+
     async fn backlog(&self) -> Result<u64, BrokerError> {
         let queued: u64 = self
             .groups
@@ -323,6 +328,14 @@ pub mod offline {
     ) -> Result<Vec<DeadLetter>, BrokerError> {
         match store::open_read(state_dir)? {
             Some(c) => store::dead_letters(&c, id),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The events of a cascade or run (empty when no broker ran there).
+    pub fn trace(state_dir: &Path, correlation_id: &str) -> Result<Vec<Event>, BrokerError> {
+        match store::open_read(state_dir)? {
+            Some(c) => store::trace(&c, correlation_id),
             None => Ok(Vec::new()),
         }
     }

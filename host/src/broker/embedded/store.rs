@@ -31,8 +31,10 @@ CREATE TABLE IF NOT EXISTS events (
     content_type TEXT NOT NULL,
     schema TEXT,
     data BLOB NOT NULL,
-    extensions TEXT NOT NULL
+    extensions TEXT NOT NULL,
+    correlation TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_correlation ON events (correlation);
 CREATE TABLE IF NOT EXISTS deliveries (
     grp TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -85,11 +87,20 @@ pub fn insert_event(tx: &Transaction, e: &Event) -> Result<Option<i64>, BrokerEr
     let ext = serde_json::to_string(&e.extensions).expect("a string map serialises");
     let n = tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO events (id, kind, source, subject, time, content_type, schema, data, extensions)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT OR IGNORE INTO events (id, kind, source, subject, time, content_type, schema, data, extensions, correlation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(params![
-            e.id, e.kind, e.source, e.subject, e.time, e.content_type, e.schema, e.data, ext
+            e.id,
+            e.kind,
+            e.source,
+            e.subject,
+            e.time,
+            e.content_type,
+            e.schema,
+            e.data,
+            ext,
+            e.correlation_id()
         ])?;
     Ok((n == 1).then(|| tx.last_insert_rowid()))
 }
@@ -148,9 +159,18 @@ pub fn take_dead_letter(tx: &Transaction, id: &str) -> Result<(String, i64), Bro
 /// The event with sequence number `seq`.
 pub fn event(conn: &Connection, seq: i64) -> Result<Event, BrokerError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"
+        "SELECT {EVENT_COLUMNS} FROM events e WHERE e.seq = ?1"
     ))?;
     Ok(stmt.query_row([seq], row_event)?)
+}
+
+/// Every event of a cascade or run, in the order they were stored.
+pub fn trace(conn: &Connection, correlation_id: &str) -> Result<Vec<Event>, BrokerError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events e WHERE e.correlation = ?1 ORDER BY e.seq"
+    ))?;
+    let rows = stmt.query_map([correlation_id], row_event)?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// A group's unsettled deliveries: (seq, failed attempts, not before, event).
