@@ -206,7 +206,7 @@ async fn a_dead_letter_replayed_after_the_fault_is_fixed_completes() {
     host.broker.dlq_replay(&dlq[0].id).await.unwrap();
     host.wait_idle(IDLE).await.unwrap();
     assert!(host.broker.dlq_list().await.unwrap().is_empty());
-    assert_eq!(std::fs::read(&target).unwrap(), e.data, "the sink wrote the event");
+    assert_eq!(std::fs::read(&target).unwrap(), [e.data.as_slice(), b"\n"].concat(), "the sink wrote the event");
     assert!(host.broker.dlq_replay(&dlq[0].id).await.is_err(), "a replayed letter is gone");
     host.shutdown().await;
 }

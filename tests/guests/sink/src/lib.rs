@@ -1,7 +1,7 @@
-//! The end of a test cascade: records each `order.shipped` it gets as a file
-//! `/out/<correlation id>.<event id>` in the directory the app granted it.
-//! A redelivered event writes the same file name again, so duplicates are
-//! recognisable by event id.
+//! The end of a test cascade: records each `order.shipped` it gets by
+//! appending a line to the file `/out/<correlation id>.<event id>` in the
+//! directory the app granted it. A redelivered event appends to the same
+//! file, so duplicates are recognisable by event id.
 use serde_json::json;
 use troupe_step::{Contract, Emit, Event, Guest, StepError, event_type, export};
 
@@ -22,7 +22,14 @@ impl Guest for Step {
     fn handle(event: Event) -> Result<Vec<Emit>, StepError> {
         let corr = event.extension("correlationid").unwrap_or("none").to_string();
         let path = format!("/out/{corr}.{}", event.id);
-        std::fs::write(&path, &event.data).map_err(|e| StepError::Retry(format!("cannot write {path}: {e}")))?;
+        use std::io::Write;
+        let line = [event.data.as_slice(), b"\n"].concat();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&line))
+            .map_err(|e| StepError::Retry(format!("cannot write {path}: {e}")))?;
         Ok(vec![])
     }
 }

@@ -1,0 +1,15 @@
+//! A valid WASI component that exports a different world: loading it as a
+//! step must fail with a clear error.
+wit_bindgen::generate!({
+    inline: "package test:other; world other { export run: func(x: u32) -> u32; }",
+});
+
+struct Other;
+
+impl Guest for Other {
+    fn run(x: u32) -> u32 {
+        x + 1
+    }
+}
+
+export!(Other);
