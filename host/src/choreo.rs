@@ -119,7 +119,7 @@ impl Wiring {
                     };
                     out.push(d.event.caused(step.name(), &self.source, i, emitted));
                 }
-                tracing::info!(
+                tracing::debug!(
                     step = %step.name(),
                     event = %d.event.id,
                     "{} -> [{}] in {:.0?}",
@@ -129,8 +129,18 @@ impl Wiring {
                 );
                 StepStats::add(&self.stats.handled, 1);
                 StepStats::add(&self.stats.emitted, out.len() as u64);
-                let b = self.broker.clone();
-                self.settle(async move { b.complete(&d, out).await });
+                let permit = self.permit();
+                let step = step.name().clone();
+                self.broker.complete_then(
+                    d,
+                    out,
+                    Box::new(move |r| {
+                        if let Err(e) = r {
+                            tracing::error!(step = %step, "cannot settle a delivery (it will be redelivered): {e}");
+                        }
+                        drop(permit);
+                    }),
+                );
             }
             Err(Failure::Reject(m)) => self.dead_letter(d, ReasonClass::Rejected, m),
             Err(f) => {
@@ -224,13 +234,19 @@ impl Wiring {
         });
     }
 
+    /// A slot for one more unsettled broker call, waiting while all
+    /// [`MAX_UNSETTLED`] are taken.
+    fn permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        let sem = self.unsettled.clone();
+        sem.clone().try_acquire_owned().unwrap_or_else(|_| {
+            self.runtime.block_on(sem.acquire_owned()).expect("the semaphore is never closed")
+        })
+    }
+
     /// Run a broker call on the async runtime without waiting for it; at
     /// most [`MAX_UNSETTLED`] at once per step (the worker waits beyond).
     fn settle(&self, call: impl Future<Output = Result<(), BrokerError>> + Send + 'static) {
-        let permit = self
-            .runtime
-            .block_on(self.unsettled.clone().acquire_owned())
-            .expect("the semaphore is never closed");
+        let permit = self.permit();
         let step = self.step.name().clone();
         self.runtime.spawn(async move {
             if let Err(e) = call.await {

@@ -9,8 +9,8 @@ wasmtime::component::bindgen!({
     path: "../wit",
 });
 
-pub use troupe::step::host::Level;
-pub use troupe::step::types::EventContract;
+pub use self::troupe::step::host::Level;
+pub use self::troupe::step::types::EventContract;
 
 /// The guest's view of an event (the WIT `event` record).
 pub type GuestEvent = Event;

@@ -158,6 +158,9 @@ impl DeadLetter {
     }
 }
 
+/// A callback that receives the outcome of a broker call.
+pub type Then = Box<dyn FnOnce(Result<(), BrokerError>) + Send>;
+
 /// The members of one consumer group take deliveries from this.
 #[async_trait]
 pub trait Consumer: Send + Sync {
@@ -187,6 +190,12 @@ pub trait Broker: Send + Sync {
 
     /// Acknowledge `delivery` and publish what handling it emitted.
     async fn complete(&self, delivery: &Delivery, emitted: Vec<Event>) -> Result<(), BrokerError>;
+
+    /// [`Broker::complete`] without waiting: returns at once, and `then` is
+    /// called with the outcome once it is known (on a broker thread; it
+    /// must not block). The choreography's workers use this, so that no
+    /// worker ever waits for a commit.
+    fn complete_then(&self, delivery: Delivery, emitted: Vec<Event>, then: Then);
 
     /// A retryable failure: redeliver later, or dead-letter as `class` when
     /// the group's retry budget is spent.

@@ -72,7 +72,7 @@ impl Consumer for Group {
 
 /// The embedded broker.
 pub struct Embedded {
-    ops: Mutex<Option<mpsc::Sender<Op>>>,
+    ops: RwLock<Option<mpsc::Sender<Op>>>,
     routes: Arc<RwLock<Routes>>,
     groups: Arc<RwLock<HashMap<Arc<str>, Arc<Group>>>>,
     reader: Arc<Mutex<Connection>>,
@@ -101,7 +101,7 @@ impl Embedded {
             .spawn(move || w.run())
             .map_err(|e| BrokerError::Store(format!("cannot start the writer thread: {e}")))?;
         Ok(Embedded {
-            ops: Mutex::new(Some(tx)),
+            ops: RwLock::new(Some(tx)),
             routes,
             groups,
             reader: Arc::new(Mutex::new(reader)),
@@ -115,14 +115,21 @@ impl Embedded {
         &self.state_dir
     }
 
-    async fn call<T>(&self, op: impl FnOnce(writer::Reply<T>) -> Op) -> Result<T, BrokerError> {
-        let (reply, rx) = oneshot::channel();
-        {
-            let ops = self.ops.lock().expect("ops lock");
-            let ops = ops.as_ref().ok_or(BrokerError::Closed)?;
-            ops.send(op(reply)).map_err(|_| BrokerError::Closed)?;
-        }
+    async fn call<T: Send + 'static>(&self, op: impl FnOnce(writer::Reply<T>) -> Op) -> Result<T, BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(op(Box::new(move |r| {
+            let _ = tx.send(r);
+        })))
+        .map_err(|_| BrokerError::Closed)?;
         rx.await.map_err(|_| BrokerError::Closed)?
+    }
+
+    /// Hand `op` to the writer; gives it back if the writer is gone.
+    fn send(&self, op: Op) -> Result<(), Op> {
+        match self.ops.read().expect("ops lock").as_ref() {
+            Some(tx) => tx.send(op).map_err(|e| e.0),
+            None => Err(op),
+        }
     }
 
     async fn read<T: Send + 'static>(
@@ -201,6 +208,20 @@ impl Broker for Embedded {
             reply,
         })
         .await
+    }
+
+    fn complete_then(&self, d: Delivery, emitted: Vec<Event>, then: super::Then) {
+        let op = Op::Complete {
+            group: d.group.clone(),
+            seq: seq(&d),
+            emitted,
+            reply: then,
+        };
+        // If the writer is gone, the delivery stays unsettled on disk and is
+        // delivered again by the next host.
+        if let Err(Op::Complete { reply, .. }) = self.send(op) {
+            reply(Err(BrokerError::Closed));
+        }
     }
 
     async fn fail(
@@ -300,7 +321,7 @@ impl Drop for Embedded {
     fn drop(&mut self) {
         // Dropping the sender ends the writer once it has committed what
         // was already asked of it.
-        self.ops.lock().expect("ops lock").take();
+        self.ops.write().expect("ops lock").take();
         if let Some(h) = self.writer.lock().expect("writer lock").take() {
             let _ = h.join();
         }

@@ -17,7 +17,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, Transaction};
-use tokio::sync::oneshot;
 
 use super::store;
 use super::{Group, Routes};
@@ -29,7 +28,9 @@ const MAX_BATCH: usize = 4096;
 /// How often the writer looks for work queued by other processes.
 const INBOX_POLL: Duration = Duration::from_millis(20);
 
-pub(super) type Reply<T> = oneshot::Sender<Result<T, BrokerError>>;
+/// Called with an op's outcome once its transaction's fate is known, on the
+/// writer thread: it must not block.
+pub(super) type Reply<T> = Box<dyn FnOnce(Result<T, BrokerError>) + Send>;
 
 /// A change to the broker's state.
 pub(super) enum Op {
@@ -189,7 +190,7 @@ fn answer<T: Send + 'static>(fx: &mut Effects, reply: Reply<T>, result: Result<T
         } else {
             Err(BrokerError::Store("commit failed".into()))
         };
-        let _ = reply.send(r);
+        reply(r);
     }));
 }
 
