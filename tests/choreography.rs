@@ -13,7 +13,12 @@ const IDLE: Duration = Duration::from_millis(300);
 
 fn orders_app(extra: &str) -> TestApp {
     let mut m = String::from("name = \"orders\"\n");
-    for p in ["order-validate", "inventory-reserve", "payment-charge", "shipping-dispatch"] {
+    for p in [
+        "order-validate",
+        "inventory-reserve",
+        "payment-charge",
+        "shipping-dispatch",
+    ] {
         m += &step(p, &plugin(p), "");
     }
     m += extra;
@@ -21,7 +26,10 @@ fn orders_app(extra: &str) -> TestApp {
 }
 
 fn order(id: &str, lines: serde_json::Value) -> troupe::event::Event {
-    let mut e = event("order.placed", json!({"order_id": id, "customer": "ada", "lines": lines}));
+    let mut e = event(
+        "order.placed",
+        json!({"order_id": id, "customer": "ada", "lines": lines}),
+    );
     e.subject = Some(id.into());
     e
 }
@@ -36,8 +44,18 @@ async fn a_cascade_runs_end_to_end_with_fan_out_and_host_owned_attributes() {
 
     let trace = host.broker.trace(&placed.id).await.unwrap();
     let kinds: Vec<&str> = trace.iter().map(|e| e.kind.as_str()).collect();
-    for k in ["order.placed", "order.validated", "inventory.reserved", "payment.charged", "order.shipped"] {
-        assert_eq!(kinds.iter().filter(|x| **x == k).count(), 1, "{k} once in {kinds:?}");
+    for k in [
+        "order.placed",
+        "order.validated",
+        "inventory.reserved",
+        "payment.charged",
+        "order.shipped",
+    ] {
+        assert_eq!(
+            kinds.iter().filter(|x| **x == k).count(),
+            1,
+            "{k} once in {kinds:?}"
+        );
     }
     let by_kind = |k: &str| trace.iter().find(|e| e.kind == k).unwrap();
     let validated = by_kind("order.validated");
@@ -45,12 +63,24 @@ async fn a_cascade_runs_end_to_end_with_fan_out_and_host_owned_attributes() {
     assert_eq!(validated.causation_id(), Some(placed.id.as_str()));
     assert_eq!(validated.source, "troupe://orders/step/order-validate");
     assert_eq!(validated.subject.as_deref(), Some("o-1"));
-    assert_eq!(validated.schema.as_deref(), Some("urn:troupe:schema:order.validated:1.0.0"));
+    assert_eq!(
+        validated.schema.as_deref(),
+        Some("urn:troupe:schema:order.validated:1.0.0")
+    );
     // Fan-out: one event started two steps.
-    assert_eq!(by_kind("inventory.reserved").causation_id(), Some(validated.id.as_str()));
-    assert_eq!(by_kind("payment.charged").causation_id(), Some(validated.id.as_str()));
+    assert_eq!(
+        by_kind("inventory.reserved").causation_id(),
+        Some(validated.id.as_str())
+    );
+    assert_eq!(
+        by_kind("payment.charged").causation_id(),
+        Some(validated.id.as_str())
+    );
     let shipped = by_kind("order.shipped");
-    assert_eq!(shipped.causation_id(), Some(by_kind("payment.charged").id.as_str()));
+    assert_eq!(
+        shipped.causation_id(),
+        Some(by_kind("payment.charged").id.as_str())
+    );
     assert!(trace.iter().all(|e| e.correlation_id() == placed.id));
     let ids: std::collections::HashSet<_> = trace.iter().map(|e| &e.id).collect();
     assert_eq!(ids.len(), trace.len(), "every event id is unique");
@@ -71,27 +101,46 @@ async fn a_rejected_event_goes_to_the_dlq_at_once_and_stops_the_cascade() {
     let dlq = host.broker.dlq_list().await.unwrap();
     assert_eq!(dlq.len(), 1);
     let d = &dlq[0];
-    assert_eq!((d.step.as_str(), d.class, d.attempts), ("order-validate", ReasonClass::Rejected, 1));
+    assert_eq!(
+        (d.step.as_str(), d.class, d.attempts),
+        ("order-validate", ReasonClass::Rejected, 1)
+    );
     assert!(d.message.contains("o-empty has no lines"), "{}", d.message);
     assert_eq!(d.event, bad, "the DLQ keeps the original event");
-    assert_eq!(host.broker.trace(&bad.id).await.unwrap().len(), 1, "nothing was emitted");
+    assert_eq!(
+        host.broker.trace(&bad.id).await.unwrap().len(),
+        1,
+        "nothing was emitted"
+    );
     assert_eq!(host.stats.snapshot()["order-validate"].retried, 0);
     host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retry_is_redelivered_with_backoff_until_it_succeeds() {
-    let app = TestApp::new(&step("flaky", &guest("flaky"), "retry = { max_attempts = 5, backoff_ms = 20 }"));
+    let app = TestApp::new(&step(
+        "flaky",
+        &guest("flaky"),
+        "retry = { max_attempts = 5, backoff_ms = 20 }",
+    ));
     let host = app.start().await;
     let e = event("test.flaky", json!({"fail_times": 2}));
     let started = std::time::Instant::now();
     host.broker.publish(vec![e.clone()]).await.unwrap();
     let recovered = eventually(Duration::from_secs(10), "test.recovered", async || {
-        host.broker.trace(&e.id).await.unwrap().into_iter().find(|x| x.kind == "test.recovered")
+        host.broker
+            .trace(&e.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|x| x.kind == "test.recovered")
     })
     .await;
     assert_eq!(data(&recovered)["attempt"], 3, "delivered three times");
-    assert!(started.elapsed() >= Duration::from_millis(20 + 40), "backoff of 20 then 40 ms");
+    assert!(
+        started.elapsed() >= Duration::from_millis(20 + 40),
+        "backoff of 20 then 40 ms"
+    );
     host.wait_idle(IDLE).await.unwrap();
     assert_eq!(host.stats.snapshot()["flaky"].retried, 2);
     assert!(host.broker.dlq_list().await.unwrap().is_empty());
@@ -100,26 +149,43 @@ async fn a_retry_is_redelivered_with_backoff_until_it_succeeds() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retries_past_the_budget_are_dead_lettered_as_exhausted() {
-    let app = TestApp::new(&step("flaky", &guest("flaky"), "retry = { max_attempts = 2, backoff_ms = 10 }"));
+    let app = TestApp::new(&step(
+        "flaky",
+        &guest("flaky"),
+        "retry = { max_attempts = 2, backoff_ms = 10 }",
+    ));
     let host = app.start().await;
-    host.broker.publish(vec![event("test.flaky", json!({"fail_times": 9}))]).await.unwrap();
+    host.broker
+        .publish(vec![event("test.flaky", json!({"fail_times": 9}))])
+        .await
+        .unwrap();
     host.wait_idle(IDLE).await.unwrap();
     let dlq = host.broker.dlq_list().await.unwrap();
     assert_eq!(dlq.len(), 1);
     assert_eq!((dlq[0].class, dlq[0].attempts), (ReasonClass::Exhausted, 2));
-    assert!(dlq[0].message.contains("transient failure on attempt 2"), "{}", dlq[0].message);
+    assert!(
+        dlq[0].message.contains("transient failure on attempt 2"),
+        "{}",
+        dlq[0].message
+    );
     host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trap_is_retried_then_dead_lettered_and_the_host_keeps_serving() {
-    let m = step("trapper", &guest("trapper"), "retry = { max_attempts = 3, backoff_ms = 10 }")
-        + &step("echo", &guest("echo"), "");
+    let m = step(
+        "trapper",
+        &guest("trapper"),
+        "retry = { max_attempts = 3, backoff_ms = 10 }",
+    ) + &step("echo", &guest("echo"), "");
     let app = TestApp::new(&m);
     let host = app.start().await;
     let crash = event("test.crash", json!({}));
     let ping = event("test.ping", json!({"n": 7}));
-    host.broker.publish(vec![crash.clone(), ping.clone()]).await.unwrap();
+    host.broker
+        .publish(vec![crash.clone(), ping.clone()])
+        .await
+        .unwrap();
     host.wait_idle(IDLE).await.unwrap();
     let dlq = host.broker.dlq_list().await.unwrap();
     assert_eq!(dlq.len(), 1);
@@ -127,7 +193,11 @@ async fn a_trap_is_retried_then_dead_lettered_and_the_host_keeps_serving() {
     assert!(dlq[0].message.contains("trapped"), "{}", dlq[0].message);
     assert_eq!(host.stats.snapshot()["trapper"].retried, 2);
     let pong = host.broker.trace(&ping.id).await.unwrap();
-    assert_eq!(data(pong.last().unwrap()), json!({"n": 7}), "other steps are unaffected");
+    assert_eq!(
+        data(pong.last().unwrap()),
+        json!({"n": 7}),
+        "other steps are unaffected"
+    );
     host.shutdown().await;
 }
 
@@ -135,20 +205,39 @@ async fn a_trap_is_retried_then_dead_lettered_and_the_host_keeps_serving() {
 async fn input_that_breaks_the_contract_is_dead_lettered_at_once_with_an_alert() {
     let app = orders_app("");
     let host = app.start().await;
-    let bad = order("o-bad", json!([{"sku": "pen", "qty": "three", "price_cents": 1}]));
+    let bad = order(
+        "o-bad",
+        json!([{"sku": "pen", "qty": "three", "price_cents": 1}]),
+    );
     host.broker.publish(vec![bad.clone()]).await.unwrap();
     host.wait_idle(IDLE).await.unwrap();
     let dlq = host.broker.dlq_list().await.unwrap();
     assert_eq!(dlq.len(), 1);
     assert_eq!((dlq[0].class, dlq[0].attempts), (ReasonClass::Contract, 1));
-    assert!(dlq[0].message.contains("/lines/0/qty"), "{}", dlq[0].message);
+    assert!(
+        dlq[0].message.contains("/lines/0/qty"),
+        "{}",
+        dlq[0].message
+    );
     let stats = host.stats.snapshot();
-    assert_eq!((stats["order-validate"].contract_violations, stats["order-validate"].retried), (1, 0));
+    assert_eq!(
+        (
+            stats["order-validate"].contract_violations,
+            stats["order-validate"].retried
+        ),
+        (1, 0)
+    );
     assert_eq!(stats["order-validate"].handled, 0, "the guest never saw it");
     let trace = host.broker.trace(&bad.id).await.unwrap();
-    let alert = trace.iter().find(|e| e.kind == CONTRACT_ALERT).expect("an alert event");
+    let alert = trace
+        .iter()
+        .find(|e| e.kind == CONTRACT_ALERT)
+        .expect("an alert event");
     let a = data(alert);
-    assert_eq!((a["step"].as_str(), a["direction"].as_str()), (Some("order-validate"), Some("input")));
+    assert_eq!(
+        (a["step"].as_str(), a["direction"].as_str()),
+        (Some("order-validate"), Some("input"))
+    );
     assert_eq!(a["dlq_id"], dlq[0].id.as_str());
     assert_eq!(alert.causation_id(), Some(bad.id.as_str()));
     host.shutdown().await;
@@ -161,21 +250,61 @@ async fn output_that_breaks_the_contract_is_dead_lettered_and_not_published() {
     let bad = event("test.bad-output", json!({}));
     let undeclared = event("test.undeclared", json!({}));
     let good = event("test.good", json!({}));
-    host.broker.publish(vec![bad.clone(), undeclared.clone(), good.clone()]).await.unwrap();
+    host.broker
+        .publish(vec![bad.clone(), undeclared.clone(), good.clone()])
+        .await
+        .unwrap();
     host.wait_idle(IDLE).await.unwrap();
     let dlq = host.broker.dlq_list().await.unwrap();
     assert_eq!(dlq.len(), 2);
-    let of = |e: &troupe::event::Event| dlq.iter().find(|d| d.event.id == e.id).expect("dead-lettered");
-    assert_eq!((of(&bad).class, of(&bad).attempts), (ReasonClass::Contract, 1));
-    assert!(of(&bad).message.contains("output \"test.out\""), "{}", of(&bad).message);
-    assert!(of(&bad).message.contains("\"ok\" is a required property"), "{}", of(&bad).message);
+    let of = |e: &troupe::event::Event| {
+        dlq.iter()
+            .find(|d| d.event.id == e.id)
+            .expect("dead-lettered")
+    };
+    assert_eq!(
+        (of(&bad).class, of(&bad).attempts),
+        (ReasonClass::Contract, 1)
+    );
+    assert!(
+        of(&bad).message.contains("output \"test.out\""),
+        "{}",
+        of(&bad).message
+    );
+    assert!(
+        of(&bad).message.contains("\"ok\" is a required property"),
+        "{}",
+        of(&bad).message
+    );
     assert_eq!(of(&undeclared).class, ReasonClass::Contract);
-    assert!(of(&undeclared).message.contains("test.secret"), "{}", of(&undeclared).message);
+    assert!(
+        of(&undeclared).message.contains("test.secret"),
+        "{}",
+        of(&undeclared).message
+    );
     for e in [&bad, &undeclared] {
-        let kinds: Vec<String> = host.broker.trace(&e.id).await.unwrap().into_iter().map(|e| e.kind).collect();
-        assert_eq!(kinds, [e.kind.as_str(), CONTRACT_ALERT], "nothing the step emitted got out");
+        let kinds: Vec<String> = host
+            .broker
+            .trace(&e.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [e.kind.as_str(), CONTRACT_ALERT],
+            "nothing the step emitted got out"
+        );
     }
-    let ok: Vec<String> = host.broker.trace(&good.id).await.unwrap().into_iter().map(|e| e.kind).collect();
+    let ok: Vec<String> = host
+        .broker
+        .trace(&good.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
     assert_eq!(ok, ["test.good", "test.out"]);
     host.shutdown().await;
 }
@@ -206,7 +335,14 @@ async fn a_dead_letter_replayed_after_the_fault_is_fixed_completes() {
     host.broker.dlq_replay(&dlq[0].id).await.unwrap();
     host.wait_idle(IDLE).await.unwrap();
     assert!(host.broker.dlq_list().await.unwrap().is_empty());
-    assert_eq!(std::fs::read(&target).unwrap(), [e.data.as_slice(), b"\n"].concat(), "the sink wrote the event");
-    assert!(host.broker.dlq_replay(&dlq[0].id).await.is_err(), "a replayed letter is gone");
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        [e.data.as_slice(), b"\n"].concat(),
+        "the sink wrote the event"
+    );
+    assert!(
+        host.broker.dlq_replay(&dlq[0].id).await.is_err(),
+        "a replayed letter is gone"
+    );
     host.shutdown().await;
 }

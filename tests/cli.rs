@@ -16,12 +16,21 @@ fn troupe(args: &[&str], app: &Path) -> Output {
 }
 
 fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn err(o: &Output) -> String {
-    assert!(!o.status.success(), "succeeded: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "succeeded: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
@@ -33,26 +42,51 @@ fn validate_app() -> TestApp {
 fn publish_run_dlq_show_replay_and_trace() {
     let app = validate_app();
     let d = app.path().to_str().unwrap();
-    let good = r#"{"order_id":"o-1","customer":"ada","lines":[{"sku":"tea","qty":1,"price_cents":5}]}"#;
+    let good =
+        r#"{"order_id":"o-1","customer":"ada","lines":[{"sku":"tea","qty":1,"price_cents":5}]}"#;
     let empty = r#"{"order_id":"o-2","customer":"ada","lines":[]}"#;
-    let out = ok(&troupe(&["--json", "publish", d, "order.placed", "--data", good], app.path()));
-    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["published"][0].as_str().unwrap().to_string();
-    ok(&troupe(&["publish", d, "order.placed", "--data", empty, "--subject", "o-2"], app.path()));
+    let out = ok(&troupe(
+        &["--json", "publish", d, "order.placed", "--data", good],
+        app.path(),
+    ));
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["published"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&troupe(
+        &[
+            "publish",
+            d,
+            "order.placed",
+            "--data",
+            empty,
+            "--subject",
+            "o-2",
+        ],
+        app.path(),
+    ));
 
     let summary = ok(&troupe(&["run", d, "--until-idle"], app.path()));
     assert!(summary.contains("order-validate"), "{summary}");
-    assert!(summary.contains("dead-letter queue: 1 message(s)"), "{summary}");
+    assert!(
+        summary.contains("dead-letter queue: 1 message(s)"),
+        "{summary}"
+    );
 
     let tree = ok(&troupe(&["trace", &id], app.path()));
     assert!(tree.starts_with("order.placed"), "{tree}");
     assert!(tree.contains("\n  order.validated"), "{tree}");
 
-    let list: serde_json::Value = serde_json::from_str(&ok(&troupe(&["--json", "dlq", "list"], app.path()))).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&troupe(&["--json", "dlq", "list"], app.path()))).unwrap();
     let dead = &list[0];
     assert_eq!(dead["class"], "rejected");
     let dlq_id = dead["id"].as_str().unwrap();
     let shown = ok(&troupe(&["dlq", "show", dlq_id], app.path()));
-    assert!(shown.contains("o-2 has no lines") && shown.contains("\"subject\": \"o-2\""), "{shown}");
+    assert!(
+        shown.contains("o-2 has no lines") && shown.contains("\"subject\": \"o-2\""),
+        "{shown}"
+    );
 
     ok(&troupe(&["dlq", "replay", dlq_id], app.path()));
     let again = ok(&troupe(&["run", d, "--until-idle"], app.path()));
@@ -66,26 +100,52 @@ fn publish_run_dlq_show_replay_and_trace() {
 fn malformed_events_are_refused_on_publish_and_nothing_is_stored() {
     let app = validate_app();
     let d = app.path().to_str().unwrap();
-    let e = err(&troupe(&["publish", d, "order.placed", "--data", "{not json"], app.path()));
+    let e = err(&troupe(
+        &["publish", d, "order.placed", "--data", "{not json"],
+        app.path(),
+    ));
     assert!(e.contains("--data is not valid JSON"), "{e}");
-    let e = err(&troupe(&["publish", d, "Order Placed", "--data", "{}"], app.path()));
+    let e = err(&troupe(
+        &["publish", d, "Order Placed", "--data", "{}"],
+        app.path(),
+    ));
     assert!(e.contains("is not an event type"), "{e}");
-    let e = err(&troupe(&["publish", d, "order.placed", "--data", r#"{"order_id":1}"#], app.path()));
-    assert!(e.contains("would break the contract of step `order-validate`"), "{e}");
+    let e = err(&troupe(
+        &["publish", d, "order.placed", "--data", r#"{"order_id":1}"#],
+        app.path(),
+    ));
+    assert!(
+        e.contains("would break the contract of step `order-validate`"),
+        "{e}"
+    );
     let file = app.path().join("bad.jsonl");
     std::fs::write(&file, "{\"type\":\"order.placed\",\"data\":{}}\n[1,2]\n").unwrap();
-    let e = err(&troupe(&["publish", d, "--file", file.to_str().unwrap()], app.path()));
+    let e = err(&troupe(
+        &["publish", d, "--file", file.to_str().unwrap()],
+        app.path(),
+    ));
     assert!(e.contains("bad.jsonl:2: not an event"), "{e}");
     let summary = ok(&troupe(&["run", d, "--until-idle"], app.path()));
     assert!(summary.contains("dead-letter queue: empty"), "{summary}");
-    assert!(!summary.lines().any(|l| l.starts_with("order-validate") && !l.contains(" 0 ")), "{summary}");
+    assert!(
+        !summary
+            .lines()
+            .any(|l| l.starts_with("order-validate") && !l.contains(" 0 ")),
+        "{summary}"
+    );
 }
 
 #[test]
 fn a_malformed_manifest_names_the_file_line_and_key() {
     let app = TestApp::new("[steps.a]\ncomponent = \"a.wasm\"\nlimits = { memroy_mb = 8 }\n");
-    let e = err(&troupe(&["run", app.path().to_str().unwrap(), "--until-idle"], app.path()));
-    assert!(e.contains("troupe.toml") && e.contains("memroy_mb") && e.contains("line 3"), "{e}");
+    let e = err(&troupe(
+        &["run", app.path().to_str().unwrap(), "--until-idle"],
+        app.path(),
+    ));
+    assert!(
+        e.contains("troupe.toml") && e.contains("memroy_mb") && e.contains("line 3"),
+        "{e}"
+    );
     let e = err(&troupe(&["run", "/nonexistent/app"], app.path()));
     assert!(e.contains("/nonexistent/app/troupe.toml"), "{e}");
     let app = TestApp::new("[steps.a]\ncomponent = \"missing.wasm\"\n");
@@ -96,10 +156,16 @@ fn a_malformed_manifest_names_the_file_line_and_key() {
 #[test]
 fn build_compiles_a_rust_plugin_and_reports_what_it_made() {
     let dir = repo().join("plugins/payment-charge");
-    let out: serde_json::Value =
-        serde_json::from_str(&ok(&troupe(&["--json", "build", dir.to_str().unwrap()], &repo()))).unwrap();
+    let out: serde_json::Value = serde_json::from_str(&ok(&troupe(
+        &["--json", "build", dir.to_str().unwrap()],
+        &repo(),
+    )))
+    .unwrap();
     let component = out[0]["component"].as_str().unwrap();
-    assert!(component.ends_with("payment_charge.wasm") && Path::new(component).exists(), "{out}");
+    assert!(
+        component.ends_with("payment_charge.wasm") && Path::new(component).exists(),
+        "{out}"
+    );
     let e = err(&troupe(&["build", "/tmp"], &repo()));
     assert!(e.contains("cannot tell the language of /tmp"), "{e}");
 }

@@ -20,7 +20,10 @@ fn every_fixture_has_a_test() {
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     dirs.sort();
-    assert_eq!(dirs, members, "fixture directories and workspace members differ");
+    assert_eq!(
+        dirs, members,
+        "fixture directories and workspace members differ"
+    );
 
     let mut sources = String::new();
     for f in std::fs::read_dir(&root).unwrap() {
@@ -30,6 +33,9 @@ fn every_fixture_has_a_test() {
         }
     }
     for m in &members {
-        assert!(sources.contains(&format!("guest(\"{m}\")")), "fixture {m} is used by no test");
+        assert!(
+            sources.contains(&format!("guest(\"{m}\")")),
+            "fixture {m} is used by no test"
+        );
     }
 }

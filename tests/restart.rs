@@ -14,10 +14,19 @@ const ORDERS: usize = 3000;
 fn sigkill_mid_cascade_loses_nothing() {
     let bin = troupe_bin();
     let mut m = String::from("name = \"orders\"\n");
-    for p in ["order-validate", "inventory-reserve", "payment-charge", "shipping-dispatch"] {
+    for p in [
+        "order-validate",
+        "inventory-reserve",
+        "payment-charge",
+        "shipping-dispatch",
+    ] {
         m += &step(p, &plugin(p), "");
     }
-    m += &step("sink", &guest("sink"), "grants.dirs = [{ host = \"out\", guest = \"/out\", write = true }]");
+    m += &step(
+        "sink",
+        &guest("sink"),
+        "grants.dirs = [{ host = \"out\", guest = \"/out\", write = true }]",
+    );
     let app = TestApp::new(&m);
     let out = app.path().join("out");
     std::fs::create_dir(&out).unwrap();
@@ -40,8 +49,13 @@ fn sigkill_mid_cascade_loses_nothing() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(published.status.success(), "{}", String::from_utf8_lossy(&published.stderr));
-    let ids: HashSet<String> = serde_json::from_slice::<serde_json::Value>(&published.stdout).unwrap()["published"]
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let ids: HashSet<String> = serde_json::from_slice::<serde_json::Value>(&published.stdout)
+        .unwrap()["published"]
         .as_array()
         .unwrap()
         .iter()
@@ -59,14 +73,20 @@ fn sigkill_mid_cascade_loses_nothing() {
         .unwrap();
     let start = Instant::now();
     while count() < ORDERS / 10 {
-        assert!(start.elapsed() < Duration::from_secs(120), "the host made no progress");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the host made no progress"
+        );
         assert!(host.try_wait().unwrap().is_none(), "the host exited early");
         std::thread::sleep(Duration::from_millis(5));
     }
     host.kill().unwrap(); // SIGKILL
     host.wait().unwrap();
     let at_kill = count();
-    assert!(at_kill < ORDERS, "killed mid-cascade ({at_kill} of {ORDERS} done)");
+    assert!(
+        at_kill < ORDERS,
+        "killed mid-cascade ({at_kill} of {ORDERS} done)"
+    );
 
     let rerun = Command::new(&bin)
         .arg("run")
@@ -75,7 +95,11 @@ fn sigkill_mid_cascade_loses_nothing() {
         .env("TROUPE_LOG", "error")
         .output()
         .unwrap();
-    assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
 
     // One file per shipped event, named <correlation>.<event id>; one line
     // per time the sink handled it.
@@ -85,14 +109,24 @@ fn sigkill_mid_cascade_loses_nothing() {
         let name = f.unwrap().file_name().into_string().unwrap();
         let (corr, _event) = name.split_once('.').unwrap();
         completed.insert(corr.to_string());
-        let lines = std::fs::read_to_string(out.join(&name)).unwrap().lines().count();
+        let lines = std::fs::read_to_string(out.join(&name))
+            .unwrap()
+            .lines()
+            .count();
         deliveries.insert(name, lines);
     }
     let missing: Vec<_> = ids.difference(&completed).collect();
-    assert!(missing.is_empty(), "{} cascades lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(3)]);
+    assert!(
+        missing.is_empty(),
+        "{} cascades lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(3)]
+    );
     assert_eq!(completed.len(), ORDERS, "and none that was not published");
     assert_eq!(deliveries.len(), ORDERS, "one shipped event per order");
     let dups = deliveries.values().filter(|n| **n > 1).count();
-    eprintln!("{ORDERS} cascades: {at_kill} done before SIGKILL, all done after restart; {dups} shipped events handled twice (same event id)");
+    eprintln!(
+        "{ORDERS} cascades: {at_kill} done before SIGKILL, all done after restart; {dups} shipped events handled twice (same event id)"
+    );
     assert!(String::from_utf8_lossy(&rerun.stdout).contains("dead-letter queue: empty"));
 }

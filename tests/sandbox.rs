@@ -13,21 +13,34 @@ const IDLE: Duration = Duration::from_millis(300);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_infinite_loop_is_stopped_by_the_deadline() {
-    let m = step("looper", &guest("looper"), "limits = { timeout_ms = 50 }\nretry = { max_attempts = 2, backoff_ms = 10 }")
-        + &step("echo", &guest("echo"), "");
+    let m = step(
+        "looper",
+        &guest("looper"),
+        "limits = { timeout_ms = 50 }\nretry = { max_attempts = 2, backoff_ms = 10 }",
+    ) + &step("echo", &guest("echo"), "");
     let app = TestApp::new(&m);
     let host = app.start().await;
     let ping = event("test.ping", json!({"n": 1}));
     let start = Instant::now();
-    host.broker.publish(vec![event("test.loop", json!({})), ping.clone()]).await.unwrap();
+    host.broker
+        .publish(vec![event("test.loop", json!({})), ping.clone()])
+        .await
+        .unwrap();
     let dead = eventually(Duration::from_secs(10), "the loop in the DLQ", async || {
         host.broker.dlq_list().await.unwrap().pop()
     })
     .await;
     let took = start.elapsed();
     assert_eq!((dead.class, dead.attempts), (ReasonClass::Limit, 2));
-    assert!(dead.message.contains("time limit of 50 ms"), "{}", dead.message);
-    assert!(took >= Duration::from_millis(100), "two deliveries of 50 ms: {took:?}");
+    assert!(
+        dead.message.contains("time limit of 50 ms"),
+        "{}",
+        dead.message
+    );
+    assert!(
+        took >= Duration::from_millis(100),
+        "two deliveries of 50 ms: {took:?}"
+    );
     assert!(took < Duration::from_secs(5), "stopped promptly: {took:?}");
     // The host kept serving meanwhile.
     assert_eq!(host.broker.trace(&ping.id).await.unwrap().len(), 2);
@@ -36,38 +49,70 @@ async fn an_infinite_loop_is_stopped_by_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_bomb_is_refused_by_the_limit() {
-    let m = step("membomb", &guest("membomb"), "limits = { memory_mb = 16 }\nretry = { max_attempts = 1 }");
+    let m = step(
+        "membomb",
+        &guest("membomb"),
+        "limits = { memory_mb = 16 }\nretry = { max_attempts = 1 }",
+    );
     let app = TestApp::new(&m);
     let host = app.start().await;
-    host.broker.publish(vec![event("test.bomb", json!({}))]).await.unwrap();
+    host.broker
+        .publish(vec![event("test.bomb", json!({}))])
+        .await
+        .unwrap();
     host.wait_idle(IDLE).await.unwrap();
     let dlq = host.broker.dlq_list().await.unwrap();
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].class, ReasonClass::Limit);
-    assert!(dlq[0].message.contains("memory limit of 16 MiB"), "{}", dlq[0].message);
+    assert!(
+        dlq[0].message.contains("memory limit of 16 MiB"),
+        "{}",
+        dlq[0].message
+    );
     host.shutdown().await;
 }
 
 async fn probe(extra: &str, app: &TestApp) -> serde_json::Value {
-    std::fs::write(app.path().join("troupe.toml"), step("prober", &guest("prober"), extra)).unwrap();
+    std::fs::write(
+        app.path().join("troupe.toml"),
+        step("prober", &guest("prober"), extra),
+    )
+    .unwrap();
     let host = app.start().await;
     let e = event("test.probe", json!({}));
     host.broker.publish(vec![e.clone()]).await.unwrap();
     host.wait_idle(IDLE).await.unwrap();
     let trace = host.broker.trace(&e.id).await.unwrap();
     host.shutdown().await;
-    data(trace.iter().find(|x| x.kind == "test.probed").expect("a report"))
+    data(
+        trace
+            .iter()
+            .find(|x| x.kind == "test.probed")
+            .expect("a report"),
+    )
 }
 
 fn denied(report: &serde_json::Value, probe: &str) -> bool {
-    report[probe].as_str().is_some_and(|s| s.starts_with("denied"))
+    report[probe]
+        .as_str()
+        .is_some_and(|s| s.starts_with("denied"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_step_with_no_grants_reaches_no_file_socket_or_variable() {
     let app = TestApp::new("");
     let r = probe("", &app).await;
-    for p in ["read_etc_passwd", "read_relative", "write_tmp", "list_root", "tcp_connect", "tcp_listen", "udp_bind", "granted_read", "granted_write"] {
+    for p in [
+        "read_etc_passwd",
+        "read_relative",
+        "write_tmp",
+        "list_root",
+        "tcp_connect",
+        "tcp_listen",
+        "udp_bind",
+        "granted_read",
+        "granted_write",
+    ] {
         assert!(denied(&r, p), "{p}: {}", r[p]);
     }
     assert_eq!(r["env_vars"], 0);
@@ -82,13 +127,20 @@ async fn grants_open_exactly_what_they_name() {
     let ro = "grants.dirs = [{ host = \"shared\", guest = \"/granted\" }]\ngrants.env = { REGION = \"eu\" }";
     let r = probe(ro, &app).await;
     assert_eq!(r["granted_read"], "ok");
-    assert!(denied(&r, "granted_write"), "read-only grant: {}", r["granted_write"]);
+    assert!(
+        denied(&r, "granted_write"),
+        "read-only grant: {}",
+        r["granted_write"]
+    );
     assert!(denied(&r, "read_etc_passwd") && denied(&r, "tcp_connect"));
     assert_eq!(r["env_vars"], 1);
     let rw = "grants.dirs = [{ host = \"shared\", guest = \"/granted\", write = true }]";
     let r = probe(rw, &app).await;
     assert_eq!(r["granted_write"], "ok");
-    assert_eq!(std::fs::read_to_string(dir.join("written.txt")).unwrap(), "from the guest");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("written.txt")).unwrap(),
+        "from the guest"
+    );
 }
 
 async fn start_err(component: &std::path::Path) -> HostError {
@@ -104,21 +156,58 @@ async fn broken_components_are_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.wasm");
     let e = start_err(&missing).await;
-    assert!(matches!(e, HostError::Load { error: RuntimeError::Read { .. }, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            HostError::Load {
+                error: RuntimeError::Read { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("missing.wasm"), "{e}");
 
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"this is not wasm").unwrap();
     let e = start_err(&junk).await;
-    assert!(matches!(e, HostError::Load { error: RuntimeError::Compile { .. }, .. }), "{e}");
-    assert!(e.to_string().contains("not a valid WebAssembly component"), "{e}");
+    assert!(
+        matches!(
+            e,
+            HostError::Load {
+                error: RuntimeError::Compile { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("not a valid WebAssembly component"),
+        "{e}"
+    );
 
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let e = start_err(&core).await;
-    assert!(e.to_string().contains("not a valid WebAssembly component"), "{e}");
+    assert!(
+        e.to_string().contains("not a valid WebAssembly component"),
+        "{e}"
+    );
 
     let e = start_err(&guest("not-a-step")).await;
-    assert!(matches!(e, HostError::Load { error: RuntimeError::World { .. }, .. }), "{e}");
-    assert!(e.to_string().contains("does not implement the `troupe:step` world"), "{e}");
+    assert!(
+        matches!(
+            e,
+            HostError::Load {
+                error: RuntimeError::World { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("does not implement the `troupe:step` world"),
+        "{e}"
+    );
 }

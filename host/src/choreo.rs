@@ -239,7 +239,9 @@ impl Wiring {
     fn permit(&self) -> tokio::sync::OwnedSemaphorePermit {
         let sem = self.unsettled.clone();
         sem.clone().try_acquire_owned().unwrap_or_else(|_| {
-            self.runtime.block_on(sem.acquire_owned()).expect("the semaphore is never closed")
+            self.runtime
+                .block_on(sem.acquire_owned())
+                .expect("the semaphore is never closed")
         })
     }
 

@@ -135,7 +135,10 @@ fn run(cli: Cli) -> Result<()> {
             no_check,
         } => publish(&app, kind, data, subject, file, no_check, json),
         Cmd::Dlq { command } => dlq(command, json),
-        Cmd::Trace { correlation_id, app } => trace(&app, &correlation_id, json),
+        Cmd::Trace {
+            correlation_id,
+            app,
+        } => trace(&app, &correlation_id, json),
         Cmd::Build { dirs } => build(dirs, json),
     }
 }
@@ -350,7 +353,10 @@ fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> {
     let app = load_app(dir)?;
     let events = offline::trace(&app.state_dir(), correlation_id)?;
     if events.is_empty() {
-        bail!("no events with correlation id {correlation_id:?} in {}", app.dir.display());
+        bail!(
+            "no events with correlation id {correlation_id:?} in {}",
+            app.dir.display()
+        );
     }
     if json {
         let v: Vec<_> = events.iter().map(Event::to_json).collect();
@@ -358,14 +364,26 @@ fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> {
         return Ok(());
     }
     let known: std::collections::HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    fn show(events: &[Event], parent: Option<&str>, known: &std::collections::HashSet<&str>, depth: usize) {
+    fn show(
+        events: &[Event],
+        parent: Option<&str>,
+        known: &std::collections::HashSet<&str>,
+        depth: usize,
+    ) {
         for e in events {
             let cause = e.causation_id().filter(|c| known.contains(c));
             if cause != parent {
                 continue;
             }
             let by = e.source.rsplit('/').next().unwrap_or(&e.source);
-            println!("{:indent$}{} {}  (from {by}, {})", "", e.kind, e.id, e.time, indent = depth * 2);
+            println!(
+                "{:indent$}{} {}  (from {by}, {})",
+                "",
+                e.kind,
+                e.id,
+                e.time,
+                indent = depth * 2
+            );
             show(events, Some(&e.id), known, depth + 1);
         }
     }

@@ -32,7 +32,11 @@ const STEPS: [&str; 3] = ["order-validate", "payment-charge", "shipping-dispatch
 fn order(i: usize) -> Event {
     let data = json!({"order_id": format!("o-{i}"), "customer": "c",
         "lines": [{"sku": "tea", "qty": 1 + i % 3, "price_cents": 100}]});
-    Event::new("order.placed", "troupe://bench", serde_json::to_vec(&data).unwrap())
+    Event::new(
+        "order.placed",
+        "troupe://bench",
+        serde_json::to_vec(&data).unwrap(),
+    )
 }
 
 fn app(instances: &str) -> TestApp {
@@ -67,7 +71,11 @@ async fn run_mode(instances: &str, n: usize) {
     });
     let consumer = host
         .broker
-        .subscribe("bench-probe", &["order.shipped".to_string()], RetryPolicy::default())
+        .subscribe(
+            "bench-probe",
+            &["order.shipped".to_string()],
+            RetryPolicy::default(),
+        )
         .await
         .unwrap();
     {
@@ -89,14 +97,22 @@ async fn run_mode(instances: &str, n: usize) {
     // Warm up, then unloaded latency: one order at a time.
     for i in 0..200 {
         let e = order(i);
-        probe.started.lock().unwrap().insert(e.id.clone(), Instant::now());
+        probe
+            .started
+            .lock()
+            .unwrap()
+            .insert(e.id.clone(), Instant::now());
         host.broker.publish(vec![e]).await.unwrap();
         probe.done.notified().await;
     }
     probe.latencies.lock().unwrap().clear();
     for i in 0..1000 {
         let e = order(i);
-        probe.started.lock().unwrap().insert(e.id.clone(), Instant::now());
+        probe
+            .started
+            .lock()
+            .unwrap()
+            .insert(e.id.clone(), Instant::now());
         host.broker.publish(vec![e]).await.unwrap();
         probe.done.notified().await;
     }
@@ -193,12 +209,18 @@ async fn baseline(instances: &str, n: usize) {
 }
 
 fn main() {
-    let n: usize = std::env::var("BENCH_ORDERS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let n: usize = std::env::var("BENCH_ORDERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
     // Build the plugins before timing anything.
     for s in STEPS {
         plugin(s);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let modes = std::env::var("BENCH_MODES").unwrap_or_else(|_| "fresh,reuse".into());
         for mode in modes.split(',') {

@@ -16,7 +16,10 @@ use troupe::host::Host;
 
 /// The repository's root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 fn cargo_wasm(workspace: &Path) {
@@ -26,7 +29,11 @@ fn cargo_wasm(workspace: &Path) {
         .env_remove("CARGO_TARGET_DIR")
         .status()
         .expect("cargo runs");
-    assert!(status.success(), "building the guests in {} failed", workspace.display());
+    assert!(
+        status.success(),
+        "building the guests in {} failed",
+        workspace.display()
+    );
 }
 
 fn wasm_dir(workspace: &str, built: &'static OnceLock<PathBuf>) -> &'static Path {
@@ -59,12 +66,21 @@ pub fn troupe_bin() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "--release", "--quiet", "-p", "troupe", "--bin", "troupe"])
+                .args([
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "troupe",
+                    "--bin",
+                    "troupe",
+                ])
                 .current_dir(repo())
                 .status()
                 .expect("cargo runs");
             assert!(status.success(), "building troupe failed");
-            let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| repo().join("target"), PathBuf::from);
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map_or_else(|_| repo().join("target"), PathBuf::from);
             target.join("release/troupe")
         })
         .clone()
@@ -100,22 +116,36 @@ impl TestApp {
 /// A `[steps.NAME]` table for fixture or plugin `component`, plus `extra`
 /// lines.
 pub fn step(name: &str, component: &Path, extra: &str) -> String {
-    format!("[steps.{name}]\ncomponent = {:?}\n{extra}\n", component.display().to_string())
+    format!(
+        "[steps.{name}]\ncomponent = {:?}\n{extra}\n",
+        component.display().to_string()
+    )
 }
 
 /// A new event from outside, with JSON data.
 pub fn event(kind: &str, data: serde_json::Value) -> Event {
-    Event::new(kind, "troupe://tests", serde_json::to_vec(&data).expect("JSON"))
+    Event::new(
+        kind,
+        "troupe://tests",
+        serde_json::to_vec(&data).expect("JSON"),
+    )
 }
 
 /// Poll `check` until it returns `Some`, or panic after `timeout`.
-pub async fn eventually<T>(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

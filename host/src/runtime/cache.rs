@@ -139,7 +139,10 @@ impl ArtifactCache {
                                     Origin::Cached => "cached",
                                     Origin::Compiled => "compiled",
                                 };
-                                tracing::info!(step = %name, "{how} in {:.1?}", l.elapsed);
+                                match l.origin {
+                                    Origin::Compiled => tracing::info!(step = %name, "compiled in {:.1?}", l.elapsed),
+                                    Origin::Cached => tracing::debug!(step = %name, "loaded precompiled in {:.1?}", l.elapsed),
+                                }
                                 bar.finish_with_message(format!("{how} in {:.1?}", l.elapsed));
                             }
                             Err(e) => bar.abandon_with_message(format!("failed: {e}")),

@@ -95,7 +95,9 @@ impl StepCtx {
             b.env(k, v);
         }
         if grants.stderr {
-            b.inherit_stderr();
+            // Both of the guest's output streams go to the host's stderr:
+            // the host's stdout is for its own command output.
+            b.inherit_stderr().stdout(wasmtime_wasi::cli::stderr());
         }
         Ok(StepCtx {
             wasi: b.build(),
@@ -129,7 +131,7 @@ impl host::Host for StepCtx {
                 cut -= 1;
             }
             text.truncate(cut);
-            text.push_str("…");
+            text.push('…');
         }
         let (step, event) = (&*self.step, self.event_id.as_str());
         match level {

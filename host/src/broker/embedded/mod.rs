@@ -115,7 +115,10 @@ impl Embedded {
         &self.state_dir
     }
 
-    async fn call<T: Send + 'static>(&self, op: impl FnOnce(writer::Reply<T>) -> Op) -> Result<T, BrokerError> {
+    async fn call<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(writer::Reply<T>) -> Op,
+    ) -> Result<T, BrokerError> {
         let (tx, rx) = oneshot::channel();
         self.send(op(Box::new(move |r| {
             let _ = tx.send(r);

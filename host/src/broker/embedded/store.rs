@@ -135,8 +135,8 @@ pub fn insert_dead_letter(
     class: ReasonClass,
     message: &str,
     attempts: u32,
-    time: &str,
 ) -> Result<(), BrokerError> {
+    let time = crate::event::now_rfc3339();
     tx.prepare_cached(
         "INSERT INTO dlq (id, grp, seq, class, message, attempts, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?

@@ -21,7 +21,7 @@ use rusqlite::{Connection, Transaction};
 use super::store;
 use super::{Group, Routes};
 use crate::broker::{Ack, BrokerError, Delivery, ReasonClass};
-use crate::event::{Event, now_rfc3339};
+use crate::event::Event;
 
 /// The most ops committed in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -251,16 +251,7 @@ fn apply(
         } => {
             let id = uuid::Uuid::now_v7().to_string();
             let r = (|| {
-                store::insert_dead_letter(
-                    tx,
-                    &id,
-                    &group,
-                    seq,
-                    class,
-                    &message,
-                    attempts,
-                    &now_rfc3339(),
-                )?;
+                store::insert_dead_letter(tx, &id, &group, seq, class, &message, attempts)?;
                 if store::delete_delivery(tx, &group, seq)?
                     && let Some(g) = groups.read().expect("groups lock").get(&group)
                 {

@@ -6,7 +6,8 @@ struct Step;
 
 impl Guest for Step {
     fn describe() -> Contract {
-        let n = json!({"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}});
+        let n =
+            json!({"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}});
         Contract {
             name: "echo".into(),
             version: "1.0.0".into(),

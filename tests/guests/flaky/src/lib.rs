@@ -31,9 +31,15 @@ impl Guest for Step {
         let v: serde_json::Value = event.json()?;
         let fail_times = v["fail_times"].as_u64().unwrap_or(0);
         if u64::from(event.attempt) <= fail_times {
-            return Err(StepError::Retry(format!("transient failure on attempt {}", event.attempt)));
+            return Err(StepError::Retry(format!(
+                "transient failure on attempt {}",
+                event.attempt
+            )));
         }
-        Ok(vec![Emit::json("test.recovered", &json!({"attempt": event.attempt}))])
+        Ok(vec![Emit::json(
+            "test.recovered",
+            &json!({"attempt": event.attempt}),
+        )])
     }
 }
 

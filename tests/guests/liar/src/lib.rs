@@ -15,7 +15,12 @@ impl Guest for Step {
             description: "Emits what it promised not to".into(),
             consumes: vec![
                 event_type("test.bad-output", "1.0.0", "Emit bad data", any.clone()),
-                event_type("test.undeclared", "1.0.0", "Emit an undeclared type", any.clone()),
+                event_type(
+                    "test.undeclared",
+                    "1.0.0",
+                    "Emit an undeclared type",
+                    any.clone(),
+                ),
                 event_type("test.good", "1.0.0", "Behave", any),
             ],
             produces: vec![event_type(

@@ -9,7 +9,12 @@ impl Guest for Step {
             name: "looper".into(),
             version: "1.0.0".into(),
             description: "Loops forever".into(),
-            consumes: vec![event_type("test.loop", "1.0.0", "Anything", serde_json::json!({}))],
+            consumes: vec![event_type(
+                "test.loop",
+                "1.0.0",
+                "Anything",
+                serde_json::json!({}),
+            )],
             produces: vec![],
             deterministic: true,
         }

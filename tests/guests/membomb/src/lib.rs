@@ -9,7 +9,12 @@ impl Guest for Step {
             name: "membomb".into(),
             version: "1.0.0".into(),
             description: "Eats memory".into(),
-            consumes: vec![event_type("test.bomb", "1.0.0", "Anything", serde_json::json!({}))],
+            consumes: vec![event_type(
+                "test.bomb",
+                "1.0.0",
+                "Anything",
+                serde_json::json!({}),
+            )],
             produces: vec![],
             deterministic: true,
         }

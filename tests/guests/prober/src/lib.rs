@@ -18,8 +18,18 @@ impl Guest for Step {
             name: "prober".into(),
             version: "1.0.0".into(),
             description: "Probes its sandbox".into(),
-            consumes: vec![event_type("test.probe", "1.0.0", "Start probing", json!({}))],
-            produces: vec![event_type("test.probed", "1.0.0", "What each probe got", json!({"type": "object"}))],
+            consumes: vec![event_type(
+                "test.probe",
+                "1.0.0",
+                "Start probing",
+                json!({}),
+            )],
+            produces: vec![event_type(
+                "test.probed",
+                "1.0.0",
+                "What each probe got",
+                json!({"type": "object"}),
+            )],
             deterministic: false,
         }
     }

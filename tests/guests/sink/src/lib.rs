@@ -13,14 +13,22 @@ impl Guest for Step {
             name: "sink".into(),
             version: "1.0.0".into(),
             description: "Records shipped orders".into(),
-            consumes: vec![event_type("order.shipped", "1.0.0", "An order left", json!({"type": "object"}))],
+            consumes: vec![event_type(
+                "order.shipped",
+                "1.0.0",
+                "An order left",
+                json!({"type": "object"}),
+            )],
             produces: vec![],
             deterministic: false,
         }
     }
 
     fn handle(event: Event) -> Result<Vec<Emit>, StepError> {
-        let corr = event.extension("correlationid").unwrap_or("none").to_string();
+        let corr = event
+            .extension("correlationid")
+            .unwrap_or("none")
+            .to_string();
         let path = format!("/out/{corr}.{}", event.id);
         use std::io::Write;
         let line = [event.data.as_slice(), b"\n"].concat();

@@ -9,7 +9,12 @@ impl Guest for Step {
             name: "trapper".into(),
             version: "1.0.0".into(),
             description: "Always traps".into(),
-            consumes: vec![event_type("test.crash", "1.0.0", "Anything", serde_json::json!({}))],
+            consumes: vec![event_type(
+                "test.crash",
+                "1.0.0",
+                "Anything",
+                serde_json::json!({}),
+            )],
             produces: vec![],
             deterministic: true,
         }
