@@ -42,10 +42,14 @@ pub fn load_steps(rt: &Runtime, app: &App) -> Result<Vec<Arc<LoadedStep>>, HostE
     for (name, cfg) in &app.steps {
         let path = match cfg.source() {
             Source::Component(p) => p,
-            Source::Plugin(dir) => builder::build(&dir).map_err(|error| HostError::Build {
-                step: name.clone(),
-                error,
-            })?,
+            Source::Plugin(dir) => {
+                builder::build(&dir)
+                    .map_err(|error| HostError::Build {
+                        step: name.clone(),
+                        error,
+                    })?
+                    .component
+            }
         };
         items.push((name.clone(), path));
     }

@@ -399,13 +399,24 @@ fn build(dirs: Vec<PathBuf>, json: bool) -> Result<()> {
     };
     let mut built = Vec::new();
     for d in dirs {
-        eprintln!("building {}", d.display());
-        let out =
-            troupe::builder::build(&d).with_context(|| format!("cannot build {}", d.display()))?;
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(format!("building {}", d.display()));
+        bar.enable_steady_tick(Duration::from_millis(100));
+        let b = troupe::builder::build(&d).with_context(|| format!("cannot build {}", d.display()));
+        bar.finish_and_clear();
+        let b = b?;
+        let how = if b.rebuilt {
+            format!("built in {:.1?}", b.elapsed)
+        } else {
+            "up to date".into()
+        };
+        eprintln!("{} ({}): {how}", d.display(), b.lang.name());
         if !json {
-            println!("{}", out.display());
+            println!("{}", b.component.display());
         }
-        built.push(serde_json::json!({ "dir": d, "component": out }));
+        built.push(serde_json::json!({
+            "dir": d, "lang": b.lang.name(), "component": b.component, "rebuilt": b.rebuilt,
+        }));
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&built)?);

@@ -1,0 +1,51 @@
+//! JavaScript plugins: a `package.json` whose `main` (default `app.js`) is
+//! an ES module exporting `describe` and `handle`; `componentize-js` bundles
+//! it with a JavaScript engine into a component. No WASI interface beyond
+//! what every step may have is linked in (`-d http fetch-event ...`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{BuildError, Inputs, find_tool, run, sources, tool_version};
+
+const INSTALL: &str =
+    "npm install -g @bytecodealliance/componentize-js@0.23.0 (in this repository: ./scripts/toolchains js)";
+
+fn tool(dir: &Path) -> Result<PathBuf, BuildError> {
+    find_tool("TROUPE_COMPONENTIZE_JS", "componentize-js", "js/node_modules/.bin/componentize-js", dir).ok_or_else(
+        || BuildError::MissingTool {
+            tool: "componentize-js".into(),
+            lang: "JavaScript",
+            install: INSTALL.into(),
+        },
+    )
+}
+
+/// The entry module: `main` of package.json, or `app.js`.
+fn entry(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("package.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["main"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "app.js".into())
+}
+
+pub(super) fn inputs(dir: &Path) -> Result<Inputs, BuildError> {
+    let mut files = sources(dir, &["js", "mjs"]);
+    files.push(dir.join("package.json"));
+    Ok(Inputs {
+        files,
+        tool_version: tool_version(&tool(dir)?),
+    })
+}
+
+pub(super) fn build(dir: &Path, out: &Path, wit: &Path) -> Result<(), BuildError> {
+    let mut cmd = Command::new(tool(dir)?);
+    cmd.arg("--wit")
+        .arg(wit)
+        .args(["--world-name", "step", "-d", "http", "fetch-event", "random", "clocks", "stdio", "-o"])
+        .arg(out)
+        .arg(entry(dir))
+        .current_dir(dir);
+    run(&mut cmd, dir)
+}

@@ -1,0 +1,267 @@
+//! Building plugin sources into components (`troupe build`, and `troupe
+//! run` for steps given as `plugin = "DIR"`).
+//!
+//! The language of a plugin directory is told by its files:
+//!
+//! | file | language | toolchain |
+//! |---|---|---|
+//! | `Cargo.toml` | Rust | `cargo build --release --target wasm32-wasip2` |
+//! | `app.py` | Python | `componentize-py` |
+//! | `package.json` | JavaScript | `componentize-js` |
+//! | `*.c` | C | `clang` for `wasm32-wasi`, then bindings and the component wrap in-process |
+//!
+//! Builds are cached: Rust by cargo itself; the others by a hash of the
+//! sources, the WIT and the toolchain's version, kept with the output in
+//! `DIR/.troupe-build/`. A missing toolchain is reported with the command
+//! that installs it. Python, JavaScript and C builds use the WIT of this
+//! `troupe` binary, so a step is always built against the contract the host
+//! enforces.
+//!
+//! Tools are found, in order: an environment variable naming the tool
+//! (`TROUPE_COMPONENTIZE_PY`, `TROUPE_COMPONENTIZE_JS`, `TROUPE_CLANG`),
+//! the `PATH`, then a `toolchains/` folder in the plugin's directory or any
+//! parent (what `scripts/toolchains` installs in this repository).
+
+mod c;
+mod js;
+mod python;
+mod rust;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// The `troupe:step` WIT this binary was built with.
+pub const STEP_WIT: &str = include_str!("../../../wit/step.wit");
+/// The folder, inside a plugin, for build outputs of non-Rust plugins.
+pub const BUILD_DIR: &str = ".troupe-build";
+
+/// A plugin's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Rust,
+    Python,
+    Js,
+    C,
+}
+
+impl Lang {
+    pub fn name(self) -> &'static str {
+        match self {
+            Lang::Rust => "rust",
+            Lang::Python => "python",
+            Lang::Js => "js",
+            Lang::C => "c",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Lang> {
+        match s {
+            "rust" | "rs" => Some(Lang::Rust),
+            "python" | "py" => Some(Lang::Python),
+            "js" | "javascript" => Some(Lang::Js),
+            "c" => Some(Lang::C),
+            _ => None,
+        }
+    }
+}
+
+/// Why a plugin did not build.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error(
+        "cannot tell the language of {0}: expected Cargo.toml (Rust), app.py (Python), package.json (JavaScript) or a .c file (C)"
+    )]
+    UnknownLanguage(PathBuf),
+    #[error("`{tool}` is not installed (needed for {lang} plugins); install it with: {install}")]
+    MissingTool {
+        tool: String,
+        lang: &'static str,
+        install: String,
+    },
+    #[error(
+        "the wasm32-wasip2 target is not installed; install it with: rustup target add wasm32-wasip2"
+    )]
+    MissingTarget,
+    #[error("building {dir} failed:\n{output}")]
+    Failed { dir: PathBuf, output: String },
+    #[error("building {0} produced no component (is the crate a `cdylib`?)")]
+    NoComponent(PathBuf),
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+/// A built plugin.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub lang: Lang,
+    pub component: PathBuf,
+    /// False when the cached output was still good.
+    pub rebuilt: bool,
+    pub elapsed: Duration,
+}
+
+/// The language of the plugin in `dir`.
+pub fn detect(dir: &Path) -> Result<Lang, BuildError> {
+    if !dir.is_dir() {
+        return Err(BuildError::NotADirectory(dir.to_path_buf()));
+    }
+    if dir.join("Cargo.toml").is_file() {
+        return Ok(Lang::Rust);
+    }
+    if dir.join("app.py").is_file() {
+        return Ok(Lang::Python);
+    }
+    if dir.join("package.json").is_file() {
+        return Ok(Lang::Js);
+    }
+    let has_c = std::fs::read_dir(dir)
+        .map_err(|e| BuildError::Io(dir.to_path_buf(), e))?
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x == "c"));
+    if has_c {
+        return Ok(Lang::C);
+    }
+    Err(BuildError::UnknownLanguage(dir.to_path_buf()))
+}
+
+/// Build the plugin in `dir`.
+pub fn build(dir: &Path) -> Result<Built, BuildError> {
+    let start = Instant::now();
+    let lang = detect(dir)?;
+    // Tools run in the plugin's directory: give them absolute paths.
+    let dir = &dir.canonicalize().map_err(|e| BuildError::Io(dir.to_path_buf(), e))?;
+    let (component, rebuilt) = match lang {
+        Lang::Rust => (rust::build(dir)?, true),
+        Lang::Python => cached(dir, lang, &python::inputs(dir)?, |out, wit| python::build(dir, out, wit))?,
+        Lang::Js => cached(dir, lang, &js::inputs(dir)?, |out, wit| js::build(dir, out, wit))?,
+        Lang::C => cached(dir, lang, &c::inputs(dir)?, |out, wit| c::build(dir, out, wit))?,
+    };
+    Ok(Built {
+        lang,
+        component,
+        rebuilt,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// What a non-Rust build depends on: source files and the tool's version.
+pub(crate) struct Inputs {
+    pub files: Vec<PathBuf>,
+    pub tool_version: String,
+}
+
+/// Run `make(out, wit_dir)` unless the output for these exact inputs exists.
+fn cached(
+    dir: &Path,
+    lang: Lang,
+    inputs: &Inputs,
+    make: impl FnOnce(&Path, &Path) -> Result<(), BuildError>,
+) -> Result<(PathBuf, bool), BuildError> {
+    let build_dir = dir.join(BUILD_DIR);
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| BuildError::Io(p, e)
+    };
+    let mut h = Sha256::new();
+    h.update(lang.name());
+    h.update(&inputs.tool_version);
+    h.update(STEP_WIT);
+    for f in &inputs.files {
+        h.update(f.strip_prefix(dir).unwrap_or(f).to_string_lossy().as_bytes());
+        h.update(std::fs::read(f).map_err(io(f))?);
+    }
+    let hash = hex::encode(h.finalize());
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "step".into());
+    let out = build_dir.join(format!("{name}.wasm"));
+    let stamp = build_dir.join("inputs.sha256");
+    if out.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == hash) {
+        return Ok((out, false));
+    }
+    let wit = build_dir.join("wit");
+    std::fs::create_dir_all(&wit).map_err(io(&wit))?;
+    std::fs::write(wit.join("step.wit"), STEP_WIT).map_err(io(&wit))?;
+    std::fs::write(build_dir.join(".gitignore"), "*\n").map_err(io(&build_dir))?;
+    let _ = std::fs::remove_file(&stamp);
+    make(&out, &wit)?;
+    std::fs::write(&stamp, hash).map_err(io(&stamp))?;
+    Ok((out, true))
+}
+
+/// Files under `dir` (not in build or dependency folders) with one of
+/// `exts`, sorted.
+pub(crate) fn sources(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
+    fn walk(d: &Path, exts: &[&str], out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(d) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || name == "node_modules" || name == "target" || name == "__pycache__" {
+                continue;
+            }
+            if p.is_dir() {
+                walk(&p, exts, out);
+            } else if p.extension().is_some_and(|x| exts.iter().any(|e| x == *e)) {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, exts, &mut out);
+    out.sort();
+    out
+}
+
+/// Find a tool: `$env`, then `PATH`, then `toolchains/<rel>` in `dir` or a
+/// parent.
+pub(crate) fn find_tool(env: &str, name: &str, rel: &str, dir: &Path) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for p in std::env::split_paths(&paths) {
+            let candidate = p.join(name);
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    let start = dir.canonicalize().ok()?;
+    start
+        .ancestors()
+        .map(|a| a.join("toolchains").join(rel))
+        .find(|p| p.is_file())
+}
+
+/// The first line a tool prints for `--version`.
+pub(crate) fn tool_version(tool: &Path) -> String {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// Run a build command; its output becomes the error on failure.
+pub(crate) fn run(cmd: &mut Command, dir: &Path) -> Result<(), BuildError> {
+    let out = cmd.output().map_err(|e| BuildError::Io(dir.to_path_buf(), e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    Err(BuildError::Failed {
+        dir: dir.to_path_buf(),
+        output: text.trim().to_string(),
+    })
+}
