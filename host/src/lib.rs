@@ -19,16 +19,20 @@
 //! - [`choreo`]: the workers that feed deliveries to steps and route their
 //!   output; contract enforcement and alerts.
 //! - [`host`]: putting it together: load an app, run it, stop it.
-//! - [`builder`]: building plugin sources into components.
+//! - [`builder`]: building plugin sources (Rust, Python, JavaScript, C)
+//!   into components, and [`scaffold`]: new plugins from templates.
+//! - [`conformance`]: the kit that checks a component honours the world.
 //! - [`stats`]: per-step counters, shown by the CLI and (later) `/metrics`.
 
 pub mod app;
 pub mod broker;
 pub mod builder;
 pub mod choreo;
+pub mod conformance;
 pub mod contract;
 pub mod event;
 pub mod host;
 pub mod runtime;
+pub mod scaffold;
 pub mod stats;
 pub mod world;

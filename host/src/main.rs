@@ -76,6 +76,22 @@ enum Cmd {
         #[arg(long, default_value = ".")]
         app: PathBuf,
     },
+    /// Scaffold a step plugin from a template.
+    New {
+        /// The step's name: lower-case letters, digits and `-`.
+        name: String,
+        /// rust, python, js or c.
+        #[arg(long)]
+        lang: String,
+        /// Where to create the plugin directory (default: here).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Check that a component honours the troupe:step world, rule by rule.
+    Conformance {
+        /// The component file.
+        component: PathBuf,
+    },
     /// Build plugin source directories into components.
     Build {
         /// Plugin directories (default: the current directory).
@@ -140,6 +156,8 @@ fn run(cli: Cli) -> Result<()> {
             app,
         } => trace(&app, &correlation_id, json),
         Cmd::Build { dirs } => build(dirs, json),
+        Cmd::New { name, lang, dir } => new_plugin(&name, &lang, &dir, json),
+        Cmd::Conformance { component } => conformance(&component, json),
     }
 }
 
@@ -388,6 +406,74 @@ fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> {
         }
     }
     show(&events, None, &known, 0);
+    Ok(())
+}
+
+fn new_plugin(name: &str, lang: &str, parent: &Path, json: bool) -> Result<()> {
+    let Some(l) = troupe::builder::Lang::parse(lang) else {
+        bail!("unknown language {lang:?}: choose rust, python, js or c");
+    };
+    let dir = troupe::scaffold::create(parent, name, l)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "created": dir, "lang": l.name() })
+        );
+    } else {
+        println!("created {} ({} step)", dir.display(), l.name());
+        println!(
+            "next: troupe build {0} && troupe conformance $(troupe build {0} 2>/dev/null)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Where the conformance kit caches compiled components.
+fn user_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("troupe").join("artifacts")
+}
+
+fn conformance(component: &Path, json: bool) -> Result<()> {
+    use troupe::conformance::Verdict;
+    let rt = Runtime::new()?;
+    let report = troupe::conformance::check(&rt, component, &user_cache_dir())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "conformance of {}{}",
+            report.component,
+            report
+                .step
+                .as_ref()
+                .map(|s| format!(" (step {s})"))
+                .unwrap_or_default()
+        );
+        for c in &report.checks {
+            let v = match c.verdict {
+                Verdict::Pass => "PASS",
+                Verdict::Fail => "FAIL",
+                Verdict::Skip => "skip",
+            };
+            println!("  {v}  {:<18} {}", c.rule.id(), c.detail);
+        }
+    }
+    if !report.passed() {
+        let failed: Vec<&str> = report.failed().iter().map(|r| r.id()).collect();
+        bail!(
+            "{} does not conform: {}",
+            component.display(),
+            failed.join(", ")
+        );
+    }
+    if !json {
+        println!("conforms");
+    }
     Ok(())
 }
 

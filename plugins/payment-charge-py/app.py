@@ -46,7 +46,7 @@ class WitWorld(wit_world.WitWorld):
 
     def handle(self, event) -> list[Emit]:
         try:
-            order = json.loads(event.data)
+            order = json.loads(bytes(event.data).decode("utf-8"))
             order_id, customer, total = order["order_id"], order["customer"], int(order["total_cents"])
         except (ValueError, KeyError, TypeError) as e:
             raise Err(StepError_Reject(f"data is not what this step reads: {e!r}"))

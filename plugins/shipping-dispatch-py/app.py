@@ -50,7 +50,7 @@ class WitWorld(wit_world.WitWorld):
 
     def handle(self, event) -> list[Emit]:
         try:
-            paid = json.loads(event.data)
+            paid = json.loads(bytes(event.data).decode("utf-8"))
             order_id, customer = paid["order_id"], paid["customer"]
         except (ValueError, KeyError, TypeError) as e:
             raise Err(StepError_Reject(f"data is not what this step reads: {e!r}"))

@@ -46,7 +46,9 @@ fn failed(dir: &Path, what: &str, e: impl std::fmt::Display) -> BuildError {
 /// Generate the C bindings of the `step` world into `gen`.
 fn bindings(dir: &Path, wit: &Path, gen_dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
     let mut resolve = wit_bindgen_core::wit_parser::Resolve::default();
-    let (pkg, _) = resolve.push_dir(wit).map_err(|e| failed(dir, "reading the WIT", e))?;
+    let (pkg, _) = resolve
+        .push_dir(wit)
+        .map_err(|e| failed(dir, "reading the WIT", e))?;
     let world = resolve
         .select_world(&[pkg], Some("step"))
         .map_err(|e| failed(dir, "selecting the step world", e))?;
@@ -73,20 +75,35 @@ pub(super) fn build(dir: &Path, out: &Path, wit: &Path) -> Result<(), BuildError
     let generated = bindings(dir, wit, &gen_dir)?;
     let core = build_dir.join("step.core.wasm");
     let mut cmd = Command::new(tool(dir)?);
-    cmd.args(["--target=wasm32-wasi", "-O2", "-s", "-mexec-model=reactor", "-Wall"])
-        .arg("-I")
-        .arg(&gen_dir)
-        .arg("-o")
-        .arg(&core)
-        .args(sources(dir, &["c"]).iter().filter(|f| !f.starts_with(&build_dir)))
-        .args(&generated)
-        .current_dir(dir);
+    cmd.args([
+        "--target=wasm32-wasi",
+        "-O2",
+        "-s",
+        "-mexec-model=reactor",
+        "-Wall",
+    ])
+    .arg("-I")
+    .arg(&gen_dir)
+    .arg("-o")
+    .arg(&core)
+    .args(
+        sources(dir, &["c"])
+            .iter()
+            .filter(|f| !f.starts_with(&build_dir)),
+    )
+    .args(&generated)
+    .current_dir(dir);
     run(&mut cmd, dir)?;
     let module = std::fs::read(&core).map_err(|e| BuildError::Io(core.clone(), e))?;
     let component = wit_component::ComponentEncoder::default()
         .validate(true)
         .module(&module)
-        .and_then(|e| e.adapter(WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER))
+        .and_then(|e| {
+            e.adapter(
+                WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+                WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+            )
+        })
         .and_then(|e| e.encode())
         .map_err(|e| failed(dir, "making a component of the C module", e))?;
     std::fs::write(out, component).map_err(|e| BuildError::Io(out.to_path_buf(), e))

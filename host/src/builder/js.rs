@@ -8,17 +8,20 @@ use std::process::Command;
 
 use super::{BuildError, Inputs, find_tool, run, sources, tool_version};
 
-const INSTALL: &str =
-    "npm install -g @bytecodealliance/componentize-js@0.23.0 (in this repository: ./scripts/toolchains js)";
+const INSTALL: &str = "npm install -g @bytecodealliance/componentize-js@0.23.0 (in this repository: ./scripts/toolchains js)";
 
 fn tool(dir: &Path) -> Result<PathBuf, BuildError> {
-    find_tool("TROUPE_COMPONENTIZE_JS", "componentize-js", "js/node_modules/.bin/componentize-js", dir).ok_or_else(
-        || BuildError::MissingTool {
-            tool: "componentize-js".into(),
-            lang: "JavaScript",
-            install: INSTALL.into(),
-        },
+    find_tool(
+        "TROUPE_COMPONENTIZE_JS",
+        "componentize-js",
+        "js/node_modules/.bin/componentize-js",
+        dir,
     )
+    .ok_or_else(|| BuildError::MissingTool {
+        tool: "componentize-js".into(),
+        lang: "JavaScript",
+        install: INSTALL.into(),
+    })
 }
 
 /// The entry module: `main` of package.json, or `app.js`.
@@ -43,7 +46,17 @@ pub(super) fn build(dir: &Path, out: &Path, wit: &Path) -> Result<(), BuildError
     let mut cmd = Command::new(tool(dir)?);
     cmd.arg("--wit")
         .arg(wit)
-        .args(["--world-name", "step", "-d", "http", "fetch-event", "random", "clocks", "stdio", "-o"])
+        .args([
+            "--world-name",
+            "step",
+            "-d",
+            "http",
+            "fetch-event",
+            "random",
+            "clocks",
+            "stdio",
+            "-o",
+        ])
         .arg(out)
         .arg(entry(dir))
         .current_dir(dir);

@@ -134,12 +134,20 @@ pub fn build(dir: &Path) -> Result<Built, BuildError> {
     let start = Instant::now();
     let lang = detect(dir)?;
     // Tools run in the plugin's directory: give them absolute paths.
-    let dir = &dir.canonicalize().map_err(|e| BuildError::Io(dir.to_path_buf(), e))?;
+    let dir = &dir
+        .canonicalize()
+        .map_err(|e| BuildError::Io(dir.to_path_buf(), e))?;
     let (component, rebuilt) = match lang {
         Lang::Rust => (rust::build(dir)?, true),
-        Lang::Python => cached(dir, lang, &python::inputs(dir)?, |out, wit| python::build(dir, out, wit))?,
-        Lang::Js => cached(dir, lang, &js::inputs(dir)?, |out, wit| js::build(dir, out, wit))?,
-        Lang::C => cached(dir, lang, &c::inputs(dir)?, |out, wit| c::build(dir, out, wit))?,
+        Lang::Python => cached(dir, lang, &python::inputs(dir)?, |out, wit| {
+            python::build(dir, out, wit)
+        })?,
+        Lang::Js => cached(dir, lang, &js::inputs(dir)?, |out, wit| {
+            js::build(dir, out, wit)
+        })?,
+        Lang::C => cached(dir, lang, &c::inputs(dir)?, |out, wit| {
+            c::build(dir, out, wit)
+        })?,
     };
     Ok(Built {
         lang,
@@ -172,7 +180,12 @@ fn cached(
     h.update(&inputs.tool_version);
     h.update(STEP_WIT);
     for f in &inputs.files {
-        h.update(f.strip_prefix(dir).unwrap_or(f).to_string_lossy().as_bytes());
+        h.update(
+            f.strip_prefix(dir)
+                .unwrap_or(f)
+                .to_string_lossy()
+                .as_bytes(),
+        );
         h.update(std::fs::read(f).map_err(io(f))?);
     }
     let hash = hex::encode(h.finalize());
@@ -200,12 +213,18 @@ fn cached(
 /// `exts`, sorted.
 pub(crate) fn sources(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
     fn walk(d: &Path, exts: &[&str], out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(d) else { return };
+        let Ok(entries) = std::fs::read_dir(d) else {
+            return;
+        };
         for e in entries.flatten() {
             let p = e.path();
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with('.') || name == "node_modules" || name == "target" || name == "__pycache__" {
+            if name.starts_with('.')
+                || name == "node_modules"
+                || name == "target"
+                || name == "__pycache__"
+            {
                 continue;
             }
             if p.is_dir() {
@@ -248,13 +267,21 @@ pub(crate) fn tool_version(tool: &Path) -> String {
         .arg("--version")
         .output()
         .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
         .unwrap_or_default()
 }
 
 /// Run a build command; its output becomes the error on failure.
 pub(crate) fn run(cmd: &mut Command, dir: &Path) -> Result<(), BuildError> {
-    let out = cmd.output().map_err(|e| BuildError::Io(dir.to_path_buf(), e))?;
+    let out = cmd
+        .output()
+        .map_err(|e| BuildError::Io(dir.to_path_buf(), e))?;
     if out.status.success() {
         return Ok(());
     }

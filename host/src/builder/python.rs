@@ -6,15 +6,20 @@ use std::process::Command;
 
 use super::{BuildError, Inputs, find_tool, run, sources, tool_version};
 
-const INSTALL: &str = "pip install componentize-py==0.25.1 (in this repository: ./scripts/toolchains python)";
+const INSTALL: &str =
+    "pip install componentize-py==0.25.1 (in this repository: ./scripts/toolchains python)";
 
 fn tool(dir: &Path) -> Result<std::path::PathBuf, BuildError> {
-    find_tool("TROUPE_COMPONENTIZE_PY", "componentize-py", "python/.venv/bin/componentize-py", dir).ok_or_else(|| {
-        BuildError::MissingTool {
-            tool: "componentize-py".into(),
-            lang: "Python",
-            install: INSTALL.into(),
-        }
+    find_tool(
+        "TROUPE_COMPONENTIZE_PY",
+        "componentize-py",
+        "python/.venv/bin/componentize-py",
+        dir,
+    )
+    .ok_or_else(|| BuildError::MissingTool {
+        tool: "componentize-py".into(),
+        lang: "Python",
+        install: INSTALL.into(),
     })
 }
 
