@@ -154,3 +154,24 @@ pub async fn eventually<T>(
 pub fn data(e: &Event) -> serde_json::Value {
     serde_json::from_slice(&e.data).expect("JSON data")
 }
+
+/// Build a plugin directory (any language) with `troupe::builder`; builds
+/// are serialised within a test binary (two tests may build one plugin).
+pub fn build(dir: &Path) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    match troupe::builder::build(dir) {
+        Ok(b) => b.component,
+        Err(e) => panic!("building {} failed: {e}", dir.display()),
+    }
+}
+
+/// The example app `name` in a temporary directory: its `troupe.toml` with
+/// plugin paths made absolute, so it runs with a state folder of its own.
+pub fn example_app(name: &str) -> TestApp {
+    let dir = repo().join("examples").join(name);
+    let manifest =
+        std::fs::read_to_string(dir.join("troupe.toml")).expect("the example's troupe.toml");
+    let plugins = format!("\"{}/", repo().join("plugins").display());
+    TestApp::new(&manifest.replace("\"../../plugins/", &plugins))
+}

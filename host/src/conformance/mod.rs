@@ -192,8 +192,13 @@ pub fn check(rt: &Runtime, path: &Path, cache_dir: &Path) -> Result<Report, Runt
                     report.skip_rest(Rule::Contract, "not a step");
                 }
                 other => {
+                    let why = match other {
+                        RuntimeError::Contract { error, .. } => error.to_string(),
+                        RuntimeError::Describe { error, .. } => format!("describe failed: {error}"),
+                        e => e.to_string(),
+                    };
                     report.set(Rule::World, Verdict::Pass, "exports describe and handle");
-                    report.set(Rule::Contract, Verdict::Fail, other.to_string());
+                    report.set(Rule::Contract, Verdict::Fail, why);
                     report.skip_rest(Rule::Samples, "no usable contract");
                 }
             }

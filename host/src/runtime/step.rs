@@ -197,7 +197,10 @@ impl Sandbox {
                 self.config.limits.timeout_ms
             ));
         }
-        Failure::Trap(format!("{e:#}"))
+        // The root cause ("wasm `unreachable` instruction executed") is what
+        // a DLQ entry needs; the full wasm backtrace goes to the debug log.
+        tracing::debug!(step = %self.name, "trap: {e:?}");
+        Failure::Trap(e.root_cause().to_string())
     }
 
     fn check_output(&self, emits: Vec<world::Emit>) -> Result<Vec<world::Emit>, Failure> {
