@@ -211,3 +211,28 @@ async fn broken_components_are_refused_with_a_clear_error() {
         "{e}"
     );
 }
+
+#[test]
+fn components_are_compiled_once_and_loaded_precompiled_after() {
+    use troupe::runtime::Runtime;
+    use troupe::runtime::cache::{ArtifactCache, Origin};
+    let dir = tempfile::tempdir().unwrap();
+    let component = guest("echo");
+    let rt = Runtime::new().unwrap();
+    let cache = ArtifactCache::new(rt.engine(), dir.path());
+    let first = cache.load(rt.engine(), &component).unwrap();
+    assert_eq!(first.origin, Origin::Compiled);
+    // A new engine (a new process) with the same settings finds the artifact.
+    let rt2 = Runtime::new().unwrap();
+    let again = ArtifactCache::new(rt2.engine(), dir.path()).load(rt2.engine(), &component).unwrap();
+    assert_eq!(again.origin, Origin::Cached);
+    assert_eq!(again.hash, first.hash);
+    let artifacts: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    assert!(artifacts[0].to_string_lossy().starts_with(&first.hash));
+    // A corrupted artifact is compiled again, not trusted.
+    std::fs::write(dir.path().join(&artifacts[0]), b"garbage").unwrap();
+    let rt3 = Runtime::new().unwrap();
+    let rebuilt = ArtifactCache::new(rt3.engine(), dir.path()).load(rt3.engine(), &component).unwrap();
+    assert_eq!(rebuilt.origin, Origin::Compiled);
+}

@@ -94,6 +94,14 @@ pub struct StepConfig {
     pub retry: RetryPolicy,
     #[serde(default)]
     pub grants: Grants,
+    /// Subscribe the step to the event types it consumes (default). With
+    /// `false` it takes orchestration commands only (e.g. a compensation).
+    #[serde(default = "yes")]
+    pub choreography: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What a step may use per message.

@@ -23,9 +23,10 @@ use std::time::Instant;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
-use crate::broker::{Broker, BrokerError, Consumer, Delivery, Disposition, ReasonClass};
+use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery, Disposition, ReasonClass};
 use crate::contract::Violation;
 use crate::event::{Emitted, Event, JSON};
+use crate::orchestrator;
 use crate::runtime::step::{Failure, LoadedStep};
 use crate::stats::StepStats;
 
@@ -99,7 +100,7 @@ impl Wiring {
             return self.violation(d, v);
         }
         let start = Instant::now();
-        let result = step.handle(&d.event, d.attempt);
+        let result = step.handle(&d.event, orchestrator::attempt_of(&d.event, d.attempt));
         StepStats::add(&self.stats.guest_micros, start.elapsed().as_micros() as u64);
         match result {
             Ok(emits) => {
@@ -129,11 +130,21 @@ impl Wiring {
                 );
                 StepStats::add(&self.stats.handled, 1);
                 StepStats::add(&self.stats.emitted, out.len() as u64);
+                if orchestrator::is_command(&d.event) {
+                    // A command: the output goes back to the orchestrator in
+                    // the reply, not into the choreography.
+                    let reply = orchestrator::completed_reply(&d.event, &self.source, &out);
+                    return self.reply(d, reply);
+                }
                 let permit = self.permit();
                 let step = step.name().clone();
-                self.broker.complete_then(
-                    d,
-                    out,
+                let commit = Commit {
+                    ack: Some(d),
+                    events: out,
+                    state: Vec::new(),
+                };
+                self.broker.commit_then(
+                    commit,
                     Box::new(move |r| {
                         if let Err(e) = r {
                             tracing::error!(step = %step, "cannot settle a delivery (it will be redelivered): {e}");
@@ -141,6 +152,20 @@ impl Wiring {
                         drop(permit);
                     }),
                 );
+            }
+            Err(f) if orchestrator::is_command(&d.event) => {
+                // The orchestrator owns retries of its commands.
+                let (class, retryable) = match &f {
+                    Failure::Reject(_) => ("rejected", false),
+                    Failure::Retry(_) => ("retry", true),
+                    Failure::Trap(_) => ("trap", true),
+                    Failure::Limit(_) => ("limit", true),
+                };
+                let message = match &f {
+                    Failure::Reject(m) | Failure::Retry(m) | Failure::Trap(m) | Failure::Limit(m) => m.clone(),
+                };
+                let reply = orchestrator::failed_reply(&d.event, &self.source, class, &message, retryable);
+                self.reply(d, reply)
             }
             Err(Failure::Reject(m)) => self.dead_letter(d, ReasonClass::Rejected, m),
             Err(f) => {
@@ -178,6 +203,26 @@ impl Wiring {
                 });
             }
         }
+    }
+
+    /// Ack a command and send the orchestrator its reply, as one commit.
+    fn reply(&self, d: Delivery, reply: Event) {
+        let permit = self.permit();
+        let step = self.step.name().clone();
+        let commit = Commit {
+            ack: Some(d),
+            events: vec![reply],
+            state: Vec::new(),
+        };
+        self.broker.commit_then(
+            commit,
+            Box::new(move |r| {
+                if let Err(e) = r {
+                    tracing::error!(step = %step, "cannot reply to the orchestrator (the command will be redelivered): {e}");
+                }
+                drop(permit);
+            }),
+        );
     }
 
     fn dead_letter(&self, d: Delivery, class: ReasonClass, message: String) {
@@ -226,11 +271,16 @@ impl Wiring {
                 "reason": message,
                 "dlq_id": id,
             });
+            let mut events = Vec::new();
+            if orchestrator::is_command(&d.event) {
+                events.push(orchestrator::failed_reply(&d.event, &host_source, "contract", &message, false));
+            }
             let mut e = Event::new(CONTRACT_ALERT, &host_source, alert.to_string().into_bytes());
             e.subject = Some(step.to_string());
             e.extensions.insert(crate::event::CORRELATION_ID.into(), d.event.correlation_id().to_string());
             e.extensions.insert(crate::event::CAUSATION_ID.into(), d.event.id.clone());
-            b.publish(vec![e]).await
+            events.push(e);
+            b.publish(events).await
         });
     }
 

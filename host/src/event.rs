@@ -23,6 +23,9 @@ pub const CORRELATION_ID: &str = "correlationid";
 pub const CAUSATION_ID: &str = "causationid";
 /// Extension attribute: W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
+/// Extension attribute: deliver to this consumer group only, not by type
+/// (orchestration commands and their replies).
+pub const TARGET: &str = "troupeto";
 /// The default content type of event data.
 pub const JSON: &str = "application/json";
 

@@ -7,6 +7,7 @@
 //! the broker take events queued from outside, so nothing is routed before
 //! every step is listening.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,10 @@ use crate::broker::embedded::Embedded;
 use crate::broker::{Broker, BrokerError};
 use crate::builder::{self, BuildError};
 use crate::choreo::Wiring;
+use crate::contract::StepContract;
+use crate::event::Event;
+use crate::flow::Flow;
+use crate::orchestrator::{InputCheck, Orchestrator};
 use crate::runtime::cache::ArtifactCache;
 use crate::runtime::step::LoadedStep;
 use crate::runtime::{Runtime, RuntimeError};
@@ -34,7 +39,19 @@ pub enum HostError {
     Broker(#[from] BrokerError),
     #[error("cannot start worker threads: {0}")]
     Threads(std::io::Error),
+    #[error(transparent)]
+    Flow(#[from] crate::flow::FlowError),
 }
+
+/// Read and check the app's flows (`APP/flows/*.toml`) against its steps.
+pub fn load_flows(app: &App, steps: &[Arc<LoadedStep>]) -> Result<Vec<Flow>, HostError> {
+    let contracts: HashMap<String, &StepContract> =
+        steps.iter().map(|s| (s.name().to_string(), &s.contract)).collect();
+    Ok(Flow::load_dir(&app.dir.join(FLOWS_DIR), &contracts)?)
+}
+
+/// The folder of an app's flow files.
+pub const FLOWS_DIR: &str = "flows";
 
 /// Build, compile and load every step of `app`.
 pub fn load_steps(rt: &Runtime, app: &App) -> Result<Vec<Arc<LoadedStep>>, HostError> {
@@ -76,6 +93,8 @@ pub fn load_steps(rt: &Runtime, app: &App) -> Result<Vec<Arc<LoadedStep>>, HostE
 /// A running app.
 pub struct Host {
     pub app: App,
+    /// Runs flows; `None` when the app has no `flows/`.
+    pub orchestrator: Option<Orchestrator>,
     pub steps: Vec<Arc<LoadedStep>>,
     pub broker: Arc<dyn Broker>,
     pub stats: Arc<Stats>,
@@ -125,6 +144,23 @@ impl Host {
                 tokio::runtime::Handle::current(),
             )));
         }
+        let flows = load_flows(&app, &steps)?;
+        let orchestrator = if flows.is_empty() {
+            None
+        } else {
+            let by_name: HashMap<String, Arc<LoadedStep>> =
+                steps.iter().map(|s| (s.name().to_string(), s.clone())).collect();
+            let check: InputCheck = Arc::new(move |flow: &Flow, input: &serde_json::Value| {
+                let event = Event::new(&flow.input, "troupe://check", serde_json::to_vec(input).expect("JSON"));
+                for s in flow.steps.iter().filter(|s| s.input == crate::flow::INPUT) {
+                    if let crate::flow::Action::Command { step } = &s.action {
+                        by_name[step].contract.check_input(&event).map_err(|v| v.to_string())?;
+                    }
+                }
+                Ok(())
+            });
+            Some(Orchestrator::spawn(broker.clone(), flows, check, &app.name).await?)
+        };
         let mut workers = Vec::new();
         for w in &wirings {
             workers.extend(w.spawn().map_err(HostError::Threads)?);
@@ -133,6 +169,7 @@ impl Host {
         tracing::info!(app = %app.name, steps = steps.len(), "running");
         Ok(Host {
             app,
+            orchestrator,
             steps,
             broker,
             stats: Arc::new(stats),

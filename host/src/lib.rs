@@ -24,6 +24,7 @@
 //! - [`conformance`]: the kit that checks a component honours the world.
 //! - [`stats`]: per-step counters, shown by the CLI and (later) `/metrics`.
 
+pub mod api;
 pub mod app;
 pub mod broker;
 pub mod builder;
@@ -31,7 +32,9 @@ pub mod choreo;
 pub mod conformance;
 pub mod contract;
 pub mod event;
+pub mod flow;
 pub mod host;
+pub mod orchestrator;
 pub mod runtime;
 pub mod scaffold;
 pub mod stats;

@@ -158,6 +158,18 @@ impl DeadLetter {
     }
 }
 
+/// What [`Broker::commit_then`] does as one unit.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// The delivery to settle.
+    pub ack: Option<Delivery>,
+    /// Events to publish (routed by type, or to the group named by their
+    /// `troupeto` extension).
+    pub events: Vec<Event>,
+    /// State rows to write (`None` deletes).
+    pub state: Vec<(String, Option<Vec<u8>>)>,
+}
+
 /// A callback that receives the outcome of a broker call.
 pub type Then = Box<dyn FnOnce(Result<(), BrokerError>) + Send>;
 
@@ -188,14 +200,36 @@ pub trait Broker: Send + Sync {
     /// already published is ignored (deduplication).
     async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError>;
 
-    /// Acknowledge `delivery` and publish what handling it emitted.
-    async fn complete(&self, delivery: &Delivery, emitted: Vec<Event>) -> Result<(), BrokerError>;
+    /// Settle a delivery, publish events and write state rows as one unit
+    /// (atomically in the embedded broker), without waiting: returns at
+    /// once, and `then` is called with the outcome once it is known (on a
+    /// broker thread; it must not block). Workers and the orchestrator use
+    /// this, so that neither ever waits for a commit.
+    fn commit_then(&self, commit: Commit, then: Then);
 
-    /// [`Broker::complete`] without waiting: returns at once, and `then` is
-    /// called with the outcome once it is known (on a broker thread; it
-    /// must not block). The choreography's workers use this, so that no
-    /// worker ever waits for a commit.
-    fn complete_then(&self, delivery: Delivery, emitted: Vec<Event>, then: Then);
+    /// Acknowledge `delivery` and publish what handling it emitted; returns
+    /// when that is durable.
+    async fn complete(&self, delivery: &Delivery, emitted: Vec<Event>) -> Result<(), BrokerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let commit = Commit {
+            ack: Some(delivery.clone()),
+            events: emitted,
+            state: Vec::new(),
+        };
+        self.commit_then(
+            commit,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.map_err(|_| BrokerError::Closed)?
+    }
+
+    /// A state row (the orchestrator's runs), if there is one.
+    async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, BrokerError>;
+
+    /// State rows whose key starts with `prefix`.
+    async fn state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError>;
 
     /// A retryable failure: redeliver later, or dead-letter as `class` when
     /// the group's retry budget is spent.

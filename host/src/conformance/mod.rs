@@ -150,6 +150,7 @@ fn default_config(path: &Path) -> StepConfig {
         limits: Limits::default(),
         retry: RetryPolicy::default(),
         grants: Grants::default(),
+        choreography: true,
     }
 }
 

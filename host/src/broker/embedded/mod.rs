@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{Ack, Broker, BrokerError, Consumer, DeadLetter, Delivery, Disposition, ReasonClass};
+use super::{Ack, Broker, BrokerError, Commit, Consumer, DeadLetter, Delivery, Disposition, ReasonClass};
 use crate::app::RetryPolicy;
 use crate::event::Event;
 use writer::{Op, Writer};
@@ -199,32 +199,37 @@ impl Broker for Embedded {
     }
 
     async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError> {
-        self.call(|reply| Op::Publish { events, reply }).await
-    }
-
-    async fn complete(&self, d: &Delivery, emitted: Vec<Event>) -> Result<(), BrokerError> {
-        let (group, seq) = (d.group.clone(), seq(d));
-        self.call(|reply| Op::Complete {
-            group,
-            seq,
-            emitted,
+        self.call(|reply| Op::Commit {
+            ack: None,
+            events,
+            state: Vec::new(),
             reply,
         })
         .await
     }
 
-    fn complete_then(&self, d: Delivery, emitted: Vec<Event>, then: super::Then) {
-        let op = Op::Complete {
-            group: d.group.clone(),
-            seq: seq(&d),
-            emitted,
+    fn commit_then(&self, c: Commit, then: super::Then) {
+        let op = Op::Commit {
+            ack: c.ack.as_ref().map(|d| (d.group.clone(), seq(d))),
+            events: c.events,
+            state: c.state,
             reply: then,
         };
         // If the writer is gone, the delivery stays unsettled on disk and is
         // delivered again by the next host.
-        if let Err(Op::Complete { reply, .. }) = self.send(op) {
+        if let Err(Op::Commit { reply, .. }) = self.send(op) {
             reply(Err(BrokerError::Closed));
         }
+    }
+
+    async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, BrokerError> {
+        let key = key.to_string();
+        self.read(move |c| store::get_state(c, &key)).await
+    }
+
+    async fn state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
+        let prefix = prefix.to_string();
+        self.read(move |c| store::scan_state(c, &prefix)).await
     }
 
     async fn fail(

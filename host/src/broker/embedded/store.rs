@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS dlq (
     attempts INTEGER NOT NULL,
     time TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS inbox (
     n INTEGER PRIMARY KEY,
     op TEXT NOT NULL,
@@ -162,6 +166,34 @@ pub fn event(conn: &Connection, seq: i64) -> Result<Event, BrokerError> {
         "SELECT {EVENT_COLUMNS} FROM events e WHERE e.seq = ?1"
     ))?;
     Ok(stmt.query_row([seq], row_event)?)
+}
+
+/// Write (or, with `None`, delete) a state row.
+pub fn put_state(tx: &Transaction, key: &str, value: Option<&[u8]>) -> Result<(), BrokerError> {
+    match value {
+        Some(v) => tx
+            .prepare_cached("INSERT OR REPLACE INTO state (key, value) VALUES (?1, ?2)")?
+            .execute(params![key, v])?,
+        None => tx.prepare_cached("DELETE FROM state WHERE key = ?1")?.execute([key])?,
+    };
+    Ok(())
+}
+
+/// State rows whose key starts with `prefix`, by key.
+pub fn scan_state(conn: &Connection, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT key, value FROM state WHERE key >= ?1 AND key < ?1 || char(1114111) ORDER BY key",
+    )?;
+    let rows = stmt.query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One state row.
+pub fn get_state(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, BrokerError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM state WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
 }
 
 /// Every event of a cascade or run, in the order they were stored.

@@ -34,14 +34,12 @@ pub(super) type Reply<T> = Box<dyn FnOnce(Result<T, BrokerError>) + Send>;
 
 /// A change to the broker's state.
 pub(super) enum Op {
-    Publish {
+    /// Settle a delivery (if any), publish events and write state rows,
+    /// in one transaction.
+    Commit {
+        ack: Option<(Arc<str>, i64)>,
         events: Vec<Event>,
-        reply: Reply<()>,
-    },
-    Complete {
-        group: Arc<str>,
-        seq: i64,
-        emitted: Vec<Event>,
+        state: Vec<(String, Option<Vec<u8>>)>,
         reply: Reply<()>,
     },
     Retry {
@@ -202,23 +200,23 @@ fn apply(
     fx: &mut Effects,
 ) {
     match op {
-        Op::Publish { events, reply } => {
-            let r = publish(tx, events, routes, fx);
-            answer(fx, reply, r);
-        }
-        Op::Complete {
-            group,
-            seq,
-            emitted,
+        Op::Commit {
+            ack,
+            events,
+            state,
             reply,
         } => {
             let r = (|| {
-                if store::delete_delivery(tx, &group, seq)?
+                if let Some((group, seq)) = ack
+                    && store::delete_delivery(tx, &group, seq)?
                     && let Some(g) = groups.read().expect("groups lock").get(&group)
                 {
                     fx.settled.push(g.clone());
                 }
-                publish(tx, emitted, routes, fx)
+                for (key, value) in &state {
+                    store::put_state(tx, key, value.as_deref())?;
+                }
+                publish(tx, events, routes, groups, fx)
             })();
             answer(fx, reply, r);
         }
@@ -273,11 +271,14 @@ fn apply(
     }
 }
 
-/// Store events and route each new one to the groups subscribed to its kind.
+/// Store events and route each new one: to the one group its `troupeto`
+/// extension names (a command or a reply), or else to every group
+/// subscribed to its kind.
 fn publish(
     tx: &Transaction,
     events: Vec<Event>,
     routes: &RwLock<Routes>,
+    groups: &RwLock<HashMap<Arc<str>, Arc<Group>>>,
     fx: &mut Effects,
 ) -> Result<(), BrokerError> {
     let routes = routes.read().expect("routes lock");
@@ -287,6 +288,23 @@ fn publish(
             continue;
         };
         let event = Arc::new(event);
+        if let Some(to) = event.extensions.get(crate::event::TARGET) {
+            // A group not running in this process finds the row on start.
+            store::insert_delivery(tx, to, seq, 0, 0)?;
+            if let Some(g) = groups.read().expect("groups lock").get(to.as_str()) {
+                fx.added.push(g.clone());
+                fx.deliver.push((
+                    g.clone(),
+                    Delivery {
+                        group: g.name.clone(),
+                        event: event.clone(),
+                        attempt: 1,
+                        ack: Ack::Embedded(seq),
+                    },
+                ));
+            }
+            continue;
+        }
         for g in routes.get(&event.kind).into_iter().flatten() {
             store::insert_delivery(tx, &g.name, seq, 0, 0)?;
             fx.added.push(g.clone());
@@ -368,7 +386,7 @@ fn take_inbox(
                 Event::from_json(v, "troupe://publish")
                     .map_err(|e| BrokerError::Invalid(e.to_string()))
             })
-            .and_then(|e| publish(tx, vec![e], routes, fx)),
+            .and_then(|e| publish(tx, vec![e], routes, groups, fx)),
         "replay" => replay(tx, body, groups, fx),
         other => Err(BrokerError::Invalid(format!("unknown inbox op {other:?}"))),
     };

@@ -1,0 +1,300 @@
+//! The HTTP API, served by `troupe run` (axum).
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/flows/{flow}/runs` | start a run; `202` with its id and a `Location` to poll |
+//! | `GET /v1/runs/{id}` | the run's aggregated status |
+//! | `POST /v1/events` | publish an event (CloudEvents JSON) into the choreography |
+//! | `GET /v1/dlq`, `GET /v1/dlq/{id}`, `POST /v1/dlq/{id}/replay` | dead letters |
+//! | `GET /v1/traces/{correlation_id}` | every event of a cascade or run |
+//! | `GET /healthz` | liveness (no token needed) |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /v1/openapi.json` | this API, as OpenAPI 3.1, generated from the handlers |
+//!
+//! **Every route but `/healthz` needs `Authorization: Bearer <token>`.**
+//! Errors are JSON: `{"error": "..."}` with a 4xx or 5xx status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use utoipa::OpenApi;
+
+use crate::broker::{Broker, BrokerError};
+use crate::event::Event;
+use crate::orchestrator::{Orchestrator, StartError};
+use crate::runtime::step::LoadedStep;
+use crate::stats::Stats;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub broker: Arc<dyn Broker>,
+    pub orchestrator: Option<Orchestrator>,
+    pub steps: Vec<Arc<LoadedStep>>,
+    pub stats: Arc<Stats>,
+    pub app: String,
+    pub token: Arc<str>,
+}
+
+/// An error answer.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::NoSuchDeadLetter(_) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
+            BrokerError::Invalid(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+            _ => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+}
+
+/// A JSON body, with a JSON 400 for anything that is not JSON.
+struct Body(Value);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the body is not valid JSON: {e}")))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Troupe", description = "Run event-driven microservices out of sandboxed WebAssembly steps."),
+    paths(start_run, run_status, publish, dlq_list, dlq_show, dlq_replay, trace, healthz, metrics, openapi),
+    modifiers(&Bearer)
+)]
+struct ApiDoc;
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        api.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// The OpenAPI document of this API.
+pub fn openapi_json() -> Value {
+    serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises")
+}
+
+/// The router, with the token check on every route but `/healthz`.
+pub fn router(state: ApiState) -> Router {
+    let guarded = Router::new()
+        .route("/v1/flows/{flow}/runs", post(start_run))
+        .route("/v1/runs/{id}", get(run_status))
+        .route("/v1/events", post(publish))
+        .route("/v1/dlq", get(dlq_list))
+        .route("/v1/dlq/{id}", get(dlq_show))
+        .route("/v1/dlq/{id}/replay", post(dlq_replay))
+        .route("/v1/traces/{correlation_id}", get(trace))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(guarded)
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
+        .with_state(state)
+}
+
+async fn auth(State(s): State<ApiState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let ok = given.is_some_and(|t| {
+        // Compare in time independent of where the first difference is.
+        t.len() == s.token.len() && t.bytes().zip(s.token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    });
+    if !ok {
+        let mut r = ApiError(StatusCode::UNAUTHORIZED, "a valid bearer token is required".into()).into_response();
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    next.run(req).await
+}
+
+/// Start a run of a flow; the body is the input event's data.
+#[utoipa::path(post, path = "/v1/flows/{flow}/runs",
+    params(("flow" = String, Path, description = "The flow's name (its file name under flows/)")),
+    request_body(content = Object, description = "The data of the run's input event"),
+    responses(
+        (status = 202, description = "Started: `run_id`, and `Location` of its status"),
+        (status = 400, description = "The body is not JSON"),
+        (status = 404, description = "No such flow"),
+        (status = 422, description = "The input breaks the contract of the flow's first step"),
+    ))]
+async fn start_run(State(s): State<ApiState>, Path(flow): Path<String>, Body(input): Body) -> Result<Response, ApiError> {
+    let Some(o) = &s.orchestrator else {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no flow named {flow:?}: the app has no flows")));
+    };
+    match o.start(&flow, input).await {
+        Ok(id) => {
+            let location = format!("/v1/runs/{id}");
+            let mut r = (StatusCode::ACCEPTED, Json(json!({ "run_id": id, "status_url": location }))).into_response();
+            r.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&location).expect("an ASCII path"));
+            Ok(r)
+        }
+        Err(e @ StartError::UnknownFlow(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
+        Err(e @ StartError::BadInput { .. }) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
+        Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+}
+
+/// The aggregated status of a run: its state, and each step's state,
+/// attempts, timings, output and errors.
+#[utoipa::path(get, path = "/v1/runs/{id}",
+    params(("id" = String, Path, description = "The run id")),
+    responses((status = 200, description = "The run's status"), (status = 404, description = "No such run")))]
+async fn run_status(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let run = match &s.orchestrator {
+        Some(o) => o.status(&id).await?,
+        None => None,
+    };
+    let run = run.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id:?}")))?;
+    Ok(Json(serde_json::to_value(run).expect("a run serialises")))
+}
+
+/// Publish an event (CloudEvents JSON, structured mode) into the
+/// choreography. It is checked against every step that consumes its type.
+#[utoipa::path(post, path = "/v1/events",
+    request_body(content = Object, description = "A CloudEvents 1.0 event; `type` and `data` are required, the host fills in the rest"),
+    responses(
+        (status = 202, description = "Stored durably: `id`"),
+        (status = 400, description = "Not a CloudEvents document"),
+        (status = 422, description = "It breaks the contract of a consuming step"),
+    ))]
+async fn publish(State(s): State<ApiState>, Body(body): Body) -> Result<Response, ApiError> {
+    let source = format!("troupe://{}/api", s.app);
+    let event = Event::from_json(body, &source).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if !crate::contract::is_kind(&event.kind) {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("{:?} is not an event type", event.kind)));
+    }
+    for step in s.steps.iter().filter(|st| st.contract.consumed_kinds().contains(&event.kind)) {
+        step.contract.check_input(&event).map_err(|v| {
+            ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("step `{}` would refuse it: {v}", step.name()))
+        })?;
+    }
+    let id = event.id.clone();
+    s.broker.publish(vec![event]).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id }))).into_response())
+}
+
+/// Dead letters, oldest first.
+#[utoipa::path(get, path = "/v1/dlq", responses((status = 200, description = "The dead letters")))]
+async fn dlq_list(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let list = s.broker.dlq_list().await?;
+    Ok(Json(Value::Array(list.iter().map(|d| d.to_json(false)).collect())))
+}
+
+/// One dead letter, with its original event.
+#[utoipa::path(get, path = "/v1/dlq/{id}",
+    params(("id" = String, Path, description = "The dead letter's id")),
+    responses((status = 200, description = "The dead letter"), (status = 404, description = "No such dead letter")))]
+async fn dlq_show(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.broker.dlq_get(&id).await?.to_json(true)))
+}
+
+/// Deliver a dead letter to its step again, with a fresh retry budget.
+#[utoipa::path(post, path = "/v1/dlq/{id}/replay",
+    params(("id" = String, Path, description = "The dead letter's id")),
+    responses((status = 202, description = "Replayed"), (status = 404, description = "No such dead letter")))]
+async fn dlq_replay(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    s.broker.dlq_replay(&id).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "replayed": id }))).into_response())
+}
+
+/// Every event of a cascade or a run, in the order they were published,
+/// each with its `causationid`.
+#[utoipa::path(get, path = "/v1/traces/{correlation_id}",
+    params(("correlation_id" = String, Path, description = "A cascade's first event id, or a run id")),
+    responses((status = 200, description = "The events"), (status = 404, description = "No such cascade or run")))]
+async fn trace(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let events = s.broker.trace(&id).await?;
+    if events.is_empty() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no events with correlation id {id:?}")));
+    }
+    Ok(Json(Value::Array(events.iter().map(Event::to_json).collect())))
+}
+
+/// Liveness. Needs no token.
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "Serving")))]
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Counters per step and the broker's backlog, Prometheus text format.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let mut out = String::new();
+    let snap = s.stats.snapshot();
+    let series: [(&str, &str, fn(&crate::stats::StepSnapshot) -> u64); 6] = [
+        ("troupe_step_handled_total", "Events a step handled", |x| x.handled),
+        ("troupe_step_emitted_total", "Events a step emitted", |x| x.emitted),
+        ("troupe_step_retried_total", "Deliveries scheduled again after a failure", |x| x.retried),
+        ("troupe_step_dead_lettered_total", "Events dead-lettered", |x| x.dead_lettered),
+        ("troupe_contract_violations_total", "Contract violations, in or out (each raised an alert)", |x| x.contract_violations),
+        ("troupe_step_guest_seconds_total", "Time spent in the guest", |x| x.guest_micros),
+    ];
+    for (name, help, f) in series {
+        let kind = "counter";
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (step, v) in &snap {
+            let value = f(v);
+            if name.ends_with("_seconds_total") {
+                out.push_str(&format!("{name}{{step=\"{step}\"}} {}\n", value as f64 / 1e6));
+            } else {
+                out.push_str(&format!("{name}{{step=\"{step}\"}} {value}\n"));
+            }
+        }
+    }
+    let backlog = s.broker.backlog().await?;
+    out.push_str(&format!(
+        "# HELP troupe_broker_backlog Deliveries not yet settled\n# TYPE troupe_broker_backlog gauge\ntroupe_broker_backlog {backlog}\n"
+    ));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "OpenAPI 3.1")))]
+async fn openapi() -> Json<Value> {
+    Json(openapi_json())
+}
+
+/// Where a running host's API is, written to `APP/.troupe/api.json` so the
+/// CLI finds it from the app directory.
+pub fn write_discovery(state_dir: &std::path::Path, url: &str) -> std::io::Result<()> {
+    let v: HashMap<&str, &str> = [("url", url)].into();
+    std::fs::write(state_dir.join("api.json"), serde_json::to_vec(&v).expect("JSON"))
+}

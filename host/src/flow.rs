@@ -1,0 +1,489 @@
+//! Flow files: orchestration definitions, one TOML file per flow under the
+//! app's `flows/` folder.
+//!
+//! A flow is a graph of flow steps. Each flow step either sends a command to
+//! a step of the app (`step = "NAME"`) or hands work to the choreography and
+//! waits for it (`publish` + `await`: a hybrid step). A flow step's input is
+//! the run's input (`input = "input"`) or the output of an earlier flow step
+//! (`input = "ID"`); `after` adds dependencies (a join); `when` runs it only
+//! if a condition on an earlier output holds; `compensate` names the step
+//! that undoes it if a later step fails for good. The full reference is
+//! `docs/flows.md`.
+//!
+//! [`Flow::check`] validates a flow against the app's contracts: unknown
+//! steps, inputs whose event type the step does not consume, conditions on
+//! steps that do not run before, and cycles are errors that name the file
+//! and the line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+use toml::Spanned;
+
+use crate::app::RetryPolicy;
+use crate::contract::{StepContract, is_kind};
+
+/// The flow input pseudo-step.
+pub const INPUT: &str = "input";
+
+/// Why a flow file is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}:{line}: {message}")]
+pub struct FlowError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowFile {
+    input: Spanned<String>,
+    timeout_ms: Option<u64>,
+    steps: BTreeMap<String, Spanned<StepFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepFile {
+    step: Option<String>,
+    publish: Option<String>,
+    #[serde(rename = "await")]
+    wait_for: Option<String>,
+    fail_on: Option<String>,
+    input: Option<String>,
+    #[serde(default)]
+    after: Vec<String>,
+    when: Option<String>,
+    timeout_ms: Option<u64>,
+    retry: Option<RetryPolicy>,
+    compensate: Option<CompensateFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum CompensateFile {
+    Step(String),
+    Full {
+        step: String,
+        input: Option<String>,
+    },
+}
+
+/// What a flow step does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send a command to this step of the app and take its reply.
+    Command { step: String },
+    /// Publish an event of type `kind` into the choreography, then wait for
+    /// an event of type `done` (or `failed`) with the run's correlation id.
+    Hybrid {
+        kind: String,
+        done: String,
+        failed: Option<String>,
+    },
+}
+
+/// A comparison in a `when` condition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+/// `when = "ID.path.to.field OP JSON"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub step: String,
+    pub path: Vec<String>,
+    pub op: Op,
+    pub value: Value,
+    pub text: String,
+}
+
+impl Condition {
+    /// Whether the condition holds for the output `data` of `self.step`.
+    pub fn holds(&self, data: &Value) -> bool {
+        let mut v = data;
+        for p in &self.path {
+            match v.get(p) {
+                Some(x) => v = x,
+                None => return false,
+            }
+        }
+        match (&self.op, v.as_f64(), self.value.as_f64()) {
+            (Op::Eq, _, _) => v == &self.value,
+            (Op::Ne, _, _) => v != &self.value,
+            (Op::Gt, Some(a), Some(b)) => a > b,
+            (Op::Ge, Some(a), Some(b)) => a >= b,
+            (Op::Lt, Some(a), Some(b)) => a < b,
+            (Op::Le, Some(a), Some(b)) => a <= b,
+            _ => false,
+        }
+    }
+}
+
+/// A compensation: run `step` with the output of `input` (default: the
+/// compensated step's own output).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compensation {
+    pub step: String,
+    pub input: String,
+}
+
+/// One checked flow step.
+#[derive(Debug, Clone)]
+pub struct FlowStep {
+    pub id: String,
+    pub action: Action,
+    /// `input` or the id of the flow step whose output is the input.
+    pub input: String,
+    /// Every flow step that must be settled first (input, `after`, `when`).
+    pub after: Vec<String>,
+    pub when: Option<Condition>,
+    pub timeout_ms: u64,
+    pub retry: RetryPolicy,
+    pub compensate: Option<Compensation>,
+    /// The event type this flow step outputs (what the next steps get).
+    pub output_kind: Option<String>,
+    /// The event type of the command it sends (its input).
+    pub input_kind: String,
+    pub line: usize,
+}
+
+/// A checked flow.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub name: String,
+    pub path: PathBuf,
+    /// The event type of a run's input.
+    pub input: String,
+    pub timeout_ms: u64,
+    /// Flow steps in an order where every step comes after its dependencies.
+    pub steps: Vec<FlowStep>,
+}
+
+/// The default time a flow step may take, ms.
+pub const DEFAULT_STEP_TIMEOUT_MS: u64 = 10_000;
+/// The default time a run may take, ms.
+pub const DEFAULT_RUN_TIMEOUT_MS: u64 = 60_000;
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+impl Flow {
+    /// Every `*.toml` in `dir`, checked against the contracts of `steps`.
+    pub fn load_dir(dir: &Path, steps: &HashMap<String, &StepContract>) -> Result<Vec<Flow>, FlowError> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(Vec::new());
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        paths.iter().map(|p| Flow::load(p, steps)).collect()
+    }
+
+    /// Read and check one flow file.
+    pub fn load(path: &Path, steps: &HashMap<String, &StepContract>) -> Result<Flow, FlowError> {
+        let text = std::fs::read_to_string(path).map_err(|e| FlowError {
+            path: path.to_path_buf(),
+            line: 0,
+            message: e.to_string(),
+        })?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Flow::parse(&name, path, &text, steps)
+    }
+
+    /// Check a flow given as text.
+    pub fn parse(
+        name: &str,
+        path: &Path,
+        text: &str,
+        contracts: &HashMap<String, &StepContract>,
+    ) -> Result<Flow, FlowError> {
+        let err = |line: usize, message: String| FlowError {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
+        let file: FlowFile = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(0, |s| line_of(text, s.start));
+            err(line, e.message().to_string())
+        })?;
+        let input_line = line_of(text, file.input.span().start);
+        let input_kind = file.input.into_inner();
+        if !is_kind(&input_kind) {
+            return Err(err(input_line, format!("`input` {input_kind:?} is not an event type")));
+        }
+        if file.steps.is_empty() {
+            return Err(err(1, "a flow needs at least one `[steps.ID]` table".into()));
+        }
+        let mut out: HashMap<String, FlowStep> = HashMap::new();
+        for (id, spanned) in &file.steps {
+            let line = line_of(text, spanned.span().start);
+            let s = spanned.get_ref();
+            if id == INPUT {
+                return Err(err(line, "`input` is reserved for the run's input; name the step otherwise".into()));
+            }
+            let action = match (&s.step, &s.publish, &s.wait_for) {
+                (Some(step), None, None) => {
+                    if !contracts.contains_key(step) {
+                        let mut known: Vec<&str> = contracts.keys().map(String::as_str).collect();
+                        known.sort();
+                        return Err(err(line, format!("step {id:?}: the app has no step {step:?} (it has: {})", known.join(", "))));
+                    }
+                    Action::Command { step: step.clone() }
+                }
+                (None, Some(kind), Some(done)) => Action::Hybrid {
+                    kind: kind.clone(),
+                    done: done.clone(),
+                    failed: s.fail_on.clone(),
+                },
+                _ => {
+                    return Err(err(
+                        line,
+                        format!("step {id:?}: give either `step` (a command) or `publish` and `await` (a hybrid step)"),
+                    ));
+                }
+            };
+            let input = s.input.clone().unwrap_or_else(|| INPUT.to_string());
+            let mut after = s.after.clone();
+            if input != INPUT {
+                after.push(input.clone());
+            }
+            let when = match &s.when {
+                Some(w) => {
+                    let c = parse_condition(w).map_err(|m| err(line, format!("step {id:?}: `when`: {m}")))?;
+                    after.push(c.step.clone());
+                    Some(c)
+                }
+                None => None,
+            };
+            after.sort();
+            after.dedup();
+            let compensate = s.compensate.as_ref().map(|c| match c {
+                CompensateFile::Step(step) => Compensation {
+                    step: step.clone(),
+                    input: id.clone(),
+                },
+                CompensateFile::Full { step, input } => Compensation {
+                    step: step.clone(),
+                    input: input.clone().unwrap_or_else(|| id.clone()),
+                },
+            });
+            out.insert(
+                id.clone(),
+                FlowStep {
+                    id: id.clone(),
+                    action,
+                    input,
+                    after,
+                    when,
+                    timeout_ms: s.timeout_ms.unwrap_or(DEFAULT_STEP_TIMEOUT_MS),
+                    retry: s.retry.clone().unwrap_or(RetryPolicy {
+                        max_attempts: 3,
+                        backoff_ms: 100,
+                        max_backoff_ms: 5_000,
+                    }),
+                    compensate,
+                    output_kind: None,
+                    input_kind: String::new(),
+                    line,
+                },
+            );
+        }
+        // Every reference names a flow step.
+        for s in out.values() {
+            for a in &s.after {
+                if !out.contains_key(a) {
+                    return Err(err(s.line, format!("step {:?} depends on {a:?}, which is not a step of this flow", s.id)));
+                }
+            }
+            if let Some(c) = &s.compensate {
+                if !contracts.contains_key(&c.step) {
+                    return Err(err(s.line, format!("step {:?}: compensation step {:?} is not a step of the app", s.id, c.step)));
+                }
+                if c.input != INPUT && !out.contains_key(&c.input) {
+                    return Err(err(s.line, format!("step {:?}: compensation input {:?} is not a step of this flow", s.id, c.input)));
+                }
+            }
+        }
+        let order = topo_order(&out).map_err(|cycle| {
+            let line = out[&cycle[0]].line;
+            err(line, format!("the flow has a cycle: {}", cycle.join(" -> ")))
+        })?;
+        // Wire the types, in dependency order.
+        let mut steps: Vec<FlowStep> = Vec::new();
+        for id in order {
+            let mut s = out.remove(&id).expect("ordered ids exist");
+            let upstream = if s.input == INPUT {
+                Some(input_kind.clone())
+            } else {
+                steps.iter().find(|x| x.id == s.input).and_then(|x| x.output_kind.clone())
+            };
+            match &s.action {
+                Action::Command { step } => {
+                    let c = contracts[step];
+                    let Some(kind) = upstream.filter(|k| c.consumed_kinds().contains(k)) else {
+                        return Err(err(
+                            s.line,
+                            format!(
+                                "step {:?}: its input ({}) is not an event type step {step:?} consumes ({})",
+                                s.id,
+                                describe_source(&s.input, &steps, &input_kind),
+                                c.consumed_kinds().join(", ")
+                            ),
+                        ));
+                    };
+                    s.input_kind = kind;
+                    s.output_kind = c.produces.first().map(|t| t.kind.clone());
+                }
+                Action::Hybrid { kind, done, failed } => {
+                    for k in [Some(kind), Some(done), failed.as_ref()].into_iter().flatten() {
+                        if !is_kind(k) {
+                            return Err(err(s.line, format!("step {:?}: {k:?} is not an event type", s.id)));
+                        }
+                    }
+                    s.input_kind = kind.clone();
+                    s.output_kind = Some(done.clone());
+                }
+            }
+            if let Some(c) = &s.compensate {
+                let kind = if c.input == INPUT {
+                    Some(input_kind.clone())
+                } else if c.input == s.id {
+                    s.output_kind.clone()
+                } else {
+                    steps.iter().find(|x| x.id == c.input).and_then(|x| x.output_kind.clone())
+                };
+                let consumes = contracts[&c.step].consumed_kinds();
+                if !kind.as_ref().is_some_and(|k| consumes.contains(k)) {
+                    return Err(err(
+                        s.line,
+                        format!(
+                            "step {:?}: compensation step {:?} consumes {}, but its input is {}",
+                            s.id,
+                            c.step,
+                            consumes.join(", "),
+                            kind.unwrap_or_else(|| "nothing".into())
+                        ),
+                    ));
+                }
+            }
+            steps.push(s);
+        }
+        Ok(Flow {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            input: input_kind,
+            timeout_ms: file.timeout_ms.unwrap_or(DEFAULT_RUN_TIMEOUT_MS),
+            steps,
+        })
+    }
+
+    /// The flow step `id`.
+    pub fn step(&self, id: &str) -> Option<&FlowStep> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+}
+
+fn describe_source(input: &str, steps: &[FlowStep], input_kind: &str) -> String {
+    if input == INPUT {
+        return format!("the run's input, {input_kind}");
+    }
+    match steps.iter().find(|s| s.id == input).and_then(|s| s.output_kind.clone()) {
+        Some(k) => format!("the output of {input:?}, {k}"),
+        None => format!("the output of {input:?}, which emits nothing"),
+    }
+}
+
+/// Ids in dependency order, or a cycle.
+fn topo_order(steps: &HashMap<String, FlowStep>) -> Result<Vec<String>, Vec<String>> {
+    fn visit(
+        id: &str,
+        steps: &HashMap<String, FlowStep>,
+        state: &mut HashMap<String, u8>,
+        stack: &mut Vec<String>,
+        out: &mut Vec<String>,
+    ) -> Result<(), Vec<String>> {
+        match state.get(id) {
+            Some(2) => return Ok(()),
+            Some(1) => {
+                let start = stack.iter().position(|s| s == id).unwrap_or(0);
+                let mut cycle = stack[start..].to_vec();
+                cycle.push(id.to_string());
+                return Err(cycle);
+            }
+            _ => {}
+        }
+        state.insert(id.to_string(), 1);
+        stack.push(id.to_string());
+        for dep in &steps[id].after {
+            visit(dep, steps, state, stack, out)?;
+        }
+        stack.pop();
+        state.insert(id.to_string(), 2);
+        out.push(id.to_string());
+        Ok(())
+    }
+    let mut ids: Vec<&String> = steps.keys().collect();
+    ids.sort();
+    let (mut state, mut out) = (HashMap::new(), Vec::new());
+    for id in ids {
+        visit(id, steps, &mut state, &mut Vec::new(), &mut out)?;
+    }
+    Ok(out)
+}
+
+fn parse_condition(text: &str) -> Result<Condition, String> {
+    let ops = [(">=", Op::Ge), ("<=", Op::Le), ("==", Op::Eq), ("!=", Op::Ne), (">", Op::Gt), ("<", Op::Lt)];
+    let (at, sym, op) = ops
+        .iter()
+        .filter_map(|(sym, op)| text.find(sym).map(|i| (i, *sym, op.clone())))
+        .min_by_key(|(i, sym, _)| (*i, usize::MAX - sym.len()))
+        .ok_or("expected `ID.field OP value`, with OP one of == != > >= < <=")?;
+    let (lhs, rhs) = (text[..at].trim(), text[at + sym.len()..].trim());
+    let value: Value = serde_json::from_str(rhs).map_err(|_| format!("{rhs:?} is not a JSON value (quote strings)"))?;
+    let mut parts = lhs.split('.');
+    let step = parts.next().filter(|s| !s.is_empty()).ok_or("no step before the field")?.to_string();
+    let path: Vec<String> = parts.map(str::to_string).collect();
+    if path.is_empty() || path.iter().any(String::is_empty) {
+        return Err(format!("{lhs:?}: expected ID.field"));
+    }
+    Ok(Condition {
+        step,
+        path,
+        op,
+        value,
+        text: text.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn conditions_compare_numbers_and_values() {
+        let c = parse_condition("validate.total_cents >= 1000").unwrap();
+        assert_eq!((c.step.as_str(), c.path.clone(), c.op.clone()), ("validate", vec!["total_cents".to_string()], Op::Ge));
+        assert!(c.holds(&json!({"total_cents": 1000})));
+        assert!(!c.holds(&json!({"total_cents": 999})));
+        assert!(!c.holds(&json!({})));
+        let c = parse_condition("a.x.y == \"eu\"").unwrap();
+        assert!(c.holds(&json!({"x": {"y": "eu"}})));
+        assert!(parse_condition("a.x = 3").is_err());
+        assert!(parse_condition("a.x == eu").is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! A run's record: its state, and each flow step's state, attempts,
+//! timings, output and error. This is both what the orchestrator persists
+//! (one state row per run, `run/<id>`) and what `GET /v1/runs/{id}` serves:
+//! the aggregated status.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Running,
+    /// A step failed for good; completed steps are being undone.
+    Compensating,
+    Completed,
+    /// Failed, and every completed step with a compensation was undone.
+    Compensated,
+    /// Failed, and could not be fully undone (or nothing needed undoing).
+    Failed,
+    /// Ran past the flow's timeout (after compensating).
+    TimedOut,
+}
+
+impl RunState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, RunState::Running | RunState::Compensating)
+    }
+}
+
+/// Where a flow step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Waiting for the steps it depends on.
+    Pending,
+    /// A command is out (or, for a hybrid step, the event is published and
+    /// the completion is awaited).
+    Dispatched,
+    /// Failed and waiting for its next attempt.
+    Backoff,
+    Completed,
+    /// Its condition did not hold, or its input was skipped.
+    Skipped,
+    Failed,
+    TimedOut,
+    /// The run ended before it was dispatched.
+    Cancelled,
+    /// Completed, then undone by its compensation.
+    Compensated,
+    /// Completed; its compensation failed.
+    CompensationFailed,
+}
+
+/// One flow step's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub state: StepState,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// The output event's type and data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// Errors of failed attempts, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// The id of the command (event) of the current attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    /// Epoch ms when the current attempt times out, or the backoff ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// Order of completion (for compensating in reverse).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_seq: Option<u32>,
+    #[serde(skip)]
+    pub started_ms: u64,
+}
+
+impl StepRecord {
+    pub fn new() -> StepRecord {
+        StepRecord {
+            state: StepState::Pending,
+            attempts: 0,
+            started: None,
+            finished: None,
+            duration_ms: None,
+            output_type: None,
+            output: None,
+            errors: Vec::new(),
+            command_id: None,
+            deadline_ms: None,
+            completed_seq: None,
+            started_ms: 0,
+        }
+    }
+}
+
+impl Default for StepRecord {
+    fn default() -> Self {
+        StepRecord::new()
+    }
+}
+
+/// A run: the aggregated status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub flow: String,
+    pub state: RunState,
+    pub input: Value,
+    pub created: String,
+    pub updated: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Why the run failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Epoch ms when the run times out.
+    pub deadline_ms: u64,
+    pub created_ms: u64,
+    /// Flow steps by id; compensations appear as `ID~undo`.
+    pub steps: BTreeMap<String, StepRecord>,
+    /// Compensations still to run, next first (flow step ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub undo: Vec<String>,
+    /// Set when the run timed out (it ends `timed_out` once compensated).
+    #[serde(default)]
+    pub timed_out: bool,
+    #[serde(default)]
+    pub completions: u32,
+}
+
+/// The state-row key of a run.
+pub fn key(id: &str) -> String {
+    format!("run/{id}")
+}
+
+/// The flow-step id of the compensation of `id`.
+pub fn undo_id(id: &str) -> String {
+    format!("{id}~undo")
+}
