@@ -224,15 +224,22 @@ fn components_are_compiled_once_and_loaded_precompiled_after() {
     assert_eq!(first.origin, Origin::Compiled);
     // A new engine (a new process) with the same settings finds the artifact.
     let rt2 = Runtime::new().unwrap();
-    let again = ArtifactCache::new(rt2.engine(), dir.path()).load(rt2.engine(), &component).unwrap();
+    let again = ArtifactCache::new(rt2.engine(), dir.path())
+        .load(rt2.engine(), &component)
+        .unwrap();
     assert_eq!(again.origin, Origin::Cached);
     assert_eq!(again.hash, first.hash);
-    let artifacts: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let artifacts: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(artifacts.len(), 1, "{artifacts:?}");
     assert!(artifacts[0].to_string_lossy().starts_with(&first.hash));
     // A corrupted artifact is compiled again, not trusted.
     std::fs::write(dir.path().join(&artifacts[0]), b"garbage").unwrap();
     let rt3 = Runtime::new().unwrap();
-    let rebuilt = ArtifactCache::new(rt3.engine(), dir.path()).load(rt3.engine(), &component).unwrap();
+    let rebuilt = ArtifactCache::new(rt3.engine(), dir.path())
+        .load(rt3.engine(), &component)
+        .unwrap();
     assert_eq!(rebuilt.origin, Origin::Compiled);
 }

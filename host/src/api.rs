@@ -72,9 +72,12 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-        serde_json::from_slice(&bytes)
-            .map(Body)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the body is not valid JSON: {e}")))
+        serde_json::from_slice(&bytes).map(Body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not valid JSON: {e}"),
+            )
+        })
     }
 }
 
@@ -135,11 +138,20 @@ async fn auth(State(s): State<ApiState>, headers: HeaderMap, req: Request, next:
         .and_then(|v| v.strip_prefix("Bearer "));
     let ok = given.is_some_and(|t| {
         // Compare in time independent of where the first difference is.
-        t.len() == s.token.len() && t.bytes().zip(s.token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        t.len() == s.token.len()
+            && t.bytes()
+                .zip(s.token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     });
     if !ok {
-        let mut r = ApiError(StatusCode::UNAUTHORIZED, "a valid bearer token is required".into()).into_response();
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let mut r = ApiError(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required".into(),
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
     next.run(req).await
@@ -155,19 +167,35 @@ async fn auth(State(s): State<ApiState>, headers: HeaderMap, req: Request, next:
         (status = 404, description = "No such flow"),
         (status = 422, description = "The input breaks the contract of the flow's first step"),
     ))]
-async fn start_run(State(s): State<ApiState>, Path(flow): Path<String>, Body(input): Body) -> Result<Response, ApiError> {
+async fn start_run(
+    State(s): State<ApiState>,
+    Path(flow): Path<String>,
+    Body(input): Body,
+) -> Result<Response, ApiError> {
     let Some(o) = &s.orchestrator else {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("no flow named {flow:?}: the app has no flows")));
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no flow named {flow:?}: the app has no flows"),
+        ));
     };
     match o.start(&flow, input).await {
         Ok(id) => {
             let location = format!("/v1/runs/{id}");
-            let mut r = (StatusCode::ACCEPTED, Json(json!({ "run_id": id, "status_url": location }))).into_response();
-            r.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&location).expect("an ASCII path"));
+            let mut r = (
+                StatusCode::ACCEPTED,
+                Json(json!({ "run_id": id, "status_url": location })),
+            )
+                .into_response();
+            r.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_str(&location).expect("an ASCII path"),
+            );
             Ok(r)
         }
         Err(e @ StartError::UnknownFlow(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
-        Err(e @ StartError::BadInput { .. }) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
+        Err(e @ StartError::BadInput { .. }) => {
+            Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+        }
         Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
 }
@@ -177,7 +205,10 @@ async fn start_run(State(s): State<ApiState>, Path(flow): Path<String>, Body(inp
 #[utoipa::path(get, path = "/v1/runs/{id}",
     params(("id" = String, Path, description = "The run id")),
     responses((status = 200, description = "The run's status"), (status = 404, description = "No such run")))]
-async fn run_status(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn run_status(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let run = match &s.orchestrator {
         Some(o) => o.status(&id).await?,
         None => None,
@@ -197,13 +228,24 @@ async fn run_status(State(s): State<ApiState>, Path(id): Path<String>) -> Result
     ))]
 async fn publish(State(s): State<ApiState>, Body(body): Body) -> Result<Response, ApiError> {
     let source = format!("troupe://{}/api", s.app);
-    let event = Event::from_json(body, &source).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let event = Event::from_json(body, &source)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     if !crate::contract::is_kind(&event.kind) {
-        return Err(ApiError(StatusCode::BAD_REQUEST, format!("{:?} is not an event type", event.kind)));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not an event type", event.kind),
+        ));
     }
-    for step in s.steps.iter().filter(|st| st.contract.consumed_kinds().contains(&event.kind)) {
+    for step in s
+        .steps
+        .iter()
+        .filter(|st| st.contract.consumed_kinds().contains(&event.kind))
+    {
         step.contract.check_input(&event).map_err(|v| {
-            ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("step `{}` would refuse it: {v}", step.name()))
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("step `{}` would refuse it: {v}", step.name()),
+            )
         })?;
     }
     let id = event.id.clone();
@@ -215,14 +257,19 @@ async fn publish(State(s): State<ApiState>, Body(body): Body) -> Result<Response
 #[utoipa::path(get, path = "/v1/dlq", responses((status = 200, description = "The dead letters")))]
 async fn dlq_list(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let list = s.broker.dlq_list().await?;
-    Ok(Json(Value::Array(list.iter().map(|d| d.to_json(false)).collect())))
+    Ok(Json(Value::Array(
+        list.iter().map(|d| d.to_json(false)).collect(),
+    )))
 }
 
 /// One dead letter, with its original event.
 #[utoipa::path(get, path = "/v1/dlq/{id}",
     params(("id" = String, Path, description = "The dead letter's id")),
     responses((status = 200, description = "The dead letter"), (status = 404, description = "No such dead letter")))]
-async fn dlq_show(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn dlq_show(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(s.broker.dlq_get(&id).await?.to_json(true)))
 }
 
@@ -230,7 +277,10 @@ async fn dlq_show(State(s): State<ApiState>, Path(id): Path<String>) -> Result<J
 #[utoipa::path(post, path = "/v1/dlq/{id}/replay",
     params(("id" = String, Path, description = "The dead letter's id")),
     responses((status = 202, description = "Replayed"), (status = 404, description = "No such dead letter")))]
-async fn dlq_replay(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn dlq_replay(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     s.broker.dlq_replay(&id).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "replayed": id }))).into_response())
 }
@@ -243,9 +293,14 @@ async fn dlq_replay(State(s): State<ApiState>, Path(id): Path<String>) -> Result
 async fn trace(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let events = s.broker.trace(&id).await?;
     if events.is_empty() {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("no events with correlation id {id:?}")));
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no events with correlation id {id:?}"),
+        ));
     }
-    Ok(Json(Value::Array(events.iter().map(Event::to_json).collect())))
+    Ok(Json(Value::Array(
+        events.iter().map(Event::to_json).collect(),
+    )))
 }
 
 /// Liveness. Needs no token.
@@ -260,12 +315,32 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let mut out = String::new();
     let snap = s.stats.snapshot();
     let series: [(&str, &str, fn(&crate::stats::StepSnapshot) -> u64); 6] = [
-        ("troupe_step_handled_total", "Events a step handled", |x| x.handled),
-        ("troupe_step_emitted_total", "Events a step emitted", |x| x.emitted),
-        ("troupe_step_retried_total", "Deliveries scheduled again after a failure", |x| x.retried),
-        ("troupe_step_dead_lettered_total", "Events dead-lettered", |x| x.dead_lettered),
-        ("troupe_contract_violations_total", "Contract violations, in or out (each raised an alert)", |x| x.contract_violations),
-        ("troupe_step_guest_seconds_total", "Time spent in the guest", |x| x.guest_micros),
+        ("troupe_step_handled_total", "Events a step handled", |x| {
+            x.handled
+        }),
+        ("troupe_step_emitted_total", "Events a step emitted", |x| {
+            x.emitted
+        }),
+        (
+            "troupe_step_retried_total",
+            "Deliveries scheduled again after a failure",
+            |x| x.retried,
+        ),
+        (
+            "troupe_step_dead_lettered_total",
+            "Events dead-lettered",
+            |x| x.dead_lettered,
+        ),
+        (
+            "troupe_contract_violations_total",
+            "Contract violations, in or out (each raised an alert)",
+            |x| x.contract_violations,
+        ),
+        (
+            "troupe_step_guest_seconds_total",
+            "Time spent in the guest",
+            |x| x.guest_micros,
+        ),
     ];
     for (name, help, f) in series {
         let kind = "counter";
@@ -273,7 +348,10 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
         for (step, v) in &snap {
             let value = f(v);
             if name.ends_with("_seconds_total") {
-                out.push_str(&format!("{name}{{step=\"{step}\"}} {}\n", value as f64 / 1e6));
+                out.push_str(&format!(
+                    "{name}{{step=\"{step}\"}} {}\n",
+                    value as f64 / 1e6
+                ));
             } else {
                 out.push_str(&format!("{name}{{step=\"{step}\"}} {value}\n"));
             }
@@ -296,5 +374,8 @@ async fn openapi() -> Json<Value> {
 /// CLI finds it from the app directory.
 pub fn write_discovery(state_dir: &std::path::Path, url: &str) -> std::io::Result<()> {
     let v: HashMap<&str, &str> = [("url", url)].into();
-    std::fs::write(state_dir.join("api.json"), serde_json::to_vec(&v).expect("JSON"))
+    std::fs::write(
+        state_dir.join("api.json"),
+        serde_json::to_vec(&v).expect("JSON"),
+    )
 }

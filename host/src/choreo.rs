@@ -162,9 +162,13 @@ impl Wiring {
                     Failure::Limit(_) => ("limit", true),
                 };
                 let message = match &f {
-                    Failure::Reject(m) | Failure::Retry(m) | Failure::Trap(m) | Failure::Limit(m) => m.clone(),
+                    Failure::Reject(m)
+                    | Failure::Retry(m)
+                    | Failure::Trap(m)
+                    | Failure::Limit(m) => m.clone(),
                 };
-                let reply = orchestrator::failed_reply(&d.event, &self.source, class, &message, retryable);
+                let reply =
+                    orchestrator::failed_reply(&d.event, &self.source, class, &message, retryable);
                 self.reply(d, reply)
             }
             Err(Failure::Reject(m)) => self.dead_letter(d, ReasonClass::Rejected, m),

@@ -66,10 +66,7 @@ struct StepFile {
 #[serde(untagged)]
 enum CompensateFile {
     Step(String),
-    Full {
-        step: String,
-        input: Option<String>,
-    },
+    Full { step: String, input: Option<String> },
 }
 
 /// What a flow step does.
@@ -175,12 +172,19 @@ pub const DEFAULT_STEP_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_RUN_TIMEOUT_MS: u64 = 60_000;
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 impl Flow {
     /// Every `*.toml` in `dir`, checked against the contracts of `steps`.
-    pub fn load_dir(dir: &Path, steps: &HashMap<String, &StepContract>) -> Result<Vec<Flow>, FlowError> {
+    pub fn load_dir(
+        dir: &Path,
+        steps: &HashMap<String, &StepContract>,
+    ) -> Result<Vec<Flow>, FlowError> {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return Ok(Vec::new());
         };
@@ -200,7 +204,10 @@ impl Flow {
             line: 0,
             message: e.to_string(),
         })?;
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Flow::parse(&name, path, &text, steps)
     }
 
@@ -223,24 +230,39 @@ impl Flow {
         let input_line = line_of(text, file.input.span().start);
         let input_kind = file.input.into_inner();
         if !is_kind(&input_kind) {
-            return Err(err(input_line, format!("`input` {input_kind:?} is not an event type")));
+            return Err(err(
+                input_line,
+                format!("`input` {input_kind:?} is not an event type"),
+            ));
         }
         if file.steps.is_empty() {
-            return Err(err(1, "a flow needs at least one `[steps.ID]` table".into()));
+            return Err(err(
+                1,
+                "a flow needs at least one `[steps.ID]` table".into(),
+            ));
         }
         let mut out: HashMap<String, FlowStep> = HashMap::new();
         for (id, spanned) in &file.steps {
             let line = line_of(text, spanned.span().start);
             let s = spanned.get_ref();
             if id == INPUT {
-                return Err(err(line, "`input` is reserved for the run's input; name the step otherwise".into()));
+                return Err(err(
+                    line,
+                    "`input` is reserved for the run's input; name the step otherwise".into(),
+                ));
             }
             let action = match (&s.step, &s.publish, &s.wait_for) {
                 (Some(step), None, None) => {
                     if !contracts.contains_key(step) {
                         let mut known: Vec<&str> = contracts.keys().map(String::as_str).collect();
                         known.sort();
-                        return Err(err(line, format!("step {id:?}: the app has no step {step:?} (it has: {})", known.join(", "))));
+                        return Err(err(
+                            line,
+                            format!(
+                                "step {id:?}: the app has no step {step:?} (it has: {})",
+                                known.join(", ")
+                            ),
+                        ));
                     }
                     Action::Command { step: step.clone() }
                 }
@@ -252,7 +274,9 @@ impl Flow {
                 _ => {
                     return Err(err(
                         line,
-                        format!("step {id:?}: give either `step` (a command) or `publish` and `await` (a hybrid step)"),
+                        format!(
+                            "step {id:?}: give either `step` (a command) or `publish` and `await` (a hybrid step)"
+                        ),
                     ));
                 }
             };
@@ -263,7 +287,8 @@ impl Flow {
             }
             let when = match &s.when {
                 Some(w) => {
-                    let c = parse_condition(w).map_err(|m| err(line, format!("step {id:?}: `when`: {m}")))?;
+                    let c = parse_condition(w)
+                        .map_err(|m| err(line, format!("step {id:?}: `when`: {m}")))?;
                     after.push(c.step.clone());
                     Some(c)
                 }
@@ -306,21 +331,42 @@ impl Flow {
         for s in out.values() {
             for a in &s.after {
                 if !out.contains_key(a) {
-                    return Err(err(s.line, format!("step {:?} depends on {a:?}, which is not a step of this flow", s.id)));
+                    return Err(err(
+                        s.line,
+                        format!(
+                            "step {:?} depends on {a:?}, which is not a step of this flow",
+                            s.id
+                        ),
+                    ));
                 }
             }
             if let Some(c) = &s.compensate {
                 if !contracts.contains_key(&c.step) {
-                    return Err(err(s.line, format!("step {:?}: compensation step {:?} is not a step of the app", s.id, c.step)));
+                    return Err(err(
+                        s.line,
+                        format!(
+                            "step {:?}: compensation step {:?} is not a step of the app",
+                            s.id, c.step
+                        ),
+                    ));
                 }
                 if c.input != INPUT && !out.contains_key(&c.input) {
-                    return Err(err(s.line, format!("step {:?}: compensation input {:?} is not a step of this flow", s.id, c.input)));
+                    return Err(err(
+                        s.line,
+                        format!(
+                            "step {:?}: compensation input {:?} is not a step of this flow",
+                            s.id, c.input
+                        ),
+                    ));
                 }
             }
         }
         let order = topo_order(&out).map_err(|cycle| {
             let line = out[&cycle[0]].line;
-            err(line, format!("the flow has a cycle: {}", cycle.join(" -> ")))
+            err(
+                line,
+                format!("the flow has a cycle: {}", cycle.join(" -> ")),
+            )
         })?;
         // Wire the types, in dependency order.
         let mut steps: Vec<FlowStep> = Vec::new();
@@ -329,7 +375,10 @@ impl Flow {
             let upstream = if s.input == INPUT {
                 Some(input_kind.clone())
             } else {
-                steps.iter().find(|x| x.id == s.input).and_then(|x| x.output_kind.clone())
+                steps
+                    .iter()
+                    .find(|x| x.id == s.input)
+                    .and_then(|x| x.output_kind.clone())
             };
             match &s.action {
                 Action::Command { step } => {
@@ -349,9 +398,15 @@ impl Flow {
                     s.output_kind = c.produces.first().map(|t| t.kind.clone());
                 }
                 Action::Hybrid { kind, done, failed } => {
-                    for k in [Some(kind), Some(done), failed.as_ref()].into_iter().flatten() {
+                    for k in [Some(kind), Some(done), failed.as_ref()]
+                        .into_iter()
+                        .flatten()
+                    {
                         if !is_kind(k) {
-                            return Err(err(s.line, format!("step {:?}: {k:?} is not an event type", s.id)));
+                            return Err(err(
+                                s.line,
+                                format!("step {:?}: {k:?} is not an event type", s.id),
+                            ));
                         }
                     }
                     s.input_kind = kind.clone();
@@ -364,7 +419,10 @@ impl Flow {
                 } else if c.input == s.id {
                     s.output_kind.clone()
                 } else {
-                    steps.iter().find(|x| x.id == c.input).and_then(|x| x.output_kind.clone())
+                    steps
+                        .iter()
+                        .find(|x| x.id == c.input)
+                        .and_then(|x| x.output_kind.clone())
                 };
                 let consumes = contracts[&c.step].consumed_kinds();
                 if !kind.as_ref().is_some_and(|k| consumes.contains(k)) {
@@ -401,7 +459,11 @@ fn describe_source(input: &str, steps: &[FlowStep], input_kind: &str) -> String 
     if input == INPUT {
         return format!("the run's input, {input_kind}");
     }
-    match steps.iter().find(|s| s.id == input).and_then(|s| s.output_kind.clone()) {
+    match steps
+        .iter()
+        .find(|s| s.id == input)
+        .and_then(|s| s.output_kind.clone())
+    {
         Some(k) => format!("the output of {input:?}, {k}"),
         None => format!("the output of {input:?}, which emits nothing"),
     }
@@ -446,16 +508,28 @@ fn topo_order(steps: &HashMap<String, FlowStep>) -> Result<Vec<String>, Vec<Stri
 }
 
 fn parse_condition(text: &str) -> Result<Condition, String> {
-    let ops = [(">=", Op::Ge), ("<=", Op::Le), ("==", Op::Eq), ("!=", Op::Ne), (">", Op::Gt), ("<", Op::Lt)];
+    let ops = [
+        (">=", Op::Ge),
+        ("<=", Op::Le),
+        ("==", Op::Eq),
+        ("!=", Op::Ne),
+        (">", Op::Gt),
+        ("<", Op::Lt),
+    ];
     let (at, sym, op) = ops
         .iter()
         .filter_map(|(sym, op)| text.find(sym).map(|i| (i, *sym, op.clone())))
         .min_by_key(|(i, sym, _)| (*i, usize::MAX - sym.len()))
         .ok_or("expected `ID.field OP value`, with OP one of == != > >= < <=")?;
     let (lhs, rhs) = (text[..at].trim(), text[at + sym.len()..].trim());
-    let value: Value = serde_json::from_str(rhs).map_err(|_| format!("{rhs:?} is not a JSON value (quote strings)"))?;
+    let value: Value = serde_json::from_str(rhs)
+        .map_err(|_| format!("{rhs:?} is not a JSON value (quote strings)"))?;
     let mut parts = lhs.split('.');
-    let step = parts.next().filter(|s| !s.is_empty()).ok_or("no step before the field")?.to_string();
+    let step = parts
+        .next()
+        .filter(|s| !s.is_empty())
+        .ok_or("no step before the field")?
+        .to_string();
     let path: Vec<String> = parts.map(str::to_string).collect();
     if path.is_empty() || path.iter().any(String::is_empty) {
         return Err(format!("{lhs:?}: expected ID.field"));
@@ -477,7 +551,10 @@ mod tests {
     #[test]
     fn conditions_compare_numbers_and_values() {
         let c = parse_condition("validate.total_cents >= 1000").unwrap();
-        assert_eq!((c.step.as_str(), c.path.clone(), c.op.clone()), ("validate", vec!["total_cents".to_string()], Op::Ge));
+        assert_eq!(
+            (c.step.as_str(), c.path.clone(), c.op.clone()),
+            ("validate", vec!["total_cents".to_string()], Op::Ge)
+        );
         assert!(c.holds(&json!({"total_cents": 1000})));
         assert!(!c.holds(&json!({"total_cents": 999})));
         assert!(!c.holds(&json!({})));

@@ -45,8 +45,10 @@ pub enum HostError {
 
 /// Read and check the app's flows (`APP/flows/*.toml`) against its steps.
 pub fn load_flows(app: &App, steps: &[Arc<LoadedStep>]) -> Result<Vec<Flow>, HostError> {
-    let contracts: HashMap<String, &StepContract> =
-        steps.iter().map(|s| (s.name().to_string(), &s.contract)).collect();
+    let contracts: HashMap<String, &StepContract> = steps
+        .iter()
+        .map(|s| (s.name().to_string(), &s.contract))
+        .collect();
     Ok(Flow::load_dir(&app.dir.join(FLOWS_DIR), &contracts)?)
 }
 
@@ -148,13 +150,22 @@ impl Host {
         let orchestrator = if flows.is_empty() {
             None
         } else {
-            let by_name: HashMap<String, Arc<LoadedStep>> =
-                steps.iter().map(|s| (s.name().to_string(), s.clone())).collect();
+            let by_name: HashMap<String, Arc<LoadedStep>> = steps
+                .iter()
+                .map(|s| (s.name().to_string(), s.clone()))
+                .collect();
             let check: InputCheck = Arc::new(move |flow: &Flow, input: &serde_json::Value| {
-                let event = Event::new(&flow.input, "troupe://check", serde_json::to_vec(input).expect("JSON"));
+                let event = Event::new(
+                    &flow.input,
+                    "troupe://check",
+                    serde_json::to_vec(input).expect("JSON"),
+                );
                 for s in flow.steps.iter().filter(|s| s.input == crate::flow::INPUT) {
                     if let crate::flow::Action::Command { step } = &s.action {
-                        by_name[step].contract.check_input(&event).map_err(|v| v.to_string())?;
+                        by_name[step]
+                            .contract
+                            .check_input(&event)
+                            .map_err(|v| v.to_string())?;
                     }
                 }
                 Ok(())

@@ -29,6 +29,7 @@ pub mod app;
 pub mod broker;
 pub mod builder;
 pub mod choreo;
+pub mod client;
 pub mod conformance;
 pub mod contract;
 pub mod event;

@@ -41,6 +41,31 @@ enum Cmd {
         /// what each step did.
         #[arg(long)]
         until_idle: bool,
+        /// Serve the HTTP API here (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:7373")]
+        listen: String,
+    },
+    /// Start a run of a flow on a running host (HTTP API); prints the run id.
+    Start {
+        /// The flow's name (its file under the app's flows/).
+        flow: String,
+        /// The run's input: the data of its input event, JSON.
+        #[arg(long)]
+        input: String,
+        /// Wait for the run to finish and print its final status.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The aggregated status of a run.
+    Status {
+        run: String,
+        /// Follow the run until it finishes, printing each change.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Publish an event into an app's choreography. The event is stored
     /// durably in the app's broker and picked up by its running host (or by
@@ -99,6 +124,17 @@ enum Cmd {
     },
 }
 
+/// Which host to talk to.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The host's API, e.g. http://127.0.0.1:7373 (default: found from --app).
+    #[arg(long, env = "TROUPE_API")]
+    api: Option<String>,
+    /// The app directory whose running host to use.
+    #[arg(long, default_value = ".")]
+    app: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum DlqCmd {
     /// List dead letters, oldest first.
@@ -141,7 +177,18 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     match cli.command {
-        Cmd::Run { app, until_idle } => tokio_main(run_app(&app, until_idle, json)),
+        Cmd::Run {
+            app,
+            until_idle,
+            listen,
+        } => tokio_main(run_app(&app, until_idle, &listen, json)),
+        Cmd::Start {
+            flow,
+            input,
+            wait,
+            api,
+        } => start(&flow, &input, wait, &api, json),
+        Cmd::Status { run, watch, api } => status(&run, watch, &api, json),
         Cmd::Publish {
             app,
             kind,
@@ -173,11 +220,35 @@ fn load_app(dir: &Path) -> Result<App> {
     App::load(dir).with_context(|| format!("cannot load the app in {}", dir.display()))
 }
 
-async fn run_app(dir: &Path, until_idle: bool, json: bool) -> Result<()> {
+async fn run_app(dir: &Path, until_idle: bool, listen: &str, json: bool) -> Result<()> {
     let app = load_app(dir)?;
     let host = Host::start(app)
         .await
         .with_context(|| format!("cannot start the app in {}", dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let state_dir = host.app.state_dir();
+    let token = troupe::client::token_for(&state_dir, true)?;
+    troupe::api::write_discovery(&state_dir, &url).context("cannot write .troupe/api.json")?;
+    let router = troupe::api::router(troupe::api::ApiState {
+        broker: host.broker.clone(),
+        orchestrator: host.orchestrator.clone(),
+        steps: host.steps.clone(),
+        stats: host.stats.clone(),
+        app: host.app.name.clone(),
+        token: token.into(),
+    });
+    tracing::info!(
+        "HTTP API on {url} (bearer token: TROUPE_API_TOKEN or {})",
+        state_dir.join("api-token").display()
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!("the HTTP API stopped: {e}");
+        }
+    });
     if until_idle {
         host.wait_idle(Duration::from_millis(500)).await?;
     } else {
@@ -406,6 +477,93 @@ fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> {
         }
     }
     show(&events, None, &known, 0);
+    Ok(())
+}
+
+fn client(api: &ApiArgs) -> Result<troupe::client::Client> {
+    Ok(troupe::client::Client::for_app(
+        &api.app,
+        api.api.as_deref(),
+    )?)
+}
+
+fn start(flow: &str, input: &str, wait: bool, api: &ApiArgs, json: bool) -> Result<()> {
+    let input: serde_json::Value =
+        serde_json::from_str(input).context("--input is not valid JSON")?;
+    let c = client(api)?;
+    let id = c.start(flow, &input)?;
+    if !wait {
+        if json {
+            println!("{}", serde_json::json!({ "run_id": id }));
+        } else {
+            println!("{id}");
+        }
+        return Ok(());
+    }
+    let last = c.wait(&id, Duration::from_secs(600), |_| {})?;
+    print_run(&last, json)?;
+    finished_ok(&last)
+}
+
+fn status(run: &str, watch: bool, api: &ApiArgs, json: bool) -> Result<()> {
+    let c = client(api)?;
+    if !watch {
+        return print_run(&c.status(run)?, json);
+    }
+    let last = c.wait(run, Duration::from_secs(3600), |v| {
+        let _ = print_run(v, json);
+    })?;
+    finished_ok(&last)
+}
+
+fn finished_ok(run: &serde_json::Value) -> Result<()> {
+    match run["state"].as_str() {
+        Some("completed") => Ok(()),
+        Some(s) => bail!(
+            "run {} ended {s}: {}",
+            run["id"].as_str().unwrap_or("?"),
+            run["error"].as_str().unwrap_or("")
+        ),
+        None => bail!("no state in the status"),
+    }
+}
+
+fn print_run(run: &serde_json::Value, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(run)?);
+        return Ok(());
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    println!(
+        "run {} ({}): {}{}",
+        s(&run["id"]),
+        s(&run["flow"]),
+        s(&run["state"]),
+        run["duration_ms"]
+            .as_u64()
+            .map(|d| format!(" in {d} ms"))
+            .unwrap_or_default()
+    );
+    if let Some(e) = run["error"].as_str() {
+        println!("  error: {e}");
+    }
+    for (id, st) in run["steps"].as_object().into_iter().flatten() {
+        println!(
+            "  {:<16} {:<20} attempts {:<2} {}{}",
+            id,
+            s(&st["state"]),
+            st["attempts"].as_u64().unwrap_or(0),
+            st["duration_ms"]
+                .as_u64()
+                .map(|d| format!("{d} ms"))
+                .unwrap_or_default(),
+            st["errors"]
+                .as_array()
+                .and_then(|e| e.last())
+                .map(|e| format!("  last error: {}", s(e)))
+                .unwrap_or_default()
+        );
+    }
     Ok(())
 }
 

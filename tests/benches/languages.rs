@@ -28,7 +28,11 @@ fn app(instances: &str) -> TestApp {
     let mut m = String::new();
     for (lang, dir) in VARIANTS {
         let component = build(&repo().join("plugins").join(dir));
-        m += &step(&format!("ship-{lang}"), &component, &format!("instances = \"{instances}\"\nlimits = {{ memory_mb = 128 }}"));
+        m += &step(
+            &format!("ship-{lang}"),
+            &component,
+            &format!("instances = \"{instances}\"\nlimits = {{ memory_mb = 128 }}"),
+        );
     }
     TestApp::new(&m)
 }
@@ -45,7 +49,10 @@ fn per_message(iters: u32, f: impl Fn()) -> Duration {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let fresh = app("fresh");
 
     // Start: cold, then warm, each in a new runtime (a new process's view).
@@ -71,9 +78,18 @@ fn main() {
         took
     });
     println!("start of an app with steps in 4 languages:");
-    println!("  cold (compile all 4 in parallel): {:.2} s", cold.as_secs_f64());
-    println!("  warm (load precompiled), median of 5: {:.1} ms", warm[2].as_secs_f64() * 1e3);
-    println!("  warm, whole host (broker, workers): {:.1} ms", host_start.as_secs_f64() * 1e3);
+    println!(
+        "  cold (compile all 4 in parallel): {:.2} s",
+        cold.as_secs_f64()
+    );
+    println!(
+        "  warm (load precompiled), median of 5: {:.1} ms",
+        warm[2].as_secs_f64() * 1e3
+    );
+    println!(
+        "  warm, whole host (broker, workers): {:.1} ms",
+        host_start.as_secs_f64() * 1e3
+    );
 
     println!();
     println!("| language | component | fresh instance per message | reused instance |");
@@ -82,21 +98,30 @@ fn main() {
     let r = Runtime::new().unwrap();
     let fresh_steps = load_steps(&r, &fresh.app()).unwrap();
     let reuse_steps = load_steps(&r, &reuse.app()).unwrap();
-    let paid = event("payment.charged", json!({"order_id": "o-1", "customer": "ada", "amount_cents": 5}));
+    let paid = event(
+        "payment.charged",
+        json!({"order_id": "o-1", "customer": "ada", "amount_cents": 5}),
+    );
     for (lang, dir) in VARIANTS {
         let name = format!("ship-{lang}");
         let pick = |steps: &[std::sync::Arc<troupe::runtime::step::LoadedStep>]| {
             steps.iter().find(|s| **s.name() == *name).unwrap().clone()
         };
         let (f, u) = (pick(&fresh_steps), pick(&reuse_steps));
-        let iters = if lang == "python" || lang == "js" { 300 } else { 3000 };
+        let iters = if lang == "python" || lang == "js" {
+            300
+        } else {
+            3000
+        };
         let fresh_cost = per_message(iters, || {
             f.handle(&paid, 1).unwrap();
         });
         let reuse_cost = per_message(iters * 10, || {
             u.handle(&paid, 1).unwrap();
         });
-        let size = std::fs::metadata(build(&repo().join("plugins").join(dir))).unwrap().len();
+        let size = std::fs::metadata(build(&repo().join("plugins").join(dir)))
+            .unwrap()
+            .len();
         println!(
             "| {lang} | {:.1} MB | {:.1} µs | {:.1} µs |",
             size as f64 / 1e6,

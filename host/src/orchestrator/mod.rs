@@ -84,7 +84,9 @@ pub struct Orchestrator {
 pub type InputCheck = Arc<dyn Fn(&Flow, &Value) -> Result<(), String> + Send + Sync>;
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Orchestrator {
@@ -107,8 +109,11 @@ impl Orchestrator {
         }
         awaited.sort();
         awaited.dedup();
-        let consumer = broker.subscribe(GROUP, &awaited, RetryPolicy::default()).await?;
-        let flows: Arc<HashMap<String, Flow>> = Arc::new(flows.into_iter().map(|f| (f.name.clone(), f)).collect());
+        let consumer = broker
+            .subscribe(GROUP, &awaited, RetryPolicy::default())
+            .await?;
+        let flows: Arc<HashMap<String, Flow>> =
+            Arc::new(flows.into_iter().map(|f| (f.name.clone(), f)).collect());
         let mut runs = HashMap::new();
         for (_, v) in broker.state_scan("run/").await? {
             match serde_json::from_slice::<RunRecord>(&v) {
@@ -187,7 +192,9 @@ impl Driver {
             let next = self.timers.peek().map(|Reverse((at, _, _))| *at);
             let sleep = async {
                 match next {
-                    Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+                    Some(at) => {
+                        tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -211,9 +218,13 @@ impl Driver {
         for id in ids {
             let mut out = Out::default();
             let run = self.runs.get(&id).expect("listed");
-            self.timers.push(Reverse((run.deadline_ms, id.clone(), String::new())));
-            let steps: Vec<(String, StepRecord)> =
-                run.steps.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            self.timers
+                .push(Reverse((run.deadline_ms, id.clone(), String::new())));
+            let steps: Vec<(String, StepRecord)> = run
+                .steps
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             for (sid, rec) in steps {
                 if let Some(at) = rec.deadline_ms
                     && matches!(rec.state, StepState::Dispatched | StepState::Backoff)
@@ -231,7 +242,12 @@ impl Driver {
         }
     }
 
-    fn start(&mut self, flow: String, input: Value, reply: oneshot::Sender<Result<String, StartError>>) {
+    fn start(
+        &mut self,
+        flow: String,
+        input: Value,
+        reply: oneshot::Sender<Result<String, StartError>>,
+    ) {
         let Some(f) = self.flows.get(&flow) else {
             let _ = reply.send(Err(StartError::UnknownFlow(flow)));
             return;
@@ -257,12 +273,17 @@ impl Driver {
             error: None,
             deadline_ms: now + f.timeout_ms,
             created_ms: now,
-            steps: f.steps.iter().map(|s| (s.id.clone(), StepRecord::new())).collect(),
+            steps: f
+                .steps
+                .iter()
+                .map(|s| (s.id.clone(), StepRecord::new()))
+                .collect(),
             undo: Vec::new(),
             timed_out: false,
             completions: 0,
         };
-        self.timers.push(Reverse((run.deadline_ms, id.clone(), String::new())));
+        self.timers
+            .push(Reverse((run.deadline_ms, id.clone(), String::new())));
         self.runs.insert(id.clone(), run);
         let mut out = Out::default();
         self.advance(&id, &mut out);
@@ -288,7 +309,10 @@ impl Driver {
         let mut state = Vec::new();
         if let Some(run) = self.runs.get_mut(id) {
             run.updated = now_rfc3339();
-            state.push((key(id), Some(serde_json::to_vec(run).expect("a run serialises"))));
+            state.push((
+                key(id),
+                Some(serde_json::to_vec(run).expect("a run serialises")),
+            ));
             if run.state.is_final() {
                 tracing::info!(run = %id, flow = %run.flow, state = ?run.state, "run finished");
                 self.runs.remove(id);
@@ -304,7 +328,9 @@ impl Driver {
             then.unwrap_or_else(|| {
                 Box::new(|r| {
                     if let Err(e) = r {
-                        tracing::error!("orchestrator commit failed (the run resumes on restart): {e}");
+                        tracing::error!(
+                            "orchestrator commit failed (the run resumes on restart): {e}"
+                        );
                     }
                 })
             }),
@@ -341,12 +367,21 @@ impl Driver {
         let data = if input_from == INPUT {
             run.input.clone()
         } else {
-            run.steps.get(&input_from)?.output.clone().unwrap_or(Value::Null)
+            run.steps
+                .get(&input_from)?
+                .output
+                .clone()
+                .unwrap_or(Value::Null)
         };
-        let mut e = Event::new(&kind, &self.source, serde_json::to_vec(&data).expect("JSON"));
+        let mut e = Event::new(
+            &kind,
+            &self.source,
+            serde_json::to_vec(&data).expect("JSON"),
+        );
         e.id = Uuid::new_v5(&IDS, format!("{run_id}/{sid}/{attempt}").as_bytes()).to_string();
         e.subject = Some(run_id.to_string());
-        e.extensions.insert(CORRELATION_ID.into(), run_id.to_string());
+        e.extensions
+            .insert(CORRELATION_ID.into(), run_id.to_string());
         e.extensions.insert(RUN.into(), run_id.to_string());
         e.extensions.insert(FLOW_STEP.into(), sid.to_string());
         e.extensions.insert(ATTEMPT.into(), attempt.to_string());
@@ -358,7 +393,9 @@ impl Driver {
 
     fn dispatch(&mut self, run_id: &str, sid: &str, out: &mut Out) {
         let timeout = self.timeout_of(run_id, sid);
-        let Some(run) = self.runs.get_mut(run_id) else { return };
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
         let rec = run.steps.entry(sid.to_string()).or_default();
         rec.attempts += 1;
         rec.state = StepState::Dispatched;
@@ -369,7 +406,11 @@ impl Driver {
         }
         rec.deadline_ms = Some(now + timeout);
         let attempt = rec.attempts;
-        self.timers.push(Reverse((now + timeout, run_id.to_string(), sid.to_string())));
+        self.timers.push(Reverse((
+            now + timeout,
+            run_id.to_string(),
+            sid.to_string(),
+        )));
         if let Some(e) = self.command(run_id, sid, attempt) {
             if let Some(rec) = self.runs.get_mut(run_id).and_then(|r| r.steps.get_mut(sid)) {
                 rec.command_id = Some(e.id.clone());
@@ -387,13 +428,18 @@ impl Driver {
 
     fn retry_of(&self, run_id: &str, sid: &str) -> RetryPolicy {
         let base = sid.strip_suffix("~undo").unwrap_or(sid);
-        self.flow(run_id).and_then(|f| f.step(base)).map(|s| s.retry.clone()).unwrap_or_default()
+        self.flow(run_id)
+            .and_then(|f| f.step(base))
+            .map(|s| s.retry.clone())
+            .unwrap_or_default()
     }
 
     /// Dispatch every step whose dependencies are settled; finish the run
     /// when nothing is left.
     fn advance(&mut self, run_id: &str, out: &mut Out) {
-        let Some(flow) = self.flow(run_id).cloned() else { return };
+        let Some(flow) = self.flow(run_id).cloned() else {
+            return;
+        };
         loop {
             let run = self.runs.get(run_id).expect("advancing a live run");
             if run.state != RunState::Running {
@@ -406,13 +452,22 @@ impl Driver {
                     continue;
                 }
                 let settled = |id: &String| {
-                    matches!(run.steps[id].state, StepState::Completed | StepState::Skipped)
+                    matches!(
+                        run.steps[id].state,
+                        StepState::Completed | StepState::Skipped
+                    )
                 };
                 if !s.after.iter().all(settled) {
                     continue;
                 }
                 if !self.should_run(run, s) {
-                    let rec = self.runs.get_mut(run_id).expect("live").steps.get_mut(&s.id).expect("step");
+                    let rec = self
+                        .runs
+                        .get_mut(run_id)
+                        .expect("live")
+                        .steps
+                        .get_mut(&s.id)
+                        .expect("step");
                     rec.state = StepState::Skipped;
                     progressed = true;
                     continue;
@@ -425,7 +480,10 @@ impl Driver {
             }
         }
         let run = self.runs.get_mut(run_id).expect("live");
-        let done = run.steps.values().all(|r| matches!(r.state, StepState::Completed | StepState::Skipped));
+        let done = run
+            .steps
+            .values()
+            .all(|r| matches!(r.state, StepState::Completed | StepState::Skipped));
         if done {
             finish(run, RunState::Completed, None);
         }
@@ -439,7 +497,9 @@ impl Driver {
         match &s.when {
             None => true,
             Some(c) => match run.steps.get(&c.step) {
-                Some(r) if r.state == StepState::Completed => c.holds(r.output.as_ref().unwrap_or(&Value::Null)),
+                Some(r) if r.state == StepState::Completed => {
+                    c.holds(r.output.as_ref().unwrap_or(&Value::Null))
+                }
                 _ => false,
             },
         }
@@ -462,7 +522,10 @@ impl Driver {
         match e.kind.as_str() {
             COMPLETED | FAILED => {
                 let sid = e.extensions.get(FLOW_STEP).cloned().unwrap_or_default();
-                let current = self.runs[&run_id].steps.get(&sid).and_then(|r| r.command_id.clone());
+                let current = self.runs[&run_id]
+                    .steps
+                    .get(&sid)
+                    .and_then(|r| r.command_id.clone());
                 if current.as_deref() == e.causation_id()
                     && self.runs[&run_id].steps[&sid].state == StepState::Dispatched
                 {
@@ -472,7 +535,11 @@ impl Driver {
                         self.step_done(&run_id, &sid, output, &mut out);
                     } else {
                         let retryable = data["retryable"].as_bool().unwrap_or(false);
-                        let msg = format!("{}: {}", data["class"].as_str().unwrap_or("failed"), data["message"].as_str().unwrap_or(""));
+                        let msg = format!(
+                            "{}: {}",
+                            data["class"].as_str().unwrap_or("failed"),
+                            data["message"].as_str().unwrap_or("")
+                        );
                         self.step_failed(&run_id, &sid, msg, retryable, &mut out);
                     }
                 }
@@ -485,7 +552,9 @@ impl Driver {
                         && self.runs[&run_id].steps[&s.id].state == StepState::Dispatched
                 });
                 if let Some(s) = waiting.cloned() {
-                    let Action::Hybrid { done, .. } = &s.action else { unreachable!() };
+                    let Action::Hybrid { done, .. } = &s.action else {
+                        unreachable!()
+                    };
                     if kind == done {
                         self.step_done(&run_id, &s.id, Some(e.to_json()), &mut out);
                     } else {
@@ -520,9 +589,17 @@ impl Driver {
                     if let Some(r) = run.steps.get_mut(orig) {
                         r.state = StepState::Compensated;
                     }
-                } else if self.flow(run_id).and_then(|f| f.step(sid)).is_some_and(|s| s.compensate.is_some()) {
+                } else if self
+                    .flow(run_id)
+                    .and_then(|f| f.step(sid))
+                    .is_some_and(|s| s.compensate.is_some())
+                {
                     // It finished after the run began to fail: undo it too.
-                    self.runs.get_mut(run_id).expect("live").undo.push(sid.to_string());
+                    self.runs
+                        .get_mut(run_id)
+                        .expect("live")
+                        .undo
+                        .push(sid.to_string());
                 }
                 self.next_undo(run_id, out);
             }
@@ -530,27 +607,46 @@ impl Driver {
         }
     }
 
-    fn step_failed(&mut self, run_id: &str, sid: &str, error: String, retryable: bool, out: &mut Out) {
+    fn step_failed(
+        &mut self,
+        run_id: &str,
+        sid: &str,
+        error: String,
+        retryable: bool,
+        out: &mut Out,
+    ) {
         let policy = self.retry_of(run_id, sid);
         let run = self.runs.get_mut(run_id).expect("live");
         let rec = run.steps.get_mut(sid).expect("step");
-        rec.errors.push(format!("attempt {}: {error}", rec.attempts));
+        rec.errors
+            .push(format!("attempt {}: {error}", rec.attempts));
         if retryable && rec.attempts < policy.max_attempts {
             let wait = policy.backoff(rec.attempts).as_millis() as u64;
             rec.state = StepState::Backoff;
             rec.deadline_ms = Some(now_ms() + wait);
-            self.timers.push(Reverse((now_ms() + wait, run_id.to_string(), sid.to_string())));
+            self.timers.push(Reverse((
+                now_ms() + wait,
+                run_id.to_string(),
+                sid.to_string(),
+            )));
             return;
         }
         let timed_out = error.contains("timed out");
-        rec.state = if timed_out { StepState::TimedOut } else { StepState::Failed };
+        rec.state = if timed_out {
+            StepState::TimedOut
+        } else {
+            StepState::Failed
+        };
         rec.finished = Some(now_rfc3339());
         rec.deadline_ms = None;
         if let Some(orig) = sid.strip_suffix("~undo") {
             if let Some(r) = run.steps.get_mut(orig) {
                 r.state = StepState::CompensationFailed;
             }
-            run.error = Some(format!("{} (and undoing {orig} failed: {error})", run.error.clone().unwrap_or_default()));
+            run.error = Some(format!(
+                "{} (and undoing {orig} failed: {error})",
+                run.error.clone().unwrap_or_default()
+            ));
             self.next_undo(run_id, out);
             return;
         }
@@ -578,7 +674,10 @@ impl Driver {
             .iter()
             .filter(|(id, r)| {
                 r.state == StepState::Completed
-                    && flow.as_ref().and_then(|f| f.step(id)).is_some_and(|s| s.compensate.is_some())
+                    && flow
+                        .as_ref()
+                        .and_then(|f| f.step(id))
+                        .is_some_and(|s| s.compensate.is_some())
             })
             .map(|(id, r)| (r.completed_seq.unwrap_or(0), id.clone()))
             .collect();
@@ -590,10 +689,9 @@ impl Driver {
     /// Dispatch the next compensation, or end the run.
     fn next_undo(&mut self, run_id: &str, out: &mut Out) {
         let run = self.runs.get_mut(run_id).expect("live");
-        let busy = run
-            .steps
-            .iter()
-            .any(|(id, r)| id.ends_with("~undo") && matches!(r.state, StepState::Dispatched | StepState::Backoff));
+        let busy = run.steps.iter().any(|(id, r)| {
+            id.ends_with("~undo") && matches!(r.state, StepState::Dispatched | StepState::Backoff)
+        });
         if busy {
             return;
         }
@@ -610,8 +708,14 @@ impl Driver {
         if in_flight && !run.timed_out {
             return;
         }
-        let undone = run.steps.values().any(|r| r.state == StepState::Compensated);
-        let failed_undo = run.steps.values().any(|r| r.state == StepState::CompensationFailed);
+        let undone = run
+            .steps
+            .values()
+            .any(|r| r.state == StepState::Compensated);
+        let failed_undo = run
+            .steps
+            .values()
+            .any(|r| r.state == StepState::CompensationFailed);
         let end = if run.timed_out {
             RunState::TimedOut
         } else if undone && !failed_undo {
@@ -631,7 +735,9 @@ impl Driver {
                 break;
             }
             self.timers.pop();
-            let Some(run) = self.runs.get(&run_id) else { continue };
+            let Some(run) = self.runs.get(&run_id) else {
+                continue;
+            };
             let out = outs.entry(run_id.clone()).or_default();
             if sid.is_empty() {
                 if at == run.deadline_ms && run.state == RunState::Running {
@@ -648,7 +754,9 @@ impl Driver {
                 }
                 continue;
             }
-            let Some(rec) = run.steps.get(&sid) else { continue };
+            let Some(rec) = run.steps.get(&sid) else {
+                continue;
+            };
             if rec.deadline_ms != Some(at) {
                 continue; // superseded
             }
@@ -693,7 +801,13 @@ pub fn completed_reply(command: &Event, source: &str, outputs: &[Event]) -> Even
 }
 
 /// The reply a worker sends for a command it could not handle.
-pub fn failed_reply(command: &Event, source: &str, class: &str, message: &str, retryable: bool) -> Event {
+pub fn failed_reply(
+    command: &Event,
+    source: &str,
+    class: &str,
+    message: &str,
+    retryable: bool,
+) -> Event {
     let data = json!({ "class": class, "message": message, "retryable": retryable });
     reply(command, source, FAILED, data)
 }
@@ -706,7 +820,8 @@ fn reply(command: &Event, source: &str, kind: &str, data: Value) -> Event {
             e.extensions.insert(k.into(), v.clone());
         }
     }
-    e.extensions.insert(CORRELATION_ID.into(), command.correlation_id().to_string());
+    e.extensions
+        .insert(CORRELATION_ID.into(), command.correlation_id().to_string());
     e.extensions.insert(CAUSATION_ID.into(), command.id.clone());
     e.extensions.insert(TARGET.into(), GROUP.into());
     e.subject = command.subject.clone();
@@ -716,7 +831,10 @@ fn reply(command: &Event, source: &str, kind: &str, data: Value) -> Event {
 /// Which attempt the guest is told a delivery is: the orchestrator's
 /// attempt for a command, the broker's delivery count otherwise.
 pub fn attempt_of(e: &Event, delivery_attempt: u32) -> u32 {
-    e.extensions.get(ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(delivery_attempt)
+    e.extensions
+        .get(ATTEMPT)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(delivery_attempt)
 }
 
 /// Whether `e` is an orchestration command (its worker answers with a

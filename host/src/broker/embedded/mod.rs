@@ -23,7 +23,9 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{Ack, Broker, BrokerError, Commit, Consumer, DeadLetter, Delivery, Disposition, ReasonClass};
+use super::{
+    Ack, Broker, BrokerError, Commit, Consumer, DeadLetter, Delivery, Disposition, ReasonClass,
+};
 use crate::app::RetryPolicy;
 use crate::event::Event;
 use writer::{Op, Writer};

@@ -174,7 +174,9 @@ pub fn put_state(tx: &Transaction, key: &str, value: Option<&[u8]>) -> Result<()
         Some(v) => tx
             .prepare_cached("INSERT OR REPLACE INTO state (key, value) VALUES (?1, ?2)")?
             .execute(params![key, v])?,
-        None => tx.prepare_cached("DELETE FROM state WHERE key = ?1")?.execute([key])?,
+        None => tx
+            .prepare_cached("DELETE FROM state WHERE key = ?1")?
+            .execute([key])?,
     };
     Ok(())
 }
