@@ -48,7 +48,7 @@ struct FlowFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StepFile {
-    step: Option<String>,
+    step: Option<Spanned<String>>,
     publish: Option<String>,
     #[serde(rename = "await")]
     wait_for: Option<String>,
@@ -225,7 +225,13 @@ impl Flow {
         };
         let file: FlowFile = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(0, |s| line_of(text, s.start));
-            err(line, e.message().to_string())
+            let source = text.lines().nth(line.saturating_sub(1)).unwrap_or("").trim();
+            let message = if source.is_empty() {
+                e.message().to_string()
+            } else {
+                format!("{} (in `{source}`)", e.message())
+            };
+            err(line, message)
         })?;
         let input_line = line_of(text, file.input.span().start);
         let input_kind = file.input.into_inner();
@@ -252,12 +258,13 @@ impl Flow {
                 ));
             }
             let action = match (&s.step, &s.publish, &s.wait_for) {
-                (Some(step), None, None) => {
+                (Some(spanned), None, None) => {
+                    let step = spanned.get_ref();
                     if !contracts.contains_key(step) {
                         let mut known: Vec<&str> = contracts.keys().map(String::as_str).collect();
                         known.sort();
                         return Err(err(
-                            line,
+                            line_of(text, spanned.span().start),
                             format!(
                                 "step {id:?}: the app has no step {step:?} (it has: {})",
                                 known.join(", ")

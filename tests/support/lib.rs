@@ -175,3 +175,59 @@ pub fn example_app(name: &str) -> TestApp {
     let plugins = format!("\"{}/", repo().join("plugins").display());
     TestApp::new(&manifest.replace("\"../../plugins/", &plugins))
 }
+
+/// A host running in this process with its HTTP API on a free port, and a
+/// client for it. For tests that talk HTTP like a producer would.
+pub struct ApiHost {
+    pub host: Option<Host>,
+    pub client: troupe::client::Client,
+    pub token: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl ApiHost {
+    pub fn start(app: &TestApp) -> ApiHost {
+        Self::try_start(app).expect("the test app starts")
+    }
+
+    pub fn try_start(app: &TestApp) -> Result<ApiHost, troupe::host::HostError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
+        let host = runtime.block_on(Host::start(app.app()))?;
+        let token = "test-token-0123456789".to_string();
+        let state = troupe::api::ApiState {
+            broker: host.broker.clone(),
+            orchestrator: host.orchestrator.clone(),
+            steps: host.steps.clone(),
+            stats: host.stats.clone(),
+            app: host.app.name.clone(),
+            token: token.clone().into(),
+        };
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("a port");
+        let url = format!("http://{}", listener.local_addr().expect("an address"));
+        runtime.spawn(async move { axum::serve(listener, troupe::api::router(state)).await });
+        Ok(ApiHost {
+            host: Some(host),
+            client: troupe::client::Client::new(&url, &token),
+            token,
+            runtime,
+        })
+    }
+
+    /// Start a run and wait for it to end; its final status.
+    pub fn run(&self, flow: &str, input: serde_json::Value) -> serde_json::Value {
+        let id = self.client.start(flow, &input).expect("the run starts");
+        self.client.wait(&id, Duration::from_secs(30), |_| {}).expect("a status")
+    }
+
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+}
+
+impl Drop for ApiHost {
+    fn drop(&mut self) {
+        if let Some(h) = self.host.take() {
+            self.runtime.block_on(h.shutdown());
+        }
+    }
+}

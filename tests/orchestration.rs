@@ -1,0 +1,314 @@
+//! Orchestration and hybrid flows through the HTTP API, against real
+//! components: runs complete, retry, time out, join, branch, compensate,
+//! hand work to the choreography; the API refuses what it must.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use troupe_tests::{ApiHost, TestApp, guest, plugin, step};
+
+/// An app with the order steps, the test `gate` (ships, or fails on
+/// purpose), the couriers, and `flows`: (file name, TOML).
+fn app(flows: &[(&str, &str)]) -> TestApp {
+    let mut m = String::from("name = \"shop\"\n");
+    for p in [
+        "order-validate",
+        "inventory-reserve",
+        "payment-charge",
+        "shipping-dispatch",
+        "courier-pickup",
+        "courier-deliver",
+    ] {
+        m += &step(p, &plugin(p), "");
+    }
+    for p in ["inventory-release", "payment-refund"] {
+        m += &step(p, &plugin(p), "choreography = false");
+    }
+    m += &step("gate", &guest("gate"), "choreography = false\nlimits = { timeout_ms = 20000 }");
+    let app = TestApp::new(&m);
+    std::fs::create_dir(app.path().join("flows")).unwrap();
+    for (name, text) in flows {
+        std::fs::write(app.path().join("flows").join(format!("{name}.toml")), text).unwrap();
+    }
+    app
+}
+
+const FULFIL: &str = r#"
+input = "order.placed"
+timeout_ms = 20000
+
+[steps.validate]
+step = "order-validate"
+
+[steps.reserve]
+step = "inventory-reserve"
+input = "validate"
+retry = { max_attempts = 4, backoff_ms = 20 }
+compensate = "inventory-release"
+
+[steps.charge]
+step = "payment-charge"
+input = "validate"
+compensate = "payment-refund"
+
+[steps.ship]
+step = "gate"
+input = "charge"
+after = ["reserve"]
+timeout_ms = 300
+retry = { max_attempts = 3, backoff_ms = 20 }
+"#;
+
+fn order(id: &str, customer: &str) -> Value {
+    json!({"order_id": id, "customer": customer, "lines": [{"sku": "tea", "qty": 2, "price_cents": 300}]})
+}
+
+fn state<'a>(run: &'a Value, step: &str) -> &'a str {
+    run["steps"][step]["state"].as_str().unwrap_or_else(|| panic!("no step {step} in {run:#}"))
+}
+
+#[test]
+fn a_run_completes_and_its_status_shows_every_step_and_the_join() {
+    let h = ApiHost::start(&app(&[("fulfil", FULFIL)]));
+    let run = h.run("fulfil", order("o-1", "ada"));
+    assert_eq!(run["state"], "completed", "{run:#}");
+    for s in ["validate", "reserve", "charge", "ship"] {
+        assert_eq!(state(&run, s), "completed");
+        assert_eq!(run["steps"][s]["attempts"], 1);
+        assert!(run["steps"][s]["started"].is_string() && run["steps"][s]["finished"].is_string());
+    }
+    assert_eq!(run["steps"]["validate"]["output"]["total_cents"], 600);
+    assert_eq!(run["steps"]["charge"]["output_type"], "payment.charged");
+    assert_eq!(run["steps"]["ship"]["output"]["tracking"], "T-1");
+    // The join: ship started after both branches finished.
+    let at = |s: &str, k: &str| run["steps"][s][k].as_str().unwrap().to_string();
+    assert!(at("ship", "started") >= at("reserve", "finished"));
+    assert!(at("ship", "started") >= at("charge", "finished"));
+    // Commands and replies went through the broker: the trace shows them.
+    let trace = h.client.get(&format!("/v1/traces/{}", run["id"].as_str().unwrap())).unwrap();
+    let kinds: Vec<&str> = trace.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "troupe.step.completed").count(), 4, "{kinds:?}");
+    assert!(kinds.contains(&"order.placed") && kinds.contains(&"payment.charged"), "{kinds:?}");
+}
+
+#[test]
+fn a_transient_failure_is_resubmitted_and_succeeds() {
+    let h = ApiHost::start(&app(&[("fulfil", FULFIL)]));
+    let run = h.run("fulfil", order("o-2", "flaky"));
+    assert_eq!(run["state"], "completed", "{run:#}");
+    assert_eq!(run["steps"]["ship"]["attempts"], 3);
+    assert_eq!(run["steps"]["ship"]["errors"].as_array().unwrap().len(), 2);
+    assert_eq!(run["steps"]["ship"]["output"]["tracking"], "T-3", "the guest saw attempt 3");
+    // The inventory step's own retries (a back-ordered sku) work too.
+    let mut input = order("o-3", "ada");
+    input["lines"][0]["sku"] = json!("backorder");
+    let run = h.run("fulfil", input);
+    assert_eq!(run["state"], "completed", "{run:#}");
+    assert_eq!(run["steps"]["reserve"]["attempts"], 3);
+}
+
+#[test]
+fn a_permanent_failure_runs_the_compensations_in_reverse_order() {
+    let h = ApiHost::start(&app(&[("fulfil", FULFIL)]));
+    let run = h.run("fulfil", order("o-4", "mallory"));
+    assert_eq!(run["state"], "compensated", "{run:#}");
+    assert!(run["error"].as_str().unwrap().contains("mallory may not have it"), "{run:#}");
+    assert_eq!(state(&run, "ship"), "failed");
+    assert_eq!(run["steps"]["ship"]["attempts"], 1, "a reject is not retried");
+    assert_eq!(state(&run, "reserve"), "compensated");
+    assert_eq!(state(&run, "charge"), "compensated");
+    // Undone in reverse order of completion.
+    let seq = |s: &str| run["steps"][s]["completed_seq"].as_u64().unwrap();
+    let (first_done, last_done) = if seq("reserve") < seq("charge") { ("reserve", "charge") } else { ("charge", "reserve") };
+    let undone = |s: &str| run["steps"][format!("{s}~undo")]["finished"].as_str().unwrap().to_string();
+    assert!(undone(last_done) <= undone(first_done), "{last_done} is undone first: {run:#}");
+    assert_eq!(run["steps"]["charge~undo"]["output"]["payment_id"], "pay-o-4");
+    assert_eq!(run["steps"]["reserve~undo"]["output"]["reservation"], "res-o-4");
+}
+
+#[test]
+fn a_step_timeout_is_retried_then_fails_the_run() {
+    let h = ApiHost::start(&app(&[("fulfil", FULFIL)]));
+    let started = std::time::Instant::now();
+    let run = h.run("fulfil", order("o-5", "slow"));
+    assert_eq!(state(&run, "ship"), "timed_out", "{run:#}");
+    assert_eq!(run["steps"]["ship"]["attempts"], 3);
+    assert!(run["steps"]["ship"]["errors"][0].as_str().unwrap().contains("timed out after 300 ms"));
+    assert_eq!(run["state"], "compensated");
+    assert!(started.elapsed() >= Duration::from_millis(900), "three attempts of 300 ms");
+}
+
+#[test]
+fn a_run_timeout_ends_the_run_timed_out() {
+    let flow = FULFIL.replace("timeout_ms = 20000", "timeout_ms = 400").replace("timeout_ms = 300", "timeout_ms = 10000");
+    let h = ApiHost::start(&app(&[("fulfil", &flow)]));
+    let run = h.run("fulfil", order("o-6", "slow"));
+    assert_eq!(run["state"], "timed_out", "{run:#}");
+    assert!(run["error"].as_str().unwrap().contains("run timed out after 400 ms"));
+    assert_eq!(state(&run, "ship"), "timed_out");
+    assert_eq!(state(&run, "charge"), "compensated", "completed steps are still undone");
+}
+
+#[test]
+fn a_condition_picks_a_branch() {
+    let flow = r#"
+input = "order.placed"
+
+[steps.validate]
+step = "order-validate"
+
+[steps.charge]
+step = "payment-charge"
+input = "validate"
+
+[steps.big]
+step = "gate"
+input = "charge"
+when = "validate.total_cents >= 10000"
+
+[steps.small]
+step = "shipping-dispatch"
+input = "charge"
+when = "validate.total_cents < 10000"
+"#;
+    let h = ApiHost::start(&app(&[("branch", flow)]));
+    let small = h.run("branch", order("o-7", "ada"));
+    assert_eq!(small["state"], "completed", "{small:#}");
+    assert_eq!((state(&small, "small"), state(&small, "big")), ("completed", "skipped"));
+    let mut input = order("o-8", "ada");
+    input["lines"][0]["qty"] = json!(100);
+    let big = h.run("branch", input);
+    assert_eq!((state(&big, "small"), state(&big, "big")), ("skipped", "completed"));
+}
+
+const DELIVER: &str = r#"
+input = "order.placed"
+
+[steps.validate]
+step = "order-validate"
+
+[steps.charge]
+step = "payment-charge"
+input = "validate"
+compensate = "payment-refund"
+
+[steps.ship]
+step = "shipping-dispatch"
+input = "charge"
+
+[steps.deliver]
+publish = "delivery.requested"
+input = "ship"
+await = "order.delivered"
+fail_on = "delivery.failed"
+timeout_ms = 1000
+retry = { max_attempts = 1 }
+"#;
+
+#[test]
+fn a_hybrid_step_finishes_on_its_completion_event() {
+    let h = ApiHost::start(&app(&[("deliver", DELIVER)]));
+    let run = h.run("deliver", order("o-9", "grace"));
+    assert_eq!(run["state"], "completed", "{run:#}");
+    assert_eq!(run["steps"]["deliver"]["output_type"], "order.delivered");
+    assert_eq!(run["steps"]["deliver"]["output"]["signed_by"], "grace");
+    // The choreographed cascade ran on its own, in the run's correlation.
+    let trace = h.client.get(&format!("/v1/traces/{}", run["id"].as_str().unwrap())).unwrap();
+    let kinds: Vec<&str> = trace.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    for k in ["delivery.requested", "parcel.picked-up", "order.delivered"] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+    // A failure event fails the step, and the charge is refunded.
+    let run = h.run("deliver", order("o-10", "nobody"));
+    assert_eq!(run["state"], "compensated", "{run:#}");
+    assert!(run["error"].as_str().unwrap().contains("delivery.failed"));
+}
+
+#[test]
+fn a_hybrid_step_times_out_without_its_completion_event() {
+    // No courier steps: nobody answers the delivery request.
+    let mut m = String::new();
+    for p in ["order-validate", "payment-charge", "shipping-dispatch"] {
+        m += &step(p, &plugin(p), "");
+    }
+    m += &step("payment-refund", &plugin("payment-refund"), "choreography = false");
+    let app = TestApp::new(&m);
+    std::fs::create_dir(app.path().join("flows")).unwrap();
+    std::fs::write(app.path().join("flows/deliver.toml"), DELIVER.replace("timeout_ms = 1000", "timeout_ms = 300")).unwrap();
+    let h = ApiHost::start(&app);
+    let run = h.run("deliver", order("o-11", "grace"));
+    assert_eq!(state(&run, "deliver"), "timed_out", "{run:#}");
+    assert_eq!(run["state"], "compensated");
+}
+
+#[test]
+fn the_api_refuses_requests_without_the_token_and_bad_requests() {
+    let h = ApiHost::start(&app(&[("fulfil", FULFIL)]));
+    let base = h.client.base.clone();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let status = |req: ureq::RequestBuilder<ureq::typestate::WithoutBody>| req.call().unwrap().status().as_u16();
+    assert_eq!(status(agent.get(format!("{base}/healthz"))), 200);
+    for path in ["/v1/runs/x", "/v1/dlq", "/metrics", "/v1/openapi.json", "/v1/traces/x"] {
+        assert_eq!(status(agent.get(format!("{base}{path}"))), 401, "{path}");
+        assert_eq!(status(agent.get(format!("{base}{path}")).header("Authorization", "Bearer wrong")), 401, "{path}");
+    }
+    let r = agent.post(format!("{base}/v1/flows/fulfil/runs")).send_json(order("o", "a")).unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+
+    let err = |e: troupe::client::ClientError| match e {
+        troupe::client::ClientError::Status { status, message } => (status, message),
+        other => panic!("{other}"),
+    };
+    let (code, msg) = err(h.client.start("nope", &order("o", "a")).unwrap_err());
+    assert_eq!(code, 404, "{msg}");
+    let (code, msg) = err(h.client.start("fulfil", &json!({"order_id": 5})).unwrap_err());
+    assert_eq!(code, 422);
+    assert!(msg.contains("order_id"), "{msg}");
+    let auth = format!("Bearer {}", h.token);
+    let r = agent.post(format!("{base}/v1/flows/fulfil/runs")).header("Authorization", &auth).send("{not json").unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    // A start answers 202 with the run's Location.
+    let mut r = agent.post(format!("{base}/v1/flows/fulfil/runs")).header("Authorization", &auth).send_json(order("o-12", "ada")).unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(location, format!("/v1/runs/{}", body["run_id"].as_str().unwrap()));
+    // Publishing checks contracts at the door; the OpenAPI document lists every route.
+    let (code, _) = err(h.client.publish(&json!({"type": "order.placed", "data": {"order_id": 1}})).unwrap_err());
+    assert_eq!(code, 422);
+    let (code, _) = err(h.client.publish(&json!({"data": {}})).unwrap_err());
+    assert_eq!(code, 400);
+    let doc = h.client.get("/v1/openapi.json").unwrap();
+    for p in ["/v1/flows/{flow}/runs", "/v1/runs/{id}", "/v1/events", "/v1/dlq", "/v1/dlq/{id}/replay", "/healthz", "/metrics"] {
+        assert!(doc["paths"].get(p).is_some(), "{p} in the OpenAPI document");
+    }
+    let metrics = agent.get(format!("{base}/metrics")).header("Authorization", &auth).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(metrics.contains("troupe_step_handled_total{step=\"order-validate\"}"), "{metrics}");
+}
+
+#[test]
+fn malformed_flow_files_are_refused_with_the_line() {
+    let bad = [
+        ("unknown step", "input = \"order.placed\"\n\n[steps.a]\nstep = \"no-such-step\"\n", ":4:", "no step \"no-such-step\""),
+        (
+            "types",
+            "input = \"order.placed\"\n[steps.a]\nstep = \"order-validate\"\n\n[steps.b]\nstep = \"shipping-dispatch\"\ninput = \"a\"\n",
+            ":5:",
+            "not an event type step \"shipping-dispatch\" consumes",
+        ),
+        (
+            "cycle",
+            "input = \"order.placed\"\n[steps.a]\nstep = \"order-validate\"\nafter = [\"b\"]\n[steps.b]\nstep = \"order-validate\"\nafter = [\"a\"]\n",
+            ":2:",
+            "cycle",
+        ),
+        ("syntax", "input = \"order.placed\"\n[steps.a]\nstep = \"order-validate\"\nretry = 3\n", ":4:", "retry"),
+        ("no input", "[steps.a]\nstep = \"order-validate\"\n", ":1:", "input"),
+    ];
+    for (what, text, line, message) in bad {
+        let app = app(&[("broken", text)]);
+        let err = ApiHost::try_start(&app).err().unwrap_or_else(|| panic!("{what}: the flow was accepted")).to_string();
+        assert!(err.contains("broken.toml") && err.contains(line) && err.contains(message), "{what}: {err}");
+    }
+}
