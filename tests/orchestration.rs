@@ -312,3 +312,98 @@ fn malformed_flow_files_are_refused_with_the_line() {
         assert!(err.contains("broken.toml") && err.contains(line) && err.contains(message), "{what}: {err}");
     }
 }
+
+/// SIGKILL the host with a few hundred runs in flight, start it again, and
+/// every run the API acknowledged reaches a final state; the last step's
+/// effects are keyed by command id, so a duplicate is recognisable.
+#[test]
+fn runs_survive_sigkill() {
+    use std::collections::{HashMap, HashSet};
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+
+    const RUNS: usize = 600;
+    let mut m = String::from("name = \"shop\"\n");
+    for p in ["order-validate", "payment-charge", "shipping-dispatch"] {
+        m += &step(p, &plugin(p), "");
+    }
+    m += &step("sink", &guest("sink"), "grants.dirs = [{ host = \"out\", guest = \"/out\", write = true }]");
+    let app = TestApp::new(&m);
+    std::fs::create_dir(app.path().join("out")).unwrap();
+    std::fs::create_dir(app.path().join("flows")).unwrap();
+    let flow = "input = \"order.placed\"\n\n[steps.validate]\nstep = \"order-validate\"\n\n[steps.charge]\nstep = \"payment-charge\"\ninput = \"validate\"\n\n[steps.ship]\nstep = \"shipping-dispatch\"\ninput = \"charge\"\n\n[steps.record]\nstep = \"sink\"\ninput = \"ship\"\n";
+    std::fs::write(app.path().join("flows/crash.toml"), flow).unwrap();
+
+    let bin = troupe_tests::troupe_bin();
+    let api = app.path().join(".troupe/api.json");
+    let spawn = || {
+        let _ = std::fs::remove_file(&api);
+        let child = Command::new(&bin)
+            .args(["run", app.path().to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .env("TROUPE_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !api.exists() {
+            assert!(start.elapsed() < Duration::from_secs(60), "the host did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        (child, troupe::client::Client::for_app(app.path(), None).unwrap())
+    };
+    let (mut host, client) = spawn();
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let (client, acked) = (client.clone(), acked.clone());
+            std::thread::spawn(move || {
+                for i in (p..RUNS).step_by(4) {
+                    match client.start("crash", &order(&format!("c-{i}"), "ada")) {
+                        Ok(id) => acked.lock().unwrap().push(id),
+                        Err(_) => return, // the host is gone: not acknowledged
+                    }
+                }
+            })
+        })
+        .collect();
+    while acked.lock().unwrap().len() < RUNS / 2 {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    host.kill().unwrap(); // SIGKILL, runs in flight
+    host.wait().unwrap();
+    let done_at_kill = std::fs::read_dir(app.path().join("out")).unwrap().count();
+    for p in producers {
+        p.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let (mut host, client) = spawn();
+    let mut states: HashMap<String, String> = HashMap::new();
+    for id in &acked {
+        let run = client.wait(id, Duration::from_secs(60), |_| {}).unwrap();
+        states.insert(id.clone(), run["state"].as_str().unwrap().to_string());
+    }
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let not_done: Vec<_> = states.iter().filter(|(_, s)| *s != "completed").collect();
+    assert!(not_done.is_empty(), "{} of {} acknowledged runs did not complete: {:?}", not_done.len(), acked.len(), &not_done[..not_done.len().min(3)]);
+    // One effect file per run (one command id), lines = handlings.
+    let mut files: HashMap<String, Vec<usize>> = HashMap::new();
+    for f in std::fs::read_dir(app.path().join("out")).unwrap() {
+        let name = f.unwrap().file_name().into_string().unwrap();
+        let (run, _command) = name.split_once('.').unwrap();
+        let lines = std::fs::read_to_string(app.path().join("out").join(&name)).unwrap().lines().count();
+        files.entry(run.to_string()).or_default().push(lines);
+    }
+    let acked_set: HashSet<&String> = acked.iter().collect();
+    for id in &acked {
+        assert_eq!(files.get(id).map(Vec::len), Some(1), "run {id}: one command to the last step");
+    }
+    let dups = files.values().flatten().filter(|n| **n > 1).count();
+    assert!(done_at_kill < acked.len(), "runs were in flight at the kill");
+    eprintln!(
+        "{} runs acknowledged, {done_at_kill} finished before SIGKILL, all completed after restart; {dups} last-step commands handled twice (same command id); {} runs started by unacknowledged requests",
+        acked.len(),
+        files.keys().filter(|k| !acked_set.contains(k)).count()
+    );
+}
