@@ -322,12 +322,14 @@ fn runs_survive_sigkill() {
     use std::process::{Command, Stdio};
     use std::sync::{Arc, Mutex};
 
-    const RUNS: usize = 600;
+    const RUNS: usize = 1000;
     let mut m = String::from("name = \"shop\"\n");
+    // One worker per step: starts outpace the steps, so runs queue up and
+    // many are in flight when the host dies.
     for p in ["order-validate", "payment-charge", "shipping-dispatch"] {
-        m += &step(p, &plugin(p), "");
+        m += &step(p, &plugin(p), "concurrency = 1");
     }
-    m += &step("sink", &guest("sink"), "grants.dirs = [{ host = \"out\", guest = \"/out\", write = true }]");
+    m += &step("sink", &guest("sink"), "concurrency = 1\ngrants.dirs = [{ host = \"out\", guest = \"/out\", write = true }]");
     let app = TestApp::new(&m);
     std::fs::create_dir(app.path().join("out")).unwrap();
     std::fs::create_dir(app.path().join("flows")).unwrap();
@@ -354,11 +356,11 @@ fn runs_survive_sigkill() {
     };
     let (mut host, client) = spawn();
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let producers: Vec<_> = (0..4)
+    let producers: Vec<_> = (0..8)
         .map(|p| {
             let (client, acked) = (client.clone(), acked.clone());
             std::thread::spawn(move || {
-                for i in (p..RUNS).step_by(4) {
+                for i in (p..RUNS).step_by(8) {
                     match client.start("crash", &order(&format!("c-{i}"), "ada")) {
                         Ok(id) => acked.lock().unwrap().push(id),
                         Err(_) => return, // the host is gone: not acknowledged
