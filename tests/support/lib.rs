@@ -231,3 +231,4 @@ impl Drop for ApiHost {
         }
     }
 }
+pub mod bench;

@@ -76,6 +76,7 @@ enum Msg {
 #[derive(Clone)]
 pub struct Orchestrator {
     tx: mpsc::Sender<Msg>,
+    finished: tokio::sync::broadcast::Sender<(String, RunState)>,
     broker: Arc<dyn Broker>,
     flows: Arc<HashMap<String, Flow>>,
 }
@@ -125,7 +126,9 @@ impl Orchestrator {
             }
         }
         let (tx, rx) = mpsc::channel(1024);
+        let (finished, _) = tokio::sync::broadcast::channel(4096);
         let mut driver = Driver {
+            finished: finished.clone(),
             broker: broker.clone(),
             flows: flows.clone(),
             runs,
@@ -135,7 +138,12 @@ impl Orchestrator {
         };
         driver.resume();
         tokio::spawn(driver.run(rx, consumer));
-        Ok(Orchestrator { tx, broker, flows })
+        Ok(Orchestrator {
+            tx,
+            finished,
+            broker,
+            flows,
+        })
     }
 
     /// Start a run of `flow` with `input`; returns its id once the run is
@@ -162,6 +170,12 @@ impl Orchestrator {
             .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
+    /// Runs as they finish: (id, final state), sent once the final record
+    /// is handed to the broker (it may not be durable yet).
+    pub fn finished(&self) -> tokio::sync::broadcast::Receiver<(String, RunState)> {
+        self.finished.subscribe()
+    }
+
     /// The flows, by name.
     pub fn flows(&self) -> &HashMap<String, Flow> {
         &self.flows
@@ -172,6 +186,7 @@ impl Orchestrator {
 type Timer = Reverse<(u64, String, String)>;
 
 struct Driver {
+    finished: tokio::sync::broadcast::Sender<(String, RunState)>,
     broker: Arc<dyn Broker>,
     flows: Arc<HashMap<String, Flow>>,
     runs: HashMap<String, RunRecord>,
@@ -314,7 +329,8 @@ impl Driver {
                 Some(serde_json::to_vec(run).expect("a run serialises")),
             ));
             if run.state.is_final() {
-                tracing::info!(run = %id, flow = %run.flow, state = ?run.state, "run finished");
+                tracing::debug!(run = %id, flow = %run.flow, state = ?run.state, "run finished");
+                let _ = self.finished.send((id.to_string(), run.state));
                 self.runs.remove(id);
             }
         }

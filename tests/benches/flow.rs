@@ -1,0 +1,57 @@
+//! Benchmark: a three-step orchestrated flow on the embedded broker, beside
+//! the same three steps in choreography, in the same run.
+//!
+//! The steps are the order example's Rust steps (order-validate ->
+//! payment-charge -> shipping-dispatch), fresh instances. Orchestrated runs
+//! are started through the orchestrator (the call the HTTP handler makes)
+//! and are done when the orchestrator reports them finished; each run is
+//! one start commit plus three command/reply round trips through the
+//! durable broker. The choreographed chain is measured as in `chain.rs`.
+//!
+//! Run: `cargo bench -p troupe-tests --bench flow` (`BENCH_RUNS`, default
+//! 10000).
+
+use serde_json::json;
+use troupe::event::Event;
+use troupe_tests::{TestApp, bench, plugin, step};
+
+const STEPS: [&str; 3] = ["order-validate", "payment-charge", "shipping-dispatch"];
+const FLOW: &str = "input = \"order.placed\"\n\n[steps.validate]\nstep = \"order-validate\"\n\n[steps.charge]\nstep = \"payment-charge\"\ninput = \"validate\"\n\n[steps.ship]\nstep = \"shipping-dispatch\"\ninput = \"charge\"\n";
+
+fn data(i: usize) -> serde_json::Value {
+    json!({"order_id": format!("o-{i}"), "customer": "c", "lines": [{"sku": "tea", "qty": 1 + i % 3, "price_cents": 100}]})
+}
+
+fn main() {
+    let n: usize = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let mut m = String::from("name = \"bench\"\n");
+    for s in STEPS {
+        m += &step(s, &plugin(s), "");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let chor = {
+            let app = TestApp::new(&m);
+            let host = app.start().await;
+            let r = bench::choreography(&host, n, "order.shipped", |i| {
+                Event::new("order.placed", "troupe://bench", serde_json::to_vec(&data(i)).unwrap())
+            })
+            .await;
+            host.shutdown().await;
+            r
+        };
+        let orch = {
+            let app = TestApp::new(&m);
+            std::fs::create_dir(app.path().join("flows")).unwrap();
+            std::fs::write(app.path().join("flows/chain.toml"), FLOW).unwrap();
+            let host = app.start().await;
+            let r = bench::orchestration(&host, "chain", n, data).await;
+            host.shutdown().await;
+            r
+        };
+        println!("three steps, fresh instances, durable embedded broker, {n} each:");
+        println!("  choreography:  {chor}");
+        println!("  orchestration: {orch}");
+        println!("  orchestration / choreography throughput: {:.2}", orch.per_second / chor.per_second);
+    });
+}

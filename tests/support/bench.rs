@@ -1,0 +1,226 @@
+//! Measuring helpers shared by the benchmarks in `tests/benches/`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use troupe::app::RetryPolicy;
+use troupe::event::Event;
+use troupe::host::Host;
+
+/// Throughput and latency of one measured mode.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// Items (cascades or runs) per second under load.
+    pub per_second: f64,
+    pub n: usize,
+    pub elapsed: Duration,
+    /// p50 and p99 with one item at a time.
+    pub unloaded: (Duration, Duration),
+    /// p50 and p99 while the `n` items were pushed at once.
+    pub loaded: (Duration, Duration),
+}
+
+impl std::fmt::Display for Measured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0}/s ({} in {:.2} s); unloaded p50 {} p99 {}; under load p50 {} p99 {}",
+            self.per_second,
+            self.n,
+            self.elapsed.as_secs_f64(),
+            ms(self.unloaded.0),
+            ms(self.unloaded.1),
+            ms(self.loaded.0),
+            ms(self.loaded.1)
+        )
+    }
+}
+
+/// The `p` quantile of sorted durations.
+pub fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn quantiles(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    (pct(&v, 0.5), pct(&v, 0.99))
+}
+
+/// Measure a choreographed cascade: each item is an event from `make`; it
+/// is done when an event of type `last` with its correlation id is
+/// delivered to a native probe group.
+pub async fn choreography(host: &Host, n: usize, last: &str, make: impl Fn(usize) -> Event + Send + Sync + 'static) -> Measured {
+    let make = Arc::new(make);
+    let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let done = Arc::new(tokio::sync::Notify::new());
+    let consumer = host
+        .broker
+        .subscribe(&format!("bench-probe-{last}"), &[last.to_string()], RetryPolicy::default())
+        .await
+        .unwrap();
+    {
+        let (started, latencies, done, broker) = (started.clone(), latencies.clone(), done.clone(), host.broker.clone());
+        tokio::spawn(async move {
+            while let Some(d) = consumer.next().await {
+                let now = Instant::now();
+                if let Some(t) = started.lock().unwrap().remove(d.event.correlation_id()) {
+                    latencies.lock().unwrap().push(now - t);
+                }
+                done.notify_one();
+                let b = broker.clone();
+                tokio::spawn(async move { b.complete(&d, vec![]).await.unwrap() });
+            }
+        });
+    }
+    let one = |i: usize| {
+        let e = make(i);
+        started.lock().unwrap().insert(e.id.clone(), Instant::now());
+        e
+    };
+    for i in 0..200 {
+        host.broker.publish(vec![one(i)]).await.unwrap();
+        done.notified().await;
+    }
+    latencies.lock().unwrap().clear();
+    for i in 0..1000 {
+        host.broker.publish(vec![one(i)]).await.unwrap();
+        done.notified().await;
+    }
+    let unloaded = quantiles(std::mem::take(&mut *latencies.lock().unwrap()));
+    let start = Instant::now();
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let (started, broker, make) = (started.clone(), host.broker.clone(), make.clone());
+            tokio::spawn(async move {
+                for chunk in (p..n).step_by(4).collect::<Vec<_>>().chunks(50) {
+                    let batch: Vec<Event> = chunk.iter().map(|i| make(*i)).collect();
+                    let now = Instant::now();
+                    {
+                        let mut s = started.lock().unwrap();
+                        for e in &batch {
+                            s.insert(e.id.clone(), now);
+                        }
+                    }
+                    broker.publish(batch).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.await.unwrap();
+    }
+    while latencies.lock().unwrap().len() < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = start.elapsed();
+    let loaded = quantiles(std::mem::take(&mut *latencies.lock().unwrap()));
+    Measured {
+        per_second: n as f64 / elapsed.as_secs_f64(),
+        n,
+        elapsed,
+        unloaded,
+        loaded,
+    }
+}
+
+/// Measure runs of `flow` started through the orchestrator (not HTTP):
+/// done when the orchestrator reports the run finished.
+pub async fn orchestration(host: &Host, flow: &str, n: usize, input: impl Fn(usize) -> serde_json::Value + Send + Sync + 'static) -> Measured {
+    let o = host.orchestrator.clone().expect("the app has flows");
+    let input = Arc::new(input);
+    let mut finished = o.finished();
+    let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    {
+        let (started, latencies) = (started.clone(), latencies.clone());
+        tokio::spawn(async move {
+            while let Ok((id, state)) = finished.recv().await {
+                assert_eq!(state, troupe::orchestrator::run::RunState::Completed, "run {id}");
+                let now = Instant::now();
+                // The start may not have returned yet: record the end.
+                let mut s = started.lock().unwrap();
+                match s.remove(&id) {
+                    Some(t) => latencies.lock().unwrap().push(now - t),
+                    None => {
+                        s.insert(format!("done:{id}"), now);
+                    }
+                }
+            }
+        });
+    }
+    measure_runs(o, flow.to_string(), n, input, started, latencies).await
+}
+
+async fn measure_runs(
+    o: troupe::orchestrator::Orchestrator,
+    flow: String,
+    n: usize,
+    input: Arc<impl Fn(usize) -> serde_json::Value + Send + Sync + 'static>,
+    started: Arc<Mutex<HashMap<String, Instant>>>,
+    latencies: Arc<Mutex<Vec<Duration>>>,
+) -> Measured {
+    let start_one = {
+        let (o, flow, input, started, latencies) = (o.clone(), flow.clone(), input.clone(), started.clone(), latencies.clone());
+        move |i: usize| {
+            let (o, flow, input, started, latencies) = (o.clone(), flow.clone(), input.clone(), started.clone(), latencies.clone());
+            async move {
+                let t = Instant::now();
+                let id = o.start(&flow, input(i)).await.unwrap();
+                let mut s = started.lock().unwrap();
+                match s.remove(&format!("done:{id}")) {
+                    Some(end) => latencies.lock().unwrap().push(end - t),
+                    None => {
+                        s.insert(id, t);
+                    }
+                }
+            }
+        }
+    };
+    let count = || latencies.lock().unwrap().len();
+    for i in 0..200 {
+        start_one(i).await;
+        while count() < i + 1 {
+            tokio::task::yield_now().await;
+        }
+    }
+    latencies.lock().unwrap().clear();
+    for i in 0..1000 {
+        start_one(i).await;
+        while count() < i + 1 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let unloaded = quantiles(std::mem::take(&mut *latencies.lock().unwrap()));
+    let start = Instant::now();
+    let producers: Vec<_> = (0..16)
+        .map(|p| {
+            let start_one = start_one.clone();
+            tokio::spawn(async move {
+                for i in (p..n).step_by(16) {
+                    start_one(i).await;
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.await.unwrap();
+    }
+    while count() < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = start.elapsed();
+    let loaded = quantiles(std::mem::take(&mut *latencies.lock().unwrap()));
+    Measured {
+        per_second: n as f64 / elapsed.as_secs_f64(),
+        n,
+        elapsed,
+        unloaded,
+        loaded,
+    }
+}
