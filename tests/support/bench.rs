@@ -137,8 +137,9 @@ pub async fn orchestration(host: &Host, flow: &str, n: usize, input: impl Fn(usi
     let mut finished = o.finished();
     let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let done = Arc::new(tokio::sync::Notify::new());
     {
-        let (started, latencies) = (started.clone(), latencies.clone());
+        let (started, latencies, done) = (started.clone(), latencies.clone(), done.clone());
         tokio::spawn(async move {
             while let Ok((id, state)) = finished.recv().await {
                 assert_eq!(state, troupe::orchestrator::run::RunState::Completed, "run {id}");
@@ -151,13 +152,19 @@ pub async fn orchestration(host: &Host, flow: &str, n: usize, input: impl Fn(usi
                         s.insert(format!("done:{id}"), now);
                     }
                 }
+                done.notify_one();
             }
         });
     }
-    measure_runs(o, flow.to_string(), n, input, started, latencies).await
+    measure_runs(done, o, flow.to_string(), n, input, started, latencies).await
 }
 
+/// Concurrent producers starting runs (each waits for its start to be
+/// acknowledged, as an HTTP client would).
+const PRODUCERS: usize = 64;
+
 async fn measure_runs(
+    done: Arc<tokio::sync::Notify>,
     o: troupe::orchestrator::Orchestrator,
     flow: String,
     n: usize,
@@ -183,26 +190,24 @@ async fn measure_runs(
         }
     };
     let count = || latencies.lock().unwrap().len();
-    for i in 0..200 {
-        start_one(i).await;
-        while count() < i + 1 {
-            tokio::task::yield_now().await;
-        }
-    }
-    latencies.lock().unwrap().clear();
-    for i in 0..1000 {
-        start_one(i).await;
-        while count() < i + 1 {
-            tokio::task::yield_now().await;
+    // One at a time: wait for each run to be reported finished.
+    for round in [200, 1000] {
+        latencies.lock().unwrap().clear();
+        for i in 0..round {
+            let woken = done.notified();
+            start_one(i).await;
+            if count() < i + 1 {
+                woken.await;
+            }
         }
     }
     let unloaded = quantiles(std::mem::take(&mut *latencies.lock().unwrap()));
     let start = Instant::now();
-    let producers: Vec<_> = (0..16)
+    let producers: Vec<_> = (0..PRODUCERS)
         .map(|p| {
             let start_one = start_one.clone();
             tokio::spawn(async move {
-                for i in (p..n).step_by(16) {
+                for i in (p..n).step_by(PRODUCERS) {
                     start_one(i).await;
                 }
             })

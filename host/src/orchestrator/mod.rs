@@ -78,7 +78,7 @@ pub struct Orchestrator {
     tx: mpsc::Sender<Msg>,
     finished: tokio::sync::broadcast::Sender<(String, RunState)>,
     broker: Arc<dyn Broker>,
-    flows: Arc<HashMap<String, Flow>>,
+    flows: Arc<HashMap<String, Arc<Flow>>>,
 }
 
 /// How the orchestrator checks a run's input against the first step.
@@ -113,8 +113,8 @@ impl Orchestrator {
         let consumer = broker
             .subscribe(GROUP, &awaited, RetryPolicy::default())
             .await?;
-        let flows: Arc<HashMap<String, Flow>> =
-            Arc::new(flows.into_iter().map(|f| (f.name.clone(), f)).collect());
+        let flows: Arc<HashMap<String, Arc<Flow>>> =
+            Arc::new(flows.into_iter().map(|f| (f.name.clone(), Arc::new(f))).collect());
         let mut runs = HashMap::new();
         for (_, v) in broker.state_scan("run/").await? {
             match serde_json::from_slice::<RunRecord>(&v) {
@@ -177,7 +177,7 @@ impl Orchestrator {
     }
 
     /// The flows, by name.
-    pub fn flows(&self) -> &HashMap<String, Flow> {
+    pub fn flows(&self) -> &HashMap<String, Arc<Flow>> {
         &self.flows
     }
 }
@@ -188,7 +188,7 @@ type Timer = Reverse<(u64, String, String)>;
 struct Driver {
     finished: tokio::sync::broadcast::Sender<(String, RunState)>,
     broker: Arc<dyn Broker>,
-    flows: Arc<HashMap<String, Flow>>,
+    flows: Arc<HashMap<String, Arc<Flow>>>,
     runs: HashMap<String, RunRecord>,
     timers: BinaryHeap<Timer>,
     check_input: InputCheck,
@@ -353,8 +353,9 @@ impl Driver {
         );
     }
 
-    fn flow(&self, run: &str) -> Option<&Flow> {
-        self.runs.get(run).and_then(|r| self.flows.get(&r.flow))
+    /// The flow of a run (an `Arc`: cheap to hold while the run changes).
+    fn flow(&self, run: &str) -> Option<Arc<Flow>> {
+        self.runs.get(run).and_then(|r| self.flows.get(&r.flow)).cloned()
     }
 
     /// The command (or hybrid event) of attempt `attempt` of `sid`.
@@ -438,22 +439,21 @@ impl Driver {
     fn timeout_of(&self, run_id: &str, sid: &str) -> u64 {
         let base = sid.strip_suffix("~undo").unwrap_or(sid);
         self.flow(run_id)
-            .and_then(|f| f.step(base))
-            .map_or(crate::flow::DEFAULT_STEP_TIMEOUT_MS, |s| s.timeout_ms)
+            .and_then(|f| f.step(base).map(|s| s.timeout_ms))
+            .unwrap_or(crate::flow::DEFAULT_STEP_TIMEOUT_MS)
     }
 
     fn retry_of(&self, run_id: &str, sid: &str) -> RetryPolicy {
         let base = sid.strip_suffix("~undo").unwrap_or(sid);
         self.flow(run_id)
-            .and_then(|f| f.step(base))
-            .map(|s| s.retry.clone())
+            .and_then(|f| f.step(base).map(|s| s.retry.clone()))
             .unwrap_or_default()
     }
 
     /// Dispatch every step whose dependencies are settled; finish the run
     /// when nothing is left.
     fn advance(&mut self, run_id: &str, out: &mut Out) {
-        let Some(flow) = self.flow(run_id).cloned() else {
+        let Some(flow) = self.flow(run_id) else {
             return;
         };
         loop {
@@ -562,7 +562,7 @@ impl Driver {
             }
             kind => {
                 // An awaited choreography event for a hybrid step.
-                let flow = self.flow(&run_id).cloned();
+                let flow = self.flow(&run_id);
                 let waiting = flow.iter().flat_map(|f| f.steps.iter()).find(|s| {
                     matches!(&s.action, Action::Hybrid { done, failed, .. } if done == kind || failed.as_deref() == Some(kind))
                         && self.runs[&run_id].steps[&s.id].state == StepState::Dispatched
@@ -607,8 +607,7 @@ impl Driver {
                     }
                 } else if self
                     .flow(run_id)
-                    .and_then(|f| f.step(sid))
-                    .is_some_and(|s| s.compensate.is_some())
+                    .is_some_and(|f| f.step(sid).is_some_and(|s| s.compensate.is_some()))
                 {
                     // It finished after the run began to fail: undo it too.
                     self.runs
@@ -672,7 +671,7 @@ impl Driver {
     /// The run cannot complete: cancel what has not started and undo what
     /// completed, in reverse order of completion.
     fn fail_run(&mut self, run_id: &str, error: String, out: &mut Out) {
-        let flow = self.flow(run_id).cloned();
+        let flow = self.flow(run_id);
         let run = self.runs.get_mut(run_id).expect("live");
         if run.state != RunState::Running {
             return;
