@@ -24,7 +24,11 @@ fn app(flows: &[(&str, &str)]) -> TestApp {
     for p in ["inventory-release", "payment-refund"] {
         m += &step(p, &plugin(p), "choreography = false");
     }
-    m += &step("gate", &guest("gate"), "choreography = false\nlimits = { timeout_ms = 20000 }");
+    m += &step(
+        "gate",
+        &guest("gate"),
+        "choreography = false\nlimits = { timeout_ms = 20000 }",
+    );
     let app = TestApp::new(&m);
     std::fs::create_dir(app.path().join("flows")).unwrap();
     for (name, text) in flows {
@@ -64,7 +68,9 @@ fn order(id: &str, customer: &str) -> Value {
 }
 
 fn state<'a>(run: &'a Value, step: &str) -> &'a str {
-    run["steps"][step]["state"].as_str().unwrap_or_else(|| panic!("no step {step} in {run:#}"))
+    run["steps"][step]["state"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no step {step} in {run:#}"))
 }
 
 #[test]
@@ -85,10 +91,28 @@ fn a_run_completes_and_its_status_shows_every_step_and_the_join() {
     assert!(at("ship", "started") >= at("reserve", "finished"));
     assert!(at("ship", "started") >= at("charge", "finished"));
     // Commands and replies went through the broker: the trace shows them.
-    let trace = h.client.get(&format!("/v1/traces/{}", run["id"].as_str().unwrap())).unwrap();
-    let kinds: Vec<&str> = trace.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "troupe.step.completed").count(), 4, "{kinds:?}");
-    assert!(kinds.contains(&"order.placed") && kinds.contains(&"payment.charged"), "{kinds:?}");
+    let trace = h
+        .client
+        .get(&format!("/v1/traces/{}", run["id"].as_str().unwrap()))
+        .unwrap();
+    let kinds: Vec<&str> = trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "troupe.step.completed")
+            .count(),
+        4,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"order.placed") && kinds.contains(&"payment.charged"),
+        "{kinds:?}"
+    );
 }
 
 #[test]
@@ -98,7 +122,10 @@ fn a_transient_failure_is_resubmitted_and_succeeds() {
     assert_eq!(run["state"], "completed", "{run:#}");
     assert_eq!(run["steps"]["ship"]["attempts"], 3);
     assert_eq!(run["steps"]["ship"]["errors"].as_array().unwrap().len(), 2);
-    assert_eq!(run["steps"]["ship"]["output"]["tracking"], "T-3", "the guest saw attempt 3");
+    assert_eq!(
+        run["steps"]["ship"]["output"]["tracking"], "T-3",
+        "the guest saw attempt 3"
+    );
     // The inventory step's own retries (a back-ordered sku) work too.
     let mut input = order("o-3", "ada");
     input["lines"][0]["sku"] = json!("backorder");
@@ -112,18 +139,45 @@ fn a_permanent_failure_runs_the_compensations_in_reverse_order() {
     let h = ApiHost::start(&app(&[("fulfil", FULFIL)]));
     let run = h.run("fulfil", order("o-4", "mallory"));
     assert_eq!(run["state"], "compensated", "{run:#}");
-    assert!(run["error"].as_str().unwrap().contains("mallory may not have it"), "{run:#}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("mallory may not have it"),
+        "{run:#}"
+    );
     assert_eq!(state(&run, "ship"), "failed");
-    assert_eq!(run["steps"]["ship"]["attempts"], 1, "a reject is not retried");
+    assert_eq!(
+        run["steps"]["ship"]["attempts"], 1,
+        "a reject is not retried"
+    );
     assert_eq!(state(&run, "reserve"), "compensated");
     assert_eq!(state(&run, "charge"), "compensated");
     // Undone in reverse order of completion.
     let seq = |s: &str| run["steps"][s]["completed_seq"].as_u64().unwrap();
-    let (first_done, last_done) = if seq("reserve") < seq("charge") { ("reserve", "charge") } else { ("charge", "reserve") };
-    let undone = |s: &str| run["steps"][format!("{s}~undo")]["finished"].as_str().unwrap().to_string();
-    assert!(undone(last_done) <= undone(first_done), "{last_done} is undone first: {run:#}");
-    assert_eq!(run["steps"]["charge~undo"]["output"]["payment_id"], "pay-o-4");
-    assert_eq!(run["steps"]["reserve~undo"]["output"]["reservation"], "res-o-4");
+    let (first_done, last_done) = if seq("reserve") < seq("charge") {
+        ("reserve", "charge")
+    } else {
+        ("charge", "reserve")
+    };
+    let undone = |s: &str| {
+        run["steps"][format!("{s}~undo")]["finished"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        undone(last_done) <= undone(first_done),
+        "{last_done} is undone first: {run:#}"
+    );
+    assert_eq!(
+        run["steps"]["charge~undo"]["output"]["payment_id"],
+        "pay-o-4"
+    );
+    assert_eq!(
+        run["steps"]["reserve~undo"]["output"]["reservation"],
+        "res-o-4"
+    );
 }
 
 #[test]
@@ -133,20 +187,39 @@ fn a_step_timeout_is_retried_then_fails_the_run() {
     let run = h.run("fulfil", order("o-5", "slow"));
     assert_eq!(state(&run, "ship"), "timed_out", "{run:#}");
     assert_eq!(run["steps"]["ship"]["attempts"], 3);
-    assert!(run["steps"]["ship"]["errors"][0].as_str().unwrap().contains("timed out after 300 ms"));
+    assert!(
+        run["steps"]["ship"]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 300 ms")
+    );
     assert_eq!(run["state"], "compensated");
-    assert!(started.elapsed() >= Duration::from_millis(900), "three attempts of 300 ms");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "three attempts of 300 ms"
+    );
 }
 
 #[test]
 fn a_run_timeout_ends_the_run_timed_out() {
-    let flow = FULFIL.replace("timeout_ms = 20000", "timeout_ms = 400").replace("timeout_ms = 300", "timeout_ms = 10000");
+    let flow = FULFIL
+        .replace("timeout_ms = 20000", "timeout_ms = 400")
+        .replace("timeout_ms = 300", "timeout_ms = 10000");
     let h = ApiHost::start(&app(&[("fulfil", &flow)]));
     let run = h.run("fulfil", order("o-6", "slow"));
     assert_eq!(run["state"], "timed_out", "{run:#}");
-    assert!(run["error"].as_str().unwrap().contains("run timed out after 400 ms"));
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("run timed out after 400 ms")
+    );
     assert_eq!(state(&run, "ship"), "timed_out");
-    assert_eq!(state(&run, "charge"), "compensated", "completed steps are still undone");
+    assert_eq!(
+        state(&run, "charge"),
+        "compensated",
+        "completed steps are still undone"
+    );
 }
 
 #[test]
@@ -174,11 +247,17 @@ when = "validate.total_cents < 10000"
     let h = ApiHost::start(&app(&[("branch", flow)]));
     let small = h.run("branch", order("o-7", "ada"));
     assert_eq!(small["state"], "completed", "{small:#}");
-    assert_eq!((state(&small, "small"), state(&small, "big")), ("completed", "skipped"));
+    assert_eq!(
+        (state(&small, "small"), state(&small, "big")),
+        ("completed", "skipped")
+    );
     let mut input = order("o-8", "ada");
     input["lines"][0]["qty"] = json!(100);
     let big = h.run("branch", input);
-    assert_eq!((state(&big, "small"), state(&big, "big")), ("skipped", "completed"));
+    assert_eq!(
+        (state(&big, "small"), state(&big, "big")),
+        ("skipped", "completed")
+    );
 }
 
 const DELIVER: &str = r#"
@@ -213,8 +292,16 @@ fn a_hybrid_step_finishes_on_its_completion_event() {
     assert_eq!(run["steps"]["deliver"]["output_type"], "order.delivered");
     assert_eq!(run["steps"]["deliver"]["output"]["signed_by"], "grace");
     // The choreographed cascade ran on its own, in the run's correlation.
-    let trace = h.client.get(&format!("/v1/traces/{}", run["id"].as_str().unwrap())).unwrap();
-    let kinds: Vec<&str> = trace.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let trace = h
+        .client
+        .get(&format!("/v1/traces/{}", run["id"].as_str().unwrap()))
+        .unwrap();
+    let kinds: Vec<&str> = trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
     for k in ["delivery.requested", "parcel.picked-up", "order.delivered"] {
         assert!(kinds.contains(&k), "{k} in {kinds:?}");
     }
@@ -231,10 +318,18 @@ fn a_hybrid_step_times_out_without_its_completion_event() {
     for p in ["order-validate", "payment-charge", "shipping-dispatch"] {
         m += &step(p, &plugin(p), "");
     }
-    m += &step("payment-refund", &plugin("payment-refund"), "choreography = false");
+    m += &step(
+        "payment-refund",
+        &plugin("payment-refund"),
+        "choreography = false",
+    );
     let app = TestApp::new(&m);
     std::fs::create_dir(app.path().join("flows")).unwrap();
-    std::fs::write(app.path().join("flows/deliver.toml"), DELIVER.replace("timeout_ms = 1000", "timeout_ms = 300")).unwrap();
+    std::fs::write(
+        app.path().join("flows/deliver.toml"),
+        DELIVER.replace("timeout_ms = 1000", "timeout_ms = 300"),
+    )
+    .unwrap();
     let h = ApiHost::start(&app);
     let run = h.run("deliver", order("o-11", "grace"));
     assert_eq!(state(&run, "deliver"), "timed_out", "{run:#}");
@@ -245,14 +340,36 @@ fn a_hybrid_step_times_out_without_its_completion_event() {
 fn the_api_refuses_requests_without_the_token_and_bad_requests() {
     let h = ApiHost::start(&app(&[("fulfil", FULFIL)]));
     let base = h.client.base.clone();
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let status = |req: ureq::RequestBuilder<ureq::typestate::WithoutBody>| req.call().unwrap().status().as_u16();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let status = |req: ureq::RequestBuilder<ureq::typestate::WithoutBody>| {
+        req.call().unwrap().status().as_u16()
+    };
     assert_eq!(status(agent.get(format!("{base}/healthz"))), 200);
-    for path in ["/v1/runs/x", "/v1/dlq", "/metrics", "/v1/openapi.json", "/v1/traces/x"] {
+    for path in [
+        "/v1/runs/x",
+        "/v1/dlq",
+        "/metrics",
+        "/v1/openapi.json",
+        "/v1/traces/x",
+    ] {
         assert_eq!(status(agent.get(format!("{base}{path}"))), 401, "{path}");
-        assert_eq!(status(agent.get(format!("{base}{path}")).header("Authorization", "Bearer wrong")), 401, "{path}");
+        assert_eq!(
+            status(
+                agent
+                    .get(format!("{base}{path}"))
+                    .header("Authorization", "Bearer wrong")
+            ),
+            401,
+            "{path}"
+        );
     }
-    let r = agent.post(format!("{base}/v1/flows/fulfil/runs")).send_json(order("o", "a")).unwrap();
+    let r = agent
+        .post(format!("{base}/v1/flows/fulfil/runs"))
+        .send_json(order("o", "a"))
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
 
@@ -262,35 +379,75 @@ fn the_api_refuses_requests_without_the_token_and_bad_requests() {
     };
     let (code, msg) = err(h.client.start("nope", &order("o", "a")).unwrap_err());
     assert_eq!(code, 404, "{msg}");
-    let (code, msg) = err(h.client.start("fulfil", &json!({"order_id": 5})).unwrap_err());
+    let (code, msg) = err(h
+        .client
+        .start("fulfil", &json!({"order_id": 5}))
+        .unwrap_err());
     assert_eq!(code, 422);
     assert!(msg.contains("order_id"), "{msg}");
     let auth = format!("Bearer {}", h.token);
-    let r = agent.post(format!("{base}/v1/flows/fulfil/runs")).header("Authorization", &auth).send("{not json").unwrap();
+    let r = agent
+        .post(format!("{base}/v1/flows/fulfil/runs"))
+        .header("Authorization", &auth)
+        .send("{not json")
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     // A start answers 202 with the run's Location.
-    let mut r = agent.post(format!("{base}/v1/flows/fulfil/runs")).header("Authorization", &auth).send_json(order("o-12", "ada")).unwrap();
+    let mut r = agent
+        .post(format!("{base}/v1/flows/fulfil/runs"))
+        .header("Authorization", &auth)
+        .send_json(order("o-12", "ada"))
+        .unwrap();
     assert_eq!(r.status().as_u16(), 202);
     let location = r.headers()["location"].to_str().unwrap().to_string();
     let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-    assert_eq!(location, format!("/v1/runs/{}", body["run_id"].as_str().unwrap()));
+    assert_eq!(
+        location,
+        format!("/v1/runs/{}", body["run_id"].as_str().unwrap())
+    );
     // Publishing checks contracts at the door; the OpenAPI document lists every route.
-    let (code, _) = err(h.client.publish(&json!({"type": "order.placed", "data": {"order_id": 1}})).unwrap_err());
+    let (code, _) = err(h
+        .client
+        .publish(&json!({"type": "order.placed", "data": {"order_id": 1}}))
+        .unwrap_err());
     assert_eq!(code, 422);
     let (code, _) = err(h.client.publish(&json!({"data": {}})).unwrap_err());
     assert_eq!(code, 400);
     let doc = h.client.get("/v1/openapi.json").unwrap();
-    for p in ["/v1/flows/{flow}/runs", "/v1/runs/{id}", "/v1/events", "/v1/dlq", "/v1/dlq/{id}/replay", "/healthz", "/metrics"] {
+    for p in [
+        "/v1/flows/{flow}/runs",
+        "/v1/runs/{id}",
+        "/v1/events",
+        "/v1/dlq",
+        "/v1/dlq/{id}/replay",
+        "/healthz",
+        "/metrics",
+    ] {
         assert!(doc["paths"].get(p).is_some(), "{p} in the OpenAPI document");
     }
-    let metrics = agent.get(format!("{base}/metrics")).header("Authorization", &auth).call().unwrap().body_mut().read_to_string().unwrap();
-    assert!(metrics.contains("troupe_step_handled_total{step=\"order-validate\"}"), "{metrics}");
+    let metrics = agent
+        .get(format!("{base}/metrics"))
+        .header("Authorization", &auth)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("troupe_step_handled_total{step=\"order-validate\"}"),
+        "{metrics}"
+    );
 }
 
 #[test]
 fn malformed_flow_files_are_refused_with_the_line() {
     let bad = [
-        ("unknown step", "input = \"order.placed\"\n\n[steps.a]\nstep = \"no-such-step\"\n", ":4:", "no step \"no-such-step\""),
+        (
+            "unknown step",
+            "input = \"order.placed\"\n\n[steps.a]\nstep = \"no-such-step\"\n",
+            ":4:",
+            "no step \"no-such-step\"",
+        ),
         (
             "types",
             "input = \"order.placed\"\n[steps.a]\nstep = \"order-validate\"\n\n[steps.b]\nstep = \"shipping-dispatch\"\ninput = \"a\"\n",
@@ -303,13 +460,29 @@ fn malformed_flow_files_are_refused_with_the_line() {
             ":2:",
             "cycle",
         ),
-        ("syntax", "input = \"order.placed\"\n[steps.a]\nstep = \"order-validate\"\nretry = 3\n", ":4:", "retry"),
-        ("no input", "[steps.a]\nstep = \"order-validate\"\n", ":1:", "input"),
+        (
+            "syntax",
+            "input = \"order.placed\"\n[steps.a]\nstep = \"order-validate\"\nretry = 3\n",
+            ":4:",
+            "retry",
+        ),
+        (
+            "no input",
+            "[steps.a]\nstep = \"order-validate\"\n",
+            ":1:",
+            "input",
+        ),
     ];
     for (what, text, line, message) in bad {
         let app = app(&[("broken", text)]);
-        let err = ApiHost::try_start(&app).err().unwrap_or_else(|| panic!("{what}: the flow was accepted")).to_string();
-        assert!(err.contains("broken.toml") && err.contains(line) && err.contains(message), "{what}: {err}");
+        let err = ApiHost::try_start(&app)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: the flow was accepted"))
+            .to_string();
+        assert!(
+            err.contains("broken.toml") && err.contains(line) && err.contains(message),
+            "{what}: {err}"
+        );
     }
 }
 
@@ -329,7 +502,11 @@ fn runs_survive_sigkill() {
     for p in ["order-validate", "payment-charge", "shipping-dispatch"] {
         m += &step(p, &plugin(p), "concurrency = 1");
     }
-    m += &step("sink", &guest("sink"), "concurrency = 1\ngrants.dirs = [{ host = \"out\", guest = \"/out\", write = true }]");
+    m += &step(
+        "sink",
+        &guest("sink"),
+        "concurrency = 1\ngrants.dirs = [{ host = \"out\", guest = \"/out\", write = true }]",
+    );
     let app = TestApp::new(&m);
     std::fs::create_dir(app.path().join("out")).unwrap();
     std::fs::create_dir(app.path().join("flows")).unwrap();
@@ -341,18 +518,29 @@ fn runs_survive_sigkill() {
     let spawn = || {
         let _ = std::fs::remove_file(&api);
         let child = Command::new(&bin)
-            .args(["run", app.path().to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args([
+                "run",
+                app.path().to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .env("TROUPE_LOG", "error")
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
         let start = std::time::Instant::now();
         while !api.exists() {
-            assert!(start.elapsed() < Duration::from_secs(60), "the host did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the host did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(50));
-        (child, troupe::client::Client::for_app(app.path(), None).unwrap())
+        (
+            child,
+            troupe::client::Client::for_app(app.path(), None).unwrap(),
+        )
     };
     let (mut host, client) = spawn();
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -388,24 +576,60 @@ fn runs_survive_sigkill() {
     host.kill().unwrap();
     host.wait().unwrap();
     let not_done: Vec<_> = states.iter().filter(|(_, s)| *s != "completed").collect();
-    assert!(not_done.is_empty(), "{} of {} acknowledged runs did not complete: {:?}", not_done.len(), acked.len(), &not_done[..not_done.len().min(3)]);
+    assert!(
+        not_done.is_empty(),
+        "{} of {} acknowledged runs did not complete: {:?}",
+        not_done.len(),
+        acked.len(),
+        &not_done[..not_done.len().min(3)]
+    );
     // One effect file per run (one command id), lines = handlings.
     let mut files: HashMap<String, Vec<usize>> = HashMap::new();
     for f in std::fs::read_dir(app.path().join("out")).unwrap() {
         let name = f.unwrap().file_name().into_string().unwrap();
         let (run, _command) = name.split_once('.').unwrap();
-        let lines = std::fs::read_to_string(app.path().join("out").join(&name)).unwrap().lines().count();
+        let lines = std::fs::read_to_string(app.path().join("out").join(&name))
+            .unwrap()
+            .lines()
+            .count();
         files.entry(run.to_string()).or_default().push(lines);
     }
     let acked_set: HashSet<&String> = acked.iter().collect();
     for id in &acked {
-        assert_eq!(files.get(id).map(Vec::len), Some(1), "run {id}: one command to the last step");
+        assert_eq!(
+            files.get(id).map(Vec::len),
+            Some(1),
+            "run {id}: one command to the last step"
+        );
     }
     let dups = files.values().flatten().filter(|n| **n > 1).count();
-    assert!(done_at_kill < acked.len(), "runs were in flight at the kill");
+    assert!(
+        done_at_kill < acked.len(),
+        "runs were in flight at the kill"
+    );
     eprintln!(
         "{} runs acknowledged, {done_at_kill} finished before SIGKILL, all completed after restart; {dups} last-step commands handled twice (same command id); {} runs started by unacknowledged requests",
         acked.len(),
         files.keys().filter(|k| !acked_set.contains(k)).count()
     );
+}
+
+#[test]
+fn a_commands_only_step_is_not_subscribed_to_the_choreography() {
+    let h = ApiHost::start(&app(&[("fulfil", FULFIL)]));
+    let reserved = json!({"type": "inventory.reserved", "data": {"order_id": "o-13", "reservation": "r", "units": 1}});
+    let id = h.client.publish(&reserved).unwrap();
+    let host = h.host.as_ref().unwrap();
+    h.block_on(host.wait_idle(Duration::from_millis(300)))
+        .unwrap();
+    let trace = h.client.get(&format!("/v1/traces/{id}")).unwrap();
+    assert_eq!(
+        trace.as_array().unwrap().len(),
+        1,
+        "nobody released anything: {trace:#}"
+    );
+    assert_eq!(host.stats.snapshot()["inventory-release"].handled, 0);
+    // ... but it takes commands: a failing run is compensated through it.
+    let run = h.run("fulfil", order("o-14", "mallory"));
+    assert_eq!(state(&run, "reserve"), "compensated", "{run:#}");
 }

@@ -225,7 +225,11 @@ impl Flow {
         };
         let file: FlowFile = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(0, |s| line_of(text, s.start));
-            let source = text.lines().nth(line.saturating_sub(1)).unwrap_or("").trim();
+            let source = text
+                .lines()
+                .nth(line.saturating_sub(1))
+                .unwrap_or("")
+                .trim();
             let message = if source.is_empty() {
                 e.message().to_string()
             } else {

@@ -128,12 +128,13 @@ impl Host {
         let mut stats = Stats::default();
         let mut wirings = Vec::new();
         for step in &steps {
+            let kinds = if step.sandbox.config.choreography {
+                step.contract.consumed_kinds()
+            } else {
+                Vec::new() // commands only: they are addressed to the group
+            };
             let consumer = broker
-                .subscribe(
-                    step.name(),
-                    &step.contract.consumed_kinds(),
-                    step.sandbox.config.retry.clone(),
-                )
+                .subscribe(step.name(), &kinds, step.sandbox.config.retry.clone())
                 .await?;
             let s = Arc::new(StepStats::default());
             stats.steps.insert(step.name().to_string(), s.clone());

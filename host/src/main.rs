@@ -41,9 +41,10 @@ enum Cmd {
         /// what each step did.
         #[arg(long)]
         until_idle: bool,
-        /// Serve the HTTP API here (port 0: any free port).
-        #[arg(long, default_value = "127.0.0.1:7373")]
-        listen: String,
+        /// Serve the HTTP API here (port 0: any free port). Default
+        /// 127.0.0.1:7373; with --until-idle, no API unless given.
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Start a run of a flow on a running host (HTTP API); prints the run id.
     Start {
@@ -181,7 +182,10 @@ fn run(cli: Cli) -> Result<()> {
             app,
             until_idle,
             listen,
-        } => tokio_main(run_app(&app, until_idle, &listen, json)),
+        } => {
+            let listen = listen.or_else(|| (!until_idle).then(|| "127.0.0.1:7373".to_string()));
+            tokio_main(run_app(&app, until_idle, listen.as_deref(), json))
+        }
         Cmd::Start {
             flow,
             input,
@@ -220,11 +224,32 @@ fn load_app(dir: &Path) -> Result<App> {
     App::load(dir).with_context(|| format!("cannot load the app in {}", dir.display()))
 }
 
-async fn run_app(dir: &Path, until_idle: bool, listen: &str, json: bool) -> Result<()> {
+async fn run_app(dir: &Path, until_idle: bool, listen: Option<&str>, json: bool) -> Result<()> {
     let app = load_app(dir)?;
     let host = Host::start(app)
         .await
         .with_context(|| format!("cannot start the app in {}", dir.display()))?;
+    let state_dir = host.app.state_dir();
+    if let Some(listen) = listen {
+        serve_api(&host, listen).await?;
+    }
+    if until_idle {
+        host.wait_idle(Duration::from_millis(500)).await?;
+    } else {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+    }
+    let _ = std::fs::remove_file(state_dir.join("api.json"));
+    summary(host, json).await
+}
+
+/// Serve the HTTP API of `host` on `listen`, and say where in
+/// `.troupe/api.json` for the CLI.
+async fn serve_api(host: &Host, listen: &str) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -249,16 +274,11 @@ async fn run_app(dir: &Path, until_idle: bool, listen: &str, json: bool) -> Resu
             tracing::error!("the HTTP API stopped: {e}");
         }
     });
-    if until_idle {
-        host.wait_idle(Duration::from_millis(500)).await?;
-    } else {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("stopping");
-    }
+    Ok(())
+}
+
+/// Stop the host and print what each step did, and the DLQ.
+async fn summary(host: Host, json: bool) -> Result<()> {
     let stats = host.stats.snapshot();
     let broker = host.broker.clone();
     host.shutdown().await;

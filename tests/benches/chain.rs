@@ -60,9 +60,20 @@ async fn run_mode(instances: &str, n: usize) {
         m.n,
         m.elapsed.as_secs_f64()
     );
-    println!("latency, unloaded (1000 orders one at a time): p50 {}  p99 {}", bench::ms(m.unloaded.0), bench::ms(m.unloaded.1));
-    println!("latency under load: p50 {}  p99 {}", bench::ms(m.loaded.0), bench::ms(m.loaded.1));
-    println!("time in guests: {:.1} us per invocation on average", guest_us as f64 / handled.max(1) as f64);
+    println!(
+        "latency, unloaded (1000 orders one at a time): p50 {}  p99 {}",
+        bench::ms(m.unloaded.0),
+        bench::ms(m.unloaded.1)
+    );
+    println!(
+        "latency under load: p50 {}  p99 {}",
+        bench::ms(m.loaded.0),
+        bench::ms(m.loaded.1)
+    );
+    println!(
+        "time in guests: {:.1} us per invocation on average",
+        guest_us as f64 / handled.max(1) as f64
+    );
 }
 
 /// The baseline: the three guests called directly, one after another, no

@@ -23,18 +23,28 @@ fn data(i: usize) -> serde_json::Value {
 }
 
 fn main() {
-    let n: usize = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let n: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
     let mut m = String::from("name = \"bench\"\n");
     for s in STEPS {
         m += &step(s, &plugin(s), "");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let chor = {
             let app = TestApp::new(&m);
             let host = app.start().await;
             let r = bench::choreography(&host, n, "order.shipped", |i| {
-                Event::new("order.placed", "troupe://bench", serde_json::to_vec(&data(i)).unwrap())
+                Event::new(
+                    "order.placed",
+                    "troupe://bench",
+                    serde_json::to_vec(&data(i)).unwrap(),
+                )
             })
             .await;
             host.shutdown().await;
@@ -52,6 +62,9 @@ fn main() {
         println!("three steps, fresh instances, durable embedded broker, {n} each:");
         println!("  choreography:  {chor}");
         println!("  orchestration: {orch}");
-        println!("  orchestration / choreography throughput: {:.2}", orch.per_second / chor.per_second);
+        println!(
+            "  orchestration / choreography throughput: {:.2}",
+            orch.per_second / chor.per_second
+        );
     });
 }

@@ -54,18 +54,32 @@ fn quantiles(mut v: Vec<Duration>) -> (Duration, Duration) {
 /// Measure a choreographed cascade: each item is an event from `make`; it
 /// is done when an event of type `last` with its correlation id is
 /// delivered to a native probe group.
-pub async fn choreography(host: &Host, n: usize, last: &str, make: impl Fn(usize) -> Event + Send + Sync + 'static) -> Measured {
+pub async fn choreography(
+    host: &Host,
+    n: usize,
+    last: &str,
+    make: impl Fn(usize) -> Event + Send + Sync + 'static,
+) -> Measured {
     let make = Arc::new(make);
     let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let done = Arc::new(tokio::sync::Notify::new());
     let consumer = host
         .broker
-        .subscribe(&format!("bench-probe-{last}"), &[last.to_string()], RetryPolicy::default())
+        .subscribe(
+            &format!("bench-probe-{last}"),
+            &[last.to_string()],
+            RetryPolicy::default(),
+        )
         .await
         .unwrap();
     {
-        let (started, latencies, done, broker) = (started.clone(), latencies.clone(), done.clone(), host.broker.clone());
+        let (started, latencies, done, broker) = (
+            started.clone(),
+            latencies.clone(),
+            done.clone(),
+            host.broker.clone(),
+        );
         tokio::spawn(async move {
             while let Some(d) = consumer.next().await {
                 let now = Instant::now();
@@ -131,7 +145,12 @@ pub async fn choreography(host: &Host, n: usize, last: &str, make: impl Fn(usize
 
 /// Measure runs of `flow` started through the orchestrator (not HTTP):
 /// done when the orchestrator reports the run finished.
-pub async fn orchestration(host: &Host, flow: &str, n: usize, input: impl Fn(usize) -> serde_json::Value + Send + Sync + 'static) -> Measured {
+pub async fn orchestration(
+    host: &Host,
+    flow: &str,
+    n: usize,
+    input: impl Fn(usize) -> serde_json::Value + Send + Sync + 'static,
+) -> Measured {
     let o = host.orchestrator.clone().expect("the app has flows");
     let input = Arc::new(input);
     let mut finished = o.finished();
@@ -142,7 +161,11 @@ pub async fn orchestration(host: &Host, flow: &str, n: usize, input: impl Fn(usi
         let (started, latencies, done) = (started.clone(), latencies.clone(), done.clone());
         tokio::spawn(async move {
             while let Ok((id, state)) = finished.recv().await {
-                assert_eq!(state, troupe::orchestrator::run::RunState::Completed, "run {id}");
+                assert_eq!(
+                    state,
+                    troupe::orchestrator::run::RunState::Completed,
+                    "run {id}"
+                );
                 let now = Instant::now();
                 // The start may not have returned yet: record the end.
                 let mut s = started.lock().unwrap();
@@ -173,9 +196,21 @@ async fn measure_runs(
     latencies: Arc<Mutex<Vec<Duration>>>,
 ) -> Measured {
     let start_one = {
-        let (o, flow, input, started, latencies) = (o.clone(), flow.clone(), input.clone(), started.clone(), latencies.clone());
+        let (o, flow, input, started, latencies) = (
+            o.clone(),
+            flow.clone(),
+            input.clone(),
+            started.clone(),
+            latencies.clone(),
+        );
         move |i: usize| {
-            let (o, flow, input, started, latencies) = (o.clone(), flow.clone(), input.clone(), started.clone(), latencies.clone());
+            let (o, flow, input, started, latencies) = (
+                o.clone(),
+                flow.clone(),
+                input.clone(),
+                started.clone(),
+                latencies.clone(),
+            );
             async move {
                 let t = Instant::now();
                 let id = o.start(&flow, input(i)).await.unwrap();

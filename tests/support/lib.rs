@@ -191,7 +191,10 @@ impl ApiHost {
     }
 
     pub fn try_start(app: &TestApp) -> Result<ApiHost, troupe::host::HostError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
         let host = runtime.block_on(Host::start(app.app()))?;
         let token = "test-token-0123456789".to_string();
         let state = troupe::api::ApiState {
@@ -202,7 +205,9 @@ impl ApiHost {
             app: host.app.name.clone(),
             token: token.clone().into(),
         };
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("a port");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("a port");
         let url = format!("http://{}", listener.local_addr().expect("an address"));
         runtime.spawn(async move { axum::serve(listener, troupe::api::router(state)).await });
         Ok(ApiHost {
@@ -216,7 +221,9 @@ impl ApiHost {
     /// Start a run and wait for it to end; its final status.
     pub fn run(&self, flow: &str, input: serde_json::Value) -> serde_json::Value {
         let id = self.client.start(flow, &input).expect("the run starts");
-        self.client.wait(&id, Duration::from_secs(30), |_| {}).expect("a status")
+        self.client
+            .wait(&id, Duration::from_secs(30), |_| {})
+            .expect("a status")
     }
 
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {

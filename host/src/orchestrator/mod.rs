@@ -113,8 +113,12 @@ impl Orchestrator {
         let consumer = broker
             .subscribe(GROUP, &awaited, RetryPolicy::default())
             .await?;
-        let flows: Arc<HashMap<String, Arc<Flow>>> =
-            Arc::new(flows.into_iter().map(|f| (f.name.clone(), Arc::new(f))).collect());
+        let flows: Arc<HashMap<String, Arc<Flow>>> = Arc::new(
+            flows
+                .into_iter()
+                .map(|f| (f.name.clone(), Arc::new(f)))
+                .collect(),
+        );
         let mut runs = HashMap::new();
         for (_, v) in broker.state_scan("run/").await? {
             match serde_json::from_slice::<RunRecord>(&v) {
@@ -355,7 +359,10 @@ impl Driver {
 
     /// The flow of a run (an `Arc`: cheap to hold while the run changes).
     fn flow(&self, run: &str) -> Option<Arc<Flow>> {
-        self.runs.get(run).and_then(|r| self.flows.get(&r.flow)).cloned()
+        self.runs
+            .get(run)
+            .and_then(|r| self.flows.get(&r.flow))
+            .cloned()
     }
 
     /// The command (or hybrid event) of attempt `attempt` of `sid`.
