@@ -314,7 +314,12 @@ async fn healthz() -> Json<Value> {
 async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let mut out = String::new();
     let snap = s.stats.snapshot();
-    let series: [(&str, &str, fn(&crate::stats::StepSnapshot) -> u64); 6] = [
+    type Series = (
+        &'static str,
+        &'static str,
+        fn(&crate::stats::StepSnapshot) -> u64,
+    );
+    let series: [Series; 6] = [
         ("troupe_step_handled_total", "Events a step handled", |x| {
             x.handled
         }),

@@ -323,7 +323,7 @@ impl Driver {
         ack: Option<Delivery>,
         id: &str,
         out: Out,
-        then: Option<Box<dyn FnOnce(Result<(), BrokerError>) + Send>>,
+        then: Option<crate::broker::Then>,
     ) {
         let mut state = Vec::new();
         if let Some(run) = self.runs.get_mut(id) {
@@ -703,7 +703,7 @@ impl Driver {
             })
             .map(|(id, r)| (r.completed_seq.unwrap_or(0), id.clone()))
             .collect();
-        done.sort_by(|a, b| b.0.cmp(&a.0));
+        done.sort_by_key(|d| Reverse(d.0));
         run.undo = done.into_iter().map(|(_, id)| id).collect();
         self.next_undo(run_id, out);
     }
