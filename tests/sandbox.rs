@@ -236,6 +236,7 @@ fn components_are_compiled_once_and_loaded_precompiled_after() {
     assert_eq!(artifacts.len(), 1, "{artifacts:?}");
     assert!(artifacts[0].to_string_lossy().starts_with(&first.hash));
     // A corrupted artifact is compiled again, not trusted.
+    drop((first, again, rt, rt2));
     std::fs::write(dir.path().join(&artifacts[0]), b"garbage").unwrap();
     let rt3 = Runtime::new().unwrap();
     let rebuilt = ArtifactCache::new(rt3.engine(), dir.path())

@@ -66,11 +66,13 @@ impl ArtifactCache {
         })?;
         let hash = hex::encode(Sha256::digest(&bytes));
         let artifact = self.dir.join(format!("{hash}-{}.cwasm", self.fingerprint));
-        if artifact.exists() {
+        // Read the artifact into memory rather than mapping the file: a
+        // file truncated under a running host would otherwise crash it.
+        if let Ok(precompiled) = std::fs::read(&artifact) {
             // SAFETY: the file is in the app's own cache directory, named by
             // the hash of its source and the engine fingerprint, and was
-            // written whole by `store` below.
-            match unsafe { Component::deserialize_file(engine, &artifact) } {
+            // written whole by `store` below (write to a temporary, rename).
+            match unsafe { Component::deserialize(engine, &precompiled) } {
                 Ok(component) => {
                     return Ok(Loaded {
                         component,
