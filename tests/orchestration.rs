@@ -67,6 +67,20 @@ fn order(id: &str, customer: &str) -> Value {
     json!({"order_id": id, "customer": customer, "lines": [{"sku": "tea", "qty": 2, "price_cents": 300}]})
 }
 
+/// The event types of a run's trace, in order.
+fn trace_kinds(h: &ApiHost, run: &Value) -> Vec<String> {
+    let trace = h
+        .client
+        .get(&format!("/v1/traces/{}", run["id"].as_str().unwrap()))
+        .unwrap();
+    trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn state<'a>(run: &'a Value, step: &str) -> &'a str {
     run["steps"][step]["state"]
         .as_str()
@@ -91,16 +105,7 @@ fn a_run_completes_and_its_status_shows_every_step_and_the_join() {
     assert!(at("ship", "started") >= at("reserve", "finished"));
     assert!(at("ship", "started") >= at("charge", "finished"));
     // Commands and replies went through the broker: the trace shows them.
-    let trace = h
-        .client
-        .get(&format!("/v1/traces/{}", run["id"].as_str().unwrap()))
-        .unwrap();
-    let kinds: Vec<&str> = trace
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap())
-        .collect();
+    let kinds = trace_kinds(&h, &run);
     assert_eq!(
         kinds
             .iter()
@@ -110,7 +115,7 @@ fn a_run_completes_and_its_status_shows_every_step_and_the_join() {
         "{kinds:?}"
     );
     assert!(
-        kinds.contains(&"order.placed") && kinds.contains(&"payment.charged"),
+        kinds.iter().any(|k| k == "order.placed") && kinds.iter().any(|k| k == "payment.charged"),
         "{kinds:?}"
     );
 }
@@ -292,18 +297,9 @@ fn a_hybrid_step_finishes_on_its_completion_event() {
     assert_eq!(run["steps"]["deliver"]["output_type"], "order.delivered");
     assert_eq!(run["steps"]["deliver"]["output"]["signed_by"], "grace");
     // The choreographed cascade ran on its own, in the run's correlation.
-    let trace = h
-        .client
-        .get(&format!("/v1/traces/{}", run["id"].as_str().unwrap()))
-        .unwrap();
-    let kinds: Vec<&str> = trace
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap())
-        .collect();
+    let kinds = trace_kinds(&h, &run);
     for k in ["delivery.requested", "parcel.picked-up", "order.delivered"] {
-        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+        assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
     }
     // A failure event fails the step, and the charge is refunded.
     let run = h.run("deliver", order("o-10", "nobody"));

@@ -508,7 +508,7 @@ impl Driver {
             .values()
             .all(|r| matches!(r.state, StepState::Completed | StepState::Skipped));
         if done {
-            finish(run, RunState::Completed, None);
+            finish(run, RunState::Completed);
         }
     }
 
@@ -745,7 +745,7 @@ impl Driver {
         } else {
             RunState::Failed
         };
-        finish(run, end, None);
+        finish(run, end);
     }
 
     fn on_timers(&mut self) {
@@ -804,11 +804,8 @@ impl Driver {
     }
 }
 
-fn finish(run: &mut RunRecord, state: RunState, error: Option<String>) {
+fn finish(run: &mut RunRecord, state: RunState) {
     run.state = state;
-    if error.is_some() {
-        run.error = error;
-    }
     let now = now_ms();
     run.finished = Some(now_rfc3339());
     run.duration_ms = Some(now.saturating_sub(run.created_ms));

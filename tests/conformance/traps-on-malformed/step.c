@@ -1,9 +1,8 @@
-// Handles good data, but traps (instead of rejecting) when it cannot find
-// its field: the host's gate would have stopped such data, but a step must
-// not rely on that.
+// Handles good data, but traps (instead of rejecting) when the data is not
+// a JSON object: the host's gate would have stopped such data, but a step
+// must not rely on that.
 #include <stdlib.h>
 
-#include "json.h"
 #include "step.h"
 
 static const char *WORK = "{\"type\":\"object\",\"required\":[\"id\"],\"properties\":{\"id\":{\"type\":\"string\"}}}";
@@ -26,9 +25,7 @@ void exports_step_describe(step_contract_t *ret) {
 
 bool exports_step_handle(step_event_t *event, step_list_emit_t *ret, step_step_error_t *err) {
   (void)err;
-  char *id = json_get_string((const char *)event->data.ptr, event->data.len, "id");
-  if (!id) __builtin_trap();
-  free(id);
+  if (event->data.len == 0 || event->data.ptr[0] != '{') __builtin_trap();
   step_event_free(event);
   ret->len = 0;
   ret->ptr = NULL;

@@ -292,34 +292,30 @@ fn publish(
             // A group not running in this process finds the row on start.
             store::insert_delivery(tx, to, seq, 0, 0)?;
             if let Some(g) = groups.read().expect("groups lock").get(to.as_str()) {
-                fx.added.push(g.clone());
-                fx.deliver.push((
-                    g.clone(),
-                    Delivery {
-                        group: g.name.clone(),
-                        event: event.clone(),
-                        attempt: 1,
-                        ack: Ack::Embedded(seq),
-                    },
-                ));
+                fresh_delivery(g, seq, &event, fx);
             }
             continue;
         }
         for g in routes.get(&event.kind).into_iter().flatten() {
             store::insert_delivery(tx, &g.name, seq, 0, 0)?;
-            fx.added.push(g.clone());
-            fx.deliver.push((
-                g.clone(),
-                Delivery {
-                    group: g.name.clone(),
-                    event: event.clone(),
-                    attempt: 1,
-                    ack: Ack::Embedded(seq),
-                },
-            ));
+            fresh_delivery(g, seq, &event, fx);
         }
     }
     Ok(())
+}
+
+/// Make a first delivery of `event` to `g` visible once the commit is done.
+fn fresh_delivery(g: &Arc<Group>, seq: i64, event: &Arc<Event>, fx: &mut Effects) {
+    fx.added.push(g.clone());
+    fx.deliver.push((
+        g.clone(),
+        Delivery {
+            group: g.name.clone(),
+            event: event.clone(),
+            attempt: 1,
+            ack: Ack::Embedded(seq),
+        },
+    ));
 }
 
 fn replay(
@@ -333,17 +329,7 @@ fn replay(
     // A group this process does not run picks the delivery up when it
     // subscribes.
     if let Some(g) = groups.read().expect("groups lock").get(group.as_str()) {
-        let event = Arc::new(store::event(tx, seq)?);
-        fx.added.push(g.clone());
-        fx.deliver.push((
-            g.clone(),
-            Delivery {
-                group: g.name.clone(),
-                event,
-                attempt: 1,
-                ack: Ack::Embedded(seq),
-            },
-        ));
+        fresh_delivery(g, seq, &Arc::new(store::event(tx, seq)?), fx);
     }
     Ok(())
 }
