@@ -1,0 +1,643 @@
+//! The task that drives every active run: starts, replies, timers, and
+//! resuming after a crash. Each transition ends in one [`Driver::commit`].
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::run::{RunRecord, RunState, StepRecord, StepState, key, undo_id};
+use super::{ATTEMPT, COMPLETED, FAILED, FLOW_STEP, IDS, InputCheck, Msg, RUN, StartError, now_ms};
+use crate::app::RetryPolicy;
+use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery};
+use crate::event::{CORRELATION_ID, Event, TARGET, now_rfc3339};
+use crate::flow::{Action, Flow, FlowStep, INPUT};
+
+/// A timer: (when, run, flow step or "" for the run's own deadline).
+pub(super) type Timer = Reverse<(u64, String, String)>;
+
+pub(super) struct Driver {
+    pub(super) finished: tokio::sync::broadcast::Sender<(String, RunState)>,
+    pub(super) broker: Arc<dyn Broker>,
+    pub(super) flows: Arc<HashMap<String, Arc<Flow>>>,
+    pub(super) runs: HashMap<String, RunRecord>,
+    pub(super) timers: BinaryHeap<Timer>,
+    pub(super) check_input: InputCheck,
+    pub(super) source: String,
+}
+
+/// What one transition sends to the broker.
+#[derive(Default)]
+struct Out {
+    events: Vec<Event>,
+}
+
+impl Driver {
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Msg>, consumer: Arc<dyn Consumer>) {
+        loop {
+            let next = self.timers.peek().map(|Reverse((at, _, _))| *at);
+            let sleep = async {
+                match next {
+                    Some(at) => {
+                        tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Start { flow, input, reply }) => self.start(flow, input, reply),
+                    None => return,
+                },
+                d = consumer.next() => match d {
+                    Some(d) => self.on_delivery(d),
+                    None => return,
+                },
+                _ = sleep => self.on_timers(),
+            }
+        }
+    }
+
+    /// Re-send the commands of every dispatched step and re-arm timers.
+    pub(super) fn resume(&mut self) {
+        let ids: Vec<String> = self.runs.keys().cloned().collect();
+        for id in ids {
+            let mut out = Out::default();
+            let run = self.runs.get(&id).expect("listed");
+            self.timers
+                .push(Reverse((run.deadline_ms, id.clone(), String::new())));
+            let steps: Vec<(String, StepRecord)> = run
+                .steps
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (sid, rec) in steps {
+                if let Some(at) = rec.deadline_ms
+                    && matches!(rec.state, StepState::Dispatched | StepState::Backoff)
+                {
+                    self.timers.push(Reverse((at, id.clone(), sid.clone())));
+                }
+                if rec.state == StepState::Dispatched
+                    && let Some(e) = self.command(&id, &sid, rec.attempts)
+                {
+                    out.events.push(e);
+                }
+            }
+            tracing::info!(run = %id, resent = out.events.len(), "resuming run");
+            self.commit(None, &id, out, None);
+        }
+    }
+
+    fn start(
+        &mut self,
+        flow: String,
+        input: Value,
+        reply: oneshot::Sender<Result<String, StartError>>,
+    ) {
+        let Some(f) = self.flows.get(&flow) else {
+            let _ = reply.send(Err(StartError::UnknownFlow(flow)));
+            return;
+        };
+        if let Err(reason) = (self.check_input)(f, &input) {
+            let _ = reply.send(Err(StartError::BadInput {
+                kind: f.input.clone(),
+                reason,
+            }));
+            return;
+        }
+        let id = Uuid::now_v7().to_string();
+        let now = now_ms();
+        let run = RunRecord {
+            id: id.clone(),
+            flow: flow.clone(),
+            state: RunState::Running,
+            input,
+            created: now_rfc3339(),
+            updated: now_rfc3339(),
+            finished: None,
+            duration_ms: None,
+            error: None,
+            deadline_ms: now + f.timeout_ms,
+            created_ms: now,
+            steps: f
+                .steps
+                .iter()
+                .map(|s| (s.id.clone(), StepRecord::new()))
+                .collect(),
+            undo: Vec::new(),
+            timed_out: false,
+            completions: 0,
+        };
+        self.timers
+            .push(Reverse((run.deadline_ms, id.clone(), String::new())));
+        self.runs.insert(id.clone(), run);
+        let mut out = Out::default();
+        self.advance(&id, &mut out);
+        let rid = id.clone();
+        self.commit(
+            None,
+            &id,
+            out,
+            Some(Box::new(move |r: Result<(), BrokerError>| {
+                let _ = reply.send(r.map(|()| rid).map_err(StartError::from));
+            })),
+        );
+    }
+
+    /// Persist the run (and send `out`), acking `ack`.
+    fn commit(
+        &mut self,
+        ack: Option<Delivery>,
+        id: &str,
+        out: Out,
+        then: Option<crate::broker::Then>,
+    ) {
+        let mut state = Vec::new();
+        if let Some(run) = self.runs.get_mut(id) {
+            run.updated = now_rfc3339();
+            state.push((
+                key(id),
+                Some(serde_json::to_vec(run).expect("a run serialises")),
+            ));
+            if run.state.is_final() {
+                tracing::debug!(run = %id, flow = %run.flow, state = ?run.state, "run finished");
+                let _ = self.finished.send((id.to_string(), run.state));
+                self.runs.remove(id);
+            }
+        }
+        let commit = Commit {
+            ack,
+            events: out.events,
+            state,
+        };
+        self.broker.commit_then(
+            commit,
+            then.unwrap_or_else(|| {
+                Box::new(|r| {
+                    if let Err(e) = r {
+                        tracing::error!(
+                            "orchestrator commit failed (the run resumes on restart): {e}"
+                        );
+                    }
+                })
+            }),
+        );
+    }
+
+    /// The flow of a run (an `Arc`: cheap to hold while the run changes).
+    fn flow(&self, run: &str) -> Option<Arc<Flow>> {
+        self.runs
+            .get(run)
+            .and_then(|r| self.flows.get(&r.flow))
+            .cloned()
+    }
+
+    /// The command (or hybrid event) of attempt `attempt` of `sid`.
+    fn command(&self, run_id: &str, sid: &str, attempt: u32) -> Option<Event> {
+        let run = self.runs.get(run_id)?;
+        let flow = self.flows.get(&run.flow)?;
+        let (input_from, kind, target) = match sid.strip_suffix("~undo") {
+            Some(orig) => {
+                let c = flow.step(orig)?.compensate.clone()?;
+                let kind = if c.input == INPUT {
+                    flow.input.clone()
+                } else {
+                    run.steps.get(&c.input)?.output_type.clone()?
+                };
+                (c.input, kind, Some(c.step))
+            }
+            None => {
+                let s = flow.step(sid)?;
+                let target = match &s.action {
+                    Action::Command { step } => Some(step.clone()),
+                    Action::Hybrid { .. } => None,
+                };
+                (s.input.clone(), s.input_kind.clone(), target)
+            }
+        };
+        let data = if input_from == INPUT {
+            run.input.clone()
+        } else {
+            run.steps
+                .get(&input_from)?
+                .output
+                .clone()
+                .unwrap_or(Value::Null)
+        };
+        let mut e = Event::new(
+            &kind,
+            &self.source,
+            serde_json::to_vec(&data).expect("JSON"),
+        );
+        e.id = Uuid::new_v5(&IDS, format!("{run_id}/{sid}/{attempt}").as_bytes()).to_string();
+        e.subject = Some(run_id.to_string());
+        e.extensions
+            .insert(CORRELATION_ID.into(), run_id.to_string());
+        e.extensions.insert(RUN.into(), run_id.to_string());
+        e.extensions.insert(FLOW_STEP.into(), sid.to_string());
+        e.extensions.insert(ATTEMPT.into(), attempt.to_string());
+        if let Some(t) = target {
+            e.extensions.insert(TARGET.into(), t);
+        }
+        Some(e)
+    }
+
+    fn dispatch(&mut self, run_id: &str, sid: &str, out: &mut Out) {
+        let timeout = self.timeout_of(run_id, sid);
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        let rec = run.steps.entry(sid.to_string()).or_default();
+        rec.attempts += 1;
+        rec.state = StepState::Dispatched;
+        let now = now_ms();
+        if rec.started.is_none() {
+            rec.started = Some(now_rfc3339());
+            rec.started_ms = now;
+        }
+        rec.deadline_ms = Some(now + timeout);
+        let attempt = rec.attempts;
+        self.timers.push(Reverse((
+            now + timeout,
+            run_id.to_string(),
+            sid.to_string(),
+        )));
+        if let Some(e) = self.command(run_id, sid, attempt) {
+            if let Some(rec) = self.runs.get_mut(run_id).and_then(|r| r.steps.get_mut(sid)) {
+                rec.command_id = Some(e.id.clone());
+            }
+            out.events.push(e);
+        }
+    }
+
+    fn timeout_of(&self, run_id: &str, sid: &str) -> u64 {
+        let base = sid.strip_suffix("~undo").unwrap_or(sid);
+        self.flow(run_id)
+            .and_then(|f| f.step(base).map(|s| s.timeout_ms))
+            .unwrap_or(crate::flow::DEFAULT_STEP_TIMEOUT_MS)
+    }
+
+    fn retry_of(&self, run_id: &str, sid: &str) -> RetryPolicy {
+        let base = sid.strip_suffix("~undo").unwrap_or(sid);
+        self.flow(run_id)
+            .and_then(|f| f.step(base).map(|s| s.retry.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Dispatch every step whose dependencies are settled; finish the run
+    /// when nothing is left.
+    fn advance(&mut self, run_id: &str, out: &mut Out) {
+        let Some(flow) = self.flow(run_id) else {
+            return;
+        };
+        loop {
+            let run = self.runs.get(run_id).expect("advancing a live run");
+            if run.state != RunState::Running {
+                return;
+            }
+            let mut progressed = false;
+            for s in &flow.steps {
+                let run = self.runs.get(run_id).expect("live");
+                if run.steps[&s.id].state != StepState::Pending {
+                    continue;
+                }
+                let settled = |id: &String| {
+                    matches!(
+                        run.steps[id].state,
+                        StepState::Completed | StepState::Skipped
+                    )
+                };
+                if !s.after.iter().all(settled) {
+                    continue;
+                }
+                if !self.should_run(run, s) {
+                    let rec = self
+                        .runs
+                        .get_mut(run_id)
+                        .expect("live")
+                        .steps
+                        .get_mut(&s.id)
+                        .expect("step");
+                    rec.state = StepState::Skipped;
+                    progressed = true;
+                    continue;
+                }
+                self.dispatch(run_id, &s.id, out);
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let run = self.runs.get_mut(run_id).expect("live");
+        let done = run
+            .steps
+            .values()
+            .all(|r| matches!(r.state, StepState::Completed | StepState::Skipped));
+        if done {
+            finish(run, RunState::Completed);
+        }
+    }
+
+    /// A step runs if its input was not skipped and its condition holds.
+    fn should_run(&self, run: &RunRecord, s: &FlowStep) -> bool {
+        if s.input != INPUT && run.steps[&s.input].state == StepState::Skipped {
+            return false;
+        }
+        match &s.when {
+            None => true,
+            Some(c) => match run.steps.get(&c.step) {
+                Some(r) if r.state == StepState::Completed => {
+                    c.holds(r.output.as_ref().unwrap_or(&Value::Null))
+                }
+                _ => false,
+            },
+        }
+    }
+
+    fn on_delivery(&mut self, d: Delivery) {
+        let e = &d.event;
+        let run_id = e
+            .extensions
+            .get(RUN)
+            .cloned()
+            .unwrap_or_else(|| e.correlation_id().to_string());
+        if !self.runs.contains_key(&run_id) {
+            // A reply for a finished run (a late answer or a duplicate), or
+            // an awaited event type from a cascade that is not a run: ack.
+            self.commit(Some(d), "", Out::default(), None);
+            return;
+        }
+        let mut out = Out::default();
+        match e.kind.as_str() {
+            COMPLETED | FAILED => {
+                let sid = e.extensions.get(FLOW_STEP).cloned().unwrap_or_default();
+                let current = self.runs[&run_id]
+                    .steps
+                    .get(&sid)
+                    .and_then(|r| r.command_id.clone());
+                if current.as_deref() == e.causation_id()
+                    && self.runs[&run_id].steps[&sid].state == StepState::Dispatched
+                {
+                    let data: Value = serde_json::from_slice(&e.data).unwrap_or(Value::Null);
+                    if e.kind == COMPLETED {
+                        let output = data["outputs"].as_array().and_then(|o| o.first()).cloned();
+                        self.step_done(&run_id, &sid, output, &mut out);
+                    } else {
+                        let retryable = data["retryable"].as_bool().unwrap_or(false);
+                        let msg = format!(
+                            "{}: {}",
+                            data["class"].as_str().unwrap_or("failed"),
+                            data["message"].as_str().unwrap_or("")
+                        );
+                        self.step_failed(&run_id, &sid, msg, retryable, &mut out);
+                    }
+                }
+            }
+            kind => {
+                // An awaited choreography event for a hybrid step.
+                let flow = self.flow(&run_id);
+                let waiting = flow.iter().flat_map(|f| f.steps.iter()).find(|s| {
+                    matches!(&s.action, Action::Hybrid { done, failed, .. } if done == kind || failed.as_deref() == Some(kind))
+                        && self.runs[&run_id].steps[&s.id].state == StepState::Dispatched
+                });
+                if let Some(s) = waiting.cloned() {
+                    let Action::Hybrid { done, .. } = &s.action else {
+                        unreachable!()
+                    };
+                    if kind == done {
+                        self.step_done(&run_id, &s.id, Some(e.to_json()), &mut out);
+                    } else {
+                        let msg = format!("{kind}: {}", String::from_utf8_lossy(&e.data));
+                        self.step_failed(&run_id, &s.id, msg, false, &mut out);
+                    }
+                }
+            }
+        }
+        self.commit(Some(d), &run_id, out, None);
+    }
+
+    fn step_done(&mut self, run_id: &str, sid: &str, output: Option<Value>, out: &mut Out) {
+        let run = self.runs.get_mut(run_id).expect("live");
+        run.completions += 1;
+        let seq = run.completions;
+        let rec = run.steps.get_mut(sid).expect("step");
+        let now = now_ms();
+        rec.state = StepState::Completed;
+        rec.finished = Some(now_rfc3339());
+        rec.duration_ms = Some(now.saturating_sub(rec.started_ms));
+        rec.deadline_ms = None;
+        rec.completed_seq = Some(seq);
+        if let Some(o) = output {
+            rec.output_type = o["type"].as_str().map(str::to_string);
+            rec.output = Some(o.get("data").cloned().unwrap_or(Value::Null));
+        }
+        match run.state {
+            RunState::Running => self.advance(run_id, out),
+            RunState::Compensating => {
+                if let Some(orig) = sid.strip_suffix("~undo") {
+                    if let Some(r) = run.steps.get_mut(orig) {
+                        r.state = StepState::Compensated;
+                    }
+                } else if self
+                    .flow(run_id)
+                    .is_some_and(|f| f.step(sid).is_some_and(|s| s.compensate.is_some()))
+                {
+                    // It finished after the run began to fail: undo it too.
+                    self.runs
+                        .get_mut(run_id)
+                        .expect("live")
+                        .undo
+                        .push(sid.to_string());
+                }
+                self.next_undo(run_id, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn step_failed(
+        &mut self,
+        run_id: &str,
+        sid: &str,
+        error: String,
+        retryable: bool,
+        out: &mut Out,
+    ) {
+        let policy = self.retry_of(run_id, sid);
+        let run = self.runs.get_mut(run_id).expect("live");
+        let rec = run.steps.get_mut(sid).expect("step");
+        rec.errors
+            .push(format!("attempt {}: {error}", rec.attempts));
+        if retryable && rec.attempts < policy.max_attempts {
+            let wait = policy.backoff(rec.attempts).as_millis() as u64;
+            rec.state = StepState::Backoff;
+            rec.deadline_ms = Some(now_ms() + wait);
+            self.timers.push(Reverse((
+                now_ms() + wait,
+                run_id.to_string(),
+                sid.to_string(),
+            )));
+            return;
+        }
+        let timed_out = error.contains("timed out");
+        rec.state = if timed_out {
+            StepState::TimedOut
+        } else {
+            StepState::Failed
+        };
+        rec.finished = Some(now_rfc3339());
+        rec.deadline_ms = None;
+        if let Some(orig) = sid.strip_suffix("~undo") {
+            if let Some(r) = run.steps.get_mut(orig) {
+                r.state = StepState::CompensationFailed;
+            }
+            run.error = Some(format!(
+                "{} (and undoing {orig} failed: {error})",
+                run.error.clone().unwrap_or_default()
+            ));
+            self.next_undo(run_id, out);
+            return;
+        }
+        self.fail_run(run_id, format!("step {sid} failed: {error}"), out);
+    }
+
+    /// The run cannot complete: cancel what has not started and undo what
+    /// completed, in reverse order of completion.
+    fn fail_run(&mut self, run_id: &str, error: String, out: &mut Out) {
+        let flow = self.flow(run_id);
+        let run = self.runs.get_mut(run_id).expect("live");
+        if run.state != RunState::Running {
+            return;
+        }
+        run.error = Some(error);
+        run.state = RunState::Compensating;
+        for rec in run.steps.values_mut() {
+            if matches!(rec.state, StepState::Pending | StepState::Backoff) {
+                rec.state = StepState::Cancelled;
+                rec.deadline_ms = None;
+            }
+        }
+        let mut done: Vec<(u32, String)> = run
+            .steps
+            .iter()
+            .filter(|(id, r)| {
+                r.state == StepState::Completed
+                    && flow
+                        .as_ref()
+                        .and_then(|f| f.step(id))
+                        .is_some_and(|s| s.compensate.is_some())
+            })
+            .map(|(id, r)| (r.completed_seq.unwrap_or(0), id.clone()))
+            .collect();
+        done.sort_by_key(|d| Reverse(d.0));
+        run.undo = done.into_iter().map(|(_, id)| id).collect();
+        self.next_undo(run_id, out);
+    }
+
+    /// Dispatch the next compensation, or end the run.
+    fn next_undo(&mut self, run_id: &str, out: &mut Out) {
+        let run = self.runs.get_mut(run_id).expect("live");
+        let busy = run.steps.iter().any(|(id, r)| {
+            id.ends_with("~undo") && matches!(r.state, StepState::Dispatched | StepState::Backoff)
+        });
+        if busy {
+            return;
+        }
+        if !run.undo.is_empty() {
+            let orig = run.undo.remove(0);
+            let uid = undo_id(&orig);
+            run.steps.insert(uid.clone(), StepRecord::new());
+            self.dispatch(run_id, &uid, out);
+            return;
+        }
+        // Nothing left to undo; wait for steps still in flight (they may
+        // complete and need undoing) unless the run timed out.
+        let in_flight = run.steps.values().any(|r| r.state == StepState::Dispatched);
+        if in_flight && !run.timed_out {
+            return;
+        }
+        let undone = run
+            .steps
+            .values()
+            .any(|r| r.state == StepState::Compensated);
+        let failed_undo = run
+            .steps
+            .values()
+            .any(|r| r.state == StepState::CompensationFailed);
+        let end = if run.timed_out {
+            RunState::TimedOut
+        } else if undone && !failed_undo {
+            RunState::Compensated
+        } else {
+            RunState::Failed
+        };
+        finish(run, end);
+    }
+
+    fn on_timers(&mut self) {
+        let now = now_ms();
+        let mut touched: Vec<String> = Vec::new();
+        let mut outs: HashMap<String, Out> = HashMap::new();
+        while let Some(Reverse((at, run_id, sid))) = self.timers.peek().cloned() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(run) = self.runs.get(&run_id) else {
+                continue;
+            };
+            let out = outs.entry(run_id.clone()).or_default();
+            if sid.is_empty() {
+                if at == run.deadline_ms && run.state == RunState::Running {
+                    let ms = run.deadline_ms - run.created_ms;
+                    self.runs.get_mut(&run_id).expect("live").timed_out = true;
+                    for rec in self.runs.get_mut(&run_id).expect("live").steps.values_mut() {
+                        if rec.state == StepState::Dispatched {
+                            rec.state = StepState::TimedOut;
+                            rec.deadline_ms = None;
+                        }
+                    }
+                    self.fail_run(&run_id, format!("run timed out after {ms} ms"), out);
+                    touched.push(run_id);
+                }
+                continue;
+            }
+            let Some(rec) = run.steps.get(&sid) else {
+                continue;
+            };
+            if rec.deadline_ms != Some(at) {
+                continue; // superseded
+            }
+            match rec.state {
+                StepState::Backoff => {
+                    self.dispatch(&run_id, &sid, out);
+                    touched.push(run_id);
+                }
+                StepState::Dispatched => {
+                    let ms = self.timeout_of(&run_id, &sid);
+                    self.step_failed(&run_id, &sid, format!("timed out after {ms} ms"), true, out);
+                    touched.push(run_id);
+                }
+                _ => {}
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        for id in touched {
+            let out = outs.remove(&id).unwrap_or_default();
+            self.commit(None, &id, out, None);
+        }
+    }
+}
+
+fn finish(run: &mut RunRecord, state: RunState) {
+    run.state = state;
+    let now = now_ms();
+    run.finished = Some(now_rfc3339());
+    run.duration_ms = Some(now.saturating_sub(run.created_ms));
+}
