@@ -67,6 +67,7 @@ fn sigkill_mid_cascade_loses_nothing() {
     let mut host = Command::new(&bin)
         .arg("run")
         .arg(app.path())
+        .args(["--listen", "127.0.0.1:0"])
         .env("TROUPE_LOG", "error")
         .stdout(Stdio::null())
         .spawn()
