@@ -11,10 +11,10 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::run::{RunRecord, RunState, StepRecord, StepState, key, undo_id};
-use super::{ATTEMPT, COMPLETED, FAILED, FLOW_STEP, IDS, InputCheck, Msg, RUN, StartError, now_ms};
+use super::{ATTEMPT, COMPLETED, FAILED, FLOW_STEP, InputCheck, Msg, RUN, StartError, now_ms};
 use crate::app::RetryPolicy;
 use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery};
-use crate::event::{CORRELATION_ID, Event, TARGET, now_rfc3339};
+use crate::event::{CORRELATION_ID, Event, TARGET, derived_id, now_rfc3339};
 use crate::flow::{Action, Flow, FlowStep, INPUT};
 
 /// A timer: (when, run, flow step or "" for the run's own deadline).
@@ -233,7 +233,7 @@ impl Driver {
             &self.source,
             serde_json::to_vec(&data).expect("JSON"),
         );
-        e.id = Uuid::new_v5(&IDS, format!("{run_id}/{sid}/{attempt}").as_bytes()).to_string();
+        e.id = derived_id(run_id, &format!("{sid}/{attempt}"));
         e.subject = Some(run_id.to_string());
         e.extensions
             .insert(CORRELATION_ID.into(), run_id.to_string());

@@ -27,7 +27,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
-use uuid::Uuid;
 
 use crate::app::RetryPolicy;
 use crate::broker::{Broker, BrokerError};
@@ -49,8 +48,6 @@ pub const ATTEMPT: &str = "troupeattempt";
 pub const COMPLETED: &str = "troupe.step.completed";
 /// Reply type: it did not; data `{ "class", "message", "retryable" }`.
 pub const FAILED: &str = "troupe.step.failed";
-
-const IDS: Uuid = Uuid::from_u128(0x7f0c_92d4_51aa_4c1b_8e3e_2b9d_c0a1_b00c);
 
 /// Why a run could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +206,7 @@ pub fn failed_reply(
 
 fn reply(command: &Event, source: &str, kind: &str, data: Value) -> Event {
     let mut e = Event::new(kind, source, serde_json::to_vec(&data).expect("JSON"));
-    e.id = Uuid::new_v5(&IDS, format!("{}/reply", command.id).as_bytes()).to_string();
+    e.id = crate::event::derived_id(&command.id, "reply");
     for k in [RUN, FLOW_STEP] {
         if let Some(v) = command.extensions.get(k) {
             e.extensions.insert(k.into(), v.clone());
