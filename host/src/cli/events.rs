@@ -1,0 +1,193 @@
+//! `troupe publish`, `troupe dlq`, `troupe trace`: the app's events, from
+//! its directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use troupe::app::App;
+use troupe::broker::embedded::offline;
+use troupe::event::Event;
+use troupe::host::load_steps;
+use troupe::runtime::Runtime;
+
+use super::run::print_dlq;
+use super::{DlqCmd, load_app};
+
+pub(crate) fn publish(
+    dir: &Path,
+    kind: Option<String>,
+    data: Option<String>,
+    subject: Option<String>,
+    file: Option<PathBuf>,
+    no_check: bool,
+    json: bool,
+) -> Result<()> {
+    let app = load_app(dir)?;
+    let source = format!("troupe://{}/publish", app.name);
+    let events = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(&f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            let mut events = Vec::new();
+            for (n, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let at = || format!("{}:{}", f.display(), n + 1);
+                let v: serde_json::Value =
+                    serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+                events.push(
+                    Event::from_json(v, &source)
+                        .with_context(|| format!("{}: not an event", at()))?,
+                );
+            }
+            events
+        }
+        None => {
+            let (kind, data) = (
+                kind.expect("clap requires it"),
+                data.expect("clap requires it"),
+            );
+            if !troupe::contract::is_kind(&kind) {
+                bail!(
+                    "{kind:?} is not an event type: lower-case words joined by `.`, e.g. order.placed"
+                );
+            }
+            let value: serde_json::Value =
+                serde_json::from_str(&data).context("--data is not valid JSON")?;
+            let mut e = Event::new(&kind, &source, serde_json::to_vec(&value)?);
+            e.subject = subject;
+            vec![e]
+        }
+    };
+    if !no_check {
+        check_against_consumers(&app, &events)?;
+    }
+    offline::publish(&app.state_dir(), &events).context("cannot store the events")?;
+    if json {
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        println!("{}", serde_json::json!({ "published": ids }));
+    } else {
+        for e in &events {
+            println!("published {} {}", e.kind, e.id);
+        }
+    }
+    Ok(())
+}
+
+/// Refuse events that a step of the app would dead-letter on arrival.
+pub(crate) fn check_against_consumers(app: &App, events: &[Event]) -> Result<()> {
+    let rt = Runtime::new()?;
+    let steps = load_steps(&rt, app)?;
+    for e in events {
+        let consumers: Vec<_> = steps
+            .iter()
+            .filter(|s| s.contract.consumed_kinds().contains(&e.kind))
+            .collect();
+        if consumers.is_empty() {
+            tracing::warn!(
+                "no step of {} consumes {}; it is stored for other systems",
+                app.name,
+                e.kind
+            );
+        }
+        for s in consumers {
+            s.contract.check_input(e).with_context(|| {
+                format!(
+                    "event {} would break the contract of step `{}`",
+                    e.id,
+                    s.name()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn dlq(cmd: DlqCmd, json: bool) -> Result<()> {
+    match cmd {
+        DlqCmd::List { app } => {
+            let app = load_app(&app)?;
+            let dead = offline::dead_letters(&app.state_dir(), None)?;
+            if json {
+                let v: Vec<_> = dead.iter().map(|d| d.to_json(false)).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_dlq(&dead);
+            }
+        }
+        DlqCmd::Show { id, app } => {
+            let app = load_app(&app)?;
+            let d = offline::dead_letters(&app.state_dir(), Some(&id))?
+                .pop()
+                .with_context(|| {
+                    format!("no dead letter with id {id:?} in {}", app.dir.display())
+                })?;
+            let v = d.to_json(true);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("id:       {}", d.id);
+                println!("step:     {}", d.step);
+                println!("class:    {}", d.class);
+                println!("message:  {}", d.message);
+                println!("attempts: {}", d.attempts);
+                println!("time:     {}", d.time);
+                println!("event:\n{}", serde_json::to_string_pretty(&v["event"])?);
+            }
+        }
+        DlqCmd::Replay { id, app } => {
+            let app = load_app(&app)?;
+            offline::replay(&app.state_dir(), &id)?;
+            if json {
+                println!("{}", serde_json::json!({ "replayed": id }));
+            } else {
+                println!("replay of {id} queued: the app's host delivers it to its step again");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> {
+    let app = load_app(dir)?;
+    let events = offline::trace(&app.state_dir(), correlation_id)?;
+    if events.is_empty() {
+        bail!(
+            "no events with correlation id {correlation_id:?} in {}",
+            app.dir.display()
+        );
+    }
+    if json {
+        let v: Vec<_> = events.iter().map(Event::to_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let known: std::collections::HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    fn show(
+        events: &[Event],
+        parent: Option<&str>,
+        known: &std::collections::HashSet<&str>,
+        depth: usize,
+    ) {
+        for e in events {
+            let cause = e.causation_id().filter(|c| known.contains(c));
+            if cause != parent {
+                continue;
+            }
+            let by = e.source.rsplit('/').next().unwrap_or(&e.source);
+            println!(
+                "{:indent$}{} {}  (from {by}, {})",
+                "",
+                e.kind,
+                e.id,
+                e.time,
+                indent = depth * 2
+            );
+            show(events, Some(&e.id), known, depth + 1);
+        }
+    }
+    show(&events, None, &known, 0);
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! `troupe start`, `troupe status`: runs, through a host's HTTP API.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::ApiArgs;
+
+pub(crate) fn client(api: &ApiArgs) -> Result<troupe::client::Client> {
+    Ok(troupe::client::Client::for_app(
+        &api.app,
+        api.api.as_deref(),
+    )?)
+}
+
+pub(crate) fn start(flow: &str, input: &str, wait: bool, api: &ApiArgs, json: bool) -> Result<()> {
+    let input: serde_json::Value =
+        serde_json::from_str(input).context("--input is not valid JSON")?;
+    let c = client(api)?;
+    let id = c.start(flow, &input)?;
+    if !wait {
+        if json {
+            println!("{}", serde_json::json!({ "run_id": id }));
+        } else {
+            println!("{id}");
+        }
+        return Ok(());
+    }
+    let last = c.wait(&id, Duration::from_secs(600), |_| {})?;
+    print_run(&last, json)?;
+    finished_ok(&last)
+}
+
+pub(crate) fn status(run: &str, watch: bool, api: &ApiArgs, json: bool) -> Result<()> {
+    let c = client(api)?;
+    if !watch {
+        return print_run(&c.status(run)?, json);
+    }
+    let last = c.wait(run, Duration::from_secs(3600), |v| {
+        let _ = print_run(v, json);
+    })?;
+    finished_ok(&last)
+}
+
+pub(crate) fn finished_ok(run: &serde_json::Value) -> Result<()> {
+    match run["state"].as_str() {
+        Some("completed") => Ok(()),
+        Some(s) => bail!(
+            "run {} ended {s}: {}",
+            run["id"].as_str().unwrap_or("?"),
+            run["error"].as_str().unwrap_or("")
+        ),
+        None => bail!("no state in the status"),
+    }
+}
+
+pub(crate) fn print_run(run: &serde_json::Value, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(run)?);
+        return Ok(());
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    println!(
+        "run {} ({}): {}{}",
+        s(&run["id"]),
+        s(&run["flow"]),
+        s(&run["state"]),
+        run["duration_ms"]
+            .as_u64()
+            .map(|d| format!(" in {d} ms"))
+            .unwrap_or_default()
+    );
+    if let Some(e) = run["error"].as_str() {
+        println!("  error: {e}");
+    }
+    for (id, st) in run["steps"].as_object().into_iter().flatten() {
+        println!(
+            "  {:<16} {:<20} attempts {:<2} {}{}",
+            id,
+            s(&st["state"]),
+            st["attempts"].as_u64().unwrap_or(0),
+            st["duration_ms"]
+                .as_u64()
+                .map(|d| format!("{d} ms"))
+                .unwrap_or_default(),
+            st["errors"]
+                .as_array()
+                .and_then(|e| e.last())
+                .map(|e| format!("  last error: {}", s(e)))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! The subcommands of the `troupe` binary, by what they work on.
+
+pub mod events;
+pub mod flows;
+pub mod plugins;
+pub mod run;
+
+pub(crate) use super::{ApiArgs, DlqCmd, load_app};

@@ -1,0 +1,108 @@
+//! `troupe new`, `troupe build`, `troupe conformance`: step plugins.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use troupe::runtime::Runtime;
+
+pub(crate) fn new_plugin(name: &str, lang: &str, parent: &Path, json: bool) -> Result<()> {
+    let Some(l) = troupe::builder::Lang::parse(lang) else {
+        bail!("unknown language {lang:?}: choose rust, python, js or c");
+    };
+    let dir = troupe::scaffold::create(parent, name, l)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "created": dir, "lang": l.name() })
+        );
+    } else {
+        println!("created {} ({} step)", dir.display(), l.name());
+        println!(
+            "next: troupe build {0} && troupe conformance $(troupe build {0} 2>/dev/null)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Where the conformance kit caches compiled components.
+pub(crate) fn user_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("troupe").join("artifacts")
+}
+
+pub(crate) fn conformance(component: &Path, json: bool) -> Result<()> {
+    use troupe::conformance::Verdict;
+    let rt = Runtime::new()?;
+    let report = troupe::conformance::check(&rt, component, &user_cache_dir())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "conformance of {}{}",
+            report.component,
+            report
+                .step
+                .as_ref()
+                .map(|s| format!(" (step {s})"))
+                .unwrap_or_default()
+        );
+        for c in &report.checks {
+            let v = match c.verdict {
+                Verdict::Pass => "PASS",
+                Verdict::Fail => "FAIL",
+                Verdict::Skip => "skip",
+            };
+            println!("  {v}  {:<18} {}", c.rule.id(), c.detail);
+        }
+    }
+    if !report.passed() {
+        let failed: Vec<&str> = report.failed().iter().map(|r| r.id()).collect();
+        bail!(
+            "{} does not conform: {}",
+            component.display(),
+            failed.join(", ")
+        );
+    }
+    if !json {
+        println!("conforms");
+    }
+    Ok(())
+}
+
+pub(crate) fn build(dirs: Vec<PathBuf>, json: bool) -> Result<()> {
+    let dirs = if dirs.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        dirs
+    };
+    let mut built = Vec::new();
+    for d in dirs {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(format!("building {}", d.display()));
+        bar.enable_steady_tick(Duration::from_millis(100));
+        let b = troupe::builder::build(&d).with_context(|| format!("cannot build {}", d.display()));
+        bar.finish_and_clear();
+        let b = b?;
+        let how = if b.rebuilt {
+            format!("built in {:.1?}", b.elapsed)
+        } else {
+            "up to date".into()
+        };
+        eprintln!("{} ({}): {how}", d.display(), b.lang.name());
+        if !json {
+            println!("{}", b.component.display());
+        }
+        built.push(serde_json::json!({
+            "dir": d, "lang": b.lang.name(), "component": b.component, "rebuilt": b.rebuilt,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&built)?);
+    }
+    Ok(())
+}
