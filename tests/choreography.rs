@@ -7,20 +7,21 @@ use std::time::Duration;
 use serde_json::json;
 use troupe::broker::ReasonClass;
 use troupe::choreo::CONTRACT_ALERT;
-use troupe_tests::{TestApp, data, event, eventually, guest, plugin, step};
+use troupe_tests::{TestApp, data, event, eventually, guest, plugin_steps, step};
 
 const IDLE: Duration = Duration::from_millis(300);
 
 fn orders_app(extra: &str) -> TestApp {
     let mut m = String::from("name = \"orders\"\n");
-    for p in [
-        "order-validate",
-        "inventory-reserve",
-        "payment-charge",
-        "shipping-dispatch",
-    ] {
-        m += &step(p, &plugin(p), "");
-    }
+    m += &plugin_steps(
+        &[
+            "order-validate",
+            "inventory-reserve",
+            "payment-charge",
+            "shipping-dispatch",
+        ],
+        "",
+    );
     m += extra;
     TestApp::new(&m)
 }

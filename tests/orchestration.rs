@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use troupe_tests::{ApiHost, TestApp, guest, plugin, step};
+use troupe_tests::{ApiHost, TestApp, guest, plugin, plugin_steps, step};
 
 /// An app with the order steps, the test `gate` (ships, or fails on
 /// purpose), the couriers, and `flows`: (file name, TOML).
@@ -310,15 +310,11 @@ fn a_hybrid_step_finishes_on_its_completion_event() {
 #[test]
 fn a_hybrid_step_times_out_without_its_completion_event() {
     // No courier steps: nobody answers the delivery request.
-    let mut m = String::new();
-    for p in ["order-validate", "payment-charge", "shipping-dispatch"] {
-        m += &step(p, &plugin(p), "");
-    }
-    m += &step(
-        "payment-refund",
-        &plugin("payment-refund"),
-        "choreography = false",
+    let mut m = plugin_steps(
+        &["order-validate", "payment-charge", "shipping-dispatch"],
+        "",
     );
+    m += &plugin_steps(&["payment-refund"], "choreography = false");
     let app = TestApp::new(&m);
     std::fs::create_dir(app.path().join("flows")).unwrap();
     std::fs::write(
@@ -495,9 +491,10 @@ fn runs_survive_sigkill() {
     let mut m = String::from("name = \"shop\"\n");
     // One worker per step: starts outpace the steps, so runs queue up and
     // many are in flight when the host dies.
-    for p in ["order-validate", "payment-charge", "shipping-dispatch"] {
-        m += &step(p, &plugin(p), "concurrency = 1");
-    }
+    m += &plugin_steps(
+        &["order-validate", "payment-charge", "shipping-dispatch"],
+        "concurrency = 1",
+    );
     m += &step(
         "sink",
         &guest("sink"),

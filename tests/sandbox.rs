@@ -194,7 +194,9 @@ async fn broken_components_are_refused_with_a_clear_error() {
         "{e}"
     );
 
-    let e = start_err(&guest("not-a-step")).await;
+    let other_world =
+        troupe_tests::build(&troupe_tests::repo().join("tests/conformance/not-a-step"));
+    let e = start_err(&other_world).await;
     assert!(
         matches!(
             e,

@@ -239,3 +239,8 @@ impl Drop for ApiHost {
     }
 }
 pub mod bench;
+
+/// `[steps.NAME]` tables for example plugins `names`, each with `extra`.
+pub fn plugin_steps(names: &[&str], extra: &str) -> String {
+    names.iter().map(|p| step(p, &plugin(p), extra)).collect()
+}
