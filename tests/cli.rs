@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use troupe_tests::{TestApp, plugin, repo, step, troupe_bin};
+use troupe_tests::{TestApp, guest, plugin, repo, step, troupe_bin};
 
 fn troupe(args: &[&str], app: &Path) -> Output {
     Command::new(troupe_bin())
@@ -169,4 +169,40 @@ fn build_compiles_a_rust_plugin_and_reports_what_it_made() {
     let empty = tempfile::tempdir().unwrap();
     let e = err(&troupe(&["build", empty.path().to_str().unwrap()], &repo()));
     assert!(e.contains("cannot tell the language of"), "{e}");
+}
+
+#[test]
+fn check_reports_broken_wiring_and_run_refuses_it() {
+    let fine = TestApp::new(
+        &(step("order-validate", &plugin("order-validate"), "")
+            + &step("payment-charge", &plugin("payment-charge"), "")),
+    );
+    let out = ok(&troupe(
+        &["check", fine.path().to_str().unwrap()],
+        fine.path(),
+    ));
+    assert!(
+        out.contains("ok    step payment-charge") && out.trim_end().ends_with("no errors"),
+        "{out}"
+    );
+
+    let broken = TestApp::new(
+        &(step("payment-charge", &plugin("payment-charge"), "")
+            + &step("strict", &guest("strict"), "")),
+    );
+    let o = troupe(&["check", broken.path().to_str().unwrap()], broken.path());
+    assert!(!o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("ERROR payment.charged from `payment-charge` to `strict`: the consumer requires /express_code, which the producer may leave out"),
+        "{text}"
+    );
+    let e = err(&troupe(
+        &["run", broken.path().to_str().unwrap(), "--until-idle"],
+        broken.path(),
+    ));
+    assert!(
+        e.contains("wiring is broken") && e.contains("express_code"),
+        "{e}"
+    );
 }

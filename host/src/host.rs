@@ -41,6 +41,8 @@ pub enum HostError {
     Threads(std::io::Error),
     #[error(transparent)]
     Flow(#[from] crate::flow::FlowError),
+    #[error("the app's wiring is broken (see `troupe check`):\n  {}", .0.join("\n  "))]
+    Wiring(Vec<String>),
 }
 
 /// Read and check the app's flows (`APP/flows/*.toml`) against its steps.
@@ -146,6 +148,14 @@ impl Host {
                 &app.name,
                 tokio::runtime::Handle::current(),
             )));
+        }
+        let broken: Vec<String> = crate::check::check(&steps)
+            .into_iter()
+            .filter(|f| f.severity == crate::check::Severity::Error)
+            .map(|f| f.message)
+            .collect();
+        if !broken.is_empty() {
+            return Err(HostError::Wiring(broken));
         }
         let flows = load_flows(&app, &steps)?;
         let orchestrator = if flows.is_empty() {

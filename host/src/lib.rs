@@ -22,12 +22,17 @@
 //! - [`builder`]: building plugin sources (Rust, Python, JavaScript, C)
 //!   into components, and [`scaffold`]: new plugins from templates.
 //! - [`conformance`]: the kit that checks a component honours the world.
+//! - [`check`]: the app's wiring: every produced type is one its consumers
+//!   accept (contracts change passively).
+//! - [`flow`], [`orchestrator`]: flow files and the durable state machine
+//!   that runs them; [`api`], [`client`]: the HTTP API and its client.
 //! - [`stats`]: per-step counters, shown by the CLI and (later) `/metrics`.
 
 pub mod api;
 pub mod app;
 pub mod broker;
 pub mod builder;
+pub mod check;
 pub mod choreo;
 pub mod client;
 pub mod conformance;

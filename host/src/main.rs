@@ -102,6 +102,12 @@ enum Cmd {
         #[arg(long, default_value = ".")]
         app: PathBuf,
     },
+    /// Check an app before running it: contracts, the wiring between steps
+    /// (every produced type must be one its consumers accept), flows.
+    Check {
+        /// The app directory.
+        app: PathBuf,
+    },
     /// Scaffold a step plugin from a template.
     New {
         /// The step's name: lower-case letters, digits and `-`.
@@ -207,6 +213,7 @@ fn run(cli: Cli) -> Result<()> {
             app,
         } => events::trace(&app, &correlation_id, json),
         Cmd::Build { dirs } => plugins::build(dirs, json),
+        Cmd::Check { app } => plugins::check(&app, json),
         Cmd::New { name, lang, dir } => plugins::new_plugin(&name, &lang, &dir, json),
         Cmd::Conformance { component } => plugins::conformance(&component, json),
     }

@@ -106,3 +106,71 @@ pub(crate) fn build(dirs: Vec<PathBuf>, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+pub(crate) fn check(dir: &Path, json: bool) -> Result<()> {
+    use troupe::check::Severity;
+    let app = super::load_app(dir)?;
+    let rt = Runtime::new()?;
+    let steps = troupe::host::load_steps(&rt, &app)?;
+    let findings = troupe::check::check(&steps);
+    let flows = troupe::host::load_flows(&app, &steps);
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count()
+        + usize::from(flows.is_err());
+    if json {
+        let v = serde_json::json!({
+            "steps": steps.iter().map(|s| s.name().to_string()).collect::<Vec<_>>(),
+            "flows": flows.as_ref().map(|f| f.iter().map(|f| f.name.clone()).collect::<Vec<_>>()).unwrap_or_default(),
+            "findings": findings,
+            "flow_error": flows.as_ref().err().map(|e| e.to_string()),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for s in &steps {
+            let c = &s.contract;
+            println!(
+                "ok    step {} ({} {}): consumes {}; produces {}",
+                s.name(),
+                c.name,
+                c.version,
+                names(&c.consumed_kinds()),
+                names(
+                    &c.produces
+                        .iter()
+                        .map(|t| t.kind.clone())
+                        .collect::<Vec<_>>()
+                )
+            );
+        }
+        match &flows {
+            Ok(fs) => fs
+                .iter()
+                .for_each(|f| println!("ok    flow {} ({} steps)", f.name, f.steps.len())),
+            Err(e) => println!("ERROR {e}"),
+        }
+        for f in &findings {
+            let tag = match f.severity {
+                Severity::Error => "ERROR",
+                Severity::Info => "info ",
+            };
+            println!("{tag} {}", f.message);
+        }
+    }
+    if errors > 0 {
+        bail!("{} has {errors} error(s)", dir.display());
+    }
+    if !json {
+        println!("no errors");
+    }
+    Ok(())
+}
+
+fn names(kinds: &[String]) -> String {
+    if kinds.is_empty() {
+        "nothing".into()
+    } else {
+        kinds.join(", ")
+    }
+}

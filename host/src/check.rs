@@ -1,0 +1,234 @@
+//! Checking an app's wiring before it runs (`troupe check`, and `troupe
+//! run`, which refuses to start on an error).
+//!
+//! Contracts may only change passively: every event a producer may emit
+//! must be one its consumers accept. For each event type that one step
+//! produces and another consumes, the producer's schema is compared with
+//! the consumer's, structurally: a field the consumer requires must be one
+//! the producer always sends, a field both describe must have compatible
+//! types and values, and a closed consumer (`additionalProperties: false`)
+//! must know every field the producer may send. Versions of one event type
+//! must share their major version. This is a sound-enough approximation of
+//! "the producer's schema is a subset of the consumer's" for the keywords
+//! contracts use (`type`, `required`, `properties`, `items`, `enum`,
+//! `additionalProperties`); what it cannot judge it does not report.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::runtime::step::LoadedStep;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The app would dead-letter valid traffic: it does not start.
+    Error,
+    /// Worth knowing (a type nobody consumes, or nobody in the app produces).
+    Info,
+}
+
+/// One thing the check found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub message: String,
+}
+
+/// Check the wiring of `steps`.
+pub fn check(steps: &[Arc<LoadedStep>]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for p in steps {
+        for produced in &p.contract.produces {
+            let consumers: Vec<_> = steps
+                .iter()
+                .filter_map(|c| {
+                    c.contract
+                        .consumes
+                        .iter()
+                        .find(|t| t.kind == produced.kind)
+                        .map(|t| (c, t))
+                })
+                .collect();
+            if consumers.is_empty() {
+                out.push(Finding {
+                    severity: Severity::Info,
+                    message: format!(
+                        "{} emitted by `{}` is consumed by no step of this app (other systems may)",
+                        produced.kind,
+                        p.name()
+                    ),
+                });
+            }
+            for (c, consumed) in consumers {
+                let wire = format!("{} from `{}` to `{}`", produced.kind, p.name(), c.name());
+                if major(&produced.version) != major(&consumed.version) {
+                    out.push(Finding {
+                        severity: Severity::Error,
+                        message: format!(
+                            "{wire}: `{}` emits version {} but `{}` reads version {}: a major version change is not passive",
+                            p.name(),
+                            produced.version,
+                            c.name(),
+                            consumed.version
+                        ),
+                    });
+                }
+                let mut problems = Vec::new();
+                compare(&produced.schema, &consumed.schema, "", &mut problems);
+                for problem in problems {
+                    out.push(Finding {
+                        severity: Severity::Error,
+                        message: format!("{wire}: {problem}"),
+                    });
+                }
+            }
+        }
+    }
+    for c in steps {
+        for consumed in &c.contract.consumes {
+            let produced = steps
+                .iter()
+                .any(|p| p.contract.produces.iter().any(|t| t.kind == consumed.kind));
+            if !produced {
+                out.push(Finding {
+                    severity: Severity::Info,
+                    message: format!(
+                        "{} consumed by `{}` is produced by no step of this app (it comes from outside: a producer, a flow, another system)",
+                        consumed.kind,
+                        c.name()
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn major(version: &str) -> &str {
+    version.split('.').next().unwrap_or(version)
+}
+
+fn types(schema: &Value) -> Option<Vec<&str>> {
+    match schema.get("type")? {
+        Value::String(t) => Some(vec![t.as_str()]),
+        Value::Array(ts) => Some(ts.iter().filter_map(Value::as_str).collect()),
+        _ => None,
+    }
+}
+
+fn required(schema: &Value) -> Vec<&str> {
+    schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// Record why data valid under `producer` might be invalid under `consumer`.
+fn compare(producer: &Value, consumer: &Value, at: &str, problems: &mut Vec<String>) {
+    let here = if at.is_empty() {
+        "/".to_string()
+    } else {
+        at.to_string()
+    };
+    if let Some(want) = types(consumer) {
+        match types(producer) {
+            Some(have) => {
+                let accepted =
+                    |t: &&str| want.contains(t) || (*t == "integer" && want.contains(&"number"));
+                let bad: Vec<&str> = have.iter().filter(|t| !accepted(t)).copied().collect();
+                if !bad.is_empty() {
+                    problems.push(format!(
+                        "at {here} the producer may send {} but the consumer accepts {}",
+                        bad.join(" or "),
+                        want.join(" or ")
+                    ));
+                    return;
+                }
+            }
+            None => problems.push(format!(
+                "at {here} the producer does not say what type it sends; the consumer accepts {}",
+                want.join(" or ")
+            )),
+        }
+    }
+    if let Some(Value::Array(allowed)) = consumer.get("enum") {
+        match producer.get("enum") {
+            Some(Value::Array(sent)) => {
+                for v in sent.iter().filter(|v| !allowed.contains(v)) {
+                    problems.push(format!("at {here} the producer may send {v}, which the consumer's enum does not allow"));
+                }
+            }
+            _ => problems.push(format!(
+                "at {here} the consumer accepts only {}, the producer is not restricted",
+                Value::Array(allowed.clone())
+            )),
+        }
+    }
+    let sent_required = required(producer);
+    let props = |s: &Value| {
+        s.get("properties")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (pp, cp) = (props(producer), props(consumer));
+    for r in required(consumer) {
+        if !sent_required.contains(&r) {
+            problems.push(format!(
+                "the consumer requires {at}/{r}, which the producer may leave out"
+            ));
+        }
+    }
+    for (name, c_schema) in &cp {
+        if let Some(p_schema) = pp.get(name) {
+            compare(p_schema, c_schema, &format!("{at}/{name}"), problems);
+        }
+    }
+    if consumer.get("additionalProperties") == Some(&Value::Bool(false)) {
+        for name in pp.keys().filter(|n| !cp.contains_key(*n)) {
+            problems.push(format!("the producer may send {at}/{name}, which the consumer does not allow (additionalProperties: false)"));
+        }
+    }
+    if let (Some(pi), Some(ci)) = (producer.get("items"), consumer.get("items")) {
+        compare(pi, ci, &format!("{at}/*"), problems);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn problems(p: Value, c: Value) -> Vec<String> {
+        let mut out = Vec::new();
+        compare(&p, &c, "", &mut out);
+        out
+    }
+
+    #[test]
+    fn passive_changes_pass_and_breaking_ones_are_named() {
+        let v1 = json!({"type": "object", "required": ["id", "qty"],
+                        "properties": {"id": {"type": "string"}, "qty": {"type": "integer"}}});
+        // A new optional field: passive.
+        let v2 = json!({"type": "object", "required": ["id", "qty"],
+                        "properties": {"id": {"type": "string"}, "qty": {"type": "integer"}, "note": {"type": "string"}}});
+        assert!(problems(v2.clone(), v1.clone()).is_empty());
+        // A removed required field, a retyped field: breaking.
+        let removed =
+            json!({"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}});
+        assert!(problems(removed, v1.clone())[0].contains("requires /qty"));
+        let retyped = json!({"type": "object", "required": ["id", "qty"],
+                             "properties": {"id": {"type": "string"}, "qty": {"type": "string"}}});
+        assert!(problems(retyped, v1.clone())[0].contains("at /qty the producer may send string"));
+        // Integers are numbers; a closed consumer must know every field.
+        let number = json!({"type": "object", "properties": {"qty": {"type": "number"}}});
+        assert!(problems(v1.clone(), number).is_empty());
+        let closed = json!({"type": "object", "additionalProperties": false, "properties": {"id": {}, "qty": {}}});
+        assert!(problems(v2, closed)[0].contains("/note"));
+        assert!(problems(json!({"enum": ["a", "b"]}), json!({"enum": ["a"]}))[0].contains("\"b\""));
+    }
+}
