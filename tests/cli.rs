@@ -206,3 +206,39 @@ fn check_reports_broken_wiring_and_run_refuses_it() {
         "{e}"
     );
 }
+
+#[test]
+fn graph_draws_who_consumes_and_produces_what() {
+    let app = TestApp::new(
+        &(step("order-validate", &plugin("order-validate"), "")
+            + &step("payment-charge", &plugin("payment-charge"), "")
+            + &step(
+                "payment-refund",
+                &plugin("payment-refund"),
+                "choreography = false",
+            )),
+    );
+    std::fs::create_dir(app.path().join("flows")).unwrap();
+    let flow = "input = \"order.placed\"\n[steps.validate]\nstep = \"order-validate\"\n[steps.charge]\nstep = \"payment-charge\"\ninput = \"validate\"\n";
+    std::fs::write(app.path().join("flows/pay.toml"), flow).unwrap();
+    let d = app.path().to_str().unwrap();
+    let m = ok(&troupe(&["graph", d], app.path()));
+    for line in [
+        "flowchart LR",
+        "e_order_placed --> s_order_validate",
+        "s_order_validate --> e_order_validated",
+        "e_order_validated --> s_payment_charge",
+        "e_payment_charged -.-> s_payment_refund",
+        "subgraph flow_pay[\"flow pay\"]",
+        "f_pay_validate --> f_pay_charge",
+        "f_pay_charge -.-> s_payment_charge",
+    ] {
+        assert!(m.contains(line), "{line:?} in\n{m}");
+    }
+    let dot = ok(&troupe(&["graph", d, "--format", "dot"], app.path()));
+    assert!(
+        dot.starts_with("digraph troupe {") && dot.contains("e_order_placed -> s_order_validate;"),
+        "{dot}"
+    );
+    assert!(err(&troupe(&["graph", d, "--format", "png"], app.path())).contains("unknown format"));
+}

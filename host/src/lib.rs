@@ -23,7 +23,7 @@
 //!   into components, and [`scaffold`]: new plugins from templates.
 //! - [`conformance`]: the kit that checks a component honours the world.
 //! - [`check`]: the app's wiring: every produced type is one its consumers
-//!   accept (contracts change passively).
+//!   accept (contracts change passively); [`graph`]: the wiring as a diagram.
 //! - [`flow`], [`orchestrator`]: flow files and the durable state machine
 //!   that runs them; [`api`], [`client`]: the HTTP API and its client.
 //! - [`stats`]: per-step counters, shown by the CLI and (later) `/metrics`.
@@ -39,6 +39,7 @@ pub mod conformance;
 pub mod contract;
 pub mod event;
 pub mod flow;
+pub mod graph;
 pub mod host;
 pub mod orchestrator;
 pub mod runtime;

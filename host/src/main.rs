@@ -108,6 +108,14 @@ enum Cmd {
         /// The app directory.
         app: PathBuf,
     },
+    /// Who consumes and produces what (and the flows), as a diagram.
+    Graph {
+        /// The app directory.
+        app: PathBuf,
+        /// mermaid or dot (Graphviz).
+        #[arg(long, default_value = "mermaid")]
+        format: String,
+    },
     /// Scaffold a step plugin from a template.
     New {
         /// The step's name: lower-case letters, digits and `-`.
@@ -214,6 +222,7 @@ fn run(cli: Cli) -> Result<()> {
         } => events::trace(&app, &correlation_id, json),
         Cmd::Build { dirs } => plugins::build(dirs, json),
         Cmd::Check { app } => plugins::check(&app, json),
+        Cmd::Graph { app, format } => plugins::graph(&app, &format),
         Cmd::New { name, lang, dir } => plugins::new_plugin(&name, &lang, &dir, json),
         Cmd::Conformance { component } => plugins::conformance(&component, json),
     }

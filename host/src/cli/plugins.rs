@@ -174,3 +174,17 @@ fn names(kinds: &[String]) -> String {
         kinds.join(", ")
     }
 }
+
+pub(crate) fn graph(dir: &Path, format: &str) -> Result<()> {
+    let format = match format {
+        "mermaid" => troupe::graph::Format::Mermaid,
+        "dot" => troupe::graph::Format::Dot,
+        other => bail!("unknown format {other:?}: choose mermaid or dot"),
+    };
+    let app = super::load_app(dir)?;
+    let rt = Runtime::new()?;
+    let steps = troupe::host::load_steps(&rt, &app)?;
+    let flows = troupe::host::load_flows(&app, &steps)?;
+    print!("{}", troupe::graph::render(&steps, &flows, format));
+    Ok(())
+}
