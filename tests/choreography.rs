@@ -7,21 +7,13 @@ use std::time::Duration;
 use serde_json::json;
 use troupe::broker::ReasonClass;
 use troupe::choreo::CONTRACT_ALERT;
-use troupe_tests::{TestApp, data, event, eventually, guest, plugin_steps, step};
+use troupe_tests::{ORDER_STEPS, TestApp, data, event, eventually, guest, plugin_steps, step};
 
 const IDLE: Duration = Duration::from_millis(300);
 
 fn orders_app(extra: &str) -> TestApp {
     let mut m = String::from("name = \"orders\"\n");
-    m += &plugin_steps(
-        &[
-            "order-validate",
-            "inventory-reserve",
-            "payment-charge",
-            "shipping-dispatch",
-        ],
-        "",
-    );
+    m += &plugin_steps(&ORDER_STEPS, "");
     m += extra;
     TestApp::new(&m)
 }

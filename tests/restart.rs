@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use troupe_tests::{TestApp, guest, plugin_steps, step, troupe_bin};
+use troupe_tests::{ORDER_STEPS, TestApp, guest, plugin_steps, step, troupe_bin};
 
 const ORDERS: usize = 3000;
 
@@ -14,15 +14,7 @@ const ORDERS: usize = 3000;
 fn sigkill_mid_cascade_loses_nothing() {
     let bin = troupe_bin();
     let mut m = String::from("name = \"orders\"\n");
-    m += &plugin_steps(
-        &[
-            "order-validate",
-            "inventory-reserve",
-            "payment-charge",
-            "shipping-dispatch",
-        ],
-        "",
-    );
+    m += &plugin_steps(&ORDER_STEPS, "");
     m += &step(
         "sink",
         &guest("sink"),

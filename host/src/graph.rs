@@ -27,8 +27,29 @@ fn id(prefix: &str, name: &str) -> String {
     format!("{prefix}_{clean}")
 }
 
-/// The graph of `steps` and `flows` in `format`.
-pub fn render(steps: &[Arc<LoadedStep>], flows: &[Flow], format: Format) -> String {
+/// What a node stands for; it decides the node's shape.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Step,
+    Event,
+    FlowStep,
+}
+
+struct Node {
+    id: String,
+    label: String,
+    kind: Kind,
+}
+
+/// The graph once, whatever the format: nodes, edges (from, to, dotted),
+/// and one cluster of flow-step nodes per flow.
+struct Graph {
+    nodes: Vec<Node>,
+    edges: Vec<(String, String, bool)>,
+    clusters: Vec<(String, String, Vec<Node>)>,
+}
+
+fn build(steps: &[Arc<LoadedStep>], flows: &[Flow]) -> Graph {
     let mut kinds: Vec<String> = steps
         .iter()
         .flat_map(|s| {
@@ -41,106 +62,114 @@ pub fn render(steps: &[Arc<LoadedStep>], flows: &[Flow], format: Format) -> Stri
         .collect();
     kinds.sort();
     kinds.dedup();
-    let mut nodes = Vec::new();
-    let mut edges = Vec::new();
+    let mut g = Graph {
+        nodes: Vec::new(),
+        edges: Vec::new(),
+        clusters: Vec::new(),
+    };
     for s in steps {
-        nodes.push((id("s", s.name()), s.name().to_string(), true));
+        g.nodes.push(Node {
+            id: id("s", s.name()),
+            label: s.name().to_string(),
+            kind: Kind::Step,
+        });
         // A commands-only step is not subscribed: a dotted edge.
         let subscribed = s.sandbox.config.choreography;
         for t in &s.contract.consumes {
-            edges.push((id("e", &t.kind), id("s", s.name()), !subscribed));
+            g.edges
+                .push((id("e", &t.kind), id("s", s.name()), !subscribed));
         }
         for t in &s.contract.produces {
-            edges.push((id("s", s.name()), id("e", &t.kind), false));
+            g.edges.push((id("s", s.name()), id("e", &t.kind), false));
         }
     }
-    for k in &kinds {
-        nodes.push((id("e", k), k.clone(), false));
+    for k in kinds {
+        g.nodes.push(Node {
+            id: id("e", &k),
+            label: k,
+            kind: Kind::Event,
+        });
     }
+    for f in flows {
+        let prefix = format!("f_{}", f.name);
+        let members = f
+            .steps
+            .iter()
+            .map(|s| Node {
+                id: id(&prefix, &s.id),
+                label: s.id.clone(),
+                kind: Kind::FlowStep,
+            })
+            .collect();
+        g.clusters
+            .push((id("flow", &f.name), format!("flow {}", f.name), members));
+        for s in &f.steps {
+            let me = id(&prefix, &s.id);
+            for dep in &s.after {
+                g.edges.push((id(&prefix, dep), me.clone(), false));
+            }
+            let target = match &s.action {
+                Action::Command { step } => id("s", step),
+                Action::Hybrid { kind, .. } => id("e", kind),
+            };
+            g.edges.push((me, target, true));
+        }
+    }
+    g
+}
+
+/// The graph of `steps` and `flows` in `format`.
+pub fn render(steps: &[Arc<LoadedStep>], flows: &[Flow], format: Format) -> String {
+    let g = build(steps, flows);
     let mut out = String::new();
     match format {
         Format::Mermaid => {
+            let node = |n: &Node| match n.kind {
+                Kind::Event => format!("{}([\"{}\"])", n.id, n.label),
+                Kind::Step | Kind::FlowStep => format!("{}[\"{}\"]", n.id, n.label),
+            };
             out.push_str("flowchart LR\n");
-            for (n, label, is_step) in &nodes {
-                let _ = if *is_step {
-                    writeln!(out, "  {n}[\"{label}\"]")
-                } else {
-                    writeln!(out, "  {n}([\"{label}\"])")
-                };
+            for n in &g.nodes {
+                let _ = writeln!(out, "  {}", node(n));
             }
-            for (a, b, dotted) in &edges {
+            for (cluster, label, members) in &g.clusters {
+                let _ = writeln!(out, "  subgraph {cluster}[\"{label}\"]");
+                for n in members {
+                    let _ = writeln!(out, "    {}", node(n));
+                }
+                out.push_str("  end\n");
+            }
+            for (a, b, dotted) in &g.edges {
                 let arrow = if *dotted { "-.->" } else { "-->" };
                 let _ = writeln!(out, "  {a} {arrow} {b}");
             }
-            for f in flows {
-                let _ = writeln!(
-                    out,
-                    "  subgraph {}[\"flow {}\"]",
-                    id("flow", &f.name),
-                    f.name
-                );
-                for s in &f.steps {
-                    let _ = writeln!(
-                        out,
-                        "    {}[\"{}\"]",
-                        id(&format!("f_{}", f.name), &s.id),
-                        s.id
-                    );
-                }
-                out.push_str("  end\n");
-                for s in &f.steps {
-                    let me = id(&format!("f_{}", f.name), &s.id);
-                    for dep in &s.after {
-                        let _ = writeln!(out, "  {} --> {me}", id(&format!("f_{}", f.name), dep));
-                    }
-                    match &s.action {
-                        Action::Command { step } => {
-                            let _ = writeln!(out, "  {me} -.-> {}", id("s", step));
-                        }
-                        Action::Hybrid { kind, .. } => {
-                            let _ = writeln!(out, "  {me} -.-> {}", id("e", kind));
-                        }
-                    }
-                }
-            }
         }
         Format::Dot => {
+            let node = |n: &Node| {
+                let shape = match n.kind {
+                    Kind::Step => "shape=box",
+                    Kind::Event => "shape=ellipse",
+                    Kind::FlowStep => "shape=box, style=rounded",
+                };
+                format!("{} [label=\"{}\", {shape}];", n.id, n.label)
+            };
             out.push_str("digraph troupe {\n  rankdir=LR;\n");
-            for (n, label, is_step) in &nodes {
-                let shape = if *is_step { "box" } else { "ellipse" };
-                let _ = writeln!(out, "  {n} [label=\"{label}\", shape={shape}];");
+            for n in &g.nodes {
+                let _ = writeln!(out, "  {}", node(n));
             }
-            for (a, b, dotted) in &edges {
-                let style = if *dotted { " [style=dotted]" } else { "" };
-                let _ = writeln!(out, "  {a} -> {b}{style};");
-            }
-            for f in flows {
+            for (cluster, label, members) in &g.clusters {
                 let _ = writeln!(
                     out,
-                    "  subgraph cluster_{} {{\n    label=\"flow {}\";",
-                    id("flow", &f.name),
-                    f.name
+                    "  subgraph cluster_{cluster} {{\n    label=\"{label}\";"
                 );
-                for s in &f.steps {
-                    let _ = writeln!(
-                        out,
-                        "    {} [label=\"{}\", shape=box, style=rounded];",
-                        id(&format!("f_{}", f.name), &s.id),
-                        s.id
-                    );
+                for n in members {
+                    let _ = writeln!(out, "    {}", node(n));
                 }
                 out.push_str("  }\n");
-                for s in &f.steps {
-                    let me = id(&format!("f_{}", f.name), &s.id);
-                    for dep in &s.after {
-                        let _ = writeln!(out, "  {} -> {me};", id(&format!("f_{}", f.name), dep));
-                    }
-                    let target = match &s.action {
-                        Action::Command { step } => id("s", step),
-                        Action::Hybrid { kind, .. } => id("e", kind),
-                    };
-                    let _ = writeln!(out, "  {me} -> {target} [style=dotted];");
-                }
+            }
+            for (a, b, dotted) in &g.edges {
+                let style = if *dotted { " [style=dotted]" } else { "" };
+                let _ = writeln!(out, "  {a} -> {b}{style};");
             }
             out.push_str("}\n");
         }

@@ -240,6 +240,14 @@ impl Drop for ApiHost {
 }
 pub mod bench;
 
+/// The order example's choreographed steps (Rust builds).
+pub const ORDER_STEPS: [&str; 4] = [
+    "order-validate",
+    "inventory-reserve",
+    "payment-charge",
+    "shipping-dispatch",
+];
+
 /// `[steps.NAME]` tables for example plugins `names`, each with `extra`.
 pub fn plugin_steps(names: &[&str], extra: &str) -> String {
     names.iter().map(|p| step(p, &plugin(p), extra)).collect()

@@ -52,10 +52,6 @@ impl Group {
         let _ = self.tx.try_send(d);
     }
 
-    fn requeue(&self, d: Delivery) {
-        self.push(d);
-    }
-
     fn add_pending(&self) {
         self.pending.fetch_add(1, Ordering::Relaxed);
     }

@@ -170,7 +170,7 @@ impl Writer {
             for (g, d, delay) in fx.retry {
                 self.runtime.spawn(async move {
                     tokio::time::sleep(delay).await;
-                    g.requeue(d);
+                    g.push(d);
                 });
             }
         }
