@@ -1,21 +1,35 @@
-//! Choreography on the embedded broker, against real components: the order
-//! example's cascade and fan-out, retries, rejects, traps, contract
-//! violations both ways, and DLQ replay.
+//! Choreography against real components, on each broker (the embedded one
+//! and the real NATS server): the order example's cascade and fan-out,
+//! retries, rejects, traps, contract violations both ways, and DLQ replay.
 
 use std::time::Duration;
 
 use serde_json::json;
 use troupe::broker::ReasonClass;
 use troupe::choreo::CONTRACT_ALERT;
-use troupe_tests::{ORDER_STEPS, TestApp, data, event, eventually, guest, plugin_steps, step};
+use troupe_tests::{
+    Backend, ORDER_STEPS, TestApp, data, event, eventually, guest, on_each_broker, plugin_steps,
+    step,
+};
 
 const IDLE: Duration = Duration::from_millis(300);
 
-fn orders_app(extra: &str) -> TestApp {
+on_each_broker!(
+    a_cascade_runs_end_to_end_with_fan_out_and_host_owned_attributes,
+    a_rejected_event_goes_to_the_dlq_at_once_and_stops_the_cascade,
+    a_retry_is_redelivered_with_backoff_until_it_succeeds,
+    retries_past_the_budget_are_dead_lettered_as_exhausted,
+    a_trap_is_retried_then_dead_lettered_and_the_host_keeps_serving,
+    input_that_breaks_the_contract_is_dead_lettered_at_once_with_an_alert,
+    output_that_breaks_the_contract_is_dead_lettered_and_not_published,
+    a_dead_letter_replayed_after_the_fault_is_fixed_completes,
+);
+
+fn orders_app(b: Backend, extra: &str) -> TestApp {
     let mut m = String::from("name = \"orders\"\n");
     m += &plugin_steps(&ORDER_STEPS, "");
     m += extra;
-    TestApp::new(&m)
+    TestApp::on(b, &m)
 }
 
 fn order(id: &str, lines: serde_json::Value) -> troupe::event::Event {
@@ -27,9 +41,8 @@ fn order(id: &str, lines: serde_json::Value) -> troupe::event::Event {
     e
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cascade_runs_end_to_end_with_fan_out_and_host_owned_attributes() {
-    let app = orders_app("");
+async fn a_cascade_runs_end_to_end_with_fan_out_and_host_owned_attributes(b: Backend) {
+    let app = orders_app(b, "");
     let host = app.start().await;
     let placed = order("o-1", json!([{"sku": "tea", "qty": 2, "price_cents": 450}]));
     host.broker.publish(vec![placed.clone()]).await.unwrap();
@@ -84,9 +97,8 @@ async fn a_cascade_runs_end_to_end_with_fan_out_and_host_owned_attributes() {
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_rejected_event_goes_to_the_dlq_at_once_and_stops_the_cascade() {
-    let app = orders_app("");
+async fn a_rejected_event_goes_to_the_dlq_at_once_and_stops_the_cascade(b: Backend) {
+    let app = orders_app(b, "");
     let host = app.start().await;
     let bad = order("o-empty", json!([]));
     host.broker.publish(vec![bad.clone()]).await.unwrap();
@@ -109,13 +121,15 @@ async fn a_rejected_event_goes_to_the_dlq_at_once_and_stops_the_cascade() {
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_retry_is_redelivered_with_backoff_until_it_succeeds() {
-    let app = TestApp::new(&step(
-        "flaky",
-        &guest("flaky"),
-        "retry = { max_attempts = 5, backoff_ms = 20 }",
-    ));
+async fn a_retry_is_redelivered_with_backoff_until_it_succeeds(b: Backend) {
+    let app = TestApp::on(
+        b,
+        &step(
+            "flaky",
+            &guest("flaky"),
+            "retry = { max_attempts = 5, backoff_ms = 20 }",
+        ),
+    );
     let host = app.start().await;
     let e = event("test.flaky", json!({"fail_times": 2}));
     let started = std::time::Instant::now();
@@ -140,13 +154,15 @@ async fn a_retry_is_redelivered_with_backoff_until_it_succeeds() {
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn retries_past_the_budget_are_dead_lettered_as_exhausted() {
-    let app = TestApp::new(&step(
-        "flaky",
-        &guest("flaky"),
-        "retry = { max_attempts = 2, backoff_ms = 10 }",
-    ));
+async fn retries_past_the_budget_are_dead_lettered_as_exhausted(b: Backend) {
+    let app = TestApp::on(
+        b,
+        &step(
+            "flaky",
+            &guest("flaky"),
+            "retry = { max_attempts = 2, backoff_ms = 10 }",
+        ),
+    );
     let host = app.start().await;
     host.broker
         .publish(vec![event("test.flaky", json!({"fail_times": 9}))])
@@ -164,14 +180,13 @@ async fn retries_past_the_budget_are_dead_lettered_as_exhausted() {
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_trap_is_retried_then_dead_lettered_and_the_host_keeps_serving() {
+async fn a_trap_is_retried_then_dead_lettered_and_the_host_keeps_serving(b: Backend) {
     let m = step(
         "trapper",
         &guest("trapper"),
         "retry = { max_attempts = 3, backoff_ms = 10 }",
     ) + &step("echo", &guest("echo"), "");
-    let app = TestApp::new(&m);
+    let app = TestApp::on(b, &m);
     let host = app.start().await;
     let crash = event("test.crash", json!({}));
     let ping = event("test.ping", json!({"n": 7}));
@@ -194,9 +209,8 @@ async fn a_trap_is_retried_then_dead_lettered_and_the_host_keeps_serving() {
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn input_that_breaks_the_contract_is_dead_lettered_at_once_with_an_alert() {
-    let app = orders_app("");
+async fn input_that_breaks_the_contract_is_dead_lettered_at_once_with_an_alert(b: Backend) {
+    let app = orders_app(b, "");
     let host = app.start().await;
     let bad = order(
         "o-bad",
@@ -236,9 +250,8 @@ async fn input_that_breaks_the_contract_is_dead_lettered_at_once_with_an_alert()
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn output_that_breaks_the_contract_is_dead_lettered_and_not_published() {
-    let app = TestApp::new(&step("liar", &guest("liar"), ""));
+async fn output_that_breaks_the_contract_is_dead_lettered_and_not_published(b: Backend) {
+    let app = TestApp::on(b, &step("liar", &guest("liar"), ""));
     let host = app.start().await;
     let bad = event("test.bad-output", json!({}));
     let undeclared = event("test.undeclared", json!({}));
@@ -302,9 +315,8 @@ async fn output_that_breaks_the_contract_is_dead_lettered_and_not_published() {
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_dead_letter_replayed_after_the_fault_is_fixed_completes() {
-    let app = TestApp::new("");
+async fn a_dead_letter_replayed_after_the_fault_is_fixed_completes(b: Backend) {
+    let app = TestApp::on(b, "");
     let out = app.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let manifest = step(

@@ -1,15 +1,18 @@
 //! Orchestration and hybrid flows through the HTTP API, against real
-//! components: runs complete, retry, time out, join, branch, compensate,
-//! hand work to the choreography; the API refuses what it must.
+//! components, on each broker (embedded and NATS): runs complete, retry,
+//! time out, join, branch, compensate, hand work to the choreography; the
+//! API refuses what it must.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use troupe_tests::{ApiHost, TestApp, guest, plugin, plugin_steps, step};
+use troupe_tests::{
+    ApiHost, Backend, TestApp, guest, on_each_broker_blocking, plugin, plugin_steps, step,
+};
 
 /// An app with the order steps, the test `gate` (ships, or fails on
 /// purpose), the couriers, and `flows`: (file name, TOML).
-fn app(flows: &[(&str, &str)]) -> TestApp {
+fn app(b: Backend, flows: &[(&str, &str)]) -> TestApp {
     let mut m = String::from("name = \"shop\"\n");
     for p in [
         "order-validate",
@@ -29,7 +32,7 @@ fn app(flows: &[(&str, &str)]) -> TestApp {
         &guest("gate"),
         "choreography = false\nlimits = { timeout_ms = 20000 }",
     );
-    let app = TestApp::new(&m);
+    let app = TestApp::on(b, &m);
     std::fs::create_dir(app.path().join("flows")).unwrap();
     for (name, text) in flows {
         std::fs::write(app.path().join("flows").join(format!("{name}.toml")), text).unwrap();
@@ -63,6 +66,19 @@ timeout_ms = 300
 retry = { max_attempts = 3, backoff_ms = 20 }
 "#;
 
+on_each_broker_blocking!(
+    a_run_completes_and_its_status_shows_every_step_and_the_join,
+    a_transient_failure_is_resubmitted_and_succeeds,
+    a_permanent_failure_runs_the_compensations_in_reverse_order,
+    a_step_timeout_is_retried_then_fails_the_run,
+    a_run_timeout_ends_the_run_timed_out,
+    a_condition_picks_a_branch,
+    a_hybrid_step_finishes_on_its_completion_event,
+    a_hybrid_step_times_out_without_its_completion_event,
+    the_api_refuses_requests_without_the_token_and_bad_requests,
+    a_commands_only_step_is_not_subscribed_to_the_choreography,
+);
+
 fn order(id: &str, customer: &str) -> Value {
     json!({"order_id": id, "customer": customer, "lines": [{"sku": "tea", "qty": 2, "price_cents": 300}]})
 }
@@ -87,9 +103,9 @@ fn state<'a>(run: &'a Value, step: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no step {step} in {run:#}"))
 }
 
-#[test]
-fn a_run_completes_and_its_status_shows_every_step_and_the_join() {
-    let h = ApiHost::start(&app(&[("fulfil", FULFIL)]));
+fn a_run_completes_and_its_status_shows_every_step_and_the_join(b: Backend) {
+    let app = app(b, &[("fulfil", FULFIL)]);
+    let h = ApiHost::start(&app);
     let run = h.run("fulfil", order("o-1", "ada"));
     assert_eq!(run["state"], "completed", "{run:#}");
     for s in ["validate", "reserve", "charge", "ship"] {
@@ -120,9 +136,9 @@ fn a_run_completes_and_its_status_shows_every_step_and_the_join() {
     );
 }
 
-#[test]
-fn a_transient_failure_is_resubmitted_and_succeeds() {
-    let h = ApiHost::start(&app(&[("fulfil", FULFIL)]));
+fn a_transient_failure_is_resubmitted_and_succeeds(b: Backend) {
+    let app = app(b, &[("fulfil", FULFIL)]);
+    let h = ApiHost::start(&app);
     let run = h.run("fulfil", order("o-2", "flaky"));
     assert_eq!(run["state"], "completed", "{run:#}");
     assert_eq!(run["steps"]["ship"]["attempts"], 3);
@@ -139,9 +155,9 @@ fn a_transient_failure_is_resubmitted_and_succeeds() {
     assert_eq!(run["steps"]["reserve"]["attempts"], 3);
 }
 
-#[test]
-fn a_permanent_failure_runs_the_compensations_in_reverse_order() {
-    let h = ApiHost::start(&app(&[("fulfil", FULFIL)]));
+fn a_permanent_failure_runs_the_compensations_in_reverse_order(b: Backend) {
+    let app = app(b, &[("fulfil", FULFIL)]);
+    let h = ApiHost::start(&app);
     let run = h.run("fulfil", order("o-4", "mallory"));
     assert_eq!(run["state"], "compensated", "{run:#}");
     assert!(
@@ -185,9 +201,9 @@ fn a_permanent_failure_runs_the_compensations_in_reverse_order() {
     );
 }
 
-#[test]
-fn a_step_timeout_is_retried_then_fails_the_run() {
-    let h = ApiHost::start(&app(&[("fulfil", FULFIL)]));
+fn a_step_timeout_is_retried_then_fails_the_run(b: Backend) {
+    let app = app(b, &[("fulfil", FULFIL)]);
+    let h = ApiHost::start(&app);
     let started = std::time::Instant::now();
     let run = h.run("fulfil", order("o-5", "slow"));
     assert_eq!(state(&run, "ship"), "timed_out", "{run:#}");
@@ -205,12 +221,12 @@ fn a_step_timeout_is_retried_then_fails_the_run() {
     );
 }
 
-#[test]
-fn a_run_timeout_ends_the_run_timed_out() {
+fn a_run_timeout_ends_the_run_timed_out(b: Backend) {
     let flow = FULFIL
         .replace("timeout_ms = 20000", "timeout_ms = 400")
         .replace("timeout_ms = 300", "timeout_ms = 10000");
-    let h = ApiHost::start(&app(&[("fulfil", &flow)]));
+    let app = app(b, &[("fulfil", &flow)]);
+    let h = ApiHost::start(&app);
     let run = h.run("fulfil", order("o-6", "slow"));
     assert_eq!(run["state"], "timed_out", "{run:#}");
     assert!(
@@ -227,8 +243,7 @@ fn a_run_timeout_ends_the_run_timed_out() {
     );
 }
 
-#[test]
-fn a_condition_picks_a_branch() {
+fn a_condition_picks_a_branch(b: Backend) {
     let flow = r#"
 input = "order.placed"
 
@@ -249,7 +264,8 @@ step = "shipping-dispatch"
 input = "charge"
 when = "validate.total_cents < 10000"
 "#;
-    let h = ApiHost::start(&app(&[("branch", flow)]));
+    let app = app(b, &[("branch", flow)]);
+    let h = ApiHost::start(&app);
     let small = h.run("branch", order("o-7", "ada"));
     assert_eq!(small["state"], "completed", "{small:#}");
     assert_eq!(
@@ -289,9 +305,9 @@ timeout_ms = 1000
 retry = { max_attempts = 1 }
 "#;
 
-#[test]
-fn a_hybrid_step_finishes_on_its_completion_event() {
-    let h = ApiHost::start(&app(&[("deliver", DELIVER)]));
+fn a_hybrid_step_finishes_on_its_completion_event(b: Backend) {
+    let app = app(b, &[("deliver", DELIVER)]);
+    let h = ApiHost::start(&app);
     let run = h.run("deliver", order("o-9", "grace"));
     assert_eq!(run["state"], "completed", "{run:#}");
     assert_eq!(run["steps"]["deliver"]["output_type"], "order.delivered");
@@ -307,15 +323,14 @@ fn a_hybrid_step_finishes_on_its_completion_event() {
     assert!(run["error"].as_str().unwrap().contains("delivery.failed"));
 }
 
-#[test]
-fn a_hybrid_step_times_out_without_its_completion_event() {
+fn a_hybrid_step_times_out_without_its_completion_event(b: Backend) {
     // No courier steps: nobody answers the delivery request.
     let mut m = plugin_steps(
         &["order-validate", "payment-charge", "shipping-dispatch"],
         "",
     );
     m += &plugin_steps(&["payment-refund"], "choreography = false");
-    let app = TestApp::new(&m);
+    let app = TestApp::on(b, &m);
     std::fs::create_dir(app.path().join("flows")).unwrap();
     std::fs::write(
         app.path().join("flows/deliver.toml"),
@@ -328,9 +343,9 @@ fn a_hybrid_step_times_out_without_its_completion_event() {
     assert_eq!(run["state"], "compensated");
 }
 
-#[test]
-fn the_api_refuses_requests_without_the_token_and_bad_requests() {
-    let h = ApiHost::start(&app(&[("fulfil", FULFIL)]));
+fn the_api_refuses_requests_without_the_token_and_bad_requests(b: Backend) {
+    let app = app(b, &[("fulfil", FULFIL)]);
+    let h = ApiHost::start(&app);
     let base = h.client.base.clone();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -466,7 +481,7 @@ fn malformed_flow_files_are_refused_with_the_line() {
         ),
     ];
     for (what, text, line, message) in bad {
-        let app = app(&[("broken", text)]);
+        let app = app(Backend::Embedded, &[("broken", text)]);
         let err = ApiHost::try_start(&app)
             .err()
             .unwrap_or_else(|| panic!("{what}: the flow was accepted"))
@@ -607,9 +622,9 @@ fn runs_survive_sigkill() {
     );
 }
 
-#[test]
-fn a_commands_only_step_is_not_subscribed_to_the_choreography() {
-    let h = ApiHost::start(&app(&[("fulfil", FULFIL)]));
+fn a_commands_only_step_is_not_subscribed_to_the_choreography(b: Backend) {
+    let app = app(b, &[("fulfil", FULFIL)]);
+    let h = ApiHost::start(&app);
     let reserved = json!({"type": "inventory.reserved", "data": {"order_id": "o-13", "reservation": "r", "units": 1}});
     let id = h.client.publish(&reserved).unwrap();
     let host = h.host.as_ref().unwrap();
@@ -625,4 +640,65 @@ fn a_commands_only_step_is_not_subscribed_to_the_choreography() {
     // ... but it takes commands: a failing run is compensated through it.
     let run = h.run("fulfil", order("o-14", "mallory"));
     assert_eq!(state(&run, "reserve"), "compensated", "{run:#}");
+}
+
+/// Two teams' apps on their own hosts, in one NATS namespace: the shop's
+/// hybrid `deliver` flow hands the parcel to the couriers' app and waits
+/// for the `order.delivered` that app's cascade produces; the shop's
+/// choreography reaches the couriers' steps and back.
+#[test]
+fn two_apps_on_nats_exchange_events_and_a_hybrid_flow_waits_on_the_other() {
+    let mut shop = String::from("name = \"shop\"\n");
+    shop += &plugin_steps(
+        &["order-validate", "payment-charge", "shipping-dispatch"],
+        "",
+    );
+    shop += &plugin_steps(&["payment-refund"], "choreography = false");
+    let shop = TestApp::on(Backend::Nats, &shop);
+    std::fs::create_dir(shop.path().join("flows")).unwrap();
+    std::fs::write(shop.path().join("flows/deliver.toml"), DELIVER).unwrap();
+    let couriers = String::from("name = \"couriers\"\n")
+        + &plugin_steps(&["courier-pickup", "courier-deliver"], "");
+    let couriers = TestApp::beside(&shop, &couriers);
+    let c = ApiHost::start(&couriers);
+    let s = ApiHost::start(&shop);
+
+    let run = s.run("deliver", order("o-20", "grace"));
+    assert_eq!(run["state"], "completed", "{run:#}");
+    assert_eq!(run["steps"]["deliver"]["output_type"], "order.delivered");
+    let trace = s
+        .client
+        .get(&format!("/v1/traces/{}", run["id"].as_str().unwrap()))
+        .unwrap();
+    let source_of = |kind: &str| {
+        trace
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == kind)
+            .unwrap_or_else(|| panic!("{kind} in {trace:#}"))["source"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        source_of("parcel.picked-up"),
+        "troupe://couriers/step/courier-pickup"
+    );
+    assert_eq!(
+        source_of("order.delivered"),
+        "troupe://couriers/step/courier-deliver"
+    );
+    let stats = c.host.as_ref().unwrap().stats.snapshot();
+    assert_eq!(
+        (
+            stats["courier-pickup"].handled,
+            stats["courier-deliver"].handled
+        ),
+        (1, 1),
+        "the couriers' host did the couriers' work"
+    );
+    // The other team's failure event fails the step; the shop compensates.
+    let run = s.run("deliver", order("o-21", "nobody"));
+    assert_eq!(run["state"], "compensated", "{run:#}");
 }

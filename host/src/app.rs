@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::broker::BrokerUrl;
 use crate::contract::is_step_name;
 
 /// The manifest's file name inside an app directory.
@@ -47,6 +48,9 @@ pub struct App {
     pub name: String,
     /// Steps, in the order of their names.
     pub steps: BTreeMap<String, StepConfig>,
+    /// The broker: `[broker] url`, unless `--broker` or `TROUPE_BROKER`
+    /// says otherwise; embedded by default.
+    pub broker: BrokerUrl,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +59,13 @@ struct Manifest {
     name: Option<String>,
     #[serde(default)]
     steps: BTreeMap<String, StepConfig>,
+    broker: Option<BrokerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BrokerSection {
+    url: String,
 }
 
 /// Where a step's component comes from.
@@ -237,10 +248,18 @@ impl App {
             }
             steps.insert(step, cfg);
         }
+        let broker = match manifest.broker {
+            None => BrokerUrl::Embedded,
+            Some(b) => b.url.parse().map_err(|message| AppError::Parse {
+                path: path.to_path_buf(),
+                message: format!("[broker] url: {message}"),
+            })?,
+        };
         Ok(App {
             dir: dir.to_path_buf(),
             name,
             steps,
+            broker,
         })
     }
 

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::{App, Source};
-use crate::broker::embedded::Embedded;
 use crate::broker::{Broker, BrokerError};
 use crate::builder::{self, BuildError};
 use crate::choreo::Wiring;
@@ -108,15 +107,16 @@ pub struct Host {
 }
 
 impl Host {
-    /// Load `app` and start it on the embedded broker in its state folder.
-    /// Must be called within a multi-threaded tokio runtime.
+    /// Load `app` and start it on the broker `app.broker` names (the
+    /// embedded one in its state folder by default). Must be called within
+    /// a multi-threaded tokio runtime.
     pub async fn start(app: App) -> Result<Host, HostError> {
         let rt = Arc::new(Runtime::new()?);
         let (rt2, app2) = (rt.clone(), app.clone());
         let steps = tokio::task::spawn_blocking(move || load_steps(&rt2, &app2))
             .await
             .expect("loading does not panic")?;
-        let broker: Arc<dyn Broker> = Arc::new(Embedded::open(&app.state_dir())?);
+        let broker = crate::broker::open(&app.broker, &app.name, &app.state_dir()).await?;
         Self::start_with(app, rt, steps, broker).await
     }
 

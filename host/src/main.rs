@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use troupe::app::App;
+use troupe::broker::BrokerUrl;
 
 use cli::{events, flows, plugins, run as host_run};
 
@@ -27,6 +28,11 @@ struct Cli {
     /// Print records as JSON (one document per command), for scripts.
     #[arg(long, global = true)]
     json: bool,
+    /// The broker of the app: `embedded` (its `.troupe/` folder) or
+    /// `nats://HOST:PORT[/NAMESPACE]`. Overrides `[broker] url` in
+    /// troupe.toml.
+    #[arg(long, global = true, env = "TROUPE_BROKER")]
+    broker: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -189,8 +195,17 @@ fn main() {
     }
 }
 
+/// The `--broker` given on the command line, applied to every app loaded.
+static BROKER: std::sync::OnceLock<BrokerUrl> = std::sync::OnceLock::new();
+
 fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
+    if let Some(b) = &cli.broker {
+        let url: BrokerUrl = b
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--broker: {e}"))?;
+        BROKER.set(url).expect("set once");
+    }
     match cli.command {
         Cmd::Run {
             app,
@@ -236,5 +251,10 @@ fn tokio_main(f: impl Future<Output = Result<()>>) -> Result<()> {
         .block_on(f)
 }
 pub(crate) fn load_app(dir: &Path) -> Result<App> {
-    App::load(dir).with_context(|| format!("cannot load the app in {}", dir.display()))
+    let mut app =
+        App::load(dir).with_context(|| format!("cannot load the app in {}", dir.display()))?;
+    if let Some(b) = BROKER.get() {
+        app.broker = b.clone();
+    }
+    Ok(app)
 }

@@ -9,7 +9,7 @@
 //! durable broker. The choreographed chain is measured as in `chain.rs`.
 //!
 //! Run: `cargo bench -p troupe-tests --bench flow` (`BENCH_RUNS`, default
-//! 10000).
+//! 10000; `BENCH_ONLY=orchestration` or `choreography` to profile one).
 
 use serde_json::json;
 use troupe::event::Event;
@@ -35,8 +35,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let only = std::env::var("BENCH_ONLY").ok();
+    let want = |mode: &str| only.as_deref().is_none_or(|o| o == mode);
     rt.block_on(async {
-        let chor = {
+        let chor = if want("choreography") {
             let app = TestApp::new(&m);
             let host = app.start().await;
             let r = bench::choreography(&host, n, "order.shipped", |i| {
@@ -48,23 +50,33 @@ fn main() {
             })
             .await;
             host.shutdown().await;
-            r
+            Some(r)
+        } else {
+            None
         };
-        let orch = {
+        let orch = if want("orchestration") {
             let app = TestApp::new(&m);
             std::fs::create_dir(app.path().join("flows")).unwrap();
             std::fs::write(app.path().join("flows/chain.toml"), FLOW).unwrap();
             let host = app.start().await;
             let r = bench::orchestration(&host, "chain", n, data).await;
             host.shutdown().await;
-            r
+            Some(r)
+        } else {
+            None
         };
         println!("three steps, fresh instances, durable embedded broker, {n} each:");
-        println!("  choreography:  {chor}");
-        println!("  orchestration: {orch}");
-        println!(
-            "  orchestration / choreography throughput: {:.2}",
-            orch.per_second / chor.per_second
-        );
+        if let Some(c) = &chor {
+            println!("  choreography:  {c}");
+        }
+        if let Some(o) = &orch {
+            println!("  orchestration: {o}");
+        }
+        if let (Some(c), Some(o)) = (chor, orch) {
+            println!(
+                "  orchestration / choreography throughput: {:.2}",
+                o.per_second / c.per_second
+            );
+        }
     });
 }

@@ -46,7 +46,7 @@ pub fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-fn quantiles(mut v: Vec<Duration>) -> (Duration, Duration) {
+pub fn quantiles(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
     (pct(&v, 0.5), pct(&v, 0.99))
 }

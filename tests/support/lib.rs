@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use troupe::app::App;
+use troupe::broker::BrokerUrl;
 use troupe::event::Event;
 use troupe::host::Host;
 
@@ -86,30 +87,147 @@ pub fn troupe_bin() -> PathBuf {
         .clone()
 }
 
-/// An app in a temporary directory.
+/// The NATS server the tests use (`TROUPE_TEST_NATS`, else the local one).
+pub fn nats_server() -> String {
+    std::env::var("TROUPE_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// The broker a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    /// The real NATS server, in a namespace of the test's own.
+    Nats,
+}
+
+/// Run each named `async fn NAME(b: Backend)` of the calling test file as
+/// two tests, `embedded::NAME` and `nats::NAME`.
+#[macro_export]
+macro_rules! on_each_broker {
+    ($($name:ident),+ $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name($crate::Backend::Embedded).await
+                }
+            )+
+        }
+        mod nats {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name($crate::Backend::Nats).await
+                }
+            )+
+        }
+    };
+}
+
+/// The same for plain (blocking) `fn NAME(b: Backend)` tests.
+#[macro_export]
+macro_rules! on_each_broker_blocking {
+    ($($name:ident),+ $(,)?) => {
+        mod embedded {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::Backend::Embedded)
+                }
+            )+
+        }
+        mod nats {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::Backend::Nats)
+                }
+            )+
+        }
+    };
+}
+
+/// An app in a temporary directory, on a broker.
 pub struct TestApp {
     pub dir: tempfile::TempDir,
+    /// The NATS namespace of this app's test, if on NATS.
+    pub namespace: Option<String>,
+    /// Whether dropping this app deletes the namespace (the app that made
+    /// it does; apps started [`TestApp::beside`] it do not).
+    owns_namespace: bool,
 }
 
 impl TestApp {
-    /// An app whose `troupe.toml` is `manifest`.
+    /// An app whose `troupe.toml` is `manifest`, on the embedded broker.
     pub fn new(manifest: &str) -> TestApp {
+        Self::on(Backend::Embedded, manifest)
+    }
+
+    /// An app whose `troupe.toml` is `manifest`, on `backend`.
+    pub fn on(backend: Backend, manifest: &str) -> TestApp {
         let dir = tempfile::tempdir().expect("a temp dir");
         std::fs::write(dir.path().join("troupe.toml"), manifest).expect("write troupe.toml");
-        TestApp { dir }
+        let namespace = (backend == Backend::Nats)
+            .then(|| format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+        TestApp {
+            dir,
+            namespace,
+            owns_namespace: true,
+        }
+    }
+
+    /// Another app (another team's) on the same broker as `other`: on NATS,
+    /// in the same namespace, so the two exchange events.
+    pub fn beside(other: &TestApp, manifest: &str) -> TestApp {
+        let mut app = Self::on(Backend::Embedded, manifest);
+        app.namespace = other.namespace.clone();
+        app.owns_namespace = false;
+        app
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
+    /// The broker URL this app runs on.
+    pub fn broker(&self) -> BrokerUrl {
+        match &self.namespace {
+            None => BrokerUrl::Embedded,
+            Some(ns) => format!("{}/{ns}", nats_server())
+                .parse()
+                .expect("a broker URL"),
+        }
+    }
+
     pub fn app(&self) -> App {
-        App::load(self.path()).expect("the test app loads")
+        let mut app = App::load(self.path()).expect("the test app loads");
+        app.broker = self.broker();
+        app
     }
 
     /// Start the app's host in this process.
     pub async fn start(&self) -> Host {
         Host::start(self.app()).await.expect("the test app starts")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let Some(ns) = self.namespace.take().filter(|_| self.owns_namespace) else {
+            return;
+        };
+        // Drop may run inside a runtime: clean up from a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            if let Err(e) = rt.block_on(troupe::broker::nats::purge_namespace(&nats_server(), &ns))
+            {
+                eprintln!("cannot delete NATS namespace {ns}: {e}");
+            }
+        })
+        .join();
     }
 }
 

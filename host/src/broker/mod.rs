@@ -1,7 +1,11 @@
 //! The message broker: a small trait, and its backends.
 //!
 //! - [`embedded`]: the default. SQLite in the app's `.troupe/` folder, group
-//!   commits, in-memory dispatch.
+//!   commits, in-memory dispatch. One host per app.
+//! - [`nats`]: NATS JetStream. Many hosts per app, many apps per account.
+//!
+//! [`BrokerUrl`] says which (`--broker`, `TROUPE_BROKER`, or `[broker]` in
+//! `troupe.toml`) and [`open`] opens it.
 //!
 //! The trait is what the rest of Troupe sees. Its promises, which every
 //! backend keeps:
@@ -21,6 +25,7 @@
 //!   the message, and can be replayed to the same step.
 
 pub mod embedded;
+pub mod nats;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +47,8 @@ pub enum BrokerError {
     NoSuchDeadLetter(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("NATS: {0}")]
+    Nats(String),
 }
 
 impl From<rusqlite::Error> for BrokerError {
@@ -101,6 +108,8 @@ impl std::fmt::Display for ReasonClass {
 pub(crate) enum Ack {
     /// The embedded broker's event sequence number.
     Embedded(i64),
+    /// A JetStream message's acknowledgement handle.
+    Nats(Arc<nats::NatsAck>),
 }
 
 /// One event handed to one consumer group.
@@ -156,6 +165,89 @@ impl DeadLetter {
         }
         v
     }
+
+    /// Read back what [`DeadLetter::to_json`] wrote (with the event).
+    pub fn from_json(v: &serde_json::Value) -> Result<DeadLetter, String> {
+        let s = |k: &str| {
+            v[k].as_str()
+                .map(str::to_string)
+                .ok_or(format!("`{k}` is missing"))
+        };
+        let class = s("class")?;
+        Ok(DeadLetter {
+            id: s("id")?,
+            step: s("step")?,
+            class: ReasonClass::parse(&class).ok_or(format!("unknown class {class:?}"))?,
+            message: s("message")?,
+            attempts: v["attempts"].as_u64().unwrap_or(0) as u32,
+            time: s("time")?,
+            event: Event::from_json(v["event"].clone(), "troupe://dlq")
+                .map_err(|e| format!("`event`: {e}"))?,
+        })
+    }
+}
+
+/// Which broker an app runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerUrl {
+    /// `embedded`: SQLite in the app's state folder (the default).
+    Embedded,
+    /// `nats://HOST:PORT[/NAMESPACE]`: NATS JetStream. Apps that share a
+    /// namespace (default `troupe`) share events.
+    Nats { server: String, namespace: String },
+}
+
+impl std::str::FromStr for BrokerUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<BrokerUrl, String> {
+        if s == "embedded" {
+            return Ok(BrokerUrl::Embedded);
+        }
+        let Some(rest) = s.strip_prefix("nats://") else {
+            return Err(format!(
+                "unknown broker {s:?}: use `embedded` or `nats://HOST:PORT[/NAMESPACE]`"
+            ));
+        };
+        let (hostport, ns) = rest.split_once('/').unwrap_or((rest, "troupe"));
+        let ns = if ns.is_empty() { "troupe" } else { ns };
+        if hostport.is_empty() {
+            return Err(format!("broker {s:?} names no server"));
+        }
+        if !nats::valid_namespace(ns) {
+            return Err(format!(
+                "NATS namespace {ns:?} must be letters, digits, `-` and `_`"
+            ));
+        }
+        Ok(BrokerUrl::Nats {
+            server: format!("nats://{hostport}"),
+            namespace: ns.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BrokerUrl::Embedded => f.write_str("embedded"),
+            BrokerUrl::Nats { server, namespace } => write!(f, "{server}/{namespace}"),
+        }
+    }
+}
+
+/// Open the broker `url` names for the app `app_name` whose state folder is
+/// `state_dir`. Must be called within a tokio runtime.
+pub async fn open(
+    url: &BrokerUrl,
+    app_name: &str,
+    state_dir: &std::path::Path,
+) -> Result<Arc<dyn Broker>, BrokerError> {
+    Ok(match url {
+        BrokerUrl::Embedded => Arc::new(embedded::Embedded::open(state_dir)?),
+        BrokerUrl::Nats { server, namespace } => {
+            Arc::new(nats::Nats::connect(server, namespace, app_name).await?)
+        }
+    })
 }
 
 /// What [`Broker::commit_then`] does as one unit.

@@ -2,16 +2,85 @@
 //! its directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use troupe::app::App;
 use troupe::broker::embedded::offline;
+use troupe::broker::{Broker, BrokerUrl, DeadLetter};
 use troupe::event::Event;
 use troupe::host::load_steps;
 use troupe::runtime::Runtime;
 
 use super::run::print_dlq;
 use super::{DlqCmd, load_app};
+
+/// An app's events as the CLI reaches them: the embedded broker's files
+/// (whether or not a host runs; work is queued for the host), or the NATS
+/// server itself.
+enum Events {
+    Files(PathBuf),
+    Nats(Arc<dyn Broker>, tokio::runtime::Runtime),
+}
+
+impl Events {
+    fn of(app: &App) -> Result<Events> {
+        Ok(match &app.broker {
+            BrokerUrl::Embedded => Events::Files(app.state_dir()),
+            url => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the async runtime")?;
+                let broker = rt
+                    .block_on(troupe::broker::open(url, &app.name, &app.state_dir()))
+                    .with_context(|| format!("cannot open the broker {url}"))?;
+                Events::Nats(broker, rt)
+            }
+        })
+    }
+
+    fn publish(&self, events: &[Event]) -> Result<()> {
+        match self {
+            Events::Files(dir) => offline::publish(dir, events)?,
+            Events::Nats(b, rt) => rt.block_on(b.publish(events.to_vec()))?,
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&self, id: Option<&str>) -> Result<Vec<DeadLetter>> {
+        Ok(match (self, id) {
+            (Events::Files(dir), id) => offline::dead_letters(dir, id)?,
+            (Events::Nats(b, rt), None) => rt.block_on(b.dlq_list())?,
+            (Events::Nats(b, rt), Some(id)) => match rt.block_on(b.dlq_get(id)) {
+                Ok(d) => vec![d],
+                Err(troupe::broker::BrokerError::NoSuchDeadLetter(_)) => vec![],
+                Err(e) => return Err(e.into()),
+            },
+        })
+    }
+
+    /// Replay dead letter `id`; what happened, for the user.
+    fn replay(&self, id: &str) -> Result<&'static str> {
+        match self {
+            Events::Files(dir) => {
+                offline::replay(dir, id)?;
+                Ok("queued: the app's host delivers it to its step again")
+            }
+            Events::Nats(b, rt) => {
+                rt.block_on(b.dlq_replay(id))?;
+                Ok("sent to its step again")
+            }
+        }
+    }
+
+    fn trace(&self, correlation_id: &str) -> Result<Vec<Event>> {
+        Ok(match self {
+            Events::Files(dir) => offline::trace(dir, correlation_id)?,
+            Events::Nats(b, rt) => rt.block_on(b.trace(correlation_id))?,
+        })
+    }
+}
 
 pub(crate) fn publish(
     dir: &Path,
@@ -64,7 +133,9 @@ pub(crate) fn publish(
     if !no_check {
         check_against_consumers(&app, &events)?;
     }
-    offline::publish(&app.state_dir(), &events).context("cannot store the events")?;
+    Events::of(&app)?
+        .publish(&events)
+        .context("cannot store the events")?;
     if json {
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         println!("{}", serde_json::json!({ "published": ids }));
@@ -109,7 +180,7 @@ pub(crate) fn dlq(cmd: DlqCmd, json: bool) -> Result<()> {
     match cmd {
         DlqCmd::List { app } => {
             let app = load_app(&app)?;
-            let dead = offline::dead_letters(&app.state_dir(), None)?;
+            let dead = Events::of(&app)?.dead_letters(None)?;
             if json {
                 let v: Vec<_> = dead.iter().map(|d| d.to_json(false)).collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -119,7 +190,8 @@ pub(crate) fn dlq(cmd: DlqCmd, json: bool) -> Result<()> {
         }
         DlqCmd::Show { id, app } => {
             let app = load_app(&app)?;
-            let d = offline::dead_letters(&app.state_dir(), Some(&id))?
+            let d = Events::of(&app)?
+                .dead_letters(Some(&id))?
                 .pop()
                 .with_context(|| {
                     format!("no dead letter with id {id:?} in {}", app.dir.display())
@@ -139,11 +211,11 @@ pub(crate) fn dlq(cmd: DlqCmd, json: bool) -> Result<()> {
         }
         DlqCmd::Replay { id, app } => {
             let app = load_app(&app)?;
-            offline::replay(&app.state_dir(), &id)?;
+            let what = Events::of(&app)?.replay(&id)?;
             if json {
                 println!("{}", serde_json::json!({ "replayed": id }));
             } else {
-                println!("replay of {id} queued: the app's host delivers it to its step again");
+                println!("replay of {id} {what}");
             }
         }
     }
@@ -152,7 +224,7 @@ pub(crate) fn dlq(cmd: DlqCmd, json: bool) -> Result<()> {
 
 pub(crate) fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> {
     let app = load_app(dir)?;
-    let events = offline::trace(&app.state_dir(), correlation_id)?;
+    let events = Events::of(&app)?.trace(correlation_id)?;
     if events.is_empty() {
         bail!(
             "no events with correlation id {correlation_id:?} in {}",

@@ -76,14 +76,20 @@ pub struct Embedded {
     reader: Arc<Mutex<Connection>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     state_dir: PathBuf,
+    /// Dropped with the broker: ends the checkpoint thread.
+    _stop_checkpoints: mpsc::Sender<()>,
 }
+
+/// How often committed WAL pages are copied into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Embedded {
     /// Open the broker in `state_dir` (created if needed). Must be called
     /// within a tokio runtime (retries are timed on it).
     pub fn open(state_dir: &Path) -> Result<Embedded, BrokerError> {
-        let conn = store::open(state_dir)?;
+        let conn = store::open_writer(state_dir)?;
         let reader = store::open(state_dir)?;
+        let checkpointer = store::open(state_dir)?;
         let (tx, rx) = mpsc::channel();
         let routes = Arc::new(RwLock::new(Routes::new()));
         let groups = Arc::new(RwLock::new(HashMap::new()));
@@ -98,6 +104,20 @@ impl Embedded {
             .name("troupe-broker".into())
             .spawn(move || w.run())
             .map_err(|e| BrokerError::Store(format!("cannot start the writer thread: {e}")))?;
+        let (stop_checkpoints, stopped) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("troupe-checkpoint".into())
+            .spawn(move || {
+                // Until the broker is dropped (the sender with it).
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(e) = store::checkpoint(&checkpointer) {
+                        tracing::debug!("WAL checkpoint: {e}");
+                    }
+                }
+            })
+            .map_err(|e| BrokerError::Store(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Embedded {
             ops: RwLock::new(Some(tx)),
             routes,
@@ -105,6 +125,7 @@ impl Embedded {
             reader: Arc::new(Mutex::new(reader)),
             writer: Mutex::new(Some(handle)),
             state_dir: state_dir.to_path_buf(),
+            _stop_checkpoints: stop_checkpoints,
         })
     }
 
@@ -145,10 +166,17 @@ impl Embedded {
     }
 }
 
-fn seq(d: &Delivery) -> i64 {
+/// The event sequence number a delivery settles; `None` for a delivery
+/// of another backend.
+fn seq(d: &Delivery) -> Option<i64> {
     match d.ack {
-        Ack::Embedded(seq) => seq,
+        Ack::Embedded(seq) => Some(seq),
+        Ack::Nats(_) => None,
     }
+}
+
+fn foreign() -> BrokerError {
+    BrokerError::Invalid("a delivery of another broker cannot be settled here".into())
 }
 
 #[async_trait]
@@ -207,8 +235,15 @@ impl Broker for Embedded {
     }
 
     fn commit_then(&self, c: Commit, then: super::Then) {
+        let ack = match &c.ack {
+            None => None,
+            Some(d) => match seq(d) {
+                Some(seq) => Some((d.group.clone(), seq)),
+                None => return then(Err(foreign())),
+            },
+        };
         let op = Op::Commit {
-            ack: c.ack.as_ref().map(|d| (d.group.clone(), seq(d))),
+            ack,
             events: c.events,
             state: c.state,
             reply: then,
@@ -250,7 +285,7 @@ impl Broker for Embedded {
                 .map(Disposition::DeadLettered);
         }
         let delay = policy.backoff(d.attempt);
-        let (delivery, seq) = (d.clone(), seq(d));
+        let (delivery, seq) = (d.clone(), seq(d).ok_or_else(foreign)?);
         self.call(|reply| Op::Retry {
             delivery,
             seq,
@@ -267,8 +302,12 @@ impl Broker for Embedded {
         class: ReasonClass,
         message: &str,
     ) -> Result<String, BrokerError> {
-        let (group, seq, attempts, message) =
-            (d.group.clone(), seq(d), d.attempt, message.to_string());
+        let (group, seq, attempts, message) = (
+            d.group.clone(),
+            seq(d).ok_or_else(foreign)?,
+            d.attempt,
+            message.to_string(),
+        );
         self.call(|reply| Op::DeadLetter {
             group,
             seq,

@@ -1,0 +1,232 @@
+//! How Troupe's names and events map onto NATS: subjects, stream and
+//! consumer names, and CloudEvents attributes as message headers (the
+//! CloudEvents NATS protocol binding, binary mode).
+//!
+//! For namespace `NS` and app `APP`:
+//!
+//! | what | subject |
+//! |---|---|
+//! | an event of type `order.placed` | `NS.ev.order.placed` |
+//! | a command, reply or replay for group `G` of `APP` | `NS.to.APP.G` |
+//! | dead letter `ID` of `APP` | `NS.dlq.APP.ID` |
+//!
+//! An event type maps to subject tokens as it is: its dots separate
+//! tokens. A type with an empty token (`a..b`, `.a`), whitespace, or a
+//! wildcard token (`*`, `>`) cannot be routed and is refused at publish.
+
+use std::collections::BTreeMap;
+
+use async_nats::HeaderMap;
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+use crate::broker::BrokerError;
+use crate::event::Event;
+
+/// Header values are printable ASCII; everything else (and `%`) is
+/// percent-encoded, as the CloudEvents HTTP binding does.
+const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b'%').add(b'\r').add(b'\n');
+
+/// The prefix of CloudEvents attribute headers.
+const CE: &str = "ce-";
+
+/// Names on the server for one namespace and app.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub ns: String,
+    pub app: String,
+}
+
+impl Names {
+    pub fn new(ns: &str, app: &str) -> Names {
+        Names {
+            ns: ns.to_string(),
+            app: token(app),
+        }
+    }
+
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.ns.to_uppercase())
+    }
+
+    pub fn dlq_stream(&self) -> String {
+        format!("{}_DLQ", self.ns.to_uppercase())
+    }
+
+    /// The key-value bucket of the app's state rows (run records).
+    pub fn state_bucket(&self) -> String {
+        format!("{}_{}_state", self.ns, self.app)
+    }
+
+    /// The subject an event of `kind` is published on.
+    pub fn event_subject(&self, kind: &str) -> Result<String, BrokerError> {
+        let ok = !kind.is_empty()
+            && kind
+                .split('.')
+                .all(|t| !t.is_empty() && t != "*" && t != ">")
+            && !kind.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !ok {
+            return Err(BrokerError::Invalid(format!(
+                "event type {kind:?} cannot be a NATS subject: types are dot-separated \
+                 non-empty tokens without whitespace or wildcards"
+            )));
+        }
+        Ok(format!("{}.ev.{kind}", self.ns))
+    }
+
+    /// The subject of messages addressed to group `group` of this app.
+    pub fn group_subject(&self, group: &str) -> String {
+        format!("{}.to.{}.{}", self.ns, self.app, token(group))
+    }
+
+    pub fn dlq_subject(&self, id: &str) -> String {
+        format!("{}.dlq.{}.{}", self.ns, self.app, token(id))
+    }
+
+    /// Every dead letter of this app.
+    pub fn dlq_filter(&self) -> String {
+        format!("{}.dlq.{}.>", self.ns, self.app)
+    }
+
+    /// The durable consumer of `group` for messages on `subject`. Hosts of
+    /// the same app share it, so each message goes to one of them.
+    pub fn consumer(&self, group: &str, subject: &str) -> String {
+        use sha2::Digest;
+        let h = hex::encode(&sha2::Sha256::digest(subject.as_bytes())[..4]);
+        format!("{}_{}_{h}", self.app, token(group))
+    }
+}
+
+/// `s` as one subject token or consumer-name part: letters, digits, `-`
+/// and `_` kept, anything else `_`.
+pub fn token(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Is `ns` a usable namespace (it names streams and subjects)?
+pub fn valid_namespace(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn put(h: &mut HeaderMap, name: &str, value: &str) {
+    let v = utf8_percent_encode(value, HEADER_VALUE).to_string();
+    h.insert(name, v.as_str());
+}
+
+/// The headers of `e` (binary mode: `data` is the payload).
+pub fn headers(e: &Event) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    put(&mut h, "ce-specversion", "1.0");
+    put(&mut h, "ce-id", &e.id);
+    put(&mut h, "ce-source", &e.source);
+    put(&mut h, "ce-type", &e.kind);
+    put(&mut h, "ce-time", &e.time);
+    put(&mut h, "content-type", &e.content_type);
+    if let Some(s) = &e.subject {
+        put(&mut h, "ce-subject", s);
+    }
+    if let Some(s) = &e.schema {
+        put(&mut h, "ce-dataschema", s);
+    }
+    for (k, v) in &e.extensions {
+        put(&mut h, &format!("{CE}{k}"), v);
+    }
+    h
+}
+
+/// Read an event back from a message: binary mode (attributes in `ce-`
+/// headers), or else structured mode (a CloudEvents JSON payload).
+pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event, String> {
+    let get = |name: &str| -> Option<String> {
+        let v = headers?.get(name)?;
+        Some(
+            percent_decode_str(v.as_str())
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
+    };
+    let Some(id) = get("ce-id") else {
+        let v: serde_json::Value = serde_json::from_slice(payload)
+            .map_err(|e| format!("no CloudEvents headers, and the payload is not JSON: {e}"))?;
+        return Event::from_json(v, "nats://unknown").map_err(|e| format!("not a CloudEvent: {e}"));
+    };
+    let need = |name: &'static str| get(name).ok_or(format!("header {name} is missing"));
+    let mut extensions = BTreeMap::new();
+    if let Some(h) = headers {
+        for (name, _) in h.iter() {
+            let name: &str = AsRef::<str>::as_ref(name);
+            let Some(attr) = name.strip_prefix(CE) else {
+                continue;
+            };
+            if matches!(
+                attr,
+                "specversion" | "id" | "source" | "type" | "time" | "subject" | "dataschema"
+            ) {
+                continue;
+            }
+            if let Some(v) = get(name) {
+                extensions.insert(attr.to_string(), v);
+            }
+        }
+    }
+    Ok(Event {
+        id,
+        source: need("ce-source")?,
+        kind: need("ce-type")?,
+        subject: get("ce-subject"),
+        time: get("ce-time").unwrap_or_else(crate::event::now_rfc3339),
+        content_type: get("content-type").unwrap_or_else(|| crate::event::JSON.to_string()),
+        schema: get("ce-dataschema"),
+        data: payload.to_vec(),
+        extensions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_survive_the_header_round_trip() {
+        let mut e = Event::new("order.placed", "troupe://x", br#"{"a":1}"#.to_vec());
+        e.subject = Some("o-1 ünïcode %20\r\n".into());
+        e.extensions
+            .insert("troupeto".into(), "troupe:orchestrator".into());
+        let back = decode(Some(&headers(&e)), &e.data).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn structured_mode_is_read_when_there_are_no_headers() {
+        let e = Event::new("a.b", "troupe://x", b"{}".to_vec());
+        let body = serde_json::to_vec(&e.to_json()).unwrap();
+        assert_eq!(decode(None, &body).unwrap().id, e.id);
+        assert!(decode(None, b"not json").is_err());
+    }
+
+    #[test]
+    fn types_that_are_not_subjects_are_refused() {
+        let n = Names::new("troupe", "orders");
+        assert_eq!(
+            n.event_subject("order.placed").unwrap(),
+            "troupe.ev.order.placed"
+        );
+        for bad in ["", "a..b", ".a", "a.*", "a.>", "a b"] {
+            assert!(n.event_subject(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            n.group_subject("troupe:orchestrator"),
+            "troupe.to.orders.troupe_orchestrator"
+        );
+    }
+}

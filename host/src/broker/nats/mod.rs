@@ -1,0 +1,683 @@
+//! The NATS JetStream backend: for more than one host, and for the apps of
+//! different teams that exchange events through one NATS account.
+//!
+//! What lives on the server (names in [`codec`]):
+//!
+//! - stream `NS_EVENTS` holds every event (subjects `NS.ev.TYPE`) and every
+//!   message addressed to one consumer group (`NS.to.APP.GROUP`: commands,
+//!   replies, replays). Each message carries its event id as `Nats-Msg-Id`,
+//!   so a republished event (a redelivered step's outputs) is dropped by
+//!   the server within the stream's duplicate window.
+//! - one durable pull consumer per (app, group, subject). Every host of an
+//!   app binds the same consumers, so each message goes to one host: the
+//!   consumer is the queue group. Acks are explicit; a failed attempt is
+//!   NAKed with the group's backoff; when the group's budget is spent the
+//!   message is dead-lettered by the host, not dropped by the server.
+//! - stream `NS_DLQ`, one message per dead letter (`NS.dlq.APP.ID`, the dead
+//!   letter as JSON), deleted when replayed.
+//! - key-value bucket `NS_APP_state`: the orchestrator's run records.
+//!
+//! Nothing here is atomic across messages: [`Broker::commit_then`]
+//! publishes the outputs, waits for the server to store them, writes
+//! state, and only then acks. A crash in between redelivers the input;
+//! the outputs then get the same ids and are deduplicated.
+
+mod codec;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, AckKind, Context,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    context::PublishAckFuture,
+    kv,
+    message::{Acker, PublishMessage},
+    stream::{self, Stream},
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    Ack, Broker, BrokerError, Commit, Consumer, DeadLetter, Delivery, Disposition, ReasonClass,
+};
+use crate::app::RetryPolicy;
+use crate::event::{Event, TARGET, derived_id};
+use codec::Names;
+
+pub use codec::valid_namespace;
+
+/// How long a delivery may stay unsettled before the server hands it to
+/// another host. Steps are bounded by their deadline, far below this.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Messages a host pulls ahead per consumer; what it holds, other hosts
+/// cannot take until it settles them (or dies and `ACK_WAIT` passes).
+const PULL_BATCH: usize = 64;
+/// The stream's deduplication window for `Nats-Msg-Id`.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+fn nats(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Nats(e.to_string())
+}
+
+/// How a NATS delivery is settled.
+pub(crate) struct NatsAck {
+    acker: Acker,
+    /// The message's sequence in the events stream.
+    stream_seq: u64,
+}
+
+impl std::fmt::Debug for NatsAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NatsAck({})", self.stream_seq)
+    }
+}
+
+fn acker(d: &Delivery) -> Result<&NatsAck, BrokerError> {
+    match &d.ack {
+        Ack::Nats(a) => Ok(a),
+        Ack::Embedded(_) => Err(BrokerError::Invalid(
+            "a delivery of another broker cannot be settled here".into(),
+        )),
+    }
+}
+
+/// A consumer group: the queue its pull tasks fill, and their consumers.
+struct Group {
+    retry: RetryPolicy,
+    consumers: Vec<String>,
+    rx: async_channel::Receiver<Delivery>,
+}
+
+#[async_trait]
+impl Consumer for Group {
+    async fn next(&self) -> Option<Delivery> {
+        self.rx.recv().await.ok()
+    }
+}
+
+/// Wait until the server has stored every message sent.
+async fn stored(acks: Vec<(String, PublishAckFuture)>) -> Result<(), BrokerError> {
+    for (subject, a) in acks {
+        a.await
+            .map_err(|e| BrokerError::Nats(format!("storing a message on {subject}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// What publishing needs: names and the JetStream context (cheap to clone,
+/// so the commit task does not keep the broker alive).
+#[derive(Clone)]
+struct Publisher {
+    names: Names,
+    js: Context,
+}
+
+impl Publisher {
+    /// Hand `events` and `state` rows to the client in order; the futures
+    /// resolve once the server has stored each.
+    async fn send(
+        &self,
+        events: &[Event],
+        state: &[(String, Option<Vec<u8>>)],
+    ) -> Result<Vec<(String, PublishAckFuture)>, BrokerError> {
+        let mut subjects = Vec::with_capacity(events.len());
+        for e in events {
+            subjects.push(match e.extensions.get(TARGET) {
+                Some(group) => self.names.group_subject(group),
+                None => self.names.event_subject(&e.kind)?,
+            });
+        }
+        let mut acks = Vec::with_capacity(events.len() + state.len());
+        for (e, subject) in events.iter().zip(subjects) {
+            let p = PublishMessage::build()
+                .payload(Bytes::from(e.data.clone()))
+                .headers(codec::headers(e))
+                .message_id(&e.id);
+            let ack = self.js.send_publish(subject.clone(), p).await;
+            acks.push((subject, ack.map_err(nats)?));
+        }
+        // State rows are key-value entries: a message on `$KV.BUCKET.KEY`.
+        for (key, value) in state {
+            let subject = format!("$KV.{}.{key}", self.names.state_bucket());
+            let p = match value {
+                Some(v) => PublishMessage::build().payload(Bytes::from(v.clone())),
+                None => PublishMessage::build().header("KV-Operation", "DEL"),
+            };
+            let ack = self.js.send_publish(subject.clone(), p).await;
+            acks.push((subject, ack.map_err(nats)?));
+        }
+        Ok(acks)
+    }
+
+    /// Take commits in the order they were made and hand their messages to
+    /// the client in that order (so two commits of one run reach the
+    /// server in order); wait for the server's acks concurrently, then
+    /// settle the delivery and answer.
+    async fn commits(self, mut rx: mpsc::UnboundedReceiver<(Commit, super::Then)>) {
+        while let Some((c, then)) = rx.recv().await {
+            match self.send(&c.events, &c.state).await {
+                Err(e) => then(Err(e)),
+                Ok(acks) => {
+                    tokio::spawn(async move {
+                        let r = async {
+                            stored(acks).await?;
+                            if let Some(d) = &c.ack {
+                                acker(d)?.acker.double_ack().await.map_err(nats)?;
+                            }
+                            Ok(())
+                        };
+                        then(r.await)
+                    });
+                }
+            }
+        }
+    }
+}
+
+struct Inner {
+    names: Names,
+    js: Context,
+    publisher: Publisher,
+    events: Stream,
+    dlq: Stream,
+    state: kv::Store,
+    groups: RwLock<HashMap<Arc<str>, Arc<Group>>>,
+    closed: watch::Sender<bool>,
+    /// Commits, in order, for [`Inner::commits`].
+    commits: mpsc::UnboundedSender<(Commit, super::Then)>,
+}
+
+/// The NATS JetStream broker.
+pub struct Nats {
+    inner: Arc<Inner>,
+}
+
+impl Nats {
+    /// Connect to `server` and declare what namespace `ns` and `app` need.
+    pub async fn connect(server: &str, ns: &str, app: &str) -> Result<Nats, BrokerError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("troupe {app}"))
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|e| async move {
+                match e {
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS disconnected; reconnecting")
+                    }
+                    other => tracing::debug!("NATS: {other}"),
+                }
+            })
+            .connect(server)
+            .await
+            .map_err(|e| BrokerError::Nats(format!("cannot connect to {server}: {e}")))?;
+        let js = jetstream::new(client);
+        let names = Names::new(ns, app);
+        let events = js
+            .get_or_create_stream(stream::Config {
+                name: names.events_stream(),
+                subjects: vec![format!("{ns}.ev.>"), format!("{ns}.to.>")],
+                storage: stream::StorageType::File,
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats(format!("stream {}: {e}", names.events_stream())))?;
+        let dlq = js
+            .get_or_create_stream(stream::Config {
+                name: names.dlq_stream(),
+                subjects: vec![format!("{ns}.dlq.>")],
+                storage: stream::StorageType::File,
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats(format!("stream {}: {e}", names.dlq_stream())))?;
+        let bucket = names.state_bucket();
+        // The bucket's stream is declared here as the key-value API would
+        // (async-nats's own `create_key_value` asks for account details in
+        // a form that 2.9 servers do not answer).
+        js.get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats(format!("bucket {bucket}: {e}")))?;
+        let state = js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| nats(format!("bucket {bucket}: {e}")))?;
+        let (commits, rx) = mpsc::unbounded_channel();
+        let broker = Nats {
+            inner: Arc::new(Inner {
+                publisher: Publisher {
+                    names: names.clone(),
+                    js: js.clone(),
+                },
+                names,
+                js,
+                events,
+                dlq,
+                state,
+                groups: RwLock::new(HashMap::new()),
+                closed: watch::channel(false).0,
+                commits,
+            }),
+        };
+        tokio::spawn(broker.inner.publisher.clone().commits(rx));
+        Ok(broker)
+    }
+}
+
+impl Inner {
+    async fn publish(&self, events: &[Event]) -> Result<(), BrokerError> {
+        stored(self.publisher.send(events, &[]).await?).await
+    }
+
+    async fn dead_letter(
+        &self,
+        d: &Delivery,
+        class: ReasonClass,
+        message: &str,
+    ) -> Result<String, BrokerError> {
+        let a = acker(d)?;
+        // The same message dead-lettered twice (a crash before the ack)
+        // gets the same id, and the server drops the second copy.
+        let id = derived_id(&d.event.id, &format!("dlq/{}/{}", d.group, a.stream_seq));
+        let dl = DeadLetter {
+            id: id.clone(),
+            step: d.group.to_string(),
+            class,
+            message: message.to_string(),
+            attempts: d.attempt,
+            time: crate::event::now_rfc3339(),
+            event: (*d.event).clone(),
+        };
+        let body = serde_json::to_vec(&dl.to_json(true)).expect("JSON");
+        let p = PublishMessage::build().payload(body.into()).message_id(&id);
+        self.js
+            .send_publish(self.names.dlq_subject(&id), p)
+            .await
+            .map_err(nats)?
+            .await
+            .map_err(nats)?;
+        a.acker.double_ack().await.map_err(nats)?;
+        tracing::warn!(step = %d.group, event = %d.event.id, %class, "dead-lettered: {message}");
+        Ok(id)
+    }
+
+    /// The dead letter `id` and its sequence in the DLQ stream.
+    async fn dead_letter_entry(&self, id: &str) -> Result<(DeadLetter, u64), BrokerError> {
+        let m = self
+            .dlq
+            .get_last_raw_message_by_subject(&self.names.dlq_subject(id))
+            .await
+            .map_err(|_| BrokerError::NoSuchDeadLetter(id.to_string()))?;
+        Ok((parse_dead_letter(&m.payload)?, m.sequence))
+    }
+
+    /// Pull from `consumer` into `tx` until the broker closes.
+    async fn pull(
+        self: Arc<Self>,
+        consumer: PullConsumer,
+        group: Arc<str>,
+        tx: async_channel::Sender<Delivery>,
+    ) {
+        let mut closed = self.closed.subscribe();
+        loop {
+            if *closed.borrow_and_update() {
+                return;
+            }
+            let mut messages = match consumer
+                .stream()
+                .max_messages_per_batch(PULL_BATCH)
+                .messages()
+                .await
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(%group, "cannot pull from NATS ({e}); retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = closed.changed() => return,
+                    }
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    m = messages.next() => m,
+                    _ = closed.changed() => return,
+                };
+                let msg = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::debug!(%group, "NATS pull: {e}");
+                        continue;
+                    }
+                    None => break,
+                };
+                let (attempt, stream_seq) = match msg.info() {
+                    Ok(i) => (i.delivered.max(1) as u32, i.stream_sequence),
+                    Err(e) => {
+                        tracing::warn!(%group, "a message without JetStream metadata: {e}");
+                        continue;
+                    }
+                };
+                let decoded = codec::decode(msg.headers.as_ref(), &msg.payload);
+                let (msg, acker) = msg.split();
+                let ack = Ack::Nats(Arc::new(NatsAck { acker, stream_seq }));
+                match decoded {
+                    Ok(event) => {
+                        let d = Delivery {
+                            group: group.clone(),
+                            event: Arc::new(event),
+                            attempt,
+                            ack,
+                        };
+                        if tx.send(d).await.is_err() {
+                            return; // closed; the server redelivers
+                        }
+                    }
+                    Err(why) => {
+                        // Not a CloudEvent: keep it, as the DLQ's, whole.
+                        let mut e = Event::new(
+                            msg.subject.as_str(),
+                            &format!("nats://{}", msg.subject),
+                            msg.payload.to_vec(),
+                        );
+                        e.content_type = "application/octet-stream".into();
+                        let d = Delivery {
+                            group: group.clone(),
+                            event: Arc::new(e),
+                            attempt,
+                            ack,
+                        };
+                        if let Err(err) = self.dead_letter(&d, ReasonClass::Contract, &why).await {
+                            tracing::error!(%group, "cannot dead-letter a malformed message (it will be redelivered): {err}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every message of `stream` on `filter`, oldest first.
+    async fn scan(
+        &self,
+        stream: &Stream,
+        filter: &str,
+    ) -> Result<Vec<jetstream::Message>, BrokerError> {
+        let consumer: PullConsumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: filter.to_string(),
+                ack_policy: AckPolicy::None,
+                deliver_policy: DeliverPolicy::All,
+                inactive_threshold: Duration::from_secs(10),
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        let mut left = consumer.cached_info().num_pending as usize;
+        let mut out = Vec::with_capacity(left);
+        while left > 0 {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(left.min(1000))
+                .expires(Duration::from_secs(2))
+                .messages()
+                .await
+                .map_err(nats)?;
+            let before = out.len();
+            while let Some(m) = batch.next().await {
+                out.push(m.map_err(nats)?);
+            }
+            if out.len() == before {
+                break; // nothing more came: the count was stale
+            }
+            left -= out.len() - before;
+        }
+        let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+        Ok(out)
+    }
+}
+
+fn parse_dead_letter(body: &[u8]) -> Result<DeadLetter, BrokerError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| nats(format!("unreadable dead letter: {e}")))?;
+    DeadLetter::from_json(&v).map_err(|e| nats(format!("unreadable dead letter: {e}")))
+}
+
+#[async_trait]
+impl Broker for Nats {
+    async fn subscribe(
+        &self,
+        group: &str,
+        kinds: &[String],
+        retry: RetryPolicy,
+    ) -> Result<Arc<dyn Consumer>, BrokerError> {
+        let i = &self.inner;
+        let name: Arc<str> = group.into();
+        if i.groups.read().expect("groups lock").contains_key(&name) {
+            return Err(BrokerError::Invalid(format!(
+                "group {group:?} is already subscribed"
+            )));
+        }
+        // Commands and replays for the group, then each type it consumes.
+        let mut subjects = vec![(i.names.group_subject(group), DeliverPolicy::All)];
+        for k in kinds {
+            subjects.push((i.names.event_subject(k)?, DeliverPolicy::New));
+        }
+        let (tx, rx) = async_channel::bounded(PULL_BATCH);
+        let mut consumers = Vec::new();
+        for (subject, deliver_policy) in subjects {
+            let durable = i.names.consumer(group, &subject);
+            let c: PullConsumer = i
+                .events
+                .get_or_create_consumer(
+                    &durable,
+                    pull::Config {
+                        durable_name: Some(durable.clone()),
+                        filter_subject: subject.clone(),
+                        ack_policy: AckPolicy::Explicit,
+                        ack_wait: ACK_WAIT,
+                        deliver_policy,
+                        max_ack_pending: 20_000,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| nats(format!("consumer {durable} on {subject}: {e}")))?;
+            tokio::spawn(i.clone().pull(c, name.clone(), tx.clone()));
+            consumers.push(durable);
+        }
+        let g = Arc::new(Group {
+            retry,
+            consumers,
+            rx,
+        });
+        i.groups
+            .write()
+            .expect("groups lock")
+            .insert(name, g.clone());
+        Ok(g)
+    }
+
+    async fn ready(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError> {
+        self.inner.publish(&events).await
+    }
+
+    fn commit_then(&self, c: Commit, then: super::Then) {
+        if let Err(mpsc::error::SendError((_, then))) = self.inner.commits.send((c, then)) {
+            then(Err(BrokerError::Closed));
+        }
+    }
+
+    async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, BrokerError> {
+        Ok(self
+            .inner
+            .state
+            .get(key)
+            .await
+            .map_err(nats)?
+            .map(|b| b.to_vec()))
+    }
+
+    async fn state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
+        let mut keys: Vec<String> = Vec::new();
+        let mut all = self.inner.state.keys().await.map_err(nats)?;
+        while let Some(k) = all.next().await {
+            let k = k.map_err(nats)?;
+            if k.starts_with(prefix) {
+                keys.push(k);
+            }
+        }
+        keys.sort();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(v) = self.inner.state.get(&k).await.map_err(nats)? {
+                out.push((k, v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn fail(
+        &self,
+        d: &Delivery,
+        class: ReasonClass,
+        message: &str,
+    ) -> Result<Disposition, BrokerError> {
+        let policy = self
+            .inner
+            .groups
+            .read()
+            .expect("groups lock")
+            .get(&d.group)
+            .map(|g| g.retry.clone())
+            .ok_or_else(|| BrokerError::Invalid(format!("unknown group {:?}", d.group)))?;
+        if d.attempt >= policy.max_attempts {
+            return self
+                .inner
+                .dead_letter(d, class, message)
+                .await
+                .map(Disposition::DeadLettered);
+        }
+        let delay = policy.backoff(d.attempt);
+        acker(d)?
+            .acker
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(nats)?;
+        Ok(Disposition::Retry(delay))
+    }
+
+    async fn dead_letter(
+        &self,
+        d: &Delivery,
+        class: ReasonClass,
+        message: &str,
+    ) -> Result<String, BrokerError> {
+        self.inner.dead_letter(d, class, message).await
+    }
+
+    async fn dlq_list(&self) -> Result<Vec<DeadLetter>, BrokerError> {
+        let i = &self.inner;
+        i.scan(&i.dlq, &i.names.dlq_filter())
+            .await?
+            .iter()
+            .map(|m| parse_dead_letter(&m.payload))
+            .collect()
+    }
+
+    async fn dlq_get(&self, id: &str) -> Result<DeadLetter, BrokerError> {
+        Ok(self.inner.dead_letter_entry(id).await?.0)
+    }
+
+    async fn dlq_replay(&self, id: &str) -> Result<(), BrokerError> {
+        let i = &self.inner;
+        let (dl, seq) = i.dead_letter_entry(id).await?;
+        let p = PublishMessage::build()
+            .payload(Bytes::from(dl.event.data.clone()))
+            .headers(codec::headers(&dl.event))
+            .message_id(format!("{}/replay/{id}", dl.event.id));
+        i.js.send_publish(i.names.group_subject(&dl.step), p)
+            .await
+            .map_err(nats)?
+            .await
+            .map_err(nats)?;
+        i.dlq.delete_message(seq).await.map_err(nats)?;
+        Ok(())
+    }
+
+    async fn trace(&self, correlation_id: &str) -> Result<Vec<Event>, BrokerError> {
+        let i = &self.inner;
+        let filter = format!("{}.>", i.names.ns);
+        Ok(i.scan(&i.events, &filter)
+            .await?
+            .iter()
+            .filter_map(|m| codec::decode(m.headers.as_ref(), &m.payload).ok())
+            .filter(|e| e.correlation_id() == correlation_id)
+            .collect())
+    }
+
+    async fn backlog(&self) -> Result<u64, BrokerError> {
+        let i = &self.inner;
+        let names: Vec<String> = i
+            .groups
+            .read()
+            .expect("groups lock")
+            .values()
+            .flat_map(|g| g.consumers.clone())
+            .collect();
+        let mut n = 0;
+        for c in names {
+            let info = i.events.consumer_info(&c).await.map_err(nats)?;
+            n += info.num_pending + info.num_ack_pending as u64;
+        }
+        Ok(n)
+    }
+
+    async fn close(&self) {
+        let _ = self.inner.closed.send(true);
+        for g in self.inner.groups.read().expect("groups lock").values() {
+            g.rx.close();
+        }
+    }
+}
+
+/// Delete everything namespace `ns` holds on `server`: its streams, every
+/// app's state bucket and their consumers. For tests and for resetting a
+/// namespace; returns how many streams were deleted.
+pub async fn purge_namespace(server: &str, ns: &str) -> Result<usize, BrokerError> {
+    let client = async_nats::connect(server)
+        .await
+        .map_err(|e| BrokerError::Nats(format!("cannot connect to {server}: {e}")))?;
+    let js = jetstream::new(client);
+    let prefixes = [format!("{}_", ns.to_uppercase()), format!("KV_{ns}_")];
+    let mut names = js.stream_names();
+    let mut doomed = Vec::new();
+    while let Some(n) = names.next().await {
+        let n = n.map_err(nats)?;
+        if prefixes.iter().any(|p| n.starts_with(p.as_str())) {
+            doomed.push(n);
+        }
+    }
+    for n in &doomed {
+        js.delete_stream(n).await.map_err(nats)?;
+    }
+    Ok(doomed.len())
+}
