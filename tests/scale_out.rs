@@ -3,6 +3,10 @@
 //! a few thousand order cascades, SIGKILL one host half-way; every cascade
 //! completes, none is lost, and each step's work was done by several hosts.
 //!
+//! And flows move: of two hosts with flows, one drives them (it holds the
+//! app's orchestrator lease); SIGKILL it with runs in flight, and the
+//! other takes the lease and finishes every run.
+//!
 //! Each host runs from a directory of its own with the same `troupe.toml`
 //! (same app name, so the same consumers), and its `sink` step writes into
 //! that directory: which host finished which cascade is on disk.
@@ -185,4 +189,86 @@ fn three_hosts_share_the_work_and_survive_one_being_killed() {
         start.elapsed().as_secs_f64(),
         handled.iter().map(|h| h["sink"]).collect::<Vec<_>>()
     );
+}
+
+const RUNS: usize = 200;
+const FLOW: &str = "input = \"order.placed\"\n\n[steps.validate]\nstep = \"order-validate\"\n\n[steps.charge]\nstep = \"payment-charge\"\ninput = \"validate\"\n\n[steps.ship]\nstep = \"shipping-dispatch\"\ninput = \"charge\"\n";
+
+/// A client for the host serving `dir`, once its API is up.
+fn client(dir: &Path) -> troupe::client::Client {
+    let start = Instant::now();
+    loop {
+        if let Ok(c) = troupe::client::Client::for_app(dir, None)
+            && c.get("/v1/openapi.json").is_ok()
+        {
+            return c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the host's API did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn flows_move_to_another_host_when_the_one_driving_them_dies() {
+    let manifest = String::from("name = \"shop\"\n")
+        + &plugin_steps(
+            &["order-validate", "payment-charge", "shipping-dispatch"],
+            "",
+        );
+    let first = TestApp::on(Backend::Nats, &manifest);
+    let second = TestApp::beside(&first, &manifest);
+    for a in [&first, &second] {
+        std::fs::create_dir(a.path().join("flows")).unwrap();
+        std::fs::write(a.path().join("flows/chain.toml"), FLOW).unwrap();
+    }
+    let broker = first.broker().to_string();
+    let mut leader = host(first.path(), &broker);
+    let a = client(first.path());
+    let mut standby = host(second.path(), &broker);
+    let b = client(second.path());
+
+    let order = |i: usize| {
+        serde_json::json!({"order_id": format!("o-{i}"), "customer": "c",
+            "lines": [{"sku": "tea", "qty": 1, "price_cents": 100}]})
+    };
+    let refused = b.start("chain", &order(0)).unwrap_err().to_string();
+    assert!(refused.contains("stands by"), "{refused}");
+    let ids: Vec<String> = (0..RUNS)
+        .map(|i| a.start("chain", &order(i)).expect("the leader starts runs"))
+        .collect();
+    leader.kill().unwrap(); // SIGKILL, with runs in flight
+    leader.wait().unwrap();
+    let killed = Instant::now();
+
+    // The standby takes the lease once the dead host's runs out, and the
+    // runs the dead host held replies for finish once those come back.
+    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    for id in &ids {
+        let run = b
+            .wait(id, Duration::from_secs(120), |_| {})
+            .expect("the run's status, from the other host");
+        *states
+            .entry(run["state"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(states.get("completed"), Some(&RUNS), "{states:?}");
+    let took = killed.elapsed();
+    // The new holder starts runs of its own.
+    let id = b
+        .start("chain", &order(RUNS))
+        .expect("the new leader starts runs");
+    let run = b.wait(&id, Duration::from_secs(30), |_| {}).unwrap();
+    assert_eq!(run["state"], "completed", "{run:#}");
+    eprintln!(
+        "{RUNS} runs started on the lease holder, which was killed at once; all completed on the other host {:.1} s later",
+        took.as_secs_f64()
+    );
+    Command::new("kill")
+        .args(["-TERM", &standby.id().to_string()])
+        .status()
+        .unwrap();
+    standby.wait().unwrap();
 }

@@ -357,6 +357,14 @@ pub trait Broker: Send + Sync {
     /// Deliveries not yet settled (waiting, in flight, or backing off).
     async fn backlog(&self) -> Result<u64, BrokerError>;
 
+    /// Hold lease `name` as `holder` for `ttl`: take it if nobody holds it
+    /// or its holder let it expire, extend it if `holder` holds it.
+    /// Whether `holder` holds it now. A backend that serves one host (the
+    /// embedded one) grants every lease.
+    async fn lease(&self, _name: &str, _holder: &str, _ttl: Duration) -> Result<bool, BrokerError> {
+        Ok(true)
+    }
+
     /// Stop delivering: consumers get `None`. Calls already made still
     /// complete; dropping the broker flushes them.
     async fn close(&self);

@@ -37,7 +37,14 @@ struct Out {
 }
 
 impl Driver {
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Msg>, consumer: Arc<dyn Consumer>) {
+    /// Drive the runs until the handle is dropped, the broker closes, or
+    /// `lost` says this host no longer holds the orchestrator lease.
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        consumer: Arc<dyn Consumer>,
+        mut lost: tokio::sync::watch::Receiver<bool>,
+    ) {
         loop {
             let next = self.timers.peek().map(|Reverse((at, _, _))| *at);
             let sleep = async {
@@ -58,6 +65,9 @@ impl Driver {
                     None => return,
                 },
                 _ = sleep => self.on_timers(),
+                _ = lost.changed() => if *lost.borrow() {
+                    return;
+                },
             }
         }
     }

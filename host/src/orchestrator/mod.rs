@@ -19,20 +19,19 @@
 //! twice only as at-least-once delivery allows, with the same id.
 
 mod driver;
+pub mod lease;
 pub mod run;
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::app::RetryPolicy;
 use crate::broker::{Broker, BrokerError};
 use crate::event::{CAUSATION_ID, CORRELATION_ID, Event, TARGET};
 use crate::flow::{Action, Flow};
-use driver::Driver;
 use run::{RunRecord, RunState, key};
 
 /// The orchestrator's consumer group.
@@ -58,6 +57,8 @@ pub enum StartError {
     BadInput { kind: String, reason: String },
     #[error("the orchestrator is not running")]
     Stopped,
+    #[error("this host stands by: another host of the app drives its flows; start the run there")]
+    Standby,
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
 }
@@ -82,15 +83,17 @@ pub struct Orchestrator {
 /// How the orchestrator checks a run's input against the first step.
 pub type InputCheck = Arc<dyn Fn(&Flow, &Value) -> Result<(), String> + Send + Sync>;
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Orchestrator {
-    /// Subscribe the orchestrator's group, resume the runs left active by
-    /// an earlier process, and start the task that drives them.
+    /// Start driving the app's flows: at once if this host gets the
+    /// orchestrator lease (always, on the embedded broker), resuming the
+    /// runs left active by an earlier process; else stand by to take over
+    /// (`lease.rs`).
     pub async fn spawn(
         broker: Arc<dyn Broker>,
         flows: Vec<Flow>,
@@ -108,38 +111,25 @@ impl Orchestrator {
         }
         awaited.sort();
         awaited.dedup();
-        let consumer = broker
-            .subscribe(GROUP, &awaited, RetryPolicy::default())
-            .await?;
         let flows: Arc<HashMap<String, Arc<Flow>>> = Arc::new(
             flows
                 .into_iter()
                 .map(|f| (f.name.clone(), Arc::new(f)))
                 .collect(),
         );
-        let mut runs = HashMap::new();
-        for (_, v) in broker.state_scan("run/").await? {
-            match serde_json::from_slice::<RunRecord>(&v) {
-                Ok(r) if !r.state.is_final() => {
-                    runs.insert(r.id.clone(), r);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!("unreadable run record: {e}"),
-            }
-        }
         let (tx, rx) = mpsc::channel(1024);
         let (finished, _) = tokio::sync::broadcast::channel(4096);
-        let mut driver = Driver {
-            finished: finished.clone(),
+        lease::Lead {
             broker: broker.clone(),
             flows: flows.clone(),
-            runs,
-            timers: BinaryHeap::new(),
+            awaited,
             check_input,
             source: format!("troupe://{app}/orchestrator"),
-        };
-        driver.resume();
-        tokio::spawn(driver.run(rx, consumer));
+            finished: finished.clone(),
+            holder: lease::holder(),
+        }
+        .start(rx)
+        .await?;
         Ok(Orchestrator {
             tx,
             finished,

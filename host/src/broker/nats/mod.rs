@@ -651,6 +651,46 @@ impl Broker for Nats {
         Ok(n)
     }
 
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, BrokerError> {
+        use kv::{CreateErrorKind, UpdateErrorKind};
+        let kv = &self.inner.state;
+        let key = format!("lease/{name}");
+        let now = crate::orchestrator::now_ms();
+        let value: Bytes = serde_json::to_vec(&serde_json::json!({
+            "holder": holder,
+            "until_ms": now + ttl.as_millis() as u64,
+        }))
+        .expect("JSON")
+        .into();
+        // Compare-and-set on the entry's revision: of two hosts that find
+        // the lease free at once, one wins.
+        let r = match kv.entry(&key).await.map_err(nats)? {
+            None => {
+                return match kv.create(&key, value).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(nats(e)),
+                };
+            }
+            Some(e) => {
+                let current: serde_json::Value =
+                    serde_json::from_slice(&e.value).unwrap_or_default();
+                let free = e.operation != kv::Operation::Put
+                    || current["holder"] == holder
+                    || current["until_ms"].as_u64().unwrap_or(0) < now;
+                if !free {
+                    return Ok(false);
+                }
+                kv.update(&key, value, e.revision).await
+            }
+        };
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(nats(e)),
+        }
+    }
+
     async fn close(&self) {
         let _ = self.inner.closed.send(true);
         for g in self.inner.groups.read().expect("groups lock").values() {
