@@ -20,7 +20,17 @@ use troupe_tests::{ORDER_STEPS, TestApp, guest, plugin_steps, step};
 
 const ORDERS: usize = 2000;
 
-fn nats_server(port: u16, store: &Path) -> Child {
+/// A nats-server process, killed when dropped (also when a test fails).
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nats_server(port: u16, store: &Path) -> Server {
     let child = Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store)
@@ -36,7 +46,7 @@ fn nats_server(port: u16, store: &Path) -> Child {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
+    Server(child)
 }
 
 fn order(i: usize) -> Event {
@@ -61,7 +71,7 @@ async fn a_nats_restart_loses_nothing_acknowledged_and_the_host_recovers() {
         .unwrap()
         .port();
     let store = tempfile::tempdir().unwrap();
-    let mut server = nats_server(port, store.path());
+    let server = nats_server(port, store.path());
 
     let mut m = String::from("name = \"orders\"\n");
     m += &plugin_steps(&ORDER_STEPS, "");
@@ -104,8 +114,7 @@ async fn a_nats_restart_loses_nothing_acknowledged_and_the_host_recovers() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
-    server.kill().unwrap(); // SIGKILL
-    server.wait().unwrap();
+    drop(server); // SIGKILL
     let at_kill = done().len();
     // While it is down, a publish fails and says so. (Its outcome is then
     // unknown, as with any broker: the client may still deliver it once
@@ -115,7 +124,7 @@ async fn a_nats_restart_loses_nothing_acknowledged_and_the_host_recovers() {
     let refused = host.broker.publish(vec![unsure.clone()]).await;
     assert!(refused.is_err(), "a publish with NATS down is reported");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut server = nats_server(port, store.path());
+    let server = nats_server(port, store.path());
 
     let missing = || acknowledged.difference(&done()).count();
     while missing() > 0 {
@@ -150,6 +159,5 @@ async fn a_nats_restart_loses_nothing_acknowledged_and_the_host_recovers() {
         start.elapsed().as_secs_f64()
     );
     host.shutdown().await;
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
 }
