@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use troupe::broker::BrokerUrl;
 use troupe::event::Event;
 use troupe::host::Host;
-use troupe_tests::{ORDER_STEPS, TestApp, guest, plugin_steps, step};
+use troupe_tests::{TestApp, orders_with_sink};
 
 const ORDERS: usize = 2000;
 
@@ -73,14 +73,7 @@ async fn a_nats_restart_loses_nothing_acknowledged_and_the_host_recovers() {
     let store = tempfile::tempdir().unwrap();
     let server = nats_server(port, store.path());
 
-    let mut m = String::from("name = \"orders\"\n");
-    m += &plugin_steps(&ORDER_STEPS, "");
-    m += &step(
-        "sink",
-        &guest("sink"),
-        "grants.dirs = [{ host = \"out\", guest = \"/out\", write = true }]",
-    );
-    let app = TestApp::new(&m);
+    let app = TestApp::new(&orders_with_sink());
     let out = app.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let mut a = app.app();

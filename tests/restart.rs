@@ -6,55 +6,17 @@ use std::collections::{BTreeMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use troupe_tests::{ORDER_STEPS, TestApp, guest, plugin_steps, step, troupe_bin};
+use troupe_tests::{TestApp, orders_with_sink, publish_orders, troupe_bin};
 
 const ORDERS: usize = 3000;
 
 #[test]
 fn sigkill_mid_cascade_loses_nothing() {
     let bin = troupe_bin();
-    let mut m = String::from("name = \"orders\"\n");
-    m += &plugin_steps(&ORDER_STEPS, "");
-    m += &step(
-        "sink",
-        &guest("sink"),
-        "grants.dirs = [{ host = \"out\", guest = \"/out\", write = true }]",
-    );
-    let app = TestApp::new(&m);
+    let app = TestApp::new(&orders_with_sink());
     let out = app.path().join("out");
     std::fs::create_dir(&out).unwrap();
-
-    let lines: Vec<String> = (0..ORDERS)
-        .map(|i| {
-            serde_json::json!({"type": "order.placed", "subject": format!("o-{i}"), "data": {
-                "order_id": format!("o-{i}"), "customer": "c",
-                "lines": [{"sku": "tea", "qty": 1 + i % 3, "price_cents": 100}]
-            }})
-            .to_string()
-        })
-        .collect();
-    let file = app.path().join("orders.jsonl");
-    std::fs::write(&file, lines.join("\n")).unwrap();
-    let published = Command::new(&bin)
-        .args(["--json", "publish"])
-        .arg(app.path())
-        .arg("--file")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        published.status.success(),
-        "{}",
-        String::from_utf8_lossy(&published.stderr)
-    );
-    let ids: HashSet<String> = serde_json::from_slice::<serde_json::Value>(&published.stdout)
-        .unwrap()["published"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(ids.len(), ORDERS);
+    let ids = publish_orders(app.path(), ORDERS, &[]);
 
     let count = || std::fs::read_dir(&out).unwrap().count();
     let mut host = Command::new(&bin)

@@ -1,11 +1,10 @@
-//! Several hosts of one app on NATS share the work, and the app survives
-//! one of them dying: three `troupe run` processes on the real NATS server,
-//! a few thousand order cascades, SIGKILL one host half-way; every cascade
-//! completes, none is lost, and each step's work was done by several hosts.
-//!
-//! And flows move: of two hosts with flows, one drives them (it holds the
-//! app's orchestrator lease); SIGKILL it with runs in flight, and the
-//! other takes the lease and finishes every run.
+//! Several hosts of one app on NATS share the work and survive one of them
+//! dying: three `troupe run` processes on the real NATS server, a few
+//! thousand order cascades and a few hundred runs of a three-step flow;
+//! the host that drives the flows (it holds the app's orchestrator lease)
+//! is killed with SIGKILL part-way. Every cascade and every run
+//! completes, none is lost, another host takes the flows over, and each
+//! step's work was done by both survivors.
 //!
 //! Each host runs from a directory of its own with the same `troupe.toml`
 //! (same app name, so the same consumers), and its `sink` step writes into
@@ -16,31 +15,54 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use troupe_tests::{Backend, ORDER_STEPS, TestApp, guest, plugin_steps, step, troupe_bin};
+use troupe::client::Client;
+use troupe_tests::{Backend, ORDER_STEPS, TestApp, orders_with_sink, publish_orders, troupe_bin};
 
 const ORDERS: usize = 3000;
+const RUNS: usize = 200;
 const HOSTS: usize = 3;
+const FLOW: &str = "input = \"order.placed\"\n\n[steps.validate]\nstep = \"order-validate\"\n\n[steps.charge]\nstep = \"payment-charge\"\ninput = \"validate\"\n\n[steps.ship]\nstep = \"shipping-dispatch\"\ninput = \"charge\"\n";
 
-fn manifest() -> String {
-    let mut m = String::from("name = \"orders\"\n");
-    m += &plugin_steps(&ORDER_STEPS, "");
-    m += &step(
-        "sink",
-        &guest("sink"),
-        "grants.dirs = [{ host = \"out\", guest = \"/out\", write = true }]",
-    );
-    m
+/// A host process, killed when dropped (also when the test fails).
+struct HostProcess(Option<Child>);
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
-fn host(dir: &Path, broker: &str) -> Child {
-    Command::new(troupe_bin())
-        .args(["--json", "--broker", broker, "run"])
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("TROUPE_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn host(dir: &Path, broker: &str) -> HostProcess {
+    HostProcess(Some(
+        Command::new(troupe_bin())
+            .args(["--json", "--broker", broker, "run"])
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("TROUPE_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ))
+}
+
+/// A client for the host serving `dir`, once its API answers.
+fn client(dir: &Path) -> Client {
+    let start = Instant::now();
+    loop {
+        if let Ok(c) = Client::for_app(dir, None)
+            && c.get("/v1/openapi.json").is_ok()
+        {
+            return c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the host's API did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// (correlation id, event id) of every cascade the sink of `dir` finished.
@@ -55,58 +77,57 @@ fn finished(dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+fn order(i: usize) -> serde_json::Value {
+    serde_json::json!({"order_id": format!("r-{i}"), "customer": "c",
+        "lines": [{"sku": "tea", "qty": 1, "price_cents": 100}]})
+}
+
 #[test]
-fn three_hosts_share_the_work_and_survive_one_being_killed() {
-    // Three directories with the same manifest, in one NATS namespace.
-    let first = TestApp::on(Backend::Nats, &manifest());
+fn three_hosts_share_cascades_and_runs_and_survive_the_flow_driver_being_killed() {
+    // Three directories with the same manifest and flow, one namespace.
+    let first = TestApp::on(Backend::Nats, &orders_with_sink());
     let mut apps: Vec<TestApp> = (1..HOSTS)
-        .map(|_| TestApp::beside(&first, &manifest()))
+        .map(|_| TestApp::beside(&first, &orders_with_sink()))
         .collect();
     apps.insert(0, first);
     let broker = apps[0].broker().to_string();
     for a in &apps {
         std::fs::create_dir(a.path().join("out")).unwrap();
+        std::fs::create_dir(a.path().join("flows")).unwrap();
+        std::fs::write(a.path().join("flows/chain.toml"), FLOW).unwrap();
     }
-    let mut hosts: Vec<Option<Child>> = Vec::new();
-    for a in &apps {
-        hosts.push(Some(host(a.path(), &broker)));
-        // Let the first compile the components; the others load them
-        // from their own caches, compiled once more here (a few seconds).
-        std::thread::sleep(Duration::from_millis(300));
+    // The first host up takes the orchestrator lease; the others stand by.
+    let mut hosts: Vec<HostProcess> = vec![host(apps[0].path(), &broker)];
+    client(apps[0].path()); // up, and holding the lease
+    for a in &apps[1..] {
+        hosts.push(host(a.path(), &broker));
     }
+    let others: Vec<Client> = apps[1..].iter().map(|a| client(a.path())).collect();
+    let refused = others[0].start("chain", &order(0)).unwrap_err().to_string();
+    assert!(refused.contains("stands by"), "{refused}");
 
-    let lines: Vec<String> = (0..ORDERS)
-        .map(|i| {
-            serde_json::json!({"type": "order.placed", "subject": format!("o-{i}"), "data": {
-                "order_id": format!("o-{i}"), "customer": "c",
-                "lines": [{"sku": "tea", "qty": 1 + i % 3, "price_cents": 100}]
-            }})
-            .to_string()
+    // Runs are started on the lease holder (four clients at once) as the
+    // orders go in; their commands queue behind the cascades at the same
+    // steps, so many are still in flight when the holder dies.
+    let starters: Vec<_> = (0..4)
+        .map(|t| {
+            let c = client(apps[0].path());
+            std::thread::spawn(move || {
+                (t..RUNS)
+                    .step_by(4)
+                    .map(|i| {
+                        c.start("chain", &order(i))
+                            .expect("the lease holder starts runs")
+                    })
+                    .collect::<Vec<_>>()
+            })
         })
         .collect();
-    let file = apps[0].path().join("orders.jsonl");
-    std::fs::write(&file, lines.join("\n")).unwrap();
-    let published = Command::new(troupe_bin())
-        .args(["--json", "--broker", &broker, "publish"])
-        .arg(apps[0].path())
-        .arg("--file")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        published.status.success(),
-        "{}",
-        String::from_utf8_lossy(&published.stderr)
-    );
-    let ids: HashSet<String> = serde_json::from_slice::<serde_json::Value>(&published.stdout)
-        .unwrap()["published"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
+    let ids = publish_orders(apps[0].path(), ORDERS, &["--broker", &broker]);
+    let runs: Vec<String> = starters
+        .into_iter()
+        .flat_map(|s| s.join().unwrap())
         .collect();
-    assert_eq!(ids.len(), ORDERS);
-
     let done = || -> HashSet<String> {
         apps.iter()
             .flat_map(|a| finished(a.path()))
@@ -118,36 +139,73 @@ fn three_hosts_share_the_work_and_survive_one_being_killed() {
         assert!(start.elapsed() < Duration::from_secs(120), "no progress");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut victim = hosts[1].take().unwrap();
-    victim.kill().unwrap(); // SIGKILL
+    let mut victim = hosts[0].0.take().unwrap();
+    victim.kill().unwrap(); // SIGKILL the flow driver
     victim.wait().unwrap();
+    let killed = Instant::now();
     let at_kill = done().len();
-    let by_victim = finished(apps[1].path()).len();
+    let by_victim = finished(apps[0].path()).len();
     assert!(
         at_kill < ORDERS,
-        "killed half-way ({at_kill} of {ORDERS} done)"
+        "killed part-way ({at_kill} of {ORDERS} done)"
     );
+    let killed_at = troupe::event::now_rfc3339();
 
     // What the dead host held unacknowledged goes to the others after the
-    // consumers' ack wait (30 s).
+    // consumers' ack wait (30 s); its lease runs out within 6 s.
+    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    let mut after_kill = 0;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    for id in &runs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let run = others[0]
+            .wait(id, left, |_| {})
+            .expect("the run's status, from a surviving host");
+        if run["finished"]
+            .as_str()
+            .is_some_and(|f| f > killed_at.as_str())
+        {
+            after_kill += 1;
+        }
+        *states
+            .entry(run["state"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        states.get("completed"),
+        Some(&runs.len()),
+        "every acknowledged run completed: {states:?}"
+    );
+    let runs_done = killed.elapsed();
     while done().len() < ORDERS {
         assert!(
-            start.elapsed() < Duration::from_secs(180),
+            start.elapsed() < Duration::from_secs(240),
             "{} of {ORDERS} cascades completed",
             done().len()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let cascades_done = killed.elapsed();
     let completed = done();
     assert!(
         completed.is_subset(&ids) && completed.len() == ORDERS,
         "every published cascade completed, and nothing else"
     );
+    // A survivor now drives the flows: it starts runs of its own.
+    let after = others
+        .iter()
+        .find_map(|c| c.start("chain", &order(RUNS)).ok())
+        .expect("a surviving host took the flows over");
 
     // Stop the survivors; each prints what its steps handled.
     let mut handled: Vec<BTreeMap<String, u64>> = Vec::new();
+    let waited = others.iter().any(|c| {
+        c.wait(&after, Duration::from_secs(30), |_| {})
+            .is_ok_and(|r| r["state"] == "completed")
+    });
+    assert!(waited, "the run started after the takeover completed");
     for (i, h) in hosts.iter_mut().enumerate() {
-        let Some(child) = h.take() else { continue };
+        let Some(child) = h.0.take() else { continue };
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
@@ -169,106 +227,17 @@ fn three_hosts_share_the_work_and_survive_one_being_killed() {
         let per_host: Vec<u64> = handled.iter().map(|h| h[*s]).collect();
         assert!(
             per_host.iter().all(|n| *n > 0),
-            "step {s}: every live host did some of the work ({per_host:?})"
-        );
-        assert!(
-            per_host.iter().sum::<u64>() >= (ORDERS - at_kill) as u64,
-            "step {s}: the survivors handled what was left ({per_host:?})"
+            "step {s}: every surviving host did some of the work ({per_host:?})"
         );
     }
-    let dups: usize = apps
-        .iter()
-        .flat_map(|a| finished(a.path()))
-        .map(|(c, _)| c)
-        .collect::<Vec<_>>()
-        .len()
-        - ORDERS;
+    let twice = apps.iter().flat_map(|a| finished(a.path())).count() - ORDERS;
     eprintln!(
-        "{ORDERS} cascades on {HOSTS} hosts: {at_kill} done when host 1 was killed (it had finished {by_victim}); \
-         all done after {:.1} s; sink work per survivor {:?}; {dups} cascades finished by two hosts (same event id)",
-        start.elapsed().as_secs_f64(),
+        "{ORDERS} cascades and {} runs on {HOSTS} hosts: the flow driver was killed with {at_kill} cascades done \
+         (it had finished {by_victim}) and {after_kill} runs unfinished; every run completed {:.1} s and every cascade {:.1} s after the kill; \
+         sink work per survivor {:?}; {twice} cascades finished by two hosts (same event id)",
+        runs.len(),
+        runs_done.as_secs_f64(),
+        cascades_done.as_secs_f64(),
         handled.iter().map(|h| h["sink"]).collect::<Vec<_>>()
     );
-}
-
-const RUNS: usize = 200;
-const FLOW: &str = "input = \"order.placed\"\n\n[steps.validate]\nstep = \"order-validate\"\n\n[steps.charge]\nstep = \"payment-charge\"\ninput = \"validate\"\n\n[steps.ship]\nstep = \"shipping-dispatch\"\ninput = \"charge\"\n";
-
-/// A client for the host serving `dir`, once its API is up.
-fn client(dir: &Path) -> troupe::client::Client {
-    let start = Instant::now();
-    loop {
-        if let Ok(c) = troupe::client::Client::for_app(dir, None)
-            && c.get("/v1/openapi.json").is_ok()
-        {
-            return c;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the host's API did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-#[test]
-fn flows_move_to_another_host_when_the_one_driving_them_dies() {
-    let manifest = String::from("name = \"shop\"\n")
-        + &plugin_steps(
-            &["order-validate", "payment-charge", "shipping-dispatch"],
-            "",
-        );
-    let first = TestApp::on(Backend::Nats, &manifest);
-    let second = TestApp::beside(&first, &manifest);
-    for a in [&first, &second] {
-        std::fs::create_dir(a.path().join("flows")).unwrap();
-        std::fs::write(a.path().join("flows/chain.toml"), FLOW).unwrap();
-    }
-    let broker = first.broker().to_string();
-    let mut leader = host(first.path(), &broker);
-    let a = client(first.path());
-    let mut standby = host(second.path(), &broker);
-    let b = client(second.path());
-
-    let order = |i: usize| {
-        serde_json::json!({"order_id": format!("o-{i}"), "customer": "c",
-            "lines": [{"sku": "tea", "qty": 1, "price_cents": 100}]})
-    };
-    let refused = b.start("chain", &order(0)).unwrap_err().to_string();
-    assert!(refused.contains("stands by"), "{refused}");
-    let ids: Vec<String> = (0..RUNS)
-        .map(|i| a.start("chain", &order(i)).expect("the leader starts runs"))
-        .collect();
-    leader.kill().unwrap(); // SIGKILL, with runs in flight
-    leader.wait().unwrap();
-    let killed = Instant::now();
-
-    // The standby takes the lease once the dead host's runs out, and the
-    // runs the dead host held replies for finish once those come back.
-    let mut states: BTreeMap<String, usize> = BTreeMap::new();
-    for id in &ids {
-        let run = b
-            .wait(id, Duration::from_secs(120), |_| {})
-            .expect("the run's status, from the other host");
-        *states
-            .entry(run["state"].as_str().unwrap().to_string())
-            .or_default() += 1;
-    }
-    assert_eq!(states.get("completed"), Some(&RUNS), "{states:?}");
-    let took = killed.elapsed();
-    // The new holder starts runs of its own.
-    let id = b
-        .start("chain", &order(RUNS))
-        .expect("the new leader starts runs");
-    let run = b.wait(&id, Duration::from_secs(30), |_| {}).unwrap();
-    assert_eq!(run["state"], "completed", "{run:#}");
-    eprintln!(
-        "{RUNS} runs started on the lease holder, which was killed at once; all completed on the other host {:.1} s later",
-        took.as_secs_f64()
-    );
-    Command::new("kill")
-        .args(["-TERM", &standby.id().to_string()])
-        .status()
-        .unwrap();
-    standby.wait().unwrap();
 }

@@ -370,3 +370,56 @@ pub const ORDER_STEPS: [&str; 4] = [
 pub fn plugin_steps(names: &[&str], extra: &str) -> String {
     names.iter().map(|p| step(p, &plugin(p), extra)).collect()
 }
+
+/// The order example's steps and `sink`, which writes each shipped order
+/// to the app's `out/` folder as `CORRELATION.EVENT_ID`, one line per time
+/// it handled it: the app the crash and scale-out tests count with.
+pub fn orders_with_sink() -> String {
+    let mut m = String::from("name = \"orders\"\n");
+    m += &plugin_steps(&ORDER_STEPS, "");
+    m += &step(
+        "sink",
+        &guest("sink"),
+        "grants.dirs = [{ host = \"out\", guest = \"/out\", write = true }]",
+    );
+    m
+}
+
+/// Write `n` `order.placed` events to `APP/orders.jsonl` and publish them
+/// with `troupe [GLOBAL...] publish APP --file`; the published ids.
+pub fn publish_orders(app: &Path, n: usize, global: &[&str]) -> std::collections::HashSet<String> {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            serde_json::json!({"type": "order.placed", "subject": format!("o-{i}"), "data": {
+                "order_id": format!("o-{i}"), "customer": "c",
+                "lines": [{"sku": "tea", "qty": 1 + i % 3, "price_cents": 100}]
+            }})
+            .to_string()
+        })
+        .collect();
+    let file = app.join("orders.jsonl");
+    std::fs::write(&file, lines.join("\n")).expect("write orders.jsonl");
+    let published = Command::new(troupe_bin())
+        .arg("--json")
+        .args(global)
+        .arg("publish")
+        .arg(app)
+        .arg("--file")
+        .arg(&file)
+        .output()
+        .expect("troupe runs");
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let ids: std::collections::HashSet<String> =
+        serde_json::from_slice::<serde_json::Value>(&published.stdout).expect("JSON")["published"]
+            .as_array()
+            .expect("a list of ids")
+            .iter()
+            .map(|v| v.as_str().expect("an id").to_string())
+            .collect();
+    assert_eq!(ids.len(), n, "every order published");
+    ids
+}

@@ -250,6 +250,18 @@ pub async fn open(
     })
 }
 
+/// What a failed attempt of `d` leads to under its group's retry `policy`
+/// (`None`: the group is unknown): another delivery after this wait, or,
+/// with the budget spent, `None`: the DLQ.
+pub(crate) fn next_try(
+    policy: Option<RetryPolicy>,
+    d: &Delivery,
+) -> Result<Option<Duration>, BrokerError> {
+    let policy =
+        policy.ok_or_else(|| BrokerError::Invalid(format!("unknown group {:?}", d.group)))?;
+    Ok((d.attempt < policy.max_attempts).then(|| policy.backoff(d.attempt)))
+}
+
 /// What [`Broker::commit_then`] does as one unit.
 #[derive(Debug, Default)]
 pub struct Commit {

@@ -276,15 +276,13 @@ impl Broker for Embedded {
             .read()
             .expect("groups lock")
             .get(&d.group)
-            .map(|g| g.retry.clone())
-            .ok_or_else(|| BrokerError::Invalid(format!("unknown group {:?}", d.group)))?;
-        if d.attempt >= policy.max_attempts {
+            .map(|g| g.retry.clone());
+        let Some(delay) = super::next_try(policy, d)? else {
             return self
                 .dead_letter(d, class, message)
                 .await
                 .map(Disposition::DeadLettered);
-        }
-        let delay = policy.backoff(d.attempt);
+        };
         let (delivery, seq) = (d.clone(), seq(d).ok_or_else(foreign)?);
         self.call(|reply| Op::Retry {
             delivery,

@@ -567,16 +567,14 @@ impl Broker for Nats {
             .read()
             .expect("groups lock")
             .get(&d.group)
-            .map(|g| g.retry.clone())
-            .ok_or_else(|| BrokerError::Invalid(format!("unknown group {:?}", d.group)))?;
-        if d.attempt >= policy.max_attempts {
+            .map(|g| g.retry.clone());
+        let Some(delay) = super::next_try(policy, d)? else {
             return self
                 .inner
                 .dead_letter(d, class, message)
                 .await
                 .map(Disposition::DeadLettered);
-        }
-        let delay = policy.backoff(d.attempt);
+        };
         acker(d)?
             .acker
             .ack_with(AckKind::Nak(Some(delay)))
