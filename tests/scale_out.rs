@@ -106,28 +106,21 @@ fn three_hosts_share_cascades_and_runs_and_survive_the_flow_driver_being_killed(
     let refused = others[0].start("chain", &order(0)).unwrap_err().to_string();
     assert!(refused.contains("stands by"), "{refused}");
 
-    // Runs are started on the lease holder (four clients at once) as the
-    // orders go in; their commands queue behind the cascades at the same
-    // steps, so many are still in flight when the holder dies.
+    // Runs are started on the lease holder (four clients at once) while
+    // the orders are checked and published; the holder is killed as soon as
+    // the cascades are under way. Every run it acknowledged must complete.
     let starters: Vec<_> = (0..4)
         .map(|t| {
             let c = client(apps[0].path());
             std::thread::spawn(move || {
                 (t..RUNS)
                     .step_by(4)
-                    .map(|i| {
-                        c.start("chain", &order(i))
-                            .expect("the lease holder starts runs")
-                    })
+                    .map_while(|i| c.start("chain", &order(i)).ok()) // ends at the kill
                     .collect::<Vec<_>>()
             })
         })
         .collect();
     let ids = publish_orders(apps[0].path(), ORDERS, &["--broker", &broker]);
-    let runs: Vec<String> = starters
-        .into_iter()
-        .flat_map(|s| s.join().unwrap())
-        .collect();
     let done = || -> HashSet<String> {
         apps.iter()
             .flat_map(|a| finished(a.path()))
@@ -135,7 +128,7 @@ fn three_hosts_share_cascades_and_runs_and_survive_the_flow_driver_being_killed(
             .collect()
     };
     let start = Instant::now();
-    while done().len() < ORDERS / 3 {
+    while done().len() < ORDERS / 10 {
         assert!(start.elapsed() < Duration::from_secs(120), "no progress");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -145,10 +138,11 @@ fn three_hosts_share_cascades_and_runs_and_survive_the_flow_driver_being_killed(
     let killed = Instant::now();
     let at_kill = done().len();
     let by_victim = finished(apps[0].path()).len();
-    assert!(
-        at_kill < ORDERS,
-        "killed part-way ({at_kill} of {ORDERS} done)"
-    );
+    let runs: Vec<String> = starters
+        .into_iter()
+        .flat_map(|s| s.join().unwrap())
+        .collect();
+    assert!(!runs.is_empty(), "runs were started before the kill");
     let killed_at = troupe::event::now_rfc3339();
 
     // What the dead host held unacknowledged goes to the others after the
@@ -177,6 +171,10 @@ fn three_hosts_share_cascades_and_runs_and_survive_the_flow_driver_being_killed(
         "every acknowledged run completed: {states:?}"
     );
     let runs_done = killed.elapsed();
+    assert!(
+        at_kill < ORDERS || after_kill > 0,
+        "the host died with work in flight ({at_kill} of {ORDERS} cascades done, {after_kill} runs unfinished)"
+    );
     while done().len() < ORDERS {
         assert!(
             start.elapsed() < Duration::from_secs(240),
