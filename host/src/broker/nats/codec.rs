@@ -144,6 +144,15 @@ pub fn headers(e: &Event) -> HeaderMap {
     h
 }
 
+/// The message that carries `e`, deduplicated by the server on `msg_id`
+/// (the event's id, or a replay's own).
+pub fn message(e: &Event, msg_id: &str) -> async_nats::jetstream::message::PublishMessage {
+    async_nats::jetstream::message::PublishMessage::build()
+        .payload(e.data.clone().into())
+        .headers(headers(e))
+        .message_id(msg_id)
+}
+
 /// Read an event back from a message: binary mode (attributes in `ce-`
 /// headers), or else structured mode (a CloudEvents JSON payload).
 pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event, String> {

@@ -133,11 +133,10 @@ impl Publisher {
         }
         let mut acks = Vec::with_capacity(events.len() + state.len());
         for (e, subject) in events.iter().zip(subjects) {
-            let p = PublishMessage::build()
-                .payload(Bytes::from(e.data.clone()))
-                .headers(codec::headers(e))
-                .message_id(&e.id);
-            let ack = self.js.send_publish(subject.clone(), p).await;
+            let ack = self
+                .js
+                .send_publish(subject.clone(), codec::message(e, &e.id))
+                .await;
             acks.push((subject, ack.map_err(nats)?));
         }
         // State rows are key-value entries: a message on `$KV.BUCKET.KEY`.
@@ -305,12 +304,13 @@ impl Inner {
         };
         let body = serde_json::to_vec(&dl.to_json(true)).expect("JSON");
         let p = PublishMessage::build().payload(body.into()).message_id(&id);
-        self.js
-            .send_publish(self.names.dlq_subject(&id), p)
-            .await
-            .map_err(nats)?
+        let subject = self.names.dlq_subject(&id);
+        let ack = self
+            .js
+            .send_publish(subject.clone(), p)
             .await
             .map_err(nats)?;
+        stored(vec![(subject, ack)]).await?;
         a.acker.double_ack().await.map_err(nats)?;
         tracing::warn!(step = %d.group, event = %d.event.id, %class, "dead-lettered: {message}");
         Ok(id)
@@ -608,15 +608,10 @@ impl Broker for Nats {
     async fn dlq_replay(&self, id: &str) -> Result<(), BrokerError> {
         let i = &self.inner;
         let (dl, seq) = i.dead_letter_entry(id).await?;
-        let p = PublishMessage::build()
-            .payload(Bytes::from(dl.event.data.clone()))
-            .headers(codec::headers(&dl.event))
-            .message_id(format!("{}/replay/{id}", dl.event.id));
-        i.js.send_publish(i.names.group_subject(&dl.step), p)
-            .await
-            .map_err(nats)?
-            .await
-            .map_err(nats)?;
+        let subject = i.names.group_subject(&dl.step);
+        let p = codec::message(&dl.event, &format!("{}/replay/{id}", dl.event.id));
+        let ack = i.js.send_publish(subject.clone(), p).await.map_err(nats)?;
+        stored(vec![(subject, ack)]).await?;
         i.dlq.delete_message(seq).await.map_err(nats)?;
         Ok(())
     }
