@@ -29,6 +29,40 @@ pub const TARGET: &str = "troupeto";
 /// The default content type of event data.
 pub const JSON: &str = "application/json";
 
+/// The CloudEvents JSON form, written straight from the event: JSON data
+/// is copied as it is (no `Value` is built), anything else goes in
+/// `data_base64`. The same document as [`Event::to_json`].
+impl serde::Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("specversion", "1.0")?;
+        m.serialize_entry("id", &self.id)?;
+        m.serialize_entry("source", &self.source)?;
+        m.serialize_entry("type", &self.kind)?;
+        if let Some(v) = &self.subject {
+            m.serialize_entry("subject", v)?;
+        }
+        m.serialize_entry("time", &self.time)?;
+        m.serialize_entry("datacontenttype", &self.content_type)?;
+        if let Some(v) = &self.schema {
+            m.serialize_entry("dataschema", v)?;
+        }
+        for (k, v) in &self.extensions {
+            m.serialize_entry(k, v)?;
+        }
+        match serde_json::from_slice::<&serde_json::value::RawValue>(&self.data) {
+            Ok(raw) if self.is_json() => m.serialize_entry("data", raw)?,
+            _ => {
+                use base64::Engine as _;
+                let b = base64::engine::general_purpose::STANDARD.encode(&self.data);
+                m.serialize_entry("data_base64", &b)?;
+            }
+        }
+        m.end()
+    }
+}
+
 /// Namespace of the UUIDv5 ids given to emitted events.
 const EMIT_NAMESPACE: Uuid = Uuid::from_u128(0x6a1e_4a36_3b1f_4e39_9d7c_5e1f_0a7b_c0de);
 
@@ -131,7 +165,8 @@ impl Event {
         }
     }
 
-    /// The CloudEvents JSON form (structured mode).
+    /// The CloudEvents JSON form (structured mode). Serialising the event
+    /// itself gives the same document without building a `Value`.
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("specversion".into(), "1.0".into());
@@ -300,6 +335,21 @@ mod tests {
         e.extensions.insert("tenant".into(), "acme".into());
         let back = Event::from_json(e.to_json(), "x").unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn serialising_gives_the_json_form() {
+        let mut e = Event::new("a.b", "troupe://test", br#"{"a": [1, "x"]}"#.to_vec());
+        e.extensions.insert("tenant".into(), "acme".into());
+        let direct: Value = serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+        assert_eq!(direct, e.to_json());
+        for (ct, data) in [("application/json", &b"not json"[..]), ("image/png", b"\x89PNG")] {
+            e.content_type = ct.into();
+            e.data = data.to_vec();
+            let direct: Value = serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+            assert!(direct.get("data_base64").is_some(), "{ct}");
+            assert_eq!(direct, e.to_json(), "{ct}");
+        }
     }
 
     #[test]

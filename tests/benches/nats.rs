@@ -24,7 +24,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer, context::PublishAckFut
 use futures_util::StreamExt;
 use serde_json::json;
 use troupe::event::Event;
-use troupe_tests::bench::{Measured, quantiles};
+use troupe_tests::bench::{Measured, Phase, quantiles};
 use troupe_tests::{Backend, TestApp, bench, nats_server, plugin, step};
 
 const STEPS: [&str; 3] = ["order-validate", "payment-charge", "shipping-dispatch"];
@@ -208,7 +208,7 @@ async fn plain_chain(n: usize) -> Measured {
         }
     }
     let unloaded = quantiles(std::mem::take(&mut *latencies.lock().unwrap()));
-    let start = Instant::now();
+    let phase = Phase::start();
     let producers: Vec<_> = (0..4)
         .map(|p| {
             let publish = publish.clone();
@@ -225,14 +225,7 @@ async fn plain_chain(n: usize) -> Measured {
     while latencies.lock().unwrap().len() < n {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let elapsed = start.elapsed();
-    let loaded = quantiles(std::mem::take(&mut *latencies.lock().unwrap()));
+    let m = phase.end(n, unloaded, std::mem::take(&mut *latencies.lock().unwrap()));
     js.delete_stream(ns.to_uppercase()).await.unwrap();
-    Measured {
-        per_second: n as f64 / elapsed.as_secs_f64(),
-        n,
-        elapsed,
-        unloaded,
-        loaded,
-    }
+    m
 }

@@ -8,6 +8,8 @@ use troupe::app::RetryPolicy;
 use troupe::event::Event;
 use troupe::host::Host;
 
+use crate::cpu::{PerItem, Snapshot};
+
 /// Throughput and latency of one measured mode.
 #[derive(Debug, Clone)]
 pub struct Measured {
@@ -19,6 +21,36 @@ pub struct Measured {
     pub unloaded: (Duration, Duration),
     /// p50 and p99 while the `n` items were pushed at once.
     pub loaded: (Duration, Duration),
+    /// CPU per item under load, by part.
+    pub cpu: PerItem,
+}
+
+/// The loaded phase of a measurement: started when the producers start.
+pub struct Phase {
+    start: Instant,
+    cpu: Snapshot,
+}
+
+impl Phase {
+    pub fn start() -> Phase {
+        Phase {
+            cpu: Snapshot::take(),
+            start: Instant::now(),
+        }
+    }
+
+    /// The measurement, once all `n` items are done.
+    pub fn end(self, n: usize, unloaded: (Duration, Duration), loaded: Vec<Duration>) -> Measured {
+        let elapsed = self.start.elapsed();
+        Measured {
+            per_second: n as f64 / elapsed.as_secs_f64(),
+            n,
+            elapsed,
+            unloaded,
+            loaded: quantiles(loaded),
+            cpu: Snapshot::since(&self.cpu, n),
+        }
+    }
 }
 
 impl std::fmt::Display for Measured {
@@ -33,7 +65,11 @@ impl std::fmt::Display for Measured {
             ms(self.unloaded.1),
             ms(self.loaded.0),
             ms(self.loaded.1)
-        )
+        )?;
+        if !self.cpu.classes.is_empty() {
+            write!(f, "\n      {}", self.cpu)?;
+        }
+        Ok(())
     }
 }
 
@@ -107,7 +143,7 @@ pub async fn choreography(
         done.notified().await;
     }
     let unloaded = quantiles(std::mem::take(&mut *latencies.lock().unwrap()));
-    let start = Instant::now();
+    let phase = Phase::start();
     let producers: Vec<_> = (0..4)
         .map(|p| {
             let (started, broker, make) = (started.clone(), host.broker.clone(), make.clone());
@@ -132,15 +168,7 @@ pub async fn choreography(
     while latencies.lock().unwrap().len() < n {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let elapsed = start.elapsed();
-    let loaded = quantiles(std::mem::take(&mut *latencies.lock().unwrap()));
-    Measured {
-        per_second: n as f64 / elapsed.as_secs_f64(),
-        n,
-        elapsed,
-        unloaded,
-        loaded,
-    }
+    phase.end(n, unloaded, std::mem::take(&mut *latencies.lock().unwrap()))
 }
 
 /// Measure runs of `flow` started through the orchestrator (not HTTP):
@@ -237,7 +265,7 @@ async fn measure_runs(
         }
     }
     let unloaded = quantiles(std::mem::take(&mut *latencies.lock().unwrap()));
-    let start = Instant::now();
+    let phase = Phase::start();
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|p| {
             let start_one = start_one.clone();
@@ -254,13 +282,5 @@ async fn measure_runs(
     while count() < n {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let elapsed = start.elapsed();
-    let loaded = quantiles(std::mem::take(&mut *latencies.lock().unwrap()));
-    Measured {
-        per_second: n as f64 / elapsed.as_secs_f64(),
-        n,
-        elapsed,
-        unloaded,
-        loaded,
-    }
+    phase.end(n, unloaded, std::mem::take(&mut *latencies.lock().unwrap()))
 }

@@ -357,6 +357,7 @@ impl Drop for ApiHost {
     }
 }
 pub mod bench;
+pub mod cpu;
 
 /// The order example's choreographed steps (Rust builds).
 pub const ORDER_STEPS: [&str; 4] = [

@@ -178,7 +178,11 @@ impl Orchestrator {
 /// `outputs` are the CloudEvents the step emitted (already checked against
 /// its contract and stamped by the host).
 pub fn completed_reply(command: &Event, source: &str, outputs: &[Event]) -> Event {
-    let data = json!({ "outputs": outputs.iter().map(Event::to_json).collect::<Vec<_>>() });
+    #[derive(serde::Serialize)]
+    struct Completed<'a> {
+        outputs: &'a [Event],
+    }
+    let data = serde_json::to_vec(&Completed { outputs }).expect("events serialise");
     reply(command, source, COMPLETED, data)
 }
 
@@ -191,11 +195,11 @@ pub fn failed_reply(
     retryable: bool,
 ) -> Event {
     let data = json!({ "class": class, "message": message, "retryable": retryable });
-    reply(command, source, FAILED, data)
+    reply(command, source, FAILED, data.to_string().into_bytes())
 }
 
-fn reply(command: &Event, source: &str, kind: &str, data: Value) -> Event {
-    let mut e = Event::new(kind, source, serde_json::to_vec(&data).expect("JSON"));
+fn reply(command: &Event, source: &str, kind: &str, data: Vec<u8>) -> Event {
+    let mut e = Event::new(kind, source, data);
     e.id = crate::event::derived_id(&command.id, "reply");
     for k in [RUN, FLOW_STEP] {
         if let Some(v) = command.extensions.get(k) {

@@ -28,7 +28,7 @@ use super::{
 };
 use crate::app::RetryPolicy;
 use crate::event::Event;
-use writer::{Op, Writer};
+use writer::{Op, Syncer, Writer};
 
 pub use store::DB_FILE;
 
@@ -91,6 +91,7 @@ impl Embedded {
         let reader = store::open(state_dir)?;
         let checkpointer = store::open(state_dir)?;
         let (tx, rx) = mpsc::channel();
+        let (committed, to_sync) = mpsc::channel();
         let routes = Arc::new(RwLock::new(Routes::new()));
         let groups = Arc::new(RwLock::new(HashMap::new()));
         let w = Writer {
@@ -98,12 +99,27 @@ impl Embedded {
             ops: rx,
             routes: routes.clone(),
             groups: groups.clone(),
+            committed,
+        };
+        let syncer = Syncer {
+            committed: to_sync,
+            wal: store::wal_path(state_dir),
             runtime: tokio::runtime::Handle::current(),
         };
+        let thread_error = |e| BrokerError::Store(format!("cannot start the broker's threads: {e}"));
+        let synced = std::thread::Builder::new()
+            .name("troupe-sync".into())
+            .spawn(move || syncer.run())
+            .map_err(thread_error)?;
         let handle = std::thread::Builder::new()
             .name("troupe-broker".into())
-            .spawn(move || w.run())
-            .map_err(|e| BrokerError::Store(format!("cannot start the writer thread: {e}")))?;
+            .spawn(move || {
+                w.run();
+                // Everything committed is synced and answered before the
+                // writer counts as stopped.
+                let _ = synced.join();
+            })
+            .map_err(thread_error)?;
         let (stop_checkpoints, stopped) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("troupe-checkpoint".into())

@@ -1,5 +1,5 @@
-//! The embedded broker's tables, in SQLite (WAL mode, `synchronous=FULL`:
-//! every commit is fsynced).
+//! The embedded broker's tables, in SQLite (WAL mode; every commit is
+//! fsynced before it counts, see [`open_writer`]).
 //!
 //! - `events`: every event, by sequence number; the id is unique, so a
 //!   republished event is ignored.
@@ -71,18 +71,41 @@ pub fn open(state_dir: &Path) -> Result<Connection, BrokerError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     // Pages of the hot tables stay in memory (64 MiB).
-    conn.pragma_update(None, "cache_size", -65536)?;
+    conn.pragma_update(None, "cache_size", -8192)?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
 
-/// The writer's connection: like [`open`], but the WAL is checkpointed by
-/// [`checkpoint`] on another thread, not inside the writer's commits,
-/// unless it grows past 64 MiB (a checkpointer that cannot keep up).
+/// The writer's connection: like [`open`], but
+///
+/// - its commits write the WAL without waiting for the disk
+///   (`synchronous=NORMAL`): the writer's sync thread makes each group
+///   durable with [`sync_wal`] before anything in it becomes visible, so
+///   the next group is applied while the last one is being synced;
+/// - the WAL is checkpointed by [`checkpoint`] on another thread, not
+///   inside the writer's commits, unless it grows past 64 MiB (a
+///   checkpointer that cannot keep up).
 pub fn open_writer(state_dir: &Path) -> Result<Connection, BrokerError> {
     let conn = open(state_dir)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
     Ok(conn)
+}
+
+/// The WAL file of the database in `state_dir`.
+pub fn wal_path(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join(format!("{DB_FILE}-wal"))
+}
+
+/// Flush the WAL to disk: every transaction committed before the call is
+/// durable when it returns. `wal` is opened on first use; the file stays
+/// the same while the writer's connection is open (SQLite removes a WAL
+/// only when its last connection closes).
+pub fn sync_wal(wal: &mut Option<std::fs::File>, path: &Path) -> std::io::Result<()> {
+    if wal.is_none() {
+        *wal = Some(std::fs::File::open(path)?);
+    }
+    wal.as_ref().expect("opened").sync_data()
 }
 
 /// Copy committed WAL pages into the database file without blocking the

@@ -1,18 +1,23 @@
-//! The embedded broker's single writer: group commit.
+//! The embedded broker's single writer: group commit, pipelined.
 //!
 //! Every change to the broker's tables is an [`Op`] sent to one thread. The
 //! thread takes whatever ops are waiting (up to [`MAX_BATCH`]), applies them
-//! in one transaction, commits (one fsync for the whole group), and only
-//! then makes their effects visible: new deliveries go to the consumer
-//! groups' queues, retries are scheduled, and each op's caller is answered.
-//! While one commit is being fsynced the next group gathers, so the cost of
-//! an fsync is shared by everything that arrived meanwhile.
+//! in one transaction and commits it to the WAL, then hands the group's
+//! effects to a second thread, the *syncer*, and goes on with the next
+//! group. The syncer flushes the WAL to disk (one fsync for every group
+//! committed since the last) and only then makes the groups' effects
+//! visible, in commit order: new deliveries go to the consumer groups'
+//! queues, retries are scheduled, and each op's caller is answered. So the
+//! cost of an fsync is shared by everything that arrived meanwhile, and
+//! the writer applies the next group while the last one is being synced.
 //!
-//! **Nothing is delivered before it is durable**, and a delivery's ack and
-//! the events its handling emitted commit in the same transaction.
+//! **Nothing is delivered, and no caller is answered, before it is
+//! durable**, and a delivery's ack and the events its handling emitted
+//! commit in the same transaction.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -71,9 +76,9 @@ pub(super) enum Op {
     },
 }
 
-/// What becomes visible once a transaction commits.
+/// What becomes visible once a transaction is durable.
 #[derive(Default)]
-struct Effects {
+pub(super) struct Effects {
     deliver: Vec<(Arc<Group>, Delivery)>,
     retry: Vec<(Arc<Group>, Delivery, Duration)>,
     settled: Vec<Arc<Group>>,
@@ -86,7 +91,76 @@ pub(super) struct Writer {
     pub ops: Receiver<Op>,
     pub routes: Arc<RwLock<Routes>>,
     pub groups: Arc<RwLock<HashMap<Arc<str>, Arc<Group>>>>,
+    /// The groups committed to the WAL, for the syncer: their effects, and
+    /// whether the commit succeeded.
+    pub committed: Sender<(Effects, bool)>,
+}
+
+/// The syncer: makes committed groups durable, then their effects visible.
+pub(super) struct Syncer {
+    pub committed: Receiver<(Effects, bool)>,
+    /// The WAL file (see [`store::sync_wal`]).
+    pub wal: PathBuf,
     pub runtime: tokio::runtime::Handle,
+}
+
+impl Syncer {
+    /// The syncer thread's body; returns when the writer is gone.
+    pub fn run(self) {
+        let mut file = None;
+        while let Ok(first) = self.committed.recv() {
+            let mut groups = vec![first];
+            while let Ok(more) = self.committed.try_recv() {
+                groups.push(more);
+            }
+            let synced = if groups.iter().any(|(_, ok)| *ok) {
+                store::sync_wal(&mut file, &self.wal)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = &synced {
+                // Committed but maybe not on disk: fail the callers (they
+                // retry; event ids make that safe) and deliver nothing;
+                // what is on disk is delivered on restart.
+                tracing::error!(
+                    "cannot flush the broker's log to disk ({}): {e}; failing {} commit group(s)",
+                    self.wal.display(),
+                    groups.len()
+                );
+                file = None;
+            }
+            for (fx, ok) in groups {
+                fx.release(ok && synced.is_ok(), &self.runtime);
+            }
+        }
+    }
+}
+
+impl Effects {
+    /// Make the effects visible if the group is durable, and answer the
+    /// callers either way.
+    fn release(self, durable: bool, runtime: &tokio::runtime::Handle) {
+        if durable {
+            for g in self.added {
+                g.add_pending();
+            }
+            for g in self.settled {
+                g.settle();
+            }
+            for (g, d) in self.deliver {
+                g.push(d);
+            }
+            for (g, d, delay) in self.retry {
+                runtime.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    g.push(d);
+                });
+            }
+        }
+        for reply in self.replies {
+            reply(durable);
+        }
+    }
 }
 
 impl Writer {
@@ -157,25 +231,11 @@ impl Writer {
                 false
             }
         };
-        if ok {
-            for g in fx.added {
-                g.add_pending();
+        if let Err(mpsc::SendError((fx, _))) = self.committed.send((fx, ok)) {
+            // The syncer is gone (a panic): nothing can be made durable.
+            for reply in fx.replies {
+                reply(false);
             }
-            for g in fx.settled {
-                g.settle();
-            }
-            for (g, d) in fx.deliver {
-                g.push(d);
-            }
-            for (g, d, delay) in fx.retry {
-                self.runtime.spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    g.push(d);
-                });
-            }
-        }
-        for reply in fx.replies {
-            reply(ok);
         }
     }
 }

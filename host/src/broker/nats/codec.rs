@@ -14,6 +14,7 @@
 //! tokens. A type with an empty token (`a..b`, `.a`), whitespace, or a
 //! wildcard token (`*`, `>`) cannot be routed and is refused at publish.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use async_nats::HeaderMap;
@@ -119,8 +120,14 @@ pub fn valid_namespace(ns: &str) -> bool {
 }
 
 fn put(h: &mut HeaderMap, name: &str, value: &str) {
-    let v = utf8_percent_encode(value, HEADER_VALUE).to_string();
-    h.insert(name, v.as_str());
+    // Borrowed unless something needed encoding (the usual case).
+    let v: Cow<str> = utf8_percent_encode(value, HEADER_VALUE).into();
+    h.insert(name, v.as_ref());
+}
+
+/// A header value as text, percent-decoded.
+fn text(v: &str) -> String {
+    percent_decode_str(v).decode_utf8_lossy().into_owned()
 }
 
 /// The headers of `e` (binary mode: `data` is the payload).
@@ -156,14 +163,7 @@ pub fn message(e: &Event, msg_id: &str) -> async_nats::jetstream::message::Publi
 /// Read an event back from a message: binary mode (attributes in `ce-`
 /// headers), or else structured mode (a CloudEvents JSON payload).
 pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event, String> {
-    let get = |name: &str| -> Option<String> {
-        let v = headers?.get(name)?;
-        Some(
-            percent_decode_str(v.as_str())
-                .decode_utf8_lossy()
-                .into_owned(),
-        )
-    };
+    let get = |name: &str| -> Option<String> { Some(text(headers?.get(name)?.as_str())) };
     let Some(id) = get("ce-id") else {
         let v: serde_json::Value = serde_json::from_slice(payload)
             .map_err(|e| format!("no CloudEvents headers, and the payload is not JSON: {e}"))?;
@@ -172,7 +172,7 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event, Stri
     let need = |name: &'static str| get(name).ok_or(format!("header {name} is missing"));
     let mut extensions = BTreeMap::new();
     if let Some(h) = headers {
-        for (name, _) in h.iter() {
+        for (name, values) in h.iter() {
             let name: &str = AsRef::<str>::as_ref(name);
             let Some(attr) = name.strip_prefix(CE) else {
                 continue;
@@ -183,8 +183,8 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event, Stri
             ) {
                 continue;
             }
-            if let Some(v) = get(name) {
-                extensions.insert(attr.to_string(), v);
+            if let Some(v) = values.first() {
+                extensions.insert(attr.to_string(), text(v.as_str()));
             }
         }
     }

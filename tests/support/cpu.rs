@@ -1,0 +1,125 @@
+//! Where the CPU goes during a benchmark: this process's threads, by the
+//! part of Troupe they belong to (from their names), and a nats-server on
+//! this machine, read from `/proc` before and after the measured phase.
+//!
+//! On a machine with two cores, throughput is bounded by the CPU each item
+//! costs in all of these together; the split says which part to blame.
+//! Linux only: elsewhere the accounting is empty and not printed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// `/proc` reports CPU time in clock ticks of 1/100 s (`USER_HZ`, fixed
+/// at 100 for the `/proc` interface on Linux).
+const TICK: Duration = Duration::from_millis(10);
+
+/// The classes of threads, by name prefix (Linux cuts names at 15 bytes).
+const CLASSES: [(&str, &str); 6] = [
+    ("step-", "guests"),
+    ("troupe-broker", "broker writer"),
+    ("troupe-checkpoi", "WAL checkpoint"),
+    ("troupe-sync", "WAL sync"),
+    ("tokio-rt-worker", "async runtime"),
+    ("troupe-epoch", "epoch ticker"),
+];
+
+/// CPU time used so far, by class, and by a local nats-server.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    classes: BTreeMap<&'static str, Duration>,
+    server: Option<Duration>,
+}
+
+/// CPU time of one `/proc/.../stat` file (user + system); its name.
+fn stat(path: &str) -> Option<(String, Duration)> {
+    let s = std::fs::read_to_string(path).ok()?;
+    // The name is in parentheses and may hold spaces: split after it.
+    let (head, rest) = s.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, utime 14, stime 15 (1-based).
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((name, TICK * ticks as u32))
+}
+
+fn class(thread: &str) -> &'static str {
+    CLASSES
+        .iter()
+        .find(|(prefix, _)| thread.starts_with(prefix))
+        .map_or("other", |(_, c)| c)
+}
+
+/// The pid of a nats-server running on this machine, if any.
+fn nats_server_pid() -> Option<String> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().into_string().ok()?;
+        pid.parse::<u32>().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "nats-server").then_some(pid)
+    })
+}
+
+impl Snapshot {
+    /// Now.
+    pub fn take() -> Snapshot {
+        let mut classes = BTreeMap::new();
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for t in tasks.flatten() {
+                let path = format!("{}/stat", t.path().display());
+                if let Some((name, cpu)) = stat(&path) {
+                    *classes.entry(class(&name)).or_default() += cpu;
+                }
+            }
+        }
+        let server = nats_server_pid().and_then(|pid| stat(&format!("/proc/{pid}/stat")).map(|s| s.1));
+        Snapshot { classes, server }
+    }
+
+    /// What was used between `before` and now, per item for `n` items.
+    pub fn since(before: &Snapshot, n: usize) -> PerItem {
+        let now = Snapshot::take();
+        let per = |after: Duration, before: Duration| after.saturating_sub(before) / n.max(1) as u32;
+        PerItem {
+            classes: now
+                .classes
+                .iter()
+                .map(|(c, t)| (*c, per(*t, before.classes.get(c).copied().unwrap_or_default())))
+                .filter(|(_, t)| !t.is_zero())
+                .collect(),
+            server: match (now.server, before.server) {
+                (Some(a), Some(b)) => Some(per(a, b)),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// CPU time per item, by class (threads that ended meanwhile are not
+/// counted: the measured phases start none).
+#[derive(Debug, Clone, Default)]
+pub struct PerItem {
+    pub classes: BTreeMap<&'static str, Duration>,
+    /// A nats-server on this machine, if one was found.
+    pub server: Option<Duration>,
+}
+
+impl PerItem {
+    /// This process, all classes.
+    pub fn process(&self) -> Duration {
+        self.classes.values().sum()
+    }
+}
+
+impl std::fmt::Display for PerItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = |d: &Duration| d.as_micros();
+        write!(f, "CPU per item {} µs:", us(&self.process()))?;
+        for (c, t) in &self.classes {
+            write!(f, " {c} {}", us(t))?;
+        }
+        if let Some(s) = self.server.filter(|s| s.as_micros() > 0) {
+            write!(f, "; nats-server {} µs", us(&s))?;
+        }
+        Ok(())
+    }
+}
