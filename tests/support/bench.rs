@@ -212,7 +212,9 @@ pub async fn orchestration(
 
 /// Concurrent producers starting runs (each waits for its start to be
 /// acknowledged, as an HTTP client would).
-const PRODUCERS: usize = 64;
+fn producers() -> usize {
+    std::env::var("BENCH_PRODUCERS").ok().and_then(|s| s.parse().ok()).unwrap_or(64)
+}
 
 async fn measure_runs(
     done: Arc<tokio::sync::Notify>,
@@ -266,11 +268,12 @@ async fn measure_runs(
     }
     let unloaded = quantiles(std::mem::take(&mut *latencies.lock().unwrap()));
     let phase = Phase::start();
-    let producers: Vec<_> = (0..PRODUCERS)
+    let np = producers();
+    let producers: Vec<_> = (0..np)
         .map(|p| {
             let start_one = start_one.clone();
             tokio::spawn(async move {
-                for i in (p..n).step_by(PRODUCERS) {
+                for i in (p..n).step_by(np) {
                     start_one(i).await;
                 }
             })

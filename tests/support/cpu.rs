@@ -84,7 +84,7 @@ impl Snapshot {
                 .classes
                 .iter()
                 .map(|(c, t)| (*c, per(*t, before.classes.get(c).copied().unwrap_or_default())))
-                .filter(|(_, t)| !t.is_zero())
+                .filter(|(_, t)| t.as_micros() > 0)
                 .collect(),
             server: match (now.server, before.server) {
                 (Some(a), Some(b)) => Some(per(a, b)),

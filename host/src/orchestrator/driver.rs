@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -230,19 +231,14 @@ impl Driver {
             }
         };
         let data = if input_from == INPUT {
-            run.input.clone()
+            serde_json::to_vec(&run.input).expect("JSON")
         } else {
-            run.steps
-                .get(&input_from)?
-                .output
-                .clone()
-                .unwrap_or(Value::Null)
+            match &run.steps.get(&input_from)?.output {
+                Some(raw) => raw.get().as_bytes().to_vec(),
+                None => b"null".to_vec(),
+            }
         };
-        let mut e = Event::new(
-            &kind,
-            &self.source,
-            serde_json::to_vec(&data).expect("JSON"),
-        );
+        let mut e = Event::new(&kind, &self.source, data);
         e.id = derived_id(run_id, &format!("{sid}/{attempt}"));
         e.subject = Some(run_id.to_string());
         e.extensions
@@ -362,7 +358,8 @@ impl Driver {
             None => true,
             Some(c) => match run.steps.get(&c.step) {
                 Some(r) if r.state == StepState::Completed => {
-                    c.holds(r.output.as_ref().unwrap_or(&Value::Null))
+                    let output = r.output.as_ref().map(|raw| serde_json::from_str(raw.get()));
+                    c.holds(&output.and_then(Result::ok).unwrap_or(Value::Null))
                 }
                 _ => false,
             },
@@ -393,11 +390,14 @@ impl Driver {
                 if current.as_deref() == e.causation_id()
                     && self.runs[&run_id].steps[&sid].state == StepState::Dispatched
                 {
-                    let data: Value = serde_json::from_slice(&e.data).unwrap_or(Value::Null);
                     if e.kind == COMPLETED {
-                        let output = data["outputs"].as_array().and_then(|o| o.first()).cloned();
+                        let output = serde_json::from_slice::<Completed>(&e.data)
+                            .ok()
+                            .and_then(|c| c.outputs.into_iter().next())
+                            .map(|o| (o.kind, o.data.unwrap_or_else(null)));
                         self.step_done(&run_id, &sid, output, &mut out);
                     } else {
+                        let data: Value = serde_json::from_slice(&e.data).unwrap_or(Value::Null);
                         let retryable = data["retryable"].as_bool().unwrap_or(false);
                         let msg = format!(
                             "{}: {}",
@@ -420,7 +420,11 @@ impl Driver {
                         unreachable!()
                     };
                     if kind == done {
-                        self.step_done(&run_id, &s.id, Some(e.to_json()), &mut out);
+                        let data = serde_json::from_slice::<Box<RawValue>>(&e.data)
+                            .ok()
+                            .filter(|_| e.is_json())
+                            .unwrap_or_else(null);
+                        self.step_done(&run_id, &s.id, Some((e.kind.clone(), data)), &mut out);
                     } else {
                         let msg = format!("{kind}: {}", String::from_utf8_lossy(&e.data));
                         self.step_failed(&run_id, &s.id, msg, false, &mut out);
@@ -431,7 +435,14 @@ impl Driver {
         self.commit(Some(d), &run_id, out, None);
     }
 
-    fn step_done(&mut self, run_id: &str, sid: &str, output: Option<Value>, out: &mut Out) {
+    /// `output`: the type and data of the step's (first) output event.
+    fn step_done(
+        &mut self,
+        run_id: &str,
+        sid: &str,
+        output: Option<(String, Box<RawValue>)>,
+        out: &mut Out,
+    ) {
         let run = self.runs.get_mut(run_id).expect("live");
         run.completions += 1;
         let seq = run.completions;
@@ -442,9 +453,9 @@ impl Driver {
         rec.duration_ms = Some(now.saturating_sub(rec.started_ms));
         rec.deadline_ms = None;
         rec.completed_seq = Some(seq);
-        if let Some(o) = output {
-            rec.output_type = o["type"].as_str().map(str::to_string);
-            rec.output = Some(o.get("data").cloned().unwrap_or(Value::Null));
+        if let Some((kind, data)) = output {
+            rec.output_type = Some(kind);
+            rec.output = Some(data);
         }
         match run.state {
             RunState::Running => self.advance(run_id, out),
@@ -643,6 +654,26 @@ impl Driver {
             self.commit(None, &id, out, None);
         }
     }
+}
+
+/// What a step's completed reply carries (see
+/// [`super::completed_reply`]): its outputs as CloudEvents JSON, of which
+/// the type and the data are kept (data without JSON parsing).
+#[derive(serde::Deserialize)]
+struct Completed {
+    outputs: Vec<Output>,
+}
+
+#[derive(serde::Deserialize)]
+struct Output {
+    #[serde(rename = "type")]
+    kind: String,
+    /// Absent for binary data (`data_base64`).
+    data: Option<Box<RawValue>>,
+}
+
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("null is JSON")
 }
 
 fn finish(run: &mut RunRecord, state: RunState) {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,11 +66,12 @@ pub struct StepRecord {
     pub finished: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
-    /// The output event's type and data.
+    /// The output event's type and data (kept as the JSON text the step
+    /// produced: it is copied into the next command, not interpreted).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub output: Option<Value>,
+    pub output: Option<Box<RawValue>>,
     /// Errors of failed attempts, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
