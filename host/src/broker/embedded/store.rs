@@ -70,7 +70,10 @@ pub fn open(state_dir: &Path) -> Result<Connection, BrokerError> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    // Pages of the hot tables stay in memory (64 MiB).
+    // 8 MiB of pages: the hot ends of the tables stay in memory. Larger
+    // costs more than it saves: SQLite walks its page cache as each
+    // transaction ends (with 64 MiB that was ~4% of the CPU of a loaded
+    // host, against 0.5% now).
     conn.pragma_update(None, "cache_size", -8192)?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
