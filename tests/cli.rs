@@ -242,3 +242,84 @@ fn graph_draws_who_consumes_and_produces_what() {
     );
     assert!(err(&troupe(&["graph", d, "--format", "png"], app.path())).contains("unknown format"));
 }
+
+#[test]
+fn docs_describe_every_event_as_asyncapi_3() {
+    let app = TestApp::new(
+        &(step("order-validate", &plugin("order-validate"), "")
+            + &step("payment-charge", &plugin("payment-charge"), "")
+            + &step(
+                "payment-refund",
+                &plugin("payment-refund"),
+                "choreography = false",
+            )),
+    );
+    let d = app.path().to_str().unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&ok(&troupe(&["docs", d], app.path()))).unwrap();
+
+    // A valid AsyncAPI 3.0.0 document, by the specification's own schema
+    // (and the schema does refuse a broken one).
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/asyncapi/3.0.0.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&spec).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let mut broken = doc.clone();
+    broken["operations"]["order-validate.receive.order.placed"]["action"] = "listen".into();
+    assert!(!validator.is_valid(&broken));
+
+    // What the contracts say, and who sends and receives it.
+    assert_eq!(doc["channels"]["order.placed"]["address"], "order.placed");
+    let placed = &doc["components"]["messages"]["order.placed-1.0.0"];
+    assert!(
+        placed["payload"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&"order_id".into()),
+        "{placed}"
+    );
+    assert_eq!(
+        placed["headers"]["properties"]["ce-type"]["const"],
+        "order.placed"
+    );
+    let ops = &doc["operations"];
+    assert_eq!(
+        ops["order-validate.receive.order.placed"]["action"],
+        "receive"
+    );
+    assert_eq!(ops["order-validate.send.order.validated"]["action"], "send");
+    assert_eq!(
+        ops["payment-charge.receive.order.validated"]["action"],
+        "receive"
+    );
+    let refund = ops["payment-refund.receive.payment.charged"]["summary"]
+        .as_str()
+        .unwrap();
+    assert!(refund.contains("command only"), "{refund}");
+
+    // On NATS the address is the subject; --output writes the same document.
+    let out = app.path().join("asyncapi.json");
+    let o = out.to_str().unwrap();
+    ok(&troupe(
+        &[
+            "--broker",
+            "nats://127.0.0.1:4222/teamx",
+            "docs",
+            d,
+            "--output",
+            o,
+        ],
+        app.path(),
+    ));
+    let on_nats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(
+        on_nats["channels"]["order.placed"]["address"],
+        "teamx.ev.order.placed"
+    );
+    assert_eq!(on_nats["servers"]["nats"]["protocol"], "nats");
+    assert!(validator.is_valid(&on_nats));
+}

@@ -343,7 +343,10 @@ mod tests {
         e.extensions.insert("tenant".into(), "acme".into());
         let direct: Value = serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
         assert_eq!(direct, e.to_json());
-        for (ct, data) in [("application/json", &b"not json"[..]), ("image/png", b"\x89PNG")] {
+        for (ct, data) in [
+            ("application/json", &b"not json"[..]),
+            ("image/png", b"\x89PNG"),
+        ] {
             e.content_type = ct.into();
             e.data = data.to_vec();
             let direct: Value = serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();

@@ -23,13 +23,15 @@
 //!   into components, and [`scaffold`]: new plugins from templates.
 //! - [`conformance`]: the kit that checks a component honours the world.
 //! - [`check`]: the app's wiring: every produced type is one its consumers
-//!   accept (contracts change passively); [`graph`]: the wiring as a diagram.
+//!   accept (contracts change passively); [`graph`]: the wiring as a diagram;
+//!   [`asyncapi`]: the events as an AsyncAPI 3.0 document.
 //! - [`flow`], [`orchestrator`]: flow files and the durable state machine
 //!   that runs them; [`api`], [`client`]: the HTTP API and its client.
 //! - [`stats`]: per-step counters, shown by the CLI and (later) `/metrics`.
 
 pub mod api;
 pub mod app;
+pub mod asyncapi;
 pub mod broker;
 pub mod builder;
 pub mod check;

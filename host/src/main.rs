@@ -122,6 +122,15 @@ enum Cmd {
         #[arg(long, default_value = "mermaid")]
         format: String,
     },
+    /// The app's events as an AsyncAPI 3.0 document (JSON), from the
+    /// contracts its steps declare.
+    Docs {
+        /// The app directory.
+        app: PathBuf,
+        /// Write the document here instead of to standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Scaffold a step plugin from a template.
     New {
         /// The step's name: lower-case letters, digits and `-`.
@@ -238,6 +247,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Build { dirs } => plugins::build(dirs, json),
         Cmd::Check { app } => plugins::check(&app, json),
         Cmd::Graph { app, format } => plugins::graph(&app, &format),
+        Cmd::Docs { app, output } => plugins::docs(&app, output.as_deref()),
         Cmd::New { name, lang, dir } => plugins::new_plugin(&name, &lang, &dir, json),
         Cmd::Conformance { component } => plugins::conformance(&component, json),
     }

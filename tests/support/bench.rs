@@ -213,7 +213,10 @@ pub async fn orchestration(
 /// Concurrent producers starting runs (each waits for its start to be
 /// acknowledged, as an HTTP client would).
 fn producers() -> usize {
-    std::env::var("BENCH_PRODUCERS").ok().and_then(|s| s.parse().ok()).unwrap_or(64)
+    std::env::var("BENCH_PRODUCERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64)
 }
 
 async fn measure_runs(

@@ -71,19 +71,26 @@ impl Snapshot {
                 }
             }
         }
-        let server = nats_server_pid().and_then(|pid| stat(&format!("/proc/{pid}/stat")).map(|s| s.1));
+        let server =
+            nats_server_pid().and_then(|pid| stat(&format!("/proc/{pid}/stat")).map(|s| s.1));
         Snapshot { classes, server }
     }
 
     /// What was used between `before` and now, per item for `n` items.
     pub fn since(before: &Snapshot, n: usize) -> PerItem {
         let now = Snapshot::take();
-        let per = |after: Duration, before: Duration| after.saturating_sub(before) / n.max(1) as u32;
+        let per =
+            |after: Duration, before: Duration| after.saturating_sub(before) / n.max(1) as u32;
         PerItem {
             classes: now
                 .classes
                 .iter()
-                .map(|(c, t)| (*c, per(*t, before.classes.get(c).copied().unwrap_or_default())))
+                .map(|(c, t)| {
+                    (
+                        *c,
+                        per(*t, before.classes.get(c).copied().unwrap_or_default()),
+                    )
+                })
                 .filter(|(_, t)| t.as_micros() > 0)
                 .collect(),
             server: match (now.server, before.server) {

@@ -188,3 +188,20 @@ pub(crate) fn graph(dir: &Path, format: &str) -> Result<()> {
     print!("{}", troupe::graph::render(&steps, &flows, format));
     Ok(())
 }
+
+pub(crate) fn docs(dir: &Path, output: Option<&Path>) -> Result<()> {
+    let app = super::load_app(dir)?;
+    let rt = Runtime::new()?;
+    let steps = troupe::host::load_steps(&rt, &app)?;
+    let doc = troupe::asyncapi::document(&app.name, &steps, &app.broker);
+    let text = serde_json::to_string_pretty(&doc)? + "\n";
+    match output {
+        Some(path) => {
+            std::fs::write(path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}

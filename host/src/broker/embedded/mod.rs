@@ -106,7 +106,8 @@ impl Embedded {
             wal: store::wal_path(state_dir),
             runtime: tokio::runtime::Handle::current(),
         };
-        let thread_error = |e| BrokerError::Store(format!("cannot start the broker's threads: {e}"));
+        let thread_error =
+            |e| BrokerError::Store(format!("cannot start the broker's threads: {e}"));
         let synced = std::thread::Builder::new()
             .name("troupe-sync".into())
             .spawn(move || syncer.run())

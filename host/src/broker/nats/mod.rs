@@ -46,9 +46,8 @@ use super::{
 };
 use crate::app::RetryPolicy;
 use crate::event::{Event, TARGET, derived_id};
-use codec::Names;
 
-pub use codec::valid_namespace;
+pub use codec::{Names, valid_namespace};
 
 /// How long a delivery may stay unsettled before the server hands it to
 /// another host. Steps are bounded by their deadline, far below this.
