@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::run::{RunRecord, RunState, StepRecord, StepState, key, undo_id};
+use super::run::{RunRecord, RunState, StepRecord, StepState, key};
 use super::{ATTEMPT, COMPLETED, FAILED, FLOW_STEP, InputCheck, Msg, RUN, StartError, now_ms};
 use crate::app::RetryPolicy;
 use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery};
@@ -33,8 +33,8 @@ pub(super) struct Driver {
 
 /// What one transition sends to the broker.
 #[derive(Default)]
-struct Out {
-    events: Vec<Event>,
+pub(super) struct Out {
+    pub(super) events: Vec<Event>,
 }
 
 impl Driver {
@@ -160,7 +160,7 @@ impl Driver {
     }
 
     /// Persist the run (and send `out`), acking `ack`.
-    fn commit(
+    pub(super) fn commit(
         &mut self,
         ack: Option<Delivery>,
         id: &str,
@@ -200,7 +200,7 @@ impl Driver {
     }
 
     /// The flow of a run (an `Arc`: cheap to hold while the run changes).
-    fn flow(&self, run: &str) -> Option<Arc<Flow>> {
+    pub(super) fn flow(&self, run: &str) -> Option<Arc<Flow>> {
         self.runs
             .get(run)
             .and_then(|r| self.flows.get(&r.flow))
@@ -252,7 +252,7 @@ impl Driver {
         Some(e)
     }
 
-    fn dispatch(&mut self, run_id: &str, sid: &str, out: &mut Out) {
+    pub(super) fn dispatch(&mut self, run_id: &str, sid: &str, out: &mut Out) {
         let timeout = self.timeout_of(run_id, sid);
         let Some(run) = self.runs.get_mut(run_id) else {
             return;
@@ -280,14 +280,14 @@ impl Driver {
         }
     }
 
-    fn timeout_of(&self, run_id: &str, sid: &str) -> u64 {
+    pub(super) fn timeout_of(&self, run_id: &str, sid: &str) -> u64 {
         let base = sid.strip_suffix("~undo").unwrap_or(sid);
         self.flow(run_id)
             .and_then(|f| f.step(base).map(|s| s.timeout_ms))
             .unwrap_or(crate::flow::DEFAULT_STEP_TIMEOUT_MS)
     }
 
-    fn retry_of(&self, run_id: &str, sid: &str) -> RetryPolicy {
+    pub(super) fn retry_of(&self, run_id: &str, sid: &str) -> RetryPolicy {
         let base = sid.strip_suffix("~undo").unwrap_or(sid);
         self.flow(run_id)
             .and_then(|f| f.step(base).map(|s| s.retry.clone()))
@@ -480,180 +480,6 @@ impl Driver {
             _ => {}
         }
     }
-
-    fn step_failed(
-        &mut self,
-        run_id: &str,
-        sid: &str,
-        error: String,
-        retryable: bool,
-        out: &mut Out,
-    ) {
-        let policy = self.retry_of(run_id, sid);
-        let run = self.runs.get_mut(run_id).expect("live");
-        let rec = run.steps.get_mut(sid).expect("step");
-        rec.errors
-            .push(format!("attempt {}: {error}", rec.attempts));
-        if retryable && rec.attempts < policy.max_attempts {
-            let wait = policy.backoff(rec.attempts).as_millis() as u64;
-            rec.state = StepState::Backoff;
-            rec.deadline_ms = Some(now_ms() + wait);
-            self.timers.push(Reverse((
-                now_ms() + wait,
-                run_id.to_string(),
-                sid.to_string(),
-            )));
-            return;
-        }
-        let timed_out = error.contains("timed out");
-        rec.state = if timed_out {
-            StepState::TimedOut
-        } else {
-            StepState::Failed
-        };
-        rec.finished = Some(now_rfc3339());
-        rec.deadline_ms = None;
-        if let Some(orig) = sid.strip_suffix("~undo") {
-            if let Some(r) = run.steps.get_mut(orig) {
-                r.state = StepState::CompensationFailed;
-            }
-            run.error = Some(format!(
-                "{} (and undoing {orig} failed: {error})",
-                run.error.clone().unwrap_or_default()
-            ));
-            self.next_undo(run_id, out);
-            return;
-        }
-        self.fail_run(run_id, format!("step {sid} failed: {error}"), out);
-    }
-
-    /// The run cannot complete: cancel what has not started and undo what
-    /// completed, in reverse order of completion.
-    fn fail_run(&mut self, run_id: &str, error: String, out: &mut Out) {
-        let flow = self.flow(run_id);
-        let run = self.runs.get_mut(run_id).expect("live");
-        if run.state != RunState::Running {
-            return;
-        }
-        run.error = Some(error);
-        run.state = RunState::Compensating;
-        for rec in run.steps.values_mut() {
-            if matches!(rec.state, StepState::Pending | StepState::Backoff) {
-                rec.state = StepState::Cancelled;
-                rec.deadline_ms = None;
-            }
-        }
-        let mut done: Vec<(u32, String)> = run
-            .steps
-            .iter()
-            .filter(|(id, r)| {
-                r.state == StepState::Completed
-                    && flow
-                        .as_ref()
-                        .and_then(|f| f.step(id))
-                        .is_some_and(|s| s.compensate.is_some())
-            })
-            .map(|(id, r)| (r.completed_seq.unwrap_or(0), id.clone()))
-            .collect();
-        done.sort_by_key(|d| Reverse(d.0));
-        run.undo = done.into_iter().map(|(_, id)| id).collect();
-        self.next_undo(run_id, out);
-    }
-
-    /// Dispatch the next compensation, or end the run.
-    fn next_undo(&mut self, run_id: &str, out: &mut Out) {
-        let run = self.runs.get_mut(run_id).expect("live");
-        let busy = run.steps.iter().any(|(id, r)| {
-            id.ends_with("~undo") && matches!(r.state, StepState::Dispatched | StepState::Backoff)
-        });
-        if busy {
-            return;
-        }
-        if !run.undo.is_empty() {
-            let orig = run.undo.remove(0);
-            let uid = undo_id(&orig);
-            run.steps.insert(uid.clone(), StepRecord::new());
-            self.dispatch(run_id, &uid, out);
-            return;
-        }
-        // Nothing left to undo; wait for steps still in flight (they may
-        // complete and need undoing) unless the run timed out.
-        let in_flight = run.steps.values().any(|r| r.state == StepState::Dispatched);
-        if in_flight && !run.timed_out {
-            return;
-        }
-        let undone = run
-            .steps
-            .values()
-            .any(|r| r.state == StepState::Compensated);
-        let failed_undo = run
-            .steps
-            .values()
-            .any(|r| r.state == StepState::CompensationFailed);
-        let end = if run.timed_out {
-            RunState::TimedOut
-        } else if undone && !failed_undo {
-            RunState::Compensated
-        } else {
-            RunState::Failed
-        };
-        finish(run, end);
-    }
-
-    fn on_timers(&mut self) {
-        let now = now_ms();
-        let mut touched: Vec<String> = Vec::new();
-        let mut outs: HashMap<String, Out> = HashMap::new();
-        while let Some(Reverse((at, run_id, sid))) = self.timers.peek().cloned() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(run) = self.runs.get(&run_id) else {
-                continue;
-            };
-            let out = outs.entry(run_id.clone()).or_default();
-            if sid.is_empty() {
-                if at == run.deadline_ms && run.state == RunState::Running {
-                    let ms = run.deadline_ms - run.created_ms;
-                    self.runs.get_mut(&run_id).expect("live").timed_out = true;
-                    for rec in self.runs.get_mut(&run_id).expect("live").steps.values_mut() {
-                        if rec.state == StepState::Dispatched {
-                            rec.state = StepState::TimedOut;
-                            rec.deadline_ms = None;
-                        }
-                    }
-                    self.fail_run(&run_id, format!("run timed out after {ms} ms"), out);
-                    touched.push(run_id);
-                }
-                continue;
-            }
-            let Some(rec) = run.steps.get(&sid) else {
-                continue;
-            };
-            if rec.deadline_ms != Some(at) {
-                continue; // superseded
-            }
-            match rec.state {
-                StepState::Backoff => {
-                    self.dispatch(&run_id, &sid, out);
-                    touched.push(run_id);
-                }
-                StepState::Dispatched => {
-                    let ms = self.timeout_of(&run_id, &sid);
-                    self.step_failed(&run_id, &sid, format!("timed out after {ms} ms"), true, out);
-                    touched.push(run_id);
-                }
-                _ => {}
-            }
-        }
-        touched.sort();
-        touched.dedup();
-        for id in touched {
-            let out = outs.remove(&id).unwrap_or_default();
-            self.commit(None, &id, out, None);
-        }
-    }
 }
 
 /// What a step's completed reply carries (see
@@ -676,7 +502,7 @@ fn null() -> Box<RawValue> {
     RawValue::from_string("null".into()).expect("null is JSON")
 }
 
-fn finish(run: &mut RunRecord, state: RunState) {
+pub(super) fn finish(run: &mut RunRecord, state: RunState) {
     run.state = state;
     let now = now_ms();
     run.finished = Some(now_rfc3339());

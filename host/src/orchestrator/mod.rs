@@ -19,6 +19,7 @@
 //! twice only as at-least-once delivery allows, with the same id.
 
 mod driver;
+mod failure;
 pub mod lease;
 pub mod run;
 
