@@ -207,9 +207,10 @@ fn check_reports_broken_wiring_and_run_refuses_it() {
     );
 }
 
-#[test]
-fn graph_draws_who_consumes_and_produces_what() {
-    let app = TestApp::new(
+/// Validate and charge in the choreography, and a refund step that takes
+/// commands only.
+fn payment_app() -> TestApp {
+    TestApp::new(
         &(step("order-validate", &plugin("order-validate"), "")
             + &step("payment-charge", &plugin("payment-charge"), "")
             + &step(
@@ -217,7 +218,12 @@ fn graph_draws_who_consumes_and_produces_what() {
                 &plugin("payment-refund"),
                 "choreography = false",
             )),
-    );
+    )
+}
+
+#[test]
+fn graph_draws_who_consumes_and_produces_what() {
+    let app = payment_app();
     std::fs::create_dir(app.path().join("flows")).unwrap();
     let flow = "input = \"order.placed\"\n[steps.validate]\nstep = \"order-validate\"\n[steps.charge]\nstep = \"payment-charge\"\ninput = \"validate\"\n";
     std::fs::write(app.path().join("flows/pay.toml"), flow).unwrap();
@@ -245,15 +251,7 @@ fn graph_draws_who_consumes_and_produces_what() {
 
 #[test]
 fn docs_describe_every_event_as_asyncapi_3() {
-    let app = TestApp::new(
-        &(step("order-validate", &plugin("order-validate"), "")
-            + &step("payment-charge", &plugin("payment-charge"), "")
-            + &step(
-                "payment-refund",
-                &plugin("payment-refund"),
-                "choreography = false",
-            )),
-    );
+    let app = payment_app();
     let d = app.path().to_str().unwrap();
     let doc: serde_json::Value =
         serde_json::from_str(&ok(&troupe(&["docs", d], app.path()))).unwrap();
