@@ -106,31 +106,32 @@ pub(super) struct Syncer {
 
 impl Syncer {
     /// The syncer thread's body; returns when the writer is gone.
+    ///
+    /// A failed flush leaves the disk's state unknown (Linux may have
+    /// dropped the unwritten pages), so from then on nothing is released:
+    /// every caller gets an error, and a restart recovers what is on disk
+    /// (delivering again what was not acknowledged).
     pub fn run(self) {
         let mut file = None;
+        let mut broken = false;
         while let Ok(first) = self.committed.recv() {
             let mut groups = vec![first];
             while let Ok(more) = self.committed.try_recv() {
                 groups.push(more);
             }
-            let synced = if groups.iter().any(|(_, ok)| *ok) {
-                store::sync_wal(&mut file, &self.wal)
-            } else {
-                Ok(())
-            };
-            if let Err(e) = &synced {
-                // Committed but maybe not on disk: fail the callers (they
-                // retry; event ids make that safe) and deliver nothing;
-                // what is on disk is delivered on restart.
+            if !broken
+                && groups.iter().any(|(_, ok)| *ok)
+                && let Err(e) = store::sync_wal(&mut file, &self.wal)
+            {
                 tracing::error!(
-                    "cannot flush the broker's log to disk ({}): {e}; failing {} commit group(s)",
-                    self.wal.display(),
-                    groups.len()
+                    "cannot flush the broker's log to disk ({}): {e}; the broker stops \
+                     accepting work: restart the host",
+                    self.wal.display()
                 );
-                file = None;
+                broken = true;
             }
             for (fx, ok) in groups {
-                fx.release(ok && synced.is_ok(), &self.runtime);
+                fx.release(ok && !broken, &self.runtime);
             }
         }
     }
