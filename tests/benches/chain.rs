@@ -74,6 +74,9 @@ async fn run_mode(instances: &str, n: usize) {
         "time in guests: {:.1} us per invocation on average",
         guest_us as f64 / handled.max(1) as f64
     );
+    if !m.cpu.classes.is_empty() {
+        println!("{} (per order, under load)", m.cpu);
+    }
 }
 
 /// The baseline: the three guests called directly, one after another, no
