@@ -496,10 +496,126 @@ fn malformed_flow_files_are_refused_with_the_line() {
 /// SIGKILL the host with a few hundred runs in flight, start it again, and
 /// every run the API acknowledged reaches a final state; the last step's
 /// effects are keyed by command id, so a duplicate is recognisable.
+/// A `troupe run` child process; SIGKILLed when dropped, so a failed
+/// assertion does not leave a host running.
+struct Child(std::process::Child);
+
+impl Child {
+    /// SIGKILL, and reap.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Run `troupe run` on `app` as a child process (to SIGKILL it), and a
+/// client of its API.
+fn spawn_host(app: &TestApp) -> (Child, troupe::client::Client) {
+    use std::process::{Command, Stdio};
+    let api = app.path().join(".troupe/api.json");
+    let _ = std::fs::remove_file(&api);
+    let child = Child(
+        Command::new(troupe_tests::troupe_bin())
+            .args([
+                "run",
+                app.path().to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("TROUPE_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = std::time::Instant::now();
+    while !api.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the host did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    (
+        child,
+        troupe::client::Client::for_app(app.path(), None).unwrap(),
+    )
+}
+
+/// On the embedded broker a reply-driven transition does not rewrite the
+/// run's record (the reply is in the log): after a SIGKILL the host must
+/// rebuild those transitions from the replies. If it did not, the steps
+/// that completed before the kill would show `dispatched` again and their
+/// commands (deduplicated by id) would never be answered.
+#[test]
+fn a_restart_rebuilds_runs_from_their_replies() {
+    // ship spins ("slow") until its 1.5 s timeout; no retry: the run
+    // fails there and undoes charge and reserve.
+    let flow = FULFIL
+        .replace("timeout_ms = 300", "timeout_ms = 1500")
+        .replace(
+            "retry = { max_attempts = 3, backoff_ms = 20 }",
+            "retry = { max_attempts = 1 }",
+        );
+    let app = app(Backend::Embedded, &[("fulfil", &flow)]);
+    let (mut host, client) = spawn_host(&app);
+    let id = client.start("fulfil", &order("o-9", "slow")).unwrap();
+    let t = std::time::Instant::now();
+    let before = loop {
+        let run = client.status(&id).unwrap();
+        if state(&run, "ship") == "dispatched" {
+            break run;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{run:#}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    host.kill(); // SIGKILL while ship runs
+    for s in ["validate", "reserve", "charge"] {
+        assert_eq!(state(&before, s), "completed", "{before:#}");
+    }
+    let (mut host, client) = spawn_host(&app);
+    let after = client.status(&id).unwrap();
+    for s in ["validate", "reserve", "charge"] {
+        assert!(
+            matches!(state(&after, s), "completed" | "compensated"),
+            "{s} after the restart: {after:#}"
+        );
+        assert_eq!(after["steps"][s]["attempts"], 1, "{s}: {after:#}");
+        assert_eq!(
+            after["steps"][s]["output"], before["steps"][s]["output"],
+            "{s}"
+        );
+    }
+    let run = client.wait(&id, Duration::from_secs(30), |_| {}).unwrap();
+    host.kill();
+    assert_eq!(run["state"], "compensated", "{run:#}");
+    assert_eq!(state(&run, "ship"), "timed_out", "{run:#}");
+    assert_eq!(run["steps"]["validate"]["attempts"], 1);
+    // Undone in reverse order of completion, as the replayed replies say.
+    let seq = |s: &str| before["steps"][s]["completed_seq"].as_u64().unwrap();
+    let (first, last) = if seq("reserve") < seq("charge") {
+        ("reserve", "charge")
+    } else {
+        ("charge", "reserve")
+    };
+    let undo = |s: &str, at: &str| {
+        run["steps"][format!("{s}~undo")][at]
+            .as_str()
+            .unwrap_or_else(|| panic!("{s} not undone: {run:#}"))
+            .to_string()
+    };
+    assert!(undo(last, "finished") <= undo(first, "started"), "{run:#}");
+}
+
 #[test]
 fn runs_survive_sigkill() {
     use std::collections::{HashMap, HashSet};
-    use std::process::{Command, Stdio};
     use std::sync::{Arc, Mutex};
 
     const RUNS: usize = 1000;
@@ -521,36 +637,7 @@ fn runs_survive_sigkill() {
     let flow = "input = \"order.placed\"\n\n[steps.validate]\nstep = \"order-validate\"\n\n[steps.charge]\nstep = \"payment-charge\"\ninput = \"validate\"\n\n[steps.ship]\nstep = \"shipping-dispatch\"\ninput = \"charge\"\n\n[steps.record]\nstep = \"sink\"\ninput = \"ship\"\n";
     std::fs::write(app.path().join("flows/crash.toml"), flow).unwrap();
 
-    let bin = troupe_tests::troupe_bin();
-    let api = app.path().join(".troupe/api.json");
-    let spawn = || {
-        let _ = std::fs::remove_file(&api);
-        let child = Command::new(&bin)
-            .args([
-                "run",
-                app.path().to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .env("TROUPE_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = std::time::Instant::now();
-        while !api.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the host did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        (
-            child,
-            troupe::client::Client::for_app(app.path(), None).unwrap(),
-        )
-    };
-    let (mut host, client) = spawn();
+    let (mut host, client) = spawn_host(&app);
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let producers: Vec<_> = (0..8)
         .map(|p| {
@@ -568,21 +655,19 @@ fn runs_survive_sigkill() {
     while acked.lock().unwrap().len() < RUNS / 2 {
         std::thread::sleep(Duration::from_millis(2));
     }
-    host.kill().unwrap(); // SIGKILL, runs in flight
-    host.wait().unwrap();
+    host.kill(); // SIGKILL, runs in flight
     let done_at_kill = std::fs::read_dir(app.path().join("out")).unwrap().count();
     for p in producers {
         p.join().unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    let (mut host, client) = spawn();
+    let (mut host, client) = spawn_host(&app);
     let mut states: HashMap<String, String> = HashMap::new();
     for id in &acked {
         let run = client.wait(id, Duration::from_secs(60), |_| {}).unwrap();
         states.insert(id.clone(), run["state"].as_str().unwrap().to_string());
     }
-    host.kill().unwrap();
-    host.wait().unwrap();
+    host.kill();
     let not_done: Vec<_> = states.iter().filter(|(_, s)| *s != "completed").collect();
     assert!(
         not_done.is_empty(),

@@ -26,12 +26,13 @@ use crate::runtime::step::LoadedStep;
 
 /// Who declared a schema: (step, produces?).
 type Declarer = (String, bool);
+/// The distinct schemas of one (type, version), each with its declarers.
+type Versions = Vec<(Arc<EventType>, Vec<Declarer>)>;
 
 /// The AsyncAPI 3.0 document of `app`'s events.
 pub fn document(app: &str, steps: &[Arc<LoadedStep>], broker: &BrokerUrl) -> Value {
     // (type, version) -> distinct schemas, each with the steps declaring it.
-    let mut schemas: BTreeMap<(String, String), Vec<(Arc<EventType>, Vec<Declarer>)>> =
-        BTreeMap::new();
+    let mut schemas: BTreeMap<(String, String), Versions> = BTreeMap::new();
     for s in steps {
         let declared = s.contract.consumes.iter().map(|t| (t, false));
         for (t, produces) in declared.chain(s.contract.produces.iter().map(|t| (t, true))) {

@@ -9,6 +9,13 @@
 
 mod cli;
 
+/// mimalloc, not glibc's malloc: events are built on one thread (a worker,
+/// the orchestrator) and freed on another (the broker's writer and
+/// syncer), which glibc's per-thread arenas handle poorly (~16% of a
+/// loaded host's CPU went to malloc and free; `docs/flows.md`, Performance).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};

@@ -5,6 +5,11 @@
 //! `wasm32-wasip2`, apps are directories with a `troupe.toml` in a fresh
 //! temporary folder, and the broker is the real embedded one on disk.
 
+/// The allocator the `troupe` binary uses (see `host/src/main.rs`), so
+/// tests and benchmarks run what users run.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

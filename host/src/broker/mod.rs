@@ -366,6 +366,14 @@ pub trait Broker: Send + Sync {
     /// run), in the order they were published.
     async fn trace(&self, correlation_id: &str) -> Result<Vec<Event>, BrokerError>;
 
+    /// Whether [`Broker::trace`] is an index lookup rather than a scan of
+    /// the log. Where it is, the orchestrator writes a run's record only at
+    /// the transitions the log does not hold, and rebuilds the others from
+    /// the run's replies after a restart (`orchestrator/replay.rs`).
+    fn indexed_trace(&self) -> bool {
+        false
+    }
+
     /// Deliveries not yet settled (waiting, in flight, or backing off).
     async fn backlog(&self) -> Result<u64, BrokerError>;
 

@@ -1,5 +1,12 @@
 //! The task that drives every active run: starts, replies, timers, and
 //! resuming after a crash. Each transition ends in one [`Driver::commit`].
+//!
+//! Where the broker's log can be read back by run cheaply (the embedded
+//! store, [`Journal::Checkpoints`]), a transition caused by a step's reply
+//! does not write the run's record: the reply is already in the log, and
+//! after a crash `replay.rs` applies it again to the last record written.
+//! Every other transition (a start, a timer, a hybrid step's event, the
+//! end of the run) writes the record. Live status is served from memory.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -12,23 +19,51 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::run::{RunRecord, RunState, StepRecord, StepState, key};
-use super::{ATTEMPT, COMPLETED, FAILED, FLOW_STEP, InputCheck, Msg, RUN, StartError, now_ms};
+use super::{
+    ATTEMPT, COMPLETED, FAILED, FLOW_STEP, InputCheck, Msg, RUN, StartError, now_ms, rfc3339,
+};
 use crate::app::RetryPolicy;
 use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery};
-use crate::event::{CORRELATION_ID, Event, TARGET, derived_id, now_rfc3339};
+use crate::event::{CORRELATION_ID, Event, JSON, TARGET, TRACEPARENT, derived_id, now_rfc3339};
 use crate::flow::{Action, Flow, FlowStep, INPUT};
 
 /// A timer: (when, run, flow step or "" for the run's own deadline).
 pub(super) type Timer = Reverse<(u64, String, String)>;
+
+/// A run whose final record's commit is settled: (run, state, stored).
+pub(super) type Ended = (String, RunState, bool);
+
+/// When the driver writes a run's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Journal {
+    /// At every transition (a broker whose log is not indexed by run).
+    EveryTransition,
+    /// At every transition but those a step's reply causes; after a
+    /// crash, the replies in the log are applied again (`replay.rs`).
+    Checkpoints,
+}
 
 pub(super) struct Driver {
     pub(super) finished: tokio::sync::broadcast::Sender<(String, RunState)>,
     pub(super) broker: Arc<dyn Broker>,
     pub(super) flows: Arc<HashMap<String, Arc<Flow>>>,
     pub(super) runs: HashMap<String, RunRecord>,
+    /// Runs that ended, until their final record is durable (so status
+    /// never goes back to an older record meanwhile).
+    pub(super) ending: HashMap<String, RunRecord>,
+    /// Told when a final record's commit is settled; the receiver is
+    /// taken by [`Driver::run`].
+    pub(super) ended: (
+        mpsc::UnboundedSender<Ended>,
+        Option<mpsc::UnboundedReceiver<Ended>>,
+    ),
     pub(super) timers: BinaryHeap<Timer>,
     pub(super) check_input: InputCheck,
     pub(super) source: String,
+    pub(super) journal: Journal,
+    /// While a run is replayed, the time of the reply being applied
+    /// (epoch ms); the wall clock otherwise.
+    pub(super) clock: Option<u64>,
 }
 
 /// What one transition sends to the broker.
@@ -46,6 +81,7 @@ impl Driver {
         consumer: Arc<dyn Consumer>,
         mut lost: tokio::sync::watch::Receiver<bool>,
     ) {
+        let mut ended = self.ended.1.take().expect("the driver runs once");
         loop {
             let next = self.timers.peek().map(|Reverse((at, _, _))| *at);
             let sleep = async {
@@ -59,8 +95,18 @@ impl Driver {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Msg::Start { flow, input, reply }) => self.start(flow, input, reply),
+                    Some(Msg::Status { id, reply }) => {
+                        let run = self.runs.get(&id).or_else(|| self.ending.get(&id));
+                        let _ = reply.send(run.cloned());
+                    }
                     None => return,
                 },
+                Some((id, state, stored)) = ended.recv() => {
+                    self.ending.remove(&id);
+                    if stored {
+                        let _ = self.finished.send((id, state));
+                    }
+                }
                 d = consumer.next() => match d {
                     Some(d) => self.on_delivery(d),
                     None => return,
@@ -99,7 +145,7 @@ impl Driver {
                 }
             }
             tracing::info!(run = %id, resent = out.events.len(), "resuming run");
-            self.commit(None, &id, out, None);
+            self.commit(None, &id, out, true, None);
         }
     }
 
@@ -121,14 +167,14 @@ impl Driver {
             return;
         }
         let id = Uuid::now_v7().to_string();
-        let now = now_ms();
+        let now = self.now();
         let run = RunRecord {
             id: id.clone(),
             flow: flow.clone(),
             state: RunState::Running,
             input,
-            created: now_rfc3339(),
-            updated: now_rfc3339(),
+            created: rfc3339(now),
+            updated: rfc3339(now),
             finished: None,
             duration_ms: None,
             error: None,
@@ -153,31 +199,45 @@ impl Driver {
             None,
             &id,
             out,
+            true,
             Some(Box::new(move |r: Result<(), BrokerError>| {
                 let _ = reply.send(r.map(|()| rid).map_err(StartError::from));
             })),
         );
     }
 
-    /// Persist the run (and send `out`), acking `ack`.
+    /// Now, in epoch ms (see [`Driver::clock`]).
+    pub(super) fn now(&self) -> u64 {
+        self.clock.unwrap_or_else(now_ms)
+    }
+
+    /// Send `out` and ack `ack`, with the run's record if `checkpoint`,
+    /// if the run ended, or if the journal takes every transition.
     pub(super) fn commit(
         &mut self,
         ack: Option<Delivery>,
         id: &str,
         out: Out,
+        checkpoint: bool,
         then: Option<crate::broker::Then>,
     ) {
         let mut state = Vec::new();
+        let mut ended = None;
+        let journal = self.journal;
         if let Some(run) = self.runs.get_mut(id) {
-            run.updated = now_rfc3339();
-            state.push((
-                key(id),
-                Some(serde_json::to_vec(run).expect("a run serialises")),
-            ));
-            if run.state.is_final() {
+            run.updated = rfc3339(now_ms());
+            let end = run.state.is_final();
+            if checkpoint || end || journal == Journal::EveryTransition {
+                state.push((
+                    key(id),
+                    Some(serde_json::to_vec(run).expect("a run serialises")),
+                ));
+            }
+            if end {
                 tracing::debug!(run = %id, flow = %run.flow, state = ?run.state, "run finished");
-                let _ = self.finished.send((id.to_string(), run.state));
-                self.runs.remove(id);
+                ended = Some((id.to_string(), run.state));
+                let run = self.runs.remove(id).expect("present");
+                self.ending.insert(id.to_string(), run);
             }
         }
         let commit = Commit {
@@ -185,18 +245,24 @@ impl Driver {
             events: out.events,
             state,
         };
-        self.broker.commit_then(
-            commit,
-            then.unwrap_or_else(|| {
-                Box::new(|r| {
-                    if let Err(e) = r {
-                        tracing::error!(
-                            "orchestrator commit failed (the run resumes on restart): {e}"
-                        );
-                    }
+        let then = then.unwrap_or_else(|| {
+            Box::new(|r| {
+                if let Err(e) = r {
+                    tracing::error!("orchestrator commit failed (the run resumes on restart): {e}");
+                }
+            })
+        });
+        let then: crate::broker::Then = match ended {
+            None => then,
+            Some((id, state)) => {
+                let tell = self.ended.0.clone();
+                Box::new(move |r| {
+                    let _ = tell.send((id, state, r.is_ok()));
+                    then(r)
                 })
-            }),
-        );
+            }
+        };
+        self.broker.commit_then(commit, then);
     }
 
     /// The flow of a run (an `Arc`: cheap to hold while the run changes).
@@ -238,17 +304,27 @@ impl Driver {
                 None => b"null".to_vec(),
             }
         };
-        let mut e = Event::new(&kind, &self.source, data);
-        e.id = derived_id(run_id, &format!("{sid}/{attempt}"));
-        e.subject = Some(run_id.to_string());
-        e.extensions
-            .insert(CORRELATION_ID.into(), run_id.to_string());
-        e.extensions.insert(RUN.into(), run_id.to_string());
-        e.extensions.insert(FLOW_STEP.into(), sid.to_string());
-        e.extensions.insert(ATTEMPT.into(), attempt.to_string());
+        let id = derived_id(run_id, &format!("{sid}/{attempt}"));
+        let mut extensions = std::collections::BTreeMap::new();
+        extensions.insert(TRACEPARENT.to_string(), traceparent(run_id, &id));
+        extensions.insert(CORRELATION_ID.to_string(), run_id.to_string());
+        extensions.insert(RUN.to_string(), run_id.to_string());
+        extensions.insert(FLOW_STEP.to_string(), sid.to_string());
+        extensions.insert(ATTEMPT.to_string(), attempt.to_string());
         if let Some(t) = target {
-            e.extensions.insert(TARGET.into(), t);
+            extensions.insert(TARGET.to_string(), t);
         }
+        let e = Event {
+            id,
+            source: self.source.clone(),
+            kind,
+            subject: Some(run_id.to_string()),
+            time: now_rfc3339(),
+            content_type: JSON.to_string(),
+            schema: None,
+            data,
+            extensions,
+        };
         Some(e)
     }
 
@@ -260,9 +336,9 @@ impl Driver {
         let rec = run.steps.entry(sid.to_string()).or_default();
         rec.attempts += 1;
         rec.state = StepState::Dispatched;
-        let now = now_ms();
+        let now = self.clock.unwrap_or_else(now_ms);
         if rec.started.is_none() {
-            rec.started = Some(now_rfc3339());
+            rec.started = Some(rfc3339(now));
             rec.started_ms = now;
         }
         rec.deadline_ms = Some(now + timeout);
@@ -339,13 +415,14 @@ impl Driver {
                 break;
             }
         }
+        let now = self.now();
         let run = self.runs.get_mut(run_id).expect("live");
         let done = run
             .steps
             .values()
             .all(|r| matches!(r.state, StepState::Completed | StepState::Skipped));
         if done {
-            finish(run, RunState::Completed);
+            finish(run, RunState::Completed, now);
         }
     }
 
@@ -367,35 +444,39 @@ impl Driver {
     }
 
     fn on_delivery(&mut self, d: Delivery) {
-        let e = &d.event;
-        let run_id = e
-            .extensions
-            .get(RUN)
-            .cloned()
-            .unwrap_or_else(|| e.correlation_id().to_string());
+        let run_id = run_of(&d.event).to_string();
         if !self.runs.contains_key(&run_id) {
             // A reply for a finished run (a late answer or a duplicate), or
             // an awaited event type from a cascade that is not a run: ack.
-            self.commit(Some(d), "", Out::default(), None);
+            self.commit(Some(d), "", Out::default(), false, None);
             return;
         }
         let mut out = Out::default();
+        let checkpoint = self.apply(&run_id, &d.event, &mut out);
+        self.commit(Some(d), &run_id, out, checkpoint, None);
+    }
+
+    /// Apply a reply, or an event a hybrid step awaits, to its (live) run.
+    /// Whether the run's record must be written with the transition: not
+    /// for a reply (the log holds it, and [`Driver::replay`] applies it
+    /// again after a crash), but for an awaited event that settled a step.
+    pub(super) fn apply(&mut self, run_id: &str, e: &Event, out: &mut Out) -> bool {
         match e.kind.as_str() {
             COMPLETED | FAILED => {
                 let sid = e.extensions.get(FLOW_STEP).cloned().unwrap_or_default();
-                let current = self.runs[&run_id]
+                let current = self.runs[run_id]
                     .steps
                     .get(&sid)
                     .and_then(|r| r.command_id.clone());
                 if current.as_deref() == e.causation_id()
-                    && self.runs[&run_id].steps[&sid].state == StepState::Dispatched
+                    && self.runs[run_id].steps[&sid].state == StepState::Dispatched
                 {
                     if e.kind == COMPLETED {
                         let output = serde_json::from_slice::<Completed>(&e.data)
                             .ok()
                             .and_then(|c| c.outputs.into_iter().next())
                             .map(|o| (o.kind, o.data.unwrap_or_else(null)));
-                        self.step_done(&run_id, &sid, output, &mut out);
+                        self.step_done(run_id, &sid, output, out);
                     } else {
                         let data: Value = serde_json::from_slice(&e.data).unwrap_or(Value::Null);
                         let retryable = data["retryable"].as_bool().unwrap_or(false);
@@ -404,16 +485,16 @@ impl Driver {
                             data["class"].as_str().unwrap_or("failed"),
                             data["message"].as_str().unwrap_or("")
                         );
-                        self.step_failed(&run_id, &sid, msg, retryable, &mut out);
+                        self.step_failed(run_id, &sid, msg, retryable, out);
                     }
                 }
             }
             kind => {
                 // An awaited choreography event for a hybrid step.
-                let flow = self.flow(&run_id);
+                let flow = self.flow(run_id);
                 let waiting = flow.iter().flat_map(|f| f.steps.iter()).find(|s| {
                     matches!(&s.action, Action::Hybrid { done, failed, .. } if done == kind || failed.as_deref() == Some(kind))
-                        && self.runs[&run_id].steps[&s.id].state == StepState::Dispatched
+                        && self.runs[run_id].steps[&s.id].state == StepState::Dispatched
                 });
                 if let Some(s) = waiting.cloned() {
                     let Action::Hybrid { done, .. } = &s.action else {
@@ -424,15 +505,16 @@ impl Driver {
                             .ok()
                             .filter(|_| e.is_json())
                             .unwrap_or_else(null);
-                        self.step_done(&run_id, &s.id, Some((e.kind.clone(), data)), &mut out);
+                        self.step_done(run_id, &s.id, Some((e.kind.clone(), data)), out);
                     } else {
                         let msg = format!("{kind}: {}", String::from_utf8_lossy(&e.data));
-                        self.step_failed(&run_id, &s.id, msg, false, &mut out);
+                        self.step_failed(run_id, &s.id, msg, false, out);
                     }
+                    return true;
                 }
             }
         }
-        self.commit(Some(d), &run_id, out, None);
+        false
     }
 
     /// `output`: the type and data of the step's (first) output event.
@@ -447,9 +529,9 @@ impl Driver {
         run.completions += 1;
         let seq = run.completions;
         let rec = run.steps.get_mut(sid).expect("step");
-        let now = now_ms();
+        let now = self.clock.unwrap_or_else(now_ms);
         rec.state = StepState::Completed;
-        rec.finished = Some(now_rfc3339());
+        rec.finished = Some(rfc3339(now));
         rec.duration_ms = Some(now.saturating_sub(rec.started_ms));
         rec.deadline_ms = None;
         rec.completed_seq = Some(seq);
@@ -502,9 +584,32 @@ fn null() -> Box<RawValue> {
     RawValue::from_string("null".into()).expect("null is JSON")
 }
 
-pub(super) fn finish(run: &mut RunRecord, state: RunState) {
+/// End `run` as `state` at `now` (epoch ms).
+pub(super) fn finish(run: &mut RunRecord, state: RunState, now: u64) {
     run.state = state;
-    let now = now_ms();
-    run.finished = Some(now_rfc3339());
+    run.finished = Some(rfc3339(now));
     run.duration_ms = Some(now.saturating_sub(run.created_ms));
+}
+
+/// The W3C `traceparent` of a command: the run is the trace (its UUID's
+/// 32 hex digits), the command a span (the hash half of its id). Derived,
+/// not drawn, so a command sent again after a crash carries the same one.
+fn traceparent(run_id: &str, command_id: &str) -> String {
+    let hex = |id: &str| id.replace('-', "");
+    let (trace, span) = (hex(run_id), hex(command_id));
+    match (trace.len(), span.len()) {
+        (32, 32) => format!("00-{trace}-{}-01", &span[16..]),
+        _ => format!(
+            "00-{:032x}-{:016x}-01",
+            Uuid::new_v4().as_u128(),
+            Uuid::new_v4().as_u64_pair().0
+        ),
+    }
+}
+
+/// The run a reply or an awaited event belongs to.
+pub(super) fn run_of(e: &Event) -> &str {
+    e.extensions
+        .get(RUN)
+        .map_or_else(|| e.correlation_id(), String::as_str)
 }

@@ -7,9 +7,8 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 
 use super::driver::{Driver, Out, finish};
-use super::now_ms;
 use super::run::{RunState, StepRecord, StepState, undo_id};
-use crate::event::now_rfc3339;
+use super::{now_ms, rfc3339};
 
 impl Driver {
     pub(super) fn step_failed(
@@ -21,6 +20,7 @@ impl Driver {
         out: &mut Out,
     ) {
         let policy = self.retry_of(run_id, sid);
+        let now = self.now();
         let run = self.runs.get_mut(run_id).expect("live");
         let rec = run.steps.get_mut(sid).expect("step");
         rec.errors
@@ -28,12 +28,9 @@ impl Driver {
         if retryable && rec.attempts < policy.max_attempts {
             let wait = policy.backoff(rec.attempts).as_millis() as u64;
             rec.state = StepState::Backoff;
-            rec.deadline_ms = Some(now_ms() + wait);
-            self.timers.push(Reverse((
-                now_ms() + wait,
-                run_id.to_string(),
-                sid.to_string(),
-            )));
+            rec.deadline_ms = Some(now + wait);
+            self.timers
+                .push(Reverse((now + wait, run_id.to_string(), sid.to_string())));
             return;
         }
         let timed_out = error.contains("timed out");
@@ -42,7 +39,7 @@ impl Driver {
         } else {
             StepState::Failed
         };
-        rec.finished = Some(now_rfc3339());
+        rec.finished = Some(rfc3339(now));
         rec.deadline_ms = None;
         if let Some(orig) = sid.strip_suffix("~undo") {
             if let Some(r) = run.steps.get_mut(orig) {
@@ -93,6 +90,7 @@ impl Driver {
 
     /// Dispatch the next compensation, or end the run.
     pub(super) fn next_undo(&mut self, run_id: &str, out: &mut Out) {
+        let now = self.now();
         let run = self.runs.get_mut(run_id).expect("live");
         let busy = run.steps.iter().any(|(id, r)| {
             id.ends_with("~undo") && matches!(r.state, StepState::Dispatched | StepState::Backoff)
@@ -128,7 +126,7 @@ impl Driver {
         } else {
             RunState::Failed
         };
-        finish(run, end);
+        finish(run, end, now);
     }
 
     pub(super) fn on_timers(&mut self) {
@@ -182,7 +180,7 @@ impl Driver {
         touched.dedup();
         for id in touched {
             let out = outs.remove(&id).unwrap_or_default();
-            self.commit(None, &id, out, None);
+            self.commit(None, &id, out, true, None);
         }
     }
 }

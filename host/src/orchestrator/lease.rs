@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::driver::Driver;
+use super::driver::{Driver, Journal};
 use super::run::{RunRecord, RunState};
 use super::{GROUP, InputCheck, Msg, StartError};
 use crate::app::RetryPolicy;
@@ -78,15 +78,32 @@ impl Lead {
                 Err(e) => tracing::error!("unreadable run record: {e}"),
             }
         }
+        let journal = if self.broker.indexed_trace() {
+            Journal::Checkpoints
+        } else {
+            Journal::EveryTransition
+        };
+        let (tell, ended) = mpsc::unbounded_channel();
         let mut driver = Driver {
             finished: self.finished.clone(),
             broker: self.broker.clone(),
             flows: self.flows.clone(),
             runs,
+            ending: HashMap::new(),
+            ended: (tell, Some(ended)),
             timers: BinaryHeap::new(),
             check_input: self.check_input.clone(),
             source: self.source.clone(),
+            journal,
+            clock: None,
         };
+        if journal == Journal::Checkpoints {
+            let ids: Vec<String> = driver.runs.keys().cloned().collect();
+            for id in ids {
+                let log = self.broker.trace(&id).await?;
+                driver.replay(&id, &log);
+            }
+        }
         driver.resume();
         Ok((driver, consumer))
     }
@@ -131,6 +148,9 @@ impl Lead {
                 msg = rx.recv() => match msg {
                     Some(Msg::Start { reply, .. }) => {
                         let _ = reply.send(Err(StartError::Standby));
+                    }
+                    Some(Msg::Status { reply, .. }) => {
+                        let _ = reply.send(None);
                     }
                     None => return,
                 },

@@ -9,9 +9,13 @@
 //!
 //! One task owns every active run ([`Orchestrator::spawn`], `driver.rs`). Each
 //! transition (a run started, a reply, a timer) becomes one broker commit:
-//! the reply's ack, the run's new record and the commands it sends, so a
-//! crash never records an effect without its cause. Commits are pipelined
-//! (the task never waits for one); the broker applies them in order.
+//! the reply's ack, the commands it sends and the run's new record, so a
+//! crash never records an effect without its cause. Where the broker's log
+//! is indexed by run (embedded), a reply's transition leaves the record out
+//! (the reply itself is the record of it) and `replay.rs` applies the
+//! replies again after a restart. Commits are pipelined (the task never
+//! waits for one); the broker applies them in order. Live status comes from
+//! the task's memory.
 //!
 //! **Commands have deterministic ids** (run, flow step, attempt): after a
 //! crash the orchestrator re-sends the commands of every dispatched step,
@@ -21,6 +25,7 @@
 mod driver;
 mod failure;
 pub mod lease;
+mod replay;
 pub mod run;
 
 use std::collections::HashMap;
@@ -70,6 +75,12 @@ enum Msg {
         input: Value,
         reply: oneshot::Sender<Result<String, StartError>>,
     },
+    /// A run's record as the driver holds it; `None` when it is not
+    /// driving the run (ended, unknown, or this host stands by).
+    Status {
+        id: String,
+        reply: oneshot::Sender<Option<RunRecord>>,
+    },
 }
 
 /// A handle on the running orchestrator.
@@ -88,6 +99,11 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Epoch ms as RFC 3339 (UTC, milliseconds): the times of run records.
+pub(crate) fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }
 
 impl Orchestrator {
@@ -154,8 +170,19 @@ impl Orchestrator {
         rx.await.map_err(|_| StartError::Stopped)?
     }
 
-    /// The aggregated status of a run, as last committed.
+    /// The aggregated status of a run: from the driver while it drives
+    /// the run, else as last stored.
     pub async fn status(&self, id: &str) -> Result<Option<RunRecord>, BrokerError> {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::Status {
+            id: id.to_string(),
+            reply,
+        };
+        if self.tx.send(msg).await.is_ok()
+            && let Ok(Some(run)) = rx.await
+        {
+            return Ok(Some(run));
+        }
         Ok(self
             .broker
             .state_get(&key(id))
@@ -164,7 +191,7 @@ impl Orchestrator {
     }
 
     /// Runs as they finish: (id, final state), sent once the final record
-    /// is handed to the broker (it may not be durable yet).
+    /// is durable.
     pub fn finished(&self) -> tokio::sync::broadcast::Receiver<(String, RunState)> {
         self.finished.subscribe()
     }

@@ -358,6 +358,11 @@ impl Broker for Embedded {
         self.read(move |c| store::trace(c, &id)).await
     }
 
+    /// `events` is indexed by correlation id.
+    fn indexed_trace(&self) -> bool {
+        true
+    }
+
     async fn backlog(&self) -> Result<u64, BrokerError> {
         let queued: u64 = self
             .groups
