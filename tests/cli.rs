@@ -125,6 +125,21 @@ fn malformed_events_are_refused_on_publish_and_nothing_is_stored() {
         app.path(),
     ));
     assert!(e.contains("bad.jsonl:2: not an event"), "{e}");
+    // Extensions that address a group or a run's step are the host's own,
+    // with or without --no-check.
+    std::fs::write(
+        &file,
+        "{\"type\":\"order.placed\",\"trouperun\":\"r\",\"data\":{}}\n",
+    )
+    .unwrap();
+    let e = err(&troupe(
+        &["publish", d, "--no-check", "--file", file.to_str().unwrap()],
+        app.path(),
+    ));
+    assert!(
+        e.contains("bad.jsonl:1: the extension `trouperun` is set by the host only"),
+        "{e}"
+    );
     let summary = ok(&troupe(&["run", d, "--until-idle"], app.path()));
     assert!(summary.contains("dead-letter queue: empty"), "{summary}");
     assert!(

@@ -420,6 +420,17 @@ fn the_api_refuses_requests_without_the_token_and_bad_requests(b: Backend) {
     assert_eq!(code, 422);
     let (code, _) = err(h.client.publish(&json!({"data": {}})).unwrap_err());
     assert_eq!(code, 400);
+    // Nobody outside the host addresses a group or answers a command.
+    let (code, msg) = err(h
+        .client
+        .publish(&json!({
+            "type": "troupe.step.completed",
+            "troupeto": "troupe:orchestrator",
+            "data": {"outputs": []}
+        }))
+        .unwrap_err());
+    assert_eq!(code, 400);
+    assert!(msg.contains("troupeto"), "{msg}");
     let doc = h.client.get("/v1/openapi.json").unwrap();
     for p in [
         "/v1/flows/{flow}/runs",

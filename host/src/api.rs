@@ -236,6 +236,12 @@ async fn publish(State(s): State<ApiState>, Body(body): Body) -> Result<Response
             format!("{:?} is not an event type", event.kind),
         ));
     }
+    if let Some(ext) = crate::orchestrator::host_owned_extension(&event) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the extension `{ext}` is set by the host only"),
+        ));
+    }
     for step in s
         .steps
         .iter()

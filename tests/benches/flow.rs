@@ -10,6 +10,9 @@
 //!
 //! Run: `cargo bench -p troupe-tests --bench flow` (`BENCH_RUNS`, default
 //! 10000; `BENCH_ONLY=orchestration` or `choreography` to profile one).
+//! Both modes run in each of `BENCH_ROUNDS` rounds (default 3), one after
+//! the other, and the ratio of their throughputs is taken per round; the
+//! median ratio is printed last, since a shared VM's speed drifts.
 
 use serde_json::json;
 use troupe::event::Event;
@@ -37,35 +40,45 @@ fn main() {
         .unwrap();
     let only = std::env::var("BENCH_ONLY").ok();
     let want = |mode: &str| only.as_deref().is_none_or(|o| o == mode);
-    rt.block_on(async {
-        let chor = if want("choreography") {
-            let app = TestApp::new(&m);
-            let host = app.start().await;
-            let r = bench::choreography(&host, n, "order.shipped", |i| {
-                Event::new(
-                    "order.placed",
-                    "troupe://bench",
-                    serde_json::to_vec(&data(i)).unwrap(),
-                )
-            })
-            .await;
-            host.shutdown().await;
-            Some(r)
-        } else {
-            None
-        };
-        let orch = if want("orchestration") {
-            let app = TestApp::new(&m);
-            std::fs::create_dir(app.path().join("flows")).unwrap();
-            std::fs::write(app.path().join("flows/chain.toml"), FLOW).unwrap();
-            let host = app.start().await;
-            let r = bench::orchestration(&host, "chain", n, data).await;
-            host.shutdown().await;
-            Some(r)
-        } else {
-            None
-        };
-        println!("three steps, fresh instances, durable embedded broker, {n} each:");
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    println!("three steps, fresh instances, durable embedded broker, {n} each, {rounds} rounds:");
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        let (chor, orch) = rt.block_on(async {
+            let chor = if want("choreography") {
+                let app = TestApp::new(&m);
+                let host = app.start().await;
+                let r = bench::choreography(&host, n, "order.shipped", |i| {
+                    Event::new(
+                        "order.placed",
+                        "troupe://bench",
+                        serde_json::to_vec(&data(i)).unwrap(),
+                    )
+                })
+                .await;
+                host.shutdown().await;
+                Some(r)
+            } else {
+                None
+            };
+            let orch = if want("orchestration") {
+                let app = TestApp::new(&m);
+                std::fs::create_dir(app.path().join("flows")).unwrap();
+                std::fs::write(app.path().join("flows/chain.toml"), FLOW).unwrap();
+                let host = app.start().await;
+                let r = bench::orchestration(&host, "chain", n, data).await;
+                host.shutdown().await;
+                Some(r)
+            } else {
+                None
+            };
+            (chor, orch)
+        });
+        println!("round {round}:");
         if let Some(c) = &chor {
             println!("  choreography:  {c}");
         }
@@ -73,10 +86,19 @@ fn main() {
             println!("  orchestration: {o}");
         }
         if let (Some(c), Some(o)) = (chor, orch) {
-            println!(
-                "  orchestration / choreography throughput: {:.2}",
-                o.per_second / c.per_second
-            );
+            let ratio = o.per_second / c.per_second;
+            println!("  orchestration / choreography throughput: {ratio:.2}");
+            ratios.push(ratio);
         }
-    });
+    }
+    if !ratios.is_empty() {
+        ratios.sort_by(f64::total_cmp);
+        let all: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "orchestration / choreography throughput, median of {} rounds: {:.2} (each: {})",
+            ratios.len(),
+            ratios[ratios.len() / 2],
+            all.join(", ")
+        );
+    }
 }

@@ -23,6 +23,53 @@ pub struct Measured {
     pub loaded: (Duration, Duration),
     /// CPU per item under load, by part.
     pub cpu: PerItem,
+    /// Latency at a steady rate below the peak, where measured.
+    pub paced: Option<Paced>,
+}
+
+/// Latency at a steady rate: items started one by one at `rate` a second
+/// (open loop, as independent producers would), p50 and p99.
+#[derive(Debug, Clone)]
+pub struct Paced {
+    pub rate: f64,
+    pub latency: (Duration, Duration),
+}
+
+/// The steady rate to measure latency at, as a fraction of the peak
+/// throughput (`BENCH_PACED_LOAD`, default 0.5), and for how long
+/// (`BENCH_PACED_SECS`, default 3; 0 skips it).
+fn paced_load() -> Option<(f64, f64)> {
+    let var = |k: &str, d: f64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(d)
+    };
+    let (load, secs) = (var("BENCH_PACED_LOAD", 0.5), var("BENCH_PACED_SECS", 3.0));
+    (load > 0.0 && secs > 0.0).then_some((load, secs))
+}
+
+/// Start `count` items at `rate` a second, each by `start(i)` for `i` from
+/// `first`, on a task of its own.
+async fn pace<F, Fut>(rate: f64, count: usize, first: usize, start: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let t0 = tokio::time::Instant::now();
+    for k in 0..count {
+        tokio::time::sleep_until(t0 + period.mul_f64(k as f64)).await;
+        tokio::spawn(start(first + k));
+    }
+}
+
+/// Wait until `latencies` holds `count` items, then take them.
+async fn collect(latencies: &Mutex<Vec<Duration>>, count: usize) -> Vec<Duration> {
+    while latencies.lock().unwrap().len() < count {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    std::mem::take(&mut *latencies.lock().unwrap())
 }
 
 /// The loaded phase of a measurement: started when the producers start.
@@ -49,6 +96,7 @@ impl Phase {
             unloaded,
             loaded: quantiles(loaded),
             cpu: Snapshot::since(&self.cpu, n),
+            paced: None,
         }
     }
 }
@@ -66,6 +114,15 @@ impl std::fmt::Display for Measured {
             ms(self.loaded.0),
             ms(self.loaded.1)
         )?;
+        if let Some(p) = &self.paced {
+            write!(
+                f,
+                "; at a steady {:.0}/s p50 {} p99 {}",
+                p.rate,
+                ms(p.latency.0),
+                ms(p.latency.1)
+            )?;
+        }
         if !self.cpu.classes.is_empty() {
             write!(f, "\n      {}", self.cpu)?;
         }
@@ -165,10 +222,26 @@ pub async fn choreography(
     for p in producers {
         p.await.unwrap();
     }
-    while latencies.lock().unwrap().len() < n {
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    let loaded = collect(&latencies, n).await;
+    let mut m = phase.end(n, unloaded, loaded);
+    if let Some((load, secs)) = paced_load() {
+        let rate = m.per_second * load;
+        let count = (rate * secs) as usize;
+        pace(rate, count, n, |i| {
+            let (started, broker, make) = (started.clone(), host.broker.clone(), make.clone());
+            async move {
+                let e = make(i);
+                started.lock().unwrap().insert(e.id.clone(), Instant::now());
+                broker.publish(vec![e]).await.unwrap();
+            }
+        })
+        .await;
+        m.paced = Some(Paced {
+            rate,
+            latency: quantiles(collect(&latencies, count).await),
+        });
     }
-    phase.end(n, unloaded, std::mem::take(&mut *latencies.lock().unwrap()))
+    m
 }
 
 /// Measure runs of `flow` started through the orchestrator (not HTTP):
@@ -285,8 +358,16 @@ async fn measure_runs(
     for p in producers {
         p.await.unwrap();
     }
-    while count() < n {
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    let loaded = collect(&latencies, n).await;
+    let mut m = phase.end(n, unloaded, loaded);
+    if let Some((load, secs)) = paced_load() {
+        let rate = m.per_second * load;
+        let count = (rate * secs) as usize;
+        pace(rate, count, n, start_one).await;
+        m.paced = Some(Paced {
+            rate,
+            latency: quantiles(collect(&latencies, count).await),
+        });
     }
-    phase.end(n, unloaded, std::mem::take(&mut *latencies.lock().unwrap()))
+    m
 }

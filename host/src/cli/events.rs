@@ -106,10 +106,12 @@ pub(crate) fn publish(
                 let at = || format!("{}:{}", f.display(), n + 1);
                 let v: serde_json::Value =
                     serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
-                events.push(
-                    Event::from_json(v, &source)
-                        .with_context(|| format!("{}: not an event", at()))?,
-                );
+                let e = Event::from_json(v, &source)
+                    .with_context(|| format!("{}: not an event", at()))?;
+                if let Some(ext) = troupe::orchestrator::host_owned_extension(&e) {
+                    bail!("{}: the extension `{ext}` is set by the host only", at());
+                }
+                events.push(e);
             }
             events
         }

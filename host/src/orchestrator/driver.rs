@@ -7,31 +7,38 @@
 //! after a crash `replay.rs` applies it again to the last record written.
 //! Every other transition (a start, a timer, a hybrid step's event, the
 //! end of the run) writes the record. Live status is served from memory.
+//!
+//! The task wakes for a start, a status query (on a channel of its own, so
+//! it never waits behind queued starts), a reply, a settled final record,
+//! or a timer; a wake-up for a start or a reply also takes what else is
+//! waiting on that channel (up to [`BATCH`]), so under load the loop's
+//! own cost is paid once per batch, not per message.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::run::{RunRecord, RunState, StepRecord, StepState, key};
+use super::timers::Timers;
 use super::{
-    ATTEMPT, COMPLETED, FAILED, FLOW_STEP, InputCheck, Msg, RUN, StartError, now_ms, rfc3339,
+    COMPLETED, FAILED, FLOW_STEP, Inbox, InputCheck, Msg, StartError, messages, now_ms, rfc3339,
 };
 use crate::app::RetryPolicy;
 use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery};
-use crate::event::{CORRELATION_ID, Event, JSON, TARGET, TRACEPARENT, derived_id, now_rfc3339};
+use crate::event::Event;
 use crate::flow::{Action, Flow, FlowStep, INPUT};
-
-/// A timer: (when, run, flow step or "" for the run's own deadline).
-pub(super) type Timer = Reverse<(u64, String, String)>;
 
 /// A run whose final record's commit is settled: (run, state, stored).
 pub(super) type Ended = (String, RunState, bool);
+
+/// The most messages of one kind handled per wake-up of the driver.
+const BATCH: usize = 64;
 
 /// When the driver writes a run's record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +64,7 @@ pub(super) struct Driver {
         mpsc::UnboundedSender<Ended>,
         Option<mpsc::UnboundedReceiver<Ended>>,
     ),
-    pub(super) timers: BinaryHeap<Timer>,
+    pub(super) timers: Timers,
     pub(super) check_input: InputCheck,
     pub(super) source: String,
     pub(super) journal: Journal,
@@ -77,13 +84,13 @@ impl Driver {
     /// `lost` says this host no longer holds the orchestrator lease.
     pub(super) async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Msg>,
+        mut inbox: Inbox,
         consumer: Arc<dyn Consumer>,
         mut lost: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut ended = self.ended.1.take().expect("the driver runs once");
         loop {
-            let next = self.timers.peek().map(|Reverse((at, _, _))| *at);
+            let next = self.timers.next_at();
             let sleep = async {
                 match next {
                     Some(at) => {
@@ -92,15 +99,20 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            // A woken branch takes what else is waiting on its channel
+            // too (up to BATCH), rather than one message per wake-up.
             tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(Msg::Start { flow, input, reply }) => self.start(flow, input, reply),
-                    Some(Msg::Status { id, reply }) => {
-                        let run = self.runs.get(&id).or_else(|| self.ending.get(&id));
-                        let _ = reply.send(run.cloned());
+                msg = inbox.starts.recv() => match msg {
+                    Some(msg) => {
+                        self.on_msg(msg);
+                        for _ in 0..BATCH {
+                            let Ok(msg) = inbox.starts.try_recv() else { break };
+                            self.on_msg(msg);
+                        }
                     }
                     None => return,
                 },
+                Some(msg) = inbox.queries.recv() => self.on_msg(msg),
                 Some((id, state, stored)) = ended.recv() => {
                     self.ending.remove(&id);
                     if stored {
@@ -108,7 +120,13 @@ impl Driver {
                     }
                 }
                 d = consumer.next() => match d {
-                    Some(d) => self.on_delivery(d),
+                    Some(d) => {
+                        self.on_delivery(d);
+                        for _ in 0..BATCH {
+                            let Some(Some(d)) = consumer.next().now_or_never() else { break };
+                            self.on_delivery(d);
+                        }
+                    }
                     None => return,
                 },
                 _ = sleep => self.on_timers(),
@@ -119,24 +137,31 @@ impl Driver {
         }
     }
 
+    fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Start { flow, input, reply } => self.start(flow, input, reply),
+            Msg::Status { id, reply } => {
+                let run = self.runs.get(&id).or_else(|| self.ending.get(&id));
+                let _ = reply.send(run.cloned());
+            }
+        }
+    }
+
     /// Re-send the commands of every dispatched step and re-arm timers.
     pub(super) fn resume(&mut self) {
         let ids: Vec<String> = self.runs.keys().cloned().collect();
         for id in ids {
             let mut out = Out::default();
             let run = self.runs.get(&id).expect("listed");
-            self.timers
-                .push(Reverse((run.deadline_ms, id.clone(), String::new())));
+            self.timers.arm(run.deadline_ms, &id, "", &self.runs);
             let steps: Vec<(String, StepRecord)> = run
                 .steps
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             for (sid, rec) in steps {
-                if let Some(at) = rec.deadline_ms
-                    && matches!(rec.state, StepState::Dispatched | StepState::Backoff)
-                {
-                    self.timers.push(Reverse((at, id.clone(), sid.clone())));
+                if let Some(at) = rec.deadline_ms {
+                    self.timers.arm(at, &id, &sid, &self.runs);
                 }
                 if rec.state == StepState::Dispatched
                     && let Some(e) = self.command(&id, &sid, rec.attempts)
@@ -189,9 +214,9 @@ impl Driver {
             timed_out: false,
             completions: 0,
         };
-        self.timers
-            .push(Reverse((run.deadline_ms, id.clone(), String::new())));
+        let deadline = run.deadline_ms;
         self.runs.insert(id.clone(), run);
+        self.timers.arm(deadline, &id, "", &self.runs);
         let mut out = Out::default();
         self.advance(&id, &mut out);
         let rid = id.clone();
@@ -273,61 +298,6 @@ impl Driver {
             .cloned()
     }
 
-    /// The command (or hybrid event) of attempt `attempt` of `sid`.
-    fn command(&self, run_id: &str, sid: &str, attempt: u32) -> Option<Event> {
-        let run = self.runs.get(run_id)?;
-        let flow = self.flows.get(&run.flow)?;
-        let (input_from, kind, target) = match sid.strip_suffix("~undo") {
-            Some(orig) => {
-                let c = flow.step(orig)?.compensate.clone()?;
-                let kind = if c.input == INPUT {
-                    flow.input.clone()
-                } else {
-                    run.steps.get(&c.input)?.output_type.clone()?
-                };
-                (c.input, kind, Some(c.step))
-            }
-            None => {
-                let s = flow.step(sid)?;
-                let target = match &s.action {
-                    Action::Command { step } => Some(step.clone()),
-                    Action::Hybrid { .. } => None,
-                };
-                (s.input.clone(), s.input_kind.clone(), target)
-            }
-        };
-        let data = if input_from == INPUT {
-            serde_json::to_vec(&run.input).expect("JSON")
-        } else {
-            match &run.steps.get(&input_from)?.output {
-                Some(raw) => raw.get().as_bytes().to_vec(),
-                None => b"null".to_vec(),
-            }
-        };
-        let id = derived_id(run_id, &format!("{sid}/{attempt}"));
-        let mut extensions = std::collections::BTreeMap::new();
-        extensions.insert(TRACEPARENT.to_string(), traceparent(run_id, &id));
-        extensions.insert(CORRELATION_ID.to_string(), run_id.to_string());
-        extensions.insert(RUN.to_string(), run_id.to_string());
-        extensions.insert(FLOW_STEP.to_string(), sid.to_string());
-        extensions.insert(ATTEMPT.to_string(), attempt.to_string());
-        if let Some(t) = target {
-            extensions.insert(TARGET.to_string(), t);
-        }
-        let e = Event {
-            id,
-            source: self.source.clone(),
-            kind,
-            subject: Some(run_id.to_string()),
-            time: now_rfc3339(),
-            content_type: JSON.to_string(),
-            schema: None,
-            data,
-            extensions,
-        };
-        Some(e)
-    }
-
     pub(super) fn dispatch(&mut self, run_id: &str, sid: &str, out: &mut Out) {
         let timeout = self.timeout_of(run_id, sid);
         let Some(run) = self.runs.get_mut(run_id) else {
@@ -343,11 +313,7 @@ impl Driver {
         }
         rec.deadline_ms = Some(now + timeout);
         let attempt = rec.attempts;
-        self.timers.push(Reverse((
-            now + timeout,
-            run_id.to_string(),
-            sid.to_string(),
-        )));
+        self.timers.arm(now + timeout, run_id, sid, &self.runs);
         if let Some(e) = self.command(run_id, sid, attempt) {
             if let Some(rec) = self.runs.get_mut(run_id).and_then(|r| r.steps.get_mut(sid)) {
                 rec.command_id = Some(e.id.clone());
@@ -444,7 +410,7 @@ impl Driver {
     }
 
     fn on_delivery(&mut self, d: Delivery) {
-        let run_id = run_of(&d.event).to_string();
+        let run_id = messages::run_of(&d.event).to_string();
         if !self.runs.contains_key(&run_id) {
             // A reply for a finished run (a late answer or a duplicate), or
             // an awaited event type from a cascade that is not a run: ack.
@@ -472,19 +438,9 @@ impl Driver {
                     && self.runs[run_id].steps[&sid].state == StepState::Dispatched
                 {
                     if e.kind == COMPLETED {
-                        let output = serde_json::from_slice::<Completed>(&e.data)
-                            .ok()
-                            .and_then(|c| c.outputs.into_iter().next())
-                            .map(|o| (o.kind, o.data.unwrap_or_else(null)));
-                        self.step_done(run_id, &sid, output, out);
+                        self.step_done(run_id, &sid, messages::first_output(e), out);
                     } else {
-                        let data: Value = serde_json::from_slice(&e.data).unwrap_or(Value::Null);
-                        let retryable = data["retryable"].as_bool().unwrap_or(false);
-                        let msg = format!(
-                            "{}: {}",
-                            data["class"].as_str().unwrap_or("failed"),
-                            data["message"].as_str().unwrap_or("")
-                        );
+                        let (msg, retryable) = messages::failure(e);
                         self.step_failed(run_id, &sid, msg, retryable, out);
                     }
                 }
@@ -504,7 +460,7 @@ impl Driver {
                         let data = serde_json::from_slice::<Box<RawValue>>(&e.data)
                             .ok()
                             .filter(|_| e.is_json())
-                            .unwrap_or_else(null);
+                            .unwrap_or_else(messages::null);
                         self.step_done(run_id, &s.id, Some((e.kind.clone(), data)), out);
                     } else {
                         let msg = format!("{kind}: {}", String::from_utf8_lossy(&e.data));
@@ -564,52 +520,9 @@ impl Driver {
     }
 }
 
-/// What a step's completed reply carries (see
-/// [`super::completed_reply`]): its outputs as CloudEvents JSON, of which
-/// the type and the data are kept (data without JSON parsing).
-#[derive(serde::Deserialize)]
-struct Completed {
-    outputs: Vec<Output>,
-}
-
-#[derive(serde::Deserialize)]
-struct Output {
-    #[serde(rename = "type")]
-    kind: String,
-    /// Absent for binary data (`data_base64`).
-    data: Option<Box<RawValue>>,
-}
-
-fn null() -> Box<RawValue> {
-    RawValue::from_string("null".into()).expect("null is JSON")
-}
-
 /// End `run` as `state` at `now` (epoch ms).
 pub(super) fn finish(run: &mut RunRecord, state: RunState, now: u64) {
     run.state = state;
     run.finished = Some(rfc3339(now));
     run.duration_ms = Some(now.saturating_sub(run.created_ms));
-}
-
-/// The W3C `traceparent` of a command: the run is the trace (its UUID's
-/// 32 hex digits), the command a span (the hash half of its id). Derived,
-/// not drawn, so a command sent again after a crash carries the same one.
-fn traceparent(run_id: &str, command_id: &str) -> String {
-    let hex = |id: &str| id.replace('-', "");
-    let (trace, span) = (hex(run_id), hex(command_id));
-    match (trace.len(), span.len()) {
-        (32, 32) => format!("00-{trace}-{}-01", &span[16..]),
-        _ => format!(
-            "00-{:032x}-{:016x}-01",
-            Uuid::new_v4().as_u128(),
-            Uuid::new_v4().as_u64_pair().0
-        ),
-    }
-}
-
-/// The run a reply or an awaited event belongs to.
-pub(super) fn run_of(e: &Event) -> &str {
-    e.extensions
-        .get(RUN)
-        .map_or_else(|| e.correlation_id(), String::as_str)
 }

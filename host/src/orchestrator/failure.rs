@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use super::driver::{Driver, Out, finish};
 use super::run::{RunState, StepRecord, StepState, undo_id};
-use super::{now_ms, rfc3339};
+use super::{now_ms, rfc3339, timers};
 
 impl Driver {
     pub(super) fn step_failed(
@@ -29,8 +29,7 @@ impl Driver {
             let wait = policy.backoff(rec.attempts).as_millis() as u64;
             rec.state = StepState::Backoff;
             rec.deadline_ms = Some(now + wait);
-            self.timers
-                .push(Reverse((now + wait, run_id.to_string(), sid.to_string())));
+            self.timers.arm(now + wait, run_id, sid, &self.runs);
             return;
         }
         let timed_out = error.contains("timed out");
@@ -133,48 +132,29 @@ impl Driver {
         let now = now_ms();
         let mut touched: Vec<String> = Vec::new();
         let mut outs: HashMap<String, Out> = HashMap::new();
-        while let Some(Reverse((at, run_id, sid))) = self.timers.peek().cloned() {
-            if at > now {
-                break;
+        while let Some((at, run_id, sid)) = self.timers.pop_due(now) {
+            if !timers::live(&self.runs, at, &run_id, &sid) {
+                continue; // what it guarded settled first
             }
-            self.timers.pop();
-            let Some(run) = self.runs.get(&run_id) else {
-                continue;
-            };
             let out = outs.entry(run_id.clone()).or_default();
+            let run = self.runs.get_mut(&run_id).expect("live");
             if sid.is_empty() {
-                if at == run.deadline_ms && run.state == RunState::Running {
-                    let ms = run.deadline_ms - run.created_ms;
-                    self.runs.get_mut(&run_id).expect("live").timed_out = true;
-                    for rec in self.runs.get_mut(&run_id).expect("live").steps.values_mut() {
-                        if rec.state == StepState::Dispatched {
-                            rec.state = StepState::TimedOut;
-                            rec.deadline_ms = None;
-                        }
+                let ms = run.deadline_ms - run.created_ms;
+                run.timed_out = true;
+                for rec in run.steps.values_mut() {
+                    if rec.state == StepState::Dispatched {
+                        rec.state = StepState::TimedOut;
+                        rec.deadline_ms = None;
                     }
-                    self.fail_run(&run_id, format!("run timed out after {ms} ms"), out);
-                    touched.push(run_id);
                 }
-                continue;
+                self.fail_run(&run_id, format!("run timed out after {ms} ms"), out);
+            } else if run.steps[&sid].state == StepState::Backoff {
+                self.dispatch(&run_id, &sid, out);
+            } else {
+                let ms = self.timeout_of(&run_id, &sid);
+                self.step_failed(&run_id, &sid, format!("timed out after {ms} ms"), true, out);
             }
-            let Some(rec) = run.steps.get(&sid) else {
-                continue;
-            };
-            if rec.deadline_ms != Some(at) {
-                continue; // superseded
-            }
-            match rec.state {
-                StepState::Backoff => {
-                    self.dispatch(&run_id, &sid, out);
-                    touched.push(run_id);
-                }
-                StepState::Dispatched => {
-                    let ms = self.timeout_of(&run_id, &sid);
-                    self.step_failed(&run_id, &sid, format!("timed out after {ms} ms"), true, out);
-                    touched.push(run_id);
-                }
-                _ => {}
-            }
+            touched.push(run_id);
         }
         touched.sort();
         touched.dedup();

@@ -13,7 +13,7 @@
 //!
 //! The embedded broker serves one host and grants the lease at once.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::driver::{Driver, Journal};
 use super::run::{RunRecord, RunState};
-use super::{GROUP, InputCheck, Msg, StartError};
+use super::timers::Timers;
+use super::{GROUP, Inbox, InputCheck, Msg, StartError};
 use crate::app::RetryPolicy;
 use crate::broker::{Broker, BrokerError, Consumer};
 use crate::flow::Flow;
@@ -48,7 +49,7 @@ pub(super) struct Lead {
 
 impl Lead {
     /// Drive the flows now if the lease is free, else stand by.
-    pub async fn start(self, rx: mpsc::Receiver<Msg>) -> Result<(), BrokerError> {
+    pub async fn start(self, rx: Inbox) -> Result<(), BrokerError> {
         if self.broker.lease(LEASE, &self.holder, TTL).await? {
             let (driver, consumer) = self.driver().await?;
             let lost = self.keep();
@@ -91,7 +92,7 @@ impl Lead {
             runs,
             ending: HashMap::new(),
             ended: (tell, Some(ended)),
-            timers: BinaryHeap::new(),
+            timers: Timers::new(),
             check_input: self.check_input.clone(),
             source: self.source.clone(),
             journal,
@@ -141,19 +142,23 @@ impl Lead {
         rx
     }
 
-    async fn stand_by(self, mut rx: mpsc::Receiver<Msg>) {
+    async fn stand_by(self, mut rx: Inbox) {
         let mut tick = tokio::time::interval(RENEW);
+        let standby = |msg| match msg {
+            Msg::Start { reply, .. } => {
+                let _ = reply.send(Err(StartError::Standby));
+            }
+            Msg::Status { reply, .. } => {
+                let _ = reply.send(None);
+            }
+        };
         loop {
             tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(Msg::Start { reply, .. }) => {
-                        let _ = reply.send(Err(StartError::Standby));
-                    }
-                    Some(Msg::Status { reply, .. }) => {
-                        let _ = reply.send(None);
-                    }
+                msg = rx.starts.recv() => match msg {
+                    Some(msg) => standby(msg),
                     None => return,
                 },
+                Some(msg) = rx.queries.recv() => standby(msg),
                 _ = tick.tick() => match self.broker.lease(LEASE, &self.holder, TTL).await {
                     Ok(true) => match self.driver().await {
                         Ok((driver, consumer)) => {

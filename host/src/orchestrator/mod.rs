@@ -25,8 +25,10 @@
 mod driver;
 mod failure;
 pub mod lease;
+mod messages;
 mod replay;
 pub mod run;
+mod timers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,10 +85,19 @@ enum Msg {
     },
 }
 
+/// What the driver takes messages from: starts, and status queries on a
+/// channel of their own, so a status poll never waits behind queued
+/// starts.
+struct Inbox {
+    starts: mpsc::Receiver<Msg>,
+    queries: mpsc::Receiver<Msg>,
+}
+
 /// A handle on the running orchestrator.
 #[derive(Clone)]
 pub struct Orchestrator {
     tx: mpsc::Sender<Msg>,
+    queries: mpsc::Sender<Msg>,
     finished: tokio::sync::broadcast::Sender<(String, RunState)>,
     broker: Arc<dyn Broker>,
     flows: Arc<HashMap<String, Arc<Flow>>>,
@@ -134,7 +145,8 @@ impl Orchestrator {
                 .map(|f| (f.name.clone(), Arc::new(f)))
                 .collect(),
         );
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, starts) = mpsc::channel(1024);
+        let (queries, queried) = mpsc::channel(1024);
         let (finished, _) = tokio::sync::broadcast::channel(4096);
         lease::Lead {
             broker: broker.clone(),
@@ -145,10 +157,14 @@ impl Orchestrator {
             finished: finished.clone(),
             holder: lease::holder(),
         }
-        .start(rx)
+        .start(Inbox {
+            starts,
+            queries: queried,
+        })
         .await?;
         Ok(Orchestrator {
             tx,
+            queries,
             finished,
             broker,
             flows,
@@ -178,7 +194,7 @@ impl Orchestrator {
             id: id.to_string(),
             reply,
         };
-        if self.tx.send(msg).await.is_ok()
+        if self.queries.send(msg).await.is_ok()
             && let Ok(Some(run)) = rx.await
         {
             return Ok(Some(run));
@@ -249,6 +265,19 @@ pub fn attempt_of(e: &Event, delivery_attempt: u32) -> u32 {
         .get(ATTEMPT)
         .and_then(|a| a.parse().ok())
         .unwrap_or(delivery_attempt)
+}
+
+/// Extensions only the host sets: they address a consumer group and tie
+/// an event to a run's step. An event from outside (`POST /v1/events`,
+/// `troupe publish`) that carries one is refused, so no producer can send
+/// a step a command, or answer one in a step's place.
+pub const HOST_OWNED: [&str; 4] = [TARGET, RUN, FLOW_STEP, ATTEMPT];
+
+/// The first host-owned extension `e` carries, if any.
+pub fn host_owned_extension(e: &Event) -> Option<&'static str> {
+    HOST_OWNED
+        .into_iter()
+        .find(|k| e.extensions.contains_key(*k))
 }
 
 /// Whether `e` is an orchestration command (its worker answers with a

@@ -20,7 +20,8 @@
 //! replay, [`Driver::resume`] re-sends the command of every dispatched
 //! step (same ids; the broker drops the ones it has).
 
-use super::driver::{Driver, Out, run_of};
+use super::driver::{Driver, Out};
+use super::messages::run_of;
 use super::{COMPLETED, FAILED, GROUP};
 use crate::event::{Event, TARGET};
 

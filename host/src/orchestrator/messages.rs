@@ -1,0 +1,133 @@
+//! What the driver sends and reads: the command (or hybrid event) of a
+//! step's attempt, and what a step's reply says. The replies themselves are
+//! built by the step's worker ([`super::completed_reply`],
+//! [`super::failed_reply`]).
+
+use serde_json::Value;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::driver::Driver;
+use super::{ATTEMPT, FLOW_STEP, RUN};
+use crate::event::{CORRELATION_ID, Event, JSON, TARGET, TRACEPARENT, derived_id, now_rfc3339};
+use crate::flow::{Action, INPUT};
+
+impl Driver {
+    /// The command (or hybrid event) of attempt `attempt` of `sid`.
+    pub(super) fn command(&self, run_id: &str, sid: &str, attempt: u32) -> Option<Event> {
+        let run = self.runs.get(run_id)?;
+        let flow = self.flows.get(&run.flow)?;
+        let (input_from, kind, target) = match sid.strip_suffix("~undo") {
+            Some(orig) => {
+                let c = flow.step(orig)?.compensate.clone()?;
+                let kind = if c.input == INPUT {
+                    flow.input.clone()
+                } else {
+                    run.steps.get(&c.input)?.output_type.clone()?
+                };
+                (c.input, kind, Some(c.step))
+            }
+            None => {
+                let s = flow.step(sid)?;
+                let target = match &s.action {
+                    Action::Command { step } => Some(step.clone()),
+                    Action::Hybrid { .. } => None,
+                };
+                (s.input.clone(), s.input_kind.clone(), target)
+            }
+        };
+        let data = if input_from == INPUT {
+            serde_json::to_vec(&run.input).expect("JSON")
+        } else {
+            match &run.steps.get(&input_from)?.output {
+                Some(raw) => raw.get().as_bytes().to_vec(),
+                None => b"null".to_vec(),
+            }
+        };
+        let id = derived_id(run_id, &format!("{sid}/{attempt}"));
+        let mut extensions = std::collections::BTreeMap::new();
+        extensions.insert(TRACEPARENT.to_string(), traceparent(run_id, &id));
+        extensions.insert(CORRELATION_ID.to_string(), run_id.to_string());
+        extensions.insert(RUN.to_string(), run_id.to_string());
+        extensions.insert(FLOW_STEP.to_string(), sid.to_string());
+        extensions.insert(ATTEMPT.to_string(), attempt.to_string());
+        if let Some(t) = target {
+            extensions.insert(TARGET.to_string(), t);
+        }
+        let e = Event {
+            id,
+            source: self.source.clone(),
+            kind,
+            subject: Some(run_id.to_string()),
+            time: now_rfc3339(),
+            content_type: JSON.to_string(),
+            schema: None,
+            data,
+            extensions,
+        };
+        Some(e)
+    }
+}
+
+/// The type and data of the first output a completed reply carries.
+pub(super) fn first_output(reply: &Event) -> Option<(String, Box<RawValue>)> {
+    serde_json::from_slice::<Completed>(&reply.data)
+        .ok()
+        .and_then(|c| c.outputs.into_iter().next())
+        .map(|o| (o.kind, o.data.unwrap_or_else(null)))
+}
+
+/// What a failed reply says: "class: message", and whether another
+/// attempt could help.
+pub(super) fn failure(reply: &Event) -> (String, bool) {
+    let data: Value = serde_json::from_slice(&reply.data).unwrap_or(Value::Null);
+    let msg = format!(
+        "{}: {}",
+        data["class"].as_str().unwrap_or("failed"),
+        data["message"].as_str().unwrap_or("")
+    );
+    (msg, data["retryable"].as_bool().unwrap_or(false))
+}
+
+/// What a step's completed reply carries (see
+/// [`super::completed_reply`]): its outputs as CloudEvents JSON, of which
+/// the type and the data are kept (data without JSON parsing).
+#[derive(serde::Deserialize)]
+struct Completed {
+    outputs: Vec<Output>,
+}
+
+#[derive(serde::Deserialize)]
+struct Output {
+    #[serde(rename = "type")]
+    kind: String,
+    /// Absent for binary data (`data_base64`).
+    data: Option<Box<RawValue>>,
+}
+
+pub(super) fn null() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("null is JSON")
+}
+
+/// The W3C `traceparent` of a command: the run is the trace (its UUID's
+/// 32 hex digits), the command a span (the hash half of its id). Derived,
+/// not drawn, so a command sent again after a crash carries the same one.
+fn traceparent(run_id: &str, command_id: &str) -> String {
+    let hex = |id: &str| id.replace('-', "");
+    let (trace, span) = (hex(run_id), hex(command_id));
+    match (trace.len(), span.len()) {
+        (32, 32) => format!("00-{trace}-{}-01", &span[16..]),
+        _ => format!(
+            "00-{:032x}-{:016x}-01",
+            Uuid::new_v4().as_u128(),
+            Uuid::new_v4().as_u64_pair().0
+        ),
+    }
+}
+
+/// The run a reply or an awaited event belongs to.
+pub(super) fn run_of(e: &Event) -> &str {
+    e.extensions
+        .get(RUN)
+        .map_or_else(|| e.correlation_id(), String::as_str)
+}
