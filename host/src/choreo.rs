@@ -141,7 +141,7 @@ impl Wiring {
                 let commit = Commit {
                     ack: Some(d),
                     events: out,
-                    state: Vec::new(),
+                    ..Commit::default()
                 };
                 self.broker.commit_then(
                     commit,
@@ -216,7 +216,7 @@ impl Wiring {
         let commit = Commit {
             ack: Some(d),
             events: vec![reply],
-            state: Vec::new(),
+            ..Commit::default()
         };
         self.broker.commit_then(
             commit,

@@ -272,6 +272,15 @@ pub struct Commit {
     pub events: Vec<Event>,
     /// State rows to write (`None` deletes).
     pub state: Vec<(String, Option<Vec<u8>>)>,
+    /// Deliver `events` as soon as they are written, before they are
+    /// durable, where the backend can (the embedded one). Only for events
+    /// that can be derived again from what is durable: the orchestrator's
+    /// commands sent on a step's reply (the reply is durable, and after a
+    /// crash the run is rebuilt from it and the command sent again with
+    /// the same id). Whatever the receiver commits in turn still becomes
+    /// visible only after this commit is durable: commits are applied and
+    /// made durable in order.
+    pub early: bool,
 }
 
 /// A callback that receives the outcome of a broker call.
@@ -318,7 +327,7 @@ pub trait Broker: Send + Sync {
         let commit = Commit {
             ack: Some(delivery.clone()),
             events: emitted,
-            state: Vec::new(),
+            ..Commit::default()
         };
         self.commit_then(
             commit,

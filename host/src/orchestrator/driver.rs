@@ -265,10 +265,16 @@ impl Driver {
                 self.ending.insert(id.to_string(), run);
             }
         }
+        // A transition the log alone explains (a reply's, without a
+        // record) sends commands that can be derived again from the
+        // durable reply: they may go out before their own commit is
+        // durable (`Commit::early`), which saves the steps a sync.
+        let early = journal == Journal::Checkpoints && !checkpoint && state.is_empty();
         let commit = Commit {
             ack,
             events: out.events,
             state,
+            early,
         };
         let then = then.unwrap_or_else(|| {
             Box::new(|r| {

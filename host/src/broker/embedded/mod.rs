@@ -246,6 +246,7 @@ impl Broker for Embedded {
             ack: None,
             events,
             state: Vec::new(),
+            early: false,
             reply,
         })
         .await
@@ -263,6 +264,7 @@ impl Broker for Embedded {
             ack,
             events: c.events,
             state: c.state,
+            early: c.early,
             reply: then,
         };
         // If the writer is gone, the delivery stays unsettled on disk and is

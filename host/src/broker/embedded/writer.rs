@@ -13,7 +13,12 @@
 //!
 //! **Nothing is delivered, and no caller is answered, before it is
 //! durable**, and a delivery's ack and the events its handling emitted
-//! commit in the same transaction.
+//! commit in the same transaction. The one exception is asked for by
+//! name: an `early` commit's deliveries go out once it is in the WAL,
+//! before the sync, for events that can be derived again from what is
+//! durable (the orchestrator's commands sent on a reply; see
+//! [`crate::broker::Commit::early`]). What their handlers commit is still
+//! released only after them, since groups are synced in order.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -45,6 +50,9 @@ pub(super) enum Op {
         ack: Option<(Arc<str>, i64)>,
         events: Vec<Event>,
         state: Vec<(String, Option<Vec<u8>>)>,
+        /// Deliver the events once written, before they are durable
+        /// ([`crate::broker::Commit::early`]).
+        early: bool,
         reply: Reply<()>,
     },
     Retry {
@@ -80,8 +88,13 @@ pub(super) enum Op {
 #[derive(Default)]
 pub(super) struct Effects {
     deliver: Vec<(Arc<Group>, Delivery)>,
+    /// Deliveries made as soon as the group is written to the WAL, before
+    /// it is durable (`Commit::early`).
+    early: Vec<(Arc<Group>, Delivery)>,
     retry: Vec<(Arc<Group>, Delivery, Duration)>,
     settled: Vec<Arc<Group>>,
+    /// Groups given a delivery that waits out a backoff (loaded from
+    /// disk): pending from now on, though not yet in their queue.
     added: Vec<Arc<Group>>,
     replies: Vec<Box<dyn FnOnce(bool) + Send>>,
 }
@@ -149,6 +162,7 @@ impl Effects {
                 g.settle();
             }
             for (g, d) in self.deliver {
+                g.add_pending();
                 g.push(d);
             }
             for (g, d, delay) in self.retry {
@@ -226,7 +240,13 @@ impl Writer {
             Ok(())
         })();
         let ok = match outcome {
-            Ok(()) => true,
+            Ok(()) => {
+                for (g, d) in fx.early.drain(..) {
+                    g.add_pending();
+                    g.push(d);
+                }
+                true
+            }
             Err(e) => {
                 tracing::error!("broker commit failed, nothing in this group was stored: {e}");
                 false
@@ -265,6 +285,7 @@ fn apply(
             ack,
             events,
             state,
+            early,
             reply,
         } => {
             let r = (|| {
@@ -277,7 +298,13 @@ fn apply(
                 for (key, value) in &state {
                     store::put_state(tx, key, value.as_deref())?;
                 }
-                publish(tx, events, routes, groups, fx)
+                let first = fx.deliver.len();
+                publish(tx, events, routes, groups, fx)?;
+                if early {
+                    let now = fx.deliver.split_off(first);
+                    fx.early.extend(now);
+                }
+                Ok(())
             })();
             answer(fx, reply, r);
         }
@@ -367,7 +394,6 @@ fn publish(
 
 /// Make a first delivery of `event` to `g` visible once the commit is done.
 fn fresh_delivery(g: &Arc<Group>, seq: i64, event: &Arc<Event>, fx: &mut Effects) {
-    fx.added.push(g.clone());
     fx.deliver.push((
         g.clone(),
         Delivery {
@@ -398,7 +424,6 @@ fn replay(
 fn load(tx: &Transaction, group: Arc<Group>, fx: &mut Effects) -> Result<(), BrokerError> {
     let now = now_ms();
     for (seq, attempts, not_before, event) in store::pending(tx, &group.name)? {
-        fx.added.push(group.clone());
         let d = Delivery {
             group: group.name.clone(),
             event: Arc::new(event),
@@ -407,6 +432,7 @@ fn load(tx: &Transaction, group: Arc<Group>, fx: &mut Effects) -> Result<(), Bro
         };
         if not_before > now {
             let delay = Duration::from_millis((not_before - now) as u64);
+            fx.added.push(group.clone());
             fx.retry.push((group.clone(), d, delay));
         } else {
             fx.deliver.push((group.clone(), d));
