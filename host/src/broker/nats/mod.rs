@@ -21,8 +21,16 @@
 //! publishes the outputs, waits for the server to store them, writes
 //! state, and only then acks. A crash in between redelivers the input;
 //! the outputs then get the same ids and are deduplicated.
+//!
+//! Layout: `codec.rs` maps names to subjects, streams and consumers, and
+//! events to messages; `publish.rs` puts events and state rows on the
+//! server (and runs the ordered commit task); `pulling.rs` takes messages
+//! off it (the consumers' pull tasks, stream scans); this file declares
+//! what lives on the server and implements [`Broker`] on top.
 
 mod codec;
+mod publish;
+mod pulling;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -31,7 +39,6 @@ use std::time::Duration;
 use async_nats::jetstream::{
     self, AckKind, Context,
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
-    context::PublishAckFuture,
     kv,
     message::{Acker, PublishMessage},
     stream::{self, Stream},
@@ -45,9 +52,11 @@ use super::{
     Ack, Broker, BrokerError, Commit, Consumer, DeadLetter, Delivery, Disposition, ReasonClass,
 };
 use crate::app::RetryPolicy;
-use crate::event::{Event, TARGET, derived_id};
+use crate::event::{Event, derived_id};
 
 pub use codec::{Names, valid_namespace};
+use publish::{Publisher, stored};
+use pulling::Group;
 
 /// How long a delivery may stay unsettled before the server hands it to
 /// another host. Steps are bounded by their deadline, far below this.
@@ -81,98 +90,6 @@ fn acker(d: &Delivery) -> Result<&NatsAck, BrokerError> {
         Ack::Embedded(_) => Err(BrokerError::Invalid(
             "a delivery of another broker cannot be settled here".into(),
         )),
-    }
-}
-
-/// A consumer group: the queue its pull tasks fill, and their consumers.
-struct Group {
-    retry: RetryPolicy,
-    consumers: Vec<String>,
-    rx: async_channel::Receiver<Delivery>,
-}
-
-#[async_trait]
-impl Consumer for Group {
-    async fn next(&self) -> Option<Delivery> {
-        self.rx.recv().await.ok()
-    }
-}
-
-/// Wait until the server has stored every message sent.
-async fn stored(acks: Vec<(String, PublishAckFuture)>) -> Result<(), BrokerError> {
-    for (subject, a) in acks {
-        a.await
-            .map_err(|e| BrokerError::Nats(format!("storing a message on {subject}: {e}")))?;
-    }
-    Ok(())
-}
-
-/// What publishing needs: names and the JetStream context (cheap to clone,
-/// so the commit task does not keep the broker alive).
-#[derive(Clone)]
-struct Publisher {
-    names: Names,
-    js: Context,
-}
-
-impl Publisher {
-    /// Hand `events` and `state` rows to the client in order; the futures
-    /// resolve once the server has stored each.
-    async fn send(
-        &self,
-        events: &[Event],
-        state: &[(String, Option<Vec<u8>>)],
-    ) -> Result<Vec<(String, PublishAckFuture)>, BrokerError> {
-        let mut subjects = Vec::with_capacity(events.len());
-        for e in events {
-            subjects.push(match e.extensions.get(TARGET) {
-                Some(group) => self.names.group_subject(group),
-                None => self.names.event_subject(&e.kind)?,
-            });
-        }
-        let mut acks = Vec::with_capacity(events.len() + state.len());
-        for (e, subject) in events.iter().zip(subjects) {
-            let ack = self
-                .js
-                .send_publish(subject.clone(), codec::message(e, &e.id))
-                .await;
-            acks.push((subject, ack.map_err(nats)?));
-        }
-        // State rows are key-value entries: a message on `$KV.BUCKET.KEY`.
-        for (key, value) in state {
-            let subject = format!("$KV.{}.{key}", self.names.state_bucket());
-            let p = match value {
-                Some(v) => PublishMessage::build().payload(Bytes::from(v.clone())),
-                None => PublishMessage::build().header("KV-Operation", "DEL"),
-            };
-            let ack = self.js.send_publish(subject.clone(), p).await;
-            acks.push((subject, ack.map_err(nats)?));
-        }
-        Ok(acks)
-    }
-
-    /// Take commits in the order they were made and hand their messages to
-    /// the client in that order (so two commits of one run reach the
-    /// server in order); wait for the server's acks concurrently, then
-    /// settle the delivery and answer.
-    async fn commits(self, mut rx: mpsc::UnboundedReceiver<(Commit, super::Then)>) {
-        while let Some((c, then)) = rx.recv().await {
-            match self.send(&c.events, &c.state).await {
-                Err(e) => then(Err(e)),
-                Ok(acks) => {
-                    tokio::spawn(async move {
-                        let r = async {
-                            stored(acks).await?;
-                            if let Some(d) = &c.ack {
-                                acker(d)?.acker.double_ack().await.map_err(nats)?;
-                            }
-                            Ok(())
-                        };
-                        then(r.await)
-                    });
-                }
-            }
-        }
     }
 }
 
@@ -323,130 +240,6 @@ impl Inner {
             .await
             .map_err(|_| BrokerError::NoSuchDeadLetter(id.to_string()))?;
         Ok((parse_dead_letter(&m.payload)?, m.sequence))
-    }
-
-    /// Pull from `consumer` into `tx` until the broker closes.
-    async fn pull(
-        self: Arc<Self>,
-        consumer: PullConsumer,
-        group: Arc<str>,
-        tx: async_channel::Sender<Delivery>,
-    ) {
-        let mut closed = self.closed.subscribe();
-        loop {
-            if *closed.borrow_and_update() {
-                return;
-            }
-            let mut messages = match consumer
-                .stream()
-                .max_messages_per_batch(PULL_BATCH)
-                .messages()
-                .await
-            {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(%group, "cannot pull from NATS ({e}); retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = closed.changed() => return,
-                    }
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    m = messages.next() => m,
-                    _ = closed.changed() => return,
-                };
-                let msg = match next {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        tracing::debug!(%group, "NATS pull: {e}");
-                        continue;
-                    }
-                    None => break,
-                };
-                let (attempt, stream_seq) = match msg.info() {
-                    Ok(i) => (i.delivered.max(1) as u32, i.stream_sequence),
-                    Err(e) => {
-                        tracing::warn!(%group, "a message without JetStream metadata: {e}");
-                        continue;
-                    }
-                };
-                let decoded = codec::decode(msg.headers.as_ref(), &msg.payload);
-                let (msg, acker) = msg.split();
-                let ack = Ack::Nats(Arc::new(NatsAck { acker, stream_seq }));
-                match decoded {
-                    Ok(event) => {
-                        let d = Delivery {
-                            group: group.clone(),
-                            event: Arc::new(event),
-                            attempt,
-                            ack,
-                        };
-                        if tx.send(d).await.is_err() {
-                            return; // closed; the server redelivers
-                        }
-                    }
-                    Err(why) => {
-                        // Not a CloudEvent: keep it, as the DLQ's, whole.
-                        let mut e = Event::new(
-                            msg.subject.as_str(),
-                            &format!("nats://{}", msg.subject),
-                            msg.payload.to_vec(),
-                        );
-                        e.content_type = "application/octet-stream".into();
-                        let d = Delivery {
-                            group: group.clone(),
-                            event: Arc::new(e),
-                            attempt,
-                            ack,
-                        };
-                        if let Err(err) = self.dead_letter(&d, ReasonClass::Contract, &why).await {
-                            tracing::error!(%group, "cannot dead-letter a malformed message (it will be redelivered): {err}");
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Every message of `stream` on `filter`, oldest first.
-    async fn scan(
-        &self,
-        stream: &Stream,
-        filter: &str,
-    ) -> Result<Vec<jetstream::Message>, BrokerError> {
-        let consumer: PullConsumer = stream
-            .create_consumer(pull::Config {
-                filter_subject: filter.to_string(),
-                ack_policy: AckPolicy::None,
-                deliver_policy: DeliverPolicy::All,
-                inactive_threshold: Duration::from_secs(10),
-                ..Default::default()
-            })
-            .await
-            .map_err(nats)?;
-        let mut left = consumer.cached_info().num_pending as usize;
-        let mut out = Vec::with_capacity(left);
-        while left > 0 {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(left.min(1000))
-                .expires(Duration::from_secs(2))
-                .messages()
-                .await
-                .map_err(nats)?;
-            let before = out.len();
-            while let Some(m) = batch.next().await {
-                out.push(m.map_err(nats)?);
-            }
-            if out.len() == before {
-                break; // nothing more came: the count was stale
-            }
-            left -= out.len() - before;
-        }
-        let _ = stream.delete_consumer(&consumer.cached_info().name).await;
-        Ok(out)
     }
 }
 

@@ -1,0 +1,92 @@
+//! Putting messages on the server: events (on their type's subject, or
+//! their group's when addressed), state rows (key-value entries), and the
+//! ordered commit task behind [`crate::broker::Broker::commit_then`].
+
+use async_nats::jetstream::{Context, context::PublishAckFuture, message::PublishMessage};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{Names, acker, codec, nats};
+use crate::broker::{BrokerError, Commit};
+use crate::event::{Event, TARGET};
+
+/// Wait until the server has stored every message sent.
+pub(super) async fn stored(acks: Vec<(String, PublishAckFuture)>) -> Result<(), BrokerError> {
+    for (subject, a) in acks {
+        a.await
+            .map_err(|e| BrokerError::Nats(format!("storing a message on {subject}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// What publishing needs: names and the JetStream context (cheap to clone,
+/// so the commit task does not keep the broker alive).
+#[derive(Clone)]
+pub(super) struct Publisher {
+    pub(super) names: Names,
+    pub(super) js: Context,
+}
+
+impl Publisher {
+    /// Hand `events` and `state` rows to the client in order; the futures
+    /// resolve once the server has stored each.
+    pub(super) async fn send(
+        &self,
+        events: &[Event],
+        state: &[(String, Option<Vec<u8>>)],
+    ) -> Result<Vec<(String, PublishAckFuture)>, BrokerError> {
+        let mut subjects = Vec::with_capacity(events.len());
+        for e in events {
+            subjects.push(match e.extensions.get(TARGET) {
+                Some(group) => self.names.group_subject(group),
+                None => self.names.event_subject(&e.kind)?,
+            });
+        }
+        let mut acks = Vec::with_capacity(events.len() + state.len());
+        for (e, subject) in events.iter().zip(subjects) {
+            let ack = self
+                .js
+                .send_publish(subject.clone(), codec::message(e, &e.id))
+                .await;
+            acks.push((subject, ack.map_err(nats)?));
+        }
+        // State rows are key-value entries: a message on `$KV.BUCKET.KEY`.
+        for (key, value) in state {
+            let subject = format!("$KV.{}.{key}", self.names.state_bucket());
+            let p = match value {
+                Some(v) => PublishMessage::build().payload(Bytes::from(v.clone())),
+                None => PublishMessage::build().header("KV-Operation", "DEL"),
+            };
+            let ack = self.js.send_publish(subject.clone(), p).await;
+            acks.push((subject, ack.map_err(nats)?));
+        }
+        Ok(acks)
+    }
+
+    /// Take commits in the order they were made and hand their messages to
+    /// the client in that order (so two commits of one run reach the
+    /// server in order); wait for the server's acks concurrently, then
+    /// settle the delivery and answer.
+    pub(super) async fn commits(
+        self,
+        mut rx: mpsc::UnboundedReceiver<(Commit, crate::broker::Then)>,
+    ) {
+        while let Some((c, then)) = rx.recv().await {
+            match self.send(&c.events, &c.state).await {
+                Err(e) => then(Err(e)),
+                Ok(acks) => {
+                    tokio::spawn(async move {
+                        let r = async {
+                            stored(acks).await?;
+                            if let Some(d) = &c.ack {
+                                acker(d)?.acker.double_ack().await.map_err(nats)?;
+                            }
+                            Ok(())
+                        };
+                        then(r.await)
+                    });
+                }
+            }
+        }
+    }
+}
