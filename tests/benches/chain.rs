@@ -20,34 +20,29 @@
 
 use std::time::Instant;
 
-use serde_json::json;
 use troupe::event::Event;
-use troupe_tests::{TestApp, bench, plugin, step};
+use troupe_tests::{TestApp, bench, plugin};
 
-const STEPS: [&str; 3] = ["order-validate", "payment-charge", "shipping-dispatch"];
+use bench::ORDER_STEPS as STEPS;
 
 fn order(i: usize) -> Event {
-    let data = json!({"order_id": format!("o-{i}"), "customer": "c",
-        "lines": [{"sku": "tea", "qty": 1 + i % 3, "price_cents": 100}]});
     Event::new(
         "order.placed",
         "troupe://bench",
-        serde_json::to_vec(&data).unwrap(),
+        serde_json::to_vec(&bench::order(i)).unwrap(),
     )
 }
 
 fn app(instances: &str) -> TestApp {
-    let mut m = String::from("name = \"bench\"\n");
-    for s in STEPS {
-        m += &step(s, &plugin(s), &format!("instances = \"{instances}\""));
-    }
-    TestApp::new(&m)
+    TestApp::new(&bench::order_manifest(&format!(
+        "instances = \"{instances}\""
+    )))
 }
 
 async fn run_mode(instances: &str, n: usize) {
     let app = app(instances);
     let host = app.start().await;
-    let m = bench::choreography(&host, n, "order.shipped", order).await;
+    let m = bench::order_chain(&host, n).await;
     let stats = host.stats.snapshot();
     let guest_us: u64 = STEPS.iter().map(|s| stats[*s].guest_micros).sum();
     let handled: u64 = STEPS.iter().map(|s| stats[*s].handled).sum();

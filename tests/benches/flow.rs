@@ -14,26 +14,16 @@
 //! the other, and the ratio of their throughputs is taken per round; the
 //! median ratio is printed last, since a shared VM's speed drifts.
 
-use serde_json::json;
-use troupe::event::Event;
-use troupe_tests::{TestApp, bench, plugin, step};
+use troupe_tests::{TestApp, bench};
 
-const STEPS: [&str; 3] = ["order-validate", "payment-charge", "shipping-dispatch"];
 const FLOW: &str = "input = \"order.placed\"\n\n[steps.validate]\nstep = \"order-validate\"\n\n[steps.charge]\nstep = \"payment-charge\"\ninput = \"validate\"\n\n[steps.ship]\nstep = \"shipping-dispatch\"\ninput = \"charge\"\n";
-
-fn data(i: usize) -> serde_json::Value {
-    json!({"order_id": format!("o-{i}"), "customer": "c", "lines": [{"sku": "tea", "qty": 1 + i % 3, "price_cents": 100}]})
-}
 
 fn main() {
     let n: usize = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
-    let mut m = String::from("name = \"bench\"\n");
-    for s in STEPS {
-        m += &step(s, &plugin(s), "");
-    }
+    let m = bench::order_manifest("");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -52,14 +42,7 @@ fn main() {
             let chor = if want("choreography") {
                 let app = TestApp::new(&m);
                 let host = app.start().await;
-                let r = bench::choreography(&host, n, "order.shipped", |i| {
-                    Event::new(
-                        "order.placed",
-                        "troupe://bench",
-                        serde_json::to_vec(&data(i)).unwrap(),
-                    )
-                })
-                .await;
+                let r = bench::order_chain(&host, n).await;
                 host.shutdown().await;
                 Some(r)
             } else {
@@ -70,7 +53,7 @@ fn main() {
                 std::fs::create_dir(app.path().join("flows")).unwrap();
                 std::fs::write(app.path().join("flows/chain.toml"), FLOW).unwrap();
                 let host = app.start().await;
-                let r = bench::orchestration(&host, "chain", n, data).await;
+                let r = bench::orchestration(&host, "chain", n, bench::order).await;
                 host.shutdown().await;
                 Some(r)
             } else {

@@ -23,18 +23,11 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::PullConsumer, context::PublishAckFuture};
 use futures_util::StreamExt;
 use serde_json::json;
-use troupe::event::Event;
 use troupe_tests::bench::{Measured, Phase, quantiles};
-use troupe_tests::{Backend, TestApp, bench, nats_server, plugin, step};
+use troupe_tests::{Backend, TestApp, bench, nats_server};
 
-const STEPS: [&str; 3] = ["order-validate", "payment-charge", "shipping-dispatch"];
 /// The plain chain's subjects, in order.
 const STAGES: [&str; 4] = ["placed", "validated", "charged", "shipped"];
-
-fn data(i: usize) -> serde_json::Value {
-    json!({"order_id": format!("o-{i}"), "customer": "c",
-        "lines": [{"sku": "tea", "qty": 1 + i % 3, "price_cents": 100}]})
-}
 
 fn main() {
     let n: usize = std::env::var("BENCH_ORDERS")
@@ -48,20 +41,9 @@ fn main() {
     rt.block_on(async {
         let plain = plain_chain(n).await;
         let troupe = {
-            let mut m = String::from("name = \"bench\"\n");
-            for s in STEPS {
-                m += &step(s, &plugin(s), "");
-            }
-            let app = TestApp::on(Backend::Nats, &m);
+            let app = TestApp::on(Backend::Nats, &bench::order_manifest(""));
             let host = app.start().await;
-            let r = bench::choreography(&host, n, "order.shipped", |i| {
-                Event::new(
-                    "order.placed",
-                    "troupe://bench",
-                    serde_json::to_vec(&data(i)).unwrap(),
-                )
-            })
-            .await;
+            let r = bench::order_chain(&host, n).await;
             host.shutdown().await;
             r
         };
@@ -186,7 +168,7 @@ async fn plain_chain(n: usize) -> Measured {
                         js.publish_with_headers(
                             subject.clone(),
                             h,
-                            serde_json::to_vec(&data(i)).unwrap().into(),
+                            serde_json::to_vec(&bench::order(i)).unwrap().into(),
                         )
                         .await
                         .unwrap(),

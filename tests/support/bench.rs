@@ -144,6 +144,39 @@ pub fn quantiles(mut v: Vec<Duration>) -> (Duration, Duration) {
     (pct(&v, 0.5), pct(&v, 0.99))
 }
 
+/// The order example's three Rust steps, in the order a cascade meets them
+/// (`order.placed` -> ... -> `order.shipped`).
+pub const ORDER_STEPS: [&str; 3] = ["order-validate", "payment-charge", "shipping-dispatch"];
+
+/// The manifest of an app with the order steps, each with `options`
+/// (e.g. `instances = "reused"`).
+pub fn order_manifest(options: &str) -> String {
+    let mut m = String::from("name = \"bench\"\n");
+    for s in ORDER_STEPS {
+        m += &crate::step(s, &crate::plugin(s), options);
+    }
+    m
+}
+
+/// Order number `i`: the data of an `order.placed` event.
+pub fn order(i: usize) -> serde_json::Value {
+    serde_json::json!({"order_id": format!("o-{i}"), "customer": "c",
+        "lines": [{"sku": "tea", "qty": 1 + i % 3, "price_cents": 100}]})
+}
+
+/// Measure the order steps' cascade on `host`, from `order.placed` to
+/// `order.shipped`.
+pub async fn order_chain(host: &Host, n: usize) -> Measured {
+    choreography(host, n, "order.shipped", |i| {
+        Event::new(
+            "order.placed",
+            "troupe://bench",
+            serde_json::to_vec(&order(i)).unwrap(),
+        )
+    })
+    .await
+}
+
 /// Measure a choreographed cascade: each item is an event from `make`; it
 /// is done when an event of type `last` with its correlation id is
 /// delivered to a native probe group.
