@@ -65,6 +65,14 @@ async fn run_mode(instances: &str, n: usize) {
         bench::ms(m.loaded.0),
         bench::ms(m.loaded.1)
     );
+    if let Some(p) = &m.paced {
+        println!(
+            "latency at a steady {:.0} orders/s: p50 {}  p99 {}",
+            p.rate,
+            bench::ms(p.latency.0),
+            bench::ms(p.latency.1)
+        );
+    }
     println!(
         "time in guests: {:.1} us per invocation on average",
         guest_us as f64 / handled.max(1) as f64
