@@ -148,6 +148,16 @@ impl StepContract {
         check_data(t, Direction::Input, &event.content_type, &event.data)
     }
 
+    /// The gate on the way in, for JSON data already parsed (a run's
+    /// input, checked before the run starts).
+    pub fn check_input_value(&self, kind: &str, data: &Value) -> Result<(), Violation> {
+        let t = self
+            .consumes_by_kind
+            .get(kind)
+            .ok_or_else(|| Violation::NotConsumed(kind.to_string()))?;
+        check_value(t, Direction::Input, data)
+    }
+
     /// Gate on the way out: the step declared `kind` in `produces` and the
     /// data follows its schema. Returns the declared type.
     pub fn check_output(
@@ -181,12 +191,16 @@ fn check_data(
         kind: t.kind.clone(),
         error: e.to_string(),
     })?;
-    if t.validator.is_valid(&value) {
+    check_value(t, direction, &value)
+}
+
+fn check_value(t: &EventType, direction: Direction, value: &Value) -> Result<(), Violation> {
+    if t.validator.is_valid(value) {
         return Ok(());
     }
     let errors: Vec<String> = t
         .validator
-        .iter_errors(&value)
+        .iter_errors(value)
         .take(5)
         .map(|e| {
             let path = e.instance_path.to_string();

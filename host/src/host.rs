@@ -17,7 +17,6 @@ use crate::broker::{Broker, BrokerError};
 use crate::builder::{self, BuildError};
 use crate::choreo::Wiring;
 use crate::contract::StepContract;
-use crate::event::Event;
 use crate::flow::Flow;
 use crate::orchestrator::{InputCheck, Orchestrator};
 use crate::runtime::cache::ArtifactCache;
@@ -166,16 +165,11 @@ impl Host {
                 .map(|s| (s.name().to_string(), s.clone()))
                 .collect();
             let check: InputCheck = Arc::new(move |flow: &Flow, input: &serde_json::Value| {
-                let event = Event::new(
-                    &flow.input,
-                    "troupe://check",
-                    serde_json::to_vec(input).expect("JSON"),
-                );
                 for s in flow.steps.iter().filter(|s| s.input == crate::flow::INPUT) {
                     if let crate::flow::Action::Command { step } = &s.action {
                         by_name[step]
                             .contract
-                            .check_input(&event)
+                            .check_input_value(&flow.input, input)
                             .map_err(|v| v.to_string())?;
                     }
                 }

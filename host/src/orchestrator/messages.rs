@@ -113,16 +113,11 @@ pub(super) fn null() -> Box<RawValue> {
 /// 32 hex digits), the command a span (the hash half of its id). Derived,
 /// not drawn, so a command sent again after a crash carries the same one.
 fn traceparent(run_id: &str, command_id: &str) -> String {
-    let hex = |id: &str| id.replace('-', "");
-    let (trace, span) = (hex(run_id), hex(command_id));
-    match (trace.len(), span.len()) {
-        (32, 32) => format!("00-{trace}-{}-01", &span[16..]),
-        _ => format!(
-            "00-{:032x}-{:016x}-01",
-            Uuid::new_v4().as_u128(),
-            Uuid::new_v4().as_u64_pair().0
-        ),
-    }
+    let (trace, span) = match (Uuid::try_parse(run_id), Uuid::try_parse(command_id)) {
+        (Ok(run), Ok(command)) => (run.as_u128(), command.as_u64_pair().1),
+        _ => (Uuid::new_v4().as_u128(), Uuid::new_v4().as_u64_pair().0),
+    };
+    format!("00-{trace:032x}-{span:016x}-01")
 }
 
 /// The run a reply or an awaited event belongs to.
@@ -130,4 +125,21 @@ pub(super) fn run_of(e: &Event) -> &str {
     e.extensions
         .get(RUN)
         .map_or_else(|| e.correlation_id(), String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_command_is_a_span_of_its_runs_trace() {
+        let run = "01937d6c-8f2a-7b3c-9d4e-5f6a7b8c9d0e";
+        let command = "a1b2c3d4-e5f6-5789-8abc-def012345678";
+        assert_eq!(
+            super::traceparent(run, command),
+            "00-01937d6c8f2a7b3c9d4e5f6a7b8c9d0e-8abcdef012345678-01"
+        );
+        // Not UUIDs (never the case for the driver's ids): still well formed.
+        let t = super::traceparent("run", "command");
+        assert_eq!(t.len(), 55, "{t}");
+        assert!(t.starts_with("00-") && t.ends_with("-01"), "{t}");
+    }
 }
