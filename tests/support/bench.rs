@@ -49,19 +49,33 @@ fn paced_load() -> Option<(f64, f64)> {
     (load > 0.0 && secs > 0.0).then_some((load, secs))
 }
 
-/// Start `count` items at `rate` a second, each by `start(i)` for `i` from
-/// `first`, on a task of its own.
-async fn pace<F, Fut>(rate: f64, count: usize, first: usize, start: F)
+/// Latency at a steady fraction of the `peak` rate ([`paced_load`]): start
+/// items one by one at fixed intervals, each by `start(i)` for `i` from
+/// `first` on a task of its own, and take their latencies from
+/// `latencies` as they finish.
+async fn paced<F, Fut>(
+    peak: f64,
+    first: usize,
+    latencies: &Mutex<Vec<Duration>>,
+    start: F,
+) -> Option<Paced>
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let (load, secs) = paced_load()?;
+    let rate = peak * load;
+    let count = ((rate * secs) as usize).max(1);
     let period = Duration::from_secs_f64(1.0 / rate);
     let t0 = tokio::time::Instant::now();
     for k in 0..count {
         tokio::time::sleep_until(t0 + period.mul_f64(k as f64)).await;
         tokio::spawn(start(first + k));
     }
+    Some(Paced {
+        rate,
+        latency: quantiles(collect(latencies, count).await),
+    })
 }
 
 /// Wait until `latencies` holds `count` items, then take them.
@@ -257,23 +271,15 @@ pub async fn choreography(
     }
     let loaded = collect(&latencies, n).await;
     let mut m = phase.end(n, unloaded, loaded);
-    if let Some((load, secs)) = paced_load() {
-        let rate = m.per_second * load;
-        let count = (rate * secs) as usize;
-        pace(rate, count, n, |i| {
-            let (started, broker, make) = (started.clone(), host.broker.clone(), make.clone());
-            async move {
-                let e = make(i);
-                started.lock().unwrap().insert(e.id.clone(), Instant::now());
-                broker.publish(vec![e]).await.unwrap();
-            }
-        })
-        .await;
-        m.paced = Some(Paced {
-            rate,
-            latency: quantiles(collect(&latencies, count).await),
-        });
-    }
+    m.paced = paced(m.per_second, n, &latencies, |i| {
+        let (started, broker, make) = (started.clone(), host.broker.clone(), make.clone());
+        async move {
+            let e = make(i);
+            started.lock().unwrap().insert(e.id.clone(), Instant::now());
+            broker.publish(vec![e]).await.unwrap();
+        }
+    })
+    .await;
     m
 }
 
@@ -393,14 +399,6 @@ async fn measure_runs(
     }
     let loaded = collect(&latencies, n).await;
     let mut m = phase.end(n, unloaded, loaded);
-    if let Some((load, secs)) = paced_load() {
-        let rate = m.per_second * load;
-        let count = (rate * secs) as usize;
-        pace(rate, count, n, start_one).await;
-        m.paced = Some(Paced {
-            rate,
-            latency: quantiles(collect(&latencies, count).await),
-        });
-    }
+    m.paced = paced(m.per_second, n, &latencies, start_one).await;
     m
 }

@@ -275,9 +275,9 @@ pub struct Commit {
     /// Deliver `events` as soon as they are written, before they are
     /// durable, where the backend can (the embedded one). Only for events
     /// that can be derived again from what is durable: the orchestrator's
-    /// commands sent on a step's reply (the reply is durable, and after a
-    /// crash the run is rebuilt from it and the command sent again with
-    /// the same id). Whatever the receiver commits in turn still becomes
+    /// commands (and hybrid steps' events) sent on a step's reply (the
+    /// reply is durable, and after a crash the run is rebuilt from it and
+    /// the same event, same id, is sent again). Whatever the receiver commits in turn still becomes
     /// visible only after this commit is durable: commits are applied and
     /// made durable in order.
     pub early: bool,

@@ -306,13 +306,13 @@ impl Driver {
 
     pub(super) fn dispatch(&mut self, run_id: &str, sid: &str, out: &mut Out) {
         let timeout = self.timeout_of(run_id, sid);
+        let now = self.now();
         let Some(run) = self.runs.get_mut(run_id) else {
             return;
         };
         let rec = run.steps.entry(sid.to_string()).or_default();
         rec.attempts += 1;
         rec.state = StepState::Dispatched;
-        let now = self.clock.unwrap_or_else(now_ms);
         if rec.started.is_none() {
             rec.started = Some(rfc3339(now));
             rec.started_ms = now;
@@ -487,11 +487,11 @@ impl Driver {
         output: Option<(String, Box<RawValue>)>,
         out: &mut Out,
     ) {
+        let now = self.now();
         let run = self.runs.get_mut(run_id).expect("live");
         run.completions += 1;
         let seq = run.completions;
         let rec = run.steps.get_mut(sid).expect("step");
-        let now = self.clock.unwrap_or_else(now_ms);
         rec.state = StepState::Completed;
         rec.finished = Some(rfc3339(now));
         rec.duration_ms = Some(now.saturating_sub(rec.started_ms));
