@@ -381,7 +381,9 @@ fn the_api_refuses_requests_without_the_token_and_bad_requests(b: Backend) {
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
 
     let err = |e: troupe::client::ClientError| match e {
-        troupe::client::ClientError::Status { status, message } => (status, message),
+        troupe::client::ClientError::Status {
+            status, message, ..
+        } => (status, message),
         other => panic!("{other}"),
     };
     let (code, msg) = err(h.client.start("nope", &order("o", "a")).unwrap_err());
@@ -455,6 +457,100 @@ fn the_api_refuses_requests_without_the_token_and_bad_requests(b: Backend) {
         metrics.contains("troupe_step_handled_total{step=\"order-validate\"}"),
         "{metrics}"
     );
+}
+
+/// A start beyond `[orchestrator] max_active_runs` is refused at once
+/// with 503 and `Retry-After`, and admitted again once a run ends; the
+/// client's patient start waits it out.
+#[test]
+fn starts_beyond_max_active_runs_get_503_with_retry_after() {
+    // No couriers: each run waits in its hybrid step until the test sends
+    // the `order.delivered` it awaits.
+    let mut m = plugin_steps(
+        &["order-validate", "payment-charge", "shipping-dispatch"],
+        "",
+    );
+    m += &plugin_steps(&["payment-refund"], "choreography = false");
+    m += "[orchestrator]\nmax_active_runs = 2\n";
+    let app = TestApp::new(&m);
+    std::fs::create_dir(app.path().join("flows")).unwrap();
+    std::fs::write(
+        app.path().join("flows/deliver.toml"),
+        DELIVER.replace("timeout_ms = 1000", "timeout_ms = 20000"),
+    )
+    .unwrap();
+    let h = ApiHost::start(&app);
+    let deliver = |run: &str| {
+        // The answer to the hybrid step's request, once that is out.
+        let t = std::time::Instant::now();
+        while state(&h.client.status(run).unwrap(), "deliver") != "dispatched" {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "deliver never dispatched"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        h.client
+            .publish(&json!({
+                "type": "order.delivered",
+                "correlationid": run,
+                "data": {"order_id": run, "signed_by": "test"},
+            }))
+            .unwrap();
+        let end = h.client.wait(run, Duration::from_secs(20), |_| {}).unwrap();
+        assert_eq!(end["state"], "completed", "{end:#}");
+    };
+    let first = h.client.start("deliver", &order("o-1", "ada")).unwrap();
+    let second = h.client.start("deliver", &order("o-2", "ada")).unwrap();
+    match h.client.start("deliver", &order("o-3", "ada")) {
+        Err(troupe::client::ClientError::Status {
+            status,
+            message,
+            retry_after,
+        }) => {
+            assert_eq!(status, 503, "{message}");
+            assert_eq!(retry_after, Some(1), "{message}");
+            assert!(message.contains("max_active_runs"), "{message}");
+        }
+        other => panic!("a third run while two are active: {other:?}"),
+    }
+    let metrics = h.client.get("/metrics").unwrap();
+    let metrics = metrics.as_str().expect("text");
+    for line in [
+        "troupe_runs_active 2",
+        "troupe_runs_max_active 2",
+        "troupe_runs_refused_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    // A run ends: there is room for one more.
+    deliver(&first);
+    let third = h.client.start("deliver", &order("o-3", "ada")).unwrap();
+    // Full again; a patient start waits until a run ends.
+    let waits = std::cell::Cell::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(1500));
+            deliver(&second);
+        });
+        let fourth = h
+            .client
+            .start_patiently(
+                "deliver",
+                &order("o-4", "ada"),
+                Duration::from_secs(20),
+                |why, wait| {
+                    assert!(why.contains("max_active_runs"), "{why}");
+                    assert_eq!(wait, Duration::from_secs(1));
+                    waits.set(waits.get() + 1);
+                },
+            )
+            .unwrap();
+        assert!(waits.get() >= 1, "the start was refused at least once");
+        for run in [&third, &fourth] {
+            deliver(run);
+        }
+    });
 }
 
 #[test]

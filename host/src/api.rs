@@ -157,6 +157,9 @@ async fn auth(State(s): State<ApiState>, headers: HeaderMap, req: Request, next:
     next.run(req).await
 }
 
+/// Seconds a producer refused for `max_active_runs` is told to wait.
+pub const RETRY_AFTER: &str = "1";
+
 /// Start a run of a flow; the body is the input event's data.
 #[utoipa::path(post, path = "/v1/flows/{flow}/runs",
     params(("flow" = String, Path, description = "The flow's name (its file name under flows/)")),
@@ -166,6 +169,7 @@ async fn auth(State(s): State<ApiState>, headers: HeaderMap, req: Request, next:
         (status = 400, description = "The body is not JSON"),
         (status = 404, description = "No such flow"),
         (status = 422, description = "The input breaks the contract of the flow's first step"),
+        (status = 503, description = "Not now: `max_active_runs` runs are active (with `Retry-After`), or this host stands by"),
     ))]
 async fn start_run(
     State(s): State<ApiState>,
@@ -195,6 +199,12 @@ async fn start_run(
         Err(e @ StartError::UnknownFlow(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
         Err(e @ StartError::BadInput { .. }) => {
             Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+        }
+        Err(e @ StartError::Busy { .. }) => {
+            let mut r = ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
+            Ok(r)
         }
         Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
@@ -367,6 +377,17 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
                 out.push_str(&format!("{name}{{step=\"{step}\"}} {value}\n"));
             }
         }
+    }
+    if let Some(o) = &s.orchestrator {
+        let load = o.load();
+        out.push_str(&format!(
+            "# HELP troupe_runs_active Runs started and not yet ended\n# TYPE troupe_runs_active gauge\ntroupe_runs_active {}\n\
+             # HELP troupe_runs_max_active The most runs active at once ([orchestrator] max_active_runs)\n# TYPE troupe_runs_max_active gauge\ntroupe_runs_max_active {}\n\
+             # HELP troupe_runs_refused_total Starts refused because max_active_runs runs were active\n# TYPE troupe_runs_refused_total counter\ntroupe_runs_refused_total {}\n",
+            load.active(),
+            load.limit,
+            load.refused()
+        ));
     }
     let backlog = s.broker.backlog().await?;
     out.push_str(&format!(

@@ -51,6 +51,8 @@ pub struct App {
     /// The broker: `[broker] url`, unless `--broker` or `TROUPE_BROKER`
     /// says otherwise; embedded by default.
     pub broker: BrokerUrl,
+    /// The `[orchestrator]` table.
+    pub orchestrator: OrchestratorConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,12 +62,36 @@ struct Manifest {
     #[serde(default)]
     steps: BTreeMap<String, StepConfig>,
     broker: Option<BrokerSection>,
+    #[serde(default)]
+    orchestrator: OrchestratorConfig,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BrokerSection {
     url: String,
+}
+
+/// The `[orchestrator]` table: how many runs the host drives at once.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorConfig {
+    /// Runs active at once (started, not yet ended). A start beyond it is
+    /// refused (`503` with `Retry-After`) rather than queued, so a
+    /// producer faster than the steps meets back-pressure instead of
+    /// growing the host's memory and every run's latency.
+    pub max_active_runs: usize,
+}
+
+/// The most `max_active_runs` may be.
+pub const MAX_ACTIVE_RUNS: usize = 1_000_000;
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            max_active_runs: 10_000,
+        }
+    }
 }
 
 /// Where a step's component comes from.
@@ -255,11 +281,21 @@ impl App {
                 message: format!("[broker] url: {message}"),
             })?,
         };
+        let orchestrator = manifest.orchestrator;
+        if !(1..=MAX_ACTIVE_RUNS).contains(&orchestrator.max_active_runs) {
+            return Err(AppError::Parse {
+                path: path.to_path_buf(),
+                message: format!(
+                    "[orchestrator] max_active_runs must be between 1 and {MAX_ACTIVE_RUNS}"
+                ),
+            });
+        }
         Ok(App {
             dir: dir.to_path_buf(),
             name,
             steps,
             broker,
+            orchestrator,
         })
     }
 
@@ -340,6 +376,7 @@ mod tests {
         assert_eq!(s.limits.memory_mb, 64);
         assert_eq!(s.retry.max_attempts, 5);
         assert!(s.grants.dirs.is_empty() && s.grants.env.is_empty() && !s.grants.stderr);
+        assert_eq!(app.orchestrator.max_active_runs, 10_000);
     }
 
     #[test]
@@ -357,6 +394,11 @@ mod tests {
             e("[steps.a]\ncomponent = \"x\"\nretry = { max_attempts = 0 }\n")
                 .contains("max_attempts")
         );
+        let app = "[steps.a]\ncomponent = \"x\"\n[orchestrator]\n";
+        assert!(e(&format!("{app}max_active_runs = 0\n")).contains("max_active_runs must be"));
+        assert!(e(&format!("{app}max_runs = 5\n")).contains("max_runs"));
+        let ok = parse(&format!("{app}max_active_runs = 5\n")).unwrap();
+        assert_eq!(ok.orchestrator.max_active_runs, 5);
     }
 
     #[test]

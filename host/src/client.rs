@@ -24,7 +24,12 @@ pub enum ClientError {
     #[error("cannot reach the host at {0}: {1} (is `troupe run` serving there?)")]
     Unreachable(String, String),
     #[error("the host answered {status}: {message}")]
-    Status { status: u16, message: String },
+    Status {
+        status: u16,
+        message: String,
+        /// `Retry-After`, in seconds: the host asks to be tried again.
+        retry_after: Option<u64>,
+    },
     #[error("{0}")]
     Setup(String),
 }
@@ -126,6 +131,11 @@ impl Client {
         let mut res =
             res.map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
         let status = res.status().as_u16();
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
         let text = res.body_mut().read_to_string().unwrap_or_default();
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status >= 400 {
@@ -133,7 +143,11 @@ impl Client {
                 .as_str()
                 .map(str::to_string)
                 .unwrap_or_else(|| v.to_string());
-            return Err(ClientError::Status { status, message });
+            return Err(ClientError::Status {
+                status,
+                message,
+                retry_after,
+            });
         }
         Ok((status, v))
     }
@@ -142,6 +156,34 @@ impl Client {
     pub fn start(&self, flow: &str, input: &Value) -> Result<String, ClientError> {
         let (_, v) = self.call("POST", &format!("/v1/flows/{flow}/runs"), Some(input))?;
         Ok(v["run_id"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Start a run, trying again for up to `patience` while the host asks
+    /// for it (`503` with `Retry-After`: it drives its most runs at once);
+    /// `on_wait` is told each time, with the host's reason.
+    pub fn start_patiently(
+        &self,
+        flow: &str,
+        input: &Value,
+        patience: Duration,
+        mut on_wait: impl FnMut(&str, Duration),
+    ) -> Result<String, ClientError> {
+        let until = std::time::Instant::now() + patience;
+        loop {
+            match self.start(flow, input) {
+                Err(ClientError::Status {
+                    status: 503,
+                    message,
+                    retry_after: Some(secs),
+                }) if std::time::Instant::now() < until => {
+                    let wait = Duration::from_secs(secs.clamp(1, 30))
+                        .min(until.saturating_duration_since(std::time::Instant::now()));
+                    on_wait(&message, wait);
+                    std::thread::sleep(wait);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A run's status.

@@ -175,7 +175,10 @@ impl Host {
                 }
                 Ok(())
             });
-            Some(Orchestrator::spawn(broker.clone(), flows, check, &app.name).await?)
+            Some(
+                Orchestrator::spawn(broker.clone(), flows, check, &app.name, &app.orchestrator)
+                    .await?,
+            )
         };
         let mut workers = Vec::new();
         for w in &wirings {

@@ -358,7 +358,16 @@ async fn measure_runs(
             );
             async move {
                 let t = Instant::now();
-                let id = o.start(&flow, input(i)).await.unwrap();
+                // A producer refused for `max_active_runs` waits and tries
+                // again; the run's latency counts from its first try.
+                let id = loop {
+                    match o.start(&flow, input(i)).await {
+                        Err(troupe::orchestrator::StartError::Busy { .. }) => {
+                            tokio::time::sleep(Duration::from_millis(1)).await
+                        }
+                        r => break r.unwrap(),
+                    }
+                };
                 let mut s = started.lock().unwrap();
                 match s.remove(&format!("done:{id}")) {
                     Some(end) => latencies.lock().unwrap().push(end - t),

@@ -6,6 +6,9 @@ use anyhow::{Context, Result, bail};
 
 use super::ApiArgs;
 
+/// How long `troupe start` keeps trying a host that asks it to wait.
+const START_PATIENCE: Duration = Duration::from_secs(60);
+
 pub(crate) fn client(api: &ApiArgs) -> Result<troupe::client::Client> {
     Ok(troupe::client::Client::for_app(
         &api.app,
@@ -17,7 +20,13 @@ pub(crate) fn start(flow: &str, input: &str, wait: bool, api: &ApiArgs, json: bo
     let input: serde_json::Value =
         serde_json::from_str(input).context("--input is not valid JSON")?;
     let c = client(api)?;
-    let id = c.start(flow, &input)?;
+    let mut told = false;
+    let id = c.start_patiently(flow, &input, START_PATIENCE, |why, wait| {
+        if !told {
+            eprintln!("{why}; trying again every {wait:.0?} for up to {START_PATIENCE:.0?}");
+            told = true;
+        }
+    })?;
     if !wait {
         if json {
             println!("{}", serde_json::json!({ "run_id": id }));

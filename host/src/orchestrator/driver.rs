@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -71,6 +72,8 @@ pub(super) struct Driver {
     /// While a run is replayed, the time of the reply being applied
     /// (epoch ms); the wall clock otherwise.
     pub(super) clock: Option<u64>,
+    /// The admission limit, and the gauges the driver keeps up to date.
+    pub(super) load: Arc<super::Load>,
 }
 
 /// What one transition sends to the broker.
@@ -90,6 +93,7 @@ impl Driver {
     ) {
         let mut ended = self.ended.1.take().expect("the driver runs once");
         loop {
+            self.load.active.store(self.runs.len(), Ordering::Relaxed);
             let next = self.timers.next_at();
             let sleep = async {
                 match next {
@@ -188,6 +192,15 @@ impl Driver {
             let _ = reply.send(Err(StartError::BadInput {
                 kind: f.input.clone(),
                 reason,
+            }));
+            return;
+        }
+        // Back-pressure, not a queue: beyond the limit a good start is
+        // refused at once (the API answers 503 with Retry-After).
+        if self.runs.len() >= self.load.limit {
+            self.load.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = reply.send(Err(StartError::Busy {
+                limit: self.load.limit,
             }));
             return;
         }

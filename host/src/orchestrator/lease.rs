@@ -45,6 +45,7 @@ pub(super) struct Lead {
     pub finished: broadcast::Sender<(String, RunState)>,
     /// This process, as the lease's holder.
     pub holder: String,
+    pub load: Arc<super::Load>,
 }
 
 impl Lead {
@@ -97,6 +98,7 @@ impl Lead {
             source: self.source.clone(),
             journal,
             clock: None,
+            load: self.load.clone(),
         };
         if journal == Journal::Checkpoints {
             let ids: Vec<String> = driver.runs.keys().cloned().collect();

@@ -32,6 +32,7 @@ mod timers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -67,6 +68,10 @@ pub enum StartError {
     Stopped,
     #[error("this host stands by: another host of the app drives its flows; start the run there")]
     Standby,
+    #[error(
+        "{limit} runs are active, the most this host drives at once ([orchestrator] max_active_runs): try again shortly"
+    )]
+    Busy { limit: usize },
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
 }
@@ -101,6 +106,29 @@ pub struct Orchestrator {
     finished: tokio::sync::broadcast::Sender<(String, RunState)>,
     broker: Arc<dyn Broker>,
     flows: Arc<HashMap<String, Arc<Flow>>>,
+    load: Arc<Load>,
+}
+
+/// How busy the driver is: what `/metrics` shows of it, and the limit it
+/// admits runs under.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// The most runs active at once (`[orchestrator] max_active_runs`).
+    pub limit: usize,
+    /// Runs active now, as of the driver's last wake-up.
+    pub active: AtomicUsize,
+    /// Starts refused because `limit` runs were active.
+    pub refused: AtomicU64,
+}
+
+impl Load {
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
 }
 
 /// How the orchestrator checks a run's input against the first step.
@@ -127,6 +155,7 @@ impl Orchestrator {
         flows: Vec<Flow>,
         check_input: InputCheck,
         app: &str,
+        config: &crate::app::OrchestratorConfig,
     ) -> Result<Orchestrator, BrokerError> {
         let mut awaited: Vec<String> = Vec::new();
         for f in &flows {
@@ -148,6 +177,10 @@ impl Orchestrator {
         let (tx, starts) = mpsc::channel(1024);
         let (queries, queried) = mpsc::channel(1024);
         let (finished, _) = tokio::sync::broadcast::channel(4096);
+        let load = Arc::new(Load {
+            limit: config.max_active_runs,
+            ..Load::default()
+        });
         lease::Lead {
             broker: broker.clone(),
             flows: flows.clone(),
@@ -156,6 +189,7 @@ impl Orchestrator {
             source: format!("troupe://{app}/orchestrator"),
             finished: finished.clone(),
             holder: lease::holder(),
+            load: load.clone(),
         }
         .start(Inbox {
             starts,
@@ -168,6 +202,7 @@ impl Orchestrator {
             finished,
             broker,
             flows,
+            load,
         })
     }
 
@@ -215,6 +250,11 @@ impl Orchestrator {
     /// The flows, by name.
     pub fn flows(&self) -> &HashMap<String, Arc<Flow>> {
         &self.flows
+    }
+
+    /// How busy the driver is.
+    pub fn load(&self) -> &Load {
+        &self.load
     }
 }
 
