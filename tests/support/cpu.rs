@@ -1,6 +1,8 @@
 //! Where the CPU goes during a benchmark: this process's threads, by the
-//! part of Troupe they belong to (from their names), and a nats-server on
-//! this machine, read from `/proc` before and after the measured phase.
+//! part of Troupe they belong to (from their names), a nats-server on this
+//! machine, and the machine's idle and stolen time (a VM's hypervisor can
+//! take 10-15% of the cores, which no thread's account shows), read from
+//! `/proc` before and after the measured phase.
 //!
 //! On a machine with two cores, throughput is bounded by the CPU each item
 //! costs in all of these together; the split says which part to blame.
@@ -28,6 +30,35 @@ const CLASSES: [(&str, &str); 6] = [
 pub struct Snapshot {
     classes: BTreeMap<&'static str, Duration>,
     server: Option<Duration>,
+    machine: Option<Machine>,
+}
+
+/// The machine's CPU time so far, in ticks of all cores (`/proc/stat`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Machine {
+    total: u64,
+    idle: u64,
+    steal: u64,
+}
+
+impl Machine {
+    fn take() -> Option<Machine> {
+        let s = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = s.lines().find(|l| l.starts_with("cpu "))?;
+        // user nice system idle iowait irq softirq steal (guest time is
+        // already counted in user).
+        let t: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|v| v.parse().ok())
+            .collect::<Option<_>>()?;
+        (t.len() == 8).then(|| Machine {
+            total: t.iter().sum(),
+            idle: t[3] + t[4],
+            steal: t[7],
+        })
+    }
 }
 
 /// CPU time of one `/proc/.../stat` file (user + system); its name.
@@ -73,7 +104,11 @@ impl Snapshot {
         }
         let server =
             nats_server_pid().and_then(|pid| stat(&format!("/proc/{pid}/stat")).map(|s| s.1));
-        Snapshot { classes, server }
+        Snapshot {
+            classes,
+            server,
+            machine: Machine::take(),
+        }
     }
 
     /// What was used between `before` and now, per item for `n` items.
@@ -97,6 +132,14 @@ impl Snapshot {
                 (Some(a), Some(b)) => Some(per(a, b)),
                 _ => None,
             },
+            machine: match (now.machine, before.machine) {
+                (Some(a), Some(b)) if a.total > b.total => {
+                    let share =
+                        |x: u64, y: u64| x.saturating_sub(y) as f64 / (a.total - b.total) as f64;
+                    Some((share(a.idle, b.idle), share(a.steal, b.steal)))
+                }
+                _ => None,
+            },
         }
     }
 }
@@ -108,6 +151,9 @@ pub struct PerItem {
     pub classes: BTreeMap<&'static str, Duration>,
     /// A nats-server on this machine, if one was found.
     pub server: Option<Duration>,
+    /// Shares of all cores' time that were idle (with I/O wait) and
+    /// stolen by the hypervisor during the phase.
+    pub machine: Option<(f64, f64)>,
 }
 
 impl PerItem {
@@ -126,6 +172,14 @@ impl std::fmt::Display for PerItem {
         }
         if let Some(s) = self.server.filter(|s| s.as_micros() > 0) {
             write!(f, "; nats-server {} µs", us(&s))?;
+        }
+        if let Some((idle, steal)) = self.machine {
+            write!(
+                f,
+                "; cores idle {:.0}%, stolen {:.0}%",
+                idle * 100.0,
+                steal * 100.0
+            )?;
         }
         Ok(())
     }
