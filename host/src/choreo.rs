@@ -5,7 +5,8 @@
 //! runs the guest, checks every emitted event against the contract, stamps
 //! the host-owned attributes on it (id, source, time, correlation,
 //! causation, trace, schema) and hands the lot to the broker, which acks the
-//! input and publishes the outputs together. There is no central
+//! input and publishes the outputs together. For an orchestration command
+//! the outputs go back in one reply to the orchestrator instead. There is no central
 //! controller: the broker's routing by event type is the whole wiring.
 //!
 //! **The broker never waits on a guest**: guests run on these worker
@@ -104,38 +105,42 @@ impl Wiring {
         StepStats::add(&self.stats.guest_micros, start.elapsed().as_micros() as u64);
         match result {
             Ok(emits) => {
-                let mut out = Vec::with_capacity(emits.len());
-                for (i, e) in emits.into_iter().enumerate() {
+                let mut checked = Vec::with_capacity(emits.len());
+                for e in emits {
                     let ct = e.content_type.unwrap_or_else(|| JSON.to_string());
                     let declared = match step.contract.check_output(&e.kind, &ct, &e.data) {
                         Ok(t) => t.urn.clone(),
                         Err(v) => return self.violation(d, v),
                     };
-                    let emitted = Emitted {
+                    checked.push(Emitted {
                         kind: e.kind,
                         subject: e.subject,
                         content_type: Some(ct),
                         data: e.data,
                         schema: Some(declared),
-                    };
-                    out.push(d.event.caused(step.name(), &self.source, i, emitted));
+                    });
                 }
                 tracing::debug!(
                     step = %step.name(),
                     event = %d.event.id,
                     "{} -> [{}] in {:.0?}",
                     d.event.kind,
-                    out.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>().join(", "),
+                    checked.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>().join(", "),
                     start.elapsed()
                 );
                 StepStats::add(&self.stats.handled, 1);
-                StepStats::add(&self.stats.emitted, out.len() as u64);
+                StepStats::add(&self.stats.emitted, checked.len() as u64);
                 if orchestrator::is_command(&d.event) {
                     // A command: the output goes back to the orchestrator in
                     // the reply, not into the choreography.
-                    let reply = orchestrator::completed_reply(&d.event, &self.source, &out);
+                    let reply = orchestrator::completed_reply(&d.event, &self.source, &checked);
                     return self.reply(d, reply);
                 }
+                let out: Vec<Event> = checked
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| d.event.caused(step.name(), &self.source, i, e))
+                    .collect();
                 let permit = self.permit();
                 let step = step.name().clone();
                 let commit = Commit {

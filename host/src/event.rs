@@ -288,7 +288,7 @@ pub fn now_rfc3339() -> String {
 }
 
 /// A W3C `traceparent`: the parent's trace id (or a new one) and a new span.
-fn new_traceparent(parent: Option<&str>) -> String {
+pub(crate) fn new_traceparent(parent: Option<&str>) -> String {
     let trace = parent
         .and_then(|p| p.split('-').nth(1))
         .filter(|t| t.len() == 32)

@@ -129,6 +129,56 @@ pub(super) fn run_of(e: &Event) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use crate::event::{Emitted, Event, TRACEPARENT};
+
+    #[test]
+    fn a_reply_carries_the_outputs_type_schema_and_data_in_the_runs_trace() {
+        let run = "01937d6c-8f2a-7b3c-9d4e-5f6a7b8c9d0e";
+        let mut command = Event::new("order.placed", "troupe://shop/orchestrator", b"{}".to_vec());
+        command
+            .extensions
+            .insert(TRACEPARENT.into(), super::traceparent(run, &command.id));
+        command.extensions.insert(super::RUN.into(), run.into());
+        let emitted = |kind: &str, ct: &str, data: &[u8]| Emitted {
+            kind: kind.into(),
+            subject: None,
+            content_type: Some(ct.into()),
+            data: data.to_vec(),
+            schema: Some(format!("urn:troupe:schema:{kind}:1.0.0")),
+        };
+        let outputs = [
+            emitted("order.validated", "application/json", br#"{"total": 6}"#),
+            emitted("order.note", "text/plain", b"hi"),
+        ];
+        let reply = super::super::completed_reply(&command, "troupe://shop/step/v", &outputs);
+        let (kind, data) = super::first_output(&reply).expect("an output");
+        assert_eq!(
+            (kind.as_str(), data.get()),
+            ("order.validated", r#"{"total": 6}"#)
+        );
+        let body: serde_json::Value = serde_json::from_slice(&reply.data).unwrap();
+        assert_eq!(
+            body["outputs"][0]["dataschema"],
+            "urn:troupe:schema:order.validated:1.0.0"
+        );
+        assert_eq!(body["outputs"][1]["datacontenttype"], "text/plain");
+        assert_eq!(body["outputs"][1]["data_base64"], "aGk=");
+        // Same id for the same command (a redelivery's reply is a duplicate),
+        // and a span of the run's trace.
+        let again = super::super::completed_reply(&command, "troupe://shop/step/v", &outputs);
+        assert_eq!(reply.id, again.id);
+        let trace = |e: &Event| {
+            e.extensions[TRACEPARENT]
+                .split('-')
+                .nth(1)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(trace(&reply), trace(&command));
+        assert_eq!(reply.causation_id(), Some(command.id.as_str()));
+        assert_eq!(reply.correlation_id(), command.correlation_id());
+    }
+
     #[test]
     fn a_command_is_a_span_of_its_runs_trace() {
         let run = "01937d6c-8f2a-7b3c-9d4e-5f6a7b8c9d0e";

@@ -39,7 +39,12 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::{Broker, BrokerError};
-use crate::event::{CAUSATION_ID, CORRELATION_ID, Event, TARGET};
+use serde_json::value::RawValue;
+
+use crate::event::{
+    CAUSATION_ID, CORRELATION_ID, Emitted, Event, JSON, TARGET, TRACEPARENT, new_traceparent,
+    now_rfc3339,
+};
 use crate::flow::{Action, Flow};
 use run::{RunRecord, RunState, key};
 
@@ -52,7 +57,8 @@ pub const FLOW_STEP: &str = "troupestep";
 /// Extension: which attempt of the flow step a command is (what the
 /// guest sees as `event.attempt`).
 pub const ATTEMPT: &str = "troupeattempt";
-/// Reply type: the step handled the command; data `{ "outputs": [...] }`.
+/// Reply type: the step handled the command; data `{ "outputs": [...] }`,
+/// each output's `type`, `dataschema` and `data`.
 pub const COMPLETED: &str = "troupe.step.completed";
 /// Reply type: it did not; data `{ "class", "message", "retryable" }`.
 pub const FAILED: &str = "troupe.step.failed";
@@ -259,14 +265,42 @@ impl Orchestrator {
 }
 
 /// The reply a worker sends the orchestrator for a command it handled:
-/// `outputs` are the CloudEvents the step emitted (already checked against
-/// its contract and stamped by the host).
-pub fn completed_reply(command: &Event, source: &str, outputs: &[Event]) -> Event {
+/// `outputs` are the events the step emitted, already checked against its
+/// contract. The reply carries what the orchestrator keeps of each (type,
+/// schema, data): they never enter the choreography, so they get no id,
+/// time or trace of their own.
+pub fn completed_reply(command: &Event, source: &str, outputs: &[Emitted]) -> Event {
     #[derive(serde::Serialize)]
     struct Completed<'a> {
-        outputs: &'a [Event],
+        outputs: Vec<Output<'a>>,
     }
-    let data = serde_json::to_vec(&Completed { outputs }).expect("events serialise");
+    struct Output<'a>(&'a Emitted);
+    impl serde::Serialize for Output<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let e = self.0;
+            let mut m = s.serialize_map(None)?;
+            m.serialize_entry("type", &e.kind)?;
+            if let Some(schema) = &e.schema {
+                m.serialize_entry("dataschema", schema)?;
+            }
+            let ct = e.content_type.as_deref().unwrap_or(JSON);
+            if ct != JSON {
+                m.serialize_entry("datacontenttype", ct)?;
+            }
+            match serde_json::from_slice::<&RawValue>(&e.data) {
+                Ok(raw) if crate::event::is_json_type(ct) => m.serialize_entry("data", raw)?,
+                _ => {
+                    use base64::Engine as _;
+                    let b = base64::engine::general_purpose::STANDARD.encode(&e.data);
+                    m.serialize_entry("data_base64", &b)?;
+                }
+            }
+            m.end()
+        }
+    }
+    let outputs = outputs.iter().map(Output).collect();
+    let data = serde_json::to_vec(&Completed { outputs }).expect("outputs serialise");
     reply(command, source, COMPLETED, data)
 }
 
@@ -282,20 +316,34 @@ pub fn failed_reply(
     reply(command, source, FAILED, data.to_string().into_bytes())
 }
 
+/// A reply to `command`: addressed to the orchestrator's group, in the
+/// run's correlation and trace, with an id derived from the command's (a
+/// redelivered command's reply is the same event).
 fn reply(command: &Event, source: &str, kind: &str, data: Vec<u8>) -> Event {
-    let mut e = Event::new(kind, source, data);
-    e.id = crate::event::derived_id(&command.id, "reply");
+    let mut extensions = std::collections::BTreeMap::new();
     for k in [RUN, FLOW_STEP] {
         if let Some(v) = command.extensions.get(k) {
-            e.extensions.insert(k.into(), v.clone());
+            extensions.insert(k.to_string(), v.clone());
         }
     }
-    e.extensions
-        .insert(CORRELATION_ID.into(), command.correlation_id().to_string());
-    e.extensions.insert(CAUSATION_ID.into(), command.id.clone());
-    e.extensions.insert(TARGET.into(), GROUP.into());
-    e.subject = command.subject.clone();
-    e
+    extensions.insert(CORRELATION_ID.into(), command.correlation_id().to_string());
+    extensions.insert(CAUSATION_ID.into(), command.id.clone());
+    extensions.insert(TARGET.into(), GROUP.into());
+    extensions.insert(
+        TRACEPARENT.into(),
+        new_traceparent(command.extensions.get(TRACEPARENT).map(String::as_str)),
+    );
+    Event {
+        id: crate::event::derived_id(&command.id, "reply"),
+        source: source.to_string(),
+        kind: kind.to_string(),
+        subject: command.subject.clone(),
+        time: now_rfc3339(),
+        content_type: JSON.to_string(),
+        schema: None,
+        data,
+        extensions,
+    }
 }
 
 /// Which attempt the guest is told a delivery is: the orchestrator's
