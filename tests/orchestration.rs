@@ -323,20 +323,29 @@ fn a_hybrid_step_finishes_on_its_completion_event(b: Backend) {
     assert!(run["error"].as_str().unwrap().contains("delivery.failed"));
 }
 
-fn a_hybrid_step_times_out_without_its_completion_event(b: Backend) {
-    // No courier steps: nobody answers the delivery request.
+/// The `deliver` flow (its hybrid step waiting `deliver_ms`) in an app
+/// without the couriers, so nothing answers the delivery request;
+/// `extra`: more of `troupe.toml`.
+fn without_couriers(b: Backend, deliver_ms: u64, extra: &str) -> TestApp {
     let mut m = plugin_steps(
         &["order-validate", "payment-charge", "shipping-dispatch"],
         "",
     );
     m += &plugin_steps(&["payment-refund"], "choreography = false");
+    m += extra;
     let app = TestApp::on(b, &m);
     std::fs::create_dir(app.path().join("flows")).unwrap();
     std::fs::write(
         app.path().join("flows/deliver.toml"),
-        DELIVER.replace("timeout_ms = 1000", "timeout_ms = 300"),
+        DELIVER.replace("timeout_ms = 1000", &format!("timeout_ms = {deliver_ms}")),
     )
     .unwrap();
+    app
+}
+
+fn a_hybrid_step_times_out_without_its_completion_event(b: Backend) {
+    // No courier steps: nobody answers the delivery request.
+    let app = without_couriers(b, 300, "");
     let h = ApiHost::start(&app);
     let run = h.run("deliver", order("o-11", "grace"));
     assert_eq!(state(&run, "deliver"), "timed_out", "{run:#}");
@@ -466,19 +475,11 @@ fn the_api_refuses_requests_without_the_token_and_bad_requests(b: Backend) {
 fn starts_beyond_max_active_runs_get_503_with_retry_after() {
     // No couriers: each run waits in its hybrid step until the test sends
     // the `order.delivered` it awaits.
-    let mut m = plugin_steps(
-        &["order-validate", "payment-charge", "shipping-dispatch"],
-        "",
+    let app = without_couriers(
+        Backend::Embedded,
+        20000,
+        "[orchestrator]\nmax_active_runs = 2\n",
     );
-    m += &plugin_steps(&["payment-refund"], "choreography = false");
-    m += "[orchestrator]\nmax_active_runs = 2\n";
-    let app = TestApp::new(&m);
-    std::fs::create_dir(app.path().join("flows")).unwrap();
-    std::fs::write(
-        app.path().join("flows/deliver.toml"),
-        DELIVER.replace("timeout_ms = 1000", "timeout_ms = 20000"),
-    )
-    .unwrap();
     let h = ApiHost::start(&app);
     let deliver = |run: &str| {
         // The answer to the hybrid step's request, once that is out.

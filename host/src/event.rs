@@ -127,6 +127,14 @@ impl Event {
             .map_or(&self.id, |s| s.as_str())
     }
 
+    /// The W3C trace this event belongs to (the trace id of its
+    /// `traceparent`), if it carries one.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.extensions
+            .get(TRACEPARENT)
+            .and_then(|t| t.split('-').nth(1))
+    }
+
     /// The id of the event that caused this one, if any.
     pub fn causation_id(&self) -> Option<&str> {
         self.extensions.get(CAUSATION_ID).map(|s| s.as_str())
@@ -347,14 +355,8 @@ mod tests {
         assert_ne!(x.id, z.id);
         assert_eq!(x.correlation_id(), first.id);
         assert_eq!(x.causation_id(), Some(first.id.as_str()));
-        let trace = |e: &Event| {
-            e.extensions[TRACEPARENT]
-                .split('-')
-                .nth(1)
-                .unwrap()
-                .to_string()
-        };
-        assert_eq!(trace(&x), trace(&first));
+        assert_eq!(x.trace_id(), first.trace_id());
+        assert!(x.trace_id().is_some());
     }
 
     #[test]

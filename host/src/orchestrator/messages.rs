@@ -167,14 +167,8 @@ mod tests {
         // and a span of the run's trace.
         let again = super::super::completed_reply(&command, "troupe://shop/step/v", &outputs);
         assert_eq!(reply.id, again.id);
-        let trace = |e: &Event| {
-            e.extensions[TRACEPARENT]
-                .split('-')
-                .nth(1)
-                .unwrap()
-                .to_string()
-        };
-        assert_eq!(trace(&reply), trace(&command));
+        assert_eq!(reply.trace_id(), command.trace_id());
+        assert_eq!(reply.trace_id(), Some("01937d6c8f2a7b3c9d4e5f6a7b8c9d0e"));
         assert_eq!(reply.causation_id(), Some(command.id.as_str()));
         assert_eq!(reply.correlation_id(), command.correlation_id());
     }
