@@ -5,9 +5,10 @@
 //! runs the guest, checks every emitted event against the contract, stamps
 //! the host-owned attributes on it (id, source, time, correlation,
 //! causation, trace, schema) and hands the lot to the broker, which acks the
-//! input and publishes the outputs together. For an orchestration command
-//! the outputs go back in one reply to the orchestrator instead. There is no central
-//! controller: the broker's routing by event type is the whole wiring.
+//! input and publishes the outputs together (for an orchestration command,
+//! the outputs go back to the orchestrator in one reply instead). There is
+//! no central controller: the broker's routing by event type is the whole
+//! wiring.
 //!
 //! **The broker never waits on a guest**: guests run on these worker
 //! threads, and the workers hand broker calls to the async runtime without
