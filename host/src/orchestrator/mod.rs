@@ -75,7 +75,7 @@ pub enum StartError {
     #[error("this host stands by: another host of the app drives its flows; start the run there")]
     Standby,
     #[error(
-        "{limit} runs are active, the most this host drives at once ([orchestrator] max_active_runs): try again shortly"
+        "this host already drives its most runs at once ({limit}, [orchestrator] max_active_runs): try again shortly"
     )]
     Busy { limit: usize },
     #[error("broker: {0}")]
