@@ -35,12 +35,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::{Broker, BrokerError};
-use serde_json::value::RawValue;
-
 use crate::event::{
     CAUSATION_ID, CORRELATION_ID, Emitted, Event, JSON, TARGET, TRACEPARENT, new_traceparent,
     now_rfc3339,
