@@ -363,6 +363,8 @@ impl Drop for ApiHost {
 }
 pub mod bench;
 pub mod cpu;
+pub mod forge;
+pub mod process;
 
 /// The order example's choreographed steps (Rust builds).
 pub const ORDER_STEPS: [&str; 4] = [
