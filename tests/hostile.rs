@@ -538,6 +538,48 @@ fn no_command_hangs_on_a_guest() {
     assert!(wrong.is_empty(), "\n  {}", wrong.join("\n  "));
 }
 
+/// NATS: an event as large as the server takes is stored; one byte more is
+/// refused before it is sent (at the door, or as a step's `limit`), never
+/// taken on and then failed forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_up_to_the_servers_max_payload_fit_and_no_more() {
+    let app = TestApp::on(Backend::Nats, &step("echo", &guest("echo"), ""));
+    let broker = troupe::broker::open(&app.broker(), "fit", &app.path().join(".troupe"))
+        .await
+        .unwrap();
+    let client = async_nats::connect(troupe_tests::nats_server())
+        .await
+        .unwrap();
+    let max = client.server_info().max_payload;
+    let mut e = troupe_tests::event("test.ping", json!({"n": 1}));
+    e.content_type = "application/octet-stream".into();
+    e.data = vec![b'x'; max];
+    let over = match broker.check_size(&e) {
+        Err(troupe::broker::BrokerError::TooLarge(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    let size: usize = over
+        .split(" event of ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Exactly the largest message: fits, and the server stores it.
+    e.data.truncate(max - (size - max));
+    broker.check_size(&e).expect("fits");
+    broker.publish(vec![e.clone()]).await.expect("stored");
+    let mut bigger = e.clone();
+    bigger.id = format!("{}-b", e.id);
+    bigger.data.extend_from_slice(b"yy");
+    assert!(matches!(
+        broker.publish(vec![bigger]).await,
+        Err(troupe::broker::BrokerError::TooLarge(_))
+    ));
+}
+
 /// Memory a guest used is given back when its instance goes: many memory
 /// bombs, two at a time, leave the host's resident memory within two
 /// bombs' worth (and half again) of where it started.

@@ -57,6 +57,7 @@ impl From<BrokerError> for ApiError {
         match e {
             BrokerError::NoSuchDeadLetter(_) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
             BrokerError::Invalid(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+            BrokerError::TooLarge(_) => ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
             _ => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }
@@ -71,7 +72,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+            .map_err(|e| ApiError(e.status(), e.body_text()))?;
         serde_json::from_slice(&bytes).map(Body).map_err(|e| {
             ApiError(
                 StatusCode::BAD_REQUEST,
@@ -197,6 +198,9 @@ async fn start_run(
             Ok(r)
         }
         Err(e @ StartError::UnknownFlow(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
+        Err(e @ StartError::TooLarge { .. }) => {
+            Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
+        }
         Err(e @ StartError::BadInput { .. }) => {
             Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
         }
@@ -234,7 +238,8 @@ async fn run_status(
     responses(
         (status = 202, description = "Stored durably: `id`"),
         (status = 400, description = "Not a CloudEvents document"),
-        (status = 422, description = "It breaks the contract of a consuming step"),
+        (status = 413, description = "Too large for the app's broker"),
+        (status = 422, description = "It breaks the contract of a consuming step (its data, or its content type)"),
     ))]
 async fn publish(State(s): State<ApiState>, Body(body): Body) -> Result<Response, ApiError> {
     let source = format!("troupe://{}/api", s.app);
@@ -377,6 +382,14 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
                 out.push_str(&format!("{name}{{step=\"{step}\"}} {value}\n"));
             }
         }
+    }
+    let name = "troupe_guest_log_dropped_total";
+    out.push_str(&format!(
+        "# HELP {name} Guest log lines dropped by the step's limits.log_lines_per_second\n# TYPE {name} counter\n"
+    ));
+    for step in &s.steps {
+        let dropped = step.sandbox.log_lines_dropped();
+        out.push_str(&format!("{name}{{step=\"{}\"}} {dropped}\n", step.name()));
     }
     if let Some(o) = &s.orchestrator {
         let load = o.load();

@@ -153,6 +153,9 @@ pub struct Limits {
     pub max_emits: usize,
     /// Size of one emitted event's data, bytes.
     pub max_event_bytes: usize,
+    /// Log lines the step may write per second (a burst of one second's
+    /// worth); lines beyond are dropped and counted.
+    pub log_lines_per_second: u32,
 }
 
 impl Default for Limits {
@@ -162,9 +165,15 @@ impl Default for Limits {
             timeout_ms: 1_000,
             max_emits: 100,
             max_event_bytes: 256 * 1024,
+            log_lines_per_second: 1000,
         }
     }
 }
+
+/// The most events one message may emit.
+pub const MAX_EMITS: usize = 10_000;
+/// The largest `max_event_bytes`: 16 MiB.
+pub const MAX_EVENT_BYTES: usize = 16 << 20;
 
 /// Redelivery of a failed message: attempts in all, with exponential
 /// backoff from `backoff_ms`, capped at `max_backoff_ms`.
@@ -341,6 +350,19 @@ impl StepConfig {
         if l.timeout_ms == 0 || l.timeout_ms > 600_000 {
             return Err("limits.timeout_ms must be between 1 and 600000".into());
         }
+        if l.max_emits == 0 || l.max_emits > MAX_EMITS {
+            return Err(format!(
+                "limits.max_emits must be between 1 and {MAX_EMITS}"
+            ));
+        }
+        if l.max_event_bytes == 0 || l.max_event_bytes > MAX_EVENT_BYTES {
+            return Err(format!(
+                "limits.max_event_bytes must be between 1 and {MAX_EVENT_BYTES}"
+            ));
+        }
+        if l.log_lines_per_second == 0 || l.log_lines_per_second > 100_000 {
+            return Err("limits.log_lines_per_second must be between 1 and 100000".into());
+        }
         if self.concurrency == Some(0) || self.concurrency.is_some_and(|c| c > 256) {
             return Err("concurrency must be between 1 and 256".into());
         }
@@ -386,6 +408,21 @@ mod tests {
             e("[steps.a]\ncomponent = \"x\"\nlimits = { memroy_mb = 3 }\n").contains("memroy_mb")
         );
         assert!(e("[steps.a]\n").contains("step `a`: set `component`"));
+        for bad in [
+            "max_emits = 0",
+            "max_emits = 10001",
+            "max_event_bytes = 16777217",
+            "log_lines_per_second = 0",
+        ] {
+            let key = bad.split(' ').next().unwrap();
+            let m = e(&format!(
+                "[steps.a]\ncomponent = \"x\"\nlimits = {{ {bad} }}\n"
+            ));
+            assert!(
+                m.contains(&format!("limits.{key} must be between")),
+                "{bad}: {m}"
+            );
+        }
         assert!(e("[steps.a]\ncomponent = \"x\"\nplugin = \"y\"\n").contains("not both"));
         assert!(e("[steps.A]\ncomponent = \"x\"\n").contains("lower-case"));
         assert!(e("[steps.a\n").contains("troupe.toml"));

@@ -8,7 +8,8 @@
 //! the producer always sends, a field both describe must have compatible
 //! types and values, and a closed consumer (`additionalProperties: false`)
 //! must know every field the producer may send. Versions of one event type
-//! must share their major version. This is a sound-enough approximation of
+//! must share their major version, and the same content type (JSON, or the
+//! `contentMediaType` of both schemas). This is a sound-enough approximation of
 //! "the producer's schema is a subset of the consumer's" for the keywords
 //! contracts use (`type`, `required`, `properties`, `items`, `enum`,
 //! `additionalProperties`); what it cannot judge it does not report.
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::contract::DataFormat;
 use crate::runtime::step::LoadedStep;
 
 /// How bad a finding is.
@@ -76,6 +78,19 @@ pub fn check(steps: &[Arc<LoadedStep>]) -> Vec<Finding> {
                         ),
                     });
                 }
+                if produced.format != consumed.format {
+                    out.push(Finding {
+                        severity: Severity::Error,
+                        message: format!(
+                            "{wire}: `{}` emits {} data but `{}` reads {}",
+                            p.name(),
+                            describe_format(&produced.format),
+                            c.name(),
+                            describe_format(&consumed.format)
+                        ),
+                    });
+                    continue;
+                }
                 let mut problems = Vec::new();
                 compare(&produced.schema, &consumed.schema, "", &mut problems);
                 for problem in problems {
@@ -105,6 +120,16 @@ pub fn check(steps: &[Arc<LoadedStep>]) -> Vec<Finding> {
         }
     }
     out
+}
+
+fn describe_format(f: &DataFormat) -> String {
+    match f {
+        DataFormat::Other {
+            media_type,
+            base64: true,
+        } => format!("{media_type} (base64)"),
+        f => f.media_type().to_string(),
+    }
 }
 
 fn major(version: &str) -> &str {

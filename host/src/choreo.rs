@@ -31,6 +31,7 @@ use crate::event::{Emitted, Event, JSON};
 use crate::orchestrator;
 use crate::runtime::step::{Failure, LoadedStep};
 use crate::stats::StepStats;
+use crate::world;
 
 /// Broker calls a step's workers may have outstanding at once.
 pub const MAX_UNSETTLED: usize = 4096;
@@ -105,114 +106,143 @@ impl Wiring {
         let result = step.handle(&d.event, orchestrator::attempt_of(&d.event, d.attempt));
         StepStats::add(&self.stats.guest_micros, start.elapsed().as_micros() as u64);
         match result {
-            Ok(emits) => {
-                let mut checked = Vec::with_capacity(emits.len());
-                for e in emits {
-                    let ct = e.content_type.unwrap_or_else(|| JSON.to_string());
-                    let declared = match step.contract.check_output(&e.kind, &ct, &e.data) {
-                        Ok(t) => t.urn.clone(),
-                        Err(v) => return self.violation(d, v),
-                    };
-                    checked.push(Emitted {
-                        kind: e.kind,
-                        subject: e.subject,
-                        content_type: Some(ct),
-                        data: e.data,
-                        schema: Some(declared),
-                    });
-                }
-                tracing::debug!(
-                    step = %step.name(),
-                    event = %d.event.id,
-                    "{} -> [{}] in {:.0?}",
-                    d.event.kind,
-                    checked.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>().join(", "),
-                    start.elapsed()
-                );
-                StepStats::add(&self.stats.handled, 1);
-                StepStats::add(&self.stats.emitted, checked.len() as u64);
-                if orchestrator::is_command(&d.event) {
-                    // A command: the output goes back to the orchestrator in
-                    // the reply, not into the choreography.
-                    let reply = orchestrator::completed_reply(&d.event, &self.source, &checked);
-                    return self.reply(d, reply);
-                }
-                let out: Vec<Event> = checked
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, e)| d.event.caused(step.name(), &self.source, i, e))
-                    .collect();
-                let permit = self.permit();
-                let step = step.name().clone();
-                let commit = Commit {
-                    ack: Some(d),
-                    events: out,
-                    ..Commit::default()
-                };
-                self.broker.commit_then(
-                    commit,
-                    Box::new(move |r| {
-                        if let Err(e) = r {
-                            tracing::error!(step = %step, "cannot settle a delivery (it will be redelivered): {e}");
-                        }
-                        drop(permit);
-                    }),
-                );
-            }
-            Err(f) if orchestrator::is_command(&d.event) => {
-                // The orchestrator owns retries of its commands.
-                let (class, retryable) = match &f {
-                    Failure::Reject(_) => ("rejected", false),
-                    Failure::Retry(_) => ("retry", true),
-                    Failure::Trap(_) => ("trap", true),
-                    Failure::Limit(_) => ("limit", true),
-                };
-                let message = match &f {
-                    Failure::Reject(m)
-                    | Failure::Retry(m)
-                    | Failure::Trap(m)
-                    | Failure::Limit(m) => m.clone(),
-                };
-                let reply =
-                    orchestrator::failed_reply(&d.event, &self.source, class, &message, retryable);
-                self.reply(d, reply)
-            }
-            Err(Failure::Reject(m)) => self.dead_letter(d, ReasonClass::Rejected, m),
-            Err(f) => {
-                let class = match &f {
-                    Failure::Trap(_) => ReasonClass::Trap,
-                    Failure::Limit(_) => ReasonClass::Limit,
-                    _ => ReasonClass::Exhausted,
-                };
-                let message = f.to_string();
-                let (b, stats, step_name) =
-                    (self.broker.clone(), self.stats.clone(), step.name().clone());
-                self.settle(async move {
-                    match b.fail(&d, class, &message).await? {
-                        Disposition::Retry(after) => {
-                            StepStats::add(&stats.retried, 1);
-                            tracing::warn!(
-                                step = %step_name,
-                                event = %d.event.id,
-                                attempt = d.attempt,
-                                "{message}; retrying in {after:.0?}"
-                            );
-                        }
-                        Disposition::DeadLettered(id) => {
-                            StepStats::add(&stats.dead_lettered, 1);
-                            tracing::error!(
-                                step = %step_name,
-                                event = %d.event.id,
-                                attempt = d.attempt,
-                                dlq = %id,
-                                "{message}; retry budget spent, dead-lettered as {class}"
-                            );
-                        }
-                    }
-                    Ok(())
-                });
-            }
+            Ok(emits) => self.completed(d, emits, start),
+            Err(f) => self.failed(d, f),
         }
+    }
+
+    /// The guest returned `emits`: gate them, stamp them, and commit them
+    /// with the ack (or, for a command, reply with them).
+    fn completed(&self, d: Delivery, emits: Vec<world::Emit>, start: Instant) {
+        let step = &self.step;
+        let mut checked = Vec::with_capacity(emits.len());
+        for e in emits {
+            let ct = e.content_type.unwrap_or_else(|| JSON.to_string());
+            let gate = step
+                .contract
+                .check_output(&e.kind, e.subject.as_deref(), &ct, &e.data);
+            let declared = match gate {
+                Ok(t) => t.urn.clone(),
+                Err(v) => return self.violation(d, v),
+            };
+            checked.push(Emitted {
+                kind: e.kind,
+                subject: e.subject,
+                content_type: Some(ct),
+                data: e.data,
+                schema: Some(declared),
+            });
+        }
+        tracing::debug!(
+            step = %step.name(),
+            event = %d.event.id,
+            "{} -> [{}] in {:.0?}",
+            d.event.kind,
+            checked.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>().join(", "),
+            start.elapsed()
+        );
+        let emitted = checked.len() as u64;
+        let out: Vec<Event> = if orchestrator::is_command(&d.event) {
+            // A command: the output goes back to the orchestrator in the
+            // reply, not into the choreography.
+            vec![orchestrator::completed_reply(
+                &d.event,
+                &self.source,
+                &checked,
+            )]
+        } else {
+            checked
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| d.event.caused(step.name(), &self.source, i, e))
+                .collect()
+        };
+        // What the broker cannot store must not be committed: it would
+        // fail, and the input would be delivered again, forever.
+        if let Some(Err(e)) = out
+            .iter()
+            .map(|e| self.broker.check_size(e))
+            .find(Result::is_err)
+        {
+            return self.failed(d, Failure::Limit(e.to_string()));
+        }
+        StepStats::add(&self.stats.handled, 1);
+        StepStats::add(&self.stats.emitted, emitted);
+        if orchestrator::is_command(&d.event) {
+            return self.reply(d, out.into_iter().next().expect("one reply"));
+        }
+        let permit = self.permit();
+        let step = step.name().clone();
+        let commit = Commit {
+            ack: Some(d),
+            events: out,
+            ..Commit::default()
+        };
+        self.broker.commit_then(
+            commit,
+            Box::new(move |r| {
+                if let Err(e) = r {
+                    tracing::error!(step = %step, "cannot settle a delivery (it will be redelivered): {e}");
+                }
+                drop(permit);
+            }),
+        );
+    }
+
+    /// Handling failed: retry or dead-letter (for a command, tell the
+    /// orchestrator, which owns its retries).
+    fn failed(&self, d: Delivery, f: Failure) {
+        if orchestrator::is_command(&d.event) {
+            let (class, retryable, message) = match f {
+                Failure::Reject(m) => ("rejected", false, m),
+                Failure::Retry(m) => ("retry", true, m),
+                Failure::Trap(m) => ("trap", true, m),
+                Failure::Limit(m) => ("limit", true, m),
+                Failure::Stopped => return,
+            };
+            let reply =
+                orchestrator::failed_reply(&d.event, &self.source, class, &message, retryable);
+            return self.reply(d, reply);
+        }
+        let class = match &f {
+            // The host is stopping: leave the delivery unsettled, to be
+            // delivered again (after a restart, or to another host).
+            Failure::Stopped => return,
+            Failure::Reject(m) => return self.dead_letter(d, ReasonClass::Rejected, m.clone()),
+            Failure::Trap(_) => ReasonClass::Trap,
+            Failure::Limit(_) => ReasonClass::Limit,
+            Failure::Retry(_) => ReasonClass::Exhausted,
+        };
+        let message = f.to_string();
+        let (b, stats, step_name) = (
+            self.broker.clone(),
+            self.stats.clone(),
+            self.step.name().clone(),
+        );
+        self.settle(async move {
+            match b.fail(&d, class, &message).await? {
+                Disposition::Retry(after) => {
+                    StepStats::add(&stats.retried, 1);
+                    tracing::warn!(
+                        step = %step_name,
+                        event = %d.event.id,
+                        attempt = d.attempt,
+                        "{message}; retrying in {after:.0?}"
+                    );
+                }
+                Disposition::DeadLettered(id) => {
+                    StepStats::add(&stats.dead_lettered, 1);
+                    tracing::error!(
+                        step = %step_name,
+                        event = %d.event.id,
+                        attempt = d.attempt,
+                        dlq = %id,
+                        "{message}; retry budget spent, dead-lettered as {class}"
+                    );
+                }
+            }
+            Ok(())
+        });
     }
 
     /// Ack a command and send the orchestrator its reply, as one commit.
@@ -273,22 +303,28 @@ impl Wiring {
                 "step": &*step,
                 "event_id": d.event.id,
                 "event_type": d.event.kind,
-                "direction": match v {
-                    Violation::NotConsumed(_) | Violation::NotJson { direction: crate::contract::Direction::Input, .. }
-                    | Violation::Schema { direction: crate::contract::Direction::Input, .. } => "input",
-                    _ => "output",
-                },
+                "direction": v.direction(),
                 "reason": message,
                 "dlq_id": id,
             });
             let mut events = Vec::new();
             if orchestrator::is_command(&d.event) {
-                events.push(orchestrator::failed_reply(&d.event, &host_source, "contract", &message, false));
+                events.push(orchestrator::failed_reply(
+                    &d.event,
+                    &host_source,
+                    "contract",
+                    &message,
+                    false,
+                ));
             }
             let mut e = Event::new(CONTRACT_ALERT, &host_source, alert.to_string().into_bytes());
             e.subject = Some(step.to_string());
-            e.extensions.insert(crate::event::CORRELATION_ID.into(), d.event.correlation_id().to_string());
-            e.extensions.insert(crate::event::CAUSATION_ID.into(), d.event.id.clone());
+            e.extensions.insert(
+                crate::event::CORRELATION_ID.into(),
+                d.event.correlation_id().to_string(),
+            );
+            e.extensions
+                .insert(crate::event::CAUSATION_ID.into(), d.event.id.clone());
             events.push(e);
             b.publish(events).await
         });

@@ -6,6 +6,17 @@
 //! compile), and its JSON Schemas are compiled once into validators. After
 //! that, [`StepContract::check_input`] and [`StepContract::check_output`] are
 //! the two gates every event passes, on the hot path.
+//!
+//! **Every event is checked, whatever its content type.** A type's data is
+//! JSON unless its schema says otherwise with `contentMediaType` (then the
+//! schema applies to the data as a JSON string: the text itself, or its
+//! base64 with `contentEncoding: "base64"`). Data whose content type is not
+//! the one declared breaks the contract, as data that breaks the schema
+//! does. JSON is recognised as media types are: case-insensitively, with
+//! parameters (`; charset=utf-8`) and `+json` suffixes.
+//!
+//! **`troupe.*` event types belong to the host** (its alerts, the
+//! orchestrator's replies): a step may neither consume nor produce one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,8 +24,12 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::event::{Event, is_json_type, schema_urn};
+use crate::event::{Event, media_type, schema_urn};
+use crate::text;
 use crate::world;
+
+/// The prefix of the event types only the host may publish.
+pub const RESERVED_PREFIX: &str = "troupe.";
 
 /// A contract that does not hold together: the step cannot be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +46,13 @@ pub enum ContractError {
     SchemaJson { kind: String, error: String },
     #[error("the schema of {kind:?} is not a valid JSON Schema: {error}")]
     Schema { kind: String, error: String },
+    #[error("the schema of {kind:?}: {error}")]
+    MediaType { kind: String, error: String },
+    #[error(
+        "event type {kind:?} in `{list}` belongs to the host (`troupe.*` types are its alerts \
+         and replies); a step may not declare it"
+    )]
+    Reserved { kind: String, list: &'static str },
 }
 
 /// Why an event broke a contract: the reason recorded in the DLQ.
@@ -53,6 +75,85 @@ pub enum Violation {
         version: String,
         errors: String,
     },
+    #[error("{direction} {kind:?} data is {content_type:?}, but the contract declares {declared}")]
+    ContentType {
+        direction: Direction,
+        kind: String,
+        content_type: String,
+        declared: String,
+    },
+    #[error("{direction} {kind:?} data is not UTF-8 text, as {declared} must be")]
+    NotText {
+        direction: Direction,
+        kind: String,
+        declared: String,
+    },
+    #[error("output {kind:?}: its {attribute} {problem}")]
+    Attribute {
+        kind: String,
+        attribute: &'static str,
+        problem: &'static str,
+    },
+}
+
+impl Violation {
+    /// Which way the offending message was crossing.
+    pub fn direction(&self) -> Direction {
+        match self {
+            Violation::NotConsumed(_) => Direction::Input,
+            Violation::Undeclared(_) | Violation::Attribute { .. } => Direction::Output,
+            Violation::NotJson { direction, .. }
+            | Violation::Schema { direction, .. }
+            | Violation::ContentType { direction, .. }
+            | Violation::NotText { direction, .. } => *direction,
+        }
+    }
+}
+
+/// What an event type's data is: JSON (the default), or another media
+/// type declared by `contentMediaType` in its schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataFormat {
+    /// JSON: the schema applies to the parsed data.
+    Json,
+    /// `media_type` (lower-case, without parameters): the schema applies
+    /// to the data as a JSON string, the text itself or (`base64`) the
+    /// base64 of the bytes.
+    Other { media_type: String, base64: bool },
+}
+
+impl DataFormat {
+    /// The declared media type, for messages and documents.
+    pub fn media_type(&self) -> &str {
+        match self {
+            DataFormat::Json => crate::event::JSON,
+            DataFormat::Other { media_type, .. } => media_type,
+        }
+    }
+
+    /// Read the format a schema declares.
+    fn of(schema: &Value) -> Result<DataFormat, String> {
+        let Some(declared) = schema.get("contentMediaType") else {
+            return Ok(DataFormat::Json);
+        };
+        let declared = declared
+            .as_str()
+            .ok_or("`contentMediaType` must be a string")?;
+        let (media_type, json) = media_type(declared)
+            .ok_or_else(|| format!("`contentMediaType` {declared:?} is not a media type"))?;
+        if json {
+            return Err(format!(
+                "`contentMediaType` {declared:?} is JSON: leave it out, and the schema applies \
+                 to the JSON data itself"
+            ));
+        }
+        let base64 = match schema.get("contentEncoding").map(Value::as_str) {
+            None => false,
+            Some(Some("base64")) => true,
+            Some(_) => return Err("`contentEncoding` may only be \"base64\"".into()),
+        };
+        Ok(DataFormat::Other { media_type, base64 })
+    }
 }
 
 /// Which way a message was crossing the sandbox boundary.
@@ -81,6 +182,8 @@ pub struct EventType {
     pub schema: Value,
     /// `dataschema` of events of this type.
     pub urn: String,
+    /// What the data is: JSON, or the media type the schema declares.
+    pub format: DataFormat,
     validator: jsonschema::Validator,
 }
 
@@ -155,23 +258,48 @@ impl StepContract {
             .consumes_by_kind
             .get(kind)
             .ok_or_else(|| Violation::NotConsumed(kind.to_string()))?;
+        if t.format != DataFormat::Json {
+            return Err(content_type_violation(
+                t,
+                Direction::Input,
+                crate::event::JSON,
+            ));
+        }
         check_value(t, Direction::Input, data)
     }
 
-    /// Gate on the way out: the step declared `kind` in `produces` and the
-    /// data follows its schema. Returns the declared type.
+    /// Gate on the way out: the step declared `kind` in `produces`, the
+    /// data is of the declared content type and follows its schema, and
+    /// the subject is a valid attribute. Returns the declared type.
     pub fn check_output(
         &self,
         kind: &str,
+        subject: Option<&str>,
         content_type: &str,
         data: &[u8],
     ) -> Result<&Arc<EventType>, Violation> {
         let t = self
             .produces_by_kind
             .get(kind)
-            .ok_or_else(|| Violation::Undeclared(kind.to_string()))?;
+            .ok_or_else(|| Violation::Undeclared(text::clean(kind, 200)))?;
+        if subject.is_some_and(text::has_control) {
+            return Err(Violation::Attribute {
+                kind: t.kind.clone(),
+                attribute: "subject",
+                problem: "holds control characters, which CloudEvents attributes may not",
+            });
+        }
         check_data(t, Direction::Output, content_type, data)?;
         Ok(t)
+    }
+}
+
+fn content_type_violation(t: &EventType, direction: Direction, content_type: &str) -> Violation {
+    Violation::ContentType {
+        direction,
+        kind: t.kind.clone(),
+        content_type: text::clean(content_type, 200),
+        declared: t.format.media_type().to_string(),
     }
 }
 
@@ -181,16 +309,32 @@ fn check_data(
     content_type: &str,
     data: &[u8],
 ) -> Result<(), Violation> {
-    if !is_json_type(content_type) {
-        // Only JSON data has a schema to check; other media types pass as
-        // opaque bytes.
-        return Ok(());
-    }
-    let value: Value = serde_json::from_slice(data).map_err(|e| Violation::NotJson {
-        direction,
-        kind: t.kind.clone(),
-        error: e.to_string(),
-    })?;
+    let Some((essence, json)) = media_type(content_type) else {
+        return Err(content_type_violation(t, direction, content_type));
+    };
+    let value = match &t.format {
+        DataFormat::Json if json => {
+            serde_json::from_slice(data).map_err(|e| Violation::NotJson {
+                direction,
+                kind: t.kind.clone(),
+                error: e.to_string(),
+            })?
+        }
+        DataFormat::Other { media_type, base64 } if *media_type == essence => {
+            if *base64 {
+                use base64::Engine as _;
+                Value::String(base64::engine::general_purpose::STANDARD.encode(data))
+            } else {
+                let text = std::str::from_utf8(data).map_err(|_| Violation::NotText {
+                    direction,
+                    kind: t.kind.clone(),
+                    declared: media_type.clone(),
+                })?;
+                Value::String(text.to_string())
+            }
+        }
+        _ => return Err(content_type_violation(t, direction, content_type)),
+    };
     check_value(t, direction, &value)
 }
 
@@ -222,7 +366,13 @@ fn compile_list(
     let mut out: Vec<Arc<EventType>> = Vec::with_capacity(list.len());
     for c in list {
         if !is_kind(&c.kind) {
-            return Err(ContractError::Kind(c.kind));
+            return Err(ContractError::Kind(text::clean(&c.kind, 200)));
+        }
+        if c.kind.starts_with(RESERVED_PREFIX) {
+            return Err(ContractError::Reserved {
+                kind: c.kind,
+                list: name,
+            });
         }
         if out.iter().any(|t| t.kind == c.kind) {
             return Err(ContractError::Duplicate {
@@ -240,7 +390,12 @@ fn compile_list(
             kind: c.kind.clone(),
             error,
         })?;
+        let format = DataFormat::of(&schema).map_err(|error| ContractError::MediaType {
+            kind: c.kind.clone(),
+            error,
+        })?;
         out.push(Arc::new(EventType {
+            format,
             urn: schema_urn(&c.kind, &c.version),
             kind: c.kind,
             version: c.version,
@@ -337,9 +492,136 @@ mod tests {
             Err(Violation::NotConsumed(_))
         ));
         assert!(matches!(
-            c.check_output("a.b", "application/json", b"{}"),
+            c.check_output("a.b", None, "application/json", b"{}"),
             Err(Violation::Undeclared(_))
         ));
+    }
+
+    fn with_content_type(ct: &str, data: &[u8]) -> Event {
+        let mut e = Event::new("a.b", "t", data.to_vec());
+        e.content_type = ct.into();
+        e
+    }
+
+    #[test]
+    fn json_is_recognised_as_media_types_are_and_anything_else_is_refused() {
+        let c = StepContract::compile(contract(r#"{"type":"object","required":["x"]}"#)).unwrap();
+        for ct in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/vnd.acme+json",
+        ] {
+            assert!(
+                c.check_input(&with_content_type(ct, br#"{"x":1}"#)).is_ok(),
+                "{ct}"
+            );
+            let bad = c.check_input(&with_content_type(ct, br#"{"y":1}"#));
+            assert!(
+                matches!(bad, Err(Violation::Schema { .. })),
+                "{ct}: {bad:?}"
+            );
+        }
+        for ct in [
+            "text/plain",
+            "application/xml",
+            "",
+            "json",
+            "application/json/x",
+            "a b/c",
+        ] {
+            let v = c
+                .check_input(&with_content_type(ct, br#"{"x":1}"#))
+                .unwrap_err();
+            assert!(matches!(v, Violation::ContentType { .. }), "{ct}: {v}");
+            assert!(v.to_string().contains("declares application/json"), "{v}");
+        }
+    }
+
+    #[test]
+    fn a_contract_may_declare_another_media_type_and_its_schema_still_holds() {
+        let text = r#"{"type":"string","contentMediaType":"text/plain","maxLength":5}"#;
+        let c = StepContract::compile(contract(text)).unwrap();
+        assert_eq!(c.consumes[0].format.media_type(), "text/plain");
+        assert!(
+            c.check_input(&with_content_type("text/plain; charset=utf-8", b"hello"))
+                .is_ok()
+        );
+        let long = c.check_input(&with_content_type("text/plain", b"hello!"));
+        assert!(matches!(long, Err(Violation::Schema { .. })), "{long:?}");
+        let binary = c.check_input(&with_content_type("text/plain", b"\xff\xfe"));
+        assert!(
+            matches!(binary, Err(Violation::NotText { .. })),
+            "{binary:?}"
+        );
+        let json = c.check_input(&with_content_type("application/json", b"\"hi\""));
+        assert!(
+            matches!(json, Err(Violation::ContentType { .. })),
+            "{json:?}"
+        );
+        assert!(
+            c.check_input_value("a.b", &serde_json::json!("hi"))
+                .is_err()
+        );
+
+        let png = r#"{"type":"string","contentMediaType":"image/png","contentEncoding":"base64","maxLength":8}"#;
+        let c = StepContract::compile(contract(png)).unwrap();
+        assert!(
+            c.check_input(&with_content_type("image/png", b"\x89PNG"))
+                .is_ok()
+        );
+        let big = c.check_input(&with_content_type("image/png", b"\x89PNG\r\n\x1a\n"));
+        assert!(matches!(big, Err(Violation::Schema { .. })), "{big:?}");
+
+        let e = |schema: &str| {
+            StepContract::compile(contract(schema))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(e(r#"{"contentMediaType":"application/json"}"#).contains("leave it out"));
+        assert!(e(r#"{"contentMediaType":"not a type"}"#).contains("not a media type"));
+        assert!(
+            e(r#"{"contentMediaType":"text/csv","contentEncoding":"base32"}"#).contains("base64")
+        );
+    }
+
+    #[test]
+    fn host_types_and_bad_subjects_are_refused() {
+        let mut c = contract("{}");
+        c.consumes[0].kind = "troupe.alert.contract".into();
+        let e = StepContract::compile(c).unwrap_err().to_string();
+        assert!(
+            e.contains("belongs to the host") && e.contains("consumes"),
+            "{e}"
+        );
+        let mut c = contract("{}");
+        c.produces = c.consumes.clone();
+        c.produces[0].kind = "troupe.step.completed".into();
+        assert!(
+            StepContract::compile(c)
+                .unwrap_err()
+                .to_string()
+                .contains("produces")
+        );
+
+        let mut c = contract("{}");
+        c.produces = c.consumes.clone();
+        let c = StepContract::compile(c).unwrap();
+        assert!(
+            c.check_output("a.b", Some("o-1"), "application/json", b"{}")
+                .is_ok()
+        );
+        let v = c.check_output("a.b", Some("o-1\n\u{1b}[2J"), "application/json", b"{}");
+        assert!(
+            matches!(
+                v,
+                Err(Violation::Attribute {
+                    attribute: "subject",
+                    ..
+                })
+            ),
+            "{v:?}"
+        );
     }
 
     #[test]

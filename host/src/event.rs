@@ -97,6 +97,8 @@ pub enum EnvelopeError {
     Base64,
     #[error("extension attribute names are lower-case letters and digits, at most 20: {0:?}")]
     ExtensionName(String),
+    #[error("attribute `{0}` holds control characters, which CloudEvents attributes may not")]
+    Control(String),
 }
 
 impl Event {
@@ -118,6 +120,31 @@ impl Event {
             data,
             extensions,
         }
+    }
+
+    /// The first attribute whose value holds a control character (which
+    /// CloudEvents attributes may not), if any.
+    pub fn control_attribute(&self) -> Option<&str> {
+        use crate::text::has_control;
+        let fixed = [
+            ("id", Some(&self.id)),
+            ("source", Some(&self.source)),
+            ("type", Some(&self.kind)),
+            ("subject", self.subject.as_ref()),
+            ("time", Some(&self.time)),
+            ("datacontenttype", Some(&self.content_type)),
+            ("dataschema", self.schema.as_ref()),
+        ];
+        fixed
+            .into_iter()
+            .find(|(_, v)| v.is_some_and(|v| has_control(v)))
+            .map(|(k, _)| k)
+            .or_else(|| {
+                self.extensions
+                    .iter()
+                    .find(|(_, v)| has_control(v))
+                    .map(|(k, _)| k.as_str())
+            })
     }
 
     /// The correlation id (the cascade or run), falling back to the id.
@@ -189,6 +216,9 @@ impl Event {
         let mut take = |name: &'static str| -> Result<Option<String>, EnvelopeError> {
             match m.remove(name) {
                 None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if crate::text::has_control(&s) => {
+                    Err(EnvelopeError::Control(name.to_string()))
+                }
                 Some(Value::String(s)) => Ok(Some(s)),
                 Some(_) => Err(EnvelopeError::NotAString(name.to_string())),
             }
@@ -239,6 +269,9 @@ impl Event {
                 return Err(EnvelopeError::ExtensionName(k));
             }
             match v {
+                Value::String(s) if crate::text::has_control(&s) => {
+                    return Err(EnvelopeError::Control(k));
+                }
                 Value::String(s) => {
                     event.extensions.insert(k, s);
                 }
@@ -279,10 +312,30 @@ pub fn derived_id(parent: &str, name: &str) -> String {
     Uuid::new_v8(bytes).to_string()
 }
 
-/// `application/json` and the `+json` types.
+/// `application/json` and the `+json` types, matched as media types are
+/// (case-insensitively, parameters aside).
 pub fn is_json_type(content_type: &str) -> bool {
-    let base = content_type.split(';').next().unwrap_or("").trim();
-    base == JSON || base.ends_with("+json")
+    media_type(content_type).is_some_and(|(_, json)| json)
+}
+
+/// A media type's essence (`type/subtype`, lower-case, parameters left
+/// out) and whether it is JSON (`application/json` or a `+json` suffix);
+/// `None` when `s` is not a media type.
+pub fn media_type(s: &str) -> Option<(String, bool)> {
+    let essence = s.split(';').next().unwrap_or("").trim();
+    let (ty, sub) = essence.split_once('/')?;
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.len() <= 127
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    if !token(ty) || !token(sub) {
+        return None;
+    }
+    let essence = essence.to_ascii_lowercase();
+    let json = essence == JSON || essence.ends_with("+json");
+    Some((essence, json))
 }
 
 /// The `dataschema` URN of an event type at a version.
@@ -385,5 +438,10 @@ mod tests {
         assert!(err(serde_json::json!({"type": 5})).contains("string"));
         assert!(err(serde_json::json!({"type": "a", "Bad-Name": "x"})).contains("Bad-Name"));
         assert!(err(serde_json::json!({"type": "a", "specversion": "0.3"})).contains("0.3"));
+        assert!(err(serde_json::json!({"type": "a", "id": "x\ny"})).contains("`id` holds control"));
+        assert!(
+            err(serde_json::json!({"type": "a", "subject": "\u{1b}[2J"})).contains("`subject`")
+        );
+        assert!(err(serde_json::json!({"type": "a", "tenant": "a\rb"})).contains("`tenant`"));
     }
 }

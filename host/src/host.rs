@@ -52,6 +52,10 @@ pub fn load_flows(app: &App, steps: &[Arc<LoadedStep>]) -> Result<Vec<Flow>, Hos
     Ok(Flow::load_dir(&app.dir.join(FLOWS_DIR), &contracts)?)
 }
 
+/// How long shutdown lets steps finish the message in hand before it cuts
+/// them short.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// The folder of an app's flow files.
 pub const FLOWS_DIR: &str = "flows";
 
@@ -213,17 +217,29 @@ impl Host {
         Ok(())
     }
 
-    /// Stop taking deliveries, let the workers finish the message in hand,
-    /// and wait for every broker call they made.
+    /// Stop taking deliveries, let the workers finish the message in hand
+    /// for up to [`SHUTDOWN_GRACE`], then cut short any guest still running
+    /// or waiting (its delivery is left unsettled, to be delivered again),
+    /// and wait for every broker call the workers made.
     pub async fn shutdown(self) {
         self.broker.close().await;
         let workers = self.workers;
-        let _ = tokio::task::spawn_blocking(move || {
+        let mut joined = tokio::task::spawn_blocking(move || {
             for w in workers {
                 let _ = w.join();
             }
-        })
-        .await;
+        });
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "steps still busy after {SHUTDOWN_GRACE:?}: cutting them short (their events \
+                 will be delivered again)"
+            );
+            self._runtime.stop();
+            let _ = joined.await;
+        }
         for w in &self.wirings {
             w.drain().await;
         }

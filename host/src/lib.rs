@@ -27,7 +27,9 @@
 //!   [`asyncapi`]: the events as an AsyncAPI 3.0 document.
 //! - [`flow`], [`orchestrator`]: flow files and the durable state machine
 //!   that runs them; [`api`], [`client`]: the HTTP API and its client.
-//! - [`stats`]: per-step counters, shown by the CLI and (later) `/metrics`.
+//! - [`stats`]: per-step counters, shown by the CLI and by `/metrics`.
+//! - [`text`]: text the host did not write (guests', producers'), bounded
+//!   and escaped before it is stored, logged or printed.
 
 pub mod api;
 pub mod app;
@@ -47,4 +49,5 @@ pub mod orchestrator;
 pub mod runtime;
 pub mod scaffold;
 pub mod stats;
+pub mod text;
 pub mod world;

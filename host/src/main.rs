@@ -203,12 +203,20 @@ fn main() {
             }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .with_target(false)
         .init();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Colour in the log only on a terminal, and never with `NO_COLOR` set
+/// (<https://no-color.org>): a log file gets plain text.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The `--broker` given on the command line, applied to every app loaded.

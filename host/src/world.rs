@@ -7,6 +7,10 @@
 wasmtime::component::bindgen!({
     world: "step",
     path: "../wit",
+    // Guests are called asynchronously, so that a call can be cut short
+    // while the guest waits in a host call (`runtime::guard`); the
+    // host's own import (`log`) returns at once and stays synchronous.
+    exports: { default: async },
 });
 
 pub use self::troupe::step::host::Level;

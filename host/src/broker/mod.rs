@@ -22,7 +22,8 @@
 //! - `fail` redelivers with exponential backoff up to the group's retry
 //!   budget, then dead-letters; `dead_letter` does so at once.
 //! - A dead letter keeps the original event, the step, the reason class and
-//!   the message, and can be replayed to the same step.
+//!   the message (escaped and cut to [`crate::text::MAX_REASON`]), and can
+//!   be replayed to the same step.
 
 pub mod embedded;
 pub mod nats;
@@ -49,6 +50,9 @@ pub enum BrokerError {
     Invalid(String),
     #[error("NATS: {0}")]
     Nats(String),
+    /// An event larger than one message of the broker can hold.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl From<rusqlite::Error> for BrokerError {
@@ -312,6 +316,20 @@ pub trait Broker: Send + Sync {
     /// Publish events; returns when they are durable. An event whose id was
     /// already published is ignored (deduplication).
     async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError>;
+
+    /// Whether `event` fits in one of this broker's messages
+    /// ([`BrokerError::TooLarge`] if not). Checked before an event is
+    /// accepted or committed, so that nothing is taken on that the broker
+    /// cannot store (it would be redelivered forever).
+    fn check_size(&self, _event: &Event) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// The largest state row (a run's record) the broker stores, if it has
+    /// a limit.
+    fn max_state_bytes(&self) -> Option<usize> {
+        None
+    }
 
     /// Settle a delivery, publish events and write state rows as one unit
     /// (atomically in the embedded broker), without waiting: returns at

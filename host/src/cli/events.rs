@@ -11,6 +11,7 @@ use troupe::broker::{Broker, BrokerUrl, DeadLetter};
 use troupe::event::Event;
 use troupe::host::load_steps;
 use troupe::runtime::Runtime;
+use troupe::text::escape;
 
 use super::run::print_dlq;
 use super::{DlqCmd, load_app};
@@ -202,12 +203,12 @@ pub(crate) fn dlq(cmd: DlqCmd, json: bool) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("id:       {}", d.id);
-                println!("step:     {}", d.step);
+                println!("id:       {}", escape(&d.id));
+                println!("step:     {}", escape(&d.step));
                 println!("class:    {}", d.class);
-                println!("message:  {}", d.message);
+                println!("message:  {}", escape(&d.message));
                 println!("attempts: {}", d.attempts);
-                println!("time:     {}", d.time);
+                println!("time:     {}", escape(&d.time));
                 println!("event:\n{}", serde_json::to_string_pretty(&v["event"])?);
             }
         }
@@ -229,7 +230,8 @@ pub(crate) fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> 
     let events = Events::of(&app)?.trace(correlation_id)?;
     if events.is_empty() {
         bail!(
-            "no events with correlation id {correlation_id:?} in {}",
+            "no events with correlation id {:?} in {}",
+            correlation_id,
             app.dir.display()
         );
     }
@@ -252,11 +254,12 @@ pub(crate) fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> 
             }
             let by = e.source.rsplit('/').next().unwrap_or(&e.source);
             println!(
-                "{:indent$}{} {}  (from {by}, {})",
+                "{:indent$}{} {}  (from {}, {})",
                 "",
-                e.kind,
-                e.id,
-                e.time,
+                escape(&e.kind),
+                escape(&e.id),
+                escape(by),
+                escape(&e.time),
                 indent = depth * 2
             );
             show(events, Some(&e.id), known, depth + 1);

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use troupe::text::escape;
 
 use super::ApiArgs;
 
@@ -56,8 +57,8 @@ pub(crate) fn finished_ok(run: &serde_json::Value) -> Result<()> {
         Some("completed") => Ok(()),
         Some(s) => bail!(
             "run {} ended {s}: {}",
-            run["id"].as_str().unwrap_or("?"),
-            run["error"].as_str().unwrap_or("")
+            escape(run["id"].as_str().unwrap_or("?")),
+            escape(run["error"].as_str().unwrap_or(""))
         ),
         None => bail!("no state in the status"),
     }
@@ -68,7 +69,9 @@ pub(crate) fn print_run(run: &serde_json::Value, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string(run)?);
         return Ok(());
     }
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    // Everything shown is escaped: ids, errors and messages come from
+    // producers and guests.
+    let s = |v: &serde_json::Value| escape(v.as_str().unwrap_or("")).into_owned();
     println!(
         "run {} ({}): {}{}",
         s(&run["id"]),
@@ -80,12 +83,12 @@ pub(crate) fn print_run(run: &serde_json::Value, json: bool) -> Result<()> {
             .unwrap_or_default()
     );
     if let Some(e) = run["error"].as_str() {
-        println!("  error: {e}");
+        println!("  error: {}", escape(e));
     }
     for (id, st) in run["steps"].as_object().into_iter().flatten() {
         println!(
             "  {:<16} {:<20} attempts {:<2} {}{}",
-            id,
+            escape(id),
             s(&st["state"]),
             st["attempts"].as_u64().unwrap_or(0),
             st["duration_ms"]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use troupe::broker::DeadLetter;
 use troupe::host::Host;
+use troupe::text::escape;
 
 use super::load_app;
 
@@ -106,7 +107,11 @@ pub(crate) fn print_dlq(dead: &[DeadLetter]) {
     for d in dead {
         println!(
             "  {}  {:<18} {:<10} {}  {}",
-            d.id, d.step, d.class, d.event.kind, d.message
+            escape(&d.id),
+            escape(&d.step),
+            d.class,
+            escape(&d.event.kind),
+            escape(&d.message)
         );
     }
 }

@@ -297,7 +297,7 @@ fn run_behaviour(step: &LoadedStep, report: &mut Report) {
             if let Ok(emits) = &first {
                 for e in emits {
                     let ct = e.content_type.clone().unwrap_or_else(|| JSON.to_string());
-                    match c.check_output(&e.kind, &ct, &e.data) {
+                    match c.check_output(&e.kind, e.subject.as_deref(), &ct, &e.data) {
                         Ok(_) => {}
                         Err(Violation::Undeclared(k)) => {
                             undeclared.push(format!("{} -> {k}", t.kind))

@@ -195,6 +195,14 @@ impl Driver {
             }));
             return;
         }
+        if let Some(max) = self.broker.max_state_bytes() {
+            let size = serde_json::to_vec(&input).map_or(usize::MAX, |v| v.len());
+            let max = max.saturating_sub(RUN_OVERHEAD);
+            if size > max {
+                let _ = reply.send(Err(StartError::TooLarge { size, max }));
+                return;
+            }
+        }
         // Back-pressure, not a queue: beyond the limit a good start is
         // refused at once (the API answers 503 with Retry-After).
         if self.runs.len() >= self.load.limit {
@@ -457,7 +465,12 @@ impl Driver {
                     && self.runs[run_id].steps[&sid].state == StepState::Dispatched
                 {
                     if e.kind == COMPLETED {
-                        self.step_done(run_id, &sid, messages::first_output(e), out);
+                        let output = messages::first_output(e);
+                        if let Some(why) = self.record_too_large(run_id, output.as_ref()) {
+                            self.step_failed(run_id, &sid, why, false, out);
+                        } else {
+                            self.step_done(run_id, &sid, output, out);
+                        }
                     } else {
                         let (msg, retryable) = messages::failure(e);
                         self.step_failed(run_id, &sid, msg, retryable, out);
@@ -482,7 +495,10 @@ impl Driver {
                             .unwrap_or_else(messages::null);
                         self.step_done(run_id, &s.id, Some((e.kind.clone(), data)), out);
                     } else {
-                        let msg = format!("{kind}: {}", String::from_utf8_lossy(&e.data));
+                        let msg = crate::text::message(&format!(
+                            "{kind}: {}",
+                            String::from_utf8_lossy(&e.data)
+                        ));
                         self.step_failed(run_id, &s.id, msg, false, out);
                     }
                     return true;
@@ -490,6 +506,36 @@ impl Driver {
             }
         }
         false
+    }
+
+    /// Why keeping `output` in the run's record would make a record the
+    /// broker cannot store (NATS: one message), if it would. Outputs are
+    /// summed first; the record is serialised only when they come near.
+    fn record_too_large(
+        &self,
+        run_id: &str,
+        output: Option<&(String, Box<RawValue>)>,
+    ) -> Option<String> {
+        let max = self.broker.max_state_bytes()?;
+        let (_, data) = output?;
+        let run = &self.runs[run_id];
+        let outputs: usize = run
+            .steps
+            .values()
+            .filter_map(|s| s.output.as_ref())
+            .map(|o| o.get().len())
+            .sum();
+        if outputs + data.get().len() < max / 2 {
+            return None;
+        }
+        let size = serde_json::to_vec(run).map_or(usize::MAX, |v| v.len()) + data.get().len();
+        (size > max).then(|| {
+            format!(
+                "limit: the step's output ({} bytes) would grow the run's record to {size} \
+                 bytes, more than the broker stores ({max})",
+                data.get().len()
+            )
+        })
     }
 
     /// `output`: the type and data of the step's (first) output event.
@@ -538,6 +584,9 @@ impl Driver {
         }
     }
 }
+
+/// Room a run's record and its commands need besides the input, bytes.
+const RUN_OVERHEAD: usize = 8 * 1024;
 
 /// End `run` as `state` at `now` (epoch ms).
 pub(super) fn finish(run: &mut RunRecord, state: RunState, now: u64) {

@@ -81,11 +81,11 @@ pub(super) fn first_output(reply: &Event) -> Option<(String, Box<RawValue>)> {
 /// attempt could help.
 pub(super) fn failure(reply: &Event) -> (String, bool) {
     let data: Value = serde_json::from_slice(&reply.data).unwrap_or(Value::Null);
-    let msg = format!(
+    let msg = crate::text::message(&format!(
         "{}: {}",
         data["class"].as_str().unwrap_or("failed"),
         data["message"].as_str().unwrap_or("")
-    );
+    ));
     (msg, data["retryable"].as_bool().unwrap_or(false))
 }
 

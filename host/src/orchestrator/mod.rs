@@ -77,6 +77,11 @@ pub enum StartError {
         "this host already drives its most runs at once ({limit}, [orchestrator] max_active_runs): try again shortly"
     )]
     Busy { limit: usize },
+    #[error(
+        "the input of {size} bytes is more than a run of this app may take ({max} bytes: its \
+         record and its commands must each fit in one of the broker's messages)"
+    )]
+    TooLarge { size: usize, max: usize },
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
 }

@@ -87,9 +87,15 @@ impl ArtifactCache {
                 ),
             }
         }
-        let component = Component::new(engine, &bytes).map_err(|error| RuntimeError::Compile {
-            path: path.to_path_buf(),
-            error,
+        let component = Component::new(engine, &bytes).map_err(|error| {
+            let path = path.to_path_buf();
+            // The pooling allocator checks a component's counts once it is
+            // compiled; its message names the count and the maximum.
+            if format!("{error:#}").contains("exceeds the configured maximum") {
+                RuntimeError::TooLarge { path, error }
+            } else {
+                RuntimeError::Compile { path, error }
+            }
         })?;
         self.store(&artifact, &component)?;
         Ok(Loaded {

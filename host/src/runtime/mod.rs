@@ -6,6 +6,8 @@
 //!   several components compile in parallel, with progress.
 //! - [`sandbox`]: the per-store state of a step (WASI context with nothing
 //!   granted unless `troupe.toml` says so, limits, the `host` import).
+//! - [`guard`]: deadlines that hold whether a guest runs or waits in a
+//!   host call, and the stop signal that cuts every call at shutdown.
 //! - [`step`]: a loaded step: its contract, and `handle` with a fresh or a
 //!   reused instance, every failure classified.
 //!
@@ -14,12 +16,11 @@
 //! guest that loops until its deadline delays nothing else.
 
 pub mod cache;
+pub mod guard;
 pub mod sandbox;
 pub mod step;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{
@@ -27,12 +28,18 @@ use wasmtime::{
 };
 
 use crate::world::Step;
+use guard::Guard;
 use sandbox::StepCtx;
 
 /// The largest linear memory a step may be given, MiB.
 pub const MAX_MEMORY_MB: u64 = 1024;
-/// How often the epoch ticks: the resolution of per-message deadlines.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Core instances one component may create (each step's component).
+pub const MAX_CORE_INSTANCES: u32 = 64;
+/// Linear memories one component may define, all its core instances
+/// together.
+pub const MAX_MEMORIES: u32 = 8;
+/// Tables one component may define, all its core instances together.
+pub const MAX_TABLES: u32 = 64;
 
 /// Why the runtime or a step could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -49,19 +56,24 @@ pub enum RuntimeError {
         path: std::path::PathBuf,
         error: wasmtime::Error,
     },
-    #[error("step `{step}`: the component does not fit the sandbox: {error:#}")]
+    #[error("{path} needs more than the sandbox allows: {error:#}")]
+    TooLarge {
+        path: std::path::PathBuf,
+        error: wasmtime::Error,
+    },
+    #[error("the component does not fit the sandbox: {error:#}")]
     Link {
         step: String,
         error: wasmtime::Error,
     },
-    #[error("step `{step}`: the component does not implement the `troupe:step` world: {error:#}")]
+    #[error("the component does not implement the `troupe:step` world: {error:#}")]
     World {
         step: String,
         error: wasmtime::Error,
     },
-    #[error("step `{step}`: `describe` failed: {error}")]
+    #[error("`describe` failed: {error}")]
     Describe { step: String, error: String },
-    #[error("step `{step}`: bad contract: {error}")]
+    #[error("bad contract: {error}")]
     Contract {
         step: String,
         error: crate::contract::ContractError,
@@ -73,27 +85,28 @@ pub enum RuntimeError {
     },
 }
 
-/// The process's wasm engine, the linker every step shares, and the thread
-/// that ticks the epoch for deadlines.
+/// The process's wasm engine, the linker every step shares, and the guard
+/// that keeps every call to its deadline.
 pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<StepCtx>,
-    ticking: Arc<AtomicBool>,
+    pub(crate) guard: Arc<Guard>,
 }
 
 impl Runtime {
-    /// One engine: Cranelift, the component model, epoch interruption, and
-    /// the pooling allocator sized for a few hundred live instances of any
-    /// of the supported guest languages.
+    /// One engine: Cranelift, the component model, async calls with epoch
+    /// interruption, and the pooling allocator sized for a few hundred live
+    /// instances of any of the supported guest languages.
     pub fn new() -> Result<Runtime, RuntimeError> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(1000)
             .total_core_instances(4000)
             .total_memories(1000)
             .total_tables(4000)
-            .max_core_instances_per_component(64)
-            .max_memories_per_component(8)
-            .max_tables_per_component(64)
+            .total_stacks(1000)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES)
+            .max_memories_per_component(MAX_MEMORIES)
+            .max_tables_per_component(MAX_TABLES)
             .table_elements(100_000)
             .max_core_instance_size(1 << 20)
             .max_component_instance_size(1 << 20)
@@ -101,12 +114,14 @@ impl Runtime {
             // A fresh instance per message makes slot reuse the hot path:
             // reset memory with memset rather than madvise (no page faults,
             // no TLB shootdowns), only the pages the guest dirtied where
-            // the kernel can say which (PAGEMAP_SCAN, Linux 6.7+), and batch
-            // what is decommitted.
+            // the kernel can say which (PAGEMAP_SCAN, Linux 6.7+). What is
+            // past that is given back to the kernel when the instance is
+            // freed, not batched: a batch of freed memory bombs would stay
+            // resident (32 x memory_mb, before).
             .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(64 << 10)
             .pagemap_scan(Enabled::Auto)
-            .decommit_batch_size(32);
+            .decommit_batch_size(1);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -116,24 +131,14 @@ impl Runtime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(RuntimeError::Engine)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(RuntimeError::Engine)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(RuntimeError::Engine)?;
         Step::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(RuntimeError::Engine)?;
-
-        let ticking = Arc::new(AtomicBool::new(true));
-        let (e, t) = (engine.clone(), ticking.clone());
-        std::thread::Builder::new()
-            .name("troupe-epoch".into())
-            .spawn(move || {
-                while t.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    e.increment_epoch();
-                }
-            })
+        let guard = Guard::new(&engine)
             .map_err(|e| RuntimeError::Engine(wasmtime::Error::msg(e.to_string())))?;
         Ok(Runtime {
             engine,
             linker,
-            ticking,
+            guard: Arc::new(guard),
         })
     }
 
@@ -141,10 +146,10 @@ impl Runtime {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
-}
 
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        self.ticking.store(false, Ordering::Relaxed);
+    /// Cut every guest call short, now and from now on (the host is
+    /// stopping): calls end with [`step::Failure::Stopped`].
+    pub fn stop(&self) {
+        self.guard.stop();
     }
 }

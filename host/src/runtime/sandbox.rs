@@ -1,23 +1,36 @@
 //! The state a step's store carries: the WASI context built from its grants,
-//! the resource limiter, and the `troupe:step/host` import.
+//! the resource limiter, the current call's deadline, and the
+//! `troupe:step/host` import.
 //!
 //! **Nothing is granted by default**: no preopened directory, no
 //! environment variable, no stdio, no sockets. Clocks and random numbers
 //! are always available (they reach nothing outside the sandbox).
+//!
+//! **A step's memory limit covers the whole instance**: every linear
+//! memory and table of every core instance in the component counts against
+//! `limits.memory_mb` together.
+//!
+//! Log lines are escaped and cut ([`crate::text`]) and rate-limited per
+//! step ([`LogBudget`]): a guest cannot forge the host's log lines or flood
+//! it.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::guard::Cut;
 use crate::app::{Grants, Limits};
+use crate::text::{MAX_LOG_LINE, clean};
 use crate::world::Level;
 use crate::world::troupe::step::{host, types};
 
-/// The longest log line a step can write; the rest is cut.
-pub const MAX_LOG_LINE: usize = 4096;
-/// The most table elements a step may have (function references).
+/// The most elements one table may have (function references).
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// What one table element costs against the memory limit, bytes.
+const TABLE_ELEMENT_BYTES: usize = 8;
 
 /// Per-store data of a step instance.
 pub struct StepCtx {
@@ -25,38 +38,55 @@ pub struct StepCtx {
     table: ResourceTable,
     pub(crate) limiter: Limiter,
     step: Arc<str>,
+    logs: Arc<LogBudget>,
     /// The event being handled, for log lines.
     pub(crate) event_id: String,
+    /// When the current call must end.
+    pub(crate) deadline: Instant,
+    /// Set by the epoch check when it interrupted the guest, and why.
+    pub(crate) cut: Option<Cut>,
 }
 
-/// Enforces `limits.memory_mb` and records that it did, so the failure is
-/// classed `limit` rather than `trap`.
+/// Enforces `limits.memory_mb` over all of an instance's memories and
+/// tables, and records that it did, so the failure is classed `limit`
+/// rather than `trap`.
 pub(crate) struct Limiter {
-    memory_bytes: usize,
+    limit_bytes: usize,
+    /// What the instance's memories and tables take now.
+    used_bytes: usize,
     pub(crate) exceeded: Option<String>,
+}
+
+impl Limiter {
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let total = self.used_bytes - current.min(self.used_bytes) + desired;
+        if total > self.limit_bytes {
+            self.exceeded = Some(format!(
+                "memory limit of {} MiB exceeded (the instance's memories and tables \
+                 would take {} MiB)",
+                self.limit_bytes >> 20,
+                total.div_ceil(1 << 20)
+            ));
+            return false;
+        }
+        self.used_bytes = total;
+        true
+    }
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
-            self.exceeded = Some(format!(
-                "memory limit of {} MiB exceeded (asked for {} MiB)",
-                self.memory_bytes >> 20,
-                desired.div_ceil(1 << 20)
-            ));
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.grow(current, desired))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -66,13 +96,77 @@ impl ResourceLimiter for Limiter {
             ));
             return Ok(false);
         }
-        Ok(true)
+        Ok(self.grow(current * TABLE_ELEMENT_BYTES, desired * TABLE_ELEMENT_BYTES))
+    }
+}
+
+/// A step's allowance of log lines: `limits.log_lines_per_second`, with
+/// a burst of one second's worth, shared by all its instances. Lines over
+/// it are dropped and counted; one line a second says how many.
+pub struct LogBudget {
+    per_second: f64,
+    state: Mutex<Bucket>,
+    dropped: AtomicU64,
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    unreported: u64,
+    reported: Instant,
+}
+
+impl LogBudget {
+    pub fn new(per_second: u32) -> LogBudget {
+        let now = Instant::now();
+        LogBudget {
+            per_second: f64::from(per_second),
+            state: Mutex::new(Bucket {
+                tokens: f64::from(per_second),
+                last: now,
+                unreported: 0,
+                reported: now,
+            }),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Lines dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether a line may be written now; and, at most once a second while
+    /// lines are being dropped, how many were dropped since it last said.
+    fn take(&self) -> (bool, Option<u64>) {
+        let mut b = self.state.lock().expect("log budget lock");
+        let now = Instant::now();
+        let refill = now.duration_since(b.last).as_secs_f64() * self.per_second;
+        b.tokens = (b.tokens + refill).min(self.per_second);
+        b.last = now;
+        let report = (b.unreported > 0 && now.duration_since(b.reported) >= Duration::from_secs(1))
+            .then(|| {
+                b.reported = now;
+                std::mem::take(&mut b.unreported)
+            });
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return (true, report);
+        }
+        b.unreported += 1;
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        (false, report)
     }
 }
 
 impl StepCtx {
     /// A store state for `step` with exactly the given grants.
-    pub fn new(step: &Arc<str>, grants: &Grants, limits: &Limits) -> anyhow::Result<StepCtx> {
+    pub fn new(
+        step: &Arc<str>,
+        grants: &Grants,
+        limits: &Limits,
+        logs: &Arc<LogBudget>,
+    ) -> anyhow::Result<StepCtx> {
         let mut b = WasiCtxBuilder::new();
         b.allow_tcp(false)
             .allow_udp(false)
@@ -103,11 +197,15 @@ impl StepCtx {
             wasi: b.build(),
             table: ResourceTable::new(),
             limiter: Limiter {
-                memory_bytes: (limits.memory_mb as usize) << 20,
+                limit_bytes: (limits.memory_mb as usize) << 20,
+                used_bytes: 0,
                 exceeded: None,
             },
             step: step.clone(),
+            logs: logs.clone(),
             event_id: String::new(),
+            deadline: Instant::now(),
+            cut: None,
         })
     }
 }
@@ -124,22 +222,77 @@ impl WasiView for StepCtx {
 impl types::Host for StepCtx {}
 
 impl host::Host for StepCtx {
-    fn log(&mut self, level: Level, mut text: String) {
-        if text.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-            text.push('…');
+    fn log(&mut self, level: Level, text: String) {
+        use tracing::Level as L;
+        let level = match level {
+            Level::Trace => L::TRACE,
+            Level::Debug => L::DEBUG,
+            Level::Info => L::INFO,
+            Level::Warn => L::WARN,
+            Level::Error => L::ERROR,
+        };
+        // A line nobody would see costs no budget (and is not counted).
+        let enabled = match level {
+            L::TRACE => tracing::enabled!(target: "troupe::guest", L::TRACE),
+            L::DEBUG => tracing::enabled!(target: "troupe::guest", L::DEBUG),
+            L::INFO => tracing::enabled!(target: "troupe::guest", L::INFO),
+            L::WARN => tracing::enabled!(target: "troupe::guest", L::WARN),
+            _ => tracing::enabled!(target: "troupe::guest", L::ERROR),
+        };
+        if !enabled {
+            return;
         }
         let (step, event) = (&*self.step, self.event_id.as_str());
-        match level {
-            Level::Trace => tracing::trace!(target: "troupe::guest", step, event, "{text}"),
-            Level::Debug => tracing::debug!(target: "troupe::guest", step, event, "{text}"),
-            Level::Info => tracing::info!(target: "troupe::guest", step, event, "{text}"),
-            Level::Warn => tracing::warn!(target: "troupe::guest", step, event, "{text}"),
-            Level::Error => tracing::error!(target: "troupe::guest", step, event, "{text}"),
+        let (write, dropped) = self.logs.take();
+        if let Some(n) = dropped {
+            tracing::warn!(target: "troupe::guest", step, "{n} log lines dropped (limits.log_lines_per_second)");
         }
+        if !write {
+            return;
+        }
+        let text = clean(&text, MAX_LOG_LINE);
+        match level {
+            L::TRACE => tracing::trace!(target: "troupe::guest", step, event, "{text}"),
+            L::DEBUG => tracing::debug!(target: "troupe::guest", step, event, "{text}"),
+            L::INFO => tracing::info!(target: "troupe::guest", step, event, "{text}"),
+            L::WARN => tracing::warn!(target: "troupe::guest", step, event, "{text}"),
+            _ => tracing::error!(target: "troupe::guest", step, event, "{text}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memories_and_tables_count_together() {
+        let mut l = Limiter {
+            limit_bytes: 64 << 20,
+            used_bytes: 0,
+            exceeded: None,
+        };
+        // Seven memories of 62.5 MiB: the second does not fit.
+        assert!(l.memory_growing(0, 1000 << 16, None).unwrap());
+        assert!(!l.memory_growing(0, 1000 << 16, None).unwrap());
+        assert!(
+            l.exceeded
+                .as_deref()
+                .unwrap()
+                .contains("would take 125 MiB")
+        );
+        // Growing the first memory counts only what it adds.
+        assert!(l.memory_growing(1000 << 16, 1023 << 16, None).unwrap());
+        // Tables count too.
+        assert!(!l.table_growing(0, 90_000, None).unwrap());
+        assert!(l.table_growing(0, 1_000, None).unwrap());
+    }
+
+    #[test]
+    fn the_log_budget_drops_beyond_its_rate_and_counts() {
+        let b = LogBudget::new(10);
+        let written = (0..100).filter(|_| b.take().0).count();
+        assert_eq!(written, 10, "one second's burst");
+        assert_eq!(b.dropped(), 90);
     }
 }

@@ -2,22 +2,37 @@
 //!
 //! Loading links the component against the host's imports (WASI p2 and
 //! `troupe:step/host`), checks that it exports the `step` world, calls
-//! `describe` once and compiles the contract. Handling an event runs the
-//! guest under the step's limits in a fresh instance (the default: nothing
-//! survives a message) or in a reused one from a small pool, and classifies
-//! every way it can fail.
+//! `describe` once (within [`DESCRIBE_TIMEOUT`]) and compiles the
+//! contract. Handling an event runs the guest under the step's limits in a
+//! fresh instance (the default: nothing survives a message) or in a reused
+//! one from a small pool, and classifies every way it can fail.
+//!
+//! **Every call ends by its deadline**, however the guest spends its time
+//! (running, or waiting in a host call): see [`super::guard`]. Text the
+//! guest hands back (retry, reject and trap messages) is escaped and cut
+//! here, where it leaves the sandbox.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
-use super::sandbox::StepCtx;
-use super::{EPOCH_TICK, Runtime, RuntimeError};
+use super::guard::{CHECK_EVERY, Cut, Guard, epoch_check, ticks_until};
+use super::sandbox::{LogBudget, StepCtx};
+use super::{Runtime, RuntimeError};
 use crate::app::{Instances, StepConfig};
 use crate::contract::StepContract;
 use crate::event::Event;
+use crate::text;
 use crate::world::{self, Step, StepPre};
+
+/// How long a step has to answer `describe` (instantiation included).
+pub const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest `subject` a step may emit, bytes.
+pub const MAX_SUBJECT: usize = 1024;
+/// The longest `content-type` a step may emit, bytes.
+pub const MAX_CONTENT_TYPE: usize = 256;
 
 /// How handling one event failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +45,9 @@ pub enum Failure {
     Trap(String),
     /// The guest ran past a limit: time, memory, or output.
     Limit(String),
+    /// The host is stopping: the call was cut short, and the event is left
+    /// to be delivered again (it is not the guest's failure).
+    Stopped,
 }
 
 impl std::fmt::Display for Failure {
@@ -39,6 +57,7 @@ impl std::fmt::Display for Failure {
             Failure::Reject(m) => write!(f, "step rejected the event: {m}"),
             Failure::Trap(m) => write!(f, "step trapped: {m}"),
             Failure::Limit(m) => write!(f, "step exceeded a limit: {m}"),
+            Failure::Stopped => f.write_str("the host is stopping"),
         }
     }
 }
@@ -61,8 +80,10 @@ pub struct Sandbox {
     pub name: Arc<str>,
     pub config: StepConfig,
     engine: wasmtime::Engine,
+    guard: Arc<Guard>,
     pre: StepPre<StepCtx>,
     warm: Mutex<Vec<Warm>>,
+    logs: Arc<LogBudget>,
 }
 
 impl LoadedStep {
@@ -87,8 +108,10 @@ impl LoadedStep {
         })?;
         let sandbox = Sandbox {
             name: name.into(),
+            logs: Arc::new(LogBudget::new(config.limits.log_lines_per_second)),
             config,
             engine: rt.engine.clone(),
+            guard: rt.guard.clone(),
             pre,
             warm: Mutex::new(Vec::new()),
         };
@@ -115,16 +138,32 @@ impl LoadedStep {
 }
 
 impl Sandbox {
-    /// Call `describe` in a fresh instance.
+    /// Call `describe` in a fresh instance, within [`DESCRIBE_TIMEOUT`].
     pub fn describe(&self) -> Result<world::Contract, Failure> {
-        let (mut store, bindings) = self.instantiate()?;
-        self.arm(&mut store, "describe");
-        let r = bindings.call_describe(&mut store);
-        r.map_err(|e| self.classify(&store, e))
+        let deadline = Instant::now() + DESCRIBE_TIMEOUT;
+        let mut store = self.store(deadline, "describe")?;
+        let pre = &self.pre;
+        let r = self.guard.block_on(deadline, async {
+            let bindings = pre.instantiate_async(&mut store).await?;
+            bindings.call_describe(&mut store).await
+        });
+        self.outcome(&store, r, &|_| {
+            format!(
+                "`describe` did not return within {} ms",
+                DESCRIBE_TIMEOUT.as_millis()
+            )
+        })
+    }
+
+    /// Lines of guest log dropped by the step's rate limit so far.
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.logs.dropped()
     }
 
     /// Handle one event (delivery number `attempt`) under the step's limits.
     pub fn handle(&self, event: &Event, attempt: u32) -> Result<Vec<world::Emit>, Failure> {
+        let timeout = Duration::from_millis(self.config.limits.timeout_ms);
+        let deadline = Instant::now() + timeout;
         let input = to_guest(event, attempt);
         let reuse = self.config.instances == Instances::Reuse;
         let warm = if reuse {
@@ -132,25 +171,49 @@ impl Sandbox {
         } else {
             None
         };
-        let Warm {
-            mut store,
-            bindings,
-        } = match warm {
-            Some(w) => w,
+        let (mut store, bindings, result) = match warm {
+            Some(Warm {
+                mut store,
+                bindings,
+            }) => {
+                self.arm(&mut store, deadline, &event.id);
+                let r = self
+                    .guard
+                    .block_on(deadline, bindings.call_handle(&mut store, &input));
+                (store, Some(bindings), r)
+            }
             None => {
-                let (store, bindings) = self.instantiate()?;
-                Warm { store, bindings }
+                let mut store = self.store(deadline, &event.id)?;
+                let pre = &self.pre;
+                let mut made = None;
+                let r = self.guard.block_on(deadline, async {
+                    let b = pre.instantiate_async(&mut store).await?;
+                    let r = b.call_handle(&mut store, &input).await;
+                    made = Some(b);
+                    r
+                });
+                (store, made, r)
             }
         };
-        self.arm(&mut store, &event.id);
-        let result = match bindings.call_handle(&mut store, &input) {
-            Ok(Ok(emits)) => self.check_output(emits),
-            Ok(Err(world::StepError::Retry(m))) => Err(Failure::Retry(m)),
-            Ok(Err(world::StepError::Reject(m))) => Err(Failure::Reject(m)),
-            Err(e) => return Err(self.classify(&store, e)),
+        let returned = self.outcome(&store, result, &|waiting| {
+            format!(
+                "time limit of {} ms per message exceeded{}",
+                timeout.as_millis(),
+                if waiting {
+                    " (waiting in a host call)"
+                } else {
+                    ""
+                }
+            )
+        })?;
+        let result = match returned {
+            Ok(emits) => self.check_output(emits),
+            Err(world::StepError::Retry(m)) => Err(Failure::Retry(text::message(&m))),
+            Err(world::StepError::Reject(m)) => Err(Failure::Reject(text::message(&m))),
         };
-        if reuse {
+        if reuse && let Some(bindings) = bindings {
             // The instance finished the call normally: it can take another.
+            store.data_mut().event_id.clear();
             self.warm
                 .lock()
                 .expect("pool lock")
@@ -159,48 +222,68 @@ impl Sandbox {
         result
     }
 
-    fn instantiate(&self) -> Result<(Store<StepCtx>, Step), Failure> {
-        let ctx = StepCtx::new(&self.name, &self.config.grants, &self.config.limits)
-            .map_err(|e| Failure::Trap(format!("cannot build the sandbox: {e:#}")))?;
+    /// A new store for this step, armed for a call that ends at `deadline`.
+    fn store(&self, deadline: Instant, event_id: &str) -> Result<Store<StepCtx>, Failure> {
+        let ctx = StepCtx::new(
+            &self.name,
+            &self.config.grants,
+            &self.config.limits,
+            &self.logs,
+        )
+        .map_err(|e| Failure::Trap(format!("cannot build the sandbox: {e:#}")))?;
         let mut store = Store::new(&self.engine, ctx);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
-        self.arm(&mut store, "instantiate");
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.classify(&store, e))?;
-        Ok((store, bindings))
+        store.epoch_deadline_callback(epoch_check(&self.guard));
+        self.arm(&mut store, deadline, event_id);
+        Ok(store)
     }
 
-    /// Reset the per-call state: deadline, limit flag, the event id for logs.
-    fn arm(&self, store: &mut Store<StepCtx>, event_id: &str) {
-        let ticks = self
-            .config
-            .limits
-            .timeout_ms
-            .div_ceil(EPOCH_TICK.as_millis() as u64);
-        store.set_epoch_deadline(ticks.max(1));
+    /// Reset the per-call state: deadline, limit flags, the event id for
+    /// logs.
+    fn arm(&self, store: &mut Store<StepCtx>, deadline: Instant, event_id: &str) {
+        let check = CHECK_EVERY.as_millis() as u64;
+        store.set_epoch_deadline(ticks_until(deadline, Instant::now(), check));
         let data = store.data_mut();
+        data.deadline = deadline;
+        data.cut = None;
         data.limiter.exceeded = None;
         data.event_id.clear();
         data.event_id.push_str(event_id);
     }
 
-    fn classify(&self, store: &Store<StepCtx>, e: wasmtime::Error) -> Failure {
-        if let Some(limit) = &store.data().limiter.exceeded {
-            return Failure::Limit(limit.clone());
-        }
-        if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-            return Failure::Limit(format!(
-                "time limit of {} ms per message exceeded",
-                self.config.limits.timeout_ms
-            ));
-        }
-        // The root cause ("wasm `unreachable` instruction executed") is what
-        // a DLQ entry needs; the full wasm backtrace goes to the debug log.
-        tracing::debug!(step = %self.name, "trap: {e:?}");
-        Failure::Trap(e.root_cause().to_string())
+    /// What a guarded call came to: its value, or the failure, classified.
+    /// `late` words a missed deadline (given whether the guest was waiting
+    /// in a host call rather than running).
+    fn outcome<T>(
+        &self,
+        store: &Store<StepCtx>,
+        r: Result<wasmtime::Result<T>, Cut>,
+        late: &dyn Fn(bool) -> String,
+    ) -> Result<T, Failure> {
+        let (cut, waiting) = match r {
+            Ok(Ok(v)) => return Ok(v),
+            Err(cut) => (cut, true),
+            Ok(Err(e)) => {
+                if let Some(limit) = &store.data().limiter.exceeded {
+                    return Err(Failure::Limit(limit.clone()));
+                }
+                match (store.data().cut, e.downcast_ref::<Trap>()) {
+                    (Some(cut), _) => (cut, false),
+                    (None, Some(Trap::Interrupt)) => (Cut::Deadline, false),
+                    _ => {
+                        // The root cause ("wasm `unreachable` instruction
+                        // executed") is what a DLQ entry needs; the full
+                        // wasm backtrace goes to the debug log.
+                        tracing::debug!(step = %self.name, "trap: {e:?}");
+                        return Err(Failure::Trap(text::message(&e.root_cause().to_string())));
+                    }
+                }
+            }
+        };
+        Err(match cut {
+            Cut::Stopping => Failure::Stopped,
+            Cut::Deadline => Failure::Limit(late(waiting)),
+        })
     }
 
     fn check_output(&self, emits: Vec<world::Emit>) -> Result<Vec<world::Emit>, Failure> {
@@ -212,13 +295,32 @@ impl Sandbox {
                 l.max_emits
             )));
         }
-        if let Some(big) = emits.iter().find(|e| e.data.len() > l.max_event_bytes) {
-            return Err(Failure::Limit(format!(
-                "emitted a {} event of {} bytes, the limit is {}",
-                big.kind,
-                big.data.len(),
-                l.max_event_bytes
-            )));
+        for e in &emits {
+            let kind = text::clean(&e.kind, 200);
+            if e.data.len() > l.max_event_bytes {
+                return Err(Failure::Limit(format!(
+                    "emitted a {kind} event of {} bytes, the limit is {}",
+                    e.data.len(),
+                    l.max_event_bytes
+                )));
+            }
+            if let Some(s) = e.subject.as_ref().filter(|s| s.len() > MAX_SUBJECT) {
+                return Err(Failure::Limit(format!(
+                    "emitted a {kind} event whose subject has {} bytes, the limit is {MAX_SUBJECT}",
+                    s.len()
+                )));
+            }
+            if let Some(ct) = e
+                .content_type
+                .as_ref()
+                .filter(|c| c.len() > MAX_CONTENT_TYPE)
+            {
+                return Err(Failure::Limit(format!(
+                    "emitted a {kind} event whose content type has {} bytes, the limit is \
+                     {MAX_CONTENT_TYPE}",
+                    ct.len()
+                )));
+            }
         }
         Ok(emits)
     }

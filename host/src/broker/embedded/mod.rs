@@ -323,7 +323,7 @@ impl Broker for Embedded {
             d.group.clone(),
             seq(d).ok_or_else(foreign)?,
             d.attempt,
-            message.to_string(),
+            crate::text::clean(message, crate::text::MAX_REASON),
         );
         self.call(|reply| Op::DeadLetter {
             group,

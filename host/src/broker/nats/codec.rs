@@ -160,6 +160,37 @@ pub fn message(e: &Event, msg_id: &str) -> async_nats::jetstream::message::Publi
         .message_id(msg_id)
 }
 
+/// The bytes the server counts against its `max_payload` for the message
+/// that carries `e` with id `msg_id`: the header block (as the client
+/// writes it) and the payload.
+pub fn wire_len(e: &Event, msg_id: &str) -> usize {
+    let mut len = b"NATS/1.0\r\n\r\n".len() + "Nats-Msg-Id: \r\n".len() + msg_id.len();
+    for (k, vs) in headers(e).iter() {
+        for v in vs {
+            len += AsRef::<str>::as_ref(k).len() + b": \r\n".len() + v.as_str().len();
+        }
+    }
+    len + e.data.len()
+}
+
+/// Whether the message for `e` may exceed `max` bytes: a bound that is
+/// cheap to compute (every attribute percent-encoded in full), so that
+/// [`wire_len`] is only needed for large events.
+pub fn may_exceed(e: &Event, max: usize) -> bool {
+    let attrs: usize = [&e.id, &e.source, &e.kind, &e.time, &e.content_type]
+        .iter()
+        .map(|s| s.len())
+        .sum::<usize>()
+        + e.subject.as_ref().map_or(0, String::len)
+        + e.schema.as_ref().map_or(0, String::len)
+        + e.extensions
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    let headers = 30 * (8 + e.extensions.len()) + 3 * attrs + 2 * e.id.len() + 64;
+    e.data.len() + headers > max
+}
+
 /// Read an event back from a message: binary mode (attributes in `ce-`
 /// headers), or else structured mode (a CloudEvents JSON payload).
 pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event, String> {
@@ -188,7 +219,7 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event, Stri
             }
         }
     }
-    Ok(Event {
+    let e = Event {
         id,
         source: need("ce-source")?,
         kind: need("ce-type")?,
@@ -198,7 +229,11 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event, Stri
         schema: get("ce-dataschema"),
         data: payload.to_vec(),
         extensions,
-    })
+    };
+    match e.control_attribute() {
+        Some(a) => Err(format!("attribute `{a}` holds control characters")),
+        None => Ok(e),
+    }
 }
 
 #[cfg(test)]
@@ -208,7 +243,7 @@ mod tests {
     #[test]
     fn events_survive_the_header_round_trip() {
         let mut e = Event::new("order.placed", "troupe://x", br#"{"a":1}"#.to_vec());
-        e.subject = Some("o-1 ünïcode %20\r\n".into());
+        e.subject = Some("o-1 ünïcode %20 \"x\"".into());
         e.extensions
             .insert("troupeto".into(), "troupe:orchestrator".into());
         let back = decode(Some(&headers(&e)), &e.data).unwrap();

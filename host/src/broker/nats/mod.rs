@@ -102,6 +102,8 @@ struct Inner {
     state: kv::Store,
     groups: RwLock<HashMap<Arc<str>, Arc<Group>>>,
     closed: watch::Sender<bool>,
+    /// The largest message the server takes (headers and payload).
+    max_payload: usize,
     /// Commits, in order, for [`Inner::commits`].
     commits: mpsc::UnboundedSender<(Commit, super::Then)>,
 }
@@ -129,6 +131,7 @@ impl Nats {
             .connect(server)
             .await
             .map_err(|e| BrokerError::Nats(format!("cannot connect to {server}: {e}")))?;
+        let max_payload = client.server_info().max_payload;
         let js = jetstream::new(client);
         let names = Names::new(ns, app);
         let events = js
@@ -186,6 +189,7 @@ impl Nats {
                 state,
                 groups: RwLock::new(HashMap::new()),
                 closed: watch::channel(false).0,
+                max_payload,
                 commits,
             }),
         };
@@ -213,12 +217,23 @@ impl Inner {
             id: id.clone(),
             step: d.group.to_string(),
             class,
-            message: message.to_string(),
+            message: crate::text::clean(message, crate::text::MAX_REASON),
             attempts: d.attempt,
             time: crate::event::now_rfc3339(),
             event: (*d.event).clone(),
         };
-        let body = serde_json::to_vec(&dl.to_json(true)).expect("JSON");
+        let mut record = dl.to_json(true);
+        let mut body = serde_json::to_vec(&record).expect("JSON");
+        if body.len() + DLQ_HEADROOM > self.max_payload {
+            // Too large to copy: keep the event's data by reference to the
+            // events stream, where the event itself stays.
+            if let Some(e) = record["event"].as_object_mut() {
+                e.remove("data");
+                e.remove("data_base64");
+            }
+            record[EVENT_SEQ] = a.stream_seq.into();
+            body = serde_json::to_vec(&record).expect("JSON");
+        }
         let p = PublishMessage::build().payload(body.into()).message_id(&id);
         let subject = self.names.dlq_subject(&id);
         let ack = self
@@ -228,25 +243,45 @@ impl Inner {
             .map_err(nats)?;
         stored(vec![(subject, ack)]).await?;
         a.acker.double_ack().await.map_err(nats)?;
-        tracing::warn!(step = %d.group, event = %d.event.id, %class, "dead-lettered: {message}");
+        tracing::warn!(step = %d.group, event = %d.event.id, %class, "dead-lettered: {}", dl.message);
         Ok(id)
     }
 
-    /// The dead letter `id` and its sequence in the DLQ stream.
+    /// The dead letter `id` (with its event's data, fetched from the
+    /// events stream if it is kept by reference) and its sequence in the
+    /// DLQ stream.
     async fn dead_letter_entry(&self, id: &str) -> Result<(DeadLetter, u64), BrokerError> {
         let m = self
             .dlq
             .get_last_raw_message_by_subject(&self.names.dlq_subject(id))
             .await
             .map_err(|_| BrokerError::NoSuchDeadLetter(id.to_string()))?;
-        Ok((parse_dead_letter(&m.payload)?, m.sequence))
+        let (mut dl, event_seq) = parse_dead_letter(&m.payload)?;
+        if let Some(seq) = event_seq {
+            let e = self
+                .events
+                .get_raw_message(seq)
+                .await
+                .map_err(|e| nats(format!("the event of dead letter {id} (#{seq}): {e}")))?;
+            dl.event.data = e.payload.to_vec();
+        }
+        Ok((dl, m.sequence))
     }
 }
 
-fn parse_dead_letter(body: &[u8]) -> Result<DeadLetter, BrokerError> {
+/// The field of a dead-letter record that keeps its event's data by
+/// reference: the event's sequence in the events stream.
+const EVENT_SEQ: &str = "event_seq";
+/// Room kept in a dead-letter message for its headers.
+const DLQ_HEADROOM: usize = 1024;
+
+/// A dead-letter record, and the sequence of its event in the events
+/// stream when its data is kept there rather than in the record.
+fn parse_dead_letter(body: &[u8]) -> Result<(DeadLetter, Option<u64>), BrokerError> {
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| nats(format!("unreadable dead letter: {e}")))?;
-    DeadLetter::from_json(&v).map_err(|e| nats(format!("unreadable dead letter: {e}")))
+    let dl = DeadLetter::from_json(&v).map_err(|e| nats(format!("unreadable dead letter: {e}")))?;
+    Ok((dl, v[EVENT_SEQ].as_u64()))
 }
 
 #[async_trait]
@@ -309,7 +344,31 @@ impl Broker for Nats {
     }
 
     async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError> {
+        for e in &events {
+            self.check_size(e)?;
+        }
         self.inner.publish(&events).await
+    }
+
+    fn max_state_bytes(&self) -> Option<usize> {
+        // A key-value entry is one message on `$KV.BUCKET.KEY`.
+        Some(self.inner.max_payload.saturating_sub(DLQ_HEADROOM))
+    }
+
+    fn check_size(&self, e: &Event) -> Result<(), BrokerError> {
+        let max = self.inner.max_payload;
+        if !codec::may_exceed(e, max) {
+            return Ok(());
+        }
+        let len = codec::wire_len(e, &e.id);
+        if len > max {
+            return Err(BrokerError::TooLarge(format!(
+                "a {} event of {len} bytes (data and attributes) does not fit in a NATS \
+                 message: the server takes at most {max} bytes (max_payload)",
+                crate::text::clean(&e.kind, 200)
+            )));
+        }
+        Ok(())
     }
 
     fn commit_then(&self, c: Commit, then: super::Then) {
@@ -389,7 +448,7 @@ impl Broker for Nats {
         i.scan(&i.dlq, &i.names.dlq_filter())
             .await?
             .iter()
-            .map(|m| parse_dead_letter(&m.payload))
+            .map(|m| parse_dead_letter(&m.payload).map(|(dl, _)| dl))
             .collect()
     }
 

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use super::{Names, acker, codec, nats};
 use crate::broker::{BrokerError, Commit};
 use crate::event::{Event, TARGET};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 
 /// Wait until the server has stored every message sent.
 pub(super) async fn stored(acks: Vec<(String, PublishAckFuture)>) -> Result<(), BrokerError> {
@@ -17,6 +18,14 @@ pub(super) async fn stored(acks: Vec<(String, PublishAckFuture)>) -> Result<(), 
             .map_err(|e| BrokerError::Nats(format!("storing a message on {subject}: {e}")))?;
     }
     Ok(())
+}
+
+/// A publish the client refused: too large for the server, or otherwise.
+fn refused(e: PublishError) -> BrokerError {
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => BrokerError::TooLarge(format!("NATS: {e}")),
+        _ => nats(e),
+    }
 }
 
 /// What publishing needs: names and the JetStream context (cheap to clone,
@@ -48,7 +57,7 @@ impl Publisher {
                 .js
                 .send_publish(subject.clone(), codec::message(e, &e.id))
                 .await;
-            acks.push((subject, ack.map_err(nats)?));
+            acks.push((subject, ack.map_err(refused)?));
         }
         // State rows are key-value entries: a message on `$KV.BUCKET.KEY`.
         for (key, value) in state {
@@ -58,7 +67,7 @@ impl Publisher {
                 None => PublishMessage::build().header("KV-Operation", "DEL"),
             };
             let ack = self.js.send_publish(subject.clone(), p).await;
-            acks.push((subject, ack.map_err(nats)?));
+            acks.push((subject, ack.map_err(refused)?));
         }
         Ok(acks)
     }
