@@ -127,20 +127,30 @@ fn malformed_events_are_refused_on_publish_and_nothing_is_stored() {
     assert!(e.contains("bad.jsonl:2: not an event"), "{e}");
     // Data of a content type the contract does not declare, whatever it
     // holds; an attribute with a control character.
-    let order = r#"{"order_id":"o-1","customer":"ada","lines":[{"sku":"t","qty":1,"price_cents":5}]}"#;
+    let order =
+        r#"{"order_id":"o-1","customer":"ada","lines":[{"sku":"t","qty":1,"price_cents":5}]}"#;
     std::fs::write(
         &file,
         format!("{{\"type\":\"order.placed\",\"datacontenttype\":\"application/xml\",\"data\":{order}}}\n"),
     )
     .unwrap();
-    let e = err(&troupe(&["publish", d, "--file", file.to_str().unwrap()], app.path()));
-    assert!(e.contains("\"application/xml\", but the contract declares application/json"), "{e}");
+    let e = err(&troupe(
+        &["publish", d, "--file", file.to_str().unwrap()],
+        app.path(),
+    ));
+    assert!(
+        e.contains("\"application/xml\", but the contract declares application/json"),
+        "{e}"
+    );
     std::fs::write(
         &file,
         format!("{{\"type\":\"order.placed\",\"subject\":\"o-1\\u001b[2J\",\"data\":{order}}}\n"),
     )
     .unwrap();
-    let e = err(&troupe(&["publish", d, "--file", file.to_str().unwrap()], app.path()));
+    let e = err(&troupe(
+        &["publish", d, "--file", file.to_str().unwrap()],
+        app.path(),
+    ));
     assert!(e.contains("`subject` holds control characters"), "{e}");
     // Extensions that address a group or a run's step are the host's own,
     // with or without --no-check.
