@@ -169,13 +169,14 @@ fn holding() {
                 let mut held = hold(kind, timeout_ms, 5);
                 held.sort();
                 let limit = Duration::from_millis(timeout_ms);
+                let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
                 println!(
-                    "| {what} | {timeout_ms} | {} | {:.0?} | {:.0?} | {:.0?} | {:.0?} |",
+                    "| {what} | {timeout_ms} | {} | {} | {} | {} | {} |",
                     if loaded { "4 busy threads" } else { "none" },
-                    held[0],
-                    held[held.len() / 2],
-                    held[held.len() - 1],
-                    held[held.len() - 1].saturating_sub(limit)
+                    ms(held[0]),
+                    ms(held[held.len() / 2]),
+                    ms(held[held.len() - 1]),
+                    ms(held[held.len() - 1].saturating_sub(limit))
                 );
             }
         }

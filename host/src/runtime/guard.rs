@@ -119,6 +119,14 @@ impl Guard {
             return Err(Cut::Stopping);
         }
         let _cx = self.handle.enter();
+        let mut call = std::pin::pin!(call);
+        // Most calls never wait: they finish in their first poll, with no
+        // timer set (a timer costs a lock on the timer driver, even unset).
+        if let Some(out) = park::poll_once(call.as_mut()) {
+            return Ok(out);
+        }
+        // It waits (in a host call): race it against the deadline and the
+        // stop signal.
         let mut stop = self.stop.subscribe();
         park::block_on(async move {
             tokio::select! {
@@ -151,6 +159,15 @@ mod park {
 
     thread_local! {
         static WAKER: Waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    }
+
+    /// Poll `f` once, with this thread's waker (which [`block_on`] parks
+    /// on, so the two may be used one after the other on one future).
+    pub(super) fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Option<F::Output> {
+        WAKER.with(|waker| match f.poll(&mut Context::from_waker(waker)) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        })
     }
 
     pub(super) fn block_on<F: Future>(f: F) -> F::Output {
