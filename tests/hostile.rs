@@ -142,14 +142,6 @@ fn pinger(
     })
 }
 
-fn dead_letters(host: &HostProcess) -> Vec<Value> {
-    host.client
-        .get("/v1/dlq")
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-}
-
 /// Every attack at once, a well-behaved step beside them.
 fn attacks_are_contained(b: Backend) {
     let app = hostile_app(b);
@@ -179,7 +171,7 @@ fn attacks_are_contained(b: Backend) {
     let bound = Duration::from_secs(30);
     let mut seen: HashMap<String, Value> = HashMap::new();
     while seen.len() < ids.len() && start.elapsed() < bound {
-        for d in dead_letters(&host) {
+        for d in host.dead_letters() {
             if let Some(id) = d["event_id"].as_str()
                 && ids.contains_key(id)
             {
@@ -346,7 +338,8 @@ fn sigterm_stops_a_host_with_blocked_guests(b: Backend) {
     let host = HostProcess::start(&app, &[], HUNG);
     let start = Instant::now();
     loop {
-        let dead: Vec<String> = dead_letters(&host)
+        let dead: Vec<String> = host
+            .dead_letters()
             .iter()
             .filter(|d| d["class"] == "limit")
             .filter_map(|d| d["event_id"].as_str().map(str::to_string))
@@ -604,7 +597,7 @@ fn memory_bombs_leave_nothing_resident(b: Backend) {
         })
         .collect();
     let start = Instant::now();
-    while dead_letters(&host).len() < bombs {
+    while host.dead_letters().len() < bombs {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "the bombs were not all dead-lettered"
@@ -612,7 +605,7 @@ fn memory_bombs_leave_nothing_resident(b: Backend) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let peak_kib = host.status_kib("VmHWM");
-    for d in dead_letters(&host) {
+    for d in host.dead_letters() {
         assert!(ids.iter().any(|i| d["event_id"] == *i));
         assert_eq!(d["class"], "limit", "{d}");
     }
@@ -678,7 +671,7 @@ fn nats_keeps_every_record_within_a_message() {
         .unwrap();
     let start = Instant::now();
     let (huge_dl, big_dl) = loop {
-        let dead = dead_letters(&host);
+        let dead = host.dead_letters();
         let find = |id: &str| dead.iter().find(|d| d["event_id"] == id).cloned();
         if let (Some(h), Some(b)) = (find(&huge), find(&big)) {
             break (h, b);

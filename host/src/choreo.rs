@@ -171,22 +171,7 @@ impl Wiring {
         if orchestrator::is_command(&d.event) {
             return self.reply(d, out.into_iter().next().expect("one reply"));
         }
-        let permit = self.permit();
-        let step = step.name().clone();
-        let commit = Commit {
-            ack: Some(d),
-            events: out,
-            ..Commit::default()
-        };
-        self.broker.commit_then(
-            commit,
-            Box::new(move |r| {
-                if let Err(e) = r {
-                    tracing::error!(step = %step, "cannot settle a delivery (it will be redelivered): {e}");
-                }
-                drop(permit);
-            }),
-        );
+        self.commit_ack(d, out, "cannot settle a delivery (it will be redelivered)");
     }
 
     /// Handling failed: retry or dead-letter (for a command, tell the
@@ -247,18 +232,28 @@ impl Wiring {
 
     /// Ack a command and send the orchestrator its reply, as one commit.
     fn reply(&self, d: Delivery, reply: Event) {
+        self.commit_ack(
+            d,
+            vec![reply],
+            "cannot reply to the orchestrator (the command will be redelivered)",
+        );
+    }
+
+    /// Ack `d` and publish `events` as one commit, without waiting for it;
+    /// a failure is logged with `failed` (the delivery stays unsettled).
+    fn commit_ack(&self, d: Delivery, events: Vec<Event>, failed: &'static str) {
         let permit = self.permit();
         let step = self.step.name().clone();
         let commit = Commit {
             ack: Some(d),
-            events: vec![reply],
+            events,
             ..Commit::default()
         };
         self.broker.commit_then(
             commit,
             Box::new(move |r| {
                 if let Err(e) = r {
-                    tracing::error!(step = %step, "cannot reply to the orchestrator (the command will be redelivered): {e}");
+                    tracing::error!(step = %step, "{failed}: {e}");
                 }
                 drop(permit);
             }),

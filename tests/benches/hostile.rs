@@ -27,18 +27,10 @@ fn hostile_app(extra: &str) -> TestApp {
     TestApp::new(&step("hostile", &guest("hostile"), extra))
 }
 
-fn dead_letters(host: &HostProcess) -> Vec<Value> {
-    host.client
-        .get("/v1/dlq")
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-}
-
 fn wait_for_dead_letters(host: &HostProcess, n: usize, within: Duration) -> Vec<Value> {
     let start = Instant::now();
     loop {
-        let dead = dead_letters(host);
+        let dead = host.dead_letters();
         if dead.len() >= n {
             return dead;
         }

@@ -88,6 +88,15 @@ impl HostProcess {
         std::fs::read(&self.log).unwrap_or_default()
     }
 
+    /// The dead letters it lists (none if it cannot be asked).
+    pub fn dead_letters(&self) -> Vec<serde_json::Value> {
+        self.client
+            .get("/v1/dlq")
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
     /// A field of `/proc/PID/status`, in KiB (`VmRSS`, `VmHWM`).
     pub fn status_kib(&self, field: &str) -> u64 {
         proc_status_kib(self.pid(), field).unwrap_or(0)

@@ -508,36 +508,6 @@ impl Driver {
         false
     }
 
-    /// Why keeping `output` in the run's record would make a record the
-    /// broker cannot store (NATS: one message), if it would. Outputs are
-    /// summed first; the record is serialised only when they come near.
-    fn record_too_large(
-        &self,
-        run_id: &str,
-        output: Option<&(String, Box<RawValue>)>,
-    ) -> Option<String> {
-        let max = self.broker.max_state_bytes()?;
-        let (_, data) = output?;
-        let run = &self.runs[run_id];
-        let outputs: usize = run
-            .steps
-            .values()
-            .filter_map(|s| s.output.as_ref())
-            .map(|o| o.get().len())
-            .sum();
-        if outputs + data.get().len() < max / 2 {
-            return None;
-        }
-        let size = serde_json::to_vec(run).map_or(usize::MAX, |v| v.len()) + data.get().len();
-        (size > max).then(|| {
-            format!(
-                "limit: the step's output ({} bytes) would grow the run's record to {size} \
-                 bytes, more than the broker stores ({max})",
-                data.get().len()
-            )
-        })
-    }
-
     /// `output`: the type and data of the step's (first) output event.
     fn step_done(
         &mut self,

@@ -1,10 +1,13 @@
-//! How runs fail: a step's failure (retry with backoff, or fail the run),
+//! How runs fail: a step's failure (retry with backoff, or fail the run;
+//! an output that would outgrow the run's record is one),
 //! compensation in reverse order of completion, and the timers (step and
 //! run timeouts, the end of a backoff). Part of [`Driver`]; the happy path
 //! is in `driver.rs`.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
+
+use serde_json::value::RawValue;
 
 use super::driver::{Driver, Out, finish};
 use super::run::{RunState, StepRecord, StepState, undo_id};
@@ -162,5 +165,35 @@ impl Driver {
             let out = outs.remove(&id).unwrap_or_default();
             self.commit(None, &id, out, true, None);
         }
+    }
+
+    /// Why keeping `output` in the run's record would make a record the
+    /// broker cannot store (NATS: one message), if it would. Outputs are
+    /// summed first; the record is serialised only when they come near.
+    pub(super) fn record_too_large(
+        &self,
+        run_id: &str,
+        output: Option<&(String, Box<RawValue>)>,
+    ) -> Option<String> {
+        let max = self.broker.max_state_bytes()?;
+        let (_, data) = output?;
+        let run = &self.runs[run_id];
+        let outputs: usize = run
+            .steps
+            .values()
+            .filter_map(|s| s.output.as_ref())
+            .map(|o| o.get().len())
+            .sum();
+        if outputs + data.get().len() < max / 2 {
+            return None;
+        }
+        let size = serde_json::to_vec(run).map_or(usize::MAX, |v| v.len()) + data.get().len();
+        (size > max).then(|| {
+            format!(
+                "limit: the step's output ({} bytes) would grow the run's record to {size} \
+                 bytes, more than the broker stores ({max})",
+                data.get().len()
+            )
+        })
     }
 }

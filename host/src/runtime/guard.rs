@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use wasmtime::{Engine, UpdateDeadline};
+use wasmtime::Engine;
 
 /// How often the epoch ticks: one tick per millisecond of wall-clock time.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -104,7 +104,7 @@ impl Guard {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// The flag an epoch callback checks.
+    /// The flag a store's epoch check reads.
     pub(crate) fn stopping_flag(&self) -> Arc<AtomicBool> {
         self.stopping.clone()
     }
@@ -181,38 +181,6 @@ mod park {
                 std::thread::park();
             }
         })
-    }
-}
-
-/// The epoch callback of a store whose calls end at `deadline()`: while
-/// the guest runs, look at the clock every few ticks; interrupt it once
-/// the deadline has passed or the host is stopping.
-pub(crate) fn epoch_check(
-    guard: &Guard,
-) -> impl FnMut(
-    wasmtime::StoreContextMut<'_, super::sandbox::StepCtx>,
-) -> wasmtime::Result<UpdateDeadline>
-+ Send
-+ Sync
-+ 'static {
-    let stopping = guard.stopping_flag();
-    let check = CHECK_EVERY.as_millis() as u64;
-    move |mut cx| {
-        let data = cx.data_mut();
-        if stopping.load(Ordering::Relaxed) {
-            data.cut = Some(Cut::Stopping);
-            return Ok(UpdateDeadline::Interrupt);
-        }
-        let now = Instant::now();
-        if now >= data.deadline {
-            data.cut = Some(Cut::Deadline);
-            return Ok(UpdateDeadline::Interrupt);
-        }
-        Ok(UpdateDeadline::Continue(ticks_until(
-            data.deadline,
-            now,
-            check,
-        )))
     }
 }
 

@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::ResourceLimiter;
+use wasmtime::{ResourceLimiter, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::guard::Cut;
+use super::guard::{CHECK_EVERY, Cut, Guard, ticks_until};
 use crate::app::{Grants, Limits};
 use crate::text::{MAX_LOG_LINE, clean};
 use crate::world::Level;
@@ -207,6 +207,36 @@ impl StepCtx {
             deadline: Instant::now(),
             cut: None,
         })
+    }
+}
+
+/// The epoch callback of a store (its calls end at `StepCtx::deadline`): while
+/// the guest runs, look at the clock every few ticks; interrupt it once
+/// the deadline has passed or the host is stopping.
+pub(crate) fn epoch_check(
+    guard: &Guard,
+) -> impl FnMut(wasmtime::StoreContextMut<'_, StepCtx>) -> wasmtime::Result<UpdateDeadline>
++ Send
++ Sync
++ 'static {
+    let stopping = guard.stopping_flag();
+    let check = CHECK_EVERY.as_millis() as u64;
+    move |mut cx| {
+        let data = cx.data_mut();
+        if stopping.load(Ordering::Relaxed) {
+            data.cut = Some(Cut::Stopping);
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        let now = Instant::now();
+        if now >= data.deadline {
+            data.cut = Some(Cut::Deadline);
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        Ok(UpdateDeadline::Continue(ticks_until(
+            data.deadline,
+            now,
+            check,
+        )))
     }
 }
 

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
-use super::guard::{CHECK_EVERY, Cut, Guard, epoch_check, ticks_until};
-use super::sandbox::{LogBudget, StepCtx};
+use super::guard::{CHECK_EVERY, Cut, Guard, ticks_until};
+use super::sandbox::{LogBudget, StepCtx, epoch_check};
 use super::{Runtime, RuntimeError};
 use crate::app::{Instances, StepConfig};
 use crate::contract::StepContract;

@@ -23,12 +23,14 @@
 //! the outputs then get the same ids and are deduplicated.
 //!
 //! Layout: `codec.rs` maps names to subjects, streams and consumers, and
-//! events to messages; `publish.rs` puts events and state rows on the
+//! events to messages; `dlq.rs` writes and reads dead letters;
+//! `publish.rs` puts events and state rows on the
 //! server (and runs the ordered commit task); `pulling.rs` takes messages
 //! off it (the consumers' pull tasks, stream scans); this file declares
 //! what lives on the server and implements [`Broker`] on top.
 
 mod codec;
+mod dlq;
 mod publish;
 mod pulling;
 
@@ -40,7 +42,7 @@ use async_nats::jetstream::{
     self, AckKind, Context,
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
     kv,
-    message::{Acker, PublishMessage},
+    message::Acker,
     stream::{self, Stream},
 };
 use async_trait::async_trait;
@@ -52,9 +54,10 @@ use super::{
     Ack, Broker, BrokerError, Commit, Consumer, DeadLetter, Delivery, Disposition, ReasonClass,
 };
 use crate::app::RetryPolicy;
-use crate::event::{Event, derived_id};
+use crate::event::Event;
 
 pub use codec::{Names, valid_namespace};
+use dlq::{DLQ_HEADROOM, parse_dead_letter};
 use publish::{Publisher, stored};
 use pulling::Group;
 
@@ -202,86 +205,6 @@ impl Inner {
     async fn publish(&self, events: &[Event]) -> Result<(), BrokerError> {
         stored(self.publisher.send(events, &[]).await?).await
     }
-
-    async fn dead_letter(
-        &self,
-        d: &Delivery,
-        class: ReasonClass,
-        message: &str,
-    ) -> Result<String, BrokerError> {
-        let a = acker(d)?;
-        // The same message dead-lettered twice (a crash before the ack)
-        // gets the same id, and the server drops the second copy.
-        let id = derived_id(&d.event.id, &format!("dlq/{}/{}", d.group, a.stream_seq));
-        let dl = DeadLetter {
-            id: id.clone(),
-            step: d.group.to_string(),
-            class,
-            message: crate::text::clean(message, crate::text::MAX_REASON),
-            attempts: d.attempt,
-            time: crate::event::now_rfc3339(),
-            event: (*d.event).clone(),
-        };
-        let mut record = dl.to_json(true);
-        let mut body = serde_json::to_vec(&record).expect("JSON");
-        if body.len() + DLQ_HEADROOM > self.max_payload {
-            // Too large to copy: keep the event's data by reference to the
-            // events stream, where the event itself stays.
-            if let Some(e) = record["event"].as_object_mut() {
-                e.remove("data");
-                e.remove("data_base64");
-            }
-            record[EVENT_SEQ] = a.stream_seq.into();
-            body = serde_json::to_vec(&record).expect("JSON");
-        }
-        let p = PublishMessage::build().payload(body.into()).message_id(&id);
-        let subject = self.names.dlq_subject(&id);
-        let ack = self
-            .js
-            .send_publish(subject.clone(), p)
-            .await
-            .map_err(nats)?;
-        stored(vec![(subject, ack)]).await?;
-        a.acker.double_ack().await.map_err(nats)?;
-        tracing::warn!(step = %d.group, event = %d.event.id, %class, "dead-lettered: {}", dl.message);
-        Ok(id)
-    }
-
-    /// The dead letter `id` (with its event's data, fetched from the
-    /// events stream if it is kept by reference) and its sequence in the
-    /// DLQ stream.
-    async fn dead_letter_entry(&self, id: &str) -> Result<(DeadLetter, u64), BrokerError> {
-        let m = self
-            .dlq
-            .get_last_raw_message_by_subject(&self.names.dlq_subject(id))
-            .await
-            .map_err(|_| BrokerError::NoSuchDeadLetter(id.to_string()))?;
-        let (mut dl, event_seq) = parse_dead_letter(&m.payload)?;
-        if let Some(seq) = event_seq {
-            let e = self
-                .events
-                .get_raw_message(seq)
-                .await
-                .map_err(|e| nats(format!("the event of dead letter {id} (#{seq}): {e}")))?;
-            dl.event.data = e.payload.to_vec();
-        }
-        Ok((dl, m.sequence))
-    }
-}
-
-/// The field of a dead-letter record that keeps its event's data by
-/// reference: the event's sequence in the events stream.
-const EVENT_SEQ: &str = "event_seq";
-/// Room kept in a dead-letter message for its headers.
-const DLQ_HEADROOM: usize = 1024;
-
-/// A dead-letter record, and the sequence of its event in the events
-/// stream when its data is kept there rather than in the record.
-fn parse_dead_letter(body: &[u8]) -> Result<(DeadLetter, Option<u64>), BrokerError> {
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| nats(format!("unreadable dead letter: {e}")))?;
-    let dl = DeadLetter::from_json(&v).map_err(|e| nats(format!("unreadable dead letter: {e}")))?;
-    Ok((dl, v[EVENT_SEQ].as_u64()))
 }
 
 #[async_trait]
