@@ -23,6 +23,7 @@ on_each_broker!(
     input_that_breaks_the_contract_is_dead_lettered_at_once_with_an_alert,
     output_that_breaks_the_contract_is_dead_lettered_and_not_published,
     a_dead_letter_replayed_after_the_fault_is_fixed_completes,
+    text_data_is_checked_against_its_declared_media_type,
 );
 
 fn orders_app(b: Backend, extra: &str) -> TestApp {
@@ -348,6 +349,67 @@ async fn a_dead_letter_replayed_after_the_fault_is_fixed_completes(b: Backend) {
     assert!(
         host.broker.dlq_replay(&dlq[0].id).await.is_err(),
         "a replayed letter is gone"
+    );
+    host.shutdown().await;
+}
+
+/// A contract may declare another media type than JSON (`contentMediaType`
+/// in its schema): its data is checked as the text it is, both ways, and
+/// data labelled with another content type breaks the contract.
+async fn text_data_is_checked_against_its_declared_media_type(b: Backend) {
+    let app = TestApp::on(b, &step("shout", &guest("shout"), ""));
+    let host = app.start().await;
+    let said = |ct: &str, text: &[u8]| {
+        let mut e = troupe::event::Event::new("text.said", "troupe://tests", text.to_vec());
+        e.content_type = ct.into();
+        e
+    };
+    let ok = said("text/plain; charset=utf-8", b"hello");
+    let long = said("text/plain", &[b'a'; 65]);
+    let labelled_json = said("application/json", b"\"hello\"");
+    let lie = said("text/plain", b"lie");
+    host.broker
+        .publish(vec![
+            ok.clone(),
+            long.clone(),
+            labelled_json.clone(),
+            lie.clone(),
+        ])
+        .await
+        .unwrap();
+    host.wait_idle(IDLE).await.unwrap();
+    let trace = host.broker.trace(&ok.id).await.unwrap();
+    let shouted = trace
+        .iter()
+        .find(|e| e.kind == "text.shouted")
+        .expect("shouted");
+    assert_eq!(
+        (shouted.data.as_slice(), shouted.content_type.as_str()),
+        (&b"HELLO"[..], "text/plain")
+    );
+    let dlq = host.broker.dlq_list().await.unwrap();
+    let reason = |e: &troupe::event::Event| {
+        let d = dlq
+            .iter()
+            .find(|d| d.event.id == e.id)
+            .expect("dead-lettered");
+        assert_eq!(d.class, ReasonClass::Contract, "{}", d.message);
+        d.message.clone()
+    };
+    assert!(reason(&long).contains("breaks schema"), "{}", reason(&long));
+    assert!(reason(&labelled_json).contains("but the contract declares text/plain"));
+    let out = reason(&lie);
+    assert!(
+        out.starts_with("output") && out.contains("declares text/plain"),
+        "{out}"
+    );
+    assert_eq!(dlq.len(), 3);
+    // The documents say what the contract says.
+    let doc = troupe::asyncapi::document("shout", &host.steps, &app.broker());
+    let messages = doc["components"]["messages"].as_object().unwrap();
+    assert!(
+        messages.values().all(|m| m["contentType"] == "text/plain"),
+        "{messages:?}"
     );
     host.shutdown().await;
 }

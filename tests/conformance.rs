@@ -84,6 +84,24 @@ fn every_shipped_plugin_conforms() {
 }
 
 #[test]
+fn a_step_whose_data_is_text_conforms_on_text_samples() {
+    let rt = Runtime::new().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let report = check(&rt, &troupe_tests::guest("shout"), cache.path()).unwrap();
+    assert!(report.passed(), "{:#?}", report.checks);
+    let samples = report
+        .checks
+        .iter()
+        .find(|c| c.rule == Rule::Samples)
+        .unwrap();
+    assert!(
+        samples.detail.contains("handled samples of text.said"),
+        "{:#?}",
+        report.checks
+    );
+}
+
+#[test]
 fn the_cli_reports_each_rule_and_fails_with_the_broken_one() {
     let component = build(&repo().join("tests/conformance/emits-undeclared"));
     let out = Command::new(troupe_bin())

@@ -164,7 +164,7 @@ fn message(t: &EventType, by: &[Declarer]) -> Value {
         "title": format!("{} {}", t.kind, t.version),
         "summary": t.description,
         "description": format!("Declared by {}. `dataschema`: `{}`.", who.join(", "), t.urn),
-        "contentType": crate::event::JSON,
+        "contentType": t.format.media_type(),
         "payload": t.schema,
         "correlationId": {
             "description": "The cascade or flow run the event belongs to.",

@@ -29,7 +29,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::app::{Grants, Instances, Limits, RetryPolicy, StepConfig};
-use crate::contract::Violation;
+use crate::contract::{DataFormat, Violation};
 use crate::event::{Event, JSON};
 use crate::runtime::cache::ArtifactCache;
 use crate::runtime::step::{Failure, LoadedStep};
@@ -287,8 +287,25 @@ fn run_behaviour(step: &LoadedStep, report: &mut Report) {
             e.subject = Some("conformance".into());
             e
         };
-        // A sample that passes the step's own input gate.
-        let input = event(serde_json::to_vec(&data).expect("JSON"));
+        // A sample that passes the step's own input gate: JSON, or for a
+        // type of another media type the string the schema describes (its
+        // bytes, or what its base64 holds).
+        let input = match (&t.format, &data) {
+            (DataFormat::Other { media_type, base64 }, serde_json::Value::String(text)) => {
+                use base64::Engine as _;
+                let bytes = if *base64 {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(text)
+                        .unwrap_or_default()
+                } else {
+                    text.clone().into_bytes()
+                };
+                let mut e = event(bytes);
+                e.content_type = media_type.clone();
+                e
+            }
+            _ => event(serde_json::to_vec(&data).expect("JSON")),
+        };
         if c.check_input(&input).is_err() {
             unsatisfiable.push(t.kind.clone());
         } else {
@@ -315,8 +332,14 @@ fn run_behaviour(step: &LoadedStep, report: &mut Report) {
             }
             samples_run.push(t.kind.clone());
         }
-        // Data the host's gate would stop; the step must still not trap.
-        let junk = event(b"\x00 this is not JSON {".to_vec());
+        // Data the host's gate would stop; the step must still not trap:
+        // not JSON, or for a text type, not UTF-8 (any bytes are some
+        // base64, so a binary type has no such data).
+        let junk = match &t.format {
+            DataFormat::Json => event(b"\x00 this is not JSON {".to_vec()),
+            DataFormat::Other { base64: false, .. } => event(b"\xff\xfe not UTF-8".to_vec()),
+            DataFormat::Other { base64: true, .. } => continue,
+        };
         match step.handle(&junk, 1) {
             Err(Failure::Reject(_)) => malformed_ok.push(t.kind.clone()),
             Err(f) => malformed_bad.push(format!("{}: {f}", t.kind)),
