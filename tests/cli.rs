@@ -125,13 +125,34 @@ fn malformed_events_are_refused_on_publish_and_nothing_is_stored() {
         app.path(),
     ));
     assert!(e.contains("bad.jsonl:2: not an event"), "{e}");
+    // A contract breach names the line and the subject, and says that
+    // nothing was published.
+    let good =
+        r#"{"order_id":"o-1","customer":"ada","lines":[{"sku":"t","qty":1,"price_cents":5}]}"#;
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"type\":\"order.placed\",\"subject\":\"o-1\",\"data\":{good}}}\n\
+             {{\"type\":\"order.placed\",\"subject\":\"o-2\",\"data\":{{\"order_id\":2}}}}\n"
+        ),
+    )
+    .unwrap();
+    let e = err(&troupe(
+        &["publish", d, "--file", file.to_str().unwrap()],
+        app.path(),
+    ));
+    assert!(
+        e.contains("bad.jsonl:2 (subject o-2): this order.placed event would break the contract")
+            && e.contains("nothing was published"),
+        "{e}"
+    );
     // Data of a content type the contract does not declare, whatever it
     // holds; an attribute with a control character.
     let order =
         r#"{"order_id":"o-1","customer":"ada","lines":[{"sku":"t","qty":1,"price_cents":5}]}"#;
     std::fs::write(
         &file,
-        format!("{{\"type\":\"order.placed\",\"datacontenttype\":\"application/xml\",\"data\":{order}}}\n"),
+        "{\"type\":\"order.placed\",\"datacontenttype\":\"application/xml\",\"data\":\"<order/>\"}\n",
     )
     .unwrap();
     let e = err(&troupe(
@@ -175,6 +196,47 @@ fn malformed_events_are_refused_on_publish_and_nothing_is_stored() {
             .any(|l| l.starts_with("order-validate") && !l.contains(" 0 ")),
         "{summary}"
     );
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    let app = validate_app();
+    let mut child = std::process::Command::new(troupe_bin())
+        .args(["--json", "check", app.path().to_str().unwrap()])
+        .env("TROUPE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 10];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap(); // then closed, as `head -c 10` does
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn trace_says_what_it_takes_when_it_finds_nothing() {
+    let app = validate_app();
+    let d = app.path().to_str().unwrap();
+    ok(&troupe(
+        &[
+            "publish",
+            d,
+            "order.placed",
+            "--data",
+            r#"{"order_id":"o-1","customer":"a","lines":[]}"#,
+            "--subject",
+            "ord-2002",
+        ],
+        app.path(),
+    ));
+    let e = err(&troupe(&["trace", "ord-2002", "--app", d], app.path()));
+    assert!(e.contains("not a subject or a business key"), "{e}");
 }
 
 #[test]

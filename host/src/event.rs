@@ -51,13 +51,20 @@ impl serde::Serialize for Event {
         for (k, v) in &self.extensions {
             m.serialize_entry(k, v)?;
         }
+        // JSON data as it is; other data as the text it is, when it is
+        // text; anything else (and JSON-labelled data that is not JSON)
+        // as base64. Reading any of these back gives the same bytes.
+        let json = self.is_json();
         match serde_json::from_slice::<&serde_json::value::RawValue>(&self.data) {
-            Ok(raw) if self.is_json() => m.serialize_entry("data", raw)?,
-            _ => {
-                use base64::Engine as _;
-                let b = base64::engine::general_purpose::STANDARD.encode(&self.data);
-                m.serialize_entry("data_base64", &b)?;
-            }
+            Ok(raw) if json => m.serialize_entry("data", raw)?,
+            _ => match std::str::from_utf8(&self.data) {
+                Ok(text) if !json => m.serialize_entry("data", text)?,
+                _ => {
+                    use base64::Engine as _;
+                    let b = base64::engine::general_purpose::STANDARD.encode(&self.data);
+                    m.serialize_entry("data_base64", &b)?;
+                }
+            },
         }
         m.end()
     }
@@ -99,6 +106,17 @@ pub enum EnvelopeError {
     ExtensionName(String),
     #[error("attribute `{0}` holds control characters, which CloudEvents attributes may not")]
     Control(String),
+    #[error("attribute `{0}` must not be empty")]
+    Empty(&'static str),
+    #[error("attribute `{0}` must be a URI reference (RFC 3986), not {1:?}")]
+    NotUri(&'static str, String),
+    #[error("attribute `time` must be an RFC 3339 timestamp, not {0:?}")]
+    Time(String),
+    #[error(
+        "the data of a {0:?} event must be a string (its text) or `data_base64`, not JSON: its \
+         content type is not JSON"
+    )]
+    DataNotText(String),
 }
 
 impl Event {
@@ -208,7 +226,11 @@ impl Event {
 
     /// Read the CloudEvents JSON form. Attributes the producer leaves out
     /// (`id`, `time`, `source`, the correlation) are filled in as for
-    /// [`Event::new`].
+    /// [`Event::new`]; those it sets are checked (non-empty `id` and
+    /// `source`, URI references for `source` and `dataschema`, RFC 3339
+    /// `time`, no control characters). The data is kept exactly: JSON as
+    /// JSON, other content types as the string's text or the bytes of
+    /// `data_base64`.
     pub fn from_json(value: Value, default_source: &str) -> Result<Event, EnvelopeError> {
         let Value::Object(mut m) = value else {
             return Err(EnvelopeError::NotAnObject);
@@ -236,15 +258,27 @@ impl Event {
         let content_type = take("datacontenttype")?;
         let schema = take("dataschema")?;
         let b64 = take("data_base64")?;
+        check_attributes(
+            id.as_deref(),
+            source.as_deref(),
+            time.as_deref(),
+            schema.as_deref(),
+        )?;
+        let json = content_type.as_deref().is_none_or(is_json_type);
         let data = match (m.remove("data"), b64) {
-            (Some(v), _) => serde_json::to_vec(&v).expect("a JSON value serialises"),
+            (Some(v), _) if json => serde_json::to_vec(&v).expect("a JSON value serialises"),
+            (Some(Value::String(text)), _) => text.into_bytes(),
+            (Some(_), _) => {
+                return Err(EnvelopeError::DataNotText(content_type.unwrap_or_default()));
+            }
             (None, Some(b)) => {
                 use base64::Engine as _;
                 base64::engine::general_purpose::STANDARD
                     .decode(b)
                     .map_err(|_| EnvelopeError::Base64)?
             }
-            (None, None) => b"null".to_vec(),
+            (None, None) if json => b"null".to_vec(),
+            (None, None) => Vec::new(),
         };
         let mut event = Event::new(&kind, source.as_deref().unwrap_or(default_source), data);
         if let Some(id) = id {
@@ -280,6 +314,33 @@ impl Event {
         }
         Ok(event)
     }
+}
+
+/// The attributes a producer set, checked as CloudEvents 1.0 says.
+fn check_attributes(
+    id: Option<&str>,
+    source: Option<&str>,
+    time: Option<&str>,
+    schema: Option<&str>,
+) -> Result<(), EnvelopeError> {
+    if id.is_some_and(str::is_empty) {
+        return Err(EnvelopeError::Empty("id"));
+    }
+    if source.is_some_and(str::is_empty) {
+        return Err(EnvelopeError::Empty("source"));
+    }
+    for (name, v) in [("source", source), ("dataschema", schema)] {
+        if let Some(v) = v
+            && fluent_uri::UriRef::parse(v).is_err()
+        {
+            return Err(EnvelopeError::NotUri(name, v.to_string()));
+        }
+    }
+    if let Some(t) = time {
+        let rfc3339 = &time::format_description::well_known::Rfc3339;
+        time::OffsetDateTime::parse(t, rfc3339).map_err(|_| EnvelopeError::Time(t.to_string()))?;
+    }
+    Ok(())
 }
 
 /// What a step emitted, after the host checked it, before it became an
@@ -391,6 +452,26 @@ mod tests {
     }
 
     #[test]
+    fn data_comes_back_as_the_bytes_that_went_in() {
+        let doc = |ct: &str, data: Value| serde_json::json!({"type": "a.b", "datacontenttype": ct, "data": data});
+        let text = Event::from_json(doc("text/plain", Value::from("hello")), "s").unwrap();
+        assert_eq!(text.data, b"hello", "the text, not a JSON string");
+        assert_eq!(text.to_json()["data"], "hello");
+        let xml = Event::from_json(doc("application/xml", Value::from("<a>ü</a>")), "s").unwrap();
+        assert_eq!(
+            Event::from_json(xml.to_json(), "s").unwrap().data,
+            "<a>ü</a>".as_bytes()
+        );
+        let json = Event::from_json(doc("application/json", serde_json::json!("hi")), "s").unwrap();
+        assert_eq!(json.data, b"\"hi\"", "JSON data is JSON");
+        let mut binary = Event::new("a.b", "s", vec![0xff, 0, 1]);
+        binary.content_type = "application/octet-stream".into();
+        let v = binary.to_json();
+        assert!(v.get("data").is_none() && v["data_base64"] == "/wAB", "{v}");
+        assert_eq!(Event::from_json(v, "s").unwrap().data, [0xff, 0, 1]);
+    }
+
+    #[test]
     fn caused_events_inherit_correlation_and_get_stable_ids() {
         let first = Event::new("a", "s", b"1".to_vec());
         let out = |i| {
@@ -439,6 +520,21 @@ mod tests {
         assert!(err(serde_json::json!({"type": "a", "Bad-Name": "x"})).contains("Bad-Name"));
         assert!(err(serde_json::json!({"type": "a", "specversion": "0.3"})).contains("0.3"));
         assert!(err(serde_json::json!({"type": "a", "id": "x\ny"})).contains("`id` holds control"));
+        assert!(err(serde_json::json!({"type": "a", "id": ""})).contains("`id` must not be empty"));
+        assert!(err(serde_json::json!({"type": "a", "source": ""})).contains("`source` must not"));
+        assert!(err(serde_json::json!({"type": "a", "source": "a b"})).contains("URI reference"));
+        assert!(
+            err(serde_json::json!({"type": "a", "dataschema": "%zz"})).contains("`dataschema`")
+        );
+        assert!(err(serde_json::json!({"type": "a", "time": "yesterday"})).contains("RFC 3339"));
+        let t = |time: &str| Event::from_json(serde_json::json!({"type": "a", "time": time}), "s");
+        assert!(t("2026-12-01T10:00:00+02:00").is_ok() && t("2026-12-01T08:00:00.123456Z").is_ok());
+        assert!(
+            err(
+                serde_json::json!({"type": "a", "datacontenttype": "text/plain", "data": {"a": 1}})
+            )
+            .contains("must be a string")
+        );
         assert!(
             err(serde_json::json!({"type": "a", "subject": "\u{1b}[2J"})).contains("`subject`")
         );

@@ -195,6 +195,13 @@ pub(crate) enum DlqCmd {
 }
 
 fn main() {
+    // Output into a closed pipe (`troupe --json check APP | head`) ends the
+    // process quietly, as it does any Unix tool, not with a panic: Rust
+    // ignores SIGPIPE by default, which turns it into a failed `println!`.
+    // SAFETY: restoring a signal's default disposition, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

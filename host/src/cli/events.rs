@@ -94,6 +94,8 @@ pub(crate) fn publish(
 ) -> Result<()> {
     let app = load_app(dir)?;
     let source = format!("troupe://{}/publish", app.name);
+    // Where each event came from, for errors: `FILE:LINE (subject S)`.
+    let mut origins: Vec<String> = Vec::new();
     let events = match file {
         Some(f) => {
             let text = std::fs::read_to_string(&f)
@@ -112,6 +114,10 @@ pub(crate) fn publish(
                 if let Some(ext) = troupe::orchestrator::host_owned_extension(&e) {
                     bail!("{}: the extension `{ext}` is set by the host only", at());
                 }
+                origins.push(match &e.subject {
+                    Some(s) => format!("{} (subject {})", at(), escape(s)),
+                    None => at(),
+                });
                 events.push(e);
             }
             events
@@ -130,11 +136,12 @@ pub(crate) fn publish(
                 serde_json::from_str(&data).context("--data is not valid JSON")?;
             let mut e = Event::new(&kind, &source, serde_json::to_vec(&value)?);
             e.subject = subject;
+            origins.push(format!("event {}", e.id));
             vec![e]
         }
     };
     if !no_check {
-        check_against_consumers(&app, &events)?;
+        check_against_consumers(&app, &events, &origins)?;
     }
     Events::of(&app)?
         .publish(&events)
@@ -150,11 +157,18 @@ pub(crate) fn publish(
     Ok(())
 }
 
-/// Refuse events that a step of the app would dead-letter on arrival.
-pub(crate) fn check_against_consumers(app: &App, events: &[Event]) -> Result<()> {
+/// Refuse events that a step of the app would dead-letter on arrival,
+/// naming where each came from (`origins`, one per event). Nothing is
+/// published unless every event passes: a file is published whole or not
+/// at all.
+pub(crate) fn check_against_consumers(
+    app: &App,
+    events: &[Event],
+    origins: &[String],
+) -> Result<()> {
     let rt = Runtime::new()?;
     let steps = load_steps(&rt, app)?;
-    for e in events {
+    for (e, origin) in events.iter().zip(origins) {
         let consumers: Vec<_> = steps
             .iter()
             .filter(|s| s.contract.consumed_kinds().contains(&e.kind))
@@ -169,8 +183,9 @@ pub(crate) fn check_against_consumers(app: &App, events: &[Event]) -> Result<()>
         for s in consumers {
             s.contract.check_input(e).with_context(|| {
                 format!(
-                    "event {} would break the contract of step `{}`",
-                    e.id,
+                    "{origin}: this {} event would break the contract of step `{}`, so nothing \
+                     was published (a file is published whole or not at all)",
+                    escape(&e.kind),
                     s.name()
                 )
             })?;
@@ -230,7 +245,9 @@ pub(crate) fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> 
     let events = Events::of(&app)?.trace(correlation_id)?;
     if events.is_empty() {
         bail!(
-            "no events with correlation id {:?} in {}",
+            "no events with correlation id {:?} in {}: `troupe trace` takes a cascade's or a \
+             run's correlation id (the id `troupe publish` printed for its first event, or the \
+             run id), not a subject or a business key",
             correlation_id,
             app.dir.display()
         );

@@ -16,6 +16,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use async_nats::HeaderMap;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
@@ -23,9 +24,10 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 use crate::broker::BrokerError;
 use crate::event::Event;
 
-/// Header values are printable ASCII; everything else (and `%`) is
-/// percent-encoded, as the CloudEvents HTTP binding does.
-const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b'%').add(b'\r').add(b'\n');
+/// Header values are printable ASCII: space, `"`, `%` and everything
+/// outside printable ASCII are percent-encoded (the CloudEvents NATS and
+/// HTTP bindings, 3.1.3.2).
+const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
 
 /// The prefix of CloudEvents attribute headers.
 const CE: &str = "ce-";
@@ -192,43 +194,57 @@ pub fn may_exceed(e: &Event, max: usize) -> bool {
 }
 
 /// Read an event back from a message: binary mode (attributes in `ce-`
-/// headers), or else structured mode (a CloudEvents JSON payload).
-pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event, String> {
-    let get = |name: &str| -> Option<String> { Some(text(headers?.get(name)?.as_str())) };
-    let Some(id) = get("ce-id") else {
-        let v: serde_json::Value = serde_json::from_slice(payload)
-            .map_err(|e| format!("no CloudEvents headers, and the payload is not JSON: {e}"))?;
-        return Event::from_json(v, "nats://unknown").map_err(|e| format!("not a CloudEvent: {e}"));
-    };
-    let need = |name: &'static str| get(name).ok_or(format!("header {name} is missing"));
-    let mut extensions = BTreeMap::new();
-    if let Some(h) = headers {
-        for (name, values) in h.iter() {
-            let name: &str = AsRef::<str>::as_ref(name);
-            let Some(attr) = name.strip_prefix(CE) else {
-                continue;
-            };
-            if matches!(
-                attr,
-                "specversion" | "id" | "source" | "type" | "time" | "subject" | "dataschema"
-            ) {
-                continue;
-            }
-            if let Some(v) = values.first() {
-                extensions.insert(attr.to_string(), text(v.as_str()));
-            }
+/// headers, whose names are matched case-insensitively), or else
+/// structured mode (a CloudEvents JSON payload). An event without a
+/// `time` gets the time the server stored it (`stored`), so every read
+/// gives the same one.
+pub fn decode(
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+    stored: SystemTime,
+) -> Result<Event, String> {
+    let stored = || humantime::format_rfc3339_micros(stored).to_string();
+    let mut attrs: BTreeMap<String, String> = BTreeMap::new();
+    for (name, values) in headers.into_iter().flat_map(|h| h.iter()) {
+        let name = AsRef::<str>::as_ref(name).to_ascii_lowercase();
+        if let (Some(v), false) = (values.first(), attrs.contains_key(&name)) {
+            attrs.insert(name, text(v.as_str()));
         }
     }
+    let Some(id) = attrs.remove("ce-id") else {
+        let v: serde_json::Value = serde_json::from_slice(payload)
+            .map_err(|e| format!("no CloudEvents headers, and the payload is not JSON: {e}"))?;
+        let had_time = v.get("time").is_some_and(|t| !t.is_null());
+        let mut e =
+            Event::from_json(v, "nats://unknown").map_err(|e| format!("not a CloudEvent: {e}"))?;
+        if !had_time {
+            e.time = stored();
+        }
+        return Ok(e);
+    };
+    let mut need = |name: &'static str| {
+        attrs
+            .remove(name)
+            .ok_or(format!("header {name} is missing"))
+    };
+    let (source, kind) = (need("ce-source")?, need("ce-type")?);
+    let content_type = attrs
+        .remove("content-type")
+        .or_else(|| attrs.remove("ce-datacontenttype"));
     let e = Event {
         id,
-        source: need("ce-source")?,
-        kind: need("ce-type")?,
-        subject: get("ce-subject"),
-        time: get("ce-time").unwrap_or_else(crate::event::now_rfc3339),
-        content_type: get("content-type").unwrap_or_else(|| crate::event::JSON.to_string()),
-        schema: get("ce-dataschema"),
+        source,
+        kind,
+        subject: attrs.remove("ce-subject"),
+        time: attrs.remove("ce-time").unwrap_or_else(stored),
+        content_type: content_type.unwrap_or_else(|| crate::event::JSON.to_string()),
+        schema: attrs.remove("ce-dataschema"),
         data: payload.to_vec(),
-        extensions,
+        extensions: attrs
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(CE)?.to_string(), v)))
+            .filter(|(k, _)| !matches!(k.as_str(), "specversion" | "datacontenttype"))
+            .collect(),
     };
     match e.control_attribute() {
         Some(a) => Err(format!("attribute `{a}` holds control characters")),
@@ -246,16 +262,51 @@ mod tests {
         e.subject = Some("o-1 ünïcode %20 \"x\"".into());
         e.extensions
             .insert("troupeto".into(), "troupe:orchestrator".into());
-        let back = decode(Some(&headers(&e)), &e.data).unwrap();
+        let back = decode(Some(&headers(&e)), &e.data, SystemTime::now()).unwrap();
         assert_eq!(back, e);
+        let h = headers(&e);
+        let subject = h.get("ce-subject").unwrap().as_str();
+        assert!(
+            !subject.contains(' ') && !subject.contains('"'),
+            "{subject}"
+        );
+    }
+
+    #[test]
+    fn header_names_are_matched_whatever_their_case() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("Ce-Id", "e-1"),
+            ("CE-SOURCE", "urn:x"),
+            ("Ce-Type", "text.said"),
+            ("Ce-Specversion", "1.0"),
+            ("ce-datacontenttype", "text/plain"),
+            ("Ce-Tenant", "acme%20inc"),
+        ] {
+            h.insert(k, v);
+        }
+        let stored = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let e = decode(Some(&h), b"hello", stored).unwrap();
+        assert_eq!((e.id.as_str(), e.kind.as_str()), ("e-1", "text.said"));
+        assert_eq!(e.content_type, "text/plain");
+        assert_eq!(
+            e.extensions.get("tenant").map(String::as_str),
+            Some("acme inc")
+        );
+        assert!(!e.extensions.contains_key("specversion"));
+        assert!(!e.extensions.contains_key("datacontenttype"));
+        // No `ce-time`: the time the server stored it, the same every read.
+        assert_eq!(e.time, "2027-01-15T08:00:00.000000Z");
+        assert_eq!(decode(Some(&h), b"hello", stored).unwrap().time, e.time);
     }
 
     #[test]
     fn structured_mode_is_read_when_there_are_no_headers() {
         let e = Event::new("a.b", "troupe://x", b"{}".to_vec());
         let body = serde_json::to_vec(&e.to_json()).unwrap();
-        assert_eq!(decode(None, &body).unwrap().id, e.id);
-        assert!(decode(None, b"not json").is_err());
+        let now = SystemTime::now();
+        assert_eq!(decode(None, &body, now).unwrap().id, e.id);
+        assert!(decode(None, b"not json", now).is_err());
     }
 
     #[test]

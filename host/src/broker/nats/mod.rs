@@ -396,7 +396,12 @@ impl Broker for Nats {
         Ok(i.scan(&i.events, &filter)
             .await?
             .iter()
-            .filter_map(|m| codec::decode(m.headers.as_ref(), &m.payload).ok())
+            .filter_map(|m| {
+                let stored = m
+                    .info()
+                    .map_or(std::time::SystemTime::UNIX_EPOCH, |i| i.published.into());
+                codec::decode(m.headers.as_ref(), &m.payload, stored).ok()
+            })
             .filter(|e| e.correlation_id() == correlation_id)
             .collect())
     }

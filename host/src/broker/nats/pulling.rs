@@ -74,14 +74,18 @@ impl Inner {
                     }
                     None => break,
                 };
-                let (attempt, stream_seq) = match msg.info() {
-                    Ok(i) => (i.delivered.max(1) as u32, i.stream_sequence),
+                let (attempt, stream_seq, stored) = match msg.info() {
+                    Ok(i) => (
+                        i.delivered.max(1) as u32,
+                        i.stream_sequence,
+                        std::time::SystemTime::from(i.published),
+                    ),
                     Err(e) => {
                         tracing::warn!(%group, "a message without JetStream metadata: {e}");
                         continue;
                     }
                 };
-                let decoded = codec::decode(msg.headers.as_ref(), &msg.payload);
+                let decoded = codec::decode(msg.headers.as_ref(), &msg.payload, stored);
                 let (msg, acker) = msg.split();
                 let ack = Ack::Nats(Arc::new(NatsAck { acker, stream_seq }));
                 match decoded {

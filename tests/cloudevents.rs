@@ -1,0 +1,158 @@
+//! Events as the ecosystem speaks them: what producers and consumers that
+//! are not Troupe (other CloudEvents implementations, plain NATS clients)
+//! send and get back.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use troupe_tests::process::HostProcess;
+use troupe_tests::{Backend, TestApp, guest, on_each_broker_blocking, step};
+
+const HUNG: Duration = Duration::from_secs(60);
+
+/// The trace of `id`, once it holds `n` events.
+fn trace(host: &HostProcess, id: &str, n: usize) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let t = host
+            .client
+            .get(&format!("/v1/traces/{id}"))
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default();
+        if t.len() >= n {
+            return t;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "trace of {id}: {t:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Text data is the text a producer sent, on the way in, to the step, and
+/// back out of the trace: not a JSON string of it.
+fn text_data_comes_back_as_it_went_in(b: Backend) {
+    let app = TestApp::on(b, &step("shout", &guest("shout"), ""));
+    let host = HostProcess::start(&app, &[], HUNG);
+    let id = host
+        .client
+        .publish(&json!({"type": "text.said", "datacontenttype": "text/plain", "data": "hello ü"}))
+        .unwrap();
+    let t = trace(&host, &id, 2);
+    let said = t.iter().find(|e| e["type"] == "text.said").unwrap();
+    let shouted = t.iter().find(|e| e["type"] == "text.shouted").unwrap();
+    assert_eq!(said["data"], "hello ü", "{said}");
+    assert_eq!(
+        shouted["data"], "HELLO Ü",
+        "the step read the text itself: {shouted}"
+    );
+    assert_eq!(shouted["datacontenttype"], "text/plain");
+}
+
+on_each_broker_blocking!(text_data_comes_back_as_it_went_in);
+
+/// Attributes a producer sets are checked as CloudEvents 1.0 types them;
+/// a bad one gets 400 naming it, and nothing is stored.
+#[test]
+fn invalid_attributes_are_refused_naming_the_attribute() {
+    let app = TestApp::new(&step("shout", &guest("shout"), ""));
+    let host = HostProcess::start(&app, &[], HUNG);
+    let said = json!({"type": "text.said", "datacontenttype": "text/plain", "data": "hi"});
+    for (attr, value, expect) in [
+        ("id", json!(""), "`id` must not be empty"),
+        ("source", json!(""), "`source` must not be empty"),
+        (
+            "source",
+            json!("not a uri"),
+            "`source` must be a URI reference",
+        ),
+        (
+            "dataschema",
+            json!("%%"),
+            "`dataschema` must be a URI reference",
+        ),
+        (
+            "time",
+            json!("yesterday"),
+            "`time` must be an RFC 3339 timestamp",
+        ),
+        ("data", json!({"a": 1}), "must be a string"),
+    ] {
+        let mut e = said.clone();
+        e[attr] = value;
+        match host.client.publish(&e) {
+            Err(troupe::client::ClientError::Status {
+                status: 400,
+                message,
+                ..
+            }) => {
+                assert!(message.contains(expect), "{attr}: {message}")
+            }
+            other => panic!("{attr}: {other:?}"),
+        }
+    }
+    let mut ok = said.clone();
+    ok["time"] = json!("2026-12-01T10:00:00+02:00");
+    ok["source"] = json!("urn:producer:a");
+    host.client.publish(&ok).expect("a valid event");
+}
+
+/// A NATS client that is not Troupe publishes in the binding's binary
+/// mode, with header names in any case, `ce-datacontenttype`, and no
+/// `ce-time`: the step gets the event, and every read of it gives the same
+/// time, the time the server stored it (not later than what it caused).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_nats_client_is_understood() {
+    let app = TestApp::on(Backend::Nats, &step("shout", &guest("shout"), ""));
+    let host = app.start().await;
+    let ns = app.namespace.clone().unwrap();
+    let client = async_nats::connect(troupe_tests::nats_server())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut headers = async_nats::HeaderMap::new();
+    for (k, v) in [
+        ("Ce-Specversion", "1.0"),
+        ("Ce-Id", "foreign-1"),
+        ("Ce-Source", "urn:foreign"),
+        ("Ce-Type", "text.said"),
+        ("ce-datacontenttype", "text/plain"),
+    ] {
+        headers.insert(k, v);
+    }
+    js.publish_with_headers(format!("{ns}.ev.text.said"), headers, "hola".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let events = loop {
+        let t = host.broker.trace("foreign-1").await.unwrap();
+        if t.len() == 2 {
+            break t;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{t:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let said = events.iter().find(|e| e.kind == "text.said").unwrap();
+    let shouted = events.iter().find(|e| e.kind == "text.shouted").unwrap();
+    assert_eq!(
+        (said.content_type.as_str(), said.data.as_slice()),
+        ("text/plain", &b"hola"[..])
+    );
+    assert_eq!(shouted.data, b"HOLA");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let again = host.broker.trace("foreign-1").await.unwrap();
+    let said_again = again.iter().find(|e| e.kind == "text.said").unwrap();
+    assert_eq!(said_again.time, said.time, "the same time at every read");
+    let at = |t: &str| humantime::parse_rfc3339(t).unwrap();
+    assert!(
+        at(&said.time) <= at(&shouted.time),
+        "{} after {}",
+        said.time,
+        shouted.time
+    );
+    host.shutdown().await;
+}
