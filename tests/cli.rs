@@ -198,6 +198,27 @@ fn malformed_events_are_refused_on_publish_and_nothing_is_stored() {
     );
 }
 
+/// An app may be named anything: the sources of its events are still URI
+/// references, and what `publish` queues is delivered.
+#[test]
+fn an_app_named_anything_delivers_what_is_published() {
+    let m = format!(
+        "name = \"Team A's orders/ü\"\n{}",
+        step("order-validate", &plugin("order-validate"), "")
+    );
+    let app = TestApp::new(&m);
+    let d = app.path().to_str().unwrap();
+    let order =
+        r#"{"order_id":"o-1","customer":"ada","lines":[{"sku":"t","qty":1,"price_cents":5}]}"#;
+    ok(&troupe(
+        &["publish", d, "order.placed", "--data", order],
+        app.path(),
+    ));
+    let summary = ok(&troupe(&["--json", "run", d, "--until-idle"], app.path()));
+    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(v["steps"]["order-validate"]["handled"], 1, "{summary}");
+}
+
 #[test]
 fn output_into_a_closed_pipe_ends_quietly() {
     use std::io::Read;

@@ -242,7 +242,7 @@ async fn run_status(
         (status = 422, description = "It breaks the contract of a consuming step (its data, or its content type)"),
     ))]
 async fn publish(State(s): State<ApiState>, Body(body): Body) -> Result<Response, ApiError> {
-    let source = format!("troupe://{}/api", s.app);
+    let source = crate::event::source(&s.app, "api");
     let event = Event::from_json(body, &source)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     if !crate::contract::is_kind(&event.kind) {

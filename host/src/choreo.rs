@@ -62,8 +62,8 @@ impl Wiring {
         runtime: Handle,
     ) -> Wiring {
         Wiring {
-            source: format!("troupe://{app}/step/{}", step.name()),
-            host_source: format!("troupe://{app}/host"),
+            source: crate::event::source(app, &format!("step/{}", step.name())),
+            host_source: crate::event::source(app, "host"),
             step,
             consumer,
             broker,

@@ -316,6 +316,19 @@ impl Event {
     }
 }
 
+/// The `source` of what the host of app `app` produces at `path`
+/// (`troupe://APP/PATH`), with the app's name percent-encoded so that any
+/// name makes a URI reference.
+pub fn source(app: &str, path: &str) -> String {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    const KEEP: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    format!("troupe://{}/{path}", utf8_percent_encode(app, KEEP))
+}
+
 /// The attributes a producer set, checked as CloudEvents 1.0 says.
 fn check_attributes(
     id: Option<&str>,
@@ -449,6 +462,14 @@ mod tests {
             assert!(v.get("data").is_none(), "{ct}");
             assert_eq!(Event::from_json(v, "x").unwrap().data, data, "{ct}");
         }
+    }
+
+    #[test]
+    fn the_hosts_sources_are_uri_references_whatever_the_apps_name() {
+        assert_eq!(source("orders", "api"), "troupe://orders/api");
+        let odd = source("Team A's orders/ü", "step/x");
+        assert_eq!(odd, "troupe://Team%20A%27s%20orders%2F%C3%BC/step/x");
+        assert!(check_attributes(None, Some(&odd), None, None).is_ok());
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub(crate) fn publish(
     json: bool,
 ) -> Result<()> {
     let app = load_app(dir)?;
-    let source = format!("troupe://{}/publish", app.name);
+    let source = troupe::event::source(&app.name, "publish");
     // Where each event came from, for errors: `FILE:LINE (subject S)`.
     let mut origins: Vec<String> = Vec::new();
     let events = match file {

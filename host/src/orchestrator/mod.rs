@@ -196,7 +196,7 @@ impl Orchestrator {
             flows: flows.clone(),
             awaited,
             check_input,
-            source: format!("troupe://{app}/orchestrator"),
+            source: crate::event::source(app, "orchestrator"),
             finished: finished.clone(),
             holder: lease::holder(),
             load: load.clone(),
