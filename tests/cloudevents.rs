@@ -5,8 +5,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use troupe_tests::process::HostProcess;
-use troupe_tests::{Backend, TestApp, guest, on_each_broker_blocking, step};
+use troupe_tests::process::{HostProcess, broker_arg, troupe_within};
+use troupe_tests::{
+    Backend, TestApp, guest, on_each_broker_blocking, plugin, publish_orders, step,
+};
 
 const HUNG: Duration = Duration::from_secs(60);
 
@@ -51,7 +53,56 @@ fn text_data_comes_back_as_it_went_in(b: Backend) {
     assert_eq!(shouted["datacontenttype"], "text/plain");
 }
 
-on_each_broker_blocking!(text_data_comes_back_as_it_went_in);
+/// Events published to an app before any host of it has started are
+/// delivered by its first host; a step added to an app that has run starts
+/// from its own first start (it is not handed the past).
+fn what_is_published_before_the_first_start_is_delivered(b: Backend) {
+    let app = TestApp::on(b, &step("order-validate", &plugin("order-validate"), ""));
+    let broker = broker_arg(&app);
+    let d = app.path().to_str().unwrap().to_string();
+    let run = || -> serde_json::Value {
+        let out = troupe_within(
+            &["--json", "--broker", &broker, "run", &d, "--until-idle"],
+            app.path(),
+            &[],
+            Duration::from_secs(120),
+        )
+        .expect("run --until-idle ends");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let handled = |v: &serde_json::Value, step: &str| v["steps"][step]["handled"].as_u64();
+
+    publish_orders(app.path(), 3, &["--broker", &broker]);
+    let first = run();
+    assert_eq!(handled(&first, "order-validate"), Some(3), "{first}");
+
+    let manifest = app.path().join("troupe.toml");
+    let mut m = std::fs::read_to_string(&manifest).unwrap();
+    m.push_str(&step("inventory-reserve", &plugin("inventory-reserve"), ""));
+    std::fs::write(&manifest, m).unwrap();
+    let second = run();
+    assert_eq!(handled(&second, "order-validate"), Some(0), "{second}");
+    assert_eq!(
+        handled(&second, "inventory-reserve"),
+        Some(0),
+        "a step added later is not handed the past: {second}"
+    );
+
+    publish_orders(app.path(), 1, &["--broker", &broker]);
+    let third = run();
+    assert_eq!(handled(&third, "order-validate"), Some(1), "{third}");
+    assert_eq!(handled(&third, "inventory-reserve"), Some(1), "{third}");
+}
+
+on_each_broker_blocking!(
+    text_data_comes_back_as_it_went_in,
+    what_is_published_before_the_first_start_is_delivered,
+);
 
 /// Attributes a producer sets are checked as CloudEvents 1.0 types them;
 /// a bad one gets 400 naming it, and nothing is stored.

@@ -23,7 +23,8 @@
 //! the outputs then get the same ids and are deduplicated.
 //!
 //! Layout: `codec.rs` maps names to subjects, streams and consumers, and
-//! events to messages; `dlq.rs` writes and reads dead letters;
+//! events to messages; `dlq.rs` writes and reads dead letters; `start.rs`
+//! says where a new step's consumer starts;
 //! `publish.rs` puts events and state rows on the
 //! server (and runs the ordered commit task); `pulling.rs` takes messages
 //! off it (the consumers' pull tasks, stream scans); this file declares
@@ -33,6 +34,7 @@ mod codec;
 mod dlq;
 mod publish;
 mod pulling;
+mod start;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -107,6 +109,8 @@ struct Inner {
     closed: watch::Sender<bool>,
     /// The largest message the server takes (headers and payload).
     max_payload: usize,
+    /// Whether the app's epoch is known to be recorded (`start.rs`).
+    epoch_marked: std::sync::atomic::AtomicBool,
     /// Commits, in order, for [`Inner::commits`].
     commits: mpsc::UnboundedSender<(Commit, super::Then)>,
 }
@@ -193,6 +197,7 @@ impl Nats {
                 groups: RwLock::new(HashMap::new()),
                 closed: watch::channel(false).0,
                 max_payload,
+                epoch_marked: Default::default(),
                 commits,
             }),
         };
@@ -222,10 +227,14 @@ impl Broker for Nats {
                 "group {group:?} is already subscribed"
             )));
         }
-        // Commands and replays for the group, then each type it consumes.
+        // Commands and replays for the group, then each type it consumes
+        // (from where `start.rs` says, when the consumer is new).
         let mut subjects = vec![(i.names.group_subject(group), DeliverPolicy::All)];
-        for k in kinds {
-            subjects.push((i.names.event_subject(k)?, DeliverPolicy::New));
+        if !kinds.is_empty() {
+            let from = i.type_start().await?;
+            for k in kinds {
+                subjects.push((i.names.event_subject(k)?, from.clone()));
+            }
         }
         let (tx, rx) = async_channel::bounded(PULL_BATCH);
         let mut consumers = Vec::new();
@@ -263,13 +272,16 @@ impl Broker for Nats {
     }
 
     async fn ready(&self) -> Result<(), BrokerError> {
-        Ok(())
+        self.inner.mark_started().await
     }
 
     async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError> {
         for e in &events {
             self.check_size(e)?;
         }
+        // Before the events: a first host must start reading at or before
+        // them (`start.rs`).
+        self.inner.mark_epoch().await?;
         self.inner.publish(&events).await
     }
 
