@@ -99,7 +99,49 @@ fn what_is_published_before_the_first_start_is_delivered(b: Backend) {
     assert_eq!(handled(&third, "inventory-reserve"), Some(1), "{third}");
 }
 
+/// CloudEvents identifies an event by source and id: two producers' events
+/// with the same id are both kept and handled; the same source and id
+/// again is a duplicate, ignored.
+fn events_are_identified_by_source_and_id(b: Backend) {
+    let app = TestApp::on(b, &step("shout", &guest("shout"), ""));
+    let host = HostProcess::start(&app, &[], HUNG);
+    let said = |source: &str, text: &str| {
+        json!({"id": "42", "source": source, "type": "text.said",
+               "datacontenttype": "text/plain", "data": text})
+    };
+    for (source, text) in [
+        ("urn:producer:a", "from a"),
+        ("urn:producer:b", "from b"),
+        ("urn:producer:a", "a again"),
+    ] {
+        assert_eq!(host.client.publish(&said(source, text)).unwrap(), "42");
+    }
+    let _ = trace(&host, "42", 4);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut got: Vec<String> = trace(&host, "42", 4)
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["type"].as_str().unwrap(),
+                e["data"].as_str().unwrap()
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "text.said from a",
+            "text.said from b",
+            "text.shouted FROM A",
+            "text.shouted FROM B"
+        ]
+    );
+}
+
 on_each_broker_blocking!(
+    events_are_identified_by_source_and_id,
     text_data_comes_back_as_it_went_in,
     what_is_published_before_the_first_start_is_delivered,
 );

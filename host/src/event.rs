@@ -6,10 +6,12 @@
 //! what the CLI and the HTTP API speak.
 //!
 //! Ids: events entering from outside get a UUIDv7 (time-ordered) unless the
-//! producer set one. Events a step emits get an id derived from the id of
-//! the event that caused them, the step and the position in the step's
-//! output ([`derived_id`]), so a redelivered input yields the same output
-//! ids and a consumer can recognise the duplicate.
+//! producer set one. An event is identified by its source and id together
+//! (CloudEvents 1.0): two producers may both send an event `42`. Events a
+//! step emits get an id derived from the source and id of the event that
+//! caused them, the step and the position in the step's output
+//! ([`derived_id`]), so a redelivered input yields the same output ids and
+//! a consumer can recognise the duplicate.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -70,6 +72,8 @@ impl serde::Serialize for Event {
     }
 }
 
+/// The UUIDv5 namespace of [`Event::identity`].
+const IDENTITY_NAMESPACE: Uuid = Uuid::from_u128(0x3c0e_51d2_8f7a_4b6e_a1d4_7e9b_2f50_1d3a);
 /// Namespace of the UUIDv5 ids given to emitted events.
 const EMIT_NAMESPACE: Uuid = Uuid::from_u128(0x6a1e_4a36_3b1f_4e39_9d7c_5e1f_0a7b_c0de);
 
@@ -165,6 +169,14 @@ impl Event {
             })
     }
 
+    /// What identifies the event among all others (its source and id, as
+    /// CloudEvents says), as one fixed-length string: a UUIDv5 of both.
+    /// Brokers deduplicate on it.
+    pub fn identity(&self) -> String {
+        let key = format!("{}\n{}", self.source, self.id);
+        Uuid::new_v5(&IDENTITY_NAMESPACE, key.as_bytes()).to_string()
+    }
+
     /// The correlation id (the cascade or run), falling back to the id.
     pub fn correlation_id(&self) -> &str {
         self.extensions
@@ -194,7 +206,7 @@ impl Event {
     /// correlation, causation and trace are set by the host here, never by
     /// the guest. `index` is the position in the step's output.
     pub fn caused(&self, step: &str, source: &str, index: usize, out: Emitted) -> Event {
-        let id = derived_id(&self.id, &format!("{step}/{index}"));
+        let id = derived_id(&self.id, &format!("{}/{step}/{index}", self.source));
         let mut extensions = BTreeMap::new();
         extensions.insert(
             CORRELATION_ID.to_string(),

@@ -1,8 +1,10 @@
 //! The embedded broker's tables, in SQLite (WAL mode; every commit is
 //! fsynced before it counts, see [`open_writer`]).
 //!
-//! - `events`: every event, by sequence number; the id is unique, so a
-//!   republished event is ignored.
+//! - `events`: every event, by sequence number; an event is identified by
+//!   its id and source together (as CloudEvents says), so a republished
+//!   event is ignored and two producers' events with the same id are both
+//!   kept.
 //! - `deliveries`: one row per (consumer group, event) not yet settled, with
 //!   the failed attempts so far and when it may next be delivered.
 //! - `dlq`: dead letters, pointing at their event.
@@ -23,7 +25,7 @@ pub const DB_FILE: &str = "broker.db";
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
+    id TEXT NOT NULL,
     kind TEXT NOT NULL,
     source TEXT NOT NULL,
     subject TEXT,
@@ -32,7 +34,8 @@ CREATE TABLE IF NOT EXISTS events (
     schema TEXT,
     data BLOB NOT NULL,
     extensions TEXT NOT NULL,
-    correlation TEXT NOT NULL
+    correlation TEXT NOT NULL,
+    UNIQUE (id, source)
 );
 CREATE INDEX IF NOT EXISTS events_correlation ON events (correlation);
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -75,8 +78,59 @@ pub fn open(state_dir: &Path) -> Result<Connection, BrokerError> {
     // transaction ends (with 64 MiB that was ~4% of the CPU of a loaded
     // host, against 0.5% now).
     conn.pragma_update(None, "cache_size", -8192)?;
-    conn.execute_batch(SCHEMA)?;
+    create(&conn)?;
     Ok(conn)
+}
+
+/// The schema's version (`PRAGMA user_version`): 1 since events are
+/// identified by (id, source); 0 before, when the id alone was unique.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Create the tables, or bring a store written by an earlier version up to
+/// date, in one transaction (so of several connections opening one store,
+/// one does it and the others see it done).
+fn create(conn: &Connection) -> Result<(), BrokerError> {
+    let version = |c: &Connection| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0));
+    if version(conn)? == SCHEMA_VERSION {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let done = (|| -> Result<(), BrokerError> {
+        let old_events = version(conn)? == 0
+            && conn
+                .query_row(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+                    [],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+        if old_events {
+            // Version 0 made `id` unique alone: copy the events (sequence
+            // numbers kept, so deliveries and dead letters still point at
+            // them) into a table keyed by (id, source).
+            conn.execute_batch(
+                "DROP INDEX IF EXISTS events_correlation;
+                 ALTER TABLE events RENAME TO events_v0;",
+            )?;
+        }
+        conn.execute_batch(SCHEMA)?;
+        if old_events {
+            conn.execute_batch(
+                "INSERT INTO events SELECT * FROM events_v0; DROP TABLE events_v0;",
+            )?;
+        }
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(())
+    })();
+    match done {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// The writer's connection: like [`open`], but
@@ -130,7 +184,8 @@ pub fn open_read(state_dir: &Path) -> Result<Option<Connection>, BrokerError> {
     Ok(Some(conn))
 }
 
-/// Insert an event; its sequence number, or `None` if its id is known.
+/// Insert an event; its sequence number, or `None` if an event with its id
+/// and source is stored already.
 pub fn insert_event(tx: &Transaction, e: &Event) -> Result<Option<i64>, BrokerError> {
     let ext = serde_json::to_string(&e.extensions).expect("a string map serialises");
     let n = tx
@@ -351,4 +406,78 @@ pub fn inbox_len(conn: &Connection) -> Result<u64, BrokerError> {
 /// `PRAGMA data_version`: changes when another connection commits.
 pub fn data_version(conn: &Connection) -> Result<i64, BrokerError> {
     Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(source: &str) -> Event {
+        let mut e = Event::new("text.said", source, b"{}".to_vec());
+        e.id = "42".into();
+        e
+    }
+
+    /// A store written when the id alone was unique (schema version 0) is
+    /// brought up to date on open: its events and their sequence numbers
+    /// are kept, and an event with a known id from another source is
+    /// stored.
+    #[test]
+    fn a_version_0_store_is_migrated_keeping_its_events() {
+        let dir = std::env::temp_dir().join(format!("troupe-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let c = Connection::open(dir.join(DB_FILE)).unwrap();
+            c.execute_batch(
+                &SCHEMA
+                    .replace("id TEXT NOT NULL,", "id TEXT NOT NULL UNIQUE,")
+                    .replace(",\n    UNIQUE (id, source)", ""),
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO events VALUES (7, '42', 'k', 'urn:a', NULL, 't', 'application/json', NULL, x'7b7d', '{}', '42')",
+                [],
+            )
+            .unwrap();
+            c.execute("INSERT INTO deliveries VALUES ('g', 7, 0, 0)", [])
+                .unwrap();
+        }
+        let mut c = open(&dir).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let tx = c.transaction().unwrap();
+        assert_eq!(
+            insert_event(&tx, &said("urn:a")).unwrap(),
+            None,
+            "a duplicate"
+        );
+        assert_eq!(insert_event(&tx, &said("urn:b")).unwrap(), Some(8));
+        tx.commit().unwrap();
+        let kept: (String, i64) = c
+            .query_row(
+                "SELECT e.source, d.seq FROM deliveries d JOIN events e ON e.seq = d.seq",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(kept, ("urn:a".into(), 7));
+        let index: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'events_correlation'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 1, "the correlation index is there");
+        drop(c);
+        // Opening again changes nothing.
+        let c = open(&dir).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

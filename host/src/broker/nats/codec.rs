@@ -154,7 +154,7 @@ pub fn headers(e: &Event) -> HeaderMap {
 }
 
 /// The message that carries `e`, deduplicated by the server on `msg_id`
-/// (the event's id, or a replay's own).
+/// ([`Event::identity`], or a replay's own id).
 pub fn message(e: &Event, msg_id: &str) -> async_nats::jetstream::message::PublishMessage {
     async_nats::jetstream::message::PublishMessage::build()
         .payload(e.data.clone().into())

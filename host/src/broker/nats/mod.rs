@@ -5,8 +5,9 @@
 //!
 //! - stream `NS_EVENTS` holds every event (subjects `NS.ev.TYPE`) and every
 //!   message addressed to one consumer group (`NS.to.APP.GROUP`: commands,
-//!   replies, replays). Each message carries its event id as `Nats-Msg-Id`,
-//!   so a republished event (a redelivered step's outputs) is dropped by
+//!   replies, replays). Each message carries its event's identity (a UUIDv5
+//!   of its source and id, [`Event::identity`]) as `Nats-Msg-Id`, so a
+//!   republished event (a redelivered step's outputs) is dropped by
 //!   the server within the stream's duplicate window.
 //! - one durable pull consumer per (app, group, subject). Every host of an
 //!   app binds the same consumers, so each message goes to one host: the
@@ -295,7 +296,7 @@ impl Broker for Nats {
         if !codec::may_exceed(e, max) {
             return Ok(());
         }
-        let len = codec::wire_len(e, &e.id);
+        let len = codec::wire_len(e, &e.identity());
         if len > max {
             return Err(BrokerError::TooLarge(format!(
                 "a {} event of {len} bytes (data and attributes) does not fit in a NATS \

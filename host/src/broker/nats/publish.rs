@@ -55,7 +55,7 @@ impl Publisher {
         for (e, subject) in events.iter().zip(subjects) {
             let ack = self
                 .js
-                .send_publish(subject.clone(), codec::message(e, &e.id))
+                .send_publish(subject.clone(), codec::message(e, &e.identity()))
                 .await;
             acks.push((subject, ack.map_err(refused)?));
         }
