@@ -9,7 +9,10 @@ use std::time::Duration;
 use serde_json::json;
 use troupe::host::load_steps;
 use troupe::runtime::Runtime;
-use troupe_tests::{TestApp, build, data, event, example_app, repo, step, troupe_bin};
+use troupe_tests::{
+    Backend, TestApp, build, data, event, eventually, example_app, example_app_on, on_each_broker,
+    repo, step, troupe_bin,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_order_cascade_crosses_four_languages() {
@@ -57,6 +60,51 @@ async fn the_order_cascade_crosses_four_languages() {
     assert!(host.broker.dlq_list().await.unwrap().is_empty());
     host.shutdown().await;
 }
+
+/// Text that is not ASCII (accents, a combining mark, CJK, emoji) and text
+/// that must be escaped in JSON (quotes, backslash, newline, tab, a control
+/// character) crosses Rust, Python, C and JavaScript and arrives as it was
+/// sent, in every event of the cascade.
+async fn text_crosses_four_languages_unchanged(b: Backend) {
+    const TEXT: &str = "Zoë e\u{301} 東京 🎉🇫🇷 \"q\" back\\slash \\u00eb\nline\ttab\u{1} end";
+    let app = example_app_on(b, "orders");
+    let host = app.start().await;
+    let mut placed = event(
+        "order.placed",
+        json!({"order_id": "o-8", "customer": TEXT, "lines": [{"sku": "tea", "qty": 1, "price_cents": 250}]}),
+    );
+    placed.subject = Some("o-8".into());
+    host.broker.publish(vec![placed.clone()]).await.unwrap();
+    let trace = eventually(Duration::from_secs(30), "customer.notified", async || {
+        let t = host.broker.trace(&placed.id).await.unwrap();
+        t.iter().any(|e| e.kind == "customer.notified").then_some(t)
+    })
+    .await;
+    for kind in [
+        "order.placed",
+        "order.validated",
+        "payment.charged",
+        "order.shipped",
+        "customer.notified",
+    ] {
+        let e = trace
+            .iter()
+            .find(|e| e.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind}"));
+        let customer = data(e)["customer"].as_str().map(str::to_owned);
+        assert_eq!(
+            customer.as_deref().map(str::as_bytes),
+            Some(TEXT.as_bytes()),
+            "{kind} ({}): {}",
+            e.source,
+            String::from_utf8_lossy(&e.data)
+        );
+    }
+    assert!(host.broker.dlq_list().await.unwrap().is_empty());
+    host.shutdown().await;
+}
+
+on_each_broker!(text_crosses_four_languages_unchanged);
 
 #[test]
 fn the_same_step_gives_the_same_answer_in_every_language() {

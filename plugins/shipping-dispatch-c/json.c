@@ -11,8 +11,55 @@ static void ws(cur *c) {
   while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
 }
 
-// Parse a string at c->p (which is '"'); store its unescaped text in *out
-// (malloc'd) when out is not NULL.
+// Read the four hex digits of a \u escape at c->p.
+static bool hex4(cur *c, unsigned *v) {
+  if (c->end - c->p < 4) return false;
+  *v = 0;
+  for (int i = 0; i < 4; i++) {
+    char h = *c->p++;
+    unsigned d;
+    if (h >= '0' && h <= '9') d = (unsigned)(h - '0');
+    else if (h >= 'a' && h <= 'f') d = (unsigned)(h - 'a' + 10);
+    else if (h >= 'A' && h <= 'F') d = (unsigned)(h - 'A' + 10);
+    else return false;
+    *v = *v << 4 | d;
+  }
+  return true;
+}
+
+// Write code point `u` as UTF-8 at s; the number of bytes.
+static size_t utf8(char *s, unsigned u) {
+  if (u < 0x80) { s[0] = (char)u; return 1; }
+  if (u < 0x800) { s[0] = (char)(0xc0 | u >> 6); s[1] = (char)(0x80 | (u & 0x3f)); return 2; }
+  if (u < 0x10000) {
+    s[0] = (char)(0xe0 | u >> 12); s[1] = (char)(0x80 | (u >> 6 & 0x3f));
+    s[2] = (char)(0x80 | (u & 0x3f));
+    return 3;
+  }
+  s[0] = (char)(0xf0 | u >> 18); s[1] = (char)(0x80 | (u >> 12 & 0x3f));
+  s[2] = (char)(0x80 | (u >> 6 & 0x3f)); s[3] = (char)(0x80 | (u & 0x3f));
+  return 4;
+}
+
+// A \u escape (c->p just past the 'u'), with its low surrogate when it is a
+// high one: the code point. A lone surrogate is not text: refused.
+static bool unicode(cur *c, unsigned *u) {
+  if (!hex4(c, u)) return false;
+  if (*u >= 0xdc00 && *u <= 0xdfff) return false;
+  if (*u >= 0xd800 && *u <= 0xdbff) {
+    unsigned lo;
+    if (c->end - c->p < 2 || c->p[0] != '\\' || c->p[1] != 'u') return false;
+    c->p += 2;
+    if (!hex4(c, &lo) || lo < 0xdc00 || lo > 0xdfff) return false;
+    *u = 0x10000 + ((*u - 0xd800) << 10) + (lo - 0xdc00);
+  }
+  return true;
+}
+
+// Parse a string at c->p (which is '"'); store its unescaped text, UTF-8,
+// in *out (malloc'd) when out is not NULL. A string holding U+0000 is
+// refused: a C string cannot carry it. (Every escape is shorter than the
+// UTF-8 it stands for, so the copy fits in the input's length.)
 static bool string(cur *c, char **out) {
   if (c->p >= c->end || *c->p != '"') return false;
   c->p++;
@@ -31,11 +78,12 @@ static bool string(cur *c, char **out) {
         case 'b': ch = '\b'; break;
         case 'f': ch = '\f'; break;
         case '"': case '\\': case '/': ch = e; break;
-        case 'u':
-          if (c->end - c->p < 4) goto fail;
-          if (s) { s[n++] = '\\'; s[n++] = 'u'; memcpy(s + n, c->p, 4); n += 4; }
-          c->p += 4;
+        case 'u': {
+          unsigned u;
+          if (!unicode(c, &u) || u == 0) goto fail;
+          if (s) n += utf8(s + n, u);
           continue;
+        }
         default: goto fail;
       }
     }

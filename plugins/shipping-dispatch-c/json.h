@@ -9,7 +9,8 @@
 // Find the string value of top-level key `key` in the JSON object `json`.
 // On success returns a malloc'd, NUL-terminated, unescaped copy; NULL when
 // the document is not an object, the key is missing, or its value is not a
-// string. (\u escapes outside ASCII are kept as written.)
+// string (or holds U+0000, which a C string cannot). Escapes are decoded:
+// the copy is UTF-8 text, as the input was.
 char *json_get_string(const char *json, size_t len, const char *key);
 
 // A growable output buffer.

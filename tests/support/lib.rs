@@ -292,11 +292,16 @@ pub fn build(dir: &Path) -> PathBuf {
 /// The example app `name` in a temporary directory: its `troupe.toml` with
 /// plugin paths made absolute, so it runs with a state folder of its own.
 pub fn example_app(name: &str) -> TestApp {
+    example_app_on(Backend::Embedded, name)
+}
+
+/// The same, on `backend`.
+pub fn example_app_on(backend: Backend, name: &str) -> TestApp {
     let dir = repo().join("examples").join(name);
     let manifest =
         std::fs::read_to_string(dir.join("troupe.toml")).expect("the example's troupe.toml");
     let plugins = format!("\"{}/", repo().join("plugins").display());
-    TestApp::new(&manifest.replace("\"../../plugins/", &plugins))
+    TestApp::on(backend, &manifest.replace("\"../../plugins/", &plugins))
 }
 
 /// A host running in this process with its HTTP API on a free port, and a
