@@ -142,6 +142,7 @@ fn events_are_identified_by_source_and_id(b: Backend) {
 
 on_each_broker_blocking!(
     events_are_identified_by_source_and_id,
+    the_cloudevents_sdk_produces_and_consumes,
     text_data_comes_back_as_it_went_in,
     what_is_published_before_the_first_start_is_delivered,
 );
@@ -248,4 +249,145 @@ async fn a_foreign_nats_client_is_understood() {
         shouted.time
     );
     host.shutdown().await;
+}
+
+/// `POST /v1/events` with a body and headers of our choosing: the status
+/// and the JSON answer.
+fn post_raw(
+    host: &HostProcess,
+    app: &TestApp,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    let token = troupe::client::token_for(&app.path().join(troupe::app::STATE_DIR), false).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent
+        .post(&format!("{}/v1/events", host.client.base))
+        .header("Authorization", &format!("Bearer {token}"));
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let mut res = req.send(&body[..]).unwrap();
+    let status = res.status().as_u16();
+    let answer = res
+        .body_mut()
+        .read_json()
+        .unwrap_or(serde_json::Value::Null);
+    (status, answer)
+}
+
+/// The official CloudEvents Rust SDK as a producer, in each of the HTTP
+/// binding's modes (structured, binary, batch), with extension values of
+/// every JSON type; and as a consumer of what the trace returns: every
+/// event parses, with its data and extensions (types included) as sent.
+fn the_cloudevents_sdk_produces_and_consumes(b: Backend) {
+    use cloudevents::{AttributesReader, Event as CloudEvent, EventBuilder, EventBuilderV10};
+    let app = TestApp::on(b, &step("shout", &guest("shout"), ""));
+    let host = HostProcess::start(&app, &[], HUNG);
+    let said = |id: &str, text: &str| -> CloudEvent {
+        EventBuilderV10::new()
+            .id(id)
+            .source("urn:sdk:producer")
+            .ty("text.said")
+            .data("text/plain", text.to_string())
+            .extension("priority", 5i64)
+            .extension("urgent", true)
+            .extension("team", "a b")
+            .build()
+            .unwrap()
+    };
+    let ct = |v: &str| vec![("Content-Type".to_string(), v.to_string())];
+
+    // Structured.
+    let body = serde_json::to_vec(&said("sdk-s", "structured ü")).unwrap();
+    let (status, answer) = post_raw(&host, &app, &ct("application/cloudevents+json"), body);
+    assert_eq!((status, &answer["id"]), (202, &json!("sdk-s")), "{answer}");
+
+    // Binary: the SDK's own HTTP serializer writes the headers and body.
+    let request: axum::http::Request<Option<Vec<u8>>> =
+        said("sdk-b", "binary \"mode\"").try_into().unwrap();
+    let headers: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    assert!(headers.iter().any(|(k, _)| k == "ce-id"), "{headers:?}");
+    let (status, answer) = post_raw(&host, &app, &headers, request.into_body().unwrap());
+    assert_eq!((status, &answer["id"]), (202, &json!("sdk-b")), "{answer}");
+
+    // Batch: stored whole; a batch with one bad event stores nothing.
+    let batch = vec![said("sdk-1", "one"), said("sdk-2", "two")];
+    let (status, answer) = post_raw(
+        &host,
+        &app,
+        &ct("application/cloudevents-batch+json"),
+        serde_json::to_vec(&batch).unwrap(),
+    );
+    assert_eq!(
+        (status, &answer["ids"]),
+        (202, &json!(["sdk-1", "sdk-2"])),
+        "{answer}"
+    );
+    let mut bad = serde_json::to_value(&batch).unwrap();
+    bad[0]["id"] = json!("sdk-3");
+    bad[1]["time"] = json!("yesterday");
+    let (status, answer) = post_raw(
+        &host,
+        &app,
+        &ct("application/cloudevents-batch+json"),
+        serde_json::to_vec(&bad).unwrap(),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("event 1 of the batch"),
+        "{answer}"
+    );
+
+    // Consumed by the SDK: each trace parses, data and extensions intact.
+    for (id, text) in [
+        ("sdk-s", "structured ü"),
+        ("sdk-b", "binary \"mode\""),
+        ("sdk-1", "one"),
+        ("sdk-2", "two"),
+    ] {
+        let events: Vec<CloudEvent> = trace(&host, id, 2)
+            .into_iter()
+            .map(|v| serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}")))
+            .collect();
+        let said = events.iter().find(|e| e.ty() == "text.said").unwrap();
+        let shouted = events.iter().find(|e| e.ty() == "text.shouted").unwrap();
+        let text_of = |e: &CloudEvent| match e.data() {
+            Some(cloudevents::Data::String(s)) => s.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(text_of(said), text);
+        assert_eq!(text_of(shouted), text.to_uppercase());
+        assert_eq!(said.source().as_str(), "urn:sdk:producer");
+        assert_eq!(
+            said.extension("team").map(|v| v.to_string()).as_deref(),
+            Some("a b")
+        );
+        if id != "sdk-b" {
+            // Binary mode carries every value as text; the JSON format
+            // keeps integers and booleans as such.
+            assert_eq!(
+                said.extension("priority"),
+                Some(&cloudevents::event::ExtensionValue::Integer(5))
+            );
+            assert_eq!(
+                said.extension("urgent"),
+                Some(&cloudevents::event::ExtensionValue::Boolean(true))
+            );
+        }
+    }
+    assert!(
+        trace(&host, "sdk-3", 0).is_empty(),
+        "nothing of a refused batch is stored"
+    );
 }

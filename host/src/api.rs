@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /v1/flows/{flow}/runs` | start a run; `202` with its id and a `Location` to poll |
 //! | `GET /v1/runs/{id}` | the run's aggregated status |
-//! | `POST /v1/events` | publish an event (CloudEvents JSON) into the choreography |
+//! | `POST /v1/events` | publish events into the choreography (CloudEvents HTTP binding: structured, binary or batch) |
 //! | `GET /v1/dlq`, `GET /v1/dlq/{id}`, `POST /v1/dlq/{id}/replay` | dead letters |
 //! | `GET /v1/traces/{correlation_id}` | every event of a cascade or run |
 //! | `GET /healthz` | liveness (no token needed) |
@@ -60,6 +60,21 @@ impl From<BrokerError> for ApiError {
             BrokerError::TooLarge(_) => ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
             _ => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
+    }
+}
+
+/// The body's bytes, with a JSON error (413 over the limit) when it cannot
+/// be read.
+struct RawBody(axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| ApiError(e.status(), e.body_text()))
     }
 }
 
@@ -231,27 +246,73 @@ async fn run_status(
     Ok(Json(serde_json::to_value(run).expect("a run serialises")))
 }
 
-/// Publish an event (CloudEvents JSON, structured mode) into the
-/// choreography. It is checked against every step that consumes its type.
+/// Publish events into the choreography, in any of the CloudEvents HTTP
+/// binding's modes (`event::http`): one event (structured or binary) or a
+/// batch, stored whole or not at all. Each is checked against every step
+/// that consumes its type.
 #[utoipa::path(post, path = "/v1/events",
     request_body(content = Object, description = "A CloudEvents 1.0 event; `type` and `data` are required, the host fills in the rest"),
     responses(
-        (status = 202, description = "Stored durably: `id`"),
+        (status = 202, description = "Stored durably: `id` (a batch: `ids`)"),
         (status = 400, description = "Not a CloudEvents document"),
         (status = 413, description = "Too large for the app's broker"),
+        (status = 415, description = "An event format other than JSON"),
         (status = 422, description = "It breaks the contract of a consuming step (its data, or its content type)"),
     ))]
-async fn publish(State(s): State<ApiState>, Body(body): Body) -> Result<Response, ApiError> {
+async fn publish(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    use crate::event::http::{HttpError, from_http};
     let source = crate::event::source(&s.app, "api");
-    let event = Event::from_json(body, &source)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let content_type = match headers.get(header::CONTENT_TYPE).map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(ct)) => Some(ct),
+        Some(Err(_)) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "the Content-Type header is not text".into(),
+            ));
+        }
+    };
+    let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
+    let batch = content_type
+        .and_then(crate::event::media_type)
+        .is_some_and(|(e, _)| e == "application/cloudevents-batch+json");
+    let events = from_http(content_type, pairs, &body, &source).map_err(|e| match e {
+        HttpError::Format(_) => ApiError(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string()),
+        _ => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+    })?;
+    for (i, event) in events.iter().enumerate() {
+        let which = if batch {
+            format!("event {i} of the batch: ")
+        } else {
+            String::new()
+        };
+        check_incoming(&s, event).map_err(|ApiError(status, m)| ApiError(status, which + &m))?;
+    }
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    s.broker.publish(events).await?;
+    let answer = if batch {
+        json!({ "ids": ids })
+    } else {
+        json!({ "id": ids[0] })
+    };
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+/// What an event from outside must pass before it is stored: a proper
+/// type, no host-owned extension, and the contract of every step that
+/// consumes it.
+fn check_incoming(s: &ApiState, event: &Event) -> Result<(), ApiError> {
     if !crate::contract::is_kind(&event.kind) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!("{:?} is not an event type", event.kind),
         ));
     }
-    if let Some(ext) = crate::orchestrator::host_owned_extension(&event) {
+    if let Some(ext) = crate::orchestrator::host_owned_extension(event) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!("the extension `{ext}` is set by the host only"),
@@ -262,16 +323,14 @@ async fn publish(State(s): State<ApiState>, Body(body): Body) -> Result<Response
         .iter()
         .filter(|st| st.contract.consumed_kinds().contains(&event.kind))
     {
-        step.contract.check_input(&event).map_err(|v| {
+        step.contract.check_input(event).map_err(|v| {
             ApiError(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("step `{}` would refuse it: {v}", step.name()),
             )
         })?;
     }
-    let id = event.id.clone();
-    s.broker.publish(vec![event]).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id }))).into_response())
+    Ok(())
 }
 
 /// Dead letters, oldest first.

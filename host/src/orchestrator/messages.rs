@@ -64,6 +64,7 @@ impl Driver {
             schema: None,
             data,
             extensions,
+            typed: Default::default(),
         };
         Some(e)
     }

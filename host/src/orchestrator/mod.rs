@@ -347,6 +347,7 @@ fn reply(command: &Event, source: &str, kind: &str, data: Vec<u8>) -> Event {
         schema: None,
         data,
         extensions,
+        typed: Default::default(),
     }
 }
 

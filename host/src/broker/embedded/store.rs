@@ -11,7 +11,6 @@
 //! - `inbox`: work queued by other processes (`troupe publish`,
 //!   `troupe dlq replay`) for the host that owns the broker to pick up.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
@@ -187,7 +186,7 @@ pub fn open_read(state_dir: &Path) -> Result<Option<Connection>, BrokerError> {
 /// Insert an event; its sequence number, or `None` if an event with its id
 /// and source is stored already.
 pub fn insert_event(tx: &Transaction, e: &Event) -> Result<Option<i64>, BrokerError> {
-    let ext = serde_json::to_string(&e.extensions).expect("a string map serialises");
+    let ext = crate::event::extensions_to_json(e);
     let n = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO events (id, kind, source, subject, time, content_type, schema, data, extensions, correlation)
@@ -327,7 +326,7 @@ fn row_event(r: &rusqlite::Row) -> rusqlite::Result<Event> {
 
 fn row_event_at(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Event> {
     let ext: String = r.get(at + 8)?;
-    let extensions: BTreeMap<String, String> = serde_json::from_str(&ext).map_err(|e| {
+    let (extensions, typed) = crate::event::extensions_from_json(&ext).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(at + 8, rusqlite::types::Type::Text, Box::new(e))
     })?;
     Ok(Event {
@@ -340,6 +339,7 @@ fn row_event_at(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Event> {
         schema: r.get(at + 6)?,
         data: r.get(at + 7)?,
         extensions,
+        typed,
     })
 }
 

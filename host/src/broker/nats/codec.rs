@@ -150,8 +150,16 @@ pub fn headers(e: &Event) -> HeaderMap {
     for (k, v) in &e.extensions {
         put(&mut h, &format!("{CE}{k}"), v);
     }
+    if !e.typed.is_empty() {
+        let names: Vec<&str> = e.typed.iter().map(String::as_str).collect();
+        put(&mut h, TYPED, &names.join(","));
+    }
     h
 }
+
+/// Not a CloudEvents header: the extensions given as JSON integers or
+/// booleans (binary mode carries every value as text).
+const TYPED: &str = "troupe-typed";
 
 /// The message that carries `e`, deduplicated by the server on `msg_id`
 /// ([`Event::identity`], or a replay's own id).
@@ -231,7 +239,8 @@ pub fn decode(
     let content_type = attrs
         .remove("content-type")
         .or_else(|| attrs.remove("ce-datacontenttype"));
-    let e = Event {
+    let typed_names = attrs.remove(TYPED).unwrap_or_default();
+    let mut e = Event {
         id,
         source,
         kind,
@@ -245,7 +254,17 @@ pub fn decode(
             .filter_map(|(k, v)| Some((k.strip_prefix(CE)?.to_string(), v)))
             .filter(|(k, _)| !matches!(k.as_str(), "specversion" | "datacontenttype"))
             .collect(),
+        typed: Default::default(),
     };
+    e.typed = typed_names
+        .split(',')
+        .filter(|k| {
+            e.extensions
+                .get(*k)
+                .is_some_and(|v| v == "true" || v == "false" || v.parse::<i32>().is_ok())
+        })
+        .map(str::to_string)
+        .collect();
     match e.control_attribute() {
         Some(a) => Err(format!("attribute `{a}` holds control characters")),
         None => Ok(e),

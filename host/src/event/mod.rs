@@ -13,7 +13,14 @@
 //! ([`derived_id`]), so a redelivered input yields the same output ids and
 //! a consumer can recognise the duplicate.
 
-use std::collections::BTreeMap;
+pub mod http;
+mod json;
+
+#[cfg(test)]
+use json::check_attributes;
+pub use json::{EnvelopeError, extensions_from_json, extensions_to_json};
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use serde_json::Value;
@@ -30,47 +37,6 @@ pub const TRACEPARENT: &str = "traceparent";
 pub const TARGET: &str = "troupeto";
 /// The default content type of event data.
 pub const JSON: &str = "application/json";
-
-/// The CloudEvents JSON form, written straight from the event: JSON data
-/// is copied as it is (no `Value` is built), anything else goes in
-/// `data_base64`. [`Event::to_json`] is the same as a `Value`.
-impl serde::Serialize for Event {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("specversion", "1.0")?;
-        m.serialize_entry("id", &self.id)?;
-        m.serialize_entry("source", &self.source)?;
-        m.serialize_entry("type", &self.kind)?;
-        if let Some(v) = &self.subject {
-            m.serialize_entry("subject", v)?;
-        }
-        m.serialize_entry("time", &self.time)?;
-        m.serialize_entry("datacontenttype", &self.content_type)?;
-        if let Some(v) = &self.schema {
-            m.serialize_entry("dataschema", v)?;
-        }
-        for (k, v) in &self.extensions {
-            m.serialize_entry(k, v)?;
-        }
-        // JSON data as it is; other data as the text it is, when it is
-        // text; anything else (and JSON-labelled data that is not JSON)
-        // as base64. Reading any of these back gives the same bytes.
-        let json = self.is_json();
-        match serde_json::from_slice::<&serde_json::value::RawValue>(&self.data) {
-            Ok(raw) if json => m.serialize_entry("data", raw)?,
-            _ => match std::str::from_utf8(&self.data) {
-                Ok(text) if !json => m.serialize_entry("data", text)?,
-                _ => {
-                    use base64::Engine as _;
-                    let b = base64::engine::general_purpose::STANDARD.encode(&self.data);
-                    m.serialize_entry("data_base64", &b)?;
-                }
-            },
-        }
-        m.end()
-    }
-}
 
 /// The UUIDv5 namespace of [`Event::identity`].
 const IDENTITY_NAMESPACE: Uuid = Uuid::from_u128(0x3c0e_51d2_8f7a_4b6e_a1d4_7e9b_2f50_1d3a);
@@ -89,38 +55,11 @@ pub struct Event {
     pub schema: Option<String>,
     pub data: Vec<u8>,
     /// Extension attributes, including `correlationid`, `causationid` and
-    /// `traceparent`.
+    /// `traceparent`, as text (the form guests and NATS headers carry).
     pub extensions: BTreeMap<String, String>,
-}
-
-/// Why a CloudEvents JSON document could not be read as an event.
-#[derive(Debug, thiserror::Error)]
-pub enum EnvelopeError {
-    #[error("an event must be a JSON object")]
-    NotAnObject,
-    #[error("attribute `{0}` is required")]
-    Missing(&'static str),
-    #[error("attribute `{0}` must be a string")]
-    NotAString(String),
-    #[error("specversion {0:?} is not supported (only \"1.0\")")]
-    SpecVersion(String),
-    #[error("`data_base64` is not valid base64")]
-    Base64,
-    #[error("extension attribute names are lower-case letters and digits, at most 20: {0:?}")]
-    ExtensionName(String),
-    #[error("attribute `{0}` holds control characters, which CloudEvents attributes may not")]
-    Control(String),
-    #[error("attribute `{0}` must not be empty")]
-    Empty(&'static str),
-    #[error("attribute `{0}` must be a URI reference (RFC 3986), not {1:?}")]
-    NotUri(&'static str, String),
-    #[error("attribute `time` must be an RFC 3339 timestamp, not {0:?}")]
-    Time(String),
-    #[error(
-        "the data of a {0:?} event must be a string (its text) or `data_base64`, not JSON: its \
-         content type is not JSON"
-    )]
-    DataNotText(String),
+    /// The extensions a producer gave as a JSON integer or boolean (their
+    /// text is in `extensions`): the JSON format writes them back as such.
+    pub typed: BTreeSet<String>,
 }
 
 impl Event {
@@ -141,6 +80,7 @@ impl Event {
             schema: None,
             data,
             extensions,
+            typed: BTreeSet::new(),
         }
     }
 
@@ -227,6 +167,7 @@ impl Event {
             schema: out.schema,
             data: out.data,
             extensions,
+            typed: BTreeSet::new(),
         }
     }
 
@@ -234,97 +175,6 @@ impl Event {
     /// `Serialize` impl writes the same document without building one.
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).expect("an event serialises")
-    }
-
-    /// Read the CloudEvents JSON form. Attributes the producer leaves out
-    /// (`id`, `time`, `source`, the correlation) are filled in as for
-    /// [`Event::new`]; those it sets are checked (non-empty `id` and
-    /// `source`, URI references for `source` and `dataschema`, RFC 3339
-    /// `time`, no control characters). The data is kept exactly: JSON as
-    /// JSON, other content types as the string's text or the bytes of
-    /// `data_base64`.
-    pub fn from_json(value: Value, default_source: &str) -> Result<Event, EnvelopeError> {
-        let Value::Object(mut m) = value else {
-            return Err(EnvelopeError::NotAnObject);
-        };
-        let mut take = |name: &'static str| -> Result<Option<String>, EnvelopeError> {
-            match m.remove(name) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) if crate::text::has_control(&s) => {
-                    Err(EnvelopeError::Control(name.to_string()))
-                }
-                Some(Value::String(s)) => Ok(Some(s)),
-                Some(_) => Err(EnvelopeError::NotAString(name.to_string())),
-            }
-        };
-        if let Some(v) = take("specversion")?
-            && v != "1.0"
-        {
-            return Err(EnvelopeError::SpecVersion(v));
-        }
-        let kind = take("type")?.ok_or(EnvelopeError::Missing("type"))?;
-        let id = take("id")?;
-        let source = take("source")?;
-        let subject = take("subject")?;
-        let time = take("time")?;
-        let content_type = take("datacontenttype")?;
-        let schema = take("dataschema")?;
-        let b64 = take("data_base64")?;
-        check_attributes(
-            id.as_deref(),
-            source.as_deref(),
-            time.as_deref(),
-            schema.as_deref(),
-        )?;
-        let json = content_type.as_deref().is_none_or(is_json_type);
-        let data = match (m.remove("data"), b64) {
-            (Some(v), _) if json => serde_json::to_vec(&v).expect("a JSON value serialises"),
-            (Some(Value::String(text)), _) => text.into_bytes(),
-            (Some(_), _) => {
-                return Err(EnvelopeError::DataNotText(content_type.unwrap_or_default()));
-            }
-            (None, Some(b)) => {
-                use base64::Engine as _;
-                base64::engine::general_purpose::STANDARD
-                    .decode(b)
-                    .map_err(|_| EnvelopeError::Base64)?
-            }
-            (None, None) if json => b"null".to_vec(),
-            (None, None) => Vec::new(),
-        };
-        let mut event = Event::new(&kind, source.as_deref().unwrap_or(default_source), data);
-        if let Some(id) = id {
-            event.extensions.insert(CORRELATION_ID.into(), id.clone());
-            event.id = id;
-        }
-        event.subject = subject;
-        if let Some(t) = time {
-            event.time = t;
-        }
-        if let Some(ct) = content_type {
-            event.content_type = ct;
-        }
-        event.schema = schema;
-        for (k, v) in m {
-            if k.is_empty()
-                || k.len() > 20
-                || !k
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            {
-                return Err(EnvelopeError::ExtensionName(k));
-            }
-            match v {
-                Value::String(s) if crate::text::has_control(&s) => {
-                    return Err(EnvelopeError::Control(k));
-                }
-                Value::String(s) => {
-                    event.extensions.insert(k, s);
-                }
-                _ => return Err(EnvelopeError::NotAString(k)),
-            }
-        }
-        Ok(event)
     }
 }
 
@@ -339,33 +189,6 @@ pub fn source(app: &str, path: &str) -> String {
         .remove(b'_')
         .remove(b'~');
     format!("troupe://{}/{path}", utf8_percent_encode(app, KEEP))
-}
-
-/// The attributes a producer set, checked as CloudEvents 1.0 says.
-fn check_attributes(
-    id: Option<&str>,
-    source: Option<&str>,
-    time: Option<&str>,
-    schema: Option<&str>,
-) -> Result<(), EnvelopeError> {
-    if id.is_some_and(str::is_empty) {
-        return Err(EnvelopeError::Empty("id"));
-    }
-    if source.is_some_and(str::is_empty) {
-        return Err(EnvelopeError::Empty("source"));
-    }
-    for (name, v) in [("source", source), ("dataschema", schema)] {
-        if let Some(v) = v
-            && fluent_uri::UriRef::parse(v).is_err()
-        {
-            return Err(EnvelopeError::NotUri(name, v.to_string()));
-        }
-    }
-    if let Some(t) = time {
-        let rfc3339 = &time::format_description::well_known::Rfc3339;
-        time::OffsetDateTime::parse(t, rfc3339).map_err(|_| EnvelopeError::Time(t.to_string()))?;
-    }
-    Ok(())
 }
 
 /// What a step emitted, after the host checked it, before it became an
