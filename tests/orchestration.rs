@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use troupe_tests::process::troupe_within;
 use troupe_tests::{
     ApiHost, Backend, TestApp, guest, on_each_broker_blocking, plugin, plugin_steps, step,
 };
@@ -271,6 +272,11 @@ when = "validate.total_cents < 10000"
     assert_eq!(
         (state(&small, "small"), state(&small, "big")),
         ("completed", "skipped")
+    );
+    let why = small["steps"]["big"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("`validate.total_cents >= 10000` is false: `validate.total_cents` is "),
+        "a skipped step says which condition was false: {small:#}"
     );
     let mut input = order("o-8", "ada");
     input["lines"][0]["qty"] = json!(100);
@@ -587,9 +593,38 @@ fn malformed_flow_files_are_refused_with_the_line() {
             ":1:",
             "input",
         ),
+        (
+            "a misspelt field in a condition",
+            "input = \"order.placed\"\n[steps.a]\nstep = \"order-validate\"\n\n[steps.b]\nstep = \"payment-charge\"\ninput = \"a\"\nwhen = \"a.totl_cents > 5\"\n",
+            ":8:",
+            "the output of `a` has no field `totl_cents`",
+        ),
+        (
+            "a condition that can never hold",
+            "input = \"order.placed\"\n[steps.a]\nstep = \"order-validate\"\n\n[steps.b]\nstep = \"payment-charge\"\ninput = \"a\"\nwhen = 'a.total_cents == \"big\"'\n",
+            ":8:",
+            "`a.total_cents` is integer, and \"big\" is not",
+        ),
     ];
     for (what, text, line, message) in bad {
         let app = app(Backend::Embedded, &[("broken", text)]);
+        // `troupe check` says the same, before anything runs.
+        let checked = troupe_within(
+            &["check", app.path().to_str().unwrap()],
+            app.path(),
+            &[],
+            Duration::from_secs(120),
+        )
+        .expect("check ends");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+        assert!(
+            !checked.status.success() && said.contains(line) && said.contains(message),
+            "{what}: troupe check: {said}"
+        );
         let err = ApiHost::try_start(&app)
             .err()
             .unwrap_or_else(|| panic!("{what}: the flow was accepted"))

@@ -99,6 +99,7 @@ pub(crate) fn print_run(run: &serde_json::Value, json: bool) -> Result<()> {
                 .as_array()
                 .and_then(|e| e.last())
                 .map(|e| format!("  last error: {}", s(e)))
+                .or_else(|| st["reason"].as_str().map(|r| format!("  {}", escape(r))))
                 .unwrap_or_default()
         );
     }

@@ -389,7 +389,7 @@ impl Driver {
                 if !s.after.iter().all(settled) {
                     continue;
                 }
-                if !self.should_run(run, s) {
+                if let Some(reason) = skip_reason(run, s) {
                     let rec = self
                         .runs
                         .get_mut(run_id)
@@ -398,6 +398,7 @@ impl Driver {
                         .get_mut(&s.id)
                         .expect("step");
                     rec.state = StepState::Skipped;
+                    rec.reason = Some(reason);
                     progressed = true;
                     continue;
                 }
@@ -416,23 +417,6 @@ impl Driver {
             .all(|r| matches!(r.state, StepState::Completed | StepState::Skipped));
         if done {
             finish(run, RunState::Completed, now);
-        }
-    }
-
-    /// A step runs if its input was not skipped and its condition holds.
-    fn should_run(&self, run: &RunRecord, s: &FlowStep) -> bool {
-        if s.input != INPUT && run.steps[&s.input].state == StepState::Skipped {
-            return false;
-        }
-        match &s.when {
-            None => true,
-            Some(c) => match run.steps.get(&c.step) {
-                Some(r) if r.state == StepState::Completed => {
-                    let output = r.output.as_ref().map(|raw| serde_json::from_str(raw.get()));
-                    c.holds(&output.and_then(Result::ok).unwrap_or(Value::Null))
-                }
-                _ => false,
-            },
         }
     }
 
@@ -563,4 +547,25 @@ pub(super) fn finish(run: &mut RunRecord, state: RunState, now: u64) {
     run.state = state;
     run.finished = Some(rfc3339(now));
     run.duration_ms = Some(now.saturating_sub(run.created_ms));
+}
+
+/// Why flow step `s` of `run` is skipped, or `None` if it runs: it runs if
+/// its input was not skipped and its condition holds.
+fn skip_reason(run: &RunRecord, s: &FlowStep) -> Option<String> {
+    if s.input != INPUT && run.steps[&s.input].state == StepState::Skipped {
+        return Some(format!("its input `{}` was skipped", s.input));
+    }
+    let c = s.when.as_ref()?;
+    match run.steps.get(&c.step) {
+        Some(r) if r.state == StepState::Completed => {
+            let output = r.output.as_ref().map(|raw| serde_json::from_str(raw.get()));
+            let data = output.and_then(Result::ok).unwrap_or(Value::Null);
+            (!c.holds(&data)).then(|| c.explain(&data))
+        }
+        _ => Some(format!(
+            "`{}` is false: `{}` did not complete",
+            c.text.trim(),
+            c.step
+        )),
+    }
 }

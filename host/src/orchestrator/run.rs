@@ -75,6 +75,10 @@ pub struct StepRecord {
     /// Errors of failed attempts, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Why it was skipped: its input was skipped, or which condition was
+    /// false and what it saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The id of the command (event) of the current attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command_id: Option<String>,
@@ -99,6 +103,7 @@ impl StepRecord {
             output_type: None,
             output: None,
             errors: Vec::new(),
+            reason: None,
             command_id: None,
             deadline_ms: None,
             completed_seq: None,

@@ -19,11 +19,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde_json::Value;
 use toml::Spanned;
 
 use crate::app::RetryPolicy;
 use crate::contract::{StepContract, is_kind};
+
+mod condition;
+
+use condition::parse_condition;
+pub use condition::{Condition, Op};
 
 /// The flow input pseudo-step.
 pub const INPUT: &str = "input";
@@ -56,7 +60,7 @@ struct StepFile {
     input: Option<String>,
     #[serde(default)]
     after: Vec<String>,
-    when: Option<String>,
+    when: Option<Spanned<String>>,
     timeout_ms: Option<u64>,
     retry: Option<RetryPolicy>,
     compensate: Option<CompensateFile>,
@@ -83,49 +87,6 @@ pub enum Action {
     },
 }
 
-/// A comparison in a `when` condition.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Op {
-    Eq,
-    Ne,
-    Gt,
-    Ge,
-    Lt,
-    Le,
-}
-
-/// `when = "ID.path.to.field OP JSON"`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Condition {
-    pub step: String,
-    pub path: Vec<String>,
-    pub op: Op,
-    pub value: Value,
-    pub text: String,
-}
-
-impl Condition {
-    /// Whether the condition holds for the output `data` of `self.step`.
-    pub fn holds(&self, data: &Value) -> bool {
-        let mut v = data;
-        for p in &self.path {
-            match v.get(p) {
-                Some(x) => v = x,
-                None => return false,
-            }
-        }
-        match (&self.op, v.as_f64(), self.value.as_f64()) {
-            (Op::Eq, _, _) => v == &self.value,
-            (Op::Ne, _, _) => v != &self.value,
-            (Op::Gt, Some(a), Some(b)) => a > b,
-            (Op::Ge, Some(a), Some(b)) => a >= b,
-            (Op::Lt, Some(a), Some(b)) => a < b,
-            (Op::Le, Some(a), Some(b)) => a <= b,
-            _ => false,
-        }
-    }
-}
-
 /// A compensation: run `step` with the output of `input` (default: the
 /// compensated step's own output).
 #[derive(Debug, Clone, PartialEq)]
@@ -144,6 +105,8 @@ pub struct FlowStep {
     /// Every flow step that must be settled first (input, `after`, `when`).
     pub after: Vec<String>,
     pub when: Option<Condition>,
+    /// The line of `when` (of the step when it has none).
+    pub when_line: usize,
     pub timeout_ms: u64,
     pub retry: RetryPolicy,
     pub compensate: Option<Compensation>,
@@ -298,10 +261,11 @@ impl Flow {
             }
             let when = match &s.when {
                 Some(w) => {
-                    let c = parse_condition(w)
-                        .map_err(|m| err(line, format!("step {id:?}: `when`: {m}")))?;
+                    let at = line_of(text, w.span().start);
+                    let c = parse_condition(w.get_ref())
+                        .map_err(|m| err(at, format!("step {id:?}: `when`: {m}")))?;
                     after.push(c.step.clone());
-                    Some(c)
+                    Some((c, at))
                 }
                 None => None,
             };
@@ -324,7 +288,8 @@ impl Flow {
                     action,
                     input,
                     after,
-                    when,
+                    when_line: when.as_ref().map_or(line, |(_, at)| *at),
+                    when: when.map(|(c, _)| c),
                     timeout_ms: s.timeout_ms.unwrap_or(DEFAULT_STEP_TIMEOUT_MS),
                     retry: s.retry.clone().unwrap_or(RetryPolicy {
                         max_attempts: 3,
@@ -424,6 +389,10 @@ impl Flow {
                     s.output_kind = Some(done.clone());
                 }
             }
+            if let Some(c) = &s.when {
+                check_condition(c, &steps, contracts)
+                    .map_err(|m| err(s.when_line, format!("step {:?}: `when`: {m}", s.id)))?;
+            }
             if let Some(c) = &s.compensate {
                 let kind = if c.input == INPUT {
                     Some(input_kind.clone())
@@ -464,6 +433,37 @@ impl Flow {
     pub fn step(&self, id: &str) -> Option<&FlowStep> {
         self.steps.iter().find(|s| s.id == id)
     }
+}
+
+/// Check condition `c` against the schema of the output it looks into (that
+/// of flow step `c.step`, already among `done`).
+fn check_condition(
+    c: &Condition,
+    done: &[FlowStep],
+    contracts: &HashMap<String, &StepContract>,
+) -> Result<(), String> {
+    let Some(from) = done.iter().find(|x| x.id == c.step) else {
+        return Ok(());
+    };
+    let Some(kind) = &from.output_kind else {
+        return Ok(());
+    };
+    // A command's output is its step's first produced type; a hybrid
+    // step's, the awaited type as whichever step of the app produces it.
+    let produced = match &from.action {
+        Action::Command { step } => contracts[step].produced(kind),
+        Action::Hybrid { .. } => contracts.values().find_map(|k| k.produced(kind)),
+    };
+    let Some(t) = produced else {
+        return Ok(());
+    };
+    if let crate::contract::DataFormat::Other { media_type, .. } = &t.format {
+        return Err(format!(
+            "the output of {:?} ({kind}) is {media_type}, not JSON: a condition cannot look into its fields",
+            c.step
+        ));
+    }
+    c.check(&t.schema)
 }
 
 fn describe_source(input: &str, steps: &[FlowStep], input_kind: &str) -> String {
@@ -516,62 +516,4 @@ fn topo_order(steps: &HashMap<String, FlowStep>) -> Result<Vec<String>, Vec<Stri
         visit(id, steps, &mut state, &mut Vec::new(), &mut out)?;
     }
     Ok(out)
-}
-
-fn parse_condition(text: &str) -> Result<Condition, String> {
-    let ops = [
-        (">=", Op::Ge),
-        ("<=", Op::Le),
-        ("==", Op::Eq),
-        ("!=", Op::Ne),
-        (">", Op::Gt),
-        ("<", Op::Lt),
-    ];
-    let (at, sym, op) = ops
-        .iter()
-        .filter_map(|(sym, op)| text.find(sym).map(|i| (i, *sym, op.clone())))
-        .min_by_key(|(i, sym, _)| (*i, usize::MAX - sym.len()))
-        .ok_or("expected `ID.field OP value`, with OP one of == != > >= < <=")?;
-    let (lhs, rhs) = (text[..at].trim(), text[at + sym.len()..].trim());
-    let value: Value = serde_json::from_str(rhs)
-        .map_err(|_| format!("{rhs:?} is not a JSON value (quote strings)"))?;
-    let mut parts = lhs.split('.');
-    let step = parts
-        .next()
-        .filter(|s| !s.is_empty())
-        .ok_or("no step before the field")?
-        .to_string();
-    let path: Vec<String> = parts.map(str::to_string).collect();
-    if path.is_empty() || path.iter().any(String::is_empty) {
-        return Err(format!("{lhs:?}: expected ID.field"));
-    }
-    Ok(Condition {
-        step,
-        path,
-        op,
-        value,
-        text: text.to_string(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn conditions_compare_numbers_and_values() {
-        let c = parse_condition("validate.total_cents >= 1000").unwrap();
-        assert_eq!(
-            (c.step.as_str(), c.path.clone(), c.op.clone()),
-            ("validate", vec!["total_cents".to_string()], Op::Ge)
-        );
-        assert!(c.holds(&json!({"total_cents": 1000})));
-        assert!(!c.holds(&json!({"total_cents": 999})));
-        assert!(!c.holds(&json!({})));
-        let c = parse_condition("a.x.y == \"eu\"").unwrap();
-        assert!(c.holds(&json!({"x": {"y": "eu"}})));
-        assert!(parse_condition("a.x = 3").is_err());
-        assert!(parse_condition("a.x == eu").is_err());
-    }
 }
