@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use troupe_tests::process::{HostProcess, broker_arg, troupe_within};
 use troupe_tests::{
-    Backend, TestApp, guest, on_each_broker_blocking, plugin, publish_orders, step,
+    Backend, TestApp, guest, on_each_broker_blocking, plugin, publish_orders, repo, step,
 };
 
 const HUNG: Duration = Duration::from_secs(60);
@@ -390,4 +390,37 @@ fn the_cloudevents_sdk_produces_and_consumes(b: Backend) {
         trace(&host, "sdk-3", 0).is_empty(),
         "nothing of a refused batch is stored"
     );
+}
+
+/// The example of docs/brokers.md: a Python service using nats-py (not
+/// Troupe) publishes an order in the NATS binding's binary mode and reads
+/// the step's answer through a consumer of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_nats_client_example_talks_to_an_app() {
+    let app = TestApp::on(
+        Backend::Nats,
+        &step("order-validate", &plugin("order-validate"), ""),
+    );
+    let host = app.start().await;
+    let ns = app.namespace.clone().unwrap();
+    let python = repo().join("toolchains/testing/.venv/bin/python");
+    assert!(python.exists(), "run ./scripts/toolchains testing first");
+    let out = tokio::process::Command::new(python)
+        .arg(repo().join("examples/nats-client/client.py"))
+        .args(["--server", &troupe_tests::nats_server(), "--namespace", &ns])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("received order.validated")
+            && stdout.contains("order o-1001 for Zoë, total 900 cents"),
+        "{stdout}"
+    );
+    host.shutdown().await;
 }
