@@ -424,3 +424,51 @@ async fn the_nats_client_example_talks_to_an_app() {
     );
     host.shutdown().await;
 }
+
+/// schemathesis (pinned in toolchains/testing) drives the HTTP API of the
+/// orders example from its OpenAPI document, every check on, with a fixed
+/// seed: no server error, no undocumented status or body, nothing the
+/// document allows refused, nothing it forbids accepted. The summary is
+/// kept in `target/schemathesis.txt` (`scripts/test` prints it).
+#[test]
+fn schemathesis_finds_nothing_wrong_with_the_api() {
+    let app = troupe_tests::example_app("orders");
+    let host = HostProcess::start(&app, &[], HUNG);
+    let token = troupe::client::token_for(&app.path().join(troupe::app::STATE_DIR), false).unwrap();
+    let st = repo().join("toolchains/testing/.venv/bin/schemathesis");
+    assert!(st.exists(), "run ./scripts/toolchains testing first");
+    let out = std::process::Command::new(st)
+        .args(["run", &format!("{}/v1/openapi.json", host.client.base)])
+        .args([
+            "--checks",
+            "all",
+            "--max-examples",
+            "100",
+            "--seed",
+            "20261201",
+        ])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        .env("NO_COLOR", "1")
+        .current_dir(app.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary: String = text
+        .lines()
+        .skip_while(|l| !l.contains("SUMMARY"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let _ = std::fs::write(repo().join("target/schemathesis.txt"), &summary);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases = summary
+        .lines()
+        .find_map(|l| l.trim().split_once(" generated, "))
+        .and_then(|(n, _)| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(cases >= 1000, "too few cases to mean much: {summary}");
+    assert!(!summary.contains("failure"), "{summary}");
+}

@@ -68,8 +68,13 @@ fn extension_value(k: &str, v: Value) -> Result<(String, bool), EnvelopeError> {
         Value::String(s) if crate::text::has_control(&s) => Err(EnvelopeError::Control(k.into())),
         Value::String(s) => Ok((s, false)),
         Value::Bool(b) => Ok((b.to_string(), true)),
-        Value::Number(n) if n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()) => {
-            Ok((n.to_string(), true))
+        // An integer, written any way JSON allows (`5`, `5.0`, `5e0`).
+        Value::Number(n)
+            if n.as_f64().is_some_and(|f| {
+                f.fract() == 0.0 && f >= i32::MIN as f64 && f <= i32::MAX as f64
+            }) =>
+        {
+            Ok(((n.as_f64().expect("checked") as i32).to_string(), true))
         }
         _ => Err(EnvelopeError::ExtensionType(k.into())),
     }
@@ -121,6 +126,8 @@ pub enum EnvelopeError {
     SpecVersion(String),
     #[error("`data_base64` is not valid base64")]
     Base64,
+    #[error("an event has `data` or `data_base64`, not both")]
+    BothData,
     #[error("extension attribute names are lower-case letters and digits, at most 20: {0:?}")]
     ExtensionName(String),
     #[error("attribute `{0}` holds control characters, which CloudEvents attributes may not")]
@@ -129,6 +136,10 @@ pub enum EnvelopeError {
         "extension `{0}` must be a string, an integer (32-bit, CloudEvents' Integer) or a boolean"
     )]
     ExtensionType(String),
+    #[error("attribute `datacontenttype` must be a media type (type/subtype), not {0:?}")]
+    MediaType(String),
+    #[error("attribute `{0}` may have at most {1} characters")]
+    TooLong(&'static str, usize),
     #[error("attribute `{0}` must not be empty")]
     Empty(&'static str),
     #[error("attribute `{0}` must be a URI reference (RFC 3986), not {1:?}")]
@@ -177,6 +188,20 @@ impl Event {
         let content_type = take("datacontenttype")?;
         let schema = take("dataschema")?;
         let b64 = take("data_base64")?;
+        if let Some(ct) = content_type
+            .as_ref()
+            .filter(|c| super::media_type(c).is_none())
+        {
+            return Err(EnvelopeError::MediaType(ct.clone()));
+        }
+        for (name, v, max) in [
+            ("subject", &subject, super::MAX_SUBJECT),
+            ("datacontenttype", &content_type, super::MAX_CONTENT_TYPE),
+        ] {
+            if v.as_ref().is_some_and(|v| v.chars().count() > max) {
+                return Err(EnvelopeError::TooLong(name, max));
+            }
+        }
         check_attributes(
             id.as_deref(),
             source.as_deref(),
@@ -184,7 +209,12 @@ impl Event {
             schema.as_deref(),
         )?;
         let json = content_type.as_deref().is_none_or(is_json_type);
-        let data = match (m.remove("data"), b64) {
+        // The JSON format reads a null attribute as unset, `data` too.
+        let given = m.remove("data").filter(|v| !v.is_null());
+        if given.is_some() && b64.is_some() {
+            return Err(EnvelopeError::BothData);
+        }
+        let data = match (given, b64) {
             (Some(v), _) if json => serde_json::to_vec(&v).expect("a JSON value serialises"),
             (Some(Value::String(text)), _) => text.into_bytes(),
             (Some(_), _) => {
@@ -192,9 +222,14 @@ impl Event {
             }
             (None, Some(b)) => {
                 use base64::Engine as _;
-                base64::engine::general_purpose::STANDARD
-                    .decode(b)
-                    .map_err(|_| EnvelopeError::Base64)?
+                // Padded, as RFC 4648 says; bits past the last byte are
+                // ignored rather than refused.
+                const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+                    &base64::alphabet::STANDARD,
+                    base64::engine::GeneralPurposeConfig::new()
+                        .with_decode_allow_trailing_bits(true),
+                );
+                LENIENT.decode(b).map_err(|_| EnvelopeError::Base64)?
             }
             (None, None) if json => b"null".to_vec(),
             (None, None) => Vec::new(),
@@ -220,6 +255,10 @@ impl Event {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
             {
                 return Err(EnvelopeError::ExtensionName(k));
+            }
+            // The JSON format: a null attribute is one that is not set.
+            if v.is_null() {
+                continue;
             }
             let (text, typed) = extension_value(&k, v)?;
             if typed {

@@ -35,6 +35,10 @@ pub const TRACEPARENT: &str = "traceparent";
 /// Extension attribute: deliver to this consumer group only, not by type
 /// (orchestration commands and their replies).
 pub const TARGET: &str = "troupeto";
+/// The longest `subject`, in characters (from producers and steps alike).
+pub const MAX_SUBJECT: usize = 1024;
+/// The longest `datacontenttype`, in characters.
+pub const MAX_CONTENT_TYPE: usize = 256;
 /// The default content type of event data.
 pub const JSON: &str = "application/json";
 
@@ -231,7 +235,7 @@ pub fn is_json_type(content_type: &str) -> bool {
 /// out) and whether it is JSON (`application/json` or a `+json` suffix);
 /// `None` when `s` is not a media type.
 pub fn media_type(s: &str) -> Option<(String, bool)> {
-    let essence = s.split(';').next().unwrap_or("").trim();
+    let essence = s.split(';').next().unwrap_or("").trim_matches(' ');
     let (ty, sub) = essence.split_once('/')?;
     let token = |t: &str| {
         !t.is_empty()
@@ -395,5 +399,44 @@ mod tests {
             err(serde_json::json!({"type": "a", "subject": "\u{1b}[2J"})).contains("`subject`")
         );
         assert!(err(serde_json::json!({"type": "a", "tenant": "a\rb"})).contains("`tenant`"));
+        assert!(
+            err(serde_json::json!({"type": "a", "data": 1, "data_base64": "QQ=="}))
+                .contains("not both")
+        );
+        assert!(
+            err(serde_json::json!({"type": "a", "datacontenttype": ""})).contains("media type")
+        );
+        let long = "x".repeat(MAX_SUBJECT + 1);
+        assert!(err(serde_json::json!({"type": "a", "subject": long})).contains("at most 1024"));
+        assert!(err(serde_json::json!({"type": "a", "n": 1.5})).contains("extension `n`"));
+        assert!(err(serde_json::json!({"type": "a", "n": 3_000_000_000u64})).contains("`n`"));
+    }
+
+    /// Extension values keep their JSON type; a null attribute is unset, as
+    /// the JSON format says.
+    #[test]
+    fn typed_extensions_round_trip_and_nulls_are_unset() {
+        let e = Event::from_json(
+            serde_json::json!({"type": "a", "n": 5, "m": -7.0, "b": true, "s": "5", "gone": null,
+                               "time": null, "data": null}),
+            "s",
+        )
+        .unwrap();
+        assert_eq!(e.extensions["m"], "-7");
+        assert!(!e.extensions.contains_key("gone"));
+        assert_eq!(e.data, b"null");
+        let v = e.to_json();
+        assert_eq!(
+            (&v["n"], &v["m"], &v["b"], &v["s"]),
+            (
+                &serde_json::json!(5),
+                &serde_json::json!(-7),
+                &serde_json::json!(true),
+                &serde_json::json!("5")
+            )
+        );
+        let stored = extensions_to_json(&e);
+        let (ext, typed) = extensions_from_json(&stored).unwrap();
+        assert_eq!((ext, typed), (e.extensions.clone(), e.typed.clone()));
     }
 }

@@ -29,10 +29,7 @@ use crate::world::{self, Step, StepPre};
 
 /// How long a step has to answer `describe` (instantiation included).
 pub const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest `subject` a step may emit, bytes.
-pub const MAX_SUBJECT: usize = 1024;
-/// The longest `content-type` a step may emit, bytes.
-pub const MAX_CONTENT_TYPE: usize = 256;
+pub use crate::event::{MAX_CONTENT_TYPE, MAX_SUBJECT};
 
 /// How handling one event failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,21 +301,19 @@ impl Sandbox {
                     l.max_event_bytes
                 )));
             }
-            if let Some(s) = e.subject.as_ref().filter(|s| s.len() > MAX_SUBJECT) {
+            let chars = |s: &Option<String>| s.as_ref().map_or(0, |s| s.chars().count());
+            if chars(&e.subject) > MAX_SUBJECT {
                 return Err(Failure::Limit(format!(
-                    "emitted a {kind} event whose subject has {} bytes, the limit is {MAX_SUBJECT}",
-                    s.len()
+                    "emitted a {kind} event whose subject has {} characters, the limit is \
+                     {MAX_SUBJECT}",
+                    chars(&e.subject)
                 )));
             }
-            if let Some(ct) = e
-                .content_type
-                .as_ref()
-                .filter(|c| c.len() > MAX_CONTENT_TYPE)
-            {
+            if chars(&e.content_type) > MAX_CONTENT_TYPE {
                 return Err(Failure::Limit(format!(
-                    "emitted a {kind} event whose content type has {} bytes, the limit is \
+                    "emitted a {kind} event whose content type has {} characters, the limit is \
                      {MAX_CONTENT_TYPE}",
-                    ct.len()
+                    chars(&e.content_type)
                 )));
             }
         }

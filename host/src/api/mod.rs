@@ -24,13 +24,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use utoipa::OpenApi;
 
 use crate::broker::{Broker, BrokerError};
 use crate::event::Event;
 use crate::orchestrator::{Orchestrator, StartError};
 use crate::runtime::step::LoadedStep;
 use crate::stats::Stats;
+
+mod openapi;
+
+pub use openapi::openapi_json;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -97,36 +100,6 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
     }
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "Troupe", description = "Run event-driven microservices out of sandboxed WebAssembly steps."),
-    paths(start_run, run_status, publish, dlq_list, dlq_show, dlq_replay, trace, healthz, metrics, openapi),
-    modifiers(&Bearer)
-)]
-struct ApiDoc;
-
-struct Bearer;
-
-impl utoipa::Modify for Bearer {
-    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = api.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-        api.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
-            "bearer",
-            Vec::<String>::new(),
-        )]);
-    }
-}
-
-/// The OpenAPI document of this API.
-pub fn openapi_json() -> Value {
-    serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises")
-}
-
 /// The router, with the token check on every route but `/healthz`.
 pub fn router(state: ApiState) -> Router {
     let guarded = Router::new()
@@ -144,7 +117,42 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .merge(guarded)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Every error is JSON: an error response made by axum itself (a method
+/// the route does not take, a path that does not decode) gets its text as
+/// `{"error": ...}`, its status and headers (`Allow`) kept.
+async fn json_errors(r: Response) -> Response {
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(r.status().is_client_error() || r.status().is_server_error()) || is_json {
+        return r;
+    }
+    let (mut parts, body) = r.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_lowercase()
+    } else {
+        text
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let body = json!({ "error": message }).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 async fn auth(State(s): State<ApiState>, headers: HeaderMap, req: Request, next: Next) -> Response {

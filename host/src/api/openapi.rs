@@ -1,0 +1,254 @@
+//! The OpenAPI 3.1 document of the HTTP API (`GET /v1/openapi.json`).
+//!
+//! The operations come from the handlers' `#[utoipa::path]` annotations;
+//! [`complete`] adds what holds for all of them (the `401` of every route
+//! behind the token, the `503` of every route that reaches the broker, a
+//! JSON error body for every error status) and the schemas of bodies, as
+//! JSON Schema written out here: the CloudEvents request schema says
+//! exactly what `event::json` accepts, so a client (or schemathesis) that
+//! follows it is never refused for the shape of its event.
+
+use serde_json::{Value, json};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Troupe", description = "Run event-driven microservices out of sandboxed WebAssembly steps."),
+    paths(super::start_run, super::run_status, super::publish, super::dlq_list, super::dlq_show, super::dlq_replay, super::trace, super::healthz, super::metrics, super::openapi),
+    modifiers(&Bearer)
+)]
+struct ApiDoc;
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        api.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// The OpenAPI document of this API: the operations as the handlers
+/// declare them, completed by [`complete`].
+pub fn openapi_json() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
+    complete(&mut doc);
+    doc
+}
+
+/// What the handlers' annotations cannot say (see the module).
+fn complete(doc: &mut Value) {
+    doc["components"]["schemas"] = schemas();
+    let error = json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            let open = op.get("security").is_some_and(|s| s == &json!([{}]));
+            let responses = &mut op["responses"];
+            if !open {
+                responses["401"] = json!({"description": "No valid bearer token"});
+            }
+            if path.starts_with("/v1/") && path != "/v1/openapi.json" {
+                responses["503"].as_object().is_none().then(|| {
+                    responses["503"] =
+                        json!({"description": "The broker cannot be reached or failed"});
+                });
+            }
+            for (status, r) in responses.as_object_mut().into_iter().flatten() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    r["content"] = error.clone();
+                }
+            }
+            if let Some(schema) = success_schema(method, path) {
+                let (status, ct) = match (method.as_str(), path.as_str()) {
+                    ("post", _) => ("202", "application/json"),
+                    (_, "/metrics") => ("200", "text/plain"),
+                    _ => ("200", "application/json"),
+                };
+                responses[status]["content"] = json!({ ct: {"schema": schema} });
+            }
+            if method == "post" && path == "/v1/events" {
+                op["requestBody"]["content"] = json!({
+                    "application/cloudevents+json": {"schema": {"$ref": "#/components/schemas/CloudEvent"}},
+                    "application/json": {"schema": {"$ref": "#/components/schemas/CloudEvent"}},
+                    "application/cloudevents-batch+json": {"schema": {
+                        "type": "array", "items": {"$ref": "#/components/schemas/CloudEvent"}
+                    }},
+                });
+            }
+        }
+    }
+}
+
+/// The schema of an operation's success body.
+fn success_schema(method: &str, path: &str) -> Option<Value> {
+    let r = |name: &str| json!({"$ref": format!("#/components/schemas/{name}")});
+    Some(match (method, path) {
+        ("post", "/v1/flows/{flow}/runs") => json!({
+            "type": "object", "required": ["run_id", "status_url"],
+            "properties": {"run_id": {"type": "string"}, "status_url": {"type": "string"}}
+        }),
+        ("get", "/v1/runs/{id}") => r("Run"),
+        ("post", "/v1/events") => json!({
+            "type": "object",
+            "description": "`id` for one event, `ids` for a batch",
+            "properties": {
+                "id": {"type": "string"},
+                "ids": {"type": "array", "items": {"type": "string"}}
+            }
+        }),
+        ("get", "/v1/dlq") => json!({"type": "array", "items": r("DeadLetter")}),
+        ("get", "/v1/dlq/{id}") => r("DeadLetter"),
+        ("post", "/v1/dlq/{id}/replay") => json!({
+            "type": "object", "required": ["replayed"], "properties": {"replayed": {"type": "string"}}
+        }),
+        ("get", "/v1/traces/{correlation_id}") => {
+            json!({"type": "array", "items": r("CloudEvent")})
+        }
+        ("get", "/healthz") => json!({
+            "type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}
+        }),
+        ("get", "/metrics") => json!({"type": "string"}),
+        ("get", "/v1/openapi.json") => json!({"type": "object"}),
+        _ => return None,
+    })
+}
+
+/// Text CloudEvents allows in an attribute: no control characters.
+const TEXT: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
+/// A schema that holds when every one of `keys` is set (present, not null).
+fn set(keys: &[&str]) -> Value {
+    let not_null: serde_json::Map<String, Value> = keys
+        .iter()
+        .map(|k| (k.to_string(), json!({"not": {"type": "null"}})))
+        .collect();
+    json!({"required": keys, "properties": not_null})
+}
+
+fn schemas() -> Value {
+    // Set by the host only, and never both.
+    let forbidden: Vec<Value> = ["troupeto", "trouperun", "troupestep", "troupeattempt"]
+        .iter()
+        .map(|k| set(&[k]))
+        .chain([set(&["data", "data_base64"])])
+        .collect();
+    // Optional attributes may be null: the JSON format reads null as unset.
+    let text = |extra: Value| {
+        let mut s = json!({"type": ["string", "null"], "pattern": TEXT});
+        if let (Some(s), Some(e)) = (s.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        s
+    };
+    json!({
+        "Error": {
+            "type": "object", "required": ["error"],
+            "properties": {"error": {"type": "string", "description": "What went wrong, for a person"}}
+        },
+        "CloudEvent": {
+            "description": "A CloudEvents 1.0 event in the JSON format. Only `type` is required: the host fills in `id` (a UUIDv7), `source`, `time` and `datacontenttype` (application/json). `data` is JSON when the content type is JSON, else a string (the text) or `data_base64` (the bytes). Extensions: lower-case letters and digits, up to 20; values strings, 32-bit integers or booleans; `troupeto`, `trouperun`, `troupestep` and `troupeattempt` are set by the host only. Binary mode (ce-* headers, the body is the data) is accepted too; see the README.",
+            "type": "object",
+            "required": ["type"],
+            "properties": {
+                "specversion": {"enum": ["1.0", null]},
+                "type": {
+                    "type": "string", "maxLength": 128,
+                    "pattern": "^[a-z][a-z0-9_-]*(\\.[a-z][a-z0-9_-]*)*$",
+                    "description": "Dot-separated words of lower-case letters, digits, `-` and `_`, each starting with a letter"
+                },
+                "id": text(json!({"minLength": 1})),
+                "source": text(json!({"minLength": 1, "format": "uri-reference"})),
+                "subject": text(json!({"maxLength": 1024})),
+                "time": {"type": ["string", "null"], "format": "date-time"},
+                "datacontenttype": {
+                    "type": ["string", "null"], "maxLength": 256,
+                    "pattern": "^ *[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127} *(;[^\\u0000-\\u001f\\u007f-\\u009f]*)?$"
+                },
+                "dataschema": text(json!({"format": "uri-reference"})),
+                "data": {},
+                "data_base64": {
+                    "type": ["string", "null"], "contentEncoding": "base64",
+                    "pattern": "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+                },
+            },
+            "propertyNames": {"pattern": "^[a-z0-9]{1,20}$|^data_base64$"},
+            "additionalProperties": {
+                "anyOf": [
+                    text(json!({})),
+                    {"type": "integer", "minimum": -2147483648i64, "maximum": 2147483647},
+                    {"type": "boolean"},
+                    {"type": "null"}
+                ]
+            },
+            "not": {"anyOf": forbidden},
+            "allOf": [{
+                "description": "Data that is not JSON is a string (its text) or data_base64",
+                "if": {
+                    "required": ["datacontenttype"],
+                    "properties": {"datacontenttype": {"type": "string", "not": {
+                        "pattern": "^[Aa][Pp][Pp][Ll][Ii][Cc][Aa][Tt][Ii][Oo][Nn]/([Jj][Ss][Oo][Nn]|[^;]*\\+[Jj][Ss][Oo][Nn])\\s*(;.*)?$"
+                    }}}
+                },
+                "then": {"properties": {"data": {"type": ["string", "null"]}}}
+            }]
+        },
+        "DeadLetter": {
+            "type": "object",
+            "required": ["id", "step", "class", "message", "attempts", "time", "event_id", "event_type"],
+            "properties": {
+                "id": {"type": "string"},
+                "step": {"type": "string"},
+                "class": {"type": "string", "enum": ["rejected", "contract", "exhausted", "trap", "limit"]},
+                "message": {"type": "string"},
+                "attempts": {"type": "integer", "minimum": 0},
+                "time": {"type": "string"},
+                "event_id": {"type": "string"},
+                "event_type": {"type": "string"},
+                "event": {"$ref": "#/components/schemas/CloudEvent"}
+            }
+        },
+        "Run": {
+            "type": "object",
+            "required": ["id", "flow", "state", "input", "created", "updated", "steps"],
+            "properties": {
+                "id": {"type": "string"},
+                "flow": {"type": "string"},
+                "state": {"type": "string", "enum": ["running", "compensating", "completed", "compensated", "failed", "timed_out"]},
+                "input": {},
+                "created": {"type": "string"},
+                "updated": {"type": "string"},
+                "finished": {"type": "string"},
+                "duration_ms": {"type": "integer", "minimum": 0},
+                "error": {"type": "string"},
+                "steps": {"type": "object", "additionalProperties": {
+                    "type": "object", "required": ["state", "attempts"],
+                    "properties": {
+                        "state": {"type": "string"},
+                        "attempts": {"type": "integer", "minimum": 0},
+                        "started": {"type": "string"},
+                        "finished": {"type": "string"},
+                        "duration_ms": {"type": "integer", "minimum": 0},
+                        "output_type": {"type": "string"},
+                        "output": {},
+                        "errors": {"type": "array", "items": {"type": "string"}},
+                        "reason": {"type": "string"}
+                    }
+                }}
+            }
+        }
+    })
+}
