@@ -446,3 +446,77 @@ fn docs_describe_every_event_as_asyncapi_3() {
     assert_eq!(on_nats["servers"]["nats"]["protocol"], "nats");
     assert!(validator.is_valid(&on_nats));
 }
+
+/// A team's Python step, outside this repository: `troupe build` finds the
+/// toolchain that came with this `troupe` (no variable set); once built,
+/// `check`, `graph`, `docs` and `publish` need no toolchain and describe the
+/// step from the contract cache without loading any guest; a changed
+/// source is built again.
+#[test]
+fn a_built_step_needs_no_toolchain_and_is_described_from_the_cache() {
+    let parent = tempfile::tempdir().unwrap();
+    let at = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(troupe_bin())
+            .args(args)
+            .current_dir(parent.path())
+            .env_remove("TROUPE_COMPONENTIZE_PY")
+            .env("TROUPE_LOG", "debug")
+            .envs(env.iter().copied())
+            .output()
+            .expect("troupe runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "troupe {args:?}: {text}");
+        text
+    };
+    at(&["new", "greet", "--lang", "python"], &[]);
+    at(&["build", "greet"], &[]);
+    std::fs::write(
+        parent.path().join("troupe.toml"),
+        "name = \"greeter\"\n[steps.greet]\nplugin = \"greet\"\n",
+    )
+    .unwrap();
+    // The first command loads the step once and keeps its contract.
+    at(&["check", "."], &[]);
+    let no_tool = [("TROUPE_COMPONENTIZE_PY", "/nonexistent/componentize-py")];
+    for args in [
+        vec!["check", "."],
+        vec!["graph", "."],
+        vec!["docs", "."],
+        vec![
+            "publish",
+            ".",
+            "greet.requested",
+            "--data",
+            r#"{"id":"g-1"}"#,
+        ],
+    ] {
+        let said = at(&args, &no_tool);
+        assert!(
+            !said.contains("compiled in") && !said.contains("loaded precompiled"),
+            "{args:?} loaded a guest: {said}"
+        );
+    }
+    // The contract is still checked, from the cache.
+    let refused = Command::new(troupe_bin())
+        .args(["publish", ".", "greet.requested", "--data", r#"{"id":""}"#])
+        .current_dir(parent.path())
+        .env("TROUPE_COMPONENTIZE_PY", "/nonexistent/componentize-py")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("would break the contract of step `greet`")
+    );
+    // A changed source is built again (with the toolchain found as above).
+    let app_py = parent.path().join("greet/app.py");
+    let mut source = std::fs::read_to_string(&app_py).unwrap();
+    source.push_str("\n# changed\n");
+    std::fs::write(&app_py, source).unwrap();
+    let said = at(&["check", "."], &[]);
+    assert!(said.contains("compiled in"), "{said}");
+}

@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 use crate::broker::BrokerUrl;
 use crate::contract::EventType;
-use crate::runtime::step::LoadedStep;
+use crate::contract::StepView;
 
 /// Who declared a schema: (step, produces?).
 type Declarer = (String, bool);
@@ -30,12 +30,12 @@ type Declarer = (String, bool);
 type Versions = Vec<(Arc<EventType>, Vec<Declarer>)>;
 
 /// The AsyncAPI 3.0 document of `app`'s events.
-pub fn document(app: &str, steps: &[Arc<LoadedStep>], broker: &BrokerUrl) -> Value {
+pub fn document(app: &str, steps: &[impl StepView], broker: &BrokerUrl) -> Value {
     // (type, version) -> distinct schemas, each with the steps declaring it.
     let mut schemas: BTreeMap<(String, String), Versions> = BTreeMap::new();
     for s in steps {
-        let declared = s.contract.consumes.iter().map(|t| (t, false));
-        for (t, produces) in declared.chain(s.contract.produces.iter().map(|t| (t, true))) {
+        let declared = s.contract().consumes.iter().map(|t| (t, false));
+        for (t, produces) in declared.chain(s.contract().produces.iter().map(|t| (t, true))) {
             let versions = schemas
                 .entry((t.kind.clone(), t.version.clone()))
                 .or_default();
@@ -80,7 +80,7 @@ pub fn document(app: &str, steps: &[Arc<LoadedStep>], broker: &BrokerUrl) -> Val
 
     let mut operations = Map::new();
     for s in steps {
-        let subscribed = s.sandbox.config.choreography;
+        let subscribed = s.choreography();
         for produces in [false, true] {
             let key = (s.name().to_string(), produces);
             for (kind, id) in declared.get(&key).into_iter().flatten() {

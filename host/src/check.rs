@@ -14,13 +14,11 @@
 //! contracts use (`type`, `required`, `properties`, `items`, `enum`,
 //! `additionalProperties`); what it cannot judge it does not report.
 
-use std::sync::Arc;
-
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::contract::DataFormat;
-use crate::runtime::step::LoadedStep;
+use crate::contract::StepView;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -40,14 +38,14 @@ pub struct Finding {
 }
 
 /// Check the wiring of `steps`.
-pub fn check(steps: &[Arc<LoadedStep>]) -> Vec<Finding> {
+pub fn check(steps: &[impl StepView]) -> Vec<Finding> {
     let mut out = Vec::new();
     for p in steps {
-        for produced in &p.contract.produces {
+        for produced in &p.contract().produces {
             let consumers: Vec<_> = steps
                 .iter()
                 .filter_map(|c| {
-                    c.contract
+                    c.contract()
                         .consumes
                         .iter()
                         .find(|t| t.kind == produced.kind)
@@ -103,10 +101,13 @@ pub fn check(steps: &[Arc<LoadedStep>]) -> Vec<Finding> {
         }
     }
     for c in steps {
-        for consumed in &c.contract.consumes {
-            let produced = steps
-                .iter()
-                .any(|p| p.contract.produces.iter().any(|t| t.kind == consumed.kind));
+        for consumed in &c.contract().consumes {
+            let produced = steps.iter().any(|p| {
+                p.contract()
+                    .produces
+                    .iter()
+                    .any(|t| t.kind == consumed.kind)
+            });
             if !produced {
                 out.push(Finding {
                     severity: Severity::Info,

@@ -7,10 +7,9 @@
 //! dependency, and a dotted edge to the app step each one commands.
 
 use std::fmt::Write;
-use std::sync::Arc;
 
+use crate::contract::StepView;
 use crate::flow::{Action, Flow};
-use crate::runtime::step::LoadedStep;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,14 +48,14 @@ struct Graph {
     clusters: Vec<(String, String, Vec<Node>)>,
 }
 
-fn build(steps: &[Arc<LoadedStep>], flows: &[Flow]) -> Graph {
+fn build(steps: &[impl StepView], flows: &[Flow]) -> Graph {
     let mut kinds: Vec<String> = steps
         .iter()
         .flat_map(|s| {
-            s.contract
+            s.contract()
                 .consumes
                 .iter()
-                .chain(&s.contract.produces)
+                .chain(&s.contract().produces)
                 .map(|t| t.kind.clone())
         })
         .collect();
@@ -74,12 +73,12 @@ fn build(steps: &[Arc<LoadedStep>], flows: &[Flow]) -> Graph {
             kind: Kind::Step,
         });
         // A commands-only step is not subscribed: a dotted edge.
-        let subscribed = s.sandbox.config.choreography;
-        for t in &s.contract.consumes {
+        let subscribed = s.choreography();
+        for t in &s.contract().consumes {
             g.edges
                 .push((id("e", &t.kind), id("s", s.name()), !subscribed));
         }
-        for t in &s.contract.produces {
+        for t in &s.contract().produces {
             g.edges.push((id("s", s.name()), id("e", &t.kind), false));
         }
     }
@@ -119,7 +118,7 @@ fn build(steps: &[Arc<LoadedStep>], flows: &[Flow]) -> Graph {
 }
 
 /// The graph of `steps` and `flows` in `format`.
-pub fn render(steps: &[Arc<LoadedStep>], flows: &[Flow], format: Format) -> String {
+pub fn render(steps: &[impl StepView], flows: &[Flow], format: Format) -> String {
     let g = build(steps, flows);
     let mut out = String::new();
     match format {

@@ -2,7 +2,9 @@
 //!
 //! [`load_steps`] turns an app's step table into loaded steps (building
 //! plugin sources, compiling components in parallel through the artifact
-//! cache, reading contracts). [`Host::start`] opens the broker, subscribes
+//! cache, reading contracts). [`describe_steps`] gives only their
+//! contracts, from the contract cache when it can, instantiating no guest
+//! it has described before (`check`, `docs`, `graph`, `publish`). [`Host::start`] opens the broker, subscribes
 //! each step to what it consumes, starts the workers, and only then lets
 //! the broker take events queued from outside, so nothing is routed before
 //! every step is listening.
@@ -16,10 +18,11 @@ use crate::app::{App, Source};
 use crate::broker::{Broker, BrokerError};
 use crate::builder::{self, BuildError};
 use crate::choreo::Wiring;
-use crate::contract::StepContract;
+use crate::contract::{StepContract, StepView};
 use crate::flow::Flow;
 use crate::orchestrator::{InputCheck, Orchestrator};
 use crate::runtime::cache::ArtifactCache;
+use crate::runtime::contracts::ContractCache;
 use crate::runtime::step::LoadedStep;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::stats::{Stats, StepStats};
@@ -44,10 +47,10 @@ pub enum HostError {
 }
 
 /// Read and check the app's flows (`APP/flows/*.toml`) against its steps.
-pub fn load_flows(app: &App, steps: &[Arc<LoadedStep>]) -> Result<Vec<Flow>, HostError> {
+pub fn load_flows(app: &App, steps: &[impl StepView]) -> Result<Vec<Flow>, HostError> {
     let contracts: HashMap<String, &StepContract> = steps
         .iter()
-        .map(|s| (s.name().to_string(), &s.contract))
+        .map(|s| (s.name().to_string(), s.contract()))
         .collect();
     Ok(Flow::load_dir(&app.dir.join(FLOWS_DIR), &contracts)?)
 }
@@ -59,14 +62,15 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The folder of an app's flow files.
 pub const FLOWS_DIR: &str = "flows";
 
-/// Build, compile and load every step of `app`.
-pub fn load_steps(rt: &Runtime, app: &App) -> Result<Vec<Arc<LoadedStep>>, HostError> {
-    let mut items: Vec<(String, PathBuf)> = Vec::new();
+/// The component of each step of `app`, built if its sources changed
+/// since its last build (`builder::prepare`).
+fn components(app: &App) -> Result<Vec<(String, PathBuf)>, HostError> {
+    let mut items = Vec::new();
     for (name, cfg) in &app.steps {
         let path = match cfg.source() {
             Source::Component(p) => p,
             Source::Plugin(dir) => {
-                builder::build(&dir)
+                builder::prepare(&dir)
                     .map_err(|error| HostError::Build {
                         step: name.clone(),
                         error,
@@ -76,10 +80,22 @@ pub fn load_steps(rt: &Runtime, app: &App) -> Result<Vec<Arc<LoadedStep>>, HostE
         };
         items.push((name.clone(), path));
     }
-    let cache = ArtifactCache::new(rt.engine(), app.state_dir().join("cache"));
-    let loaded = cache.load_all(rt.engine(), &items);
+    Ok(items)
+}
+
+/// Build, compile and load `items` (step name, component) of `app`; each
+/// contract is remembered in the contract cache.
+fn load(
+    rt: &Runtime,
+    app: &App,
+    items: &[(String, PathBuf)],
+) -> Result<Vec<LoadedStep>, HostError> {
+    let cache_dir = app.state_dir().join("cache");
+    let cache = ArtifactCache::new(rt.engine(), &cache_dir);
+    let contracts = ContractCache::new(&cache_dir);
+    let loaded = cache.load_all(rt.engine(), items);
     let mut steps = Vec::new();
-    for ((name, _), component) in items.iter().zip(loaded) {
+    for ((name, path), component) in items.iter().zip(loaded) {
         let component = component.map_err(|error| HostError::Load {
             step: name.clone(),
             error,
@@ -91,9 +107,70 @@ pub fn load_steps(rt: &Runtime, app: &App) -> Result<Vec<Arc<LoadedStep>>, HostE
                 error,
             }
         })?;
-        steps.push(Arc::new(step));
+        contracts.put(path, &component.hash, &step.contract);
+        steps.push(step);
     }
     Ok(steps)
+}
+
+/// Build, compile and load every step of `app`.
+pub fn load_steps(rt: &Runtime, app: &App) -> Result<Vec<Arc<LoadedStep>>, HostError> {
+    let items = components(app)?;
+    Ok(load(rt, app, &items)?.into_iter().map(Arc::new).collect())
+}
+
+/// A step known by its contract alone (see [`describe_steps`]).
+pub struct Described {
+    pub name: String,
+    pub contract: StepContract,
+    pub choreography: bool,
+}
+
+impl StepView for Described {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn contract(&self) -> &StepContract {
+        &self.contract
+    }
+    fn choreography(&self) -> bool {
+        self.choreography
+    }
+}
+
+/// The contract of every step of `app`: from the contract cache for a
+/// component described before, else by loading the step (which fills the
+/// cache). No guest runs for a step whose component is unchanged.
+pub fn describe_steps(app: &App) -> Result<Vec<Described>, HostError> {
+    let items = components(app)?;
+    let cache = ContractCache::new(app.state_dir().join("cache"));
+    let mut known = HashMap::new();
+    let mut unknown = Vec::new();
+    for (name, path) in &items {
+        let compiled = cache
+            .get(path)
+            .and_then(|raw| StepContract::compile(raw).ok());
+        match compiled {
+            Some(c) => {
+                known.insert(name.clone(), c);
+            }
+            None => unknown.push((name.clone(), path.clone())),
+        }
+    }
+    if !unknown.is_empty() {
+        let rt = Runtime::new()?;
+        for step in load(&rt, app, &unknown)? {
+            known.insert(step.sandbox.name.to_string(), step.contract);
+        }
+    }
+    Ok(items
+        .into_iter()
+        .map(|(name, _)| Described {
+            contract: known.remove(&name).expect("every step is described"),
+            choreography: app.steps[&name].choreography,
+            name,
+        })
+        .collect())
 }
 
 /// A running app.

@@ -24,6 +24,7 @@ fn tool(dir: &Path) -> Result<PathBuf, BuildError> {
         tool: "clang".into(),
         lang: "C",
         install: INSTALL.into(),
+        env: "TROUPE_CLANG",
     })
 }
 

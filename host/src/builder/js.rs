@@ -21,6 +21,7 @@ fn tool(dir: &Path) -> Result<PathBuf, BuildError> {
         tool: "componentize-js".into(),
         lang: "JavaScript",
         install: INSTALL.into(),
+        env: "TROUPE_COMPONENTIZE_JS",
     })
 }
 

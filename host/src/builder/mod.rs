@@ -13,14 +13,24 @@
 //! Builds are cached: Rust by cargo itself; the others by a hash of the
 //! sources, the WIT and the toolchain's version, kept with the output in
 //! `DIR/.troupe-build/`. A missing toolchain is reported with the command
-//! that installs it. Python, JavaScript and C builds use the WIT of this
+//! that installs it.
+//!
+//! [`build`] (`troupe build`) always asks the toolchain. [`prepare`] (what
+//! `run`, `check`, `docs`, `graph` and `publish` use) takes the last build
+//! as it is when the sources it was built from are unchanged (for Rust:
+//! the plugin's `.rs`, `.toml`, `.lock` and `.wit` files and those of its
+//! `path` dependencies), without running any tool; so a built step needs no
+//! toolchain, and a changed one is rebuilt. After upgrading a toolchain,
+//! run `troupe build`. Python, JavaScript and C builds use the WIT of this
 //! `troupe` binary, so a step is always built against the contract the host
 //! enforces.
 //!
 //! Tools are found, in order: an environment variable naming the tool
 //! (`TROUPE_COMPONENTIZE_PY`, `TROUPE_COMPONENTIZE_JS`, `TROUPE_CLANG`),
 //! the `PATH`, then a `toolchains/` folder in the plugin's directory or any
-//! parent (what `scripts/toolchains` installs in this repository).
+//! parent, or in the directory of the `troupe` binary or any parent (what
+//! `scripts/toolchains` installs in this repository, found by a `troupe`
+//! built here wherever the plugin is).
 
 mod c;
 mod js;
@@ -77,11 +87,16 @@ pub enum BuildError {
         "cannot tell the language of {0}: expected Cargo.toml (Rust), app.py (Python), package.json (JavaScript) or a .c file (C)"
     )]
     UnknownLanguage(PathBuf),
-    #[error("`{tool}` is not installed (needed for {lang} plugins); install it with: {install}")]
+    #[error(
+        "`{tool}` is not installed (needed for {lang} plugins); install it with: {install}; \
+         or set {env} to where it is"
+    )]
     MissingTool {
         tool: String,
         lang: &'static str,
         install: String,
+        /// The environment variable that names the tool.
+        env: &'static str,
     },
     #[error(
         "the wasm32-wasip2 target is not installed; install it with: rustup target add wasm32-wasip2"
@@ -149,12 +164,83 @@ pub fn build(dir: &Path) -> Result<Built, BuildError> {
             c::build(dir, out, wit)
         })?,
     };
+    note_build(dir, lang, &component)?;
     Ok(Built {
         lang,
         component,
         rebuilt,
         elapsed: start.elapsed(),
     })
+}
+
+/// The plugin in `dir` as last built, if the sources it was built from are
+/// unchanged (no tool is run to tell); else built now. See the module.
+pub fn prepare(dir: &Path) -> Result<Built, BuildError> {
+    let start = Instant::now();
+    let lang = detect(dir)?;
+    let dir = &dir
+        .canonicalize()
+        .map_err(|e| BuildError::Io(dir.to_path_buf(), e))?;
+    let build_dir = dir.join(BUILD_DIR);
+    let hash = sources_hash(dir, lang)?;
+    let recorded = std::fs::read_to_string(build_dir.join(SOURCES_STAMP)).ok();
+    let component = std::fs::read_to_string(build_dir.join(COMPONENT_NOTE))
+        .ok()
+        .map(|p| PathBuf::from(p.trim()));
+    if let (Some(recorded), Some(component)) = (recorded, component)
+        && recorded.trim() == hash
+        && component.is_file()
+    {
+        return Ok(Built {
+            lang,
+            component,
+            rebuilt: false,
+            elapsed: start.elapsed(),
+        });
+    }
+    build(dir)
+}
+
+/// Where [`build`] notes what [`prepare`] reuses: the hash of the sources
+/// alone, and the component's path.
+const SOURCES_STAMP: &str = "sources.sha256";
+const COMPONENT_NOTE: &str = "component.path";
+
+/// A hash of what a plugin is built from, without asking any tool: its
+/// source files (and, for Rust, those of its `path` dependencies) and the
+/// WIT.
+fn sources_hash(dir: &Path, lang: Lang) -> Result<String, BuildError> {
+    let mut files = match lang {
+        Lang::Rust => rust::source_files(dir),
+        Lang::Python => sources(dir, &["py"]),
+        Lang::Js => sources(dir, &["js", "mjs", "json"]),
+        Lang::C => sources(dir, &["c", "h"]),
+    };
+    files.sort();
+    files.dedup();
+    let mut h = Sha256::new();
+    h.update(lang.name());
+    h.update(STEP_WIT);
+    for f in &files {
+        h.update(f.to_string_lossy().as_bytes());
+        h.update(std::fs::read(f).map_err(|e| BuildError::Io(f.clone(), e))?);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// After a build: note its sources and output for [`prepare`].
+fn note_build(dir: &Path, lang: Lang, component: &Path) -> Result<(), BuildError> {
+    let build_dir = dir.join(BUILD_DIR);
+    let io = |e| BuildError::Io(build_dir.clone(), e);
+    std::fs::create_dir_all(&build_dir).map_err(io)?;
+    std::fs::write(build_dir.join(".gitignore"), "*\n").map_err(io)?;
+    std::fs::write(
+        build_dir.join(COMPONENT_NOTE),
+        component.to_string_lossy().as_bytes(),
+    )
+    .map_err(io)?;
+    std::fs::write(build_dir.join(SOURCES_STAMP), sources_hash(dir, lang)?).map_err(io)?;
+    Ok(())
 }
 
 /// What a non-Rust build depends on: source files and the tool's version.
@@ -254,9 +340,14 @@ pub(crate) fn find_tool(env: &str, name: &str, rel: &str, dir: &Path) -> Option<
             }
         }
     }
-    let start = dir.canonicalize().ok()?;
-    start
-        .ancestors()
+    let here = dir.canonicalize().ok();
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.canonicalize().ok());
+    [here, exe]
+        .iter()
+        .flatten()
+        .flat_map(|start| start.ancestors())
         .map(|a| a.join("toolchains").join(rel))
         .find(|p| p.is_file())
 }

@@ -20,6 +20,7 @@ fn tool(dir: &Path) -> Result<std::path::PathBuf, BuildError> {
         tool: "componentize-py".into(),
         lang: "Python",
         install: INSTALL.into(),
+        env: "TROUPE_COMPONENTIZE_PY",
     })
 }
 

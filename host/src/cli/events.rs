@@ -9,8 +9,6 @@ use troupe::app::App;
 use troupe::broker::embedded::offline;
 use troupe::broker::{Broker, BrokerUrl, DeadLetter};
 use troupe::event::Event;
-use troupe::host::load_steps;
-use troupe::runtime::Runtime;
 use troupe::text::escape;
 
 use super::run::print_dlq;
@@ -166,8 +164,7 @@ pub(crate) fn check_against_consumers(
     events: &[Event],
     origins: &[String],
 ) -> Result<()> {
-    let rt = Runtime::new()?;
-    let steps = load_steps(&rt, app)?;
+    let steps = troupe::host::describe_steps(app)?;
     for (e, origin) in events.iter().zip(origins) {
         let consumers: Vec<_> = steps
             .iter()
@@ -186,7 +183,7 @@ pub(crate) fn check_against_consumers(
                     "{origin}: this {} event would break the contract of step `{}`, so nothing \
                      was published (a file is published whole or not at all)",
                     escape(&e.kind),
-                    s.name()
+                    s.name
                 )
             })?;
         }

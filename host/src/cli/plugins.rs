@@ -110,8 +110,7 @@ pub(crate) fn build(dirs: Vec<PathBuf>, json: bool) -> Result<()> {
 pub(crate) fn check(dir: &Path, json: bool) -> Result<()> {
     use troupe::check::Severity;
     let app = super::load_app(dir)?;
-    let rt = Runtime::new()?;
-    let steps = troupe::host::load_steps(&rt, &app)?;
+    let steps = troupe::host::describe_steps(&app)?;
     let findings = troupe::check::check(&steps);
     let flows = troupe::host::load_flows(&app, &steps);
     let errors = findings
@@ -121,7 +120,7 @@ pub(crate) fn check(dir: &Path, json: bool) -> Result<()> {
         + usize::from(flows.is_err());
     if json {
         let v = serde_json::json!({
-            "steps": steps.iter().map(|s| s.name().to_string()).collect::<Vec<_>>(),
+            "steps": steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
             "flows": flows.as_ref().map(|f| f.iter().map(|f| f.name.clone()).collect::<Vec<_>>()).unwrap_or_default(),
             "findings": findings,
             "flow_error": flows.as_ref().err().map(|e| e.to_string()),
@@ -132,7 +131,7 @@ pub(crate) fn check(dir: &Path, json: bool) -> Result<()> {
             let c = &s.contract;
             println!(
                 "ok    step {} ({} {}): consumes {}; produces {}",
-                s.name(),
+                s.name,
                 c.name,
                 c.version,
                 names(&c.consumed_kinds()),
@@ -182,8 +181,7 @@ pub(crate) fn graph(dir: &Path, format: &str) -> Result<()> {
         other => bail!("unknown format {other:?}: choose mermaid or dot"),
     };
     let app = super::load_app(dir)?;
-    let rt = Runtime::new()?;
-    let steps = troupe::host::load_steps(&rt, &app)?;
+    let steps = troupe::host::describe_steps(&app)?;
     let flows = troupe::host::load_flows(&app, &steps)?;
     print!("{}", troupe::graph::render(&steps, &flows, format));
     Ok(())
@@ -191,8 +189,7 @@ pub(crate) fn graph(dir: &Path, format: &str) -> Result<()> {
 
 pub(crate) fn docs(dir: &Path, output: Option<&Path>) -> Result<()> {
     let app = super::load_app(dir)?;
-    let rt = Runtime::new()?;
-    let steps = troupe::host::load_steps(&rt, &app)?;
+    let steps = troupe::host::describe_steps(&app)?;
     let doc = troupe::asyncapi::document(&app.name, &steps, &app.broker);
     let text = serde_json::to_string_pretty(&doc)? + "\n";
     match output {

@@ -196,6 +196,17 @@ impl std::fmt::Debug for EventType {
     }
 }
 
+/// What the app-wide checks and documents need of a step: its name, its
+/// contract, and whether it subscribes to what it consumes. A running
+/// step (`LoadedStep`) is one; so is a step described from the contract
+/// cache without being instantiated (`host::Described`).
+pub trait StepView {
+    fn name(&self) -> &str;
+    fn contract(&self) -> &StepContract;
+    /// Whether it subscribes to the types it consumes (`choreography`).
+    fn choreography(&self) -> bool;
+}
+
 /// A step's contract, checked and compiled.
 #[derive(Debug)]
 pub struct StepContract {

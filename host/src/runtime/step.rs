@@ -71,6 +71,18 @@ pub struct LoadedStep {
     pub sandbox: Sandbox,
 }
 
+impl crate::contract::StepView for Arc<LoadedStep> {
+    fn name(&self) -> &str {
+        &self.sandbox.name
+    }
+    fn contract(&self) -> &StepContract {
+        &self.contract
+    }
+    fn choreography(&self) -> bool {
+        self.sandbox.config.choreography
+    }
+}
+
 /// Everything needed to run a step's guest: the pre-linked component, its
 /// configuration, and the pool of reusable instances.
 pub struct Sandbox {

@@ -1,0 +1,119 @@
+//! Contracts, once: what a component's `describe` answered, kept beside
+//! the compiled artifacts so that commands that only need contracts
+//! (`check`, `docs`, `graph`, `publish`) never instantiate a guest.
+//!
+//! A step's contract is a pure function of its component, so it is keyed
+//! by the component's digest (`<sha256>.contract.json`). Finding the digest
+//! of a 20 MB component would cost more than the command itself, so a
+//! second file remembers it for the component file as it was last seen
+//! (`stat-<hash of path, size, mtime>`): a component that changes gets a
+//! new size or mtime, hence a new digest, hence a new contract.
+//!
+//! Files are written whole (temporary, then rename); one that does not
+//! read back is ignored, and the step is described again.
+
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::contract::StepContract;
+use crate::world::{Contract, EventContract};
+
+/// The contract cache of an app (`.troupe/cache`, shared with the
+/// artifacts).
+pub struct ContractCache {
+    dir: PathBuf,
+}
+
+impl ContractCache {
+    pub fn new(dir: impl Into<PathBuf>) -> ContractCache {
+        ContractCache { dir: dir.into() }
+    }
+
+    /// The contract of the component at `path`, if it was seen before.
+    pub fn get(&self, path: &Path) -> Option<Contract> {
+        let digest = std::fs::read_to_string(self.dir.join(stat_key(path)?)).ok()?;
+        let text = std::fs::read_to_string(self.contract_file(digest.trim())).ok()?;
+        from_json(&serde_json::from_str(&text).ok()?)
+    }
+
+    /// Remember `contract` for the component at `path`, whose sha256 is
+    /// `digest`. Best effort: a cache that cannot be written only costs
+    /// time later.
+    pub fn put(&self, path: &Path, digest: &str, contract: &StepContract) {
+        let Some(key) = stat_key(path) else {
+            return;
+        };
+        let text = to_json(contract).to_string();
+        let _ = std::fs::create_dir_all(&self.dir);
+        let _ = write_whole(&self.contract_file(digest), text.as_bytes());
+        let _ = write_whole(&self.dir.join(key), digest.as_bytes());
+    }
+
+    fn contract_file(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}.contract.json"))
+    }
+}
+
+/// The name of the file that remembers the digest of `path` as it is now.
+fn stat_key(path: &Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let meta = std::fs::metadata(&path).ok()?;
+    let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?;
+    let mut h = Sha256::new();
+    h.update(path.to_string_lossy().as_bytes());
+    h.update(meta.len().to_le_bytes());
+    h.update(mtime.as_nanos().to_le_bytes());
+    Some(format!("stat-{}", hex::encode(&h.finalize()[..16])))
+}
+
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A compiled contract as what `describe` returned, in JSON.
+fn to_json(c: &StepContract) -> Value {
+    let list = |l: &[std::sync::Arc<crate::contract::EventType>]| -> Vec<Value> {
+        l.iter()
+            .map(|t| {
+                json!({"kind": t.kind, "version": t.version, "description": t.description,
+                       "schema": t.schema.to_string()})
+            })
+            .collect()
+    };
+    json!({
+        "name": c.name, "version": c.version, "description": c.description,
+        "deterministic": c.deterministic,
+        "consumes": list(&c.consumes), "produces": list(&c.produces),
+    })
+}
+
+fn from_json(v: &Value) -> Option<Contract> {
+    let s = |v: &Value, k: &str| v.get(k)?.as_str().map(str::to_string);
+    let list = |k: &str| -> Option<Vec<EventContract>> {
+        v.get(k)?
+            .as_array()?
+            .iter()
+            .map(|t| {
+                Some(EventContract {
+                    kind: s(t, "kind")?,
+                    version: s(t, "version")?,
+                    description: s(t, "description")?,
+                    schema: s(t, "schema")?,
+                })
+            })
+            .collect()
+    };
+    Some(Contract {
+        name: s(v, "name")?,
+        version: s(v, "version")?,
+        description: s(v, "description")?,
+        deterministic: v.get("deterministic")?.as_bool()?,
+        consumes: list("consumes")?,
+        produces: list("produces")?,
+    })
+}
