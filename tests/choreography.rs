@@ -403,6 +403,8 @@ async fn text_data_is_checked_against_its_declared_media_type(b: Backend) {
         out.starts_with("output") && out.contains("declares text/plain"),
         "{out}"
     );
+    // The dead letter shows what the step tried to emit.
+    assert!(out.contains("; the rejected output: "), "{out}");
     assert_eq!(dlq.len(), 3);
     // The documents say what the contract says.
     let doc = troupe::asyncapi::document("shout", &host.steps, &app.broker());

@@ -520,3 +520,62 @@ fn a_built_step_needs_no_toolchain_and_is_described_from_the_cache() {
     let said = at(&["check", "."], &[]);
     assert!(said.contains("compiled in"), "{said}");
 }
+
+/// `troupe run APP &` then `troupe start` at once: start waits for the host
+/// to come up instead of saying there is none.
+#[test]
+fn start_right_after_run_waits_for_the_host() {
+    let app = troupe_tests::example_app("orders");
+    let d = app.path().to_str().unwrap();
+    let flows = app.path().join("flows");
+    std::fs::create_dir_all(&flows).unwrap();
+    std::fs::copy(
+        repo().join("examples/orders/flows/fulfil.toml"),
+        flows.join("fulfil.toml"),
+    )
+    .unwrap();
+    let mut host = Command::new(troupe_bin())
+        .args(["run", d, "--listen", "127.0.0.1:0"])
+        .env("TROUPE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let order =
+        r#"{"order_id":"o-1","customer":"ada","lines":[{"sku":"tea","qty":1,"price_cents":5}]}"#;
+    let started = troupe(
+        &["start", "fulfil", "--input", order, "--wait", "--app", d],
+        app.path(),
+    );
+    let _ = host.kill();
+    let _ = host.wait();
+    let out = ok(&started);
+    assert!(out.contains("completed"), "{out}");
+}
+
+/// `--broker` is refused where it would do nothing, and named where it
+/// applies.
+#[test]
+fn broker_is_refused_by_commands_it_does_nothing_for() {
+    let app = validate_app();
+    let d = app.path().to_str().unwrap();
+    for args in [
+        vec!["--broker", "embedded", "check", d],
+        vec!["--broker", "embedded", "build", d],
+        vec!["graph", d, "--broker", "embedded"],
+    ] {
+        let e = err(&troupe(&args, app.path()));
+        assert!(
+            e.contains("--broker does nothing for `troupe"),
+            "{args:?}: {e}"
+        );
+    }
+    // From the environment it is a default for the commands that use it,
+    // and no error for the others.
+    let checked = Command::new(troupe_bin())
+        .args(["check", d])
+        .env("TROUPE_BROKER", "embedded")
+        .output()
+        .unwrap();
+    ok(&checked);
+}

@@ -472,3 +472,74 @@ fn schemathesis_finds_nothing_wrong_with_the_api() {
     assert!(cases >= 1000, "too few cases to mean much: {summary}");
     assert!(!summary.contains("failure"), "{summary}");
 }
+
+/// The official CloudEvents SDK over NATS: it produces an event in the
+/// binding's structured mode (its own JSON serialisation as the payload),
+/// and reads what the step emitted from the message's `ce-*` headers and
+/// payload (binary mode) with its HTTP binding's decoder, whose headers
+/// are the NATS binding's too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cloudevents_sdk_speaks_over_nats() {
+    use cloudevents::{AttributesReader, EventBuilder, EventBuilderV10};
+    use futures_util::StreamExt;
+    let app = TestApp::on(Backend::Nats, &step("shout", &guest("shout"), ""));
+    let host = app.start().await;
+    let ns = app.namespace.clone().unwrap();
+    let client = async_nats::connect(troupe_tests::nats_server())
+        .await
+        .unwrap();
+    let mut shouted = client
+        .subscribe(format!("{ns}.ev.text.shouted"))
+        .await
+        .unwrap();
+    let event = EventBuilderV10::new()
+        .id("sdk-nats-1")
+        .source("urn:sdk:nats")
+        .ty("text.said")
+        .data("text/plain", "über nats".to_string())
+        .extension("priority", 7i64)
+        .build()
+        .unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    js.publish(
+        format!("{ns}.ev.text.said"),
+        serde_json::to_vec(&event).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(20), shouted.next())
+        .await
+        .expect("the step's answer within 20 s")
+        .unwrap();
+    let mut headers = axum::http::HeaderMap::new();
+    for (k, vs) in msg.headers.iter().flat_map(|h| h.iter()) {
+        for v in vs {
+            headers.append(
+                axum::http::HeaderName::from_bytes(AsRef::<str>::as_ref(k).as_bytes()).unwrap(),
+                axum::http::HeaderValue::from_str(v.as_str()).unwrap(),
+            );
+        }
+    }
+    let got = cloudevents::binding::http::to_event(&headers, msg.payload.to_vec())
+        .unwrap_or_else(|e| panic!("the SDK cannot read it: {e}: {headers:?}"));
+    assert_eq!(got.ty(), "text.shouted");
+    assert_eq!(got.datacontenttype(), Some("text/plain"));
+    match got.data() {
+        Some(cloudevents::Data::String(s)) => assert_eq!(s, "ÜBER NATS"),
+        Some(cloudevents::Data::Binary(b)) => assert_eq!(b, "ÜBER NATS".as_bytes()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        got.extension("causationid")
+            .map(|v| v.to_string())
+            .as_deref(),
+        Some("sdk-nats-1")
+    );
+    // The producer's event as Troupe stored it: typed extension kept.
+    let said = host.broker.trace("sdk-nats-1").await.unwrap();
+    let said = said.iter().find(|e| e.kind == "text.said").unwrap();
+    assert_eq!(said.to_json()["priority"], 7);
+    host.shutdown().await;
+}

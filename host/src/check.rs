@@ -194,6 +194,7 @@ fn compare(producer: &Value, consumer: &Value, at: &str, problems: &mut Vec<Stri
             )),
         }
     }
+    bounds(producer, consumer, &here, problems);
     let sent_required = required(producer);
     let props = |s: &Value| {
         s.get("properties")
@@ -221,6 +222,111 @@ fn compare(producer: &Value, consumer: &Value, at: &str, problems: &mut Vec<Stri
     }
     if let (Some(pi), Some(ci)) = (producer.get("items"), consumer.get("items")) {
         compare(pi, ci, &format!("{at}/*"), problems);
+    }
+}
+
+/// The bounds a consumer sets that the producer does not promise to keep:
+/// numbers (`minimum`, `maximum`, their exclusive forms, `multipleOf`),
+/// lengths (`minLength`, `maxLength`, `minItems`, `maxItems`), and what can
+/// only be compared for equality (`const`, `pattern`, `format`).
+fn bounds(producer: &Value, consumer: &Value, here: &str, problems: &mut Vec<String>) {
+    let num = |s: &Value, k: &str| s.get(k).and_then(Value::as_f64);
+    // The producer's upper bound: (value, exclusive).
+    let upper = |s: &Value| match (num(s, "maximum"), num(s, "exclusiveMaximum")) {
+        (Some(m), Some(x)) if x <= m => Some((x, true)),
+        (Some(m), _) => Some((m, false)),
+        (None, Some(x)) => Some((x, true)),
+        (None, None) => None,
+    };
+    let lower = |s: &Value| match (num(s, "minimum"), num(s, "exclusiveMinimum")) {
+        (Some(m), Some(x)) if x >= m => Some((x, true)),
+        (Some(m), _) => Some((m, false)),
+        (None, Some(x)) => Some((x, true)),
+        (None, None) => None,
+    };
+    let show = |b: Option<(f64, bool)>, upper_bound: bool| match (b, upper_bound) {
+        (None, _) => "any value".to_string(),
+        (Some((v, true)), true) => format!("values below {v}"),
+        (Some((v, false)), true) => format!("values up to {v}"),
+        (Some((v, true)), false) => format!("values above {v}"),
+        (Some((v, false)), false) => format!("values down to {v}"),
+    };
+    if let Some((c, c_excl)) = upper(consumer) {
+        let ok =
+            upper(producer).is_some_and(|(p, p_excl)| p < c || (p == c && (p_excl || !c_excl)));
+        if !ok {
+            problems.push(format!(
+                "at {here} the producer may send {} but the consumer's {} is {c}",
+                show(upper(producer), true),
+                if c_excl {
+                    "exclusiveMaximum"
+                } else {
+                    "maximum"
+                }
+            ));
+        }
+    }
+    if let Some((c, c_excl)) = lower(consumer) {
+        let ok =
+            lower(producer).is_some_and(|(p, p_excl)| p > c || (p == c && (p_excl || !c_excl)));
+        if !ok {
+            problems.push(format!(
+                "at {here} the producer may send {} but the consumer's {} is {c}",
+                show(lower(producer), false),
+                if c_excl {
+                    "exclusiveMinimum"
+                } else {
+                    "minimum"
+                }
+            ));
+        }
+    }
+    if let Some(c) = num(consumer, "multipleOf") {
+        let ok = num(producer, "multipleOf").is_some_and(|p| (p / c).fract() == 0.0);
+        if !ok {
+            problems.push(format!(
+                "at {here} the consumer accepts only multiples of {c}, which the producer does not promise"
+            ));
+        }
+    }
+    for (k, at_most) in [
+        ("maxLength", true),
+        ("maxItems", true),
+        ("minLength", false),
+        ("minItems", false),
+    ] {
+        let Some(c) = consumer.get(k).and_then(Value::as_u64) else {
+            continue;
+        };
+        let p = producer.get(k).and_then(Value::as_u64);
+        let ok = match (p, at_most) {
+            (Some(p), true) => p <= c,
+            (Some(p), false) => p >= c,
+            (None, true) => false,
+            (None, false) => c == 0,
+        };
+        if !ok {
+            let sent = p.map_or("no bound".to_string(), |p| p.to_string());
+            problems.push(format!(
+                "at {here} the consumer's {k} is {c}; the producer's is {sent}"
+            ));
+        }
+    }
+    for k in ["const", "pattern", "format"] {
+        let Some(c) = consumer.get(k) else {
+            continue;
+        };
+        let promised = producer.get(k) == Some(c)
+            || (k == "const"
+                && producer
+                    .get("enum")
+                    .and_then(Value::as_array)
+                    .is_some_and(|e| !e.is_empty() && e.iter().all(|v| v == c)));
+        if !promised {
+            problems.push(format!(
+                "at {here} the consumer requires {k} {c}, which the producer does not promise"
+            ));
+        }
     }
 }
 
@@ -256,5 +362,90 @@ mod tests {
         let closed = json!({"type": "object", "additionalProperties": false, "properties": {"id": {}, "qty": {}}});
         assert!(problems(v2, closed)[0].contains("/note"));
         assert!(problems(json!({"enum": ["a", "b"]}), json!({"enum": ["a"]}))[0].contains("\"b\""));
+    }
+
+    #[test]
+    fn bounds_the_consumer_sets_must_be_kept_by_the_producer() {
+        let score = |s: Value| json!({"type": "object", "properties": {"score": s}});
+        let p = |s: Value, c: Value| problems(score(s), score(c));
+        let num = json!({"type": "number"});
+        let e = p(num.clone(), json!({"type": "number", "maximum": 0.5}));
+        assert!(
+            e[0].contains(
+                "at /score the producer may send any value but the consumer's maximum is 0.5"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            p(
+                json!({"type": "number", "minimum": 0, "maximum": 0.5}),
+                json!({"type": "number", "minimum": 0, "maximum": 1})
+            )
+            .is_empty()
+        );
+        assert!(
+            p(
+                json!({"type": "number", "exclusiveMaximum": 1}),
+                json!({"type": "number", "maximum": 1})
+            )
+            .is_empty()
+        );
+        assert!(
+            !p(
+                json!({"type": "number", "maximum": 1}),
+                json!({"type": "number", "exclusiveMaximum": 1})
+            )
+            .is_empty()
+        );
+        assert!(
+            p(
+                json!({"type": "number", "minimum": 0.2}),
+                json!({"type": "number", "minimum": 0})
+            )
+            .is_empty()
+        );
+        assert!(
+            p(
+                json!({"type": "number", "minimum": -1}),
+                json!({"type": "number", "minimum": 0})
+            )[0]
+            .contains("minimum is 0")
+        );
+        assert!(
+            p(
+                json!({"type": "string", "maxLength": 10}),
+                json!({"type": "string", "maxLength": 5})
+            )[0]
+            .contains("maxLength is 5")
+        );
+        assert!(
+            p(
+                json!({"type": "string"}),
+                json!({"type": "string", "minLength": 1})
+            )[0]
+            .contains("minLength")
+        );
+        assert!(
+            p(
+                json!({"type": "string", "pattern": "^a"}),
+                json!({"type": "string", "pattern": "^a"})
+            )
+            .is_empty()
+        );
+        assert!(
+            p(
+                json!({"type": "string"}),
+                json!({"type": "string", "format": "email"})
+            )[0]
+            .contains("format")
+        );
+        assert!(
+            p(
+                json!({"type": "integer", "multipleOf": 10}),
+                json!({"type": "integer", "multipleOf": 5})
+            )
+            .is_empty()
+        );
+        assert!(p(json!({"enum": ["x"]}), json!({"const": "x"})).is_empty());
     }
 }

@@ -100,7 +100,7 @@ impl Wiring {
     pub fn process(&self, d: Delivery) {
         let step = &self.step;
         if let Err(v) = step.contract.check_input(&d.event) {
-            return self.violation(d, v);
+            return self.violation(d, v, None);
         }
         let start = Instant::now();
         let result = step.handle(&d.event, orchestrator::attempt_of(&d.event, d.attempt));
@@ -123,7 +123,12 @@ impl Wiring {
                 .check_output(&e.kind, e.subject.as_deref(), &ct, &e.data);
             let declared = match gate {
                 Ok(t) => t.urn.clone(),
-                Err(v) => return self.violation(d, v),
+                Err(v) => {
+                    // The output itself, for `dlq show` (cleaned and cut:
+                    // it is the guest's).
+                    let rejected = crate::text::clean(&String::from_utf8_lossy(&e.data), 2048);
+                    return self.violation(d, v, Some(rejected));
+                }
             };
             checked.push(Emitted {
                 kind: e.kind,
@@ -275,7 +280,7 @@ impl Wiring {
     }
 
     /// A contract violation: DLQ at once, and an alert.
-    fn violation(&self, d: Delivery, v: Violation) {
+    fn violation(&self, d: Delivery, v: Violation, rejected: Option<String>) {
         StepStats::add(&self.stats.contract_violations, 1);
         let (b, stats, step, host_source) = (
             self.broker.clone(),
@@ -284,7 +289,10 @@ impl Wiring {
             self.host_source.clone(),
         );
         self.settle(async move {
-            let message = v.to_string();
+            let message = match &rejected {
+                Some(out) => format!("{v}; the rejected output: {out}"),
+                None => v.to_string(),
+            };
             let id = b.dead_letter(&d, ReasonClass::Contract, &message).await?;
             StepStats::add(&stats.dead_lettered, 1);
             tracing::error!(

@@ -37,7 +37,8 @@ struct Cli {
     json: bool,
     /// The broker of the app: `embedded` (its `.troupe/` folder) or
     /// `nats://HOST:PORT[/NAMESPACE]`. Overrides `[broker] url` in
-    /// troupe.toml.
+    /// troupe.toml. For run, publish, dlq, trace and docs; refused by the
+    /// other commands.
     #[arg(long, global = true, env = "TROUPE_BROKER")]
     broker: Option<String>,
     #[command(subcommand)]
@@ -74,6 +75,7 @@ enum Cmd {
     },
     /// The aggregated status of a run.
     Status {
+        /// The run id (what `start` printed).
         run: String,
         /// Follow the run until it finishes, printing each change.
         #[arg(long)]
@@ -111,7 +113,10 @@ enum Cmd {
     /// The causal tree of a cascade: every event with this correlation id,
     /// each under the event that caused it.
     Trace {
+        /// The id of the cascade's first event (what `publish` printed),
+        /// or a run id.
         correlation_id: String,
+        /// The app directory.
         #[arg(long, default_value = ".")]
         app: PathBuf,
     },
@@ -202,7 +207,11 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let broker_given =
+        matches.value_source("broker") == Some(clap::parser::ValueSource::CommandLine);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TROUPE_LOG").unwrap_or_else(|_| {
@@ -213,6 +222,21 @@ fn main() {
         .with_ansi(colour())
         .with_target(false)
         .init();
+    let uses_broker = matches!(
+        cli.command,
+        Cmd::Run { .. }
+            | Cmd::Publish { .. }
+            | Cmd::Dlq { .. }
+            | Cmd::Trace { .. }
+            | Cmd::Docs { .. }
+    );
+    if broker_given && !uses_broker {
+        let name = matches.subcommand_name().unwrap_or("this command");
+        eprintln!(
+            "error: --broker does nothing for `troupe {name}`; it applies to run, publish, dlq, trace and docs"
+        );
+        std::process::exit(2);
+    }
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -17,10 +17,41 @@ pub(crate) fn client(api: &ApiArgs) -> Result<troupe::client::Client> {
     )?)
 }
 
+/// The client for the app's host, waiting (up to [`START_PATIENCE`]) for a
+/// host that is still starting: `troupe run APP &` then `troupe start` at
+/// once finds no `.troupe/api.json` yet, or a stale one, for a few seconds.
+fn host_when_up(api: &ApiArgs) -> Result<troupe::client::Client> {
+    if api.api.is_some() {
+        return client(api);
+    }
+    let until = std::time::Instant::now() + START_PATIENCE;
+    let mut told = false;
+    loop {
+        let found = client(api).and_then(|c| {
+            c.get("/healthz")?;
+            Ok(c)
+        });
+        match found {
+            Ok(c) => return Ok(c),
+            Err(e) if std::time::Instant::now() >= until => return Err(e),
+            Err(e) => {
+                if !told {
+                    eprintln!(
+                        "{e:#}; waiting up to {START_PATIENCE:.0?} for the host of {} to start",
+                        api.app.display()
+                    );
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
 pub(crate) fn start(flow: &str, input: &str, wait: bool, api: &ApiArgs, json: bool) -> Result<()> {
     let input: serde_json::Value =
         serde_json::from_str(input).context("--input is not valid JSON")?;
-    let c = client(api)?;
+    let c = host_when_up(api)?;
     let mut told = false;
     let id = c.start_patiently(flow, &input, START_PATIENCE, |why, wait| {
         if !told {
@@ -85,7 +116,14 @@ pub(crate) fn print_run(run: &serde_json::Value, json: bool) -> Result<()> {
     if let Some(e) = run["error"].as_str() {
         println!("  error: {}", escape(e));
     }
-    for (id, st) in run["steps"].as_object().into_iter().flatten() {
+    // In the order the steps started (the flow's order, parallel steps by
+    // time, compensations after); those that never started last.
+    let mut steps: Vec<_> = run["steps"].as_object().into_iter().flatten().collect();
+    steps.sort_by_key(|(id, st)| {
+        let started = st["started"].as_str().map(str::to_string);
+        (started.is_none(), started, id.to_string())
+    });
+    for (id, st) in steps {
         println!(
             "  {:<16} {:<20} attempts {:<2} {}{}",
             escape(id),

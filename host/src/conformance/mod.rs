@@ -178,7 +178,12 @@ pub fn check(rt: &Runtime, path: &Path, cache_dir: &Path) -> Result<Report, Runt
         .imports(rt.engine())
         .map(|(name, _)| name.to_string())
         .collect();
-    let step = match LoadedStep::load(rt, "conformance", &loaded.component, default_config(path)) {
+    // Log lines name the step by its file, as they would in an app.
+    let label = path.file_stem().map_or_else(
+        || "conformance".into(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    let step = match LoadedStep::load(rt, &label, &loaded.component, default_config(path)) {
         Ok(s) => s,
         Err(RuntimeError::Link { error, .. }) => {
             report.set(Rule::Imports, Verdict::Fail, format!("{error:#}"));
