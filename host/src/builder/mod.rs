@@ -164,7 +164,11 @@ pub fn build(dir: &Path) -> Result<Built, BuildError> {
             c::build(dir, out, wit)
         })?,
     };
-    note_build(dir, lang, &component)?;
+    // Best effort: a plugin directory that cannot be written to is built
+    // again next time, not refused.
+    if let Err(e) = note_build(dir, lang, &component) {
+        tracing::debug!("cannot note the build of {}: {e}", dir.display());
+    }
     Ok(Built {
         lang,
         component,
