@@ -309,6 +309,8 @@ pub fn example_app_on(backend: Backend, name: &str) -> TestApp {
 pub struct ApiHost {
     pub host: Option<Host>,
     pub client: troupe::client::Client,
+    /// The API's base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
     pub token: String,
     runtime: tokio::runtime::Runtime,
 }
@@ -341,6 +343,7 @@ impl ApiHost {
         Ok(ApiHost {
             host: Some(host),
             client: troupe::client::Client::new(&url, &token),
+            url,
             token,
             runtime,
         })

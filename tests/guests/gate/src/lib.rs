@@ -1,7 +1,9 @@
 //! Stands in for shipping in orchestration tests: consumes
 //! `payment.charged` and emits `order.shipped`, or fails as the customer's
 //! name asks: `mallory` is rejected, `flaky` needs three attempts, `slow`
-//! never answers in time (it spins until the deadline stops it).
+//! never answers in time (it spins until the deadline stops it), `gateway`
+//! always asks for a retry with a message that says "timed out" (a failure
+//! that is not a timeout, whatever its text).
 use serde_json::json;
 use troupe_step::{Contract, Emit, Event, Guest, StepError, event_type, export};
 
@@ -30,6 +32,7 @@ impl Guest for Step {
         match customer {
             "mallory" => return Err(StepError::Reject("mallory may not have it".into())),
             "flaky" if event.attempt < 3 => return Err(StepError::Retry(format!("carrier busy (attempt {})", event.attempt))),
+            "gateway" => return Err(StepError::Retry("gateway timed out".into())),
             "slow" => loop {
                 std::hint::black_box(&v);
             },

@@ -1,6 +1,6 @@
 //! A hostile step: each event type it consumes is one way to attack the
 //! sandbox or the contract boundary (the hostile-guest suite,
-//! `tests/hostile.rs`, says what the host must make of each). It also
+//! `tests/it/hostile.rs`, says what the host must make of each). It also
 //! consumes `hostile.out`, the strict type it produces, so that an output
 //! that slips past the gate would reach a consumer.
 use std::time::Duration;

@@ -13,7 +13,12 @@ use troupe_tests::{
 
 /// An app with the order steps, the test `gate` (ships, or fails on
 /// purpose), the couriers, and `flows`: (file name, TOML).
-fn app(b: Backend, flows: &[(&str, &str)]) -> TestApp {
+pub(crate) fn app(b: Backend, flows: &[(&str, &str)]) -> TestApp {
+    app_with(b, flows, "limits = { timeout_ms = 20000 }")
+}
+
+/// [`app`], with `gate_limits` for the `gate` step.
+pub(crate) fn app_with(b: Backend, flows: &[(&str, &str)], gate_limits: &str) -> TestApp {
     let mut m = String::from("name = \"shop\"\n");
     for p in [
         "order-validate",
@@ -31,7 +36,7 @@ fn app(b: Backend, flows: &[(&str, &str)]) -> TestApp {
     m += &step(
         "gate",
         &guest("gate"),
-        "choreography = false\nlimits = { timeout_ms = 20000 }",
+        &format!("choreography = false\n{gate_limits}"),
     );
     let app = TestApp::on(b, &m);
     std::fs::create_dir(app.path().join("flows")).unwrap();
@@ -41,7 +46,7 @@ fn app(b: Backend, flows: &[(&str, &str)]) -> TestApp {
     app
 }
 
-const FULFIL: &str = r#"
+pub(crate) const FULFIL: &str = r#"
 input = "order.placed"
 timeout_ms = 20000
 
@@ -73,14 +78,17 @@ on_each_broker_blocking!(
     a_permanent_failure_runs_the_compensations_in_reverse_order,
     a_step_timeout_is_retried_then_fails_the_run,
     a_run_timeout_ends_the_run_timed_out,
+    a_retry_whose_message_says_timed_out_is_not_a_timeout,
+    a_step_cut_at_its_time_limit_times_out,
     a_condition_picks_a_branch,
     a_hybrid_step_finishes_on_its_completion_event,
     a_hybrid_step_times_out_without_its_completion_event,
     the_api_refuses_requests_without_the_token_and_bad_requests,
     a_commands_only_step_is_not_subscribed_to_the_choreography,
+    a_start_with_an_idempotency_key_already_used_returns_that_run,
 );
 
-fn order(id: &str, customer: &str) -> Value {
+pub(crate) fn order(id: &str, customer: &str) -> Value {
     json!({"order_id": id, "customer": customer, "lines": [{"sku": "tea", "qty": 2, "price_cents": 300}]})
 }
 
@@ -98,7 +106,7 @@ fn trace_kinds(h: &ApiHost, run: &Value) -> Vec<String> {
         .collect()
 }
 
-fn state<'a>(run: &'a Value, step: &str) -> &'a str {
+pub(crate) fn state<'a>(run: &'a Value, step: &str) -> &'a str {
     run["steps"][step]["state"]
         .as_str()
         .unwrap_or_else(|| panic!("no step {step} in {run:#}"))
@@ -220,6 +228,39 @@ fn a_step_timeout_is_retried_then_fails_the_run(b: Backend) {
         started.elapsed() >= Duration::from_millis(900),
         "three attempts of 300 ms"
     );
+}
+
+/// How a step failed is decided by what happened, not by the words of its
+/// message: `gateway` asks for a retry saying "gateway timed out".
+fn a_retry_whose_message_says_timed_out_is_not_a_timeout(b: Backend) {
+    let app = app(b, &[("fulfil", FULFIL)]);
+    let h = ApiHost::start(&app);
+    let run = h.run("fulfil", order("o-5b", "gateway"));
+    assert_eq!(state(&run, "ship"), "failed", "{run:#}");
+    assert_eq!(run["steps"]["ship"]["attempts"], 3);
+    let errors = run["steps"]["ship"]["errors"].as_array().unwrap();
+    assert!(
+        errors[0].as_str().unwrap() == "attempt 1: retry: gateway timed out",
+        "{errors:?}"
+    );
+    assert_eq!(run["state"], "compensated");
+}
+
+/// A step the sandbox cuts at its time limit per message (300 ms, well
+/// within the flow step's 10 s) timed out: it did not fail of itself.
+fn a_step_cut_at_its_time_limit_times_out(b: Backend) {
+    let flow = FULFIL.replace("timeout_ms = 300", "timeout_ms = 10000");
+    let app = app_with(b, &[("fulfil", &flow)], "limits = { timeout_ms = 300 }");
+    let h = ApiHost::start(&app);
+    let run = h.run("fulfil", order("o-5c", "slow"));
+    assert_eq!(state(&run, "ship"), "timed_out", "{run:#}");
+    assert_eq!(run["steps"]["ship"]["attempts"], 3);
+    let first = run["steps"]["ship"]["errors"][0].as_str().unwrap();
+    assert!(
+        first.starts_with("attempt 1: timeout: ") && first.contains("300 ms"),
+        "{first}"
+    );
+    assert_eq!(run["state"], "compensated");
 }
 
 fn a_run_timeout_ends_the_run_timed_out(b: Backend) {
@@ -636,220 +677,6 @@ fn malformed_flow_files_are_refused_with_the_line() {
     }
 }
 
-/// SIGKILL the host with a few hundred runs in flight, start it again, and
-/// every run the API acknowledged reaches a final state; the last step's
-/// effects are keyed by command id, so a duplicate is recognisable.
-/// A `troupe run` child process; SIGKILLed when dropped, so a failed
-/// assertion does not leave a host running.
-struct Child(std::process::Child);
-
-impl Child {
-    /// SIGKILL, and reap.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Run `troupe run` on `app` as a child process (to SIGKILL it), and a
-/// client of its API.
-fn spawn_host(app: &TestApp) -> (Child, troupe::client::Client) {
-    use std::process::{Command, Stdio};
-    let api = app.path().join(".troupe/api.json");
-    let _ = std::fs::remove_file(&api);
-    let child = Child(
-        Command::new(troupe_tests::troupe_bin())
-            .args([
-                "run",
-                app.path().to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .env("TROUPE_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let start = std::time::Instant::now();
-    while !api.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the host did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    (
-        child,
-        troupe::client::Client::for_app(app.path(), None).unwrap(),
-    )
-}
-
-/// On the embedded broker a reply-driven transition does not rewrite the
-/// run's record (the reply is in the log): after a SIGKILL the host must
-/// rebuild those transitions from the replies. If it did not, the steps
-/// that completed before the kill would show `dispatched` again and their
-/// commands (deduplicated by id) would never be answered.
-#[test]
-fn a_restart_rebuilds_runs_from_their_replies() {
-    // ship spins ("slow") until its 1.5 s timeout; no retry: the run
-    // fails there and undoes charge and reserve.
-    let flow = FULFIL
-        .replace("timeout_ms = 300", "timeout_ms = 1500")
-        .replace(
-            "retry = { max_attempts = 3, backoff_ms = 20 }",
-            "retry = { max_attempts = 1 }",
-        );
-    let app = app(Backend::Embedded, &[("fulfil", &flow)]);
-    let (mut host, client) = spawn_host(&app);
-    let id = client.start("fulfil", &order("o-9", "slow")).unwrap();
-    let t = std::time::Instant::now();
-    let before = loop {
-        let run = client.status(&id).unwrap();
-        if state(&run, "ship") == "dispatched" {
-            break run;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "{run:#}");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    host.kill(); // SIGKILL while ship runs
-    for s in ["validate", "reserve", "charge"] {
-        assert_eq!(state(&before, s), "completed", "{before:#}");
-    }
-    let (mut host, client) = spawn_host(&app);
-    let after = client.status(&id).unwrap();
-    for s in ["validate", "reserve", "charge"] {
-        assert!(
-            matches!(state(&after, s), "completed" | "compensated"),
-            "{s} after the restart: {after:#}"
-        );
-        assert_eq!(after["steps"][s]["attempts"], 1, "{s}: {after:#}");
-        assert_eq!(
-            after["steps"][s]["output"], before["steps"][s]["output"],
-            "{s}"
-        );
-    }
-    let run = client.wait(&id, Duration::from_secs(30), |_| {}).unwrap();
-    host.kill();
-    assert_eq!(run["state"], "compensated", "{run:#}");
-    assert_eq!(state(&run, "ship"), "timed_out", "{run:#}");
-    assert_eq!(run["steps"]["validate"]["attempts"], 1);
-    // Undone in reverse order of completion, as the replayed replies say.
-    let seq = |s: &str| before["steps"][s]["completed_seq"].as_u64().unwrap();
-    let (first, last) = if seq("reserve") < seq("charge") {
-        ("reserve", "charge")
-    } else {
-        ("charge", "reserve")
-    };
-    let undo = |s: &str, at: &str| {
-        run["steps"][format!("{s}~undo")][at]
-            .as_str()
-            .unwrap_or_else(|| panic!("{s} not undone: {run:#}"))
-            .to_string()
-    };
-    assert!(undo(last, "finished") <= undo(first, "started"), "{run:#}");
-}
-
-#[test]
-fn runs_survive_sigkill() {
-    use std::collections::{HashMap, HashSet};
-    use std::sync::{Arc, Mutex};
-
-    const RUNS: usize = 1000;
-    let mut m = String::from("name = \"shop\"\n");
-    // One worker per step: starts outpace the steps, so runs queue up and
-    // many are in flight when the host dies.
-    m += &plugin_steps(
-        &["order-validate", "payment-charge", "shipping-dispatch"],
-        "concurrency = 1",
-    );
-    m += &step(
-        "sink",
-        &guest("sink"),
-        "concurrency = 1\ngrants.dirs = [{ host = \"out\", guest = \"/out\", write = true }]",
-    );
-    let app = TestApp::new(&m);
-    std::fs::create_dir(app.path().join("out")).unwrap();
-    std::fs::create_dir(app.path().join("flows")).unwrap();
-    let flow = "input = \"order.placed\"\n\n[steps.validate]\nstep = \"order-validate\"\n\n[steps.charge]\nstep = \"payment-charge\"\ninput = \"validate\"\n\n[steps.ship]\nstep = \"shipping-dispatch\"\ninput = \"charge\"\n\n[steps.record]\nstep = \"sink\"\ninput = \"ship\"\n";
-    std::fs::write(app.path().join("flows/crash.toml"), flow).unwrap();
-
-    let (mut host, client) = spawn_host(&app);
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let producers: Vec<_> = (0..8)
-        .map(|p| {
-            let (client, acked) = (client.clone(), acked.clone());
-            std::thread::spawn(move || {
-                for i in (p..RUNS).step_by(8) {
-                    match client.start("crash", &order(&format!("c-{i}"), "ada")) {
-                        Ok(id) => acked.lock().unwrap().push(id),
-                        Err(_) => return, // the host is gone: not acknowledged
-                    }
-                }
-            })
-        })
-        .collect();
-    while acked.lock().unwrap().len() < RUNS / 2 {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    host.kill(); // SIGKILL, runs in flight
-    let done_at_kill = std::fs::read_dir(app.path().join("out")).unwrap().count();
-    for p in producers {
-        p.join().unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
-    let (mut host, client) = spawn_host(&app);
-    let mut states: HashMap<String, String> = HashMap::new();
-    for id in &acked {
-        let run = client.wait(id, Duration::from_secs(60), |_| {}).unwrap();
-        states.insert(id.clone(), run["state"].as_str().unwrap().to_string());
-    }
-    host.kill();
-    let not_done: Vec<_> = states.iter().filter(|(_, s)| *s != "completed").collect();
-    assert!(
-        not_done.is_empty(),
-        "{} of {} acknowledged runs did not complete: {:?}",
-        not_done.len(),
-        acked.len(),
-        &not_done[..not_done.len().min(3)]
-    );
-    // One effect file per run (one command id), lines = handlings.
-    let mut files: HashMap<String, Vec<usize>> = HashMap::new();
-    for f in std::fs::read_dir(app.path().join("out")).unwrap() {
-        let name = f.unwrap().file_name().into_string().unwrap();
-        let (run, _command) = name.split_once('.').unwrap();
-        let lines = std::fs::read_to_string(app.path().join("out").join(&name))
-            .unwrap()
-            .lines()
-            .count();
-        files.entry(run.to_string()).or_default().push(lines);
-    }
-    let acked_set: HashSet<&String> = acked.iter().collect();
-    for id in &acked {
-        assert_eq!(
-            files.get(id).map(Vec::len),
-            Some(1),
-            "run {id}: one command to the last step"
-        );
-    }
-    let dups = files.values().flatten().filter(|n| **n > 1).count();
-    assert!(
-        done_at_kill < acked.len(),
-        "runs were in flight at the kill"
-    );
-    eprintln!(
-        "{} runs acknowledged, {done_at_kill} finished before SIGKILL, all completed after restart; {dups} last-step commands handled twice (same command id); {} runs started by unacknowledged requests",
-        acked.len(),
-        files.keys().filter(|k| !acked_set.contains(k)).count()
-    );
-}
-
 fn a_commands_only_step_is_not_subscribed_to_the_choreography(b: Backend) {
     let app = app(b, &[("fulfil", FULFIL)]);
     let h = ApiHost::start(&app);
@@ -929,4 +756,52 @@ fn two_apps_on_nats_exchange_events_and_a_hybrid_flow_waits_on_the_other() {
     // The other team's failure event fails the step; the shop compensates.
     let run = s.run("deliver", order("o-21", "nobody"));
     assert_eq!(run["state"], "compensated", "{run:#}");
+}
+
+/// `Idempotency-Key` on a start: the same key again (for the same flow)
+/// answers 200 with the run it started, and starts nothing; another key,
+/// or the same key for another flow, starts another run.
+fn a_start_with_an_idempotency_key_already_used_returns_that_run(b: Backend) {
+    let other = FULFIL.replace("[steps.ship]", "[steps.ship2]");
+    let app = app(b, &[("fulfil", FULFIL), ("other", &other)]);
+    let h = ApiHost::start(&app);
+    let start = |flow: &str, key: &str| {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut res = agent
+            .post(&format!("{}/v1/flows/{flow}/runs", h.url))
+            .header("Authorization", &format!("Bearer {}", h.token))
+            .header("Idempotency-Key", key)
+            .send_json(order("o-14", "ada"))
+            .unwrap();
+        let location = res
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body: Value = res.body_mut().read_json().unwrap();
+        (res.status().as_u16(), body, location)
+    };
+    let (status, first, location) = start("fulfil", "order-o-14");
+    assert_eq!(status, 202, "{first}");
+    let id = first["run_id"].as_str().unwrap().to_string();
+    assert_eq!(location.as_deref(), Some(&*format!("/v1/runs/{id}")));
+    let (status, again, location) = start("fulfil", "order-o-14");
+    assert_eq!((status, &again["run_id"]), (200, &first["run_id"]), "{again}");
+    assert_eq!(location.as_deref(), Some(&*format!("/v1/runs/{id}")));
+    // Once the run has ended too.
+    let run = h.client.wait(&id, Duration::from_secs(30), |_| {}).unwrap();
+    assert_eq!(run["state"], "completed");
+    let (status, again, _) = start("fulfil", "order-o-14");
+    assert_eq!((status, &again["run_id"]), (200, &first["run_id"]), "{again}");
+    let (status, another, _) = start("fulfil", "order-o-14b");
+    assert_eq!(status, 202);
+    assert_ne!(another["run_id"], first["run_id"]);
+    let (status, elsewhere, _) = start("other", "order-o-14");
+    assert_eq!(status, 202);
+    assert_ne!(elsewhere["run_id"], first["run_id"]);
+    // A key that is not a short printable token is refused.
+    let (status, refused, _) = start("fulfil", &"k".repeat(300));
+    assert_eq!(status, 400, "{refused}");
 }

@@ -1,0 +1,22 @@
+//! Troupe's integration tests: one test binary (as cargo's own
+//! `tests/testsuite/main.rs`), so wasmtime and the host are linked once
+//! rather than once per file. Every module drives real components (guests
+//! compiled from source), real brokers (the embedded store in a temporary
+//! directory, the NATS server on 127.0.0.1:4222) and, where it matters, a
+//! real `troupe` process that is killed.
+//!
+//! Run one module with `cargo test --release -p troupe-tests --test it -- MODULE::`.
+
+mod choreography;
+mod cli;
+mod cloudevents;
+mod conformance;
+mod crash;
+mod fixtures;
+mod hostile;
+mod languages;
+mod nats_restart;
+mod orchestration;
+mod restart;
+mod sandbox;
+mod scale_out;
