@@ -9,12 +9,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::broker::BrokerUrl;
 use crate::contract::is_step_name;
+pub use crate::retry::RetryPolicy;
+pub use crate::runtime::config::{
+    DirGrant, Grants, Instances, Limits, MAX_EMITS, MAX_EVENT_BYTES, SandboxConfig,
+};
 
 /// The manifest's file name inside an app directory.
 pub const MANIFEST: &str = "troupe.toml";
@@ -103,16 +106,6 @@ pub enum Source {
     Plugin(PathBuf),
 }
 
-/// Instance policy: a fresh instance per message (no state survives a
-/// message; the default) or instances reused across messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Instances {
-    #[default]
-    Fresh,
-    Reuse,
-}
-
 /// One `[steps.NAME]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,98 +132,6 @@ pub struct StepConfig {
 
 fn yes() -> bool {
     true
-}
-
-/// What a step may use per message.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Linear memory, MiB.
-    pub memory_mb: u64,
-    /// Wall-clock time per message, milliseconds (epoch interruption).
-    pub timeout_ms: u64,
-    /// Events emitted per message.
-    pub max_emits: usize,
-    /// Size of one emitted event's data, bytes.
-    pub max_event_bytes: usize,
-    /// Log lines the step may write per second (a burst of one second's
-    /// worth); lines beyond are dropped and counted.
-    pub log_lines_per_second: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory_mb: 64,
-            timeout_ms: 1_000,
-            max_emits: 100,
-            max_event_bytes: 256 * 1024,
-            log_lines_per_second: 1000,
-        }
-    }
-}
-
-/// The most events one message may emit.
-pub const MAX_EMITS: usize = 10_000;
-/// The largest `max_event_bytes`: 16 MiB.
-pub const MAX_EVENT_BYTES: usize = 16 << 20;
-
-/// Redelivery of a failed message: attempts in all, with exponential
-/// backoff from `backoff_ms`, capped at `max_backoff_ms`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub backoff_ms: u64,
-    pub max_backoff_ms: u64,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 5,
-            backoff_ms: 100,
-            max_backoff_ms: 30_000,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait before delivery number `attempt + 1`, after `attempt`
-    /// deliveries failed.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u64 << attempt.saturating_sub(1).min(20);
-        Duration::from_millis(
-            self.backoff_ms
-                .saturating_mul(factor)
-                .min(self.max_backoff_ms),
-        )
-    }
-}
-
-/// Capabilities granted to a step. Nothing by default.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct Grants {
-    /// Directories the step may open.
-    pub dirs: Vec<DirGrant>,
-    /// Environment variables the step sees.
-    pub env: BTreeMap<String, String>,
-    /// Let the step write to the host's stderr (its stdout goes there too).
-    pub stderr: bool,
-}
-
-/// A host directory mapped into the sandbox.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DirGrant {
-    /// The directory on the host, relative to the app directory.
-    pub host: PathBuf,
-    /// Where the step sees it, e.g. `/data`.
-    pub guest: String,
-    /// Whether the step may create and change files there.
-    #[serde(default)]
-    pub write: bool,
 }
 
 impl App {
@@ -315,6 +216,15 @@ impl App {
 }
 
 impl StepConfig {
+    /// What the step's sandbox is built from.
+    pub fn sandbox(&self) -> SandboxConfig {
+        SandboxConfig {
+            instances: self.instances,
+            limits: self.limits.clone(),
+            grants: self.grants.clone(),
+        }
+    }
+
     /// Where the component comes from.
     pub fn source(&self) -> Source {
         match (&self.component, &self.plugin) {

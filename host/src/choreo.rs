@@ -25,10 +25,10 @@ use std::time::Instant;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
-use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery, Disposition, ReasonClass};
+use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery, Disposition};
 use crate::contract::Violation;
 use crate::event::{Emitted, Event, JSON};
-use crate::orchestrator;
+use crate::protocol::{self, FailureClass};
 use crate::runtime::step::{Failure, LoadedStep};
 use crate::stats::StepStats;
 use crate::world;
@@ -49,12 +49,15 @@ pub struct Wiring {
     /// `source` of the host's own events (alerts).
     pub host_source: String,
     pub runtime: Handle,
+    /// Worker threads.
+    concurrency: usize,
     unsettled: Arc<Semaphore>,
 }
 
 impl Wiring {
     pub fn new(
         step: Arc<LoadedStep>,
+        concurrency: usize,
         consumer: Arc<dyn Consumer>,
         broker: Arc<dyn Broker>,
         stats: Arc<StepStats>,
@@ -69,13 +72,14 @@ impl Wiring {
             broker,
             stats,
             runtime,
+            concurrency,
             unsettled: Arc::new(Semaphore::new(MAX_UNSETTLED)),
         }
     }
 
     /// Start the step's worker threads; they end when the broker closes.
     pub fn spawn(self: &Arc<Self>) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-        (0..self.step.sandbox.config.concurrency())
+        (0..self.concurrency)
             .map(|i| {
                 let w = self.clone();
                 std::thread::Builder::new()
@@ -103,7 +107,7 @@ impl Wiring {
             return self.violation(d, v, None);
         }
         let start = Instant::now();
-        let result = step.handle(&d.event, orchestrator::attempt_of(&d.event, d.attempt));
+        let result = step.handle(&d.event, protocol::attempt_of(&d.event, d.attempt));
         StepStats::add(&self.stats.guest_micros, start.elapsed().as_micros() as u64);
         match result {
             Ok(emits) => self.completed(d, emits, start),
@@ -147,14 +151,10 @@ impl Wiring {
             start.elapsed()
         );
         let emitted = checked.len() as u64;
-        let out: Vec<Event> = if orchestrator::is_command(&d.event) {
+        let out: Vec<Event> = if protocol::is_command(&d.event) {
             // A command: the output goes back to the orchestrator in the
             // reply, not into the choreography.
-            vec![orchestrator::completed_reply(
-                &d.event,
-                &self.source,
-                &checked,
-            )]
+            vec![protocol::completed_reply(&d.event, &self.source, &checked)]
         } else {
             checked
                 .into_iter()
@@ -169,11 +169,11 @@ impl Wiring {
             .map(|e| self.broker.check_size(e))
             .find(Result::is_err)
         {
-            return self.failed(d, Failure::Limit(e.to_string()));
+            return self.failed(d, Failure::new(FailureClass::Limit, e.to_string()));
         }
         StepStats::add(&self.stats.handled, 1);
         StepStats::add(&self.stats.emitted, emitted);
-        if orchestrator::is_command(&d.event) {
+        if protocol::is_command(&d.event) {
             return self.reply(d, out.into_iter().next().expect("one reply"));
         }
         self.commit_ack(d, out, "cannot settle a delivery (it will be redelivered)");
@@ -182,27 +182,19 @@ impl Wiring {
     /// Handling failed: retry or dead-letter (for a command, tell the
     /// orchestrator, which owns its retries).
     fn failed(&self, d: Delivery, f: Failure) {
-        if orchestrator::is_command(&d.event) {
-            let (class, retryable, message) = match f {
-                Failure::Reject(m) => ("rejected", false, m),
-                Failure::Retry(m) => ("retry", true, m),
-                Failure::Trap(m) => ("trap", true, m),
-                Failure::Limit(m) => ("limit", true, m),
-                Failure::Stopped => return,
-            };
-            let reply =
-                orchestrator::failed_reply(&d.event, &self.source, class, &message, retryable);
+        // The host is stopping: leave the delivery unsettled, to be
+        // delivered again (after a restart, or to another host).
+        let Failure::Failed(failure) = &f else {
+            return;
+        };
+        if protocol::is_command(&d.event) {
+            let reply = protocol::failed_reply(&d.event, &self.source, failure);
             return self.reply(d, reply);
         }
-        let class = match &f {
-            // The host is stopping: leave the delivery unsettled, to be
-            // delivered again (after a restart, or to another host).
-            Failure::Stopped => return,
-            Failure::Reject(m) => return self.dead_letter(d, ReasonClass::Rejected, m.clone()),
-            Failure::Trap(_) => ReasonClass::Trap,
-            Failure::Limit(_) => ReasonClass::Limit,
-            Failure::Retry(_) => ReasonClass::Exhausted,
-        };
+        let class = failure.class;
+        if !class.retryable() {
+            return self.dead_letter(d, class, failure.message.clone());
+        }
         let message = f.to_string();
         let (b, stats, step_name) = (
             self.broker.clone(),
@@ -265,7 +257,7 @@ impl Wiring {
         );
     }
 
-    fn dead_letter(&self, d: Delivery, class: ReasonClass, message: String) {
+    fn dead_letter(&self, d: Delivery, class: FailureClass, message: String) {
         let (b, stats, step) = (
             self.broker.clone(),
             self.stats.clone(),
@@ -293,7 +285,7 @@ impl Wiring {
                 Some(out) => format!("{v}; the rejected output: {out}"),
                 None => v.to_string(),
             };
-            let id = b.dead_letter(&d, ReasonClass::Contract, &message).await?;
+            let id = b.dead_letter(&d, FailureClass::Contract, &message).await?;
             StepStats::add(&stats.dead_lettered, 1);
             tracing::error!(
                 step = %step,
@@ -311,14 +303,9 @@ impl Wiring {
                 "dlq_id": id,
             });
             let mut events = Vec::new();
-            if orchestrator::is_command(&d.event) {
-                events.push(orchestrator::failed_reply(
-                    &d.event,
-                    &host_source,
-                    "contract",
-                    &message,
-                    false,
-                ));
+            if protocol::is_command(&d.event) {
+                let failure = protocol::Failure::new(FailureClass::Contract, message.clone());
+                events.push(protocol::failed_reply(&d.event, &host_source, &failure));
             }
             let mut e = Event::new(CONTRACT_ALERT, &host_source, alert.to_string().into_bytes());
             e.subject = Some(step.to_string());

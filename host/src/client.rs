@@ -113,14 +113,27 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), ClientError> {
+        self.call_with(method, path, body, None)
+    }
+
+    /// [`Self::call`], with an `Idempotency-Key` on a POST with a body.
+    fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> Result<(u16, Value), ClientError> {
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.token);
         let res = match (method, body) {
-            ("POST", Some(b)) => self
-                .agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .send_json(b),
+            ("POST", Some(b)) => {
+                let req = self.agent.post(&url).header("Authorization", &auth);
+                match key {
+                    Some(k) => req.header("Idempotency-Key", k).send_json(b),
+                    None => req.send_json(b),
+                }
+            }
             ("POST", None) => self
                 .agent
                 .post(&url)
@@ -154,7 +167,19 @@ impl Client {
 
     /// Start a run; its id.
     pub fn start(&self, flow: &str, input: &Value) -> Result<String, ClientError> {
-        let (_, v) = self.call("POST", &format!("/v1/flows/{flow}/runs"), Some(input))?;
+        self.start_keyed(flow, input, None)
+    }
+
+    /// Start a run with an `Idempotency-Key`: the same key for the same
+    /// flow within 24 hours returns the run it started. Its id.
+    pub fn start_keyed(
+        &self,
+        flow: &str,
+        input: &Value,
+        key: Option<&str>,
+    ) -> Result<String, ClientError> {
+        let path = format!("/v1/flows/{flow}/runs");
+        let (_, v) = self.call_with("POST", &path, Some(input), key)?;
         Ok(v["run_id"].as_str().unwrap_or_default().to_string())
     }
 
@@ -165,12 +190,13 @@ impl Client {
         &self,
         flow: &str,
         input: &Value,
+        key: Option<&str>,
         patience: Duration,
         mut on_wait: impl FnMut(&str, Duration),
     ) -> Result<String, ClientError> {
         let until = std::time::Instant::now() + patience;
         loop {
-            match self.start(flow, input) {
+            match self.start_keyed(flow, input, key) {
                 Err(ClientError::Status {
                     status: 503,
                     message,

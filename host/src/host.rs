@@ -100,13 +100,15 @@ fn load(
             step: name.clone(),
             error,
         })?;
-        let cfg = app.steps[name].clone();
-        let step = LoadedStep::load(rt, name, &component.component, cfg).map_err(|error| {
-            HostError::Load {
-                step: name.clone(),
-                error,
-            }
-        })?;
+        let cfg = &app.steps[name];
+        let mut step =
+            LoadedStep::load(rt, name, &component.component, cfg.sandbox()).map_err(|error| {
+                HostError::Load {
+                    step: name.clone(),
+                    error,
+                }
+            })?;
+        step.choreography = cfg.choreography;
         contracts.put(path, &component.hash, &step.contract);
         steps.push(step);
     }
@@ -210,18 +212,20 @@ impl Host {
         let mut stats = Stats::default();
         let mut wirings = Vec::new();
         for step in &steps {
-            let kinds = if step.sandbox.config.choreography {
+            let cfg = &app.steps[&*step.sandbox.name];
+            let kinds = if step.choreography {
                 step.contract.consumed_kinds()
             } else {
                 Vec::new() // commands only: they are addressed to the group
             };
             let consumer = broker
-                .subscribe(step.name(), &kinds, step.sandbox.config.retry.clone())
+                .subscribe(step.name(), &kinds, cfg.retry.clone())
                 .await?;
             let s = Arc::new(StepStats::default());
             stats.steps.insert(step.name().to_string(), s.clone());
             wirings.push(Arc::new(Wiring::new(
                 step.clone(),
+                cfg.concurrency(),
                 consumer,
                 broker.clone(),
                 s,

@@ -15,7 +15,11 @@
 //! - [`app`]: `troupe.toml`, the app manifest: steps, limits, grants.
 //! - [`runtime`]: the wasmtime engine, the on-disk artifact cache, the
 //!   sandbox (WASI context, limits) and calling a step.
-//! - [`broker`]: the `Broker` trait and its backends (`embedded`: SQLite).
+//! - [`broker`]: the `Broker` trait and its backends (`embedded`: SQLite;
+//!   `nats`: NATS JetStream, many hosts per app).
+//! - [`protocol`]: commands, replies and `FailureClass`, the one name of
+//!   each way a message can fail; [`retry`]: the retry policy; [`clock`]:
+//!   the wall clock as the host records it.
 //! - [`choreo`]: the workers that feed deliveries to steps and route their
 //!   output; contract enforcement and alerts.
 //! - [`host`]: putting it together: load an app, run it, stop it.
@@ -26,7 +30,9 @@
 //!   accept (contracts change passively); [`graph`]: the wiring as a diagram;
 //!   [`asyncapi`]: the events as an AsyncAPI 3.0 document.
 //! - [`flow`], [`orchestrator`]: flow files and the durable state machine
-//!   that runs them; [`api`], [`client`]: the HTTP API and its client.
+//!   that runs them (its decisions in `orchestrator::machine`, apart from
+//!   their effects); [`api`], [`client`]: the HTTP API (with `/metrics`)
+//!   and its client.
 //! - [`stats`]: per-step counters, shown by the CLI and by `/metrics`.
 //! - [`text`]: text the host did not write (guests', producers'), bounded
 //!   and escaped before it is stored, logged or printed.
@@ -39,6 +45,7 @@ pub mod builder;
 pub mod check;
 pub mod choreo;
 pub mod client;
+pub mod clock;
 pub mod conformance;
 pub mod contract;
 pub mod event;
@@ -46,6 +53,8 @@ pub mod flow;
 pub mod graph;
 pub mod host;
 pub mod orchestrator;
+pub mod protocol;
+pub mod retry;
 pub mod runtime;
 pub mod scaffold;
 pub mod stats;

@@ -70,6 +70,10 @@ enum Cmd {
         /// Wait for the run to finish and print its final status.
         #[arg(long)]
         wait: bool,
+        /// Start at most one run per key: the same key for the same flow
+        /// within 24 hours prints the run it started (safe to retry).
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -274,8 +278,9 @@ fn run(cli: Cli) -> Result<()> {
             flow,
             input,
             wait,
+            idempotency_key,
             api,
-        } => flows::start(&flow, &input, wait, &api, json),
+        } => flows::start(&flow, &input, idempotency_key.as_deref(), wait, &api, json),
         Cmd::Status { run, watch, api } => flows::status(&run, watch, &api, json),
         Cmd::Publish {
             app,

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use serde_json::json;
-use troupe::broker::ReasonClass;
 use troupe::choreo::CONTRACT_ALERT;
+use troupe::protocol::FailureClass;
 use troupe_tests::{
     Backend, ORDER_STEPS, TestApp, data, event, eventually, guest, on_each_broker, plugin_steps,
     step,
@@ -18,7 +18,7 @@ on_each_broker!(
     a_cascade_runs_end_to_end_with_fan_out_and_host_owned_attributes,
     a_rejected_event_goes_to_the_dlq_at_once_and_stops_the_cascade,
     a_retry_is_redelivered_with_backoff_until_it_succeeds,
-    retries_past_the_budget_are_dead_lettered_as_exhausted,
+    retries_past_the_budget_are_dead_lettered_as_retry,
     a_trap_is_retried_then_dead_lettered_and_the_host_keeps_serving,
     input_that_breaks_the_contract_is_dead_lettered_at_once_with_an_alert,
     output_that_breaks_the_contract_is_dead_lettered_and_not_published,
@@ -109,7 +109,7 @@ async fn a_rejected_event_goes_to_the_dlq_at_once_and_stops_the_cascade(b: Backe
     let d = &dlq[0];
     assert_eq!(
         (d.step.as_str(), d.class, d.attempts),
-        ("order-validate", ReasonClass::Rejected, 1)
+        ("order-validate", FailureClass::Rejected, 1)
     );
     assert!(d.message.contains("o-empty has no lines"), "{}", d.message);
     assert_eq!(d.event, bad, "the DLQ keeps the original event");
@@ -155,7 +155,7 @@ async fn a_retry_is_redelivered_with_backoff_until_it_succeeds(b: Backend) {
     host.shutdown().await;
 }
 
-async fn retries_past_the_budget_are_dead_lettered_as_exhausted(b: Backend) {
+async fn retries_past_the_budget_are_dead_lettered_as_retry(b: Backend) {
     let app = TestApp::on(
         b,
         &step(
@@ -172,7 +172,7 @@ async fn retries_past_the_budget_are_dead_lettered_as_exhausted(b: Backend) {
     host.wait_idle(IDLE).await.unwrap();
     let dlq = host.broker.dlq_list().await.unwrap();
     assert_eq!(dlq.len(), 1);
-    assert_eq!((dlq[0].class, dlq[0].attempts), (ReasonClass::Exhausted, 2));
+    assert_eq!((dlq[0].class, dlq[0].attempts), (FailureClass::Retry, 2));
     assert!(
         dlq[0].message.contains("transient failure on attempt 2"),
         "{}",
@@ -198,7 +198,7 @@ async fn a_trap_is_retried_then_dead_lettered_and_the_host_keeps_serving(b: Back
     host.wait_idle(IDLE).await.unwrap();
     let dlq = host.broker.dlq_list().await.unwrap();
     assert_eq!(dlq.len(), 1);
-    assert_eq!((dlq[0].class, dlq[0].attempts), (ReasonClass::Trap, 3));
+    assert_eq!((dlq[0].class, dlq[0].attempts), (FailureClass::Trap, 3));
     assert!(dlq[0].message.contains("trapped"), "{}", dlq[0].message);
     assert_eq!(host.stats.snapshot()["trapper"].retried, 2);
     let pong = host.broker.trace(&ping.id).await.unwrap();
@@ -221,7 +221,7 @@ async fn input_that_breaks_the_contract_is_dead_lettered_at_once_with_an_alert(b
     host.wait_idle(IDLE).await.unwrap();
     let dlq = host.broker.dlq_list().await.unwrap();
     assert_eq!(dlq.len(), 1);
-    assert_eq!((dlq[0].class, dlq[0].attempts), (ReasonClass::Contract, 1));
+    assert_eq!((dlq[0].class, dlq[0].attempts), (FailureClass::Contract, 1));
     assert!(
         dlq[0].message.contains("/lines/0/qty"),
         "{}",
@@ -271,7 +271,7 @@ async fn output_that_breaks_the_contract_is_dead_lettered_and_not_published(b: B
     };
     assert_eq!(
         (of(&bad).class, of(&bad).attempts),
-        (ReasonClass::Contract, 1)
+        (FailureClass::Contract, 1)
     );
     assert!(
         of(&bad).message.contains("output \"test.out\""),
@@ -283,7 +283,7 @@ async fn output_that_breaks_the_contract_is_dead_lettered_and_not_published(b: B
         "{}",
         of(&bad).message
     );
-    assert_eq!(of(&undeclared).class, ReasonClass::Contract);
+    assert_eq!(of(&undeclared).class, FailureClass::Contract);
     assert!(
         of(&undeclared).message.contains("test.secret"),
         "{}",
@@ -335,7 +335,7 @@ async fn a_dead_letter_replayed_after_the_fault_is_fixed_completes(b: Backend) {
     host.wait_idle(IDLE).await.unwrap();
     let dlq = host.broker.dlq_list().await.unwrap();
     assert_eq!(dlq.len(), 1);
-    assert_eq!(dlq[0].class, ReasonClass::Exhausted);
+    assert_eq!(dlq[0].class, FailureClass::Retry);
     // Fix it, replay, and the event goes through.
     std::fs::remove_dir(&target).unwrap();
     host.broker.dlq_replay(&dlq[0].id).await.unwrap();
@@ -393,7 +393,7 @@ async fn text_data_is_checked_against_its_declared_media_type(b: Backend) {
             .iter()
             .find(|d| d.event.id == e.id)
             .expect("dead-lettered");
-        assert_eq!(d.class, ReasonClass::Contract, "{}", d.message);
+        assert_eq!(d.class, FailureClass::Contract, "{}", d.message);
         d.message.clone()
     };
     assert!(reason(&long).contains("breaks schema"), "{}", reason(&long));

@@ -223,7 +223,7 @@ fn an_app_named_anything_delivers_what_is_published() {
 fn output_into_a_closed_pipe_ends_quietly() {
     use std::io::Read;
     let app = validate_app();
-    let mut child = std::process::Command::new(troupe_bin())
+    let mut child = Command::new(troupe_bin())
         .args(["--json", "check", app.path().to_str().unwrap()])
         .env("TROUPE_LOG", "warn")
         .stdout(std::process::Stdio::piped())
@@ -547,10 +547,42 @@ fn start_right_after_run_waits_for_the_host() {
         &["start", "fulfil", "--input", order, "--wait", "--app", d],
         app.path(),
     );
+    // With an idempotency key, starting again prints the same run.
+    let keyed = |key: &str| {
+        let args = [
+            "start",
+            "fulfil",
+            "--input",
+            order,
+            "--idempotency-key",
+            key,
+            "--app",
+            d,
+        ];
+        ok(&troupe(&args, app.path())).trim().to_string()
+    };
+    let (first, again, other) = (keyed("o-1"), keyed("o-1"), keyed("o-1b"));
+    let long = "k".repeat(300);
+    let bad = troupe(
+        &[
+            "start",
+            "fulfil",
+            "--input",
+            order,
+            "--idempotency-key",
+            &long,
+            "--app",
+            d,
+        ],
+        app.path(),
+    );
     let _ = host.kill();
     let _ = host.wait();
     let out = ok(&started);
     assert!(out.contains("completed"), "{out}");
+    assert_eq!(first, again);
+    assert_ne!(first, other);
+    assert!(err(&bad).contains("Idempotency-Key"), "{}", err(&bad));
 }
 
 /// `--broker` is refused where it would do nothing, and named where it

@@ -43,7 +43,10 @@ fn spawn_host(app: &TestApp) -> (Child, troupe::client::Client) {
                 "--listen",
                 "127.0.0.1:0",
             ])
-            .env("TROUPE_LOG", "error")
+            .env(
+                "TROUPE_LOG",
+                std::env::var("TEST_HOST_LOG").unwrap_or("error".into()),
+            )
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
@@ -264,7 +267,6 @@ fn runs_survive_sigkill() {
     );
 }
 
-
 /// Start `flow` with `input` under `Idempotency-Key: key` on the host at
 /// `base` (plain HTTP, as any producer would): the status and the run id,
 /// or `None` when no answer came (the host is down, or died mid-request).
@@ -288,7 +290,10 @@ fn start_keyed(
         .ok()?;
     let status = res.status().as_u16();
     let body: Value = res.body_mut().read_json().unwrap_or(Value::Null);
-    Some((status, body["run_id"].as_str().unwrap_or_default().to_string()))
+    Some((
+        status,
+        body["run_id"].as_str().unwrap_or_default().to_string(),
+    ))
 }
 
 /// The host's API address and token, as `troupe run` wrote them.
@@ -357,7 +362,11 @@ fn a_host_down_longer_than_a_step_timeout_runs_each_step_once() {
         twice.len(),
         &twice[..twice.len().min(3)]
     );
-    assert!(long.is_empty(), "{} steps took too long: {long:?}", long.len());
+    assert!(
+        long.is_empty(),
+        "{} steps took too long: {long:?}",
+        long.len()
+    );
     let effects = sink_effects(&app);
     for id in &acked {
         assert_eq!(

@@ -26,8 +26,8 @@ const HUNG: Duration = Duration::from_secs(60);
 
 /// How each attack must end: its DLQ class, and text its message holds.
 const ATTACKS: &[(&str, &str, &str)] = &[
-    ("hostile.spin", "limit", "time limit"),
-    ("hostile.sleep", "limit", "time limit"),
+    ("hostile.spin", "timeout", "time limit"),
+    ("hostile.sleep", "timeout", "time limit"),
     ("hostile.membomb", "limit", "memory limit"),
     ("hostile.huge-emit", "limit", "bytes"),
     ("hostile.flood", "limit", "emitted 10000 events"),
@@ -42,8 +42,8 @@ const ATTACKS: &[(&str, &str, &str)] = &[
     ("hostile.subject-control", "contract", "subject"),
     ("hostile.control", "rejected", "FORGED"),
     ("hostile.big-reject", "rejected", "rrrr"),
-    ("hostile.big-retry", "exhausted", "yyyy"),
-    ("hostile.log-flood", "limit", "time limit"),
+    ("hostile.big-retry", "retry", "yyyy"),
+    ("hostile.log-flood", "timeout", "time limit"),
     ("hostile.escape", "rejected", "denied"),
     ("trap.panic", "trap", ""),
     ("trap.abort", "trap", ""),
@@ -52,7 +52,7 @@ const ATTACKS: &[(&str, &str, &str)] = &[
     ("trap.indirect", "trap", ""),
     ("trap.utf8", "trap", ""),
     ("trap.pointer", "trap", ""),
-    ("test.spin", "limit", "time limit"),
+    ("test.spin", "timeout", "time limit"),
 ];
 
 /// The hostile steps' limits, and the bounds the host must keep.
@@ -341,7 +341,7 @@ fn sigterm_stops_a_host_with_blocked_guests(b: Backend) {
         let dead: Vec<String> = host
             .dead_letters()
             .iter()
-            .filter(|d| d["class"] == "limit")
+            .filter(|d| d["class"] == "timeout")
             .filter_map(|d| d["event_id"].as_str().map(str::to_string))
             .collect();
         if ids.iter().all(|i| dead.contains(i)) {

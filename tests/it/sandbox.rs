@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use troupe::broker::ReasonClass;
 use troupe::host::{Host, HostError};
+use troupe::protocol::FailureClass;
 use troupe::runtime::RuntimeError;
 use troupe_tests::{TestApp, data, event, eventually, guest, step};
 
@@ -31,7 +31,7 @@ async fn an_infinite_loop_is_stopped_by_the_deadline() {
     })
     .await;
     let took = start.elapsed();
-    assert_eq!((dead.class, dead.attempts), (ReasonClass::Limit, 2));
+    assert_eq!((dead.class, dead.attempts), (FailureClass::Timeout, 2));
     assert!(
         dead.message.contains("time limit of 50 ms"),
         "{}",
@@ -63,7 +63,7 @@ async fn a_memory_bomb_is_refused_by_the_limit() {
     host.wait_idle(IDLE).await.unwrap();
     let dlq = host.broker.dlq_list().await.unwrap();
     assert_eq!(dlq.len(), 1);
-    assert_eq!(dlq[0].class, ReasonClass::Limit);
+    assert_eq!(dlq[0].class, FailureClass::Limit);
     assert!(
         dlq[0].message.contains("memory limit of 16 MiB"),
         "{}",

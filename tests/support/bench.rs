@@ -361,7 +361,7 @@ async fn measure_runs(
                 // A producer refused for `max_active_runs` waits and tries
                 // again; the run's latency counts from its first try.
                 let id = loop {
-                    match o.start(&flow, input(i)).await {
+                    match o.start(&flow, input(i), None).await.map(|(id, _)| id) {
                         Err(troupe::orchestrator::StartError::Busy { .. }) => {
                             tokio::time::sleep(Duration::from_millis(1)).await
                         }

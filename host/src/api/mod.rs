@@ -181,16 +181,23 @@ async fn auth(State(s): State<ApiState>, headers: HeaderMap, req: Request, next:
     next.run(req).await
 }
 
+/// The header that makes a start idempotent.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// Seconds a producer refused for `max_active_runs` is told to wait.
 pub const RETRY_AFTER: &str = "1";
 
 /// Start a run of a flow; the body is the input event's data.
 #[utoipa::path(post, path = "/v1/flows/{flow}/runs",
-    params(("flow" = String, Path, description = "The flow's name (its file name under flows/)")),
+    params(
+        ("flow" = String, Path, description = "The flow's name (its file name under flows/)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the start idempotent: the same key for the same flow within 24 hours returns the run it started (200) instead of starting another. 1 to 255 printable ASCII characters"),
+    ),
     request_body(content = Object, description = "The data of the run's input event"),
     responses(
+        (status = 200, description = "Already started with this `Idempotency-Key` (within 24 hours): that run's `run_id`, and `Location` of its status; nothing is started"),
         (status = 202, description = "Started: `run_id`, and `Location` of its status"),
-        (status = 400, description = "The body is not JSON"),
+        (status = 400, description = "The body is not JSON, or the Idempotency-Key is not 1 to 255 printable ASCII characters"),
         (status = 404, description = "No such flow"),
         (status = 422, description = "The input breaks the contract of the flow's first step"),
         (status = 503, description = "Not now: `max_active_runs` runs are active (with `Retry-After`), or this host stands by"),
@@ -198,6 +205,7 @@ pub const RETRY_AFTER: &str = "1";
 async fn start_run(
     State(s): State<ApiState>,
     Path(flow): Path<String>,
+    headers: HeaderMap,
     Body(input): Body,
 ) -> Result<Response, ApiError> {
     let Some(o) = &s.orchestrator else {
@@ -206,11 +214,26 @@ async fn start_run(
             format!("no flow named {flow:?}: the app has no flows"),
         ));
     };
-    match o.start(&flow, input).await {
-        Ok(id) => {
+    let key = match headers.get(IDEMPOTENCY_KEY).map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(k)) => Some(k),
+        Some(Err(_)) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "the Idempotency-Key header is not printable ASCII".into(),
+            ));
+        }
+    };
+    match o.start(&flow, input, key).await {
+        Ok((id, new)) => {
             let location = format!("/v1/runs/{id}");
+            let status = if new {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
             let mut r = (
-                StatusCode::ACCEPTED,
+                status,
                 Json(json!({ "run_id": id, "status_url": location })),
             )
                 .into_response();
@@ -220,6 +243,7 @@ async fn start_run(
             );
             Ok(r)
         }
+        Err(e @ StartError::BadKey(_)) => Err(ApiError(StatusCode::BAD_REQUEST, e.to_string())),
         Err(e @ StartError::UnknownFlow(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
         Err(e @ StartError::TooLarge { .. }) => {
             Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
@@ -320,7 +344,7 @@ fn check_incoming(s: &ApiState, event: &Event) -> Result<(), ApiError> {
             format!("{:?} is not an event type", event.kind),
         ));
     }
-    if let Some(ext) = crate::orchestrator::host_owned_extension(event) {
+    if let Some(ext) = crate::protocol::host_owned_extension(event) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!("the extension `{ext}` is set by the host only"),

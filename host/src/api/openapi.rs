@@ -212,7 +212,7 @@ fn schemas() -> Value {
             "properties": {
                 "id": {"type": "string"},
                 "step": {"type": "string"},
-                "class": {"type": "string", "enum": ["rejected", "contract", "exhausted", "trap", "limit"]},
+                "class": {"type": "string", "enum": ["rejected", "contract", "retry", "trap", "limit", "timeout"]},
                 "message": {"type": "string"},
                 "attempts": {"type": "integer", "minimum": 0},
                 "time": {"type": "string"},

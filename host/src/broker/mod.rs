@@ -32,10 +32,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
-use crate::app::RetryPolicy;
 use crate::event::Event;
+use crate::protocol::FailureClass;
+use crate::retry::RetryPolicy;
 
 /// What can go wrong talking to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -58,52 +58,6 @@ pub enum BrokerError {
 impl From<rusqlite::Error> for BrokerError {
     fn from(e: rusqlite::Error) -> Self {
         BrokerError::Store(e.to_string())
-    }
-}
-
-/// Why a message is in the dead-letter queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReasonClass {
-    /// The step rejected it.
-    Rejected,
-    /// It broke a contract, on the way in or out.
-    Contract,
-    /// The step kept asking for retries past its budget.
-    Exhausted,
-    /// The step kept trapping.
-    Trap,
-    /// The step kept running past a limit.
-    Limit,
-}
-
-impl ReasonClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReasonClass::Rejected => "rejected",
-            ReasonClass::Contract => "contract",
-            ReasonClass::Exhausted => "exhausted",
-            ReasonClass::Trap => "trap",
-            ReasonClass::Limit => "limit",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ReasonClass> {
-        [
-            ReasonClass::Rejected,
-            ReasonClass::Contract,
-            ReasonClass::Exhausted,
-            ReasonClass::Trap,
-            ReasonClass::Limit,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for ReasonClass {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -142,7 +96,7 @@ pub struct DeadLetter {
     pub id: String,
     /// The step (consumer group) that could not handle it.
     pub step: String,
-    pub class: ReasonClass,
+    pub class: FailureClass,
     pub message: String,
     /// Deliveries made before it was dead-lettered.
     pub attempts: u32,
@@ -181,7 +135,7 @@ impl DeadLetter {
         Ok(DeadLetter {
             id: s("id")?,
             step: s("step")?,
-            class: ReasonClass::parse(&class).ok_or(format!("unknown class {class:?}"))?,
+            class: FailureClass::parse(&class).ok_or(format!("unknown class {class:?}"))?,
             message: s("message")?,
             attempts: v["attempts"].as_u64().unwrap_or(0) as u32,
             time: s("time")?,
@@ -367,7 +321,7 @@ pub trait Broker: Send + Sync {
     async fn fail(
         &self,
         delivery: &Delivery,
-        class: ReasonClass,
+        class: FailureClass,
         message: &str,
     ) -> Result<Disposition, BrokerError>;
 
@@ -375,7 +329,7 @@ pub trait Broker: Send + Sync {
     async fn dead_letter(
         &self,
         delivery: &Delivery,
-        class: ReasonClass,
+        class: FailureClass,
         message: &str,
     ) -> Result<String, BrokerError>;
 

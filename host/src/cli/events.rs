@@ -109,7 +109,7 @@ pub(crate) fn publish(
                     serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
                 let e = Event::from_json(v, &source)
                     .with_context(|| format!("{}: not an event", at()))?;
-                if let Some(ext) = troupe::orchestrator::host_owned_extension(&e) {
+                if let Some(ext) = troupe::protocol::host_owned_extension(&e) {
                     bail!("{}: the extension `{ext}` is set by the host only", at());
                 }
                 origins.push(match &e.subject {

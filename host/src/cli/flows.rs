@@ -48,12 +48,19 @@ fn host_when_up(api: &ApiArgs) -> Result<troupe::client::Client> {
     }
 }
 
-pub(crate) fn start(flow: &str, input: &str, wait: bool, api: &ApiArgs, json: bool) -> Result<()> {
+pub(crate) fn start(
+    flow: &str,
+    input: &str,
+    key: Option<&str>,
+    wait: bool,
+    api: &ApiArgs,
+    json: bool,
+) -> Result<()> {
     let input: serde_json::Value =
         serde_json::from_str(input).context("--input is not valid JSON")?;
     let c = host_when_up(api)?;
     let mut told = false;
-    let id = c.start_patiently(flow, &input, START_PATIENCE, |why, wait| {
+    let id = c.start_patiently(flow, &input, key, START_PATIENCE, |why, wait| {
         if !told {
             eprintln!("{why}; trying again every {wait:.0?} for up to {START_PATIENCE:.0?}");
             told = true;

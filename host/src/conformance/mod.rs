@@ -28,10 +28,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::app::{Grants, Instances, Limits, RetryPolicy, StepConfig};
 use crate::contract::{DataFormat, Violation};
 use crate::event::{Event, JSON};
+use crate::protocol::FailureClass;
 use crate::runtime::cache::ArtifactCache;
+use crate::runtime::config::SandboxConfig;
 use crate::runtime::step::{Failure, LoadedStep};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::world::Emit;
@@ -141,17 +142,8 @@ impl Report {
 
 /// The configuration a component is checked under: the defaults of
 /// `troupe.toml`, fresh instances, nothing granted.
-fn default_config(path: &Path) -> StepConfig {
-    StepConfig {
-        component: Some(path.to_path_buf()),
-        plugin: None,
-        instances: Instances::Fresh,
-        concurrency: Some(1),
-        limits: Limits::default(),
-        retry: RetryPolicy::default(),
-        grants: Grants::default(),
-        choreography: true,
-    }
+fn default_config() -> SandboxConfig {
+    SandboxConfig::default()
 }
 
 /// Run every rule against the component at `path`, compiling through the
@@ -183,7 +175,7 @@ pub fn check(rt: &Runtime, path: &Path, cache_dir: &Path) -> Result<Report, Runt
         || "conformance".into(),
         |s| s.to_string_lossy().into_owned(),
     );
-    let step = match LoadedStep::load(rt, &label, &loaded.component, default_config(path)) {
+    let step = match LoadedStep::load(rt, &label, &loaded.component, default_config()) {
         Ok(s) => s,
         Err(RuntimeError::Link { error, .. }) => {
             report.set(Rule::Imports, Verdict::Fail, format!("{error:#}"));
@@ -275,14 +267,18 @@ fn run_behaviour(step: &LoadedStep, report: &mut Report) {
     let mut malformed_bad = Vec::new();
 
     // Traps and limits met while handling valid samples.
-    let note = |kind: &str,
-                outcome: &Outcome,
-                traps: &mut Vec<String>,
-                limits: &mut Vec<String>| match outcome {
-        Err(Failure::Trap(m)) => traps.push(format!("{kind}: {m}")),
-        Err(Failure::Limit(m)) => limits.push(format!("{kind}: {m}")),
-        _ => {}
-    };
+    let note =
+        |kind: &str, outcome: &Outcome, traps: &mut Vec<String>, limits: &mut Vec<String>| {
+            if let Err(Failure::Failed(f)) = outcome {
+                match f.class {
+                    FailureClass::Trap => traps.push(format!("{kind}: {}", f.message)),
+                    FailureClass::Limit | FailureClass::Timeout => {
+                        limits.push(format!("{kind}: {}", f.message))
+                    }
+                    _ => {}
+                }
+            }
+        };
 
     for t in &c.consumes {
         let data = sample(&t.schema);
@@ -346,7 +342,9 @@ fn run_behaviour(step: &LoadedStep, report: &mut Report) {
             DataFormat::Other { base64: true, .. } => continue,
         };
         match step.handle(&junk, 1) {
-            Err(Failure::Reject(_)) => malformed_ok.push(t.kind.clone()),
+            Err(f) if f.class() == Some(FailureClass::Rejected) => {
+                malformed_ok.push(t.kind.clone())
+            }
             Err(f) => malformed_bad.push(format!("{}: {f}", t.kind)),
             Ok(_) => malformed_bad.push(format!("{}: accepted and emitted events", t.kind)),
         }

@@ -10,7 +10,7 @@
 //! that undoes it if a later step fails for good. The full reference is
 //! `docs/flows.md`.
 //!
-//! [`Flow::check`] validates a flow against the app's contracts: unknown
+//! [`Flow::parse`] validates a flow against the app's contracts: unknown
 //! steps, inputs whose event type the step does not consume, conditions on
 //! steps that do not run before, and cycles are errors that name the file
 //! and the line.
@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::app::RetryPolicy;
 use crate::contract::{StepContract, is_kind};
+use crate::retry::RetryPolicy;
 
 mod condition;
 

@@ -17,12 +17,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
 
 use super::driver::{Driver, Journal};
+use super::machine::Machine;
 use super::run::{RunRecord, RunState};
-use super::timers::Timers;
-use super::{GROUP, Inbox, InputCheck, Msg, StartError};
+use super::{GROUP, Inbox, InputCheck, Msg, StartError, Starting};
 use crate::app::RetryPolicy;
 use crate::broker::{Broker, BrokerError, Consumer};
 use crate::flow::Flow;
@@ -52,9 +52,9 @@ impl Lead {
     /// Drive the flows now if the lease is free, else stand by.
     pub async fn start(self, rx: Inbox) -> Result<(), BrokerError> {
         if self.broker.lease(LEASE, &self.holder, TTL).await? {
-            let (driver, consumer) = self.driver().await?;
+            let (driver, ended, consumer) = self.driver().await?;
             let lost = self.keep();
-            tokio::spawn(driver.run(rx, consumer, lost));
+            tokio::spawn(driver.run(rx, ended, consumer, lost));
         } else {
             tracing::info!(
                 "another host of this app drives its flows; this one stands by to take over"
@@ -64,51 +64,58 @@ impl Lead {
         Ok(())
     }
 
-    /// Subscribe the orchestrator's group and load the active runs.
-    async fn driver(&self) -> Result<(Driver, Arc<dyn Consumer>), BrokerError> {
+    /// Subscribe the orchestrator's group and load the active runs (on a
+    /// broker whose log is indexed by run, with the replies since their
+    /// last checkpoint applied again).
+    async fn driver(
+        &self,
+    ) -> Result<
+        (
+            Driver,
+            tokio::sync::mpsc::UnboundedReceiver<(String, RunState, bool)>,
+            Arc<dyn Consumer>,
+        ),
+        BrokerError,
+    > {
         let consumer = self
             .broker
             .subscribe(GROUP, &self.awaited, RetryPolicy::default())
             .await?;
-        let mut runs = HashMap::new();
-        for (_, v) in self.broker.state_scan("run/").await? {
-            match serde_json::from_slice::<RunRecord>(&v) {
-                Ok(r) if !r.state.is_final() => {
-                    runs.insert(r.id.clone(), r);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!("unreadable run record: {e}"),
-            }
-        }
         let journal = if self.broker.indexed_trace() {
             Journal::Checkpoints
         } else {
             Journal::EveryTransition
         };
-        let (tell, ended) = mpsc::unbounded_channel();
-        let mut driver = Driver {
-            finished: self.finished.clone(),
-            broker: self.broker.clone(),
-            flows: self.flows.clone(),
-            runs,
-            ending: HashMap::new(),
-            ended: (tell, Some(ended)),
-            timers: Timers::new(),
-            check_input: self.check_input.clone(),
-            source: self.source.clone(),
-            journal,
-            clock: None,
-            load: self.load.clone(),
-        };
-        if journal == Journal::Checkpoints {
-            let ids: Vec<String> = driver.runs.keys().cloned().collect();
-            for id in ids {
-                let log = self.broker.trace(&id).await?;
-                driver.replay(&id, &log);
+        let mut machine = Machine::new(
+            self.flows.clone(),
+            self.source.clone(),
+            self.broker.max_state_bytes(),
+            self.check_input.clone(),
+            self.load.limit,
+        );
+        for (_, v) in self.broker.state_scan("run/").await? {
+            match serde_json::from_slice::<RunRecord>(&v) {
+                Ok(r) if !r.state.is_final() => {
+                    let id = r.id.clone();
+                    machine.load(r);
+                    if journal == Journal::Checkpoints {
+                        let log = self.broker.trace(&id).await?;
+                        let replies = machine.replay(&id, &log);
+                        tracing::debug!(run = %id, replies, "replayed the run's replies onto its checkpoint");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!("unreadable run record: {e}"),
             }
         }
-        driver.resume();
-        Ok((driver, consumer))
+        let (driver, ended) = Driver::new(
+            machine,
+            self.broker.clone(),
+            journal,
+            self.finished.clone(),
+            self.load.clone(),
+        );
+        Ok((driver, ended, consumer))
     }
 
     /// Renew the lease every [`RENEW`]; the receiver turns `true` when it
@@ -147,7 +154,7 @@ impl Lead {
     async fn stand_by(self, mut rx: Inbox) {
         let mut tick = tokio::time::interval(RENEW);
         let standby = |msg| match msg {
-            Msg::Start { reply, .. } => {
+            Msg::Start(Starting { reply, .. }) => {
                 let _ = reply.send(Err(StartError::Standby));
             }
             Msg::Status { reply, .. } => {
@@ -163,10 +170,10 @@ impl Lead {
                 Some(msg) = rx.queries.recv() => standby(msg),
                 _ = tick.tick() => match self.broker.lease(LEASE, &self.holder, TTL).await {
                     Ok(true) => match self.driver().await {
-                        Ok((driver, consumer)) => {
-                            tracing::info!(runs = driver.runs.len(), "took over the app's flows");
+                        Ok((driver, ended, consumer)) => {
+                            tracing::info!(runs = driver.active(), "took over the app's flows");
                             let lost = self.keep();
-                            return driver.run(rx, consumer, lost).await;
+                            return driver.run(rx, ended, consumer, lost).await;
                         }
                         Err(e) => tracing::error!("cannot take over the app's flows: {e}"),
                     },

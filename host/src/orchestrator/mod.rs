@@ -23,44 +23,23 @@
 //! twice only as at-least-once delivery allows, with the same id.
 
 mod driver;
-mod failure;
 pub mod lease;
-mod messages;
-mod replay;
+mod machine;
 pub mod run;
 mod timers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::value::RawValue;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::{Broker, BrokerError};
-use crate::event::{
-    CAUSATION_ID, CORRELATION_ID, Emitted, Event, JSON, TARGET, TRACEPARENT, new_traceparent,
-    now_rfc3339,
-};
+pub(crate) use crate::clock::{now_ms, rfc3339};
 use crate::flow::{Action, Flow};
+use crate::protocol::GROUP;
 use run::{RunRecord, RunState, key};
-
-/// The orchestrator's consumer group.
-pub const GROUP: &str = "troupe:orchestrator";
-/// Extension: the run a command or reply belongs to.
-pub const RUN: &str = "trouperun";
-/// Extension: the flow step a command or reply belongs to.
-pub const FLOW_STEP: &str = "troupestep";
-/// Extension: which attempt of the flow step a command is (what the
-/// guest sees as `event.attempt`).
-pub const ATTEMPT: &str = "troupeattempt";
-/// Reply type: the step handled the command; data `{ "outputs": [...] }`,
-/// each output's `type`, `dataschema` and `data`.
-pub const COMPLETED: &str = "troupe.step.completed";
-/// Reply type: it did not; data `{ "class", "message", "retryable" }`.
-pub const FAILED: &str = "troupe.step.failed";
 
 /// Why a run could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -82,16 +61,41 @@ pub enum StartError {
          record and its commands must each fit in one of the broker's messages)"
     )]
     TooLarge { size: usize, max: usize },
+    #[error("the Idempotency-Key must be 1 to {MAX_KEY} printable ASCII characters (it was {0})")]
+    BadKey(String),
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
 }
 
+/// How long an `Idempotency-Key` names the run it started: a start with
+/// the same key for the same flow within this time returns that run.
+pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// The longest `Idempotency-Key`, characters.
+pub const MAX_KEY: usize = 255;
+
+fn check_key(k: &str) -> Result<(), StartError> {
+    let bad = if k.is_empty() {
+        Some("empty".to_string())
+    } else if k.len() > MAX_KEY {
+        Some(format!("{} characters long", k.len()))
+    } else if !k.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        Some("not printable ASCII".to_string())
+    } else {
+        None
+    };
+    bad.map_or(Ok(()), |why| Err(StartError::BadKey(why)))
+}
+
+/// A start on its way to the driver.
+struct Starting {
+    flow: String,
+    input: Value,
+    key: Option<String>,
+    reply: driver::StartReply,
+}
+
 enum Msg {
-    Start {
-        flow: String,
-        input: Value,
-        reply: oneshot::Sender<Result<String, StartError>>,
-    },
+    Start(Starting),
     /// A run's record as the driver holds it; `None` when it is not
     /// driving the run (ended, unknown, or this host stands by).
     Status {
@@ -143,17 +147,6 @@ impl Load {
 
 /// How the orchestrator checks a run's input against the first step.
 pub type InputCheck = Arc<dyn Fn(&Flow, &Value) -> Result<(), String> + Send + Sync>;
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Epoch ms as RFC 3339 (UTC, milliseconds): the times of run records.
-pub(crate) fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
-}
 
 impl Orchestrator {
     /// Start driving the app's flows: at once if this host gets the
@@ -217,17 +210,41 @@ impl Orchestrator {
     }
 
     /// Start a run of `flow` with `input`; returns its id once the run is
-    /// durably recorded and its first commands are out.
-    pub async fn start(&self, flow: &str, input: Value) -> Result<String, StartError> {
+    /// durably recorded and its first commands are out, and whether it is
+    /// new: with an idempotency `key` the producer used for this flow
+    /// within [`IDEMPOTENCY_WINDOW`], the run that key started, and
+    /// nothing is started.
+    pub async fn start(
+        &self,
+        flow: &str,
+        input: Value,
+        key: Option<&str>,
+    ) -> Result<(String, bool), StartError> {
+        if let Some(k) = key {
+            check_key(k)?;
+            // An ended run's key is in the store; an active run's, in the
+            // driver (it may not be durable yet).
+            if let Some(v) = self.broker.state_get(&machine::key_row(flow, k)).await? {
+                #[derive(serde::Deserialize)]
+                struct Row {
+                    run: String,
+                    at_ms: u64,
+                }
+                if let Ok(row) = serde_json::from_slice::<Row>(&v)
+                    && now_ms().saturating_sub(row.at_ms) < IDEMPOTENCY_WINDOW.as_millis() as u64
+                {
+                    return Ok((row.run, false));
+                }
+            }
+        }
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Start {
-                flow: flow.to_string(),
-                input,
-                reply,
-            })
-            .await
-            .map_err(|_| StartError::Stopped)?;
+        let msg = Msg::Start(Starting {
+            flow: flow.to_string(),
+            input,
+            key: key.map(str::to_string),
+            reply,
+        });
+        self.tx.send(msg).await.map_err(|_| StartError::Stopped)?;
         rx.await.map_err(|_| StartError::Stopped)?
     }
 
@@ -266,115 +283,4 @@ impl Orchestrator {
     pub fn load(&self) -> &Load {
         &self.load
     }
-}
-
-/// The reply a worker sends the orchestrator for a command it handled:
-/// `outputs` are the events the step emitted, already checked against its
-/// contract. The reply carries what the orchestrator keeps of each (type,
-/// schema, data): they never enter the choreography, so they get no id,
-/// time or trace of their own.
-pub fn completed_reply(command: &Event, source: &str, outputs: &[Emitted]) -> Event {
-    #[derive(serde::Serialize)]
-    struct Completed<'a> {
-        outputs: Vec<Output<'a>>,
-    }
-    struct Output<'a>(&'a Emitted);
-    impl serde::Serialize for Output<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeMap;
-            let e = self.0;
-            let mut m = s.serialize_map(None)?;
-            m.serialize_entry("type", &e.kind)?;
-            if let Some(schema) = &e.schema {
-                m.serialize_entry("dataschema", schema)?;
-            }
-            let ct = e.content_type.as_deref().unwrap_or(JSON);
-            if ct != JSON {
-                m.serialize_entry("datacontenttype", ct)?;
-            }
-            match serde_json::from_slice::<&RawValue>(&e.data) {
-                Ok(raw) if crate::event::is_json_type(ct) => m.serialize_entry("data", raw)?,
-                _ => {
-                    use base64::Engine as _;
-                    let b = base64::engine::general_purpose::STANDARD.encode(&e.data);
-                    m.serialize_entry("data_base64", &b)?;
-                }
-            }
-            m.end()
-        }
-    }
-    let outputs = outputs.iter().map(Output).collect();
-    let data = serde_json::to_vec(&Completed { outputs }).expect("outputs serialise");
-    reply(command, source, COMPLETED, data)
-}
-
-/// The reply a worker sends for a command it could not handle.
-pub fn failed_reply(
-    command: &Event,
-    source: &str,
-    class: &str,
-    message: &str,
-    retryable: bool,
-) -> Event {
-    let data = json!({ "class": class, "message": message, "retryable": retryable });
-    reply(command, source, FAILED, data.to_string().into_bytes())
-}
-
-/// A reply to `command`: addressed to the orchestrator's group, in the
-/// run's correlation and trace, with an id derived from the command's (a
-/// redelivered command's reply is the same event).
-fn reply(command: &Event, source: &str, kind: &str, data: Vec<u8>) -> Event {
-    let mut extensions = std::collections::BTreeMap::new();
-    for k in [RUN, FLOW_STEP] {
-        if let Some(v) = command.extensions.get(k) {
-            extensions.insert(k.to_string(), v.clone());
-        }
-    }
-    extensions.insert(CORRELATION_ID.into(), command.correlation_id().to_string());
-    extensions.insert(CAUSATION_ID.into(), command.id.clone());
-    extensions.insert(TARGET.into(), GROUP.into());
-    extensions.insert(
-        TRACEPARENT.into(),
-        new_traceparent(command.extensions.get(TRACEPARENT).map(String::as_str)),
-    );
-    Event {
-        id: crate::event::derived_id(&command.id, "reply"),
-        source: source.to_string(),
-        kind: kind.to_string(),
-        subject: command.subject.clone(),
-        time: now_rfc3339(),
-        content_type: JSON.to_string(),
-        schema: None,
-        data,
-        extensions,
-        typed: Default::default(),
-    }
-}
-
-/// Which attempt the guest is told a delivery is: the orchestrator's
-/// attempt for a command, the broker's delivery count otherwise.
-pub fn attempt_of(e: &Event, delivery_attempt: u32) -> u32 {
-    e.extensions
-        .get(ATTEMPT)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(delivery_attempt)
-}
-
-/// Extensions only the host sets: they address a consumer group and tie
-/// an event to a run's step. An event from outside (`POST /v1/events`,
-/// `troupe publish`) that carries one is refused, so no producer can send
-/// a step a command, or answer one in a step's place.
-pub const HOST_OWNED: [&str; 4] = [TARGET, RUN, FLOW_STEP, ATTEMPT];
-
-/// The first host-owned extension `e` carries, if any.
-pub fn host_owned_extension(e: &Event) -> Option<&'static str> {
-    HOST_OWNED
-        .into_iter()
-        .find(|k| e.extensions.contains_key(*k))
-}
-
-/// Whether `e` is an orchestration command (its worker answers with a
-/// reply instead of routing its output).
-pub fn is_command(e: &Event) -> bool {
-    e.extensions.contains_key(RUN) && e.extensions.contains_key(TARGET)
 }

@@ -88,8 +88,6 @@ pub struct StepRecord {
     /// Order of completion (for compensating in reverse).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_seq: Option<u32>,
-    #[serde(skip)]
-    pub started_ms: u64,
 }
 
 impl StepRecord {
@@ -107,7 +105,6 @@ impl StepRecord {
             command_id: None,
             deadline_ms: None,
             completed_seq: None,
-            started_ms: 0,
         }
     }
 }
@@ -147,14 +144,12 @@ pub struct RunRecord {
     pub timed_out: bool,
     #[serde(default)]
     pub completions: u32,
+    /// The `Idempotency-Key` the run was started with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// The state-row key of a run.
 pub fn key(id: &str) -> String {
     format!("run/{id}")
-}
-
-/// The flow-step id of the compensation of `id`.
-pub fn undo_id(id: &str) -> String {
-    format!("{id}~undo")
 }

@@ -3,16 +3,14 @@
 //! A min-heap of (when, run, flow step; `""` for the run's own deadline).
 //! A timer is not taken out when what it guards settles first (the step
 //! replies, the run ends): it is dropped when it comes due and no longer
-//! acts ([`live`]). So that the heap holds the timers of the runs in flight
+//! acts (the machine's `live`). So that the heap holds the timers of the runs in flight
 //! rather than of every run started within the longest timeout (60 s of
 //! runs at full speed is hundreds of thousands), it is swept of timers that
 //! no longer act whenever it has doubled since the last sweep: a linear
 //! pass, paid for by the pushes that doubled it.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-
-use super::run::{RunRecord, RunState, StepState};
+use std::collections::BinaryHeap;
 
 /// No sweep below this many timers.
 const MIN_SWEEP: usize = 4096;
@@ -34,20 +32,20 @@ impl Timers {
     }
 
     /// Arm a timer at `at` (epoch ms) for flow step `sid` of `run_id` (or,
-    /// with `sid` empty, the run's deadline). `runs` are the live runs, for
-    /// a sweep.
+    /// with `sid` empty, the run's deadline). `live` says whether a timer
+    /// still acts, for a sweep.
     pub(super) fn arm(
         &mut self,
         at: u64,
         run_id: &str,
         sid: &str,
-        runs: &HashMap<String, RunRecord>,
+        live: impl Fn(u64, &str, &str) -> bool,
     ) {
         self.heap
             .push(Reverse((at, run_id.to_string(), sid.to_string())));
         if self.heap.len() >= self.sweep_at {
             self.heap
-                .retain(|Reverse((at, run, sid))| live(runs, *at, run, sid));
+                .retain(|Reverse((at, run, sid))| live(*at, run, sid));
             self.sweep_at = (2 * self.heap.len()).max(MIN_SWEEP);
         }
     }
@@ -71,52 +69,28 @@ impl Timers {
     }
 }
 
-/// Whether the timer (`at`, `run_id`, `sid`) still acts: the run's deadline
-/// while it runs, or the timeout or backoff of a step's current attempt.
-pub(super) fn live(runs: &HashMap<String, RunRecord>, at: u64, run_id: &str, sid: &str) -> bool {
-    let Some(run) = runs.get(run_id) else {
-        return false;
-    };
-    if sid.is_empty() {
-        return at == run.deadline_ms && run.state == RunState::Running;
-    }
-    run.steps.get(sid).is_some_and(|r| {
-        r.deadline_ms == Some(at) && matches!(r.state, StepState::Dispatched | StepState::Backoff)
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::orchestrator::run::StepRecord;
+    use std::collections::HashMap;
 
-    fn run(id: &str, deadline: u64) -> RunRecord {
-        let mut step = StepRecord::new();
-        step.state = StepState::Dispatched;
-        step.deadline_ms = Some(deadline - 1);
-        serde_json::from_value::<RunRecord>(serde_json::json!({
-            "id": id, "flow": "f", "state": "running", "input": null,
-            "created": "", "updated": "", "deadline_ms": deadline, "created_ms": 0,
-            "steps": {},
-        }))
-        .map(|mut r| {
-            r.steps.insert("s".into(), step);
-            r
-        })
-        .unwrap()
-    }
+    use super::*;
 
     #[test]
     fn timers_of_settled_runs_are_swept_and_live_ones_kept() {
-        let mut runs = HashMap::new();
+        // Live timers: run -> its deadline (a step's timeout is 1 ms before).
+        let mut runs: HashMap<String, u64> = HashMap::new();
+        let live = |runs: &HashMap<String, u64>, at: u64, run: &str, sid: &str| {
+            runs.get(run)
+                .is_some_and(|d| at == if sid.is_empty() { *d } else { d - 1 })
+        };
         let mut t = Timers::new();
         // 100 000 runs pass through, at most 10 in flight: each arms its
         // deadline and its step's timeout, then ends.
         for i in 0..100_000u64 {
             let id = format!("r{i}");
-            runs.insert(id.clone(), run(&id, 1_000_000 + i));
-            t.arm(1_000_000 + i, &id, "", &runs);
-            t.arm(1_000_000 + i - 1, &id, "s", &runs);
+            runs.insert(id.clone(), 1_000_000 + i);
+            t.arm(1_000_000 + i, &id, "", |a, r, s| live(&runs, a, r, s));
+            t.arm(1_000_000 + i - 1, &id, "s", |a, r, s| live(&runs, a, r, s));
             if i >= 10 {
                 runs.remove(&format!("r{}", i - 10));
             }

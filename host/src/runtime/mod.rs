@@ -16,6 +16,7 @@
 //! guest that loops until its deadline delays nothing else.
 
 pub mod cache;
+pub mod config;
 pub mod contracts;
 pub mod guard;
 pub mod sandbox;

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use wasmtime::{ResourceLimiter, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::config::{Grants, Limits};
 use super::guard::{CHECK_EVERY, Cut, Guard, ticks_until};
-use crate::app::{Grants, Limits};
 use crate::text::{MAX_LOG_LINE, clean};
 use crate::world::Level;
 use crate::world::troupe::step::{host, types};

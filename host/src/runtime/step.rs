@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
+use super::config::{Instances, SandboxConfig};
 use super::guard::{CHECK_EVERY, Cut, Guard, ticks_until};
 use super::sandbox::{LogBudget, StepCtx, epoch_check};
 use super::{Runtime, RuntimeError};
-use crate::app::{Instances, StepConfig};
 use crate::contract::StepContract;
 use crate::event::Event;
+use crate::protocol::{self, FailureClass};
 use crate::text;
 use crate::world::{self, Step, StepPre};
 
@@ -31,30 +32,43 @@ use crate::world::{self, Step, StepPre};
 pub const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub use crate::event::{MAX_CONTENT_TYPE, MAX_SUBJECT};
 
-/// How handling one event failed.
+/// How handling one event failed: classed ([`FailureClass`]) here, where it
+/// happened, or cut short because the host is stopping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// The step asked for a retry.
-    Retry(String),
-    /// The step rejected the event.
-    Reject(String),
-    /// The guest trapped (a panic, an unreachable, a bad memory access).
-    Trap(String),
-    /// The guest ran past a limit: time, memory, or output.
-    Limit(String),
+    /// The step failed to handle the event.
+    Failed(protocol::Failure),
     /// The host is stopping: the call was cut short, and the event is left
     /// to be delivered again (it is not the guest's failure).
     Stopped,
 }
 
+impl Failure {
+    pub fn new(class: FailureClass, message: impl Into<String>) -> Failure {
+        Failure::Failed(protocol::Failure::new(class, message))
+    }
+
+    /// Its class; `None` when the host is stopping.
+    pub fn class(&self) -> Option<FailureClass> {
+        match self {
+            Failure::Failed(f) => Some(f.class),
+            Failure::Stopped => None,
+        }
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Retry(m) => write!(f, "step asked for a retry: {m}"),
-            Failure::Reject(m) => write!(f, "step rejected the event: {m}"),
-            Failure::Trap(m) => write!(f, "step trapped: {m}"),
-            Failure::Limit(m) => write!(f, "step exceeded a limit: {m}"),
-            Failure::Stopped => f.write_str("the host is stopping"),
+        let Failure::Failed(protocol::Failure { class, message: m }) = self else {
+            return f.write_str("the host is stopping");
+        };
+        match class {
+            FailureClass::Retry => write!(f, "step asked for a retry: {m}"),
+            FailureClass::Rejected => write!(f, "step rejected the event: {m}"),
+            FailureClass::Trap => write!(f, "step trapped: {m}"),
+            FailureClass::Limit => write!(f, "step exceeded a limit: {m}"),
+            FailureClass::Timeout => write!(f, "step ran out of time: {m}"),
+            FailureClass::Contract => write!(f, "step broke its contract: {m}"),
         }
     }
 }
@@ -69,6 +83,10 @@ struct Warm {
 pub struct LoadedStep {
     pub contract: StepContract,
     pub sandbox: Sandbox,
+    /// Whether the step takes the event types it consumes from the
+    /// choreography, or commands only (`choreography = false`): the host
+    /// sets it, the sandbox does not use it.
+    pub choreography: bool,
 }
 
 impl crate::contract::StepView for Arc<LoadedStep> {
@@ -79,7 +97,7 @@ impl crate::contract::StepView for Arc<LoadedStep> {
         &self.contract
     }
     fn choreography(&self) -> bool {
-        self.sandbox.config.choreography
+        self.choreography
     }
 }
 
@@ -87,7 +105,7 @@ impl crate::contract::StepView for Arc<LoadedStep> {
 /// configuration, and the pool of reusable instances.
 pub struct Sandbox {
     pub name: Arc<str>,
-    pub config: StepConfig,
+    pub config: SandboxConfig,
     engine: wasmtime::Engine,
     guard: Arc<Guard>,
     pre: StepPre<StepCtx>,
@@ -102,7 +120,7 @@ impl LoadedStep {
         rt: &Runtime,
         name: &str,
         component: &Component,
-        config: StepConfig,
+        config: SandboxConfig,
     ) -> Result<LoadedStep, RuntimeError> {
         let pre = rt
             .linker
@@ -132,7 +150,11 @@ impl LoadedStep {
             step: name.to_string(),
             error,
         })?;
-        Ok(LoadedStep { contract, sandbox })
+        Ok(LoadedStep {
+            contract,
+            sandbox,
+            choreography: true,
+        })
     }
 
     /// The step's name in the app.
@@ -217,8 +239,12 @@ impl Sandbox {
         })?;
         let result = match returned {
             Ok(emits) => self.check_output(emits),
-            Err(world::StepError::Retry(m)) => Err(Failure::Retry(text::message(&m))),
-            Err(world::StepError::Reject(m)) => Err(Failure::Reject(text::message(&m))),
+            Err(world::StepError::Retry(m)) => {
+                Err(Failure::new(FailureClass::Retry, text::message(&m)))
+            }
+            Err(world::StepError::Reject(m)) => {
+                Err(Failure::new(FailureClass::Rejected, text::message(&m)))
+            }
         };
         if reuse && let Some(bindings) = bindings {
             // The instance finished the call normally: it can take another.
@@ -239,7 +265,12 @@ impl Sandbox {
             &self.config.limits,
             &self.logs,
         )
-        .map_err(|e| Failure::Trap(format!("cannot build the sandbox: {e:#}")))?;
+        .map_err(|e| {
+            Failure::new(
+                FailureClass::Trap,
+                format!("cannot build the sandbox: {e:#}"),
+            )
+        })?;
         let mut store = Store::new(&self.engine, ctx);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(epoch_check(&self.guard));
@@ -274,7 +305,7 @@ impl Sandbox {
             Err(cut) => (cut, true),
             Ok(Err(e)) => {
                 if let Some(limit) = &store.data().limiter.exceeded {
-                    return Err(Failure::Limit(limit.clone()));
+                    return Err(Failure::new(FailureClass::Limit, limit.clone()));
                 }
                 match (store.data().cut, e.downcast_ref::<Trap>()) {
                     (Some(cut), _) => (cut, false),
@@ -284,49 +315,64 @@ impl Sandbox {
                         // executed") is what a DLQ entry needs; the full
                         // wasm backtrace goes to the debug log.
                         tracing::debug!(step = %self.name, "trap: {e:?}");
-                        return Err(Failure::Trap(text::message(&e.root_cause().to_string())));
+                        return Err(Failure::new(
+                            FailureClass::Trap,
+                            text::message(&e.root_cause().to_string()),
+                        ));
                     }
                 }
             }
         };
         Err(match cut {
             Cut::Stopping => Failure::Stopped,
-            Cut::Deadline => Failure::Limit(late(waiting)),
+            Cut::Deadline => Failure::new(FailureClass::Timeout, late(waiting)),
         })
     }
 
     fn check_output(&self, emits: Vec<world::Emit>) -> Result<Vec<world::Emit>, Failure> {
         let l = &self.config.limits;
         if emits.len() > l.max_emits {
-            return Err(Failure::Limit(format!(
-                "emitted {} events, the limit is {}",
-                emits.len(),
-                l.max_emits
-            )));
+            return Err(Failure::new(
+                FailureClass::Limit,
+                format!(
+                    "emitted {} events, the limit is {}",
+                    emits.len(),
+                    l.max_emits
+                ),
+            ));
         }
         for e in &emits {
             let kind = text::clean(&e.kind, 200);
             if e.data.len() > l.max_event_bytes {
-                return Err(Failure::Limit(format!(
-                    "emitted a {kind} event of {} bytes, the limit is {}",
-                    e.data.len(),
-                    l.max_event_bytes
-                )));
+                return Err(Failure::new(
+                    FailureClass::Limit,
+                    format!(
+                        "emitted a {kind} event of {} bytes, the limit is {}",
+                        e.data.len(),
+                        l.max_event_bytes
+                    ),
+                ));
             }
             let chars = |s: &Option<String>| s.as_ref().map_or(0, |s| s.chars().count());
             if chars(&e.subject) > MAX_SUBJECT {
-                return Err(Failure::Limit(format!(
-                    "emitted a {kind} event whose subject has {} characters, the limit is \
+                return Err(Failure::new(
+                    FailureClass::Limit,
+                    format!(
+                        "emitted a {kind} event whose subject has {} characters, the limit is \
                      {MAX_SUBJECT}",
-                    chars(&e.subject)
-                )));
+                        chars(&e.subject)
+                    ),
+                ));
             }
             if chars(&e.content_type) > MAX_CONTENT_TYPE {
-                return Err(Failure::Limit(format!(
-                    "emitted a {kind} event whose content type has {} characters, the limit is \
+                return Err(Failure::new(
+                    FailureClass::Limit,
+                    format!(
+                        "emitted a {kind} event whose content type has {} characters, the limit is \
                      {MAX_CONTENT_TYPE}",
-                    chars(&e.content_type)
-                )));
+                        chars(&e.content_type)
+                    ),
+                ));
             }
         }
         Ok(emits)

@@ -24,10 +24,10 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::{
-    Ack, Broker, BrokerError, Commit, Consumer, DeadLetter, Delivery, Disposition, ReasonClass,
+    Ack, Broker, BrokerError, Commit, Consumer, DeadLetter, Delivery, Disposition, FailureClass,
 };
-use crate::app::RetryPolicy;
 use crate::event::Event;
+use crate::retry::RetryPolicy;
 use writer::{Op, Syncer, Writer};
 
 pub use store::DB_FILE;
@@ -287,7 +287,7 @@ impl Broker for Embedded {
     async fn fail(
         &self,
         d: &Delivery,
-        class: ReasonClass,
+        class: FailureClass,
         message: &str,
     ) -> Result<Disposition, BrokerError> {
         let policy = self
@@ -316,7 +316,7 @@ impl Broker for Embedded {
     async fn dead_letter(
         &self,
         d: &Delivery,
-        class: ReasonClass,
+        class: FailureClass,
         message: &str,
     ) -> Result<String, BrokerError> {
         let (group, seq, attempts, message) = (

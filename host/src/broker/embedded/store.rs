@@ -15,8 +15,9 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
-use crate::broker::{BrokerError, DeadLetter, ReasonClass};
+use crate::broker::{BrokerError, DeadLetter};
 use crate::event::Event;
+use crate::protocol::FailureClass;
 
 /// The broker's database file inside the app's state folder.
 pub const DB_FILE: &str = "broker.db";
@@ -234,7 +235,7 @@ pub fn insert_dead_letter(
     id: &str,
     group: &str,
     seq: i64,
-    class: ReasonClass,
+    class: FailureClass,
     message: &str,
     attempts: u32,
 ) -> Result<(), BrokerError> {
@@ -356,7 +357,7 @@ pub fn dead_letters(conn: &Connection, id: Option<&str>) -> Result<Vec<DeadLette
         Ok(DeadLetter {
             id: r.get(0)?,
             step: r.get(1)?,
-            class: ReasonClass::parse(&class).unwrap_or(ReasonClass::Rejected),
+            class: FailureClass::parse(&class).unwrap_or(FailureClass::Rejected),
             message: r.get(3)?,
             attempts: r.get(4)?,
             time: r.get(5)?,

@@ -30,8 +30,9 @@ use rusqlite::{Connection, Transaction};
 
 use super::store;
 use super::{Group, Routes};
-use crate::broker::{Ack, BrokerError, Delivery, ReasonClass};
+use crate::broker::{Ack, BrokerError, Delivery};
 use crate::event::Event;
+use crate::protocol::FailureClass;
 
 /// The most ops committed in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -65,7 +66,7 @@ pub(super) enum Op {
         group: Arc<str>,
         seq: i64,
         attempts: u32,
-        class: ReasonClass,
+        class: FailureClass,
         message: String,
         reply: Reply<String>,
     },

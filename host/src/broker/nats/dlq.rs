@@ -7,14 +7,15 @@ use async_nats::jetstream::message::PublishMessage;
 
 use super::publish::stored;
 use super::{Inner, acker, nats};
-use crate::broker::{BrokerError, DeadLetter, Delivery, ReasonClass};
+use crate::broker::{BrokerError, DeadLetter, Delivery};
 use crate::event::derived_id;
+use crate::protocol::FailureClass;
 
 impl Inner {
     pub(super) async fn dead_letter(
         &self,
         d: &Delivery,
-        class: ReasonClass,
+        class: FailureClass,
         message: &str,
     ) -> Result<String, BrokerError> {
         let a = acker(d)?;

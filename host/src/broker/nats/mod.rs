@@ -54,10 +54,10 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Ack, Broker, BrokerError, Commit, Consumer, DeadLetter, Delivery, Disposition, ReasonClass,
+    Ack, Broker, BrokerError, Commit, Consumer, DeadLetter, Delivery, Disposition, FailureClass,
 };
-use crate::app::RetryPolicy;
 use crate::event::Event;
+use crate::retry::RetryPolicy;
 
 pub use codec::{Names, valid_namespace};
 use dlq::{DLQ_HEADROOM, parse_dead_letter};
@@ -234,7 +234,7 @@ impl Broker for Nats {
         if !kinds.is_empty() {
             let from = i.type_start().await?;
             for k in kinds {
-                subjects.push((i.names.event_subject(k)?, from.clone()));
+                subjects.push((i.names.event_subject(k)?, from));
             }
         }
         let (tx, rx) = async_channel::bounded(PULL_BATCH);
@@ -345,7 +345,7 @@ impl Broker for Nats {
     async fn fail(
         &self,
         d: &Delivery,
-        class: ReasonClass,
+        class: FailureClass,
         message: &str,
     ) -> Result<Disposition, BrokerError> {
         let policy = self
@@ -373,7 +373,7 @@ impl Broker for Nats {
     async fn dead_letter(
         &self,
         d: &Delivery,
-        class: ReasonClass,
+        class: FailureClass,
         message: &str,
     ) -> Result<String, BrokerError> {
         self.inner.dead_letter(d, class, message).await
@@ -440,7 +440,7 @@ impl Broker for Nats {
         use kv::{CreateErrorKind, UpdateErrorKind};
         let kv = &self.inner.state;
         let key = format!("lease/{name}");
-        let now = crate::orchestrator::now_ms();
+        let now = crate::clock::now_ms();
         let value: Bytes = serde_json::to_vec(&serde_json::json!({
             "holder": holder,
             "until_ms": now + ttl.as_millis() as u64,

@@ -15,9 +15,10 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 
 use super::{Inner, NatsAck, PULL_BATCH, codec, nats};
-use crate::app::RetryPolicy;
-use crate::broker::{Ack, BrokerError, Consumer, Delivery, ReasonClass};
+use crate::broker::{Ack, BrokerError, Consumer, Delivery};
 use crate::event::Event;
+use crate::protocol::FailureClass;
+use crate::retry::RetryPolicy;
 
 /// A consumer group: the queue its pull tasks fill, and their consumers.
 pub(super) struct Group {
@@ -114,7 +115,7 @@ impl Inner {
                             attempt,
                             ack,
                         };
-                        if let Err(err) = self.dead_letter(&d, ReasonClass::Contract, &why).await {
+                        if let Err(err) = self.dead_letter(&d, FailureClass::Contract, &why).await {
                             tracing::error!(%group, "cannot dead-letter a malformed message (it will be redelivered): {err}");
                         }
                     }

@@ -1,23 +1,20 @@
-//! What the driver sends and reads: the command (or hybrid event) of a
-//! step's attempt, and what a step's reply says. The replies themselves are
-//! built by the step's worker ([`super::completed_reply`],
-//! [`super::failed_reply`]).
+//! What the machine sends: the command (or hybrid event) of a step's
+//! attempt, with its id and trace derived from (run, flow step, attempt).
 
-use serde_json::Value;
-use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::driver::Driver;
-use super::{ATTEMPT, FLOW_STEP, RUN};
-use crate::event::{CORRELATION_ID, Event, JSON, TARGET, TRACEPARENT, derived_id, now_rfc3339};
+use super::Machine;
+use crate::event::{CORRELATION_ID, Event, JSON, TARGET, TRACEPARENT, derived_id};
 use crate::flow::{Action, INPUT};
+use crate::orchestrator::rfc3339;
+use crate::protocol::{self, ATTEMPT, FLOW_STEP, RUN};
 
-impl Driver {
+impl Machine {
     /// The command (or hybrid event) of attempt `attempt` of `sid`.
-    pub(super) fn command(&self, run_id: &str, sid: &str, attempt: u32) -> Option<Event> {
+    pub(super) fn command(&self, run_id: &str, sid: &str, attempt: u32, now: u64) -> Option<Event> {
         let run = self.runs.get(run_id)?;
         let flow = self.flows.get(&run.flow)?;
-        let (input_from, kind, target) = match sid.strip_suffix("~undo") {
+        let (input_from, kind, target) = match protocol::undoes(sid) {
             Some(orig) => {
                 let c = flow.step(orig)?.compensate.clone()?;
                 let kind = if c.input == INPUT {
@@ -54,60 +51,19 @@ impl Driver {
         if let Some(t) = target {
             extensions.insert(TARGET.to_string(), t);
         }
-        let e = Event {
+        Some(Event {
             id,
             source: self.source.clone(),
             kind,
             subject: Some(run_id.to_string()),
-            time: now_rfc3339(),
+            time: rfc3339(now),
             content_type: JSON.to_string(),
             schema: None,
             data,
             extensions,
             typed: Default::default(),
-        };
-        Some(e)
+        })
     }
-}
-
-/// The type and data of the first output a completed reply carries.
-pub(super) fn first_output(reply: &Event) -> Option<(String, Box<RawValue>)> {
-    serde_json::from_slice::<Completed>(&reply.data)
-        .ok()
-        .and_then(|c| c.outputs.into_iter().next())
-        .map(|o| (o.kind, o.data.unwrap_or_else(null)))
-}
-
-/// What a failed reply says: "class: message", and whether another
-/// attempt could help.
-pub(super) fn failure(reply: &Event) -> (String, bool) {
-    let data: Value = serde_json::from_slice(&reply.data).unwrap_or(Value::Null);
-    let msg = crate::text::message(&format!(
-        "{}: {}",
-        data["class"].as_str().unwrap_or("failed"),
-        data["message"].as_str().unwrap_or("")
-    ));
-    (msg, data["retryable"].as_bool().unwrap_or(false))
-}
-
-/// What a step's completed reply carries (see
-/// [`super::completed_reply`]): its outputs as CloudEvents JSON, of which
-/// the type and the data are kept (data without JSON parsing).
-#[derive(serde::Deserialize)]
-struct Completed {
-    outputs: Vec<Output>,
-}
-
-#[derive(serde::Deserialize)]
-struct Output {
-    #[serde(rename = "type")]
-    kind: String,
-    /// Absent for binary data (`data_base64`).
-    data: Option<Box<RawValue>>,
-}
-
-pub(super) fn null() -> Box<RawValue> {
-    RawValue::from_string("null".into()).expect("null is JSON")
 }
 
 /// The W3C `traceparent` of a command: the run is the trace (its UUID's
@@ -121,13 +77,6 @@ fn traceparent(run_id: &str, command_id: &str) -> String {
     format!("00-{trace:032x}-{span:016x}-01")
 }
 
-/// The run a reply or an awaited event belongs to.
-pub(super) fn run_of(e: &Event) -> &str {
-    e.extensions
-        .get(RUN)
-        .map_or_else(|| e.correlation_id(), String::as_str)
-}
-
 #[cfg(test)]
 mod tests {
     use crate::event::{Emitted, Event, TRACEPARENT};
@@ -139,7 +88,9 @@ mod tests {
         command
             .extensions
             .insert(TRACEPARENT.into(), super::traceparent(run, &command.id));
-        command.extensions.insert(super::RUN.into(), run.into());
+        command
+            .extensions
+            .insert(crate::protocol::RUN.into(), run.into());
         let emitted = |kind: &str, ct: &str, data: &[u8]| Emitted {
             kind: kind.into(),
             subject: None,
@@ -151,8 +102,12 @@ mod tests {
             emitted("order.validated", "application/json", br#"{"total": 6}"#),
             emitted("order.note", "text/plain", b"hi"),
         ];
-        let reply = super::super::completed_reply(&command, "troupe://shop/step/v", &outputs);
-        let (kind, data) = super::first_output(&reply).expect("an output");
+        let reply = crate::protocol::completed_reply(&command, "troupe://shop/step/v", &outputs);
+        let Some(crate::protocol::Reply::Completed(Some((kind, data)))) =
+            crate::protocol::read_reply(&reply)
+        else {
+            panic!("an output")
+        };
         assert_eq!(
             (kind.as_str(), data.get()),
             ("order.validated", r#"{"total": 6}"#)
@@ -166,7 +121,7 @@ mod tests {
         assert_eq!(body["outputs"][1]["data_base64"], "aGk=");
         // Same id for the same command (a redelivery's reply is a duplicate),
         // and a span of the run's trace.
-        let again = super::super::completed_reply(&command, "troupe://shop/step/v", &outputs);
+        let again = crate::protocol::completed_reply(&command, "troupe://shop/step/v", &outputs);
         assert_eq!(reply.id, again.id);
         assert_eq!(reply.trace_id(), command.trace_id());
         assert_eq!(reply.trace_id(), Some("01937d6c8f2a7b3c9d4e5f6a7b8c9d0e"));

@@ -1,0 +1,312 @@
+//! Random sequences against the machine, with a model of everything
+//! around it: the broker (commands in flight, replies not yet delivered,
+//! the log of replies delivered, the state rows written) and the clock.
+//! Runs start, steps complete or fail in every class, answers come late,
+//! twice, or out of order, timers fire, and the host restarts (the
+//! machine rebuilt from the rows written and the replies logged, as after
+//! a SIGKILL) after downtimes longer than the steps' timeouts. Then
+//! everything is answered until nothing is left, and the invariants are
+//! checked.
+//!
+//! `PROPTEST_CASES` sets how many sequences (2,000 by default here);
+//! a failure prints the seed and the shrunk sequence, and proptest keeps it
+//! in `proptest-regressions/` to be run first next time.
+
+use std::collections::{HashMap, HashSet};
+
+use proptest::prelude::*;
+
+use super::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Start,
+    /// The step answers the command in flight at this index (modulo).
+    Answer {
+        pick: usize,
+        how: How,
+        keep: bool,
+    },
+    /// The reply waiting at this index reaches the machine.
+    Deliver {
+        pick: usize,
+    },
+    /// Time passes (ms); due timers fire.
+    Wait(u64),
+    /// SIGKILL, down for this long (ms), restart.
+    Restart(u64),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum How {
+    Done,
+    Fail(FailureClass),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let class = prop::sample::select(FailureClass::ALL.to_vec());
+    let how = prop_oneof![
+        3 => Just(How::Done),
+        1 => class.prop_map(How::Fail),
+    ];
+    prop_oneof![
+        2 => Just(Op::Start),
+        6 => (any::<usize>(), how, prop::bool::weighted(0.2))
+            .prop_map(|(pick, how, keep)| Op::Answer { pick, how, keep }),
+        6 => any::<usize>().prop_map(|pick| Op::Deliver { pick }),
+        3 => prop_oneof![1u64..50, 900u64..1_200].prop_map(Op::Wait),
+        1 => prop_oneof![10u64..200, 1_000u64..5_000].prop_map(Op::Restart),
+    ]
+}
+
+/// The machine and its world.
+struct World {
+    m: Machine,
+    now: u64,
+    /// Timers armed: (at, run, flow step).
+    timers: Vec<(u64, String, String)>,
+    /// Commands sent and not yet answered (the broker redelivers them).
+    in_flight: Vec<Event>,
+    /// Replies written, not yet delivered to the machine.
+    replies: Vec<Event>,
+    /// Replies delivered (the broker's log, for replay).
+    log: Vec<Event>,
+    /// The run records written (the last one of each run).
+    store: HashMap<String, RunRecord>,
+    started: usize,
+    /// Every command id sent for (run, flow step, attempt).
+    ids: HashMap<(String, String, String), HashSet<String>>,
+    /// Per run: the compensations in the order they were first sent, and
+    /// the undo list as it was when the run began to compensate.
+    undo_sent: HashMap<String, Vec<String>>,
+    undo_planned: HashMap<String, Vec<(u32, String)>>,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            m: machine(),
+            now: T0,
+            timers: Vec::new(),
+            in_flight: Vec::new(),
+            replies: Vec::new(),
+            log: Vec::new(),
+            store: HashMap::new(),
+            started: 0,
+            ids: HashMap::new(),
+            undo_sent: HashMap::new(),
+            undo_planned: HashMap::new(),
+        }
+    }
+
+    /// Carry out a transition as the driver would, with the Checkpoints
+    /// journal (a reply's transition writes no record).
+    fn apply(&mut self, t: Transition) {
+        let was = self.store_state(&t.run);
+        let write = t.checkpoint();
+        for a in t.actions {
+            match a {
+                Action::Send(e) => {
+                    let key = (
+                        t.run.clone(),
+                        e.extensions[FLOW_STEP].clone(),
+                        e.extensions[ATTEMPT].clone(),
+                    );
+                    self.ids.entry(key).or_default().insert(e.id.clone());
+                    let sid = e.extensions[FLOW_STEP].clone();
+                    if protocol::undoes(&sid).is_some() && e.extensions[ATTEMPT] == "1" {
+                        self.undo_sent.entry(t.run.clone()).or_default().push(sid);
+                    }
+                    if !self.in_flight.iter().any(|c| c.id == e.id) {
+                        self.in_flight.push(e);
+                    }
+                }
+                Action::Arm { at, sid } => self.timers.push((at, t.run.clone(), sid)),
+                Action::Checkpoint | Action::Put { .. } => {}
+                Action::End(run) => {
+                    self.store.insert(t.run.clone(), *run);
+                }
+            }
+        }
+        if let Some(run) = self.m.run(&t.run) {
+            if write {
+                self.store.insert(t.run.clone(), run.clone());
+            }
+            if run.state == RunState::Compensating && was != Some(RunState::Compensating) {
+                self.undo_planned.entry(t.run.clone()).or_insert_with(|| {
+                    run.undo
+                        .iter()
+                        .map(|s| (run.steps[s].completed_seq.unwrap_or(0), s.clone()))
+                        .collect()
+                });
+            }
+        }
+    }
+
+    fn store_state(&self, run: &str) -> Option<RunState> {
+        self.m.run(run).map(|r| r.state)
+    }
+
+    fn start(&mut self) {
+        self.started += 1;
+        let id = format!("r{}", self.started);
+        if let Started::New(t) = start(&mut self.m, &id, None, self.now) {
+            self.apply(t);
+        }
+    }
+
+    fn answer(&mut self, pick: usize, how: How, keep: bool) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        let i = pick % self.in_flight.len();
+        let command = if keep {
+            self.in_flight[i].clone() // answered, and delivered again later
+        } else {
+            self.in_flight.remove(i)
+        };
+        let reply = match how {
+            How::Done => done(&command),
+            How::Fail(class) => failed(&command, class, "it failed"),
+        };
+        self.replies.push(reply);
+    }
+
+    fn deliver(&mut self, pick: usize) {
+        if self.replies.is_empty() {
+            return;
+        }
+        let mut e = self.replies.remove(pick % self.replies.len());
+        e.time = rfc3339(self.now);
+        self.log.push(e.clone());
+        if let Some(t) = self.m.on_event(&e, self.now) {
+            self.apply(t);
+        }
+    }
+
+    fn wait(&mut self, ms: u64) {
+        self.now += ms;
+        self.fire();
+    }
+
+    fn fire(&mut self) {
+        loop {
+            self.timers.sort();
+            let Some(pos) = self.timers.iter().position(|(at, _, _)| *at <= self.now) else {
+                return;
+            };
+            let (at, run, sid) = self.timers.remove(pos);
+            if let Some(t) = self.m.on_timer(at, &run, &sid, self.now) {
+                self.apply(t);
+            }
+        }
+    }
+
+    /// SIGKILL: what is in memory is gone; the store, the log, the
+    /// commands and replies in the broker stay.
+    fn restart(&mut self, down: u64) {
+        self.now += down;
+        self.timers.clear();
+        self.m = machine();
+        let active: Vec<RunRecord> = self
+            .store
+            .values()
+            .filter(|r| !r.state.is_final())
+            .cloned()
+            .collect();
+        for r in active {
+            let id = r.id.clone();
+            // As stored: through JSON.
+            let r = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+            self.m.load(r);
+            let log: Vec<Event> = self.log.clone();
+            self.m.replay(&id, &log);
+        }
+        for t in self.m.recover(self.now) {
+            self.apply(t);
+        }
+    }
+
+    /// Answer everything, deliver everything, let time pass, until no run
+    /// is active. Steps now always complete (compensations too).
+    fn drain(&mut self) {
+        for _ in 0..10_000 {
+            if self.m.active() == 0 {
+                return;
+            }
+            while !self.in_flight.is_empty() {
+                self.answer(0, How::Done, false);
+            }
+            while !self.replies.is_empty() {
+                self.deliver(0);
+            }
+            if self.m.active() > 0 {
+                let next = self.timers.iter().map(|t| t.0).min().unwrap_or(self.now);
+                self.now = self.now.max(next);
+                self.fire();
+            }
+        }
+        panic!("runs still active after draining: {:?}", self.m.runs.keys());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2_000),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn every_run_ends_exactly_once_whatever_happens(ops in prop::collection::vec(op(), 1..120)) {
+        let mut w = World::new();
+        w.start();
+        for op in ops {
+            match op {
+                Op::Start => w.start(),
+                Op::Answer { pick, how, keep } => w.answer(pick, how, keep),
+                Op::Deliver { pick } => w.deliver(pick),
+                Op::Wait(ms) => w.wait(ms),
+                Op::Restart(down) => w.restart(down),
+            }
+        }
+        w.drain();
+        let end = w.now;
+
+        // Every run started reached a final state, and it is stored.
+        prop_assert_eq!(w.store.len(), w.started);
+        for run in w.store.values() {
+            prop_assert!(run.state.is_final(), "{} is {:?}", run.id, run.state);
+            prop_assert!(run.finished.is_some());
+            // Durations are of this world's time, restarts or not.
+            prop_assert!(run.duration_ms.unwrap() <= end - T0, "{:?}", run);
+            for (sid, rec) in &run.steps {
+                if let Some(ms) = rec.duration_ms {
+                    prop_assert!(ms <= end - T0, "{} {}: {} ms", run.id, sid, ms);
+                }
+                let max = flow().step(protocol::base_step(sid)).map_or(1, |s| s.retry.max_attempts);
+                prop_assert!(rec.attempts <= max, "{} {}: {} attempts", run.id, sid, rec.attempts);
+                prop_assert!(
+                    !matches!(rec.state, StepState::Dispatched | StepState::Backoff | StepState::Pending)
+                        || run.state != RunState::Completed,
+                    "{} {} left {:?}", run.id, sid, rec.state
+                );
+            }
+            if run.state == RunState::Completed {
+                prop_assert!(run.steps.keys().all(|s| protocol::undoes(s).is_none()));
+            }
+        }
+        // No attempt was ever sent under two command ids.
+        for (key, ids) in &w.ids {
+            prop_assert_eq!(ids.len(), 1, "{:?} sent as {:?}", key, ids);
+        }
+        // Compensations began in reverse order of completion.
+        for (run, planned) in &w.undo_planned {
+            let mut by_seq = planned.clone();
+            by_seq.sort_by_key(|s| std::cmp::Reverse(s.0));
+            prop_assert_eq!(planned, &by_seq);
+            let sent = w.undo_sent.get(run).cloned().unwrap_or_default();
+            let planned: Vec<String> = planned.iter().map(|(_, s)| protocol::undo_id(s)).collect();
+            prop_assert_eq!(&sent[..planned.len().min(sent.len())], &planned[..planned.len().min(sent.len())]);
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! What a step's sandbox is built from: the instance policy, the limits
+//! per message and the capabilities granted. The runtime owns these types;
+//! `troupe.toml` (`app.rs`) reads them into each step's table.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Everything the runtime needs to run a step's guest, and nothing else of
+/// the step's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxConfig {
+    pub instances: Instances,
+    pub limits: Limits,
+    pub grants: Grants,
+}
+
+/// Instance policy: a fresh instance per message (no state survives a
+/// message; the default) or instances reused across messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Instances {
+    #[default]
+    Fresh,
+    Reuse,
+}
+
+/// What a step may use per message.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory, MiB.
+    pub memory_mb: u64,
+    /// Wall-clock time per message, milliseconds (epoch interruption).
+    pub timeout_ms: u64,
+    /// Events emitted per message.
+    pub max_emits: usize,
+    /// Size of one emitted event's data, bytes.
+    pub max_event_bytes: usize,
+    /// Log lines the step may write per second (a burst of one second's
+    /// worth); lines beyond are dropped and counted.
+    pub log_lines_per_second: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: 64,
+            timeout_ms: 1_000,
+            max_emits: 100,
+            max_event_bytes: 256 * 1024,
+            log_lines_per_second: 1000,
+        }
+    }
+}
+
+/// The most events one message may emit.
+pub const MAX_EMITS: usize = 10_000;
+/// The largest `max_event_bytes`: 16 MiB.
+pub const MAX_EVENT_BYTES: usize = 16 << 20;
+
+/// Capabilities granted to a step. Nothing by default.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Grants {
+    /// Directories the step may open.
+    pub dirs: Vec<DirGrant>,
+    /// Environment variables the step sees.
+    pub env: BTreeMap<String, String>,
+    /// Let the step write to the host's stderr (its stdout goes there too).
+    pub stderr: bool,
+}
+
+/// A host directory mapped into the sandbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// The directory on the host, relative to the app directory.
+    pub host: PathBuf,
+    /// Where the step sees it, e.g. `/data`.
+    pub guest: String,
+    /// Whether the step may create and change files there.
+    #[serde(default)]
+    pub write: bool,
+}
