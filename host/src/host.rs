@@ -25,6 +25,7 @@ use crate::runtime::cache::ArtifactCache;
 use crate::runtime::contracts::ContractCache;
 use crate::runtime::step::LoadedStep;
 use crate::runtime::{Runtime, RuntimeError};
+use crate::shutdown::Tasks;
 use crate::stats::{Stats, StepStats};
 
 /// Why an app could not start.
@@ -185,6 +186,9 @@ pub struct Host {
     pub stats: Arc<Stats>,
     workers: Vec<std::thread::JoinHandle<()>>,
     wirings: Vec<Arc<Wiring>>,
+    /// The host's tasks (the orchestrator's, the HTTP server's), stopped
+    /// and awaited by [`Host::shutdown`].
+    pub tasks: Tasks,
     _runtime: Arc<Runtime>,
 }
 
@@ -211,6 +215,7 @@ impl Host {
     ) -> Result<Host, HostError> {
         let mut stats = Stats::default();
         let mut wirings = Vec::new();
+        let mut tasks = Tasks::default();
         for step in &steps {
             let cfg = &app.steps[&*step.sandbox.name];
             let kinds = if step.choreography {
@@ -261,8 +266,15 @@ impl Host {
                 Ok(())
             });
             Some(
-                Orchestrator::spawn(broker.clone(), flows, check, &app.name, &app.orchestrator)
-                    .await?,
+                Orchestrator::spawn(
+                    broker.clone(),
+                    flows,
+                    check,
+                    &app.name,
+                    &app.orchestrator,
+                    &mut tasks,
+                )
+                .await?,
             )
         };
         let mut workers = Vec::new();
@@ -279,6 +291,7 @@ impl Host {
             stats: Arc::new(stats),
             workers,
             wirings,
+            tasks,
             _runtime: runtime,
         })
     }
@@ -298,11 +311,15 @@ impl Host {
         Ok(())
     }
 
-    /// Stop taking deliveries, let the workers finish the message in hand
-    /// for up to [`SHUTDOWN_GRACE`], then cut short any guest still running
-    /// or waiting (its delivery is left unsettled, to be delivered again),
-    /// and wait for every broker call the workers made.
-    pub async fn shutdown(self) {
+    /// Stop the host's tasks (the HTTP server finishes the requests in
+    /// hand and takes no more; the orchestrator stops between transitions)
+    /// and wait for them; then stop taking deliveries, let the workers
+    /// finish the message in hand for up to [`SHUTDOWN_GRACE`], cut short
+    /// any guest still running or waiting (its delivery is left unsettled,
+    /// to be delivered again), and wait for every broker call the workers
+    /// made. Everything is then settled, or left for redelivery.
+    pub async fn shutdown(mut self) {
+        self.tasks.stop(SHUTDOWN_GRACE).await;
         self.broker.close().await;
         let workers = self.workers;
         let mut joined = tokio::task::spawn_blocking(move || {

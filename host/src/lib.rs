@@ -57,6 +57,7 @@ pub mod protocol;
 pub mod retry;
 pub mod runtime;
 pub mod scaffold;
+pub mod shutdown;
 pub mod stats;
 pub mod text;
 pub mod world;

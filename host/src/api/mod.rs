@@ -25,13 +25,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, ErrorKind};
 use crate::event::Event;
 use crate::orchestrator::{Orchestrator, StartError};
 use crate::runtime::step::LoadedStep;
 use crate::stats::Stats;
 
 mod openapi;
+pub mod status;
 
 pub use openapi::openapi_json;
 
@@ -55,13 +56,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A broker error as an answer: the caller's errors as `4xx`; the
+/// broker's unavailability as `503` (try again); a bug as `500`, logged
+/// with its source (the answer says only that it is logged).
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
-        match e {
-            BrokerError::NoSuchDeadLetter(_) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
-            BrokerError::Invalid(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
-            BrokerError::TooLarge(_) => ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
-            _ => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        match (e.kind(), &e) {
+            (_, BrokerError::NoSuchDeadLetter(_)) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
+            (_, BrokerError::TooLarge(_)) => ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            (ErrorKind::Caller, _) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+            (ErrorKind::Unavailable, _) => {
+                tracing::warn!("broker unavailable: {e}");
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            (ErrorKind::Internal, _) => {
+                tracing::error!(error = ?e, "internal error answering a request");
+                ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error (logged by the host)".into(),
+                )
+            }
         }
     }
 }
@@ -257,6 +271,7 @@ async fn start_run(
                 .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
             Ok(r)
         }
+        Err(StartError::Broker(e)) => Err(e.into()),
         Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
 }
@@ -275,7 +290,10 @@ async fn run_status(
         None => None,
     };
     let run = run.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id:?}")))?;
-    Ok(Json(serde_json::to_value(run).expect("a run serialises")))
+    let status = status::RunStatus::from(&run);
+    Ok(Json(
+        serde_json::to_value(status).expect("a status serialises"),
+    ))
 }
 
 /// Publish events into the choreography, in any of the CloudEvents HTTP

@@ -2,7 +2,7 @@
 //!
 //! The operations come from the handlers' `#[utoipa::path]` annotations;
 //! [`complete`] adds what holds for all of them (the `401` of every route
-//! behind the token, the `503` of every route that reaches the broker, a
+//! behind the token, the `503` and `500` of every route that reaches the broker, a
 //! JSON error body for every error status) and the schemas of bodies, as
 //! JSON Schema written out here: the CloudEvents request schema says
 //! exactly what `event::json` accepts, so a client (or schemathesis) that
@@ -62,9 +62,12 @@ fn complete(doc: &mut Value) {
                 responses["401"] = json!({"description": "No valid bearer token"});
             }
             if path.starts_with("/v1/") && path != "/v1/openapi.json" {
-                responses["503"].as_object().is_none().then(|| {
+                if responses["503"].as_object().is_none() {
                     responses["503"] =
                         json!({"description": "The broker cannot be reached or failed"});
+                }
+                responses["500"] = json!({
+                    "description": "An internal error (a bug in Troupe; the host logs it)"
                 });
             }
             for (status, r) in responses.as_object_mut().into_iter().flatten() {
@@ -78,7 +81,11 @@ fn complete(doc: &mut Value) {
                     (_, "/metrics") => ("200", "text/plain"),
                     _ => ("200", "application/json"),
                 };
-                responses[status]["content"] = json!({ ct: {"schema": schema} });
+                responses[status]["content"] = json!({ ct: {"schema": schema.clone()} });
+                if path == "/v1/flows/{flow}/runs" {
+                    // An idempotent start answered with the run it started.
+                    responses["200"]["content"] = json!({ ct: {"schema": schema} });
+                }
             }
             if method == "post" && path == "/v1/events" {
                 op["requestBody"]["content"] = json!({

@@ -37,7 +37,11 @@ use crate::event::Event;
 use crate::protocol::FailureClass;
 use crate::retry::RetryPolicy;
 
-/// What can go wrong talking to the broker.
+/// What can go wrong talking to the broker. Three kinds
+/// ([`BrokerError::kind`]): what the caller asked cannot be done (bad
+/// input: a `4xx` for an HTTP client), the broker is unavailable (its
+/// store or server failed, or it is shut down: try again later), or the
+/// library was misused (a bug in Troupe, never the caller's).
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("broker store: {0}")]
@@ -46,13 +50,44 @@ pub enum BrokerError {
     Closed,
     #[error("no dead letter with id {0:?}")]
     NoSuchDeadLetter(String),
+    /// Input the broker cannot take (an event type that cannot be a NATS
+    /// subject, a queued item that is not an event).
     #[error("{0}")]
-    Invalid(String),
+    BadInput(String),
+    /// A call no correct caller makes (a group subscribed twice, a
+    /// delivery settled on another broker).
+    #[error("broker misused (a bug): {0}")]
+    Misuse(String),
     #[error("NATS: {0}")]
     Nats(String),
     /// An event larger than one message of the broker can hold.
     #[error("{0}")]
     TooLarge(String),
+}
+
+/// What kind of failure a [`BrokerError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The caller's: what it asked for cannot be done as asked.
+    Caller,
+    /// The broker's store or server is unavailable, or it is shut down.
+    Unavailable,
+    /// A bug in Troupe.
+    Internal,
+}
+
+impl BrokerError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BrokerError::NoSuchDeadLetter(_)
+            | BrokerError::BadInput(_)
+            | BrokerError::TooLarge(_) => ErrorKind::Caller,
+            BrokerError::Store(_) | BrokerError::Closed | BrokerError::Nats(_) => {
+                ErrorKind::Unavailable
+            }
+            BrokerError::Misuse(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 impl From<rusqlite::Error> for BrokerError {
@@ -216,7 +251,7 @@ pub(crate) fn next_try(
     d: &Delivery,
 ) -> Result<Option<Duration>, BrokerError> {
     let policy =
-        policy.ok_or_else(|| BrokerError::Invalid(format!("unknown group {:?}", d.group)))?;
+        policy.ok_or_else(|| BrokerError::Misuse(format!("unknown group {:?}", d.group)))?;
     Ok((d.attempt < policy.max_attempts).then(|| policy.backoff(d.attempt)))
 }
 

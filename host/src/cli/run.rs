@@ -17,12 +17,12 @@ pub(crate) async fn run_app(
     json: bool,
 ) -> Result<()> {
     let app = load_app(dir)?;
-    let host = Host::start(app)
+    let mut host = Host::start(app)
         .await
         .with_context(|| format!("cannot start the app in {}", dir.display()))?;
     let state_dir = host.app.state_dir();
     if let Some(listen) = listen {
-        serve_api(&host, listen).await?;
+        serve_api(&mut host, listen).await?;
     }
     if until_idle {
         host.wait_idle(Duration::from_millis(500)).await?;
@@ -40,7 +40,7 @@ pub(crate) async fn run_app(
 
 /// Serve the HTTP API of `host` on `listen`, and say where in
 /// `.troupe/api.json` for the CLI.
-pub(crate) async fn serve_api(host: &Host, listen: &str) -> Result<()> {
+pub(crate) async fn serve_api(host: &mut Host, listen: &str) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -60,8 +60,12 @@ pub(crate) async fn serve_api(host: &Host, listen: &str) -> Result<()> {
         "HTTP API on {url} (bearer token: TROUPE_API_TOKEN or {})",
         state_dir.join("api-token").display()
     );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+    let mut stop = host.tasks.shutdown();
+    host.tasks.spawn("HTTP API", async move {
+        let served = axum::serve(listener, router).with_graceful_shutdown(async move {
+            stop.recv().await;
+        });
+        if let Err(e) = served.await {
             tracing::error!("the HTTP API stopped: {e}");
         }
     });

@@ -91,13 +91,15 @@ impl Driver {
 
     /// Drive the runs until the handle is dropped, the broker closes,
     /// `lost` says this host no longer holds the orchestrator lease, or
-    /// `stop` says the host stops.
+    /// `stop` says the host stops. What it committed is the broker's to
+    /// settle; what it had not, the next driver recovers.
     pub(super) async fn run(
         mut self,
         mut inbox: Inbox,
         mut ended: mpsc::UnboundedReceiver<Ended>,
         consumer: Arc<dyn Consumer>,
         mut lost: watch::Receiver<bool>,
+        mut stop: crate::shutdown::Shutdown,
     ) {
         self.recover();
         loop {
@@ -147,6 +149,10 @@ impl Driver {
                 _ = lost.changed() => if *lost.borrow() {
                     return;
                 },
+                _ = stop.recv() => {
+                    tracing::debug!(active = self.machine.active(), "the orchestrator stops");
+                    return;
+                }
             }
         }
     }

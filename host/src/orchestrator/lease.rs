@@ -26,6 +26,7 @@ use super::{GROUP, Inbox, InputCheck, Msg, StartError, Starting};
 use crate::app::RetryPolicy;
 use crate::broker::{Broker, BrokerError, Consumer};
 use crate::flow::Flow;
+use crate::shutdown::{Shutdown, Tasks};
 
 /// The lease's name in the app's state.
 const LEASE: &str = "orchestrator";
@@ -49,17 +50,19 @@ pub(super) struct Lead {
 }
 
 impl Lead {
-    /// Drive the flows now if the lease is free, else stand by.
-    pub async fn start(self, rx: Inbox) -> Result<(), BrokerError> {
+    /// Drive the flows now if the lease is free, else stand by; either
+    /// way until `tasks` stops.
+    pub async fn start(self, rx: Inbox, tasks: &mut Tasks) -> Result<(), BrokerError> {
+        let stop = tasks.shutdown();
         if self.broker.lease(LEASE, &self.holder, TTL).await? {
             let (driver, ended, consumer) = self.driver().await?;
-            let lost = self.keep();
-            tokio::spawn(driver.run(rx, ended, consumer, lost));
+            let lost = self.keep(stop.clone());
+            tasks.spawn("orchestrator", driver.run(rx, ended, consumer, lost, stop));
         } else {
             tracing::info!(
                 "another host of this app drives its flows; this one stands by to take over"
             );
-            tokio::spawn(self.stand_by(rx));
+            tasks.spawn("orchestrator standby", self.stand_by(rx, stop));
         }
         Ok(())
     }
@@ -120,13 +123,16 @@ impl Lead {
 
     /// Renew the lease every [`RENEW`]; the receiver turns `true` when it
     /// is lost (taken by another host, or not renewed for too long).
-    fn keep(&self) -> watch::Receiver<bool> {
+    fn keep(&self, mut stop: Shutdown) -> watch::Receiver<bool> {
         let (tx, rx) = watch::channel(false);
         let (broker, holder) = (self.broker.clone(), self.holder.clone());
         tokio::spawn(async move {
             let mut renewed = Instant::now();
             loop {
-                tokio::time::sleep(RENEW).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(RENEW) => {}
+                    _ = stop.recv() => return,
+                }
                 if tx.is_closed() {
                     return; // the driver is gone
                 }
@@ -151,7 +157,7 @@ impl Lead {
         rx
     }
 
-    async fn stand_by(self, mut rx: Inbox) {
+    async fn stand_by(self, mut rx: Inbox, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(RENEW);
         let standby = |msg| match msg {
             Msg::Start(Starting { reply, .. }) => {
@@ -168,12 +174,13 @@ impl Lead {
                     None => return,
                 },
                 Some(msg) = rx.queries.recv() => standby(msg),
+                _ = stop.recv() => return,
                 _ = tick.tick() => match self.broker.lease(LEASE, &self.holder, TTL).await {
                     Ok(true) => match self.driver().await {
                         Ok((driver, ended, consumer)) => {
                             tracing::info!(runs = driver.active(), "took over the app's flows");
-                            let lost = self.keep();
-                            return driver.run(rx, ended, consumer, lost).await;
+                            let lost = self.keep(stop.clone());
+                            return driver.run(rx, ended, consumer, lost, stop).await;
                         }
                         Err(e) => tracing::error!("cannot take over the app's flows: {e}"),
                     },

@@ -152,13 +152,14 @@ impl Orchestrator {
     /// Start driving the app's flows: at once if this host gets the
     /// orchestrator lease (always, on the embedded broker), resuming the
     /// runs left active by an earlier process; else stand by to take over
-    /// (`lease.rs`).
+    /// (`lease.rs`). The tasks are `tasks`'s: they stop on its signal.
     pub async fn spawn(
         broker: Arc<dyn Broker>,
         flows: Vec<Flow>,
         check_input: InputCheck,
         app: &str,
         config: &crate::app::OrchestratorConfig,
+        tasks: &mut crate::shutdown::Tasks,
     ) -> Result<Orchestrator, BrokerError> {
         let mut awaited: Vec<String> = Vec::new();
         for f in &flows {
@@ -194,10 +195,13 @@ impl Orchestrator {
             holder: lease::holder(),
             load: load.clone(),
         }
-        .start(Inbox {
-            starts,
-            queries: queried,
-        })
+        .start(
+            Inbox {
+                starts,
+                queries: queried,
+            },
+            tasks,
+        )
         .await?;
         Ok(Orchestrator {
             tx,

@@ -193,7 +193,7 @@ fn seq(d: &Delivery) -> Option<i64> {
 }
 
 fn foreign() -> BrokerError {
-    BrokerError::Invalid("a delivery of another broker cannot be settled here".into())
+    BrokerError::Misuse("a delivery of another broker cannot be settled here".into())
 }
 
 #[async_trait]
@@ -206,7 +206,7 @@ impl Broker for Embedded {
     ) -> Result<Arc<dyn Consumer>, BrokerError> {
         let name: Arc<str> = group.into();
         if self.groups.read().expect("groups lock").contains_key(&name) {
-            return Err(BrokerError::Invalid(format!(
+            return Err(BrokerError::Misuse(format!(
                 "group {group:?} is already subscribed"
             )));
         }

@@ -455,14 +455,14 @@ fn take_inbox(
 ) {
     let r = match op {
         "publish" => serde_json::from_str(body)
-            .map_err(|e| BrokerError::Invalid(e.to_string()))
+            .map_err(|e| BrokerError::BadInput(e.to_string()))
             .and_then(|v| {
                 Event::from_json(v, "troupe://publish")
-                    .map_err(|e| BrokerError::Invalid(e.to_string()))
+                    .map_err(|e| BrokerError::BadInput(e.to_string()))
             })
             .and_then(|e| publish(tx, vec![e], routes, groups, fx)),
         "replay" => replay(tx, body, groups, fx),
-        other => Err(BrokerError::Invalid(format!("unknown inbox op {other:?}"))),
+        other => Err(BrokerError::BadInput(format!("unknown inbox op {other:?}"))),
     };
     if let Err(e) = r {
         tracing::error!(op, "dropping a queued item that cannot be applied: {e}");

@@ -68,7 +68,7 @@ impl Names {
                 .all(|t| !t.is_empty() && t != "*" && t != ">")
             && !kind.chars().any(|c| c.is_whitespace() || c.is_control());
         if !ok {
-            return Err(BrokerError::Invalid(format!(
+            return Err(BrokerError::BadInput(format!(
                 "event type {kind:?} cannot be a NATS subject: types are dot-separated \
                  non-empty tokens without whitespace or wildcards"
             )));

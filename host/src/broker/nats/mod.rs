@@ -93,7 +93,7 @@ impl std::fmt::Debug for NatsAck {
 fn acker(d: &Delivery) -> Result<&NatsAck, BrokerError> {
     match &d.ack {
         Ack::Nats(a) => Ok(a),
-        Ack::Embedded(_) => Err(BrokerError::Invalid(
+        Ack::Embedded(_) => Err(BrokerError::Misuse(
             "a delivery of another broker cannot be settled here".into(),
         )),
     }
@@ -224,7 +224,7 @@ impl Broker for Nats {
         let i = &self.inner;
         let name: Arc<str> = group.into();
         if i.groups.read().expect("groups lock").contains_key(&name) {
-            return Err(BrokerError::Invalid(format!(
+            return Err(BrokerError::Misuse(format!(
                 "group {group:?} is already subscribed"
             )));
         }
