@@ -52,6 +52,7 @@ pub mod event;
 pub mod flow;
 pub mod graph;
 pub mod host;
+pub mod ingress;
 pub mod orchestrator;
 pub mod protocol;
 pub mod retry;

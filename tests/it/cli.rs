@@ -188,6 +188,18 @@ fn malformed_events_are_refused_on_publish_and_nothing_is_stored() {
         e.contains("bad.jsonl:1: the extension `trouperun` is set by the host only"),
         "{e}"
     );
+    // A type the API refuses is refused from a file too (one check for
+    // events from outside), with or without --no-check.
+    std::fs::write(&file, "{\"type\":\"Order Placed\",\"data\":{}}\n").unwrap();
+    for args in [vec!["--no-check"], vec![]] {
+        let mut a = vec!["publish", d, "--file", file.to_str().unwrap()];
+        a.extend(args);
+        let e = err(&troupe(&a, app.path()));
+        assert!(
+            e.contains("bad.jsonl:1: \"Order Placed\" is not an event type"),
+            "{e}"
+        );
+    }
     let summary = ok(&troupe(&["run", d, "--until-idle"], app.path()));
     assert!(summary.contains("dead-letter queue: empty"), "{summary}");
     assert!(

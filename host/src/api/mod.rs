@@ -352,35 +352,18 @@ async fn publish(
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
-/// What an event from outside must pass before it is stored: a proper
-/// type, no host-owned extension, and the contract of every step that
-/// consumes it.
+/// What an event from outside must pass before it is stored
+/// ([`crate::ingress::check`]): a malformed one is a `400`, one a
+/// consuming step's contract refuses a `422`.
 fn check_incoming(s: &ApiState, event: &Event) -> Result<(), ApiError> {
-    if !crate::contract::is_kind(&event.kind) {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("{:?} is not an event type", event.kind),
-        ));
-    }
-    if let Some(ext) = crate::protocol::host_owned_extension(event) {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("the extension `{ext}` is set by the host only"),
-        ));
-    }
-    for step in s
-        .steps
-        .iter()
-        .filter(|st| st.contract.consumed_kinds().contains(&event.kind))
-    {
-        step.contract.check_input(event).map_err(|v| {
-            ApiError(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("step `{}` would refuse it: {v}", step.name()),
-            )
-        })?;
-    }
-    Ok(())
+    crate::ingress::check(event, &s.steps).map_err(|r| {
+        let status = if r.malformed() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        ApiError(status, r.to_string())
+    })
 }
 
 /// Dead letters, oldest first.

@@ -7,7 +7,8 @@
 //! [`BrokerUrl`] says which (`--broker`, `TROUPE_BROKER`, or `[broker]` in
 //! `troupe.toml`) and [`open`] opens it.
 //!
-//! The trait is what the rest of Troupe sees. Its promises, which every
+//! The trait, in four facets (`Transport`, `RunState`, `DeadLetters`,
+//! `Traces`), is what the rest of Troupe sees. Its promises, which every
 //! backend keeps:
 //!
 //! - **`publish` returns only when the events are durable**; nothing a
@@ -96,13 +97,28 @@ impl From<rusqlite::Error> for BrokerError {
     }
 }
 
-/// How a backend identifies a delivery when it is settled.
-#[derive(Debug, Clone)]
-pub(crate) enum Ack {
-    /// The embedded broker's event sequence number.
-    Embedded(i64),
-    /// A JetStream message's acknowledgement handle.
-    Nats(Arc<nats::NatsAck>),
+/// How the backend that made a delivery identifies it when it is settled:
+/// opaque to everyone else (the embedded broker keeps its event's
+/// sequence number here, NATS the message's acknowledgement handle). A
+/// backend handed another's delivery finds nothing of its own in it.
+#[derive(Clone)]
+pub struct Ack(Arc<dyn std::any::Any + Send + Sync>);
+
+impl Ack {
+    pub(crate) fn new<T: std::any::Any + Send + Sync>(token: T) -> Ack {
+        Ack(Arc::new(token))
+    }
+
+    /// The backend's token, if this delivery is of that backend.
+    pub(crate) fn get<T: std::any::Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ack(..)")
+    }
 }
 
 /// One event handed to one consumer group.
@@ -286,9 +302,19 @@ pub trait Consumer: Send + Sync {
     async fn next(&self) -> Option<Delivery>;
 }
 
-/// A message broker backend.
+/// A message broker backend: its four facets. The rest of Troupe holds
+/// an `Arc<dyn Broker>` and uses the facet it needs (import the facet's
+/// trait to call its methods); a part that needs one facet only takes
+/// that one (`&dyn DeadLetters`, ...).
+pub trait Broker: Transport + RunState + DeadLetters + Traces {}
+
+impl<T: Transport + RunState + DeadLetters + Traces> Broker for T {}
+
+/// Moving events: groups subscribe, events are published durably,
+/// deliveries are settled (with what handling them emitted, as one
+/// commit), retried or dead-lettered.
 #[async_trait]
-pub trait Broker: Send + Sync {
+pub trait Transport: Send + Sync {
     /// Declare consumer group `group` for event types `kinds`, with its retry
     /// budget. Deliveries left pending by an earlier process are resumed.
     async fn subscribe(
@@ -312,12 +338,6 @@ pub trait Broker: Send + Sync {
     /// cannot store (it would be redelivered forever).
     fn check_size(&self, _event: &Event) -> Result<(), BrokerError> {
         Ok(())
-    }
-
-    /// The largest state row (a run's record) the broker stores, if it has
-    /// a limit.
-    fn max_state_bytes(&self) -> Option<usize> {
-        None
     }
 
     /// Settle a delivery, publish events and write state rows as one unit
@@ -345,12 +365,6 @@ pub trait Broker: Send + Sync {
         rx.await.map_err(|_| BrokerError::Closed)?
     }
 
-    /// A state row (the orchestrator's runs), if there is one.
-    async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, BrokerError>;
-
-    /// State rows whose key starts with `prefix`.
-    async fn state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError>;
-
     /// A retryable failure: redeliver later, or dead-letter as `class` when
     /// the group's retry budget is spent.
     async fn fail(
@@ -368,6 +382,44 @@ pub trait Broker: Send + Sync {
         message: &str,
     ) -> Result<String, BrokerError>;
 
+    /// Deliveries not yet settled (waiting, in flight, or backing off).
+    async fn backlog(&self) -> Result<u64, BrokerError>;
+
+    /// Stop delivering: consumers get `None`. Calls already made still
+    /// complete; dropping the broker flushes them.
+    async fn close(&self);
+}
+
+/// The orchestrator's durable state: rows by key (runs, idempotency
+/// keys), written in the same commits as the events, and the lease that
+/// says which host drives an app's flows.
+#[async_trait]
+pub trait RunState: Send + Sync {
+    /// The largest state row (a run's record) the broker stores, if it has
+    /// a limit.
+    fn max_state_bytes(&self) -> Option<usize> {
+        None
+    }
+
+    /// A state row (the orchestrator's runs), if there is one.
+    async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, BrokerError>;
+
+    /// State rows whose key starts with `prefix`.
+    async fn state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError>;
+
+    /// Hold lease `name` as `holder` for `ttl`: take it if nobody holds it
+    /// or its holder let it expire, extend it if `holder` holds it.
+    /// Whether `holder` holds it now. A backend that serves one host (the
+    /// embedded one) grants every lease.
+    async fn lease(&self, _name: &str, _holder: &str, _ttl: Duration) -> Result<bool, BrokerError> {
+        Ok(true)
+    }
+}
+
+/// The dead-letter queue: what could not be handled, kept with its
+/// reason class, and replayable.
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
     /// Dead letters, oldest first.
     async fn dlq_list(&self) -> Result<Vec<DeadLetter>, BrokerError>;
 
@@ -377,7 +429,11 @@ pub trait Broker: Send + Sync {
     /// Deliver a dead letter to its step again, with a fresh retry budget,
     /// and remove it from the DLQ.
     async fn dlq_replay(&self, id: &str) -> Result<(), BrokerError>;
+}
 
+/// Reading the log back: every event of a cascade or a run.
+#[async_trait]
+pub trait Traces: Send + Sync {
     /// Every event with correlation id `correlation_id` (a cascade or a
     /// run), in the order they were published.
     async fn trace(&self, correlation_id: &str) -> Result<Vec<Event>, BrokerError>;
@@ -385,23 +441,8 @@ pub trait Broker: Send + Sync {
     /// Whether [`Broker::trace`] is an index lookup rather than a scan of
     /// the log. Where it is, the orchestrator writes a run's record only at
     /// the transitions the log does not hold, and rebuilds the others from
-    /// the run's replies after a restart (`orchestrator/replay.rs`).
+    /// the run's replies after a restart (`Machine::replay` in `orchestrator/machine/`).
     fn indexed_trace(&self) -> bool {
         false
     }
-
-    /// Deliveries not yet settled (waiting, in flight, or backing off).
-    async fn backlog(&self) -> Result<u64, BrokerError>;
-
-    /// Hold lease `name` as `holder` for `ttl`: take it if nobody holds it
-    /// or its holder let it expire, extend it if `holder` holds it.
-    /// Whether `holder` holds it now. A backend that serves one host (the
-    /// embedded one) grants every lease.
-    async fn lease(&self, _name: &str, _holder: &str, _ttl: Duration) -> Result<bool, BrokerError> {
-        Ok(true)
-    }
-
-    /// Stop delivering: consumers get `None`. Calls already made still
-    /// complete; dropping the broker flushes them.
-    async fn close(&self);
 }

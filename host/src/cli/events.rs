@@ -109,8 +109,10 @@ pub(crate) fn publish(
                     serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
                 let e = Event::from_json(v, &source)
                     .with_context(|| format!("{}: not an event", at()))?;
-                if let Some(ext) = troupe::protocol::host_owned_extension(&e) {
-                    bail!("{}: the extension `{ext}` is set by the host only", at());
+                // The envelope here; the contracts below, for every event.
+                let none: &[troupe::host::Described] = &[];
+                if let Err(r) = troupe::ingress::check(&e, none) {
+                    bail!("{}: {r}", at());
                 }
                 origins.push(match &e.subject {
                     Some(s) => format!("{} (subject {})", at(), escape(s)),
@@ -126,9 +128,7 @@ pub(crate) fn publish(
                 data.expect("clap requires it"),
             );
             if !troupe::contract::is_kind(&kind) {
-                bail!(
-                    "{kind:?} is not an event type: lower-case words joined by `.`, e.g. order.placed"
-                );
+                bail!("{}", troupe::ingress::Refused::NotAType(kind));
             }
             let value: serde_json::Value =
                 serde_json::from_str(&data).context("--data is not valid JSON")?;
@@ -166,26 +166,24 @@ pub(crate) fn check_against_consumers(
 ) -> Result<()> {
     let steps = troupe::host::describe_steps(app)?;
     for (e, origin) in events.iter().zip(origins) {
-        let consumers: Vec<_> = steps
+        if !steps
             .iter()
-            .filter(|s| s.contract.consumed_kinds().contains(&e.kind))
-            .collect();
-        if consumers.is_empty() {
+            .any(|s| s.contract.consumes.iter().any(|t| t.kind == e.kind))
+        {
             tracing::warn!(
                 "no step of {} consumes {}; it is stored for other systems",
                 app.name,
                 e.kind
             );
         }
-        for s in consumers {
-            s.contract.check_input(e).with_context(|| {
-                format!(
-                    "{origin}: this {} event would break the contract of step `{}`, so nothing \
-                     was published (a file is published whole or not at all)",
-                    escape(&e.kind),
-                    s.name
-                )
-            })?;
+        if let Err(troupe::ingress::Refused::Contract { step, violation }) =
+            troupe::ingress::check(e, &steps)
+        {
+            return Err(anyhow::Error::new(violation).context(format!(
+                "{origin}: this {} event would break the contract of step `{step}`, so nothing \
+                 was published (a file is published whole or not at all)",
+                escape(&e.kind),
+            )));
         }
     }
     Ok(())

@@ -7,12 +7,16 @@
 //! Hybrid steps publish an ordinary event into the choreography and wait
 //! for a completion event with the run's correlation id.
 //!
-//! One task owns every active run ([`Orchestrator::spawn`], `driver.rs`). Each
+//! The protocol (what a command and a reply are, how failures are named)
+//! is [`crate::protocol`]. The decisions are `machine/`: pure transitions
+//! that take (state, input, now) and return actions, tested with a fake
+//! clock and by property. One task carries them out for every active run
+//! ([`Orchestrator::spawn`], `driver.rs`). Each
 //! transition (a run started, a reply, a timer) becomes one broker commit:
 //! the reply's ack, the commands it sends and the run's new record, so a
 //! crash never records an effect without its cause. Where the broker's log
 //! is indexed by run (embedded), a reply's transition leaves the record out
-//! (the reply itself is the record of it) and `replay.rs` applies the
+//! (the reply itself is the record of it) and the machine's `replay` applies the
 //! replies again after a restart. Commits are pipelined (the task never
 //! waits for one); the broker applies them in order. Live status comes from
 //! the task's memory.

@@ -24,7 +24,8 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::{
-    Ack, Broker, BrokerError, Commit, Consumer, DeadLetter, Delivery, Disposition, FailureClass,
+    BrokerError, Commit, Consumer, DeadLetter, DeadLetters, Delivery, Disposition, FailureClass,
+    RunState, Traces, Transport,
 };
 use crate::event::Event;
 use crate::retry::RetryPolicy;
@@ -186,18 +187,19 @@ impl Embedded {
 /// The event sequence number a delivery settles; `None` for a delivery
 /// of another backend.
 fn seq(d: &Delivery) -> Option<i64> {
-    match d.ack {
-        Ack::Embedded(seq) => Some(seq),
-        Ack::Nats(_) => None,
-    }
+    d.ack.get::<Seq>().map(|s| s.0)
 }
+
+/// The embedded broker's acknowledgement token: the delivered event's
+/// sequence number.
+pub(crate) struct Seq(pub(crate) i64);
 
 fn foreign() -> BrokerError {
     BrokerError::Misuse("a delivery of another broker cannot be settled here".into())
 }
 
 #[async_trait]
-impl Broker for Embedded {
+impl Transport for Embedded {
     async fn subscribe(
         &self,
         group: &str,
@@ -274,16 +276,6 @@ impl Broker for Embedded {
         }
     }
 
-    async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, BrokerError> {
-        let key = key.to_string();
-        self.read(move |c| store::get_state(c, &key)).await
-    }
-
-    async fn state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
-        let prefix = prefix.to_string();
-        self.read(move |c| store::scan_state(c, &prefix)).await
-    }
-
     async fn fail(
         &self,
         d: &Delivery,
@@ -336,6 +328,40 @@ impl Broker for Embedded {
         .await
     }
 
+    async fn backlog(&self) -> Result<u64, BrokerError> {
+        let queued: u64 = self
+            .groups
+            .read()
+            .expect("groups lock")
+            .values()
+            .map(|g| g.pending.load(Ordering::Relaxed))
+            .sum();
+        let inbox = self.read(store::inbox_len).await?;
+        Ok(queued + inbox)
+    }
+
+    async fn close(&self) {
+        for g in self.groups.read().expect("groups lock").values() {
+            g.tx.close();
+        }
+    }
+}
+
+#[async_trait]
+impl RunState for Embedded {
+    async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, BrokerError> {
+        let key = key.to_string();
+        self.read(move |c| store::get_state(c, &key)).await
+    }
+
+    async fn state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
+        let prefix = prefix.to_string();
+        self.read(move |c| store::scan_state(c, &prefix)).await
+    }
+}
+
+#[async_trait]
+impl DeadLetters for Embedded {
     async fn dlq_list(&self) -> Result<Vec<DeadLetter>, BrokerError> {
         self.read(|c| store::dead_letters(c, None)).await
     }
@@ -354,7 +380,10 @@ impl Broker for Embedded {
         let id = id.to_string();
         self.call(|reply| Op::Replay { id, reply }).await
     }
+}
 
+#[async_trait]
+impl Traces for Embedded {
     async fn trace(&self, correlation_id: &str) -> Result<Vec<Event>, BrokerError> {
         let id = correlation_id.to_string();
         self.read(move |c| store::trace(c, &id)).await
@@ -363,24 +392,6 @@ impl Broker for Embedded {
     /// `events` is indexed by correlation id.
     fn indexed_trace(&self) -> bool {
         true
-    }
-
-    async fn backlog(&self) -> Result<u64, BrokerError> {
-        let queued: u64 = self
-            .groups
-            .read()
-            .expect("groups lock")
-            .values()
-            .map(|g| g.pending.load(Ordering::Relaxed))
-            .sum();
-        let inbox = self.read(store::inbox_len).await?;
-        Ok(queued + inbox)
-    }
-
-    async fn close(&self) {
-        for g in self.groups.read().expect("groups lock").values() {
-            g.tx.close();
-        }
     }
 }
 

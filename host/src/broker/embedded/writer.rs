@@ -401,7 +401,7 @@ fn fresh_delivery(g: &Arc<Group>, seq: i64, event: &Arc<Event>, fx: &mut Effects
             group: g.name.clone(),
             event: event.clone(),
             attempt: 1,
-            ack: Ack::Embedded(seq),
+            ack: Ack::new(super::Seq(seq)),
         },
     ));
 }
@@ -429,7 +429,7 @@ fn load(tx: &Transaction, group: Arc<Group>, fx: &mut Effects) -> Result<(), Bro
             group: group.name.clone(),
             event: Arc::new(event),
             attempt: attempts + 1,
-            ack: Ack::Embedded(seq),
+            ack: Ack::new(super::Seq(seq)),
         };
         if not_before > now {
             let delay = Duration::from_millis((not_before - now) as u64);

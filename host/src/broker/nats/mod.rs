@@ -54,7 +54,8 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Ack, Broker, BrokerError, Commit, Consumer, DeadLetter, Delivery, Disposition, FailureClass,
+    BrokerError, Commit, Consumer, DeadLetter, DeadLetters, Delivery, Disposition, FailureClass,
+    RunState, Traces, Transport,
 };
 use crate::event::Event;
 use crate::retry::RetryPolicy;
@@ -91,12 +92,9 @@ impl std::fmt::Debug for NatsAck {
 }
 
 fn acker(d: &Delivery) -> Result<&NatsAck, BrokerError> {
-    match &d.ack {
-        Ack::Nats(a) => Ok(a),
-        Ack::Embedded(_) => Err(BrokerError::Misuse(
-            "a delivery of another broker cannot be settled here".into(),
-        )),
-    }
+    d.ack.get::<NatsAck>().ok_or_else(|| {
+        BrokerError::Misuse("a delivery of another broker cannot be settled here".into())
+    })
 }
 
 struct Inner {
@@ -214,7 +212,7 @@ impl Inner {
 }
 
 #[async_trait]
-impl Broker for Nats {
+impl Transport for Nats {
     async fn subscribe(
         &self,
         group: &str,
@@ -286,11 +284,6 @@ impl Broker for Nats {
         self.inner.publish(&events).await
     }
 
-    fn max_state_bytes(&self) -> Option<usize> {
-        // A key-value entry is one message on `$KV.BUCKET.KEY`.
-        Some(self.inner.max_payload.saturating_sub(DLQ_HEADROOM))
-    }
-
     fn check_size(&self, e: &Event) -> Result<(), BrokerError> {
         let max = self.inner.max_payload;
         if !codec::may_exceed(e, max) {
@@ -311,35 +304,6 @@ impl Broker for Nats {
         if let Err(mpsc::error::SendError((_, then))) = self.inner.commits.send((c, then)) {
             then(Err(BrokerError::Closed));
         }
-    }
-
-    async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, BrokerError> {
-        Ok(self
-            .inner
-            .state
-            .get(key)
-            .await
-            .map_err(nats)?
-            .map(|b| b.to_vec()))
-    }
-
-    async fn state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
-        let mut keys: Vec<String> = Vec::new();
-        let mut all = self.inner.state.keys().await.map_err(nats)?;
-        while let Some(k) = all.next().await {
-            let k = k.map_err(nats)?;
-            if k.starts_with(prefix) {
-                keys.push(k);
-            }
-        }
-        keys.sort();
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            if let Some(v) = self.inner.state.get(&k).await.map_err(nats)? {
-                out.push((k, v.to_vec()));
-            }
-        }
-        Ok(out)
     }
 
     async fn fail(
@@ -379,46 +343,6 @@ impl Broker for Nats {
         self.inner.dead_letter(d, class, message).await
     }
 
-    async fn dlq_list(&self) -> Result<Vec<DeadLetter>, BrokerError> {
-        let i = &self.inner;
-        i.scan(&i.dlq, &i.names.dlq_filter())
-            .await?
-            .iter()
-            .map(|m| parse_dead_letter(&m.payload).map(|(dl, _)| dl))
-            .collect()
-    }
-
-    async fn dlq_get(&self, id: &str) -> Result<DeadLetter, BrokerError> {
-        Ok(self.inner.dead_letter_entry(id).await?.0)
-    }
-
-    async fn dlq_replay(&self, id: &str) -> Result<(), BrokerError> {
-        let i = &self.inner;
-        let (dl, seq) = i.dead_letter_entry(id).await?;
-        let subject = i.names.group_subject(&dl.step);
-        let p = codec::message(&dl.event, &format!("{}/replay/{id}", dl.event.id));
-        let ack = i.js.send_publish(subject.clone(), p).await.map_err(nats)?;
-        stored(vec![(subject, ack)]).await?;
-        i.dlq.delete_message(seq).await.map_err(nats)?;
-        Ok(())
-    }
-
-    async fn trace(&self, correlation_id: &str) -> Result<Vec<Event>, BrokerError> {
-        let i = &self.inner;
-        let filter = format!("{}.>", i.names.ns);
-        Ok(i.scan(&i.events, &filter)
-            .await?
-            .iter()
-            .filter_map(|m| {
-                let stored = m
-                    .info()
-                    .map_or(std::time::SystemTime::UNIX_EPOCH, |i| i.published.into());
-                codec::decode(m.headers.as_ref(), &m.payload, stored).ok()
-            })
-            .filter(|e| e.correlation_id() == correlation_id)
-            .collect())
-    }
-
     async fn backlog(&self) -> Result<u64, BrokerError> {
         let i = &self.inner;
         let names: Vec<String> = i
@@ -434,6 +358,50 @@ impl Broker for Nats {
             n += info.num_pending + info.num_ack_pending as u64;
         }
         Ok(n)
+    }
+
+    async fn close(&self) {
+        let _ = self.inner.closed.send(true);
+        for g in self.inner.groups.read().expect("groups lock").values() {
+            g.rx.close();
+        }
+    }
+}
+
+#[async_trait]
+impl RunState for Nats {
+    fn max_state_bytes(&self) -> Option<usize> {
+        // A key-value entry is one message on `$KV.BUCKET.KEY`.
+        Some(self.inner.max_payload.saturating_sub(DLQ_HEADROOM))
+    }
+
+    async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, BrokerError> {
+        Ok(self
+            .inner
+            .state
+            .get(key)
+            .await
+            .map_err(nats)?
+            .map(|b| b.to_vec()))
+    }
+
+    async fn state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
+        let mut keys: Vec<String> = Vec::new();
+        let mut all = self.inner.state.keys().await.map_err(nats)?;
+        while let Some(k) = all.next().await {
+            let k = k.map_err(nats)?;
+            if k.starts_with(prefix) {
+                keys.push(k);
+            }
+        }
+        keys.sort();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(v) = self.inner.state.get(&k).await.map_err(nats)? {
+                out.push((k, v.to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, BrokerError> {
@@ -475,12 +443,51 @@ impl Broker for Nats {
             Err(e) => Err(nats(e)),
         }
     }
+}
 
-    async fn close(&self) {
-        let _ = self.inner.closed.send(true);
-        for g in self.inner.groups.read().expect("groups lock").values() {
-            g.rx.close();
-        }
+#[async_trait]
+impl DeadLetters for Nats {
+    async fn dlq_list(&self) -> Result<Vec<DeadLetter>, BrokerError> {
+        let i = &self.inner;
+        i.scan(&i.dlq, &i.names.dlq_filter())
+            .await?
+            .iter()
+            .map(|m| parse_dead_letter(&m.payload).map(|(dl, _)| dl))
+            .collect()
+    }
+
+    async fn dlq_get(&self, id: &str) -> Result<DeadLetter, BrokerError> {
+        Ok(self.inner.dead_letter_entry(id).await?.0)
+    }
+
+    async fn dlq_replay(&self, id: &str) -> Result<(), BrokerError> {
+        let i = &self.inner;
+        let (dl, seq) = i.dead_letter_entry(id).await?;
+        let subject = i.names.group_subject(&dl.step);
+        let p = codec::message(&dl.event, &format!("{}/replay/{id}", dl.event.id));
+        let ack = i.js.send_publish(subject.clone(), p).await.map_err(nats)?;
+        stored(vec![(subject, ack)]).await?;
+        i.dlq.delete_message(seq).await.map_err(nats)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Traces for Nats {
+    async fn trace(&self, correlation_id: &str) -> Result<Vec<Event>, BrokerError> {
+        let i = &self.inner;
+        let filter = format!("{}.>", i.names.ns);
+        Ok(i.scan(&i.events, &filter)
+            .await?
+            .iter()
+            .filter_map(|m| {
+                let stored = m
+                    .info()
+                    .map_or(std::time::SystemTime::UNIX_EPOCH, |i| i.published.into());
+                codec::decode(m.headers.as_ref(), &m.payload, stored).ok()
+            })
+            .filter(|e| e.correlation_id() == correlation_id)
+            .collect())
     }
 }
 

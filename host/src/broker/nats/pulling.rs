@@ -88,7 +88,7 @@ impl Inner {
                 };
                 let decoded = codec::decode(msg.headers.as_ref(), &msg.payload, stored);
                 let (msg, acker) = msg.split();
-                let ack = Ack::Nats(Arc::new(NatsAck { acker, stream_seq }));
+                let ack = Ack::new(NatsAck { acker, stream_seq });
                 match decoded {
                     Ok(event) => {
                         let d = Delivery {
