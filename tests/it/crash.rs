@@ -198,25 +198,25 @@ fn sink_effects(app: &TestApp) -> std::collections::HashMap<String, Vec<(usize, 
     files
 }
 
-/// SIGKILL the host with a few hundred runs in flight, start it again, and
-/// every run the API acknowledged reaches a final state; the last step's
-/// effects are keyed by command id, so a duplicate is recognisable.
-#[test]
-fn runs_survive_sigkill() {
-    use std::collections::{HashMap, HashSet};
-    use std::sync::{Arc, Mutex};
-
-    const RUNS: usize = 1000;
-    let app = crash_app("");
-
-    let (mut host, client) = spawn_host(&app);
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let producers: Vec<_> = (0..8)
+/// Producers start `runs` runs of `crash` (orders `PREFIX-i`) from
+/// `threads` threads until all are started or the host stops answering;
+/// the ids acknowledged so far, and the producers to join.
+fn produce(
+    client: &troupe::client::Client,
+    prefix: &'static str,
+    runs: usize,
+    threads: usize,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    let acked: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let producers = (0..threads)
         .map(|p| {
             let (client, acked) = (client.clone(), acked.clone());
             std::thread::spawn(move || {
-                for i in (p..RUNS).step_by(8) {
-                    match client.start("crash", &order(&format!("c-{i}"), "ada")) {
+                for i in (p..runs).step_by(threads) {
+                    match client.start("crash", &order(&format!("{prefix}-{i}"), "ada")) {
                         Ok(id) => acked.lock().unwrap().push(id),
                         Err(_) => return, // the host is gone: not acknowledged
                     }
@@ -224,6 +224,21 @@ fn runs_survive_sigkill() {
             })
         })
         .collect();
+    (acked, producers)
+}
+
+/// SIGKILL the host with a few hundred runs in flight, start it again, and
+/// every run the API acknowledged reaches a final state; the last step's
+/// effects are keyed by command id, so a duplicate is recognisable.
+#[test]
+fn runs_survive_sigkill() {
+    use std::collections::{HashMap, HashSet};
+
+    const RUNS: usize = 1000;
+    let app = crash_app("");
+
+    let (mut host, client) = spawn_host(&app);
+    let (acked, producers) = produce(&client, "c", RUNS, 8);
     while acked.lock().unwrap().len() < RUNS / 2 {
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -314,24 +329,10 @@ fn api_of(app: &TestApp) -> (String, String) {
 /// attempt, and the last step's effect happens under one command id.
 #[test]
 fn a_host_down_longer_than_a_step_timeout_runs_each_step_once() {
-    use std::sync::{Arc, Mutex};
     const RUNS: usize = 120;
     let app = crash_app("timeout_ms = 2000");
     let (mut host, client) = spawn_host(&app);
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let producers: Vec<_> = (0..4)
-        .map(|p| {
-            let (client, acked) = (client.clone(), acked.clone());
-            std::thread::spawn(move || {
-                for i in (p..RUNS).step_by(4) {
-                    match client.start("crash", &order(&format!("d-{i}"), "ada")) {
-                        Ok(id) => acked.lock().unwrap().push(id),
-                        Err(_) => return,
-                    }
-                }
-            })
-        })
-        .collect();
+    let (acked, producers) = produce(&client, "d", RUNS, 4);
     while acked.lock().unwrap().len() < RUNS / 2 {
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -464,24 +465,10 @@ fn starts_retried_across_a_sigkill_start_one_run_per_key() {
 /// acknowledged run completes, each last step under one command id.
 #[test]
 fn sigterm_with_runs_in_flight_stops_in_bounded_time_and_loses_nothing() {
-    use std::sync::{Arc, Mutex};
     const RUNS: usize = 400;
     let app = crash_app("");
     let (mut host, client) = spawn_host(&app);
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let producers: Vec<_> = (0..4)
-        .map(|p| {
-            let (client, acked) = (client.clone(), acked.clone());
-            std::thread::spawn(move || {
-                for i in (p..RUNS).step_by(4) {
-                    match client.start("crash", &order(&format!("t-{i}"), "ada")) {
-                        Ok(id) => acked.lock().unwrap().push(id),
-                        Err(_) => return, // the host is stopping
-                    }
-                }
-            })
-        })
-        .collect();
+    let (acked, producers) = produce(&client, "t", RUNS, 4);
     while acked.lock().unwrap().len() < RUNS / 2 {
         std::thread::sleep(Duration::from_millis(2));
     }

@@ -259,6 +259,22 @@ pub async fn open(
     })
 }
 
+/// The events of the app `app_name` as a process other than its host
+/// reaches them (the CLI): the embedded broker's files, whether or not a
+/// host holds them, or the NATS server itself.
+pub async fn open_app_events(
+    url: &BrokerUrl,
+    app_name: &str,
+    state_dir: &std::path::Path,
+) -> Result<Arc<dyn AppEvents>, BrokerError> {
+    Ok(match url {
+        BrokerUrl::Embedded => Arc::new(embedded::Offline::new(state_dir)),
+        BrokerUrl::Nats { server, namespace } => {
+            Arc::new(nats::Nats::connect(server, namespace, app_name).await?)
+        }
+    })
+}
+
 /// What a failed attempt of `d` leads to under its group's retry `policy`
 /// (`None`: the group is unknown): another delivery after this wait, or,
 /// with the budget spent, `None`: the DLQ.
@@ -302,19 +318,46 @@ pub trait Consumer: Send + Sync {
     async fn next(&self) -> Option<Delivery>;
 }
 
-/// A message broker backend: its four facets. The rest of Troupe holds
-/// an `Arc<dyn Broker>` and uses the facet it needs (import the facet's
-/// trait to call its methods); a part that needs one facet only takes
-/// that one (`&dyn DeadLetters`, ...).
+/// A message broker backend: its facets. The host holds an
+/// `Arc<dyn Broker>` and uses the facet it needs (import the facet's trait
+/// to call its methods); what needs fewer takes fewer: the CLI reaches an
+/// app whose host may be running through [`AppEvents`] (publish, dead
+/// letters, traces), which the embedded broker's files serve without a
+/// host (`embedded::Offline`) and NATS serves as it is.
 pub trait Broker: Transport + RunState + DeadLetters + Traces {}
 
 impl<T: Transport + RunState + DeadLetters + Traces> Broker for T {}
 
-/// Moving events: groups subscribe, events are published durably,
-/// deliveries are settled (with what handling them emitted, as one
-/// commit), retried or dead-lettered.
+/// What a producer or an operator needs of an app's broker, whether or not
+/// its host runs: publish, dead letters, traces.
+pub trait AppEvents: Publish + DeadLetters + Traces {
+    /// Whether publishing and replays are queued for the app's host (the
+    /// embedded broker's files) rather than done at once (NATS).
+    fn queued(&self) -> bool {
+        false
+    }
+}
+
+/// Publishing events durably.
 #[async_trait]
-pub trait Transport: Send + Sync {
+pub trait Publish: Send + Sync {
+    /// Publish events; returns when they are durable. An event whose id was
+    /// already published is ignored (deduplication).
+    async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError>;
+
+    /// Whether `event` fits in one of this broker's messages
+    /// ([`BrokerError::TooLarge`] if not). Checked before an event is
+    /// accepted or committed, so that nothing is taken on that the broker
+    /// cannot store (it would be redelivered forever).
+    fn check_size(&self, _event: &Event) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+/// Moving events: groups subscribe, deliveries are settled (with what
+/// handling them emitted, as one commit), retried or dead-lettered.
+#[async_trait]
+pub trait Transport: Publish {
     /// Declare consumer group `group` for event types `kinds`, with its retry
     /// budget. Deliveries left pending by an earlier process are resumed.
     async fn subscribe(
@@ -327,18 +370,6 @@ pub trait Transport: Send + Sync {
     /// Every group is declared: start taking events queued from outside
     /// (other processes' `troupe publish`) and routing them.
     async fn ready(&self) -> Result<(), BrokerError>;
-
-    /// Publish events; returns when they are durable. An event whose id was
-    /// already published is ignored (deduplication).
-    async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError>;
-
-    /// Whether `event` fits in one of this broker's messages
-    /// ([`BrokerError::TooLarge`] if not). Checked before an event is
-    /// accepted or committed, so that nothing is taken on that the broker
-    /// cannot store (it would be redelivered forever).
-    fn check_size(&self, _event: &Event) -> Result<(), BrokerError> {
-        Ok(())
-    }
 
     /// Settle a delivery, publish events and write state rows as one unit
     /// (atomically in the embedded broker), without waiting: returns at

@@ -6,52 +6,43 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use troupe::app::App;
-use troupe::broker::embedded::offline;
-use troupe::broker::{Broker, BrokerUrl, DeadLetter};
+use troupe::broker::{AppEvents, DeadLetter, open_app_events};
 use troupe::event::Event;
 use troupe::text::escape;
 
 use super::run::print_dlq;
 use super::{DlqCmd, load_app};
 
-/// An app's events as the CLI reaches them: the embedded broker's files
+/// An app's events as the CLI reaches them, through the broker's
+/// [`AppEvents`] facets like any other client: the embedded broker's files
 /// (whether or not a host runs; work is queued for the host), or the NATS
 /// server itself.
-enum Events {
-    Files(PathBuf),
-    Nats(Arc<dyn Broker>, tokio::runtime::Runtime),
+struct Events {
+    broker: Arc<dyn AppEvents>,
+    rt: tokio::runtime::Runtime,
 }
 
 impl Events {
     fn of(app: &App) -> Result<Events> {
-        Ok(match &app.broker {
-            BrokerUrl::Embedded => Events::Files(app.state_dir()),
-            url => {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()
-                    .context("cannot start the async runtime")?;
-                let broker = rt
-                    .block_on(troupe::broker::open(url, &app.name, &app.state_dir()))
-                    .with_context(|| format!("cannot open the broker {url}"))?;
-                Events::Nats(broker, rt)
-            }
-        })
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let broker = rt
+            .block_on(open_app_events(&app.broker, &app.name, &app.state_dir()))
+            .with_context(|| format!("cannot open the broker {}", app.broker))?;
+        Ok(Events { broker, rt })
     }
 
     fn publish(&self, events: &[Event]) -> Result<()> {
-        match self {
-            Events::Files(dir) => offline::publish(dir, events)?,
-            Events::Nats(b, rt) => rt.block_on(b.publish(events.to_vec()))?,
-        }
-        Ok(())
+        Ok(self.rt.block_on(self.broker.publish(events.to_vec()))?)
     }
 
     fn dead_letters(&self, id: Option<&str>) -> Result<Vec<DeadLetter>> {
-        Ok(match (self, id) {
-            (Events::Files(dir), id) => offline::dead_letters(dir, id)?,
-            (Events::Nats(b, rt), None) => rt.block_on(b.dlq_list())?,
-            (Events::Nats(b, rt), Some(id)) => match rt.block_on(b.dlq_get(id)) {
+        let b = &self.broker;
+        Ok(match id {
+            None => self.rt.block_on(b.dlq_list())?,
+            Some(id) => match self.rt.block_on(b.dlq_get(id)) {
                 Ok(d) => vec![d],
                 Err(troupe::broker::BrokerError::NoSuchDeadLetter(_)) => vec![],
                 Err(e) => return Err(e.into()),
@@ -61,23 +52,16 @@ impl Events {
 
     /// Replay dead letter `id`; what happened, for the user.
     fn replay(&self, id: &str) -> Result<&'static str> {
-        match self {
-            Events::Files(dir) => {
-                offline::replay(dir, id)?;
-                Ok("queued: the app's host delivers it to its step again")
-            }
-            Events::Nats(b, rt) => {
-                rt.block_on(b.dlq_replay(id))?;
-                Ok("sent to its step again")
-            }
-        }
+        self.rt.block_on(self.broker.dlq_replay(id))?;
+        Ok(if self.broker.queued() {
+            "queued: the app's host delivers it to its step again"
+        } else {
+            "sent to its step again"
+        })
     }
 
     fn trace(&self, correlation_id: &str) -> Result<Vec<Event>> {
-        Ok(match self {
-            Events::Files(dir) => offline::trace(dir, correlation_id)?,
-            Events::Nats(b, rt) => rt.block_on(b.trace(correlation_id))?,
-        })
+        Ok(self.rt.block_on(self.broker.trace(correlation_id))?)
     }
 }
 

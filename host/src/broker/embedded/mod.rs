@@ -24,8 +24,8 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::{
-    BrokerError, Commit, Consumer, DeadLetter, DeadLetters, Delivery, Disposition, FailureClass,
-    RunState, Traces, Transport,
+    AppEvents, BrokerError, Commit, Consumer, DeadLetter, DeadLetters, Delivery, Disposition,
+    FailureClass, Publish, RunState, Traces, Transport,
 };
 use crate::event::Event;
 use crate::retry::RetryPolicy;
@@ -199,6 +199,20 @@ fn foreign() -> BrokerError {
 }
 
 #[async_trait]
+impl Publish for Embedded {
+    async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError> {
+        self.call(|reply| Op::Commit {
+            ack: None,
+            events,
+            state: Vec::new(),
+            early: false,
+            reply,
+        })
+        .await
+    }
+}
+
+#[async_trait]
 impl Transport for Embedded {
     async fn subscribe(
         &self,
@@ -241,17 +255,6 @@ impl Transport for Embedded {
 
     async fn ready(&self) -> Result<(), BrokerError> {
         self.call(|reply| Op::Ready { reply }).await
-    }
-
-    async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError> {
-        self.call(|reply| Op::Commit {
-            ack: None,
-            events,
-            state: Vec::new(),
-            early: false,
-            reply,
-        })
-        .await
     }
 
     fn commit_then(&self, c: Commit, then: super::Then) {
@@ -408,42 +411,73 @@ impl Drop for Embedded {
 
 /// Work for a broker from another process: the CLI's `publish` and
 /// `dlq replay` against an app directory, whether or not a host runs.
-pub mod offline {
-    use super::*;
+/// The app's embedded broker as another process reaches it (`troupe
+/// publish`, `dlq`, `trace`), whether or not a host holds it: events and
+/// replays are queued in the store's inbox for the host to take (durable
+/// when the call returns); dead letters and traces are read from the
+/// store.
+pub struct Offline {
+    state_dir: PathBuf,
+}
 
-    /// Queue events for the app's host; durable when this returns.
-    pub fn publish(state_dir: &Path, events: &[Event]) -> Result<(), BrokerError> {
-        let items: Vec<(&str, String)> = events
-            .iter()
-            .map(|e| ("publish", e.to_json().to_string()))
-            .collect();
-        store::queue(state_dir, &items)
+impl Offline {
+    pub fn new(state_dir: &Path) -> Offline {
+        Offline {
+            state_dir: state_dir.to_path_buf(),
+        }
     }
 
-    /// Dead letters of the app (empty when no broker ever ran there).
-    pub fn dead_letters(
-        state_dir: &Path,
-        id: Option<&str>,
-    ) -> Result<Vec<DeadLetter>, BrokerError> {
-        match store::open_read(state_dir)? {
+    fn dead_letters(&self, id: Option<&str>) -> Result<Vec<DeadLetter>, BrokerError> {
+        // Empty when no broker ever ran there.
+        match store::open_read(&self.state_dir)? {
             Some(c) => store::dead_letters(&c, id),
             None => Ok(Vec::new()),
         }
     }
+}
 
-    /// The events of a cascade or run (empty when no broker ran there).
-    pub fn trace(state_dir: &Path, correlation_id: &str) -> Result<Vec<Event>, BrokerError> {
-        match store::open_read(state_dir)? {
+#[async_trait]
+impl Publish for Offline {
+    async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError> {
+        let items: Vec<(&str, String)> = events
+            .iter()
+            .map(|e| ("publish", e.to_json().to_string()))
+            .collect();
+        store::queue(&self.state_dir, &items)
+    }
+}
+
+#[async_trait]
+impl DeadLetters for Offline {
+    async fn dlq_list(&self) -> Result<Vec<DeadLetter>, BrokerError> {
+        self.dead_letters(None)
+    }
+
+    async fn dlq_get(&self, id: &str) -> Result<DeadLetter, BrokerError> {
+        self.dead_letters(Some(id))?
+            .pop()
+            .ok_or_else(|| BrokerError::NoSuchDeadLetter(id.to_string()))
+    }
+
+    /// Queue the replay of dead letter `id` for the host.
+    async fn dlq_replay(&self, id: &str) -> Result<(), BrokerError> {
+        self.dlq_get(id).await?;
+        store::queue(&self.state_dir, &[("replay", id.to_string())])
+    }
+}
+
+#[async_trait]
+impl Traces for Offline {
+    async fn trace(&self, correlation_id: &str) -> Result<Vec<Event>, BrokerError> {
+        match store::open_read(&self.state_dir)? {
             Some(c) => store::trace(&c, correlation_id),
             None => Ok(Vec::new()),
         }
     }
+}
 
-    /// Queue the replay of dead letter `id`.
-    pub fn replay(state_dir: &Path, id: &str) -> Result<(), BrokerError> {
-        if dead_letters(state_dir, Some(id))?.is_empty() {
-            return Err(BrokerError::NoSuchDeadLetter(id.to_string()));
-        }
-        store::queue(state_dir, &[("replay", id.to_string())])
+impl AppEvents for Offline {
+    fn queued(&self) -> bool {
+        true
     }
 }

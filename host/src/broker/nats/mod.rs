@@ -54,8 +54,8 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    BrokerError, Commit, Consumer, DeadLetter, DeadLetters, Delivery, Disposition, FailureClass,
-    RunState, Traces, Transport,
+    AppEvents, BrokerError, Commit, Consumer, DeadLetter, DeadLetters, Delivery, Disposition,
+    FailureClass, Publish, RunState, Traces, Transport,
 };
 use crate::event::Event;
 use crate::retry::RetryPolicy;
@@ -211,6 +211,37 @@ impl Inner {
     }
 }
 
+impl AppEvents for Nats {}
+
+#[async_trait]
+impl Publish for Nats {
+    async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError> {
+        for e in &events {
+            self.check_size(e)?;
+        }
+        // Before the events: a first host must start reading at or before
+        // them (`start.rs`).
+        self.inner.mark_epoch().await?;
+        self.inner.publish(&events).await
+    }
+
+    fn check_size(&self, e: &Event) -> Result<(), BrokerError> {
+        let max = self.inner.max_payload;
+        if !codec::may_exceed(e, max) {
+            return Ok(());
+        }
+        let len = codec::wire_len(e, &e.identity());
+        if len > max {
+            return Err(BrokerError::TooLarge(format!(
+                "a {} event of {len} bytes (data and attributes) does not fit in a NATS \
+                 message: the server takes at most {max} bytes (max_payload)",
+                crate::text::clean(&e.kind, 200)
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Transport for Nats {
     async fn subscribe(
@@ -272,32 +303,6 @@ impl Transport for Nats {
 
     async fn ready(&self) -> Result<(), BrokerError> {
         self.inner.mark_started().await
-    }
-
-    async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError> {
-        for e in &events {
-            self.check_size(e)?;
-        }
-        // Before the events: a first host must start reading at or before
-        // them (`start.rs`).
-        self.inner.mark_epoch().await?;
-        self.inner.publish(&events).await
-    }
-
-    fn check_size(&self, e: &Event) -> Result<(), BrokerError> {
-        let max = self.inner.max_payload;
-        if !codec::may_exceed(e, max) {
-            return Ok(());
-        }
-        let len = codec::wire_len(e, &e.identity());
-        if len > max {
-            return Err(BrokerError::TooLarge(format!(
-                "a {} event of {len} bytes (data and attributes) does not fit in a NATS \
-                 message: the server takes at most {max} bytes (max_payload)",
-                crate::text::clean(&e.kind, 200)
-            )));
-        }
-        Ok(())
     }
 
     fn commit_then(&self, c: Commit, then: super::Then) {
