@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::broker::BrokerUrl;
 use crate::contract::is_step_name;
+pub use crate::orchestrator::{MAX_ACTIVE_RUNS, OrchestratorConfig};
 pub use crate::retry::RetryPolicy;
 pub use crate::runtime::config::{
     DirGrant, Grants, Instances, Limits, MAX_EMITS, MAX_EVENT_BYTES, SandboxConfig,
@@ -73,28 +74,6 @@ struct Manifest {
 #[serde(deny_unknown_fields)]
 struct BrokerSection {
     url: String,
-}
-
-/// The `[orchestrator]` table: how many runs the host drives at once.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct OrchestratorConfig {
-    /// Runs active at once (started, not yet ended). A start beyond it is
-    /// refused (`503` with `Retry-After`) rather than queued, so a
-    /// producer faster than the steps meets back-pressure instead of
-    /// growing the host's memory and every run's latency.
-    pub max_active_runs: usize,
-}
-
-/// The most `max_active_runs` may be.
-pub const MAX_ACTIVE_RUNS: usize = 1_000_000;
-
-impl Default for OrchestratorConfig {
-    fn default() -> Self {
-        OrchestratorConfig {
-            max_active_runs: 10_000,
-        }
-    }
 }
 
 /// Where a step's component comes from.

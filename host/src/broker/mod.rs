@@ -287,7 +287,7 @@ pub(crate) fn next_try(
     Ok((d.attempt < policy.max_attempts).then(|| policy.backoff(d.attempt)))
 }
 
-/// What [`Broker::commit_then`] does as one unit.
+/// What [`Transport::commit_then`] does as one unit.
 #[derive(Debug, Default)]
 pub struct Commit {
     /// The delivery to settle.
@@ -469,7 +469,7 @@ pub trait Traces: Send + Sync {
     /// run), in the order they were published.
     async fn trace(&self, correlation_id: &str) -> Result<Vec<Event>, BrokerError>;
 
-    /// Whether [`Broker::trace`] is an index lookup rather than a scan of
+    /// Whether [`Traces::trace`] is an index lookup rather than a scan of
     /// the log. Where it is, the orchestrator writes a run's record only at
     /// the transitions the log does not hold, and rebuilds the others from
     /// the run's replies after a restart (`Machine::replay` in `orchestrator/machine/`).

@@ -36,6 +36,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,6 +45,29 @@ pub(crate) use crate::clock::{now_ms, rfc3339};
 use crate::flow::{Action, Flow};
 use crate::protocol::GROUP;
 use run::{RunRecord, RunState, key};
+
+/// The `[orchestrator]` table of `troupe.toml`: how many runs the host
+/// drives at once. The orchestrator owns it; `app.rs` reads it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorConfig {
+    /// Runs active at once (started, not yet ended). A start beyond it is
+    /// refused (`503` with `Retry-After`) rather than queued, so a
+    /// producer faster than the steps meets back-pressure instead of
+    /// growing the host's memory and every run's latency.
+    pub max_active_runs: usize,
+}
+
+/// The most `max_active_runs` may be.
+pub const MAX_ACTIVE_RUNS: usize = 1_000_000;
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            max_active_runs: 10_000,
+        }
+    }
+}
 
 /// Why a run could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +186,7 @@ impl Orchestrator {
         flows: Vec<Flow>,
         check_input: InputCheck,
         app: &str,
-        config: &crate::app::OrchestratorConfig,
+        config: &OrchestratorConfig,
         tasks: &mut crate::shutdown::Tasks,
     ) -> Result<Orchestrator, BrokerError> {
         let mut awaited: Vec<String> = Vec::new();

@@ -18,7 +18,7 @@
 //!   letter as JSON), deleted when replayed.
 //! - key-value bucket `NS_APP_state`: the orchestrator's run records.
 //!
-//! Nothing here is atomic across messages: [`Broker::commit_then`]
+//! Nothing here is atomic across messages: [`Transport::commit_then`]
 //! publishes the outputs, waits for the server to store them, writes
 //! state, and only then acks. A crash in between redelivers the input;
 //! the outputs then get the same ids and are deduplicated.
@@ -29,7 +29,7 @@
 //! `publish.rs` puts events and state rows on the
 //! server (and runs the ordered commit task); `pulling.rs` takes messages
 //! off it (the consumers' pull tasks, stream scans); this file declares
-//! what lives on the server and implements [`Broker`] on top.
+//! what lives on the server and implements the broker's facets on top.
 
 mod codec;
 mod dlq;

@@ -1,6 +1,6 @@
 //! Putting messages on the server: events (on their type's subject, or
 //! their group's when addressed), state rows (key-value entries), and the
-//! ordered commit task behind [`crate::broker::Broker::commit_then`].
+//! ordered commit task behind [`crate::broker::Transport::commit_then`].
 
 use async_nats::jetstream::{Context, context::PublishAckFuture, message::PublishMessage};
 use bytes::Bytes;
