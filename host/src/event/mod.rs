@@ -438,5 +438,12 @@ mod tests {
         let stored = extensions_to_json(&e);
         let (ext, typed) = extensions_from_json(&stored).unwrap();
         assert_eq!((ext, typed), (e.extensions.clone(), e.typed.clone()));
+        // All strings: stored as strings, read back as such.
+        let mut plain = e.clone();
+        plain.typed.clear();
+        let stored = extensions_to_json(&plain);
+        assert!(stored.contains(r#""n":"5""#), "{stored}");
+        let (ext, typed) = extensions_from_json(&stored).unwrap();
+        assert_eq!((ext, typed.len()), (plain.extensions.clone(), 0));
     }
 }

@@ -86,17 +86,19 @@ impl Condition {
             }
             return Ok(());
         }
+        // `==` to a value the field never takes is never true; `!=`,
+        // always.
+        let verdict = if self.op == Op::Eq {
+            "never true"
+        } else {
+            "always true"
+        };
         if !types.is_empty() && !types.iter().any(|t| is_a(&self.value, t)) {
             return Err(format!(
-                "`{field}` is {}, and {} is not: `{}` is {}",
+                "`{field}` is {}, and {} is not: `{}` is {verdict}",
                 types.join(" or "),
                 self.value,
                 self.text.trim(),
-                if self.op == Op::Eq {
-                    "never true"
-                } else {
-                    "always true"
-                }
             ));
         }
         if let Some(Value::Array(allowed)) = cur.get("enum")
@@ -104,15 +106,10 @@ impl Condition {
         {
             let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
             return Err(format!(
-                "`{field}` is one of {}, never {}: `{}` is {}",
+                "`{field}` is one of {}, never {}: `{}` is {verdict}",
                 list.join(", "),
                 self.value,
                 self.text.trim(),
-                if self.op == Op::Eq {
-                    "never true"
-                } else {
-                    "always true"
-                }
             ));
         }
         Ok(())
