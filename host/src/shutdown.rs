@@ -56,11 +56,6 @@ impl Tasks {
         self.running.push((what, tokio::spawn(task)));
     }
 
-    /// Take on a task started elsewhere.
-    pub fn adopt(&mut self, what: &'static str, task: JoinHandle<()>) {
-        self.running.push((what, task));
-    }
-
     /// Fire the stop signal and wait for every task, for up to `grace`;
     /// those still running then are aborted (and named in the log).
     pub async fn stop(&mut self, grace: Duration) {

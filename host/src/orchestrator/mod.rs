@@ -256,17 +256,11 @@ impl Orchestrator {
             check_key(k)?;
             // An ended run's key is in the store; an active run's, in the
             // driver (it may not be durable yet).
-            if let Some(v) = self.broker.state_get(&machine::key_row(flow, k)).await? {
-                #[derive(serde::Deserialize)]
-                struct Row {
-                    run: String,
-                    at_ms: u64,
-                }
-                if let Ok(row) = serde_json::from_slice::<Row>(&v)
-                    && now_ms().saturating_sub(row.at_ms) < IDEMPOTENCY_WINDOW.as_millis() as u64
-                {
-                    return Ok((row.run, false));
-                }
+            let row = self.broker.state_get(&machine::key_row(flow, k)).await?;
+            if let Some(row) = row.and_then(|v| serde_json::from_slice::<machine::KeyRow>(&v).ok())
+                && now_ms().saturating_sub(row.at_ms) < IDEMPOTENCY_WINDOW.as_millis() as u64
+            {
+                return Ok((row.run, false));
             }
         }
         let (reply, rx) = oneshot::channel();

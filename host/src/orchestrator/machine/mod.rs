@@ -238,11 +238,9 @@ impl Machine {
                 if rec.state == StepState::Dispatched {
                     at = at.max(now + timeout_of(flow.as_deref(), &sid));
                     rec.deadline_ms = Some(at);
+                    waiting.push((sid.clone(), rec.attempts));
                 }
                 t.arm(at, &sid);
-                if rec.state == StepState::Dispatched {
-                    waiting.push((sid, rec.attempts));
-                }
             }
             for (sid, attempt) in waiting {
                 if let Some(e) = self.command(&id, &sid, attempt, now) {
@@ -309,10 +307,13 @@ impl Machine {
         t.actions.push(Action::Checkpoint);
         if let Some(k) = &s.key {
             let row = key_row(&s.flow, k);
-            let value = serde_json::json!({ "run": s.id, "at_ms": now });
+            let value = KeyRow {
+                run: s.id.clone(),
+                at_ms: now,
+            };
             t.actions.push(Action::Put {
                 key: row.clone(),
-                value: value.to_string().into_bytes(),
+                value: serde_json::to_vec(&value).expect("a key row serialises"),
             });
             self.keys.insert(row, s.id.clone());
         }
@@ -366,11 +367,16 @@ impl Machine {
                 .get_mut(run_id)
                 .and_then(|r| r.steps.get_mut(&sid))
                 .expect("present");
-            rec.errors.push(format!(
+            let note = format!(
                 "{attempt} completed after it was superseded: its reply was refused (what it did \
                  stands)"
-            ));
-            t.actions.push(Action::Checkpoint);
+            );
+            // Once: the reply may be delivered again, or replayed from the
+            // log after a restart.
+            if !rec.errors.contains(&note) {
+                rec.errors.push(note);
+                t.actions.push(Action::Checkpoint);
+            }
         }
     }
 
@@ -620,6 +626,14 @@ pub(crate) fn key_row(flow: &str, key: &str) -> String {
         format!("{flow}\n{key}").as_bytes(),
     );
     format!("start/{}", name.simple())
+}
+
+/// What the state row [`key_row`] holds: the run the key started, and
+/// when (epoch ms; the key names it for [`super::IDEMPOTENCY_WINDOW`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct KeyRow {
+    pub run: String,
+    pub at_ms: u64,
 }
 
 /// End `run` as `state` at `now` (epoch ms).

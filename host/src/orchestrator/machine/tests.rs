@@ -219,6 +219,10 @@ fn a_timed_out_attempt_is_superseded_and_its_late_completion_refused_and_noted()
     let rec = &m.run("r1").unwrap().steps["c"];
     assert_eq!(rec.state, StepState::Dispatched);
     assert!(rec.errors[1].contains("attempt 1 completed after it was superseded"));
+    // Delivered again (or replayed after a restart): said once.
+    let t = m.on_event(&done(&c1[0]), at + 6).unwrap();
+    assert!(!t.checkpoint());
+    assert_eq!(m.run("r1").unwrap().steps["c"].errors.len(), 2);
     // Attempt 2's reply completes the run; a duplicate of it then changes
     // nothing (the run has ended).
     let t = m.on_event(&done(&c2[0]), at + 9).unwrap();

@@ -78,9 +78,12 @@ struct World {
     /// Every command id sent for (run, flow step, attempt).
     ids: HashMap<(String, String, String), HashSet<String>>,
     /// Per run: the compensations in the order they were first sent, and
-    /// the undo list as it was when the run began to compensate.
+    /// the steps to undo (completion order, flow step) as they stood when
+    /// the run began to compensate.
     undo_sent: HashMap<String, Vec<String>>,
     undo_planned: HashMap<String, Vec<(u32, String)>>,
+    /// Each active run's state after the last transition the world saw.
+    last_state: HashMap<String, RunState>,
 }
 
 impl World {
@@ -97,13 +100,14 @@ impl World {
             ids: HashMap::new(),
             undo_sent: HashMap::new(),
             undo_planned: HashMap::new(),
+            last_state: HashMap::new(),
         }
     }
 
     /// Carry out a transition as the driver would, with the Checkpoints
     /// journal (a reply's transition writes no record).
     fn apply(&mut self, t: Transition) {
-        let was = self.store_state(&t.run);
+        let was = self.last_state.get(&t.run).copied();
         let write = t.checkpoint();
         for a in t.actions {
             match a {
@@ -116,7 +120,11 @@ impl World {
                     self.ids.entry(key).or_default().insert(e.id.clone());
                     let sid = e.extensions[FLOW_STEP].clone();
                     if protocol::undoes(&sid).is_some() && e.extensions[ATTEMPT] == "1" {
-                        self.undo_sent.entry(t.run.clone()).or_default().push(sid);
+                        // Sent again at recovery: the same command.
+                        let sent = self.undo_sent.entry(t.run.clone()).or_default();
+                        if !sent.contains(&sid) {
+                            sent.push(sid);
+                        }
                     }
                     if !self.in_flight.iter().any(|c| c.id == e.id) {
                         self.in_flight.push(e);
@@ -129,23 +137,34 @@ impl World {
                 }
             }
         }
-        if let Some(run) = self.m.run(&t.run) {
-            if write {
-                self.store.insert(t.run.clone(), run.clone());
-            }
-            if run.state == RunState::Compensating && was != Some(RunState::Compensating) {
-                self.undo_planned.entry(t.run.clone()).or_insert_with(|| {
-                    run.undo
+        match self.m.run(&t.run) {
+            Some(run) => {
+                if write {
+                    self.store.insert(t.run.clone(), run.clone());
+                }
+                if run.state == RunState::Compensating && was != Some(RunState::Compensating) {
+                    // What is to be undone: every completed step with a
+                    // compensation (the first one's is already sent, so it
+                    // is not in `run.undo` any more), latest first.
+                    let f = flow();
+                    let mut planned: Vec<(u32, String)> = run
+                        .steps
                         .iter()
-                        .map(|s| (run.steps[s].completed_seq.unwrap_or(0), s.clone()))
-                        .collect()
-                });
+                        .filter(|(id, r)| {
+                            r.state == StepState::Completed
+                                && f.step(id).is_some_and(|s| s.compensate.is_some())
+                        })
+                        .map(|(id, r)| (r.completed_seq.unwrap_or(0), id.clone()))
+                        .collect();
+                    planned.sort_by_key(|p| std::cmp::Reverse(p.0));
+                    self.undo_planned.entry(t.run.clone()).or_insert(planned);
+                }
+                self.last_state.insert(t.run.clone(), run.state);
+            }
+            None => {
+                self.last_state.remove(&t.run);
             }
         }
-    }
-
-    fn store_state(&self, run: &str) -> Option<RunState> {
-        self.m.run(run).map(|r| r.state)
     }
 
     fn start(&mut self) {
@@ -312,14 +331,15 @@ proptest! {
         for (key, ids) in &w.ids {
             prop_assert_eq!(ids.len(), 1, "{:?} sent as {:?}", key, ids);
         }
-        // Compensations began in reverse order of completion.
+        // Compensations were sent in reverse order of completion: all of
+        // those planned, first, in that order (a step that completed later,
+        // while the run was being undone, is undone after them).
         for (run, planned) in &w.undo_planned {
-            let mut by_seq = planned.clone();
-            by_seq.sort_by_key(|s| std::cmp::Reverse(s.0));
-            prop_assert_eq!(planned, &by_seq);
             let sent = w.undo_sent.get(run).cloned().unwrap_or_default();
             let planned: Vec<String> = planned.iter().map(|(_, s)| protocol::undo_id(s)).collect();
-            prop_assert_eq!(&sent[..planned.len().min(sent.len())], &planned[..planned.len().min(sent.len())]);
+            prop_assert!(sent.len() >= planned.len(), "{}: sent {:?}, planned {:?}", run, sent, planned);
+            prop_assert_eq!(&sent[..planned.len()], &planned[..]);
         }
+        prop_assert!(w.last_state.is_empty(), "runs the world still sees active");
     }
 }
