@@ -19,9 +19,12 @@
 //! - key-value bucket `NS_APP_state`: the orchestrator's run records.
 //!
 //! Nothing here is atomic across messages: [`Transport::commit_then`]
-//! publishes the outputs, waits for the server to store them, writes
-//! state, and only then acks. A crash in between redelivers the input;
-//! the outputs then get the same ids and are deduplicated.
+//! hands the server the outputs, then the state rows, in that order,
+//! waits until it has stored them all, and only then acks. A crash in
+//! between redelivers the input; the outputs then get the same ids and are
+//! deduplicated. Known gap: a crash between the events and the rows of a
+//! run's start leaves a command without its run's record (the step runs
+//! for a run that does not exist); sending the rows first would close it.
 //!
 //! Layout: `codec.rs` maps names to subjects, streams and consumers, and
 //! events to messages; `dlq.rs` writes and reads dead letters; `start.rs`
