@@ -17,8 +17,11 @@ use crate::contract::is_step_name;
 pub use crate::orchestrator::{MAX_ACTIVE_RUNS, OrchestratorConfig};
 pub use crate::retry::RetryPolicy;
 pub use crate::runtime::config::{
-    DirGrant, Grants, Instances, Limits, MAX_EMITS, MAX_EVENT_BYTES, SandboxConfig,
+    DirGrant, Grants, HttpGrantSpec, HttpLimits, Instances, Limits, MAX_EMITS, MAX_EVENT_BYTES,
+    SandboxConfig,
 };
+use crate::runtime::outbound::secrets::Template;
+pub use crate::runtime::outbound::secrets::{SecretSource, Secrets};
 
 /// The manifest's file name inside an app directory.
 pub const MANIFEST: &str = "troupe.toml";
@@ -57,6 +60,8 @@ pub struct App {
     pub broker: BrokerUrl,
     /// The `[orchestrator]` table.
     pub orchestrator: OrchestratorConfig,
+    /// The `[secrets]` table: where each secret's value comes from.
+    pub secrets: BTreeMap<String, SecretSource>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +73,8 @@ struct Manifest {
     broker: Option<BrokerSection>,
     #[serde(default)]
     orchestrator: OrchestratorConfig,
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretSource>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +163,18 @@ impl App {
                 ));
             }
             cfg.validate().map_err(bad)?;
+            for g in &cfg.grants.http {
+                for value in g.headers.values() {
+                    let t = Template::parse(value)
+                        .map_err(|e| bad(format!("grants.http {:?}: header value {e}", g.url)))?;
+                    if let Some(n) = t.secrets().find(|n| !manifest.secrets.contains_key(*n)) {
+                        return Err(bad(format!(
+                            "grants.http {:?}: secret {n} is not in [secrets]",
+                            g.url
+                        )));
+                    }
+                }
+            }
             cfg.component = cfg.component.map(|p| dir.join(p));
             cfg.plugin = cfg.plugin.map(|p| dir.join(p));
             for d in &mut cfg.grants.dirs {
@@ -185,6 +204,7 @@ impl App {
             steps,
             broker,
             orchestrator,
+            secrets: manifest.secrets,
         })
     }
 
@@ -192,15 +212,37 @@ impl App {
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join(STATE_DIR)
     }
+
+    /// The values of the secrets the steps' grants use (only those: a
+    /// secret nothing uses need not be set). The error names the secret
+    /// and where its value should have come from.
+    pub fn secrets(&self) -> Result<Secrets, String> {
+        let used: std::collections::BTreeSet<String> = self
+            .steps
+            .values()
+            .flat_map(|s| &s.grants.http)
+            .flat_map(|g| g.headers.values())
+            .filter_map(|v| Template::parse(v).ok())
+            .flat_map(|t| t.secrets().map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        let sources = self
+            .secrets
+            .iter()
+            .filter(|(n, _)| used.contains(*n))
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        Secrets::resolve(&sources, &self.dir)
+    }
 }
 
 impl StepConfig {
-    /// What the step's sandbox is built from.
-    pub fn sandbox(&self) -> SandboxConfig {
+    /// What the step's sandbox is built from, with the app's `secrets`.
+    pub fn sandbox(&self, secrets: &Secrets) -> SandboxConfig {
         SandboxConfig {
             instances: self.instances,
             limits: self.limits.clone(),
             grants: self.grants.clone(),
+            secrets: secrets.clone(),
         }
     }
 
@@ -257,6 +299,10 @@ impl StepConfig {
         }
         if self.retry.max_attempts == 0 {
             return Err("retry.max_attempts must be at least 1 (1 means no retry)".into());
+        }
+        l.http.check()?;
+        for g in &self.grants.http {
+            crate::runtime::outbound::grant::HttpGrant::parse(g)?;
         }
         for d in &self.grants.dirs {
             if !d.guest.starts_with('/') {

@@ -37,6 +37,8 @@ pub enum HostError {
     Build { step: String, error: BuildError },
     #[error("step `{step}`: {error}")]
     Load { step: String, error: RuntimeError },
+    #[error("secrets: {0}")]
+    Secrets(String),
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
     #[error("cannot start worker threads: {0}")]
@@ -94,6 +96,7 @@ fn load(
     let cache_dir = app.state_dir().join("cache");
     let cache = ArtifactCache::new(rt.engine(), &cache_dir);
     let contracts = ContractCache::new(&cache_dir);
+    let secrets = app.secrets().map_err(HostError::Secrets)?;
     let loaded = cache.load_all(rt.engine(), items);
     let mut steps = Vec::new();
     for ((name, path), component) in items.iter().zip(loaded) {
@@ -102,12 +105,10 @@ fn load(
             error,
         })?;
         let cfg = &app.steps[name];
-        let mut step =
-            LoadedStep::load(rt, name, &component.component, cfg.sandbox()).map_err(|error| {
-                HostError::Load {
-                    step: name.clone(),
-                    error,
-                }
+        let mut step = LoadedStep::load(rt, name, &component.component, cfg.sandbox(&secrets))
+            .map_err(|error| HostError::Load {
+                step: name.clone(),
+                error,
             })?;
         step.choreography = cfg.choreography;
         contracts.put(path, &component.hash, &step.contract);

@@ -17,6 +17,7 @@ mod hostile;
 mod languages;
 mod nats_restart;
 mod orchestration;
+mod outbound;
 mod restart;
 mod sandbox;
 mod scale_out;

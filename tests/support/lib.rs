@@ -373,6 +373,7 @@ pub mod bench;
 pub mod cpu;
 pub mod forge;
 pub mod process;
+pub mod upstream;
 
 /// The order example's choreographed steps (Rust builds).
 pub const ORDER_STEPS: [&str; 4] = [
@@ -413,8 +414,16 @@ pub fn publish_orders(app: &Path, n: usize, global: &[&str]) -> std::collections
             .to_string()
         })
         .collect();
-    let file = app.join("orders.jsonl");
-    std::fs::write(&file, lines.join("\n")).expect("write orders.jsonl");
+    let ids = publish_lines(app, &lines, global);
+    assert_eq!(ids.len(), n, "every order published");
+    ids.into_iter().collect()
+}
+
+/// Publish `lines` (one event a line, as `troupe publish --file` reads
+/// them) to `app` with the CLI; the ids, in order.
+pub fn publish_lines(app: &Path, lines: &[String], global: &[&str]) -> Vec<String> {
+    let file = app.join("events.jsonl");
+    std::fs::write(&file, lines.join("\n")).expect("write events.jsonl");
     let published = Command::new(troupe_bin())
         .arg("--json")
         .args(global)
@@ -429,13 +438,10 @@ pub fn publish_orders(app: &Path, n: usize, global: &[&str]) -> std::collections
         "{}",
         String::from_utf8_lossy(&published.stderr)
     );
-    let ids: std::collections::HashSet<String> =
-        serde_json::from_slice::<serde_json::Value>(&published.stdout).expect("JSON")["published"]
-            .as_array()
-            .expect("a list of ids")
-            .iter()
-            .map(|v| v.as_str().expect("an id").to_string())
-            .collect();
-    assert_eq!(ids.len(), n, "every order published");
-    ids
+    serde_json::from_slice::<serde_json::Value>(&published.stdout).expect("JSON")["published"]
+        .as_array()
+        .expect("a list of ids")
+        .iter()
+        .map(|v| v.as_str().expect("an id").to_string())
+        .collect()
 }

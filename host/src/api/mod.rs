@@ -31,6 +31,7 @@ use crate::orchestrator::{Orchestrator, StartError};
 use crate::runtime::step::LoadedStep;
 use crate::stats::Stats;
 
+pub mod metrics;
 mod openapi;
 pub mod status;
 
@@ -494,6 +495,7 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
             load.refused()
         ));
     }
+    out.push_str(&metrics::outbound(&s.steps));
     let backlog = s.broker.backlog().await?;
     out.push_str(&format!(
         "# HELP troupe_broker_backlog Deliveries not yet settled\n# TYPE troupe_broker_backlog gauge\ntroupe_broker_backlog {backlog}\n"

@@ -1,7 +1,9 @@
 //! JavaScript plugins: a `package.json` whose `main` (default `app.js`) is
 //! an ES module exporting `describe` and `handle`; `componentize-js` bundles
 //! it with a JavaScript engine into a component. No WASI interface beyond
-//! what every step may have is linked in (`-d http fetch-event ...`).
+//! what every step may have is linked in (`-d http fetch-event ...`),
+//! except `wasi:http` for a step whose sources call `fetch(` (outbound
+//! HTTP, granted per step; `handle` may then be `async`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,21 +45,23 @@ pub(super) fn inputs(dir: &Path) -> Result<Inputs, BuildError> {
     })
 }
 
+/// Whether the step's sources call `fetch` (then componentize-js's `http`
+/// feature is kept: the component imports `wasi:http`).
+fn uses_fetch(dir: &Path) -> bool {
+    sources(dir, &["js", "mjs"])
+        .iter()
+        .any(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains("fetch(")))
+}
+
 pub(super) fn build(dir: &Path, out: &Path, wit: &Path) -> Result<(), BuildError> {
     let mut cmd = Command::new(tool(dir)?);
     cmd.arg("--wit")
         .arg(wit)
-        .args([
-            "--world-name",
-            "step",
-            "-d",
-            "http",
-            "fetch-event",
-            "random",
-            "clocks",
-            "stdio",
-            "-o",
-        ])
+        .args(["--world-name", "step", "-d"]);
+    if !uses_fetch(dir) {
+        cmd.arg("http");
+    }
+    cmd.args(["fetch-event", "random", "clocks", "stdio", "-o"])
         .arg(out)
         .arg(entry(dir))
         .current_dir(dir);

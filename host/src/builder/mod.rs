@@ -45,6 +45,60 @@ use sha2::{Digest, Sha256};
 
 /// The `troupe:step` WIT this binary was built with.
 pub const STEP_WIT: &str = include_str!("../../../wit/step.wit");
+/// The `troupe:step-http` world (the step world plus outbound HTTP) and
+/// the WASI packages it needs, as `(path inside the WIT folder, text)`.
+pub const STEP_HTTP_WIT: [(&str, &str); 8] = [
+    (
+        "step-http.wit",
+        include_str!("../../../wit/http/step-http.wit"),
+    ),
+    (
+        "deps/cli/cli.wit",
+        include_str!("../../../wit/http/deps/cli/cli.wit"),
+    ),
+    (
+        "deps/clocks/clocks.wit",
+        include_str!("../../../wit/http/deps/clocks/clocks.wit"),
+    ),
+    (
+        "deps/filesystem/filesystem.wit",
+        include_str!("../../../wit/http/deps/filesystem/filesystem.wit"),
+    ),
+    (
+        "deps/http/http.wit",
+        include_str!("../../../wit/http/deps/http/http.wit"),
+    ),
+    (
+        "deps/io/io.wit",
+        include_str!("../../../wit/http/deps/io/io.wit"),
+    ),
+    (
+        "deps/random/random.wit",
+        include_str!("../../../wit/http/deps/random/random.wit"),
+    ),
+    (
+        "deps/sockets/sockets.wit",
+        include_str!("../../../wit/http/deps/sockets/sockets.wit"),
+    ),
+];
+
+/// Write the `troupe:step-http` WIT folder (with `troupe:step` among its
+/// deps) at `dir`.
+pub(crate) fn write_http_wit(dir: &Path) -> Result<(), BuildError> {
+    let files = STEP_HTTP_WIT
+        .iter()
+        .copied()
+        .chain([("deps/step/step.wit", STEP_WIT)]);
+    for (rel, text) in files {
+        let p = dir.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| BuildError::Io(parent.to_path_buf(), e))?;
+        }
+        std::fs::write(&p, text).map_err(|e| BuildError::Io(p.clone(), e))?;
+    }
+    Ok(())
+}
+
 /// The folder, inside a plugin, for build outputs of non-Rust plugins.
 pub const BUILD_DIR: &str = ".troupe-build";
 

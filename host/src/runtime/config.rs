@@ -7,6 +7,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use super::outbound::HttpLimits;
+pub use super::outbound::grant::HttpGrantSpec;
+use super::outbound::secrets::Secrets;
+
 /// Everything the runtime needs to run a step's guest, and nothing else of
 /// the step's configuration.
 #[derive(Debug, Clone, Default)]
@@ -14,6 +18,8 @@ pub struct SandboxConfig {
     pub instances: Instances,
     pub limits: Limits,
     pub grants: Grants,
+    /// The app's secrets, for the headers of `grants.http`.
+    pub secrets: Secrets,
 }
 
 /// Instance policy: a fresh instance per message (no state survives a
@@ -41,6 +47,8 @@ pub struct Limits {
     /// Log lines the step may write per second (a burst of one second's
     /// worth); lines beyond are dropped and counted.
     pub log_lines_per_second: u32,
+    /// Outbound HTTP calls (`limits.http`).
+    pub http: HttpLimits,
 }
 
 impl Default for Limits {
@@ -51,6 +59,7 @@ impl Default for Limits {
             max_emits: 100,
             max_event_bytes: 256 * 1024,
             log_lines_per_second: 1000,
+            http: HttpLimits::default(),
         }
     }
 }
@@ -70,6 +79,8 @@ pub struct Grants {
     pub env: BTreeMap<String, String>,
     /// Let the step write to the host's stderr (its stdout goes there too).
     pub stderr: bool,
+    /// HTTP requests the step may make (`wasi:http/outgoing-handler`).
+    pub http: Vec<HttpGrantSpec>,
 }
 
 /// A host directory mapped into the sandbox.

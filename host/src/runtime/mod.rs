@@ -8,6 +8,8 @@
 //!   granted unless `troupe.toml` says so, limits, the `host` import).
 //! - [`guard`]: deadlines that hold whether a guest runs or waits in a
 //!   host call, and the stop signal that cuts every call at shutdown.
+//! - [`outbound`]: `wasi:http` for steps: grants checked on every request,
+//!   secrets added by the host, idempotency keys, limits.
 //! - [`step`]: a loaded step: its contract, and `handle` with a fresh or a
 //!   reused instance, every failure classified.
 //!
@@ -19,6 +21,7 @@ pub mod cache;
 pub mod config;
 pub mod contracts;
 pub mod guard;
+pub mod outbound;
 pub mod sandbox;
 pub mod step;
 
@@ -75,6 +78,8 @@ pub enum RuntimeError {
     },
     #[error("`describe` failed: {error}")]
     Describe { step: String, error: String },
+    #[error("{error}")]
+    Grants { step: String, error: String },
     #[error("bad contract: {error}")]
     Contract {
         step: String,
@@ -134,6 +139,8 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(RuntimeError::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(RuntimeError::Engine)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(RuntimeError::Engine)?;
         Step::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(RuntimeError::Engine)?;
         let guard = Guard::new(&engine)
             .map_err(|e| RuntimeError::Engine(wasmtime::Error::msg(e.to_string())))?;

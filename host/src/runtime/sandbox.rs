@@ -3,7 +3,8 @@
 //! `troupe:step/host` import.
 //!
 //! **Nothing is granted by default**: no preopened directory, no
-//! environment variable, no stdio, no sockets. Clocks and random numbers
+//! environment variable, no stdio, no sockets, no HTTP request (a request
+//! no `grants.http` entry allows is denied, see [`super::outbound`]). Clocks and random numbers
 //! are always available (they reach nothing outside the sandbox).
 //!
 //! **A step's memory limit covers the whole instance**: every linear
@@ -20,9 +21,11 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{ResourceLimiter, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::config::{Grants, Limits};
 use super::guard::{CHECK_EVERY, Cut, Guard, ticks_until};
+use super::outbound::{Outbound, StepHttp};
 use crate::text::{MAX_LOG_LINE, clean};
 use crate::world::Level;
 use crate::world::troupe::step::{host, types};
@@ -36,6 +39,9 @@ const TABLE_ELEMENT_BYTES: usize = 8;
 pub struct StepCtx {
     wasi: WasiCtx,
     table: ResourceTable,
+    http_ctx: WasiHttpCtx,
+    /// The step's outbound HTTP, and the invocation its calls belong to.
+    pub(crate) http: StepHttp,
     pub(crate) limiter: Limiter,
     step: Arc<str>,
     logs: Arc<LogBudget>,
@@ -166,6 +172,7 @@ impl StepCtx {
         grants: &Grants,
         limits: &Limits,
         logs: &Arc<LogBudget>,
+        outbound: &Arc<Outbound>,
     ) -> anyhow::Result<StepCtx> {
         let mut b = WasiCtxBuilder::new();
         b.allow_tcp(false)
@@ -196,6 +203,8 @@ impl StepCtx {
         Ok(StepCtx {
             wasi: b.build(),
             table: ResourceTable::new(),
+            http_ctx: WasiHttpCtx::new(),
+            http: StepHttp::new(outbound.clone()),
             limiter: Limiter {
                 limit_bytes: (limits.memory_mb as usize) << 20,
                 used_bytes: 0,
@@ -245,6 +254,16 @@ impl WasiView for StepCtx {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for StepCtx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
         }
     }
 }

@@ -20,6 +20,7 @@ use wasmtime::{Store, Trap};
 
 use super::config::{Instances, SandboxConfig};
 use super::guard::{CHECK_EVERY, Cut, Guard, ticks_until};
+use super::outbound::{self, Invocation, Outbound};
 use super::sandbox::{LogBudget, StepCtx, epoch_check};
 use super::{Runtime, RuntimeError};
 use crate::contract::StepContract;
@@ -111,6 +112,7 @@ pub struct Sandbox {
     pre: StepPre<StepCtx>,
     warm: Mutex<Vec<Warm>>,
     logs: Arc<LogBudget>,
+    outbound: Arc<Outbound>,
 }
 
 impl LoadedStep {
@@ -122,6 +124,10 @@ impl LoadedStep {
         component: &Component,
         config: SandboxConfig,
     ) -> Result<LoadedStep, RuntimeError> {
+        prepare_memory_images(component).map_err(|error| RuntimeError::Link {
+            step: name.to_string(),
+            error,
+        })?;
         let pre = rt
             .linker
             .instantiate_pre(component)
@@ -133,8 +139,19 @@ impl LoadedStep {
             step: name.to_string(),
             error,
         })?;
+        let outbound = Outbound::new(
+            name,
+            &config.grants.http,
+            &config.limits.http,
+            &config.secrets,
+        )
+        .map_err(|error| RuntimeError::Grants {
+            step: name.to_string(),
+            error,
+        })?;
         let sandbox = Sandbox {
             name: name.into(),
+            outbound: Arc::new(outbound),
             logs: Arc::new(LogBudget::new(config.limits.log_lines_per_second)),
             config,
             engine: rt.engine.clone(),
@@ -168,11 +185,59 @@ impl LoadedStep {
     }
 }
 
+/// How often a busy memory image is tried again, and the first pause.
+const IMAGE_TRIES: u32 = 6;
+const IMAGE_PAUSE: Duration = Duration::from_millis(5);
+
+/// Make the component's copy-on-write memory images now, at load, rather
+/// than at its first instantiation.
+///
+/// On Linux wasmtime writes each image to a memfd and seals it. The kernel
+/// refuses the write seal with `EBUSY` while any of the file's fresh pages
+/// still holds an extra reference, which pages waiting in another CPU's LRU
+/// batch can do for a moment on a busy machine (seen once in CI: a Python
+/// step's `describe` "trapped: Device or resource busy"). Nothing is wrong
+/// with the component, and wasmtime keeps no failed image, so a busy seal is
+/// tried again after a short pause (doubling), a few times.
+fn prepare_memory_images(component: &Component) -> wasmtime::Result<()> {
+    retry_busy(IMAGE_TRIES, IMAGE_PAUSE, || {
+        component.initialize_copy_on_write_image()
+    })
+}
+
+/// Call `f` until it succeeds, fails otherwise than with `EBUSY`, or has
+/// been tried `tries` times; pause `pause` (doubling) between tries.
+fn retry_busy<T>(
+    tries: u32,
+    mut pause: Duration,
+    mut f: impl FnMut() -> wasmtime::Result<T>,
+) -> wasmtime::Result<T> {
+    let mut tried = 1;
+    loop {
+        match f() {
+            Err(e) if tried < tries && is_busy(&e) => {
+                tracing::debug!("memory image busy ({e:#}); trying again in {pause:?}");
+                std::thread::sleep(pause);
+                pause *= 2;
+                tried += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn is_busy(e: &wasmtime::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ResourceBusy)
+    })
+}
+
 impl Sandbox {
     /// Call `describe` in a fresh instance, within [`DESCRIBE_TIMEOUT`].
     pub fn describe(&self) -> Result<world::Contract, Failure> {
         let deadline = Instant::now() + DESCRIBE_TIMEOUT;
-        let mut store = self.store(deadline, "describe")?;
+        let mut store = self.store(deadline, None)?;
         let pre = &self.pre;
         let r = self.guard.block_on(deadline, async {
             let bindings = pre.instantiate_async(&mut store).await?;
@@ -184,6 +249,16 @@ impl Sandbox {
                 DESCRIBE_TIMEOUT.as_millis()
             )
         })
+    }
+
+    /// The step's outbound HTTP counters.
+    pub fn http_stats(&self) -> &outbound::stats::HttpStats {
+        &self.outbound.stats
+    }
+
+    /// The step's outbound HTTP grants.
+    pub fn http_grants(&self) -> impl Iterator<Item = &outbound::grant::HttpGrant> {
+        self.outbound.grants()
     }
 
     /// Lines of guest log dropped by the step's rate limit so far.
@@ -207,14 +282,14 @@ impl Sandbox {
                 mut store,
                 bindings,
             }) => {
-                self.arm(&mut store, deadline, &event.id);
+                self.arm(&mut store, deadline, Some(event));
                 let r = self
                     .guard
                     .block_on(deadline, bindings.call_handle(&mut store, &input));
                 (store, Some(bindings), r)
             }
             None => {
-                let mut store = self.store(deadline, &event.id)?;
+                let mut store = self.store(deadline, Some(event))?;
                 let pre = &self.pre;
                 let mut made = None;
                 let r = self.guard.block_on(deadline, async {
@@ -258,12 +333,13 @@ impl Sandbox {
     }
 
     /// A new store for this step, armed for a call that ends at `deadline`.
-    fn store(&self, deadline: Instant, event_id: &str) -> Result<Store<StepCtx>, Failure> {
+    fn store(&self, deadline: Instant, event: Option<&Event>) -> Result<Store<StepCtx>, Failure> {
         let ctx = StepCtx::new(
             &self.name,
             &self.config.grants,
             &self.config.limits,
             &self.logs,
+            &self.outbound,
         )
         .map_err(|e| {
             Failure::new(
@@ -274,13 +350,13 @@ impl Sandbox {
         let mut store = Store::new(&self.engine, ctx);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(epoch_check(&self.guard));
-        self.arm(&mut store, deadline, event_id);
+        self.arm(&mut store, deadline, event);
         Ok(store)
     }
 
     /// Reset the per-call state: deadline, limit flags, the event id for
-    /// logs.
-    fn arm(&self, store: &mut Store<StepCtx>, deadline: Instant, event_id: &str) {
+    /// logs, the invocation outbound calls belong to (none in `describe`).
+    fn arm(&self, store: &mut Store<StepCtx>, deadline: Instant, event: Option<&Event>) {
         let check = CHECK_EVERY.as_millis() as u64;
         store.set_epoch_deadline(ticks_until(deadline, Instant::now(), check));
         let data = store.data_mut();
@@ -288,7 +364,17 @@ impl Sandbox {
         data.cut = None;
         data.limiter.exceeded = None;
         data.event_id.clear();
-        data.event_id.push_str(event_id);
+        data.event_id
+            .push_str(event.map_or("describe", |e| e.id.as_str()));
+        let invocation = match event {
+            Some(e) => Invocation {
+                key_basis: outbound::key::basis(e),
+                trace_id: e.trace_id().map(str::to_string),
+                event_id: e.id.clone(),
+            },
+            None => Invocation::default(),
+        };
+        data.http.begin(invocation);
     }
 
     /// What a guarded call came to: its value, or the failure, classified.
@@ -395,5 +481,40 @@ fn to_guest(e: &Event, attempt: u32) -> world::GuestEvent {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         attempt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn busy() -> wasmtime::Error {
+        wasmtime::Error::new(std::io::Error::from_raw_os_error(16)).context("cannot add seals")
+    }
+
+    #[test]
+    fn a_busy_image_is_tried_again_and_other_errors_are_not() {
+        let mut calls = 0;
+        let r = retry_busy(6, Duration::ZERO, || {
+            calls += 1;
+            if calls < 3 { Err(busy()) } else { Ok(calls) }
+        });
+        assert_eq!(r.unwrap(), 3);
+
+        let mut calls = 0;
+        let r: wasmtime::Result<()> = retry_busy(6, Duration::ZERO, || {
+            calls += 1;
+            Err(wasmtime::Error::msg("not busy"))
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, 1, "an error other than EBUSY is final");
+
+        let mut calls = 0;
+        let r: wasmtime::Result<()> = retry_busy(4, Duration::ZERO, || {
+            calls += 1;
+            Err(busy())
+        });
+        assert!(is_busy(&r.unwrap_err()));
+        assert_eq!(calls, 4, "a seal busy every time gives up after the tries");
     }
 }

@@ -19,6 +19,8 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` (or
 //! `troupe build DIR`): the output is a component the host loads directly.
 
+pub mod http;
+
 /// The generated bindings of the `troupe:step` world.
 pub mod bindings {
     wit_bindgen::generate!({

@@ -1,0 +1,288 @@
+//! Sending one allowed request: name lookup checked against the grant's
+//! reach, connect, TLS, HTTP/1.1, and a response body held to the limits.
+//!
+//! **Every wait is bounded**: connecting by the connect timeout, the
+//! response's head by the first-byte timeout, each piece of the body by
+//! the between-bytes timeout, and all of it by the call's end (the request
+//! timeout, or the invocation's deadline if that comes first). A body
+//! longer than `max_response_bytes` ends in an error the guest reads. The
+//! call's permit (`max_concurrent`) is held until its body is done.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::Scheme as UriScheme;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{Error, WasiBody};
+
+use super::grant::{Reach, is_special, parse_ip};
+use super::stats::HttpStats;
+
+/// What the call may do, decided when it was allowed.
+pub(super) struct Plan {
+    /// The grant's host, for the metrics.
+    pub grant_host: String,
+    pub reach: Reach,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub between_bytes_timeout: Duration,
+    /// When the call must be over, body included.
+    pub until: Instant,
+    pub max_response_bytes: u64,
+    pub permits: Arc<Semaphore>,
+    pub stats: Arc<HttpStats>,
+}
+
+trait Stream: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Stream for T {}
+
+type Io = Box<dyn Future<Output = Result<(), Error>> + Send>;
+
+/// Send `req` as `plan` allows.
+pub(super) async fn send(
+    req: http::Request<WasiBody>,
+    plan: Plan,
+) -> Result<(http::Response<WasiBody>, Io), Error> {
+    let started = Instant::now();
+    let (stats, grant_host) = (plan.stats.clone(), plan.grant_host.clone());
+    let until = plan.until;
+    let r = tokio::time::timeout_at(until.into(), exchange(req, plan))
+        .await
+        .unwrap_or(Err(Error::ConnectionReadTimeout));
+    stats.record(
+        &grant_host,
+        r.as_ref().ok().map(|(res, _)| res.status().as_u16()),
+        started.elapsed(),
+    );
+    r
+}
+
+async fn exchange(
+    mut req: http::Request<WasiBody>,
+    plan: Plan,
+) -> Result<(http::Response<WasiBody>, Io), Error> {
+    let permit = plan
+        .permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| Error::InternalError(Some("the step is stopping".into())))?;
+    let uri = req.uri().clone();
+    let tls = uri.scheme() == Some(&UriScheme::HTTPS);
+    let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+
+    let addrs = tokio::time::timeout(plan.connect_timeout, resolve(&host, port, plan.reach))
+        .await
+        .map_err(|_| Error::DnsTimeout)??;
+    let stream = tokio::time::timeout(plan.connect_timeout, connect(&addrs))
+        .await
+        .map_err(|_| Error::ConnectionTimeout)??;
+    stream.set_nodelay(true).map_err(Error::Connect)?;
+    let stream: Box<dyn Stream> = if tls {
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|_| Error::HttpRequestUriInvalid)?;
+        let s = tokio::time::timeout(
+            plan.connect_timeout,
+            tokio_rustls::TlsConnector::from(tls_config()).connect(name, stream),
+        )
+        .await
+        .map_err(|_| Error::ConnectionTimeout)?
+        .map_err(Error::Tls)?;
+        Box::new(s)
+    } else {
+        Box::new(stream)
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    // The request line carries the path only (no proxy here).
+    *req.uri_mut() = http::Uri::builder()
+        .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .build()
+        .map_err(|_| Error::HttpRequestUriInvalid)?;
+
+    let mut conn = Box::pin(conn);
+    let head = async {
+        tokio::time::timeout(plan.first_byte_timeout, sender.send_request(req))
+            .await
+            .map_err(|_| Error::ConnectionReadTimeout)?
+            .map_err(Error::from)
+    };
+    let mut head = std::pin::pin!(head);
+    // Drive the connection while waiting for the response's head.
+    let mut conn_done = false;
+    let res = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = head.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if !conn_done && let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            conn_done = true;
+            if let Err(e) = r {
+                return Poll::Ready(Err(Error::from(e)));
+            }
+            return head.as_mut().poll(cx);
+        }
+        Poll::Pending
+    })
+    .await?;
+    let until = plan.until;
+    let (parts, incoming) = res.into_parts();
+    let body = Bounded {
+        inner: incoming,
+        left: plan.max_response_bytes,
+        max: plan.max_response_bytes,
+        between: plan.between_bytes_timeout,
+        idle: Box::pin(tokio::time::sleep(plan.between_bytes_timeout)),
+        end: Box::pin(tokio::time::sleep_until(until.into())),
+        _permit: permit,
+    };
+    let io: Io = Box::new(async move {
+        if conn_done {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(until.into(), conn).await {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::ConnectionReadTimeout),
+        }
+    });
+    Ok((http::Response::from_parts(parts, body.boxed_unsync()), io))
+}
+
+/// The addresses to try for `host`: an IP literal as it is, a name looked
+/// up. With [`Reach::Public`] the loopback, private and other special
+/// addresses a name resolves to are dropped (DNS cannot point a grant for
+/// a public name at the host's own network); none left is
+/// `destination-IP-prohibited`.
+async fn resolve(host: &str, port: u16, reach: Reach) -> Result<Vec<SocketAddr>, Error> {
+    let found: Vec<SocketAddr> = match parse_ip(host) {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| Error::DnsError {
+                rcode: None,
+                info_code: None,
+            })?
+            .collect(),
+    };
+    if found.is_empty() {
+        return Err(Error::DestinationNotFound);
+    }
+    let allowed: Vec<SocketAddr> = match reach {
+        Reach::Any => found,
+        Reach::Public => found.into_iter().filter(|a| !is_special(a.ip())).collect(),
+    };
+    if allowed.is_empty() {
+        return Err(Error::DestinationIpProhibited);
+    }
+    Ok(allowed)
+}
+
+/// The first of `addrs` that takes the connection.
+async fn connect(addrs: &[SocketAddr]) -> Result<TcpStream, Error> {
+    let mut last = Error::DestinationUnavailable;
+    for a in addrs {
+        match TcpStream::connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                last = Error::ConnectionRefused;
+            }
+            Err(e) => last = Error::Connect(e),
+        }
+    }
+    Err(last)
+}
+
+/// TLS with the system's root certificates (`/etc/ssl/certs`), built once.
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!("system root certificates: {e}");
+            }
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!("no system root certificates: every https call will fail");
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Arc::new(config)
+        })
+        .clone()
+}
+
+/// A response body held to the call's limits.
+struct Bounded {
+    inner: hyper::body::Incoming,
+    left: u64,
+    max: u64,
+    between: Duration,
+    idle: Pin<Box<Sleep>>,
+    end: Pin<Box<Sleep>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Body for Bounded {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::from(e)))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > this.left {
+                        this.left = 0;
+                        return Poll::Ready(Some(Err(Error::HttpResponseBodySize(Some(this.max)))));
+                    }
+                    this.left -= n;
+                }
+                let next = tokio::time::Instant::now() + this.between;
+                this.idle.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
+                if this.end.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Error::ConnectionReadTimeout)));
+                }
+                ready!(this.idle.as_mut().poll(cx));
+                Poll::Ready(Some(Err(Error::ConnectionReadTimeout)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,449 @@
+//! Outbound HTTP from steps (`grants.http`): a real service on 127.0.0.1
+//! (tests/support/upstream.rs) called by a real guest (tests/guests/caller)
+//! through the host's `wasi:http`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use troupe::protocol::FailureClass;
+use troupe_tests::upstream::Upstream;
+use troupe_tests::{TestApp, data, event, eventually, guest, step};
+
+const IDLE: Duration = Duration::from_millis(300);
+const KEY: &str = "sk_test_canary_7f3a91c2";
+
+/// Publish one `test.call` with `calls` (and `extra` fields) and return
+/// what the guest reported.
+async fn calls(app: &TestApp, input: Value) -> Value {
+    let host = app.start().await;
+    let e = event("test.call", input);
+    host.broker.publish(vec![e.clone()]).await.unwrap();
+    let report = eventually(Duration::from_secs(20), "the guest's report", async || {
+        host.broker
+            .trace(&e.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|x| x.kind == "test.called")
+    })
+    .await;
+    host.shutdown().await;
+    data(&report)
+}
+
+fn caller(extra: &str) -> String {
+    step("caller", &guest("caller"), extra)
+}
+
+fn error_of(r: &Value) -> &str {
+    r["error"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_granted_call_succeeds_and_every_other_is_denied_inside_the_guest() {
+    let up = Upstream::start(KEY).await;
+    let port = up.port();
+    let app = TestApp::new(&caller(&format!(
+        "grants.http = [{{ url = \"http://127.0.0.1:{port}/v1\", methods = [\"GET\"] }}]"
+    )));
+    let r = calls(
+        &app,
+        json!({"calls": [
+            {"url": up.url("/v1/slow/0")},
+            {"url": format!("http://localhost:{port}/v1/slow/0")},
+            {"url": format!("http://127.0.0.1:1/v1/slow/0")},
+            {"url": format!("https://127.0.0.1:{port}/v1/slow/0")},
+            {"url": up.url("/v2/anything")},
+            {"url": up.url("/v1x")},
+            {"url": up.url("/v1/../v2")},
+            {"method": "DELETE", "url": up.url("/v1/slow/0")},
+            {"url": up.url(&format!("/v1/redirect?to=http://localhost:{port}/v1/slow/0")), "follow": true},
+        ]}),
+    )
+    .await;
+    let res = r["results"].as_array().unwrap();
+    assert_eq!(res.len(), 10, "{r:#}");
+    assert_eq!(res[0]["status"], 200, "{:#}", res[0]);
+    assert_eq!(res[0]["body"], "slow");
+    for (i, what) in [
+        (1, "host"),
+        (2, "port"),
+        (3, "scheme"),
+        (4, "path"),
+        (5, "path within a segment"),
+        (6, "dot segments"),
+        (7, "method"),
+    ] {
+        assert!(
+            error_of(&res[i]).starts_with("HTTP-request-denied"),
+            "{what}: {:#}",
+            res[i]
+        );
+    }
+    assert_eq!(res[8]["status"], 302, "the redirect itself is granted");
+    assert!(
+        error_of(&res[9]).starts_with("HTTP-request-denied"),
+        "the hop to an ungranted host: {:#}",
+        res[9]
+    );
+    // Only the granted requests reached the service.
+    let seen: Vec<String> = up.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(seen, ["/v1/slow/0", "/v1/redirect"], "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_end_a_call_inside_the_guest() {
+    let up = Upstream::start(KEY).await;
+    let port = up.port();
+    let app = TestApp::new(&caller(&format!(
+        "grants.http = [{{ url = \"http://127.0.0.1:{port}/v1\" }}]\n\
+         limits = {{ timeout_ms = 10000, http = {{ first_byte_timeout_ms = 200, \
+         between_bytes_timeout_ms = 100, max_response_bytes = 1000 }} }}"
+    )));
+    let r = calls(
+        &app,
+        json!({"calls": [
+            {"url": up.url("/v1/slow/2000")},
+            {"url": up.url("/v1/big/5000")},
+            {"url": up.url("/v1/big/1000")},
+            {"url": up.url("/v1/trickle")},
+        ]}),
+    )
+    .await;
+    let res = r["results"].as_array().unwrap();
+    // The head came too late: the response's error code. The body too
+    // big, or too slow: the body stream's error (wasmtime gives a p2 guest
+    // the message there, not a code).
+    assert!(
+        error_of(&res[0]).contains("ConnectionReadTimeout"),
+        "{:#}",
+        res[0]
+    );
+    assert!(
+        error_of(&res[1]).contains("body size exceeds limit: 1000 bytes"),
+        "{:#}",
+        res[1]
+    );
+    assert_eq!(
+        res[2]["body"].as_str().unwrap().len(),
+        1000,
+        "at the limit is fine"
+    );
+    assert!(
+        error_of(&res[3]).contains("connection read timeout"),
+        "{:#}",
+        res[3]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_waiting_on_a_slow_service_ends_at_its_time_limit() {
+    let up = Upstream::start(KEY).await;
+    let port = up.port();
+    let app = TestApp::new(&caller(&format!(
+        "grants.http = [{{ url = \"http://127.0.0.1:{port}/v1\" }}]\n\
+         limits = {{ timeout_ms = 300 }}\nretry = {{ max_attempts = 1 }}"
+    )));
+    let host = app.start().await;
+    let start = Instant::now();
+    host.broker
+        .publish(vec![event(
+            "test.call",
+            json!({"calls": [{"url": up.url("/v1/slow/10000")}]}),
+        )])
+        .await
+        .unwrap();
+    let dead = eventually(Duration::from_secs(10), "the call in the DLQ", async || {
+        host.broker.dlq_list().await.unwrap().pop()
+    })
+    .await;
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(dead.class, FailureClass::Timeout, "{}", dead.message);
+    assert!(
+        dead.message.contains("waiting in a host call"),
+        "{}",
+        dead.message
+    );
+    host.shutdown().await;
+}
+
+/// Every file under `dir`, whole, for a byte search.
+fn every_file(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            every_file(&p, out);
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p, b));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_reaches_the_granted_host_and_nothing_else() {
+    let up = Upstream::start(KEY).await;
+    let port = up.port();
+    let app = TestApp::new(&format!(
+        "[secrets]\nPAYMENTS_KEY = {{ file = \"payments.key\" }}\n\n{}",
+        caller(&format!(
+            "grants.http = [{{ url = \"http://127.0.0.1:{port}/v1/charges\", methods = [\"POST\"], \
+             headers = {{ authorization = \"Bearer ${{secrets.PAYMENTS_KEY}}\" }} }}]\n\
+             grants.env = {{ VISIBLE = \"yes\" }}"
+        ))
+    ));
+    std::fs::write(app.path().join("payments.key"), format!("{KEY}\n")).unwrap();
+    let host = app.start().await;
+    let e = event(
+        "test.call",
+        json!({"calls": [
+            {"method": "POST", "url": up.url("/v1/charges"), "body": "{}",
+             "headers": {"authorization": "Bearer guest-made-this-up"}},
+            {"method": "POST", "url": up.url("/v1/other")},
+        ]}),
+    );
+    host.broker.publish(vec![e.clone()]).await.unwrap();
+    host.wait_idle(IDLE).await.unwrap();
+    let trace = host.broker.trace(&e.id).await.unwrap();
+    let report = data(
+        trace
+            .iter()
+            .find(|x| x.kind == "test.called")
+            .expect("a report"),
+    );
+    let res = &report["results"];
+    assert_eq!(
+        res[0]["status"], 201,
+        "the host's key, not the guest's: {report:#}"
+    );
+    assert!(error_of(&res[1]).starts_with("HTTP-request-denied"));
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers["authorization"], format!("Bearer {KEY}"));
+    // The guest saw its environment, its own headers and the response:
+    // never the key.
+    assert!(
+        report.to_string().contains("VISIBLE"),
+        "the dump has the environment"
+    );
+    assert!(!report.to_string().contains(KEY), "{report:#}");
+    let metrics = troupe::api::metrics::outbound(&host.steps);
+    assert!(
+        metrics.contains("troupe_http_denied_total{step=\"caller\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "troupe_http_requests_total{step=\"caller\",host=\"127.0.0.1\",status=\"2xx\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(KEY));
+    host.shutdown().await;
+    // Nor is it in anything Troupe wrote: broker, DLQ, cache, state.
+    let mut files = Vec::new();
+    every_file(&app.path().join(".troupe"), &mut files);
+    assert!(!files.is_empty());
+    for (p, bytes) in &files {
+        assert!(
+            !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+            "the secret is in {}",
+            p.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivered_event_repeats_its_calls_with_the_same_keys() {
+    let up = Upstream::start(KEY).await;
+    let port = up.port();
+    let app = TestApp::new(&format!(
+        "[secrets]\nPAYMENTS_KEY = {{ file = \"payments.key\" }}\n\n{}",
+        caller(&format!(
+            "grants.http = [{{ url = \"http://127.0.0.1:{port}/v1/charges\", \
+             headers = {{ authorization = \"Bearer ${{secrets.PAYMENTS_KEY}}\" }} }}]\n\
+             retry = {{ max_attempts = 5, backoff_ms = 10 }}"
+        ))
+    ));
+    std::fs::write(app.path().join("payments.key"), KEY).unwrap();
+    let host = app.start().await;
+    let charge = json!({"method": "POST", "url": up.url("/v1/charges"), "body": "{}"});
+    let mut events = Vec::new();
+    for (i, fail) in ["retry", "trap", "retry", "trap"].iter().enumerate() {
+        events.push(event(
+            "test.call",
+            json!({"n": i, "calls": [charge, charge], "fail_until_attempt": 3, "fail_with": fail}),
+        ));
+    }
+    host.broker.publish(events.clone()).await.unwrap();
+    eventually(Duration::from_secs(20), "every report", async || {
+        let mut n = 0;
+        for e in &events {
+            let t = host.broker.trace(&e.id).await.unwrap();
+            n += t.iter().filter(|x| x.kind == "test.called").count();
+        }
+        (n == events.len()).then_some(())
+    })
+    .await;
+    host.shutdown().await;
+    let seen = up.seen();
+    // Two calls per delivery, three deliveries per event.
+    assert_eq!(seen.len(), events.len() * 2 * 3);
+    let keys: std::collections::BTreeSet<&str> = seen
+        .iter()
+        .map(|s| s.headers["idempotency-key"].as_str())
+        .collect();
+    assert_eq!(keys.len(), events.len() * 2, "two distinct calls per event");
+    assert_eq!(up.charges(), events.len() * 2);
+    for s in &seen {
+        let tp = &s.headers["traceparent"];
+        assert!(tp.starts_with("00-") && tp.len() == 55, "{tp}");
+    }
+}
+
+/// SIGKILL the host while every event's first call waits on the service:
+/// after the restart each event is delivered again and calls again, with
+/// the key of the call the killed host made. One charge per event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_killed_mid_call_repeats_the_call_with_the_same_key() {
+    use troupe_tests::process::HostProcess;
+    let up = Upstream::start(KEY).await;
+    up.hold_first(Duration::from_secs(30));
+    let port = up.port();
+    let app = TestApp::new(&format!(
+        "[secrets]\nPAYMENTS_KEY = {{ file = \"payments.key\" }}\n\n{}",
+        caller(&format!(
+            "concurrency = 8\nlimits = {{ timeout_ms = 60000 }}\n\
+             grants.http = [{{ url = \"http://127.0.0.1:{port}/v1/charges\", \
+             headers = {{ authorization = \"Bearer ${{secrets.PAYMENTS_KEY}}\" }} }}]"
+        ))
+    ));
+    std::fs::write(app.path().join("payments.key"), KEY).unwrap();
+    let n = 5;
+    let host = HostProcess::start(&app, &[], Duration::from_secs(60));
+    let url = up.url("/v1/charges");
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            json!({"type": "test.call", "data": {"n": i, "calls": [
+                {"method": "POST", "url": url, "body": "{}"}
+            ]}})
+            .to_string()
+        })
+        .collect();
+    let path = app.path().to_path_buf();
+    let ids = tokio::task::spawn_blocking(move || troupe_tests::publish_lines(&path, &lines, &[]))
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), n);
+    eventually(
+        Duration::from_secs(30),
+        "every first call in flight",
+        async || (up.seen().len() == n).then_some(()),
+    )
+    .await;
+    drop(host); // SIGKILL, with every call waiting on its answer
+    up.hold_first(Duration::ZERO);
+    let host = HostProcess::start(&app, &[], Duration::from_secs(60));
+    let client = &host.client;
+    for id in &ids {
+        eventually(Duration::from_secs(30), "the event's report", async || {
+            let t = client.get(&format!("/v1/traces/{id}")).ok()?;
+            t.as_array()?
+                .iter()
+                .any(|e| e["type"] == "test.called")
+                .then_some(())
+        })
+        .await;
+    }
+    drop(host);
+    let seen = up.seen();
+    assert_eq!(
+        seen.len(),
+        2 * n,
+        "each call made twice: before the kill and after"
+    );
+    let keys: std::collections::BTreeSet<&str> = seen
+        .iter()
+        .map(|s| s.headers["idempotency-key"].as_str())
+        .collect();
+    assert_eq!(
+        keys.len(),
+        n,
+        "one key per event, the same after the restart"
+    );
+    assert_eq!(up.charges(), n, "charges == events");
+}
+
+/// The same calls from a step in each language: a granted call with the
+/// host's secret and an idempotency key, a denied one, a body too big.
+async fn a_step_calls_out(component: &std::path::Path, memory_mb: u32) {
+    let up = Upstream::start(KEY).await;
+    let port = up.port();
+    let app = TestApp::new(&format!(
+        "[secrets]\nPAYMENTS_KEY = {{ file = \"payments.key\" }}\n\n{}",
+        step(
+            "caller",
+            component,
+            &format!(
+                "limits = {{ memory_mb = {memory_mb}, timeout_ms = 10000, \
+                 http = {{ max_response_bytes = 100 }} }}\n\
+                 grants.http = [{{ url = \"http://127.0.0.1:{port}/v1\", \
+                 headers = {{ authorization = \"Bearer ${{secrets.PAYMENTS_KEY}}\" }} }}]"
+            )
+        )
+    ));
+    std::fs::write(app.path().join("payments.key"), KEY).unwrap();
+    let r = calls(
+        &app,
+        json!({"calls": [
+            {"method": "POST", "url": up.url("/v1/charges"), "body": "{\"amount\": 1}",
+             "headers": {"content-type": "application/json"}},
+            {"url": format!("http://localhost:{port}/v1/charges")},
+            {"url": up.url("/v1/big/1000")},
+        ]}),
+    )
+    .await;
+    let res = r["results"].as_array().unwrap();
+    assert_eq!(res[0]["status"], 201, "{r:#}");
+    assert!(res[0]["body"].as_str().unwrap().contains("ch_1"), "{r:#}");
+    assert!(
+        error_of(&res[1]).starts_with("HTTP-request-denied"),
+        "{r:#}"
+    );
+    assert!(
+        error_of(&res[2]).contains("body size exceeds limit"),
+        "{r:#}"
+    );
+    assert!(!r.to_string().contains(KEY));
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "the denied call never left the host");
+    assert_eq!(seen[0].headers["authorization"], format!("Bearer {KEY}"));
+    assert_eq!(seen[0].headers["content-type"], "application/json");
+    assert!(uuid::Uuid::parse_str(&seen[0].headers["idempotency-key"]).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rust_step_calls_out() {
+    a_step_calls_out(&guest("caller"), 64).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_step_calls_out() {
+    let dir = troupe_tests::repo().join("tests/callers/python");
+    let component = tokio::task::spawn_blocking(move || troupe_tests::build(&dir))
+        .await
+        .unwrap();
+    a_step_calls_out(&component, 128).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_javascript_step_calls_out() {
+    let dir = troupe_tests::repo().join("tests/callers/js");
+    let component = tokio::task::spawn_blocking(move || troupe_tests::build(&dir))
+        .await
+        .unwrap();
+    a_step_calls_out(&component, 128).await;
+}
