@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use troupe::protocol::FailureClass;
 use troupe_tests::upstream::Upstream;
-use troupe_tests::{TestApp, data, event, eventually, guest, step};
+use troupe_tests::{Backend, TestApp, data, event, eventually, guest, step};
 
 const IDLE: Duration = Duration::from_millis(300);
 const KEY: &str = "sk_test_canary_7f3a91c2";
@@ -256,11 +256,12 @@ async fn a_secret_reaches_the_granted_host_and_nothing_else() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_redelivered_event_repeats_its_calls_with_the_same_keys() {
+troupe_tests::on_each_broker!(a_redelivered_event_repeats_its_calls_with_the_same_keys);
+
+async fn a_redelivered_event_repeats_its_calls_with_the_same_keys(b: Backend) {
     let up = Upstream::start(KEY).await;
     let port = up.port();
-    let app = TestApp::new(&format!(
+    let app = TestApp::on(b, &format!(
         "[secrets]\nPAYMENTS_KEY = {{ file = \"payments.key\" }}\n\n{}",
         caller(&format!(
             "grants.http = [{{ url = \"http://127.0.0.1:{port}/v1/charges\", \
