@@ -23,6 +23,7 @@ use serde_json::{Map, Value, json};
 use crate::broker::BrokerUrl;
 use crate::contract::EventType;
 use crate::contract::StepView;
+use crate::runtime::config::HttpGrantSpec;
 
 /// Who declared a schema: (step, produces?).
 type Declarer = (String, bool);
@@ -186,4 +187,32 @@ fn message(t: &EventType, by: &[Declarer]) -> Value {
             },
         },
     })
+}
+
+/// A step's `grants.http`, as [`add_outbound_http`] shows them.
+pub struct StepGrants<'a> {
+    pub step: &'a str,
+    pub grants: &'a [HttpGrantSpec],
+}
+
+/// Add what each step may call outside the app to `doc`, as the root
+/// extension `x-troupe-outbound-http`: `{STEP: [{url, methods}]}` from
+/// `grants.http` (`methods` absent: any). Headers are never included:
+/// they may carry secrets.
+pub fn add_outbound_http(doc: &mut Value, steps: &[StepGrants<'_>]) {
+    let mut by_step = Map::new();
+    for s in steps.iter().filter(|s| !s.grants.is_empty()) {
+        let list: Vec<Value> = s
+            .grants
+            .iter()
+            .map(|g| match &g.methods {
+                Some(m) => json!({ "url": g.url, "methods": m }),
+                None => json!({ "url": g.url }),
+            })
+            .collect();
+        by_step.insert(s.step.to_string(), Value::Array(list));
+    }
+    if !by_step.is_empty() {
+        doc["x-troupe-outbound-http"] = Value::Object(by_step);
+    }
 }

@@ -26,8 +26,49 @@ use crate::contract::StepView;
 pub enum Severity {
     /// The app would dead-letter valid traffic: it does not start.
     Error,
+    /// Likely a mistake, but the app runs (a step that imports `wasi:http`
+    /// with no grant: every request it makes is denied).
+    Warning,
     /// Worth knowing (a type nobody consumes, or nobody in the app produces).
     Info,
+}
+
+/// What the check needs to know of a step's outbound HTTP.
+pub struct HttpUse<'a> {
+    pub step: &'a str,
+    /// The component imports `wasi:http/outgoing-handler`.
+    pub imports: bool,
+    /// Its `grants.http` urls.
+    pub grants: Vec<&'a str>,
+}
+
+/// Grants against imports: a step that can make requests but may reach
+/// nothing, and grants for a step that cannot make requests.
+pub fn http(steps: &[HttpUse<'_>]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for s in steps {
+        match (s.imports, s.grants.is_empty()) {
+            (true, true) => out.push(Finding {
+                severity: Severity::Warning,
+                message: format!(
+                    "step `{}` imports wasi:http/outgoing-handler but has no `grants.http`: \
+                     every request it makes will be denied",
+                    s.step
+                ),
+            }),
+            (false, false) => out.push(Finding {
+                severity: Severity::Warning,
+                message: format!(
+                    "step `{}` has `grants.http` ({}) but its component does not import \
+                     wasi:http/outgoing-handler: it cannot make requests",
+                    s.step,
+                    s.grants.join(", ")
+                ),
+            }),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// One thing the check found.

@@ -4,7 +4,9 @@
 //! event type to each step that consumes it and from each step to what it
 //! produces (dotted for a step that takes commands only). Each flow is a
 //! subgraph of its flow steps, with an edge per
-//! dependency, and a dotted edge to the app step each one commands.
+//! dependency, and a dotted edge to the app step each one commands. What a
+//! step may call outside the app (its `grants.http`) is a hexagon, with a
+//! dotted edge from the step.
 
 use std::fmt::Write;
 
@@ -32,6 +34,8 @@ enum Kind {
     Step,
     Event,
     FlowStep,
+    /// Somewhere outside the app a step may call (a `grants.http` url).
+    External,
 }
 
 struct Node {
@@ -119,12 +123,39 @@ fn build(steps: &[impl StepView], flows: &[Flow]) -> Graph {
 
 /// The graph of `steps` and `flows` in `format`.
 pub fn render(steps: &[impl StepView], flows: &[Flow], format: Format) -> String {
-    let g = build(steps, flows);
+    render_with_calls(steps, flows, &[], format)
+}
+
+/// The same, with what each step may call outside the app: `(step, the
+/// urls of its grants.http)`, drawn as hexagons with a dotted edge.
+pub fn render_with_calls(
+    steps: &[impl StepView],
+    flows: &[Flow],
+    calls: &[(String, Vec<String>)],
+    format: Format,
+) -> String {
+    let mut g = build(steps, flows);
+    let mut urls: Vec<&String> = calls.iter().flat_map(|(_, us)| us).collect();
+    urls.sort();
+    urls.dedup();
+    for u in urls {
+        g.nodes.push(Node {
+            id: id("x", u),
+            label: u.clone(),
+            kind: Kind::External,
+        });
+    }
+    for (step, us) in calls {
+        for u in us {
+            g.edges.push((id("s", step), id("x", u), true));
+        }
+    }
     let mut out = String::new();
     match format {
         Format::Mermaid => {
             let node = |n: &Node| match n.kind {
                 Kind::Event => format!("{}([\"{}\"])", n.id, n.label),
+                Kind::External => format!("{}{{{{\"{}\"}}}}", n.id, n.label),
                 Kind::Step | Kind::FlowStep => format!("{}[\"{}\"]", n.id, n.label),
             };
             out.push_str("flowchart LR\n");
@@ -149,6 +180,7 @@ pub fn render(steps: &[impl StepView], flows: &[Flow], format: Format) -> String
                     Kind::Step => "shape=box",
                     Kind::Event => "shape=ellipse",
                     Kind::FlowStep => "shape=box, style=rounded",
+                    Kind::External => "shape=hexagon",
                 };
                 format!("{} [label=\"{}\", {shape}];", n.id, n.label)
             };

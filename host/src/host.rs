@@ -9,7 +9,7 @@
 //! the broker take events queued from outside, so nothing is routed before
 //! every step is listening.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +84,22 @@ fn components(app: &App) -> Result<Vec<(String, PathBuf)>, HostError> {
         items.push((name.clone(), path));
     }
     Ok(items)
+}
+
+/// For each step of `app`, whether its component imports
+/// `wasi:http/outgoing-handler` (read from the component, built if its
+/// sources changed, not compiled).
+pub fn http_imports(app: &App) -> Result<BTreeMap<String, bool>, HostError> {
+    let mut out = BTreeMap::new();
+    for (name, path) in components(app)? {
+        let bytes = std::fs::read(&path).map_err(|source| HostError::Load {
+            step: name.clone(),
+            error: RuntimeError::Read { path, source },
+        })?;
+        let imports = crate::runtime::outbound::imports_http(&bytes).unwrap_or(false);
+        out.insert(name, imports);
+    }
+    Ok(out)
 }
 
 /// Build, compile and load `items` (step name, component) of `app`; each

@@ -261,14 +261,17 @@ troupe_tests::on_each_broker!(a_redelivered_event_repeats_its_calls_with_the_sam
 async fn a_redelivered_event_repeats_its_calls_with_the_same_keys(b: Backend) {
     let up = Upstream::start(KEY).await;
     let port = up.port();
-    let app = TestApp::on(b, &format!(
-        "[secrets]\nPAYMENTS_KEY = {{ file = \"payments.key\" }}\n\n{}",
-        caller(&format!(
-            "grants.http = [{{ url = \"http://127.0.0.1:{port}/v1/charges\", \
+    let app = TestApp::on(
+        b,
+        &format!(
+            "[secrets]\nPAYMENTS_KEY = {{ file = \"payments.key\" }}\n\n{}",
+            caller(&format!(
+                "grants.http = [{{ url = \"http://127.0.0.1:{port}/v1/charges\", \
              headers = {{ authorization = \"Bearer ${{secrets.PAYMENTS_KEY}}\" }} }}]\n\
              retry = {{ max_attempts = 5, backoff_ms = 10 }}"
-        ))
-    ));
+            ))
+        ),
+    );
     std::fs::write(app.path().join("payments.key"), KEY).unwrap();
     let host = app.start().await;
     let charge = json!({"method": "POST", "url": up.url("/v1/charges"), "body": "{}"});
@@ -461,4 +464,53 @@ async fn a_javascript_step_calls_out() {
         too_big: "IO error reading from incoming response body",
     };
     a_step_calls_out(&component, 128, words).await;
+}
+
+/// `troupe check` warns of a step that imports wasi:http with no grant and
+/// of a grant for a step that cannot use it; `graph` draws the urls a step
+/// may call; `docs` lists them (never the headers, which may name secrets).
+#[test]
+fn check_graph_and_docs_show_what_steps_may_call() {
+    let app = TestApp::new(&format!(
+        "[secrets]\nK = {{ file = \"k\" }}\n\n{}{}",
+        step("caller", &guest("caller"), ""),
+        step(
+            "echo",
+            &guest("echo"),
+            "grants.http = [{ url = \"https://api.example/v1\", methods = [\"POST\"], \
+             headers = { authorization = \"Bearer ${secrets.K}\" } }]"
+        )
+    ));
+    std::fs::write(app.path().join("k"), KEY).unwrap();
+    let run = |args: &[&str]| {
+        let o =
+            troupe_tests::process::troupe_within(args, app.path(), &[], Duration::from_secs(120))
+                .expect("troupe ends");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let check = run(&["check", "."]);
+    assert!(
+        check.contains(
+            "warn  step `caller` imports wasi:http/outgoing-handler but has no `grants.http`"
+        ),
+        "{check}"
+    );
+    assert!(
+        check.contains("warn  step `echo` has `grants.http` (https://api.example/v1) but its component does not import"),
+        "{check}"
+    );
+    let graph = run(&["graph", "."]);
+    assert!(
+        graph.contains("s_echo -.-> x_https___api_example_v1"),
+        "{graph}"
+    );
+    assert!(graph.contains("{{\"https://api.example/v1\"}}"), "{graph}");
+    let docs = run(&["docs", "."]);
+    let doc: Value = serde_json::from_str(&docs).unwrap();
+    assert_eq!(
+        doc["x-troupe-outbound-http"],
+        json!({"echo": [{"url": "https://api.example/v1", "methods": ["POST"]}]})
+    );
+    assert!(!docs.contains("authorization") && !docs.contains(KEY));
 }

@@ -111,7 +111,18 @@ pub(crate) fn check(dir: &Path, json: bool) -> Result<()> {
     use troupe::check::Severity;
     let app = super::load_app(dir)?;
     let steps = troupe::host::describe_steps(&app)?;
-    let findings = troupe::check::check(&steps);
+    let mut findings = troupe::check::check(&steps);
+    let imports = troupe::host::http_imports(&app)?;
+    let uses: Vec<_> = app
+        .steps
+        .iter()
+        .map(|(name, cfg)| troupe::check::HttpUse {
+            step: name,
+            imports: imports.get(name).copied().unwrap_or(false),
+            grants: cfg.grants.http.iter().map(|g| g.url.as_str()).collect(),
+        })
+        .collect();
+    findings.extend(troupe::check::http(&uses));
     let flows = troupe::host::load_flows(&app, &steps);
     let errors = findings
         .iter()
@@ -152,6 +163,7 @@ pub(crate) fn check(dir: &Path, json: bool) -> Result<()> {
         for f in &findings {
             let tag = match f.severity {
                 Severity::Error => "ERROR",
+                Severity::Warning => "warn ",
                 Severity::Info => "info ",
             };
             println!("{tag} {}", f.message);
@@ -183,14 +195,27 @@ pub(crate) fn graph(dir: &Path, format: &str) -> Result<()> {
     let app = super::load_app(dir)?;
     let steps = troupe::host::describe_steps(&app)?;
     let flows = troupe::host::load_flows(&app, &steps)?;
-    print!("{}", troupe::graph::render(&steps, &flows, format));
+    let calls = http_calls(&app);
+    print!(
+        "{}",
+        troupe::graph::render_with_calls(&steps, &flows, &calls, format)
+    );
     Ok(())
 }
 
 pub(crate) fn docs(dir: &Path, output: Option<&Path>) -> Result<()> {
     let app = super::load_app(dir)?;
     let steps = troupe::host::describe_steps(&app)?;
-    let doc = troupe::asyncapi::document(&app.name, &steps, &app.broker);
+    let mut doc = troupe::asyncapi::document(&app.name, &steps, &app.broker);
+    let grants: Vec<_> = app
+        .steps
+        .iter()
+        .map(|(step, c)| troupe::asyncapi::StepGrants {
+            step,
+            grants: &c.grants.http,
+        })
+        .collect();
+    troupe::asyncapi::add_outbound_http(&mut doc, &grants);
     let text = serde_json::to_string_pretty(&doc)? + "\n";
     match output {
         Some(path) => {
@@ -201,4 +226,18 @@ pub(crate) fn docs(dir: &Path, output: Option<&Path>) -> Result<()> {
         None => print!("{text}"),
     }
     Ok(())
+}
+
+/// Each step's `grants.http` urls (steps without any left out).
+fn http_calls(app: &troupe::app::App) -> Vec<(String, Vec<String>)> {
+    app.steps
+        .iter()
+        .filter(|(_, c)| !c.grants.http.is_empty())
+        .map(|(n, c)| {
+            (
+                n.clone(),
+                c.grants.http.iter().map(|g| g.url.clone()).collect(),
+            )
+        })
+        .collect()
 }

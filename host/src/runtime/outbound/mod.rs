@@ -169,6 +169,33 @@ impl Outbound {
     }
 }
 
+/// The import through which a component makes HTTP requests.
+pub const OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler";
+
+/// Whether the component `bytes` imports [`OUTGOING_HANDLER`] (any
+/// version), read from its top-level imports without compiling it; `None`
+/// when the bytes are not a component.
+pub fn imports_http(bytes: &[u8]) -> Option<bool> {
+    use wasmparser::{Parser, Payload};
+    let mut depth = 0usize;
+    let mut found = false;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.ok()? {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 1 => {
+                for import in reader {
+                    let name = import.ok()?.name.name;
+                    let base = name.split('@').next().unwrap_or(name);
+                    found |= base == OUTGOING_HANDLER;
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(found)
+}
+
 /// What the current invocation contributes to its calls: the basis of
 /// their idempotency keys, the trace they belong to, the event for logs.
 #[derive(Debug, Clone, Default)]
