@@ -52,6 +52,16 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
 }
 
 fn readme(name: &str, lang: Lang) -> String {
+    let http = match lang {
+        Lang::Rust => "`troupe_step::http::Request` (a blocking client over `wasi:http`)",
+        Lang::Python => {
+            "`import troupe_http` (`troupe_http.request(method, url, headers, body)`); the step's own types then come from `wit_world.imports.troupe_step_types`"
+        }
+        Lang::Js => "`fetch` (make `handle` `async`)",
+        Lang::C => {
+            "the `wasi:http` bindings wit-bindgen generates for the `troupe:step-http` world"
+        }
+    };
     let (title, toolchain, wit) = match lang {
         Lang::Rust => (
             "Rust",
@@ -79,6 +89,7 @@ fn readme(name: &str, lang: Lang) -> String {
         .replace("{{lang_flag}}", lang.name())
         .replace("{{toolchain}}", toolchain)
         .replace("{{wit_note}}", wit)
+        .replace("{{http}}", http)
         .replace("{{name}}", name)
 }
 

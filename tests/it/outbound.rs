@@ -19,6 +19,12 @@ async fn calls(app: &TestApp, input: Value) -> Value {
     let e = event("test.call", input);
     host.broker.publish(vec![e.clone()]).await.unwrap();
     let report = eventually(Duration::from_secs(20), "the guest's report", async || {
+        if let Some(dead) = host.broker.dlq_list().await.unwrap().pop() {
+            panic!(
+                "the call was dead-lettered: {}: {}",
+                dead.class, dead.message
+            );
+        }
         host.broker
             .trace(&e.id)
             .await
@@ -405,7 +411,8 @@ async fn a_step_calls_out(component: &std::path::Path, memory_mb: u32, words: Wo
             "caller",
             component,
             &format!(
-                "limits = {{ memory_mb = {memory_mb}, timeout_ms = 10000, \
+                "retry = {{ max_attempts = 1 }}\n\
+                 limits = {{ memory_mb = {memory_mb}, timeout_ms = 10000, \
                  http = {{ max_response_bytes = 100 }} }}\n\
                  grants.http = [{{ url = \"http://127.0.0.1:{port}/v1\", \
                  headers = {{ authorization = \"Bearer ${{secrets.PAYMENTS_KEY}}\" }} }}]"
@@ -513,4 +520,41 @@ fn check_graph_and_docs_show_what_steps_may_call() {
         json!({"echo": [{"url": "https://api.example/v1", "methods": ["POST"]}]})
     );
     assert!(!docs.contains("authorization") && !docs.contains(KEY));
+}
+
+/// A connection whose response was read whole serves the step's next call
+/// to the same place, within an invocation and across them; one whose body
+/// was cut short is not used again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_keeps_its_connections_for_its_next_calls() {
+    let up = Upstream::start(KEY).await;
+    let port = up.port();
+    let app = TestApp::new(&caller(&format!(
+        "instances = \"reuse\"\nconcurrency = 1\n\
+         grants.http = [{{ url = \"http://127.0.0.1:{port}/v1\" }}]\n\
+         limits = {{ http = {{ max_response_bytes = 100 }} }}"
+    )));
+    let host = app.start().await;
+    let ping = json!({"url": up.url("/v1/ping")});
+    let big = json!({"url": up.url("/v1/big/1000")});
+    for calls in [json!([ping, ping, ping]), json!([ping, big, ping])] {
+        let e = event("test.call", json!({ "calls": calls }));
+        host.broker.publish(vec![e.clone()]).await.unwrap();
+        eventually(Duration::from_secs(20), "the report", async || {
+            let t = host.broker.trace(&e.id).await.unwrap();
+            t.iter().any(|x| x.kind == "test.called").then_some(())
+        })
+        .await;
+    }
+    host.shutdown().await;
+    let peers: Vec<_> = up.seen().iter().map(|s| s.peer).collect();
+    assert_eq!(peers.len(), 6);
+    assert!(
+        peers[..5].iter().all(|p| *p == peers[0]),
+        "one connection for the calls read whole: {peers:?}"
+    );
+    assert_ne!(
+        peers[5], peers[4],
+        "the cut body's connection is not used again"
+    );
 }

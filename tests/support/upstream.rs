@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -19,6 +19,8 @@ use axum::routing::{any, get};
 /// A request as the service got it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// The client's address: one per connection.
+    pub peer: SocketAddr,
     pub method: String,
     pub path: String,
     pub headers: BTreeMap<String, String>,
@@ -67,6 +69,7 @@ impl Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             axum::serve(listener, app).await.unwrap();
         });
         Upstream {
@@ -101,7 +104,12 @@ impl Upstream {
     }
 }
 
-async fn record(State(s): State<Shared>, req: Request, next: axum::middleware::Next) -> Response {
+async fn record(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
     let headers = req
         .headers()
         .iter()
@@ -113,6 +121,7 @@ async fn record(State(s): State<Shared>, req: Request, next: axum::middleware::N
         })
         .collect();
     s.books.lock().unwrap().seen.push(Seen {
+        peer,
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
         headers,

@@ -68,7 +68,7 @@ pub enum HostPattern {
 }
 
 /// Which addresses a request allowed by a grant may connect to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reach {
     /// Public addresses only: a name that resolves to a loopback, private,
     /// link-local or otherwise special address is refused.
@@ -272,13 +272,18 @@ fn path_within(path: &str, prefix: &str) -> bool {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// Whether a path has a `.` or `..` segment, also percent-encoded
-/// (`%2e`), which a server would resolve.
+/// Whether a path has a `.` or `..` segment a server might resolve: also
+/// with the dots percent-encoded (`%2e`), and also where an encoded slash
+/// (`%2f`) or a backslash (`\`, `%5c`) separates segments, as some servers
+/// take them to.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let s = seg.to_ascii_lowercase().replace("%2e", ".");
-        s == "." || s == ".."
-    })
+    let p = path
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    p.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
@@ -424,8 +429,22 @@ mod tests {
             path: "/v1/../admin",
             ..ok.clone()
         }));
-        assert!(!g.allows(&Target {
-            path: "/v1/%2E%2e/admin",
+        for escape in [
+            "/v1/%2E%2e/admin",
+            "/v1/..%2f..%2fadmin",
+            "/v1/..%5Cadmin",
+            "/v1/..\\admin",
+        ] {
+            assert!(
+                !g.allows(&Target {
+                    path: escape,
+                    ..ok.clone()
+                }),
+                "{escape}"
+            );
+        }
+        assert!(g.allows(&Target {
+            path: "/v1/a..b/c.d",
             ..ok.clone()
         }));
         assert_eq!(g.reach, Reach::Public);

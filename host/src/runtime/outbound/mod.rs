@@ -105,6 +105,8 @@ pub struct Outbound {
     grants: Vec<Allowed>,
     limits: HttpLimits,
     permits: Arc<tokio::sync::Semaphore>,
+    /// Connections kept open between the step's calls.
+    pool: Arc<send::Pool>,
     pub stats: Arc<HttpStats>,
 }
 
@@ -153,6 +155,7 @@ impl Outbound {
             grants,
             limits: limits.clone(),
             permits: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent as usize)),
+            pool: Arc::default(),
             stats: Arc::new(HttpStats::default()),
         })
     }
@@ -337,6 +340,7 @@ impl WasiHttpHooks for StepHttp {
             max_response_bytes: l.max_response_bytes,
             permits: out.permits.clone(),
             stats: out.stats.clone(),
+            pool: out.pool.clone(),
         };
         Box::new(send::send(request, plan))
     }

@@ -7,10 +7,14 @@
 //! timeout, or the invocation's deadline if that comes first). A body
 //! longer than `max_response_bytes` ends in an error the guest reads. The
 //! call's permit (`max_concurrent`) is held until its body is done.
+//!
+//! A connection whose response was read whole waits in the step's [`Pool`]
+//! (up to 10 s) for the step's next call to the same scheme, host and port.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -41,6 +45,7 @@ pub(super) struct Plan {
     pub max_response_bytes: u64,
     pub permits: Arc<Semaphore>,
     pub stats: Arc<HttpStats>,
+    pub pool: Arc<Pool>,
 }
 
 trait Stream: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
@@ -83,21 +88,60 @@ async fn exchange(
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
-        .to_string();
+        .to_ascii_lowercase();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let key = Key {
+        tls,
+        host,
+        port,
+        reach: plan.reach,
+    };
+    let mut sender = match plan.pool.take(&key).await {
+        Some(s) => s,
+        None => open(&key, plan.connect_timeout).await?,
+    };
+    // The request line carries the path only (no proxy here).
+    *req.uri_mut() = http::Uri::builder()
+        .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .build()
+        .map_err(|_| Error::HttpRequestUriInvalid)?;
+    let res = tokio::time::timeout(plan.first_byte_timeout, sender.send_request(req))
+        .await
+        .map_err(|_| Error::ConnectionReadTimeout)?
+        .map_err(Error::from)?;
+    let (parts, incoming) = res.into_parts();
+    let body = Bounded {
+        inner: incoming,
+        left: plan.max_response_bytes,
+        max: plan.max_response_bytes,
+        between: plan.between_bytes_timeout,
+        idle: Box::pin(tokio::time::sleep(plan.between_bytes_timeout)),
+        end: Box::pin(tokio::time::sleep_until(plan.until.into())),
+        back: Some((plan.pool.clone(), key, sender)),
+        _permit: permit,
+    };
+    // The connection is driven by a task of its own (see `open`).
+    let io: Io = Box::new(async { Ok(()) });
+    Ok((http::Response::from_parts(parts, body.boxed_unsync()), io))
+}
 
-    let addrs = tokio::time::timeout(plan.connect_timeout, resolve(&host, port, plan.reach))
+/// A new connection to `key`: the name looked up and checked, TCP, TLS
+/// for `https`, the HTTP/1.1 handshake. The connection runs in a task of
+/// its own until the server closes it or the last handle to it (in a call,
+/// or idle in the pool) is dropped.
+async fn open(key: &Key, connect_timeout: Duration) -> Result<Sender, Error> {
+    let addrs = tokio::time::timeout(connect_timeout, resolve(&key.host, key.port, key.reach))
         .await
         .map_err(|_| Error::DnsTimeout)??;
-    let stream = tokio::time::timeout(plan.connect_timeout, connect(&addrs))
+    let stream = tokio::time::timeout(connect_timeout, connect(&addrs))
         .await
         .map_err(|_| Error::ConnectionTimeout)??;
     stream.set_nodelay(true).map_err(Error::Connect)?;
-    let stream: Box<dyn Stream> = if tls {
-        let name = rustls::pki_types::ServerName::try_from(host.clone())
+    let stream: Box<dyn Stream> = if key.tls {
+        let name = rustls::pki_types::ServerName::try_from(key.host.clone())
             .map_err(|_| Error::HttpRequestUriInvalid)?;
         let s = tokio::time::timeout(
-            plan.connect_timeout,
+            connect_timeout,
             tokio_rustls::TlsConnector::from(tls_config()).connect(name, stream),
         )
         .await
@@ -107,60 +151,79 @@ async fn exchange(
     } else {
         Box::new(stream)
     };
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await?;
-    // The request line carries the path only (no proxy here).
-    *req.uri_mut() = http::Uri::builder()
-        .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .build()
-        .map_err(|_| Error::HttpRequestUriInvalid)?;
-
-    let mut conn = Box::pin(conn);
-    let head = async {
-        tokio::time::timeout(plan.first_byte_timeout, sender.send_request(req))
-            .await
-            .map_err(|_| Error::ConnectionReadTimeout)?
-            .map_err(Error::from)
-    };
-    let mut head = std::pin::pin!(head);
-    // Drive the connection while waiting for the response's head.
-    let mut conn_done = false;
-    let res = std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = head.as_mut().poll(cx) {
-            return Poll::Ready(r);
-        }
-        if !conn_done && let Poll::Ready(r) = conn.as_mut().poll(cx) {
-            conn_done = true;
-            if let Err(e) = r {
-                return Poll::Ready(Err(Error::from(e)));
-            }
-            return head.as_mut().poll(cx);
-        }
-        Poll::Pending
-    })
-    .await?;
-    let until = plan.until;
-    let (parts, incoming) = res.into_parts();
-    let body = Bounded {
-        inner: incoming,
-        left: plan.max_response_bytes,
-        max: plan.max_response_bytes,
-        between: plan.between_bytes_timeout,
-        idle: Box::pin(tokio::time::sleep(plan.between_bytes_timeout)),
-        end: Box::pin(tokio::time::sleep_until(until.into())),
-        _permit: permit,
-    };
-    let io: Io = Box::new(async move {
-        if conn_done {
-            return Ok(());
-        }
-        match tokio::time::timeout_at(until.into(), conn).await {
-            Ok(r) => r.map_err(Error::from),
-            Err(_) => Err(Error::ConnectionReadTimeout),
+    let (sender, conn) = tokio::time::timeout(
+        connect_timeout,
+        hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)),
+    )
+    .await
+    .map_err(|_| Error::ConnectionTimeout)??;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("outbound connection ended: {e}");
         }
     });
-    Ok((http::Response::from_parts(parts, body.boxed_unsync()), io))
+    Ok(sender)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<WasiBody>;
+
+/// Where a connection goes, and what it was checked for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    tls: bool,
+    host: String,
+    port: u16,
+    reach: Reach,
+}
+
+/// How long a connection may wait idle for the step's next call to the
+/// same place, and how many may wait per place.
+const IDLE_FOR: Duration = Duration::from_secs(10);
+const IDLE_MOST: usize = 8;
+/// How long a connection taken from the pool may take to be ready.
+const READY_WITHIN: Duration = Duration::from_millis(50);
+
+/// Connections one step keeps open between calls, by where they go; only
+/// that step's calls use them. **Each was checked when it was made**
+/// (its address against the grant's reach), and a request on it is checked
+/// against the grants like any other before it is sent.
+#[derive(Default)]
+pub(super) struct Pool {
+    idle: Mutex<HashMap<Key, Vec<(Sender, Instant)>>>,
+}
+
+impl Pool {
+    /// An idle connection to `key` that is ready for a request, if any.
+    async fn take(&self, key: &Key) -> Option<Sender> {
+        loop {
+            let (mut s, since) = self.idle.lock().expect("pool lock").get_mut(key)?.pop()?;
+            if since.elapsed() >= IDLE_FOR || s.is_closed() {
+                continue;
+            }
+            if matches!(
+                tokio::time::timeout(READY_WITHIN, s.ready()).await,
+                Ok(Ok(()))
+            ) {
+                return Some(s);
+            }
+        }
+    }
+
+    /// A connection whose response was read whole, for the next call.
+    fn put(&self, key: Key, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("pool lock");
+        for list in idle.values_mut() {
+            list.retain(|(s, since)| since.elapsed() < IDLE_FOR && !s.is_closed());
+        }
+        idle.retain(|_, list| !list.is_empty());
+        let list = idle.entry(key).or_default();
+        if list.len() < IDLE_MOST {
+            list.push((sender, Instant::now()));
+        }
+    }
 }
 
 /// The addresses to try for `host`: an IP literal as it is, a name looked
@@ -240,6 +303,8 @@ struct Bounded {
     between: Duration,
     idle: Pin<Box<Sleep>>,
     end: Pin<Box<Sleep>>,
+    /// The connection, given back to the pool once the body is read whole.
+    back: Option<(Arc<Pool>, Key, Sender)>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -253,7 +318,12 @@ impl Body for Bounded {
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some((pool, key, sender)) = this.back.take() {
+                    pool.put(key, sender);
+                }
+                Poll::Ready(None)
+            }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::from(e)))),
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
