@@ -558,3 +558,22 @@ async fn a_step_keeps_its_connections_for_its_next_calls() {
         "the cut body's connection is not used again"
     );
 }
+
+/// A step with no `grants.http` makes requests all the same: each is
+/// denied inside it and none reaches the service.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_with_no_grants_is_denied_every_request() {
+    let up = Upstream::start(KEY).await;
+    let app = TestApp::new(&caller(""));
+    let r = calls(
+        &app,
+        json!({"calls": [{"url": up.url("/v1/ping")}, {"method": "POST", "url": up.url("/v1/charges")}]}),
+    )
+    .await;
+    let res = r["results"].as_array().unwrap();
+    assert_eq!(res.len(), 2);
+    for x in res {
+        assert!(error_of(x).starts_with("HTTP-request-denied"), "{r:#}");
+    }
+    assert!(up.seen().is_empty());
+}

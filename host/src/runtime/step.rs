@@ -256,11 +256,6 @@ impl Sandbox {
         &self.outbound.stats
     }
 
-    /// The step's outbound HTTP grants.
-    pub fn http_grants(&self) -> impl Iterator<Item = &outbound::grant::HttpGrant> {
-        self.outbound.grants()
-    }
-
     /// Lines of guest log dropped by the step's rate limit so far.
     pub fn log_lines_dropped(&self) -> u64 {
         self.logs.dropped()
@@ -366,11 +361,19 @@ impl Sandbox {
         data.event_id.clear();
         data.event_id
             .push_str(event.map_or("describe", |e| e.id.as_str()));
+        // The key's basis and the trace are for a step that may call out:
+        // a step with no grants is spared their allocations per message.
         let invocation = match event {
-            Some(e) => Invocation {
+            Some(e) if self.outbound.has_grants() => Invocation {
+                handling: true,
                 key_basis: outbound::key::basis(e),
                 trace_id: e.trace_id().map(str::to_string),
                 event_id: e.id.clone(),
+            },
+            Some(e) => Invocation {
+                handling: true,
+                event_id: e.id.clone(),
+                ..Invocation::default()
             },
             None => Invocation::default(),
         };

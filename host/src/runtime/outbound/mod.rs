@@ -160,10 +160,9 @@ impl Outbound {
         })
     }
 
-    /// No grants: every request is denied.
-    pub fn none(step: &str) -> Outbound {
-        Outbound::new(step, &[], &HttpLimits::default(), &Secrets::default())
-            .expect("no grants are valid")
+    /// Whether the step has any grant (else every request is denied).
+    pub fn has_grants(&self) -> bool {
+        !self.grants.is_empty()
     }
 
     /// The grants, as parsed.
@@ -203,8 +202,11 @@ pub fn imports_http(bytes: &[u8]) -> Option<bool> {
 /// their idempotency keys, the trace they belong to, the event for logs.
 #[derive(Debug, Clone, Default)]
 pub struct Invocation {
-    /// See [`key::basis`]; empty while no event is being handled
-    /// (`describe`), when every request is denied.
+    /// Whether an event is being handled; not in `describe`, when every
+    /// request is denied.
+    pub handling: bool,
+    /// See [`key::basis`]; left empty for a step with no grants, whose
+    /// requests are all denied.
     pub key_basis: String,
     /// The event's W3C trace id, when it has one.
     pub trace_id: Option<String>,
@@ -257,7 +259,7 @@ impl StepHttp {
             path: uri.path(),
             method: req.method().as_str(),
         };
-        if self.invocation.key_basis.is_empty() {
+        if !self.invocation.handling {
             return Err("no request may be made outside `handle`".into());
         }
         self.outbound

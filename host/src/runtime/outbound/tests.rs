@@ -78,6 +78,7 @@ fn requests_are_decided_by_the_grants_and_never_outside_handle() {
     let allowed = request("POST", "http://127.0.0.1:8080/v1/charges");
     assert!(h.decide(&allowed).unwrap_err().contains("outside `handle`"));
     h.begin(Invocation {
+        handling: true,
         key_basis: "event\nsrc\nid".into(),
         trace_id: None,
         event_id: "id".into(),
