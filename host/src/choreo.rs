@@ -18,6 +18,11 @@
 //! A contract violation, in either direction, is never retried: the input
 //! goes to the DLQ at once, classed `contract`, and an alert is raised: an
 //! error log line, a counter, and a `troupe.alert.contract` event.
+//!
+//! Each outbound HTTP call a step made is recorded as a `troupe.http.call`
+//! event under the event being handled: committed with the outcome when
+//! the step succeeded, published after the retry or dead letter otherwise
+//! (a crash in between loses the record, never the call's effect).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,6 +34,7 @@ use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery, Disposition
 use crate::contract::Violation;
 use crate::event::{Emitted, Event, JSON};
 use crate::protocol::{self, FailureClass};
+use crate::runtime::outbound::calls::{CALL_EVENT, CallRecord};
 use crate::runtime::step::{Failure, LoadedStep};
 use crate::stats::StepStats;
 use crate::world;
@@ -104,20 +110,47 @@ impl Wiring {
     pub fn process(&self, d: Delivery) {
         let step = &self.step;
         if let Err(v) = step.contract.check_input(&d.event) {
-            return self.violation(d, v, None);
+            return self.violation(d, v, None, Vec::new());
         }
         let start = Instant::now();
-        let result = step.handle(&d.event, protocol::attempt_of(&d.event, d.attempt));
+        let attempt = protocol::attempt_of(&d.event, d.attempt);
+        let (result, calls) = step.handle_traced(&d.event, attempt);
         StepStats::add(&self.stats.guest_micros, start.elapsed().as_micros() as u64);
+        let calls = self.call_events(&d.event, attempt, calls);
         match result {
-            Ok(emits) => self.completed(d, emits, start),
-            Err(f) => self.failed(d, f),
+            Ok(emits) => self.completed(d, emits, calls, start),
+            Err(f) => self.failed(d, f, calls),
         }
+    }
+
+    /// The `troupe.http.call` events recording `calls`, made while handling
+    /// `event` (delivery `attempt`); their ids are the same if the outcome
+    /// is committed twice.
+    fn call_events(&self, event: &Event, attempt: u32, calls: Vec<CallRecord>) -> Vec<Event> {
+        let key = format!("{}/http/{attempt}", self.step.name());
+        calls
+            .into_iter()
+            .map(|c| {
+                let out = Emitted {
+                    kind: CALL_EVENT.into(),
+                    subject: Some(self.step.name().to_string()),
+                    content_type: Some(JSON.into()),
+                    data: serde_json::to_vec(&serde_json::json!({
+                        "step": &**self.step.name(),
+                        "attempt": attempt,
+                        "call": c,
+                    }))
+                    .expect("a call record serialises"),
+                    schema: None,
+                };
+                event.caused(&key, &self.source, c.position as usize, out)
+            })
+            .collect()
     }
 
     /// The guest returned `emits`: gate them, stamp them, and commit them
     /// with the ack (or, for a command, reply with them).
-    fn completed(&self, d: Delivery, emits: Vec<world::Emit>, start: Instant) {
+    fn completed(&self, d: Delivery, emits: Vec<world::Emit>, calls: Vec<Event>, start: Instant) {
         let step = &self.step;
         let mut checked = Vec::with_capacity(emits.len());
         for e in emits {
@@ -131,7 +164,7 @@ impl Wiring {
                     // The output itself, for `dlq show` (cleaned and cut:
                     // it is the guest's).
                     let rejected = crate::text::clean(&String::from_utf8_lossy(&e.data), 2048);
-                    return self.violation(d, v, Some(rejected));
+                    return self.violation(d, v, Some(rejected), calls);
                 }
             };
             checked.push(Emitted {
@@ -151,7 +184,7 @@ impl Wiring {
             start.elapsed()
         );
         let emitted = checked.len() as u64;
-        let out: Vec<Event> = if protocol::is_command(&d.event) {
+        let mut out: Vec<Event> = if protocol::is_command(&d.event) {
             // A command: the output goes back to the orchestrator in the
             // reply, not into the choreography.
             vec![protocol::completed_reply(&d.event, &self.source, &checked)]
@@ -169,31 +202,41 @@ impl Wiring {
             .map(|e| self.broker.check_size(e))
             .find(Result::is_err)
         {
-            return self.failed(d, Failure::new(FailureClass::Limit, e.to_string()));
+            return self.failed(d, Failure::new(FailureClass::Limit, e.to_string()), calls);
         }
         StepStats::add(&self.stats.handled, 1);
         StepStats::add(&self.stats.emitted, emitted);
-        if protocol::is_command(&d.event) {
-            return self.reply(d, out.into_iter().next().expect("one reply"));
-        }
-        self.commit_ack(d, out, "cannot settle a delivery (it will be redelivered)");
+        let failed = if protocol::is_command(&d.event) {
+            "cannot reply to the orchestrator (the command will be redelivered)"
+        } else {
+            "cannot settle a delivery (it will be redelivered)"
+        };
+        // The reply (or the outputs) first: the records follow in the
+        // same commit.
+        out.extend(calls);
+        self.commit_ack(d, out, failed);
     }
 
     /// Handling failed: retry or dead-letter (for a command, tell the
     /// orchestrator, which owns its retries).
-    fn failed(&self, d: Delivery, f: Failure) {
+    fn failed(&self, d: Delivery, f: Failure, calls: Vec<Event>) {
         // The host is stopping: leave the delivery unsettled, to be
         // delivered again (after a restart, or to another host).
         let Failure::Failed(failure) = &f else {
             return;
         };
         if protocol::is_command(&d.event) {
-            let reply = protocol::failed_reply(&d.event, &self.source, failure);
-            return self.reply(d, reply);
+            let mut events = vec![protocol::failed_reply(&d.event, &self.source, failure)];
+            events.extend(calls);
+            return self.commit_ack(
+                d,
+                events,
+                "cannot reply to the orchestrator (the command will be redelivered)",
+            );
         }
         let class = failure.class;
         if !class.retryable() {
-            return self.dead_letter(d, class, failure.message.clone());
+            return self.dead_letter(d, class, failure.message.clone(), calls);
         }
         let message = f.to_string();
         let (b, stats, step_name) = (
@@ -223,17 +266,8 @@ impl Wiring {
                     );
                 }
             }
-            Ok(())
+            publish_records(&*b, calls).await
         });
-    }
-
-    /// Ack a command and send the orchestrator its reply, as one commit.
-    fn reply(&self, d: Delivery, reply: Event) {
-        self.commit_ack(
-            d,
-            vec![reply],
-            "cannot reply to the orchestrator (the command will be redelivered)",
-        );
     }
 
     /// Ack `d` and publish `events` as one commit, without waiting for it;
@@ -257,7 +291,7 @@ impl Wiring {
         );
     }
 
-    fn dead_letter(&self, d: Delivery, class: FailureClass, message: String) {
+    fn dead_letter(&self, d: Delivery, class: FailureClass, message: String, calls: Vec<Event>) {
         let (b, stats, step) = (
             self.broker.clone(),
             self.stats.clone(),
@@ -267,12 +301,12 @@ impl Wiring {
             let id = b.dead_letter(&d, class, &message).await?;
             StepStats::add(&stats.dead_lettered, 1);
             tracing::warn!(step = %step, event = %d.event.id, dlq = %id, "dead-lettered as {class}: {message}");
-            Ok(())
+            publish_records(&*b, calls).await
         });
     }
 
     /// A contract violation: DLQ at once, and an alert.
-    fn violation(&self, d: Delivery, v: Violation, rejected: Option<String>) {
+    fn violation(&self, d: Delivery, v: Violation, rejected: Option<String>, calls: Vec<Event>) {
         StepStats::add(&self.stats.contract_violations, 1);
         let (b, stats, step, host_source) = (
             self.broker.clone(),
@@ -316,6 +350,7 @@ impl Wiring {
             e.extensions
                 .insert(crate::event::CAUSATION_ID.into(), d.event.id.clone());
             events.push(e);
+            events.extend(calls);
             b.publish(events).await
         });
     }
@@ -345,4 +380,12 @@ impl Wiring {
             drop(permit);
         });
     }
+}
+
+/// Publish the records of the calls of an attempt that did not commit.
+async fn publish_records(b: &dyn Broker, calls: Vec<Event>) -> Result<(), BrokerError> {
+    if calls.is_empty() {
+        return Ok(());
+    }
+    b.publish(calls).await
 }

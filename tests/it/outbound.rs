@@ -15,6 +15,11 @@ const KEY: &str = "sk_test_canary_7f3a91c2";
 /// Publish one `test.call` with `calls` (and `extra` fields) and return
 /// what the guest reported.
 async fn calls(app: &TestApp, input: Value) -> Value {
+    calls_traced(app, input).await.0
+}
+
+/// The same, with the `troupe.http.call` records in the event's trace.
+async fn calls_traced(app: &TestApp, input: Value) -> (Value, Vec<Value>) {
     let host = app.start().await;
     let e = event("test.call", input);
     host.broker.publish(vec![e.clone()]).await.unwrap();
@@ -33,8 +38,25 @@ async fn calls(app: &TestApp, input: Value) -> Value {
             .find(|x| x.kind == "test.called")
     })
     .await;
+    // The records are committed with the output: they are there with it.
+    let records = host
+        .broker
+        .trace(&e.id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|x| x.kind == "troupe.http.call")
+        .map(|x| {
+            assert_eq!(
+                x.causation_id(),
+                Some(e.id.as_str()),
+                "under the event handled"
+            );
+            data(x)
+        })
+        .collect();
     host.shutdown().await;
-    data(&report)
+    (data(&report), records)
 }
 
 fn caller(extra: &str) -> String {
@@ -52,7 +74,7 @@ async fn a_granted_call_succeeds_and_every_other_is_denied_inside_the_guest() {
     let app = TestApp::new(&caller(&format!(
         "grants.http = [{{ url = \"http://127.0.0.1:{port}/v1\", methods = [\"GET\"] }}]"
     )));
-    let r = calls(
+    let (r, mut records) = calls_traced(
         &app,
         json!({"calls": [
             {"url": up.url("/v1/slow/0")},
@@ -95,6 +117,27 @@ async fn a_granted_call_succeeds_and_every_other_is_denied_inside_the_guest() {
     // Only the granted requests reached the service.
     let seen: Vec<String> = up.seen().iter().map(|s| s.path.clone()).collect();
     assert_eq!(seen, ["/v1/slow/0", "/v1/redirect"], "{seen:?}");
+    // Each call is in the trace, denied ones too; never a query or header.
+    records.sort_by_key(|r| r["call"]["position"].as_u64());
+    let outcome = |r: &Value| match r["call"]["status"].as_u64() {
+        Some(s) => s.to_string(),
+        None => r["call"]["error"].as_str().unwrap_or("").to_string(),
+    };
+    let outcomes: Vec<String> = records.iter().map(outcome).collect();
+    let denied = "HTTP-request-denied".to_string();
+    let mut want = vec!["200".to_string()];
+    want.extend(std::iter::repeat_n(denied.clone(), 7));
+    want.extend(["302".to_string(), denied]);
+    assert_eq!(outcomes, want, "{records:#?}");
+    assert_eq!(records[0]["step"], "caller");
+    assert_eq!(records[0]["attempt"], 1);
+    assert_eq!(records[0]["call"]["method"], "GET");
+    assert_eq!(records[0]["call"]["host"], "127.0.0.1");
+    assert_eq!(records[0]["call"]["port"], port);
+    assert_eq!(records[0]["call"]["path"], "/v1/slow/0");
+    assert_eq!(records[7]["call"]["method"], "DELETE");
+    assert_eq!(records[8]["call"]["path"], "/v1/redirect", "no query");
+    assert!(!format!("{records:?}").contains("to=http"), "no query");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -289,14 +332,30 @@ async fn a_redelivered_event_repeats_its_calls_with_the_same_keys(b: Backend) {
         ));
     }
     host.broker.publish(events.clone()).await.unwrap();
-    eventually(Duration::from_secs(20), "every report", async || {
-        let mut n = 0;
-        for e in &events {
-            let t = host.broker.trace(&e.id).await.unwrap();
-            n += t.iter().filter(|x| x.kind == "test.called").count();
-        }
-        (n == events.len()).then_some(())
-    })
+    // Every attempt's calls are in the trace: the failed attempts' too.
+    eventually(
+        Duration::from_secs(20),
+        "every report and record",
+        async || {
+            let (mut n, mut records) = (0, Vec::new());
+            for e in &events {
+                let t = host.broker.trace(&e.id).await.unwrap();
+                n += t.iter().filter(|x| x.kind == "test.called").count();
+                records.extend(t.iter().filter(|x| x.kind == "troupe.http.call").map(data));
+            }
+            let attempts: std::collections::BTreeSet<u64> = records
+                .iter()
+                .filter_map(|r| r["attempt"].as_u64())
+                .collect();
+            (n == events.len()
+                && records.len() == events.len() * 2 * 3
+                && attempts == [1, 2, 3].into()
+                && records
+                    .iter()
+                    .all(|r| r["call"]["status"] == 201 || r["call"]["status"] == 200))
+            .then_some(())
+        },
+    )
     .await;
     host.shutdown().await;
     let seen = up.seen();
@@ -576,4 +635,84 @@ async fn a_step_with_no_grants_is_denied_every_request() {
         assert!(error_of(x).starts_with("HTTP-request-denied"), "{r:#}");
     }
     assert!(up.seen().is_empty());
+}
+
+/// The order example acts: payment-charge (Python) charges each order
+/// through the example's payment provider (examples/orders/payments-api,
+/// the real service the demo runs) with the key the host adds. A charge
+/// whose answer is lost is retried with the same Idempotency-Key and not
+/// made twice; a receipt for an address outside the grant is refused by
+/// the host and the order goes on. Each call is in the order's trace.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_order_example_charges_each_order_once_through_its_provider() {
+    let app = troupe_tests::example_app("orders");
+    let pay = app
+        .payments
+        .as_ref()
+        .expect("the example's payment provider");
+    pay.control(json!({"fail_after_charge": 1}));
+    let host = app.start().await;
+    let order = |id: &str, extra: Value| {
+        let mut data = json!({"order_id": id, "customer": "ada",
+            "lines": [{"sku": "tea", "qty": 2, "price_cents": 450}]});
+        data.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let mut e = event("order.placed", data);
+        e.subject = Some(id.into());
+        e
+    };
+    let lost = order("o-1", json!({}));
+    let receipt = order(
+        "o-2",
+        json!({"receipt_url": "http://169.254.169.254/latest/meta-data/"}),
+    );
+    let done = async |e: &troupe::event::Event| {
+        eventually(Duration::from_secs(60), "the order notified", async || {
+            let t = host.broker.trace(&e.id).await.unwrap();
+            let records = t.iter().filter(|x| x.kind == "troupe.http.call").count();
+            (t.iter().any(|x| x.kind == "customer.notified") && records == 2).then_some(t)
+        })
+        .await
+    };
+    // One at a time: the first charge is the one whose answer is lost.
+    host.broker.publish(vec![lost.clone()]).await.unwrap();
+    let first = done(&lost).await;
+    host.broker.publish(vec![receipt.clone()]).await.unwrap();
+    let traces = (first, done(&receipt).await);
+    assert!(host.broker.dlq_list().await.unwrap().is_empty());
+    host.shutdown().await;
+    let stats = pay.stats();
+    assert_eq!(stats["charges"], 2, "one charge per order: {stats}");
+    assert_eq!(stats["replays"], 1, "the lost answer was replayed: {stats}");
+    assert_eq!(stats["requests"], 3, "{stats}");
+    let calls = |t: &[troupe::event::Event]| -> Vec<Value> {
+        let mut c: Vec<Value> = t
+            .iter()
+            .filter(|e| e.kind == "troupe.http.call")
+            .map(data)
+            .collect();
+        c.sort_by_key(|r| (r["attempt"].as_u64(), r["call"]["position"].as_u64()));
+        c
+    };
+    let (a, b) = (calls(&traces.0), calls(&traces.1));
+    let charged = |t: &[troupe::event::Event]| {
+        data(t.iter().find(|e| e.kind == "payment.charged").unwrap())["payment_id"].clone()
+    };
+    assert_eq!(charged(&traces.0), json!("ch_1"), "the replayed charge");
+    assert_eq!(
+        a.iter()
+            .map(|r| (
+                r["attempt"].as_u64().unwrap(),
+                r["call"]["status"].as_u64().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        [(1, 503), (2, 200)],
+        "{a:#?}"
+    );
+    assert_eq!(a[0]["call"]["path"], "/v1/charges");
+    assert_eq!(b.len(), 2, "{b:#?}");
+    assert_eq!(b[0]["call"]["status"], 201);
+    assert_eq!(b[1]["call"]["host"], "169.254.169.254");
+    assert_eq!(b[1]["call"]["error"], "HTTP-request-denied");
 }

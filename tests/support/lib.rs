@@ -160,6 +160,9 @@ pub struct TestApp {
     /// Whether dropping this app deletes the namespace (the app that made
     /// it does; apps started [`TestApp::beside`] it do not).
     owns_namespace: bool,
+    /// The services the app calls out to (the `orders` example's payment
+    /// provider), stopped with the app.
+    pub payments: Option<payments::PaymentsApi>,
 }
 
 impl TestApp {
@@ -178,6 +181,7 @@ impl TestApp {
             dir,
             namespace,
             owns_namespace: true,
+            payments: None,
         }
     }
 
@@ -290,7 +294,9 @@ pub fn build(dir: &Path) -> PathBuf {
 }
 
 /// The example app `name` in a temporary directory: its `troupe.toml` with
-/// plugin paths made absolute, so it runs with a state folder of its own.
+/// plugin and secret paths made absolute, so it runs with a state folder of
+/// its own. The `orders` example gets its payment provider
+/// (`examples/orders/payments-api`) on a free port, its grant pointed there.
 pub fn example_app(name: &str) -> TestApp {
     example_app_on(Backend::Embedded, name)
 }
@@ -301,7 +307,17 @@ pub fn example_app_on(backend: Backend, name: &str) -> TestApp {
     let manifest =
         std::fs::read_to_string(dir.join("troupe.toml")).expect("the example's troupe.toml");
     let plugins = format!("\"{}/", repo().join("plugins").display());
-    TestApp::on(backend, &manifest.replace("\"../../plugins/", &plugins))
+    let mut manifest = manifest
+        .replace("\"../../plugins/", &plugins)
+        .replace("file = \"", &format!("file = \"{}/", dir.display()));
+    let payments = manifest.contains("127.0.0.1:8471").then(|| {
+        let api = payments::PaymentsApi::start();
+        manifest = manifest.replace("127.0.0.1:8471", &format!("127.0.0.1:{}", api.port));
+        api
+    });
+    let mut app = TestApp::on(backend, &manifest);
+    app.payments = payments;
+    app
 }
 
 /// A host running in this process with its HTTP API on a free port, and a
@@ -372,6 +388,7 @@ impl Drop for ApiHost {
 pub mod bench;
 pub mod cpu;
 pub mod forge;
+pub mod payments;
 pub mod process;
 pub mod upstream;
 

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use troupe::app::App;
 use troupe::broker::{AppEvents, DeadLetter, open_app_events};
 use troupe::event::Event;
+use troupe::runtime::outbound::calls::CALL_EVENT;
 use troupe::text::escape;
 
 use super::run::print_dlq;
@@ -219,6 +220,31 @@ pub(crate) fn dlq(cmd: DlqCmd, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// One line for a `troupe.http.call` record: `http POST
+/// http://host:port/path -> 201 in 3.1 ms (attempt 1, by payment-charge)`.
+fn call_line(e: &Event) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&e.data).unwrap_or_default();
+    let c = &v["call"];
+    let s = |k: &str| c[k].as_str().unwrap_or("?").to_string();
+    let outcome = match (c["status"].as_u64(), c["error"].as_str()) {
+        (Some(status), _) => status.to_string(),
+        (None, Some(error)) => error.to_string(),
+        (None, None) => "?".into(),
+    };
+    let ms = c["duration_us"].as_u64().unwrap_or(0) as f64 / 1000.0;
+    escape(&format!(
+        "http {} {}://{}:{}{} -> {outcome} in {ms:.1} ms (attempt {}, by {})",
+        s("method"),
+        s("scheme"),
+        s("host"),
+        c["port"].as_u64().unwrap_or(0),
+        s("path"),
+        v["attempt"].as_u64().unwrap_or(0),
+        v["step"].as_str().unwrap_or("?"),
+    ))
+    .into_owned()
+}
+
 pub(crate) fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> {
     let app = load_app(dir)?;
     let events = Events::of(&app)?.trace(correlation_id)?;
@@ -243,11 +269,12 @@ pub(crate) fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> 
         known: &std::collections::HashSet<&str>,
         depth: usize,
     ) {
-        for e in events {
-            let cause = e.causation_id().filter(|c| known.contains(c));
-            if cause != parent {
-                continue;
-            }
+        let under = |e: &&Event| e.causation_id().filter(|c| known.contains(c)) == parent;
+        // The calls made handling the parent first, then what it caused.
+        for e in events.iter().filter(under).filter(|e| e.kind == CALL_EVENT) {
+            println!("{:indent$}{}", "", call_line(e), indent = depth * 2);
+        }
+        for e in events.iter().filter(under).filter(|e| e.kind != CALL_EVENT) {
             let by = e.source.rsplit('/').next().unwrap_or(&e.source);
             println!(
                 "{:indent$}{} {}  (from {}, {})",

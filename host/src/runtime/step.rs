@@ -20,6 +20,7 @@ use wasmtime::{Store, Trap};
 
 use super::config::{Instances, SandboxConfig};
 use super::guard::{CHECK_EVERY, Cut, Guard, ticks_until};
+use super::outbound::calls::CallRecord;
 use super::outbound::{self, Invocation, Outbound};
 use super::sandbox::{LogBudget, StepCtx, epoch_check};
 use super::{Runtime, RuntimeError};
@@ -183,6 +184,16 @@ impl LoadedStep {
     pub fn handle(&self, event: &Event, attempt: u32) -> Result<Vec<world::Emit>, Failure> {
         self.sandbox.handle(event, attempt)
     }
+
+    /// Handle one event, with the record of its outbound calls; see
+    /// [`Sandbox::handle_traced`].
+    pub fn handle_traced(
+        &self,
+        event: &Event,
+        attempt: u32,
+    ) -> (Result<Vec<world::Emit>, Failure>, Vec<CallRecord>) {
+        self.sandbox.handle_traced(event, attempt)
+    }
 }
 
 /// How often a busy memory image is tried again, and the first pause.
@@ -263,6 +274,16 @@ impl Sandbox {
 
     /// Handle one event (delivery number `attempt`) under the step's limits.
     pub fn handle(&self, event: &Event, attempt: u32) -> Result<Vec<world::Emit>, Failure> {
+        self.handle_traced(event, attempt).0
+    }
+
+    /// [`Sandbox::handle`], with the record of the outbound calls the
+    /// invocation made (whatever its outcome), for its trace.
+    pub fn handle_traced(
+        &self,
+        event: &Event,
+        attempt: u32,
+    ) -> (Result<Vec<world::Emit>, Failure>, Vec<CallRecord>) {
         let timeout = Duration::from_millis(self.config.limits.timeout_ms);
         let deadline = Instant::now() + timeout;
         let input = to_guest(event, attempt);
@@ -284,7 +305,10 @@ impl Sandbox {
                 (store, Some(bindings), r)
             }
             None => {
-                let mut store = self.store(deadline, Some(event))?;
+                let mut store = match self.store(deadline, Some(event)) {
+                    Ok(s) => s,
+                    Err(f) => return (Err(f), Vec::new()),
+                };
                 let pre = &self.pre;
                 let mut made = None;
                 let r = self.guard.block_on(deadline, async {
@@ -296,6 +320,7 @@ impl Sandbox {
                 (store, made, r)
             }
         };
+        let calls = store.data_mut().http.take_calls();
         let returned = self.outcome(&store, result, &|waiting| {
             format!(
                 "time limit of {} ms per message exceeded{}",
@@ -306,7 +331,11 @@ impl Sandbox {
                     ""
                 }
             )
-        })?;
+        });
+        let returned = match returned {
+            Ok(r) => r,
+            Err(f) => return (Err(f), calls),
+        };
         let result = match returned {
             Ok(emits) => self.check_output(emits),
             Err(world::StepError::Retry(m)) => {
@@ -324,7 +353,7 @@ impl Sandbox {
                 .expect("pool lock")
                 .push(Warm { store, bindings });
         }
-        result
+        (result, calls)
     }
 
     /// A new store for this step, armed for a call that ends at `deadline`.

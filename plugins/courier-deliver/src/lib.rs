@@ -19,10 +19,25 @@ impl Guest for Step {
             name: "courier-deliver".into(),
             version: "1.0.0".into(),
             description: "Delivers a parcel".into(),
-            consumes: vec![event_type("parcel.picked-up", "1.0.0", "The courier has the parcel", parcel)],
+            consumes: vec![event_type(
+                "parcel.picked-up",
+                "1.0.0",
+                "The courier has the parcel",
+                parcel,
+            )],
             produces: vec![
-                event_type("order.delivered", "1.0.0", "The customer has the parcel", outcome.clone()),
-                event_type("delivery.failed", "1.0.0", "The parcel could not be delivered", outcome),
+                event_type(
+                    "order.delivered",
+                    "1.0.0",
+                    "The customer has the parcel",
+                    outcome.clone(),
+                ),
+                event_type(
+                    "delivery.failed",
+                    "1.0.0",
+                    "The parcel could not be delivered",
+                    outcome,
+                ),
             ],
             deterministic: true,
         }
@@ -30,14 +45,21 @@ impl Guest for Step {
 
     fn handle(event: Event) -> Result<Vec<Emit>, StepError> {
         let p: Value = event.json()?;
-        let (Some(order_id), Some(tracking)) = (p["order_id"].as_str(), p["tracking"].as_str()) else {
+        let (Some(order_id), Some(tracking)) = (p["order_id"].as_str(), p["tracking"].as_str())
+        else {
             return Err(StepError::Reject("data lacks order_id or tracking".into()));
         };
         let customer = p["customer"].as_str().unwrap_or("");
         let out = if customer.is_empty() || customer == "nobody" {
-            Emit::json("delivery.failed", &json!({"order_id": order_id, "tracking": tracking, "reason": "nobody to sign"}))
+            Emit::json(
+                "delivery.failed",
+                &json!({"order_id": order_id, "tracking": tracking, "reason": "nobody to sign"}),
+            )
         } else {
-            Emit::json("order.delivered", &json!({"order_id": order_id, "tracking": tracking, "signed_by": customer}))
+            Emit::json(
+                "order.delivered",
+                &json!({"order_id": order_id, "tracking": tracking, "signed_by": customer}),
+            )
         };
         Ok(vec![out.about(order_id)])
     }

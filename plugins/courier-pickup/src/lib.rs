@@ -19,8 +19,18 @@ impl Guest for Step {
             name: "courier-pickup".into(),
             version: "1.0.0".into(),
             description: "Picks up a parcel".into(),
-            consumes: vec![event_type("delivery.requested", "1.0.0", "Please deliver this parcel", parcel())],
-            produces: vec![event_type("parcel.picked-up", "1.0.0", "The courier has the parcel", parcel())],
+            consumes: vec![event_type(
+                "delivery.requested",
+                "1.0.0",
+                "Please deliver this parcel",
+                parcel(),
+            )],
+            produces: vec![event_type(
+                "parcel.picked-up",
+                "1.0.0",
+                "The courier has the parcel",
+                parcel(),
+            )],
             deterministic: true,
         }
     }
@@ -30,7 +40,8 @@ impl Guest for Step {
         let Some(order_id) = p["order_id"].as_str() else {
             return Err(StepError::Reject("data lacks order_id".into()));
         };
-        let out = json!({"order_id": order_id, "customer": p["customer"], "tracking": p["tracking"]});
+        let out =
+            json!({"order_id": order_id, "customer": p["customer"], "tracking": p["tracking"]});
         Ok(vec![Emit::json("parcel.picked-up", &out).about(order_id)])
     }
 }

@@ -32,11 +32,19 @@ impl Guest for Step {
 
     fn handle(event: Event) -> Result<Vec<Emit>, StepError> {
         let r: Value = event.json()?;
-        let (Some(order_id), Some(reservation)) = (r["order_id"].as_str(), r["reservation"].as_str()) else {
-            return Err(StepError::Reject("data lacks order_id or reservation".into()));
+        let (Some(order_id), Some(reservation)) =
+            (r["order_id"].as_str(), r["reservation"].as_str())
+        else {
+            return Err(StepError::Reject(
+                "data lacks order_id or reservation".into(),
+            ));
         };
         Ok(vec![
-            Emit::json("inventory.released", &json!({"order_id": order_id, "reservation": reservation})).about(order_id),
+            Emit::json(
+                "inventory.released",
+                &json!({"order_id": order_id, "reservation": reservation}),
+            )
+            .about(order_id),
         ])
     }
 }

@@ -17,6 +17,8 @@ struct Placed {
     order_id: String,
     customer: String,
     lines: Vec<Line>,
+    #[serde(default)]
+    receipt_url: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone)]
@@ -32,6 +34,8 @@ struct Validated {
     customer: String,
     lines: Vec<Line>,
     total_cents: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipt_url: Option<String>,
 }
 
 struct Step;
@@ -61,7 +65,8 @@ impl Guest for Step {
                     "properties": {
                         "order_id": {"type": "string", "minLength": 1},
                         "customer": {"type": "string"},
-                        "lines": {"type": "array", "items": line}
+                        "lines": {"type": "array", "items": line},
+                        "receipt_url": {"type": "string", "description": "Where to post the receipt (optional)"}
                     }
                 }),
             )],
@@ -76,7 +81,8 @@ impl Guest for Step {
                         "order_id": {"type": "string"},
                         "customer": {"type": "string"},
                         "lines": {"type": "array", "items": line},
-                        "total_cents": {"type": "integer", "minimum": 0}
+                        "total_cents": {"type": "integer", "minimum": 0},
+                        "receipt_url": {"type": "string"}
                     }
                 }),
             )],
@@ -122,6 +128,7 @@ impl Guest for Step {
                     customer: order.customer,
                     lines: order.lines,
                     total_cents,
+                    receipt_url: order.receipt_url,
                 },
             )
             .about(subject),

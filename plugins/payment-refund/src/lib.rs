@@ -38,7 +38,9 @@ impl Guest for Step {
             return Err(StepError::Reject("data lacks order_id".into()));
         };
         let refund = json!({"order_id": order_id, "amount_cents": c["amount_cents"], "payment_id": c["payment_id"]});
-        Ok(vec![Emit::json("payment.refunded", &refund).about(order_id)])
+        Ok(vec![
+            Emit::json("payment.refunded", &refund).about(order_id),
+        ])
     }
 }
 

@@ -21,8 +21,7 @@
 
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, RequestOptions,
-    Scheme,
+    ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
 };
 
 /// Why a request got no response.
@@ -118,7 +117,8 @@ impl Request {
 
     /// Add a header.
     pub fn header(mut self, name: &str, value: &str) -> Request {
-        self.headers.push((name.to_string(), value.as_bytes().to_vec()));
+        self.headers
+            .push((name.to_string(), value.as_bytes().to_vec()));
         self
     }
 
@@ -150,8 +150,20 @@ impl Request {
             Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
             None => (rest, "/".to_string()),
         };
-        let headers = Fields::from_list(&self.headers)
-            .map_err(|e| Error::BadUrl(format!("bad header: {e:?}")))?;
+        // A body goes with its length (not chunked), as most services want.
+        let mut list = self.headers.clone();
+        if !self.body.is_empty()
+            && !list
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        {
+            list.push((
+                "content-length".into(),
+                self.body.len().to_string().into_bytes(),
+            ));
+        }
+        let headers =
+            Fields::from_list(&list).map_err(|e| Error::BadUrl(format!("bad header: {e:?}")))?;
         let req = OutgoingRequest::new(headers);
         let method = match self.method.to_ascii_uppercase().as_str() {
             "GET" => Method::Get,
@@ -166,8 +178,10 @@ impl Request {
         let bad = |what: &str| Error::BadUrl(what.to_string());
         req.set_method(&method).map_err(|_| bad("method"))?;
         req.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
-        req.set_authority(Some(authority)).map_err(|_| bad("authority"))?;
-        req.set_path_with_query(Some(&path)).map_err(|_| bad("path"))?;
+        req.set_authority(Some(authority))
+            .map_err(|_| bad("authority"))?;
+        req.set_path_with_query(Some(&path))
+            .map_err(|_| bad("path"))?;
         let body = req.body().expect("the body of a new request");
         if !self.body.is_empty() {
             let out = body.write().expect("the stream of a new body");
@@ -204,10 +218,9 @@ impl Request {
                     Err(wasip2::io::streams::StreamError::Closed) => break,
                     Err(wasip2::io::streams::StreamError::LastOperationFailed(e)) => {
                         let code = wasip2::http::types::http_error_code(&e);
-                        return Err(code.map_or_else(
-                            || Error::Failed(e.to_debug_string()),
-                            Error::from,
-                        ));
+                        return Err(
+                            code.map_or_else(|| Error::Failed(e.to_debug_string()), Error::from)
+                        );
                     }
                 }
             }

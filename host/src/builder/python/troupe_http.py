@@ -80,7 +80,11 @@ def request(method, url, headers=(), body=b""):
     authority, path = rest[:cut], rest[cut:] or "/"
     if not path.startswith("/"):
         path = "/" + path
-    fields = http.Fields.from_list([(k, v.encode() if isinstance(v, str) else v) for k, v in headers])
+    headers = [(k, v.encode() if isinstance(v, str) else v) for k, v in headers]
+    if body and not any(k.lower() == "content-length" for k, _ in headers):
+        # A body goes with its length (not chunked), as most services want.
+        headers.append(("content-length", str(len(body)).encode()))
+    fields = http.Fields.from_list(headers)
     req = http.OutgoingRequest(fields)
     m = method.upper()
     req.set_method(_METHODS[m]() if m in _METHODS else http.Method_Other(m))

@@ -5,7 +5,8 @@
 //!   them;
 //! - [`key`]: the idempotency key of a call;
 //! - [`send`]: sending an allowed request under the step's limits;
-//! - [`stats`]: counters and latencies, per step and host, for `/metrics`.
+//! - [`stats`]: counters and latencies, per step and host, for `/metrics`;
+//! - [`calls`]: the record of each call, for `troupe trace`.
 //!
 //! Every request a guest makes goes through [`StepHttp::send_request`]:
 //! **a request no grant allows never leaves the host** (the guest gets
@@ -16,6 +17,7 @@
 //! is checked. Nothing here trusts the guest's view of its request: the
 //! host reads the method, scheme, host, port and path from what is sent.
 
+pub mod calls;
 pub mod grant;
 pub mod key;
 pub mod secrets;
@@ -29,6 +31,7 @@ use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use calls::{CallLog, CallRecord};
 use grant::{HttpGrant, HttpGrantSpec, Scheme, Target, why_denied};
 use secrets::{Secrets, Template};
 use stats::HttpStats;
@@ -220,6 +223,8 @@ pub struct StepHttp {
     invocation: Invocation,
     /// Calls made so far in this invocation (the next call's position).
     calls: u32,
+    /// What came of them.
+    log: CallLog,
 }
 
 impl StepHttp {
@@ -228,6 +233,7 @@ impl StepHttp {
             outbound,
             invocation: Invocation::default(),
             calls: 0,
+            log: CallLog::default(),
         }
     }
 
@@ -235,6 +241,17 @@ impl StepHttp {
     pub fn begin(&mut self, invocation: Invocation) {
         self.invocation = invocation;
         self.calls = 0;
+        // A call of the last invocation still under way fills in a log
+        // of its own, not this one.
+        self.log = CallLog::default();
+    }
+
+    /// The calls of the invocation so far, for its trace.
+    pub fn take_calls(&mut self) -> Vec<CallRecord> {
+        if self.calls == 0 {
+            return Vec::new();
+        }
+        self.log.take()
     }
 
     /// The decision for one request: the grant that allows it, or why none
@@ -292,9 +309,32 @@ impl WasiHttpHooks for StepHttp {
         let position = self.calls;
         self.calls += 1;
         let out = &self.outbound;
+        let uri = request.uri();
+        let record = CallRecord {
+            position,
+            method: request.method().to_string(),
+            scheme: uri.scheme_str().unwrap_or("").to_string(),
+            host: uri.host().unwrap_or("").to_string(),
+            port: uri
+                .port_u16()
+                .unwrap_or(if uri.scheme_str() == Some("https") {
+                    443
+                } else {
+                    80
+                }),
+            path: crate::text::clean(uri.path(), 512),
+            time: crate::event::now_rfc3339(),
+            status: None,
+            error: None,
+            duration_us: 0,
+        };
         let allowed = match self.decide(&request) {
             Ok(a) => a,
             Err(why) => {
+                self.log.push(CallRecord {
+                    error: Some("HTTP-request-denied".into()),
+                    ..record
+                });
                 out.stats.denied();
                 tracing::warn!(
                     step = %out.step,
@@ -343,6 +383,7 @@ impl WasiHttpHooks for StepHttp {
             permits: out.permits.clone(),
             stats: out.stats.clone(),
             pool: out.pool.clone(),
+            log: (self.log.clone(), self.log.push(record)),
         };
         Box::new(send::send(request, plan))
     }

@@ -29,6 +29,7 @@ use tokio::time::Sleep;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, WasiBody};
 
+use super::calls::{CallLog, code_name};
 use super::grant::{Reach, is_special, parse_ip};
 use super::stats::HttpStats;
 
@@ -46,6 +47,8 @@ pub(super) struct Plan {
     pub permits: Arc<Semaphore>,
     pub stats: Arc<HttpStats>,
     pub pool: Arc<Pool>,
+    /// Where the call's record is, to fill in when it ends.
+    pub log: (CallLog, usize),
 }
 
 trait Stream: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
@@ -60,15 +63,15 @@ pub(super) async fn send(
 ) -> Result<(http::Response<WasiBody>, Io), Error> {
     let started = Instant::now();
     let (stats, grant_host) = (plan.stats.clone(), plan.grant_host.clone());
+    let (log, i) = plan.log.clone();
     let until = plan.until;
     let r = tokio::time::timeout_at(until.into(), exchange(req, plan))
         .await
         .unwrap_or(Err(Error::ConnectionReadTimeout));
-    stats.record(
-        &grant_host,
-        r.as_ref().ok().map(|(res, _)| res.status().as_u16()),
-        started.elapsed(),
-    );
+    let status = r.as_ref().ok().map(|(res, _)| res.status().as_u16());
+    let took = started.elapsed();
+    stats.record(&grant_host, status, took);
+    log.ended(i, status, r.as_ref().err().map(code_name), took);
     r
 }
 

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""payments-api: the payment provider the order example's `payment-charge`
+step calls over HTTP. A small real service (Python's standard library only),
+shaped like the APIs it stands for:
+
+- `POST /v1/charges` with `Authorization: Bearer KEY` (401 without the key)
+  and a JSON body `{"order_id", "customer", "amount_cents"}` answers 201 with
+  `{"id": "ch_N", ...}`. A declined card (customer "mallory") answers 402.
+- `Idempotency-Key` is honoured: a request with a key seen before is not
+  charged again; the stored charge is answered with 200 and
+  `Idempotent-Replayed: true`. (Troupe puts the same key on every redelivery
+  of an event, so a redelivered order is charged once.)
+- `GET /v1/charges` (key required) lists the charges.
+- `GET /stats` counts requests, charges and replays (no key: it holds none).
+- `POST /control` tells it to misbehave, for demos and tests:
+  `{"fail": N}` answers the next N charges 503 without charging;
+  `{"fail_after_charge": N}` charges the next N, then answers 503 as if the
+  answer were lost on the way; `{"delay_ms": M}` makes every charge slow.
+
+    python3 server.py [--port 8471] [--key-file dev.key]
+
+It prints `payments-api listening on http://HOST:PORT` once it serves
+(`--port 0` picks a free port). Charges live in memory.
+"""
+
+import argparse
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+class Ledger:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.charges = []
+        self.by_key = {}
+        self.requests = 0
+        self.replays = 0
+        self.fail = 0
+        self.fail_after_charge = 0
+        self.delay_ms = 0
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: Troupe reuses connections
+    server_version = "payments-api/1.0"
+
+    def log_message(self, fmt, *args):
+        if self.server.verbose:
+            sys.stderr.write("payments-api: " + (fmt % args) + "\n")
+
+    def answer(self, status, body, headers=()):
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def body(self):
+        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            raw = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    break
+                raw += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            n = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(n) if n else b""
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError:
+            return None
+
+    def authorised(self):
+        if self.headers.get("authorization") == f"Bearer {self.server.key}":
+            return True
+        self.answer(401, {"error": "a valid API key is required (Authorization: Bearer ...)"})
+        return False
+
+    def do_GET(self):
+        ledger = self.server.ledger
+        if self.path == "/stats":
+            with ledger.lock:
+                stats = {"requests": ledger.requests, "charges": len(ledger.charges), "replays": ledger.replays}
+            return self.answer(200, stats)
+        if self.path == "/v1/charges":
+            if not self.authorised():
+                return
+            with ledger.lock:
+                return self.answer(200, {"charges": list(ledger.charges)})
+        self.answer(404, {"error": f"no {self.path}"})
+
+    def do_POST(self):
+        ledger = self.server.ledger
+        req = self.body()  # read whole before any answer: the connection is kept
+        if self.path == "/control":
+            told = req if isinstance(req, dict) else {}
+            with ledger.lock:
+                for k in ("fail", "fail_after_charge", "delay_ms"):
+                    if k in told:
+                        setattr(ledger, k, int(told[k]))
+            return self.answer(200, {"ok": True})
+        if self.path != "/v1/charges":
+            return self.answer(404, {"error": f"no {self.path}"})
+        with ledger.lock:
+            ledger.requests += 1
+            delay = ledger.delay_ms
+        if not self.authorised():
+            return
+        if delay:
+            time.sleep(delay / 1000)
+        if not isinstance(req, dict) or not isinstance(req.get("amount_cents"), int) or req["amount_cents"] < 0:
+            return self.answer(400, {"error": "body must be JSON with a non-negative integer amount_cents"})
+        key = self.headers.get("idempotency-key")
+        with ledger.lock:
+            if key and key in ledger.by_key:
+                ledger.replays += 1
+                return self.answer(200, ledger.by_key[key], [("idempotent-replayed", "true")])
+            if ledger.fail > 0:
+                ledger.fail -= 1
+                return self.answer(503, {"error": "the provider is unavailable; try again"})
+            if req.get("customer") == "mallory":
+                return self.answer(402, {"error": "card declined"})
+            charge = {
+                "id": f"ch_{len(ledger.charges) + 1}",
+                "order_id": req.get("order_id"),
+                "customer": req.get("customer"),
+                "amount_cents": req["amount_cents"],
+            }
+            ledger.charges.append(charge)
+            if key:
+                ledger.by_key[key] = charge
+            lost = ledger.fail_after_charge > 0
+            if lost:
+                ledger.fail_after_charge -= 1
+        if lost:
+            return self.answer(503, {"error": "the answer was lost on the way (the charge was made)"})
+        self.answer(201, charge)
+
+
+def main():
+    p = argparse.ArgumentParser(description="The order example's payment provider")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8471)
+    p.add_argument("--key-file", default=str(HERE / "dev.key"))
+    p.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    a = p.parse_args()
+    server = ThreadingHTTPServer((a.host, a.port), Handler)
+    server.daemon_threads = True
+    server.key = Path(a.key_file).read_text().rstrip("\n")
+    server.ledger = Ledger()
+    server.verbose = a.verbose
+    host, port = server.server_address[:2]
+    print(f"payments-api listening on http://{host}:{port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
