@@ -12,6 +12,7 @@
 //!   secrets added by the host, idempotency keys, limits.
 //! - [`step`]: a loaded step: its contract, and `handle` with a fresh or a
 //!   reused instance, every failure classified.
+//! - `image`: components' copy-on-write memory images, made at load.
 //!
 //! **A guest never runs on the async runtime's threads**: callers run
 //! [`step::LoadedStep::handle`] on threads of their own (see `choreo`), so a
@@ -21,6 +22,7 @@ pub mod cache;
 pub mod config;
 pub mod contracts;
 pub mod guard;
+mod image;
 pub mod outbound;
 pub mod sandbox;
 pub mod step;

@@ -93,3 +93,56 @@ pub(super) fn code_name(e: &wasmtime_wasi_http::Error) -> String {
         .replace("dns-", "DNS-")
         .replace("tls-", "TLS-")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime_wasi_http::Error;
+
+    #[test]
+    fn error_codes_are_named_as_wasi_http_names_them() {
+        assert_eq!(code_name(&Error::ConnectionRefused), "connection-refused");
+        assert_eq!(code_name(&Error::HttpRequestDenied), "HTTP-request-denied");
+        assert_eq!(code_name(&Error::DnsTimeout), "DNS-timeout");
+        assert_eq!(
+            code_name(&Error::HttpResponseBodySize(Some(100))),
+            "HTTP-response-body-size"
+        );
+        assert_eq!(
+            code_name(&Error::TlsCertificateError),
+            "TLS-certificate-error"
+        );
+    }
+
+    #[test]
+    fn a_call_is_unfinished_until_it_ends_and_a_denied_one_stays_denied() {
+        let log = CallLog::default();
+        let call = CallRecord {
+            position: 0,
+            method: "POST".into(),
+            scheme: "http".into(),
+            host: "127.0.0.1".into(),
+            port: 80,
+            path: "/v1".into(),
+            time: String::new(),
+            status: None,
+            error: None,
+            duration_us: 0,
+        };
+        let i = log.push(call.clone());
+        let denied = log.push(CallRecord {
+            position: 1,
+            error: Some("HTTP-request-denied".into()),
+            ..call
+        });
+        let taken = log.take();
+        assert_eq!(taken[i].error.as_deref(), Some("unfinished"));
+        assert_eq!(taken[denied].error.as_deref(), Some("HTTP-request-denied"));
+        assert!(log.take().is_empty(), "taken whole");
+        let i = log.push(taken[i].clone());
+        log.ended(i, Some(201), None, Duration::from_micros(1500));
+        let ended = &log.take()[0];
+        assert_eq!((ended.status, ended.error.as_deref()), (Some(201), None));
+        assert_eq!(ended.duration_us, 1500);
+    }
+}
