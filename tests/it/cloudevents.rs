@@ -433,6 +433,17 @@ async fn the_nats_client_example_talks_to_an_app() {
 #[test]
 fn schemathesis_finds_nothing_wrong_with_the_api() {
     let app = troupe_tests::example_app("orders");
+    // Build the steps first (`check` does): what is tested is the API, not
+    // how long four toolchains take on a loaded machine (a fresh clone's
+    // first start builds nine steps; seen over a minute in CI).
+    let d = app.path().to_str().unwrap();
+    let built = troupe_within(&["check", d], app.path(), &[], Duration::from_secs(900))
+        .expect("troupe check ends");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let host = HostProcess::start(&app, &[], HUNG);
     let token = troupe::client::token_for(&app.path().join(troupe::app::STATE_DIR), false).unwrap();
     let st = repo().join("toolchains/testing/.venv/bin/schemathesis");
