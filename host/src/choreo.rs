@@ -127,6 +127,9 @@ impl Wiring {
     /// `event` (delivery `attempt`); their ids are the same if the outcome
     /// is committed twice.
     fn call_events(&self, event: &Event, attempt: u32, calls: Vec<CallRecord>) -> Vec<Event> {
+        if calls.is_empty() {
+            return Vec::new();
+        }
         let key = format!("{}/http/{attempt}", self.step.name());
         calls
             .into_iter()
@@ -266,7 +269,8 @@ impl Wiring {
                     );
                 }
             }
-            publish_records(&*b, calls).await
+            publish_records(&*b, &step_name, calls).await;
+            Ok(())
         });
     }
 
@@ -301,7 +305,8 @@ impl Wiring {
             let id = b.dead_letter(&d, class, &message).await?;
             StepStats::add(&stats.dead_lettered, 1);
             tracing::warn!(step = %step, event = %d.event.id, dlq = %id, "dead-lettered as {class}: {message}");
-            publish_records(&*b, calls).await
+            publish_records(&*b, &step, calls).await;
+            Ok(())
         });
     }
 
@@ -382,10 +387,15 @@ impl Wiring {
     }
 }
 
-/// Publish the records of the calls of an attempt that did not commit.
-async fn publish_records(b: &dyn Broker, calls: Vec<Event>) -> Result<(), BrokerError> {
+/// Publish the records of the calls of an attempt that did not commit
+/// (after its retry or dead letter is settled: a failure here loses a
+/// record, never a delivery, so it is logged as such).
+async fn publish_records(b: &dyn Broker, step: &str, calls: Vec<Event>) {
     if calls.is_empty() {
-        return Ok(());
+        return;
     }
-    b.publish(calls).await
+    let n = calls.len();
+    if let Err(e) = b.publish(calls).await {
+        tracing::warn!(step = %step, "the trace records of {n} outbound call(s) are lost: {e}");
+    }
 }

@@ -15,6 +15,11 @@ use serde::Serialize;
 /// The type of the event that records a call.
 pub const CALL_EVENT: &str = "troupe.http.call";
 
+/// Calls recorded per invocation: a guest looping on requests (denied
+/// ones cost it almost nothing) must not grow the host's memory or the
+/// step's commit without bound. Later calls are counted, not recorded.
+pub const MAX_RECORDS: usize = 100;
+
 /// One outbound call.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CallRecord {
@@ -46,14 +51,18 @@ pub struct CallRecord {
 pub struct CallLog(Arc<Mutex<Vec<CallRecord>>>);
 
 impl CallLog {
-    /// Add `record` (not yet ended); its index, for [`CallLog::ended`].
-    pub(super) fn push(&self, mut record: CallRecord) -> usize {
+    /// Add `record` (not yet ended); its index, for [`CallLog::ended`],
+    /// or `None` once the log holds [`MAX_RECORDS`].
+    pub(super) fn push(&self, mut record: CallRecord) -> Option<usize> {
         let mut calls = self.0.lock().expect("call log lock");
+        if calls.len() >= MAX_RECORDS {
+            return None;
+        }
         if record.error.is_none() && record.status.is_none() {
             record.error = Some("unfinished".into());
         }
         calls.push(record);
-        calls.len() - 1
+        Some(calls.len() - 1)
     }
 
     /// Call `i` ended with `status` or `error` after `took`.
@@ -129,20 +138,44 @@ mod tests {
             error: None,
             duration_us: 0,
         };
-        let i = log.push(call.clone());
-        let denied = log.push(CallRecord {
-            position: 1,
-            error: Some("HTTP-request-denied".into()),
-            ..call
-        });
+        let i = log.push(call.clone()).unwrap();
+        let denied = log
+            .push(CallRecord {
+                position: 1,
+                error: Some("HTTP-request-denied".into()),
+                ..call.clone()
+            })
+            .unwrap();
         let taken = log.take();
         assert_eq!(taken[i].error.as_deref(), Some("unfinished"));
         assert_eq!(taken[denied].error.as_deref(), Some("HTTP-request-denied"));
         assert!(log.take().is_empty(), "taken whole");
-        let i = log.push(taken[i].clone());
+        let i = log.push(taken[i].clone()).unwrap();
         log.ended(i, Some(201), None, Duration::from_micros(1500));
         let ended = &log.take()[0];
         assert_eq!((ended.status, ended.error.as_deref()), (Some(201), None));
         assert_eq!(ended.duration_us, 1500);
+    }
+
+    #[test]
+    fn a_log_keeps_at_most_max_records() {
+        let log = CallLog::default();
+        let call = CallRecord {
+            position: 0,
+            method: "GET".into(),
+            scheme: "http".into(),
+            host: "h".into(),
+            port: 80,
+            path: "/".into(),
+            time: String::new(),
+            status: None,
+            error: Some("HTTP-request-denied".into()),
+            duration_us: 0,
+        };
+        let kept = (0..MAX_RECORDS * 3)
+            .filter_map(|_| log.push(call.clone()))
+            .count();
+        assert_eq!(kept, MAX_RECORDS);
+        assert_eq!(log.take().len(), MAX_RECORDS);
     }
 }

@@ -48,7 +48,16 @@ impl Scheme {
         }
     }
 
-    fn default_port(self) -> u16 {
+    /// The scheme named `s`, if it is `http` or `https`.
+    pub fn of(s: Option<&str>) -> Option<Scheme> {
+        match s {
+            Some("http") => Some(Scheme::Http),
+            Some("https") => Some(Scheme::Https),
+            _ => None,
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
         match self {
             Scheme::Http => 80,
             Scheme::Https => 443,

@@ -246,10 +246,20 @@ impl StepHttp {
         self.log = CallLog::default();
     }
 
-    /// The calls of the invocation so far, for its trace.
+    /// The calls of the invocation so far, for its trace (the first
+    /// [`calls::MAX_RECORDS`]).
     pub fn take_calls(&mut self) -> Vec<CallRecord> {
         if self.calls == 0 {
             return Vec::new();
+        }
+        if self.calls as usize > calls::MAX_RECORDS {
+            tracing::warn!(
+                step = %self.outbound.step,
+                event = %self.invocation.event_id,
+                "{} outbound calls in one invocation: the trace records the first {}",
+                self.calls,
+                calls::MAX_RECORDS
+            );
         }
         self.log.take()
     }
@@ -258,17 +268,13 @@ impl StepHttp {
     /// does.
     fn decide(&self, req: &http::Request<WasiBody>) -> Result<&Allowed, String> {
         let uri = req.uri();
-        let scheme = match uri.scheme_str() {
-            Some("http") => Scheme::Http,
-            Some("https") => Scheme::Https,
-            other => return Err(format!("scheme {other:?} is not http or https")),
+        let Some(scheme) = Scheme::of(uri.scheme_str()) else {
+            let other = uri.scheme_str();
+            return Err(format!("scheme {other:?} is not http or https"));
         };
         let host = uri.host().unwrap_or("").to_ascii_lowercase();
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = uri.port_u16().unwrap_or(match scheme {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        });
+        let port = uri.port_u16().unwrap_or(scheme.default_port());
         let t = Target {
             scheme,
             host,
@@ -310,19 +316,16 @@ impl WasiHttpHooks for StepHttp {
         self.calls += 1;
         let out = &self.outbound;
         let uri = request.uri();
+        let default_port = Scheme::of(uri.scheme_str()).map_or(0, Scheme::default_port);
+        // The guest's words, cut: a record is never larger than this.
+        let cut = |s: &str, max| crate::text::clean(s, max);
         let record = CallRecord {
             position,
-            method: request.method().to_string(),
-            scheme: uri.scheme_str().unwrap_or("").to_string(),
-            host: uri.host().unwrap_or("").to_string(),
-            port: uri
-                .port_u16()
-                .unwrap_or(if uri.scheme_str() == Some("https") {
-                    443
-                } else {
-                    80
-                }),
-            path: crate::text::clean(uri.path(), 512),
+            method: cut(request.method().as_str(), 32),
+            scheme: cut(uri.scheme_str().unwrap_or(""), 16),
+            host: cut(uri.host().unwrap_or(""), 256),
+            port: uri.port_u16().unwrap_or(default_port),
+            path: cut(uri.path(), 512),
             time: crate::event::now_rfc3339(),
             status: None,
             error: None,
@@ -383,7 +386,7 @@ impl WasiHttpHooks for StepHttp {
             permits: out.permits.clone(),
             stats: out.stats.clone(),
             pool: out.pool.clone(),
-            log: (self.log.clone(), self.log.push(record)),
+            log: self.log.push(record).map(|i| (self.log.clone(), i)),
         };
         Box::new(send::send(request, plan))
     }

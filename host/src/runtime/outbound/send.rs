@@ -47,8 +47,9 @@ pub(super) struct Plan {
     pub permits: Arc<Semaphore>,
     pub stats: Arc<HttpStats>,
     pub pool: Arc<Pool>,
-    /// Where the call's record is, to fill in when it ends.
-    pub log: (CallLog, usize),
+    /// Where the call's record is, to fill in when it ends (none past
+    /// the invocation's [`super::calls::MAX_RECORDS`]).
+    pub log: Option<(CallLog, usize)>,
 }
 
 trait Stream: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
@@ -63,7 +64,7 @@ pub(super) async fn send(
 ) -> Result<(http::Response<WasiBody>, Io), Error> {
     let started = Instant::now();
     let (stats, grant_host) = (plan.stats.clone(), plan.grant_host.clone());
-    let (log, i) = plan.log.clone();
+    let log = plan.log.clone();
     let until = plan.until;
     let r = tokio::time::timeout_at(until.into(), exchange(req, plan))
         .await
@@ -71,7 +72,9 @@ pub(super) async fn send(
     let status = r.as_ref().ok().map(|(res, _)| res.status().as_u16());
     let took = started.elapsed();
     stats.record(&grant_host, status, took);
-    log.ended(i, status, r.as_ref().err().map(code_name), took);
+    if let Some((log, i)) = log {
+        log.ended(i, status, r.as_ref().err().map(code_name), took);
+    }
     r
 }
 
