@@ -61,6 +61,63 @@ async fn the_order_cascade_crosses_four_languages() {
     host.shutdown().await;
 }
 
+/// A JavaScript step has what a step in any language has: a timer that
+/// fires, clocks that tell the time, and random numbers that differ from
+/// one instance to the next. componentize-js stubs out the engine features
+/// it is told to leave out: built without `clocks`, a timer trapped (and so,
+/// now and then, did an engine waiting on a slow `fetch`); built without
+/// `random`, every fresh instance drew the same numbers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_javascript_step_has_timers_clocks_and_random_numbers() {
+    let dir = repo().join("tests/callers/js-clock");
+    let component = tokio::task::spawn_blocking(move || build(&dir))
+        .await
+        .unwrap();
+    let app = TestApp::new(&step("clock", &component, "instances = \"fresh\""));
+    let host = app.start().await;
+    let ticks: Vec<_> = (0..2)
+        .map(|_| event("test.tick", json!({"wait_ms": 30})))
+        .collect();
+    host.broker.publish(ticks.clone()).await.unwrap();
+    let mut seen = vec![];
+    for tick in &ticks {
+        let report = eventually(Duration::from_secs(20), "the step's report", async || {
+            if let Some(dead) = host.broker.dlq_list().await.unwrap().pop() {
+                panic!("dead-lettered: {}: {}", dead.class, dead.message);
+            }
+            host.broker
+                .trace(&tick.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|x| x.kind == "test.tocked")
+        })
+        .await;
+        seen.push(data(&report));
+    }
+    host.shutdown().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+    for r in &seen {
+        assert!(
+            r["waited_ms"].as_f64().unwrap() >= 25.0,
+            "the timer waited: {r}"
+        );
+        let told = r["now_ms"].as_f64().unwrap();
+        assert!(
+            (told - now).abs() < 60_000.0,
+            "Date.now() tells the time: {r}"
+        );
+    }
+    assert_ne!(
+        seen[0]["crypto_random"], seen[1]["crypto_random"],
+        "{seen:?}"
+    );
+    assert_ne!(seen[0]["math_random"], seen[1]["math_random"], "{seen:?}");
+}
+
 /// Text that is not ASCII (accents, a combining mark, CJK, emoji) and text
 /// that must be escaped in JSON (quotes, backslash, newline, tab, a control
 /// character) crosses Rust, Python, C and JavaScript and arrives as it was

@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 
 /// A request as the service got it.
 #[derive(Debug, Clone)]
@@ -63,6 +63,7 @@ impl Upstream {
             .route("/v1/big/{n}", get(big))
             .route("/v1/trickle", get(trickle))
             .route("/v1/redirect", get(redirect))
+            .route("/v1/early", post(early))
             .fallback(any(plain))
             .with_state(shared.clone())
             .layer(axum::middleware::from_fn_with_state(shared, record));
@@ -192,6 +193,12 @@ async fn redirect(Query(q): Query<BTreeMap<String, String>>) -> Response {
         [("location", q.get("to").cloned().unwrap_or_default())],
     )
         .into_response()
+}
+
+/// Answers at once, without reading the request's body, and closes the
+/// connection (as a server refusing an upload does).
+async fn early() -> Response {
+    ([("connection", "close")], "early").into_response()
 }
 
 async fn plain() -> &'static str {

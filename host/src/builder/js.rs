@@ -1,9 +1,17 @@
 //! JavaScript plugins: a `package.json` whose `main` (default `app.js`) is
 //! an ES module exporting `describe` and `handle`; `componentize-js` bundles
-//! it with a JavaScript engine into a component. No WASI interface beyond
-//! what every step may have is linked in (`-d http fetch-event ...`),
-//! except `wasi:http` for a step whose sources call `fetch(` (outbound
-//! HTTP, granted per step; `handle` may then be `async`).
+//! it with a JavaScript engine into a component. The engine keeps what a
+//! step in any language has (clocks and timers, random numbers, stdio,
+//! which the host gives every step); `fetch-event` is left out (a step does
+//! not serve HTTP), and so is `http` unless the step's sources call
+//! `fetch(` (outbound HTTP, granted per step; `handle` may then be
+//! `async`).
+//!
+//! **No feature the engine relies on is left out**: componentize-js
+//! replaces a left-out feature's imports with stubs that trap. Built
+//! without `clocks`, a step trapped on `setTimeout`, and the engine now and
+//! then trapped waiting on a slow `fetch`; without `random`, every fresh
+//! instance drew the same numbers.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,10 +47,25 @@ fn entry(dir: &Path) -> String {
 pub(super) fn inputs(dir: &Path) -> Result<Inputs, BuildError> {
     let mut files = sources(dir, &["js", "mjs"]);
     files.push(dir.join("package.json"));
+    // How the tool is run is part of what a build depends on: a component
+    // built with other features is built again.
     Ok(Inputs {
         files,
-        tool_version: tool_version(&tool(dir)?),
+        tool_version: format!(
+            "{} -d {}",
+            tool_version(&tool(dir)?),
+            left_out(dir).join(" ")
+        ),
     })
+}
+
+/// The engine features left out of the step's component.
+fn left_out(dir: &Path) -> Vec<&'static str> {
+    if uses_fetch(dir) {
+        vec!["fetch-event"]
+    } else {
+        vec!["fetch-event", "http"]
+    }
 }
 
 /// Whether the step's sources call `fetch` (then componentize-js's `http`
@@ -57,11 +80,9 @@ pub(super) fn build(dir: &Path, out: &Path, wit: &Path) -> Result<(), BuildError
     let mut cmd = Command::new(tool(dir)?);
     cmd.arg("--wit")
         .arg(wit)
-        .args(["--world-name", "step", "-d"]);
-    if !uses_fetch(dir) {
-        cmd.arg("http");
-    }
-    cmd.args(["fetch-event", "random", "clocks", "stdio", "-o"])
+        .args(["--world-name", "step", "-d"])
+        .args(left_out(dir))
+        .arg("-o")
         .arg(out)
         .arg(entry(dir))
         .current_dir(dir);

@@ -21,7 +21,20 @@ export async function handle(event) {
   const results = [];
   for (const c of input.calls) {
     const init = { method: c.method ?? 'GET', headers: c.headers ?? {}, redirect: 'manual' };
-    if (c.body) init.body = c.body;
+    if (c.body && c.body_after_ms !== undefined) {
+      // A body the step writes only after `body_after_ms`.
+      const bytes = new TextEncoder().encode(c.body);
+      init.body = new ReadableStream({
+        async start(controller) {
+          await new Promise((resolve) => setTimeout(resolve, c.body_after_ms));
+          controller.enqueue(bytes);
+          controller.close();
+        },
+      });
+      init.duplex = 'half';
+    } else if (c.body) {
+      init.body = c.body;
+    }
     try {
       const res = await fetch(c.url, init);
       const body = await res.text();

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -308,13 +309,20 @@ type SendFuture = Box<
 impl WasiHttpHooks for StepHttp {
     fn send_request(
         &mut self,
-        mut request: http::Request<WasiBody>,
+        request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> SendFuture {
         let position = self.calls;
         self.calls += 1;
         let out = &self.outbound;
+        let ms = Duration::from_millis;
+        // Not the invocation's deadline: the guard ends the invocation
+        // there, as `timeout`, whatever the call is doing.
+        let until = Instant::now() + ms(out.limits.request_timeout_ms);
+        // Whatever becomes of the call, the guest's writes of its body
+        // succeed (the JavaScript engine aborts on a failed one).
+        let mut request = request.map(|b| send::Drained::new(b, until).boxed_unsync());
         let uri = request.uri();
         let default_port = Scheme::of(uri.scheme_str()).map_or(0, Scheme::default_port);
         // The guest's words, cut: a record is never larger than this.
@@ -369,7 +377,6 @@ impl WasiHttpHooks for StepHttp {
             }
         }
         let l = &out.limits;
-        let ms = Duration::from_millis;
         let clamp =
             |asked: Option<Duration>, most: u64| asked.map_or(ms(most), |a| a.min(ms(most)));
         let options = options.unwrap_or_default();
@@ -379,9 +386,7 @@ impl WasiHttpHooks for StepHttp {
             connect_timeout: clamp(options.connect_timeout, l.connect_timeout_ms),
             first_byte_timeout: clamp(options.first_byte_timeout, l.first_byte_timeout_ms),
             between_bytes_timeout: clamp(options.between_bytes_timeout, l.between_bytes_timeout_ms),
-            // Not the invocation's deadline: the guard ends the invocation
-            // there, as `timeout`, whatever the call is doing.
-            until: Instant::now() + ms(l.request_timeout_ms),
+            until,
             max_response_bytes: l.max_response_bytes,
             permits: out.permits.clone(),
             stats: out.stats.clone(),

@@ -10,6 +10,13 @@
 //!
 //! A connection whose response was read whole waits in the step's [`Pool`]
 //! (up to 10 s) for the step's next call to the same scheme, host and port.
+//!
+//! **A guest's writes of its request body do not fail because the
+//! connection is done with them** (the server answered early and closed,
+//! or the call failed): the rest of the body is read and dropped until the
+//! call's end ([`Drained`], also for a denied request). The guest gets the answer, or the call's
+//! error, from the response; a failed write is what made the JavaScript
+//! engine abort.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -79,7 +86,7 @@ pub(super) async fn send(
 }
 
 async fn exchange(
-    mut req: http::Request<WasiBody>,
+    req: http::Request<WasiBody>,
     plan: Plan,
 ) -> Result<(http::Response<WasiBody>, Io), Error> {
     let permit = plan
@@ -106,6 +113,7 @@ async fn exchange(
         Some(s) => s,
         None => open(&key, plan.connect_timeout).await?,
     };
+    let mut req = req;
     // The request line carries the path only (no proxy here).
     *req.uri_mut() = http::Uri::builder()
         .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
@@ -172,6 +180,73 @@ async fn open(key: &Key, connect_timeout: Duration) -> Result<Sender, Error> {
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<WasiBody>;
+
+/// A request body that, dropped before its end, is read to its end (until
+/// `until`) by a task of its own, what it holds thrown away. Every request
+/// a guest makes is wrapped in one, allowed or denied.
+pub(super) struct Drained {
+    inner: Option<WasiBody>,
+    ended: bool,
+    until: Instant,
+}
+
+impl Drained {
+    pub(super) fn new(inner: WasiBody, until: Instant) -> Self {
+        Drained {
+            inner: Some(inner),
+            ended: false,
+            until,
+        }
+    }
+}
+
+impl Body for Drained {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let r = ready!(Pin::new(inner).poll_frame(cx));
+        if !matches!(r, Some(Ok(_))) {
+            self.ended = true;
+        }
+        Poll::Ready(r)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        let Some(mut body) = self.inner.take() else {
+            return;
+        };
+        if self.ended || body.is_end_stream() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let until = self.until;
+        rt.spawn(async move {
+            let read = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout_at(until.into(), read).await;
+        });
+    }
+}
 
 /// Where a connection goes, and what it was checked for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
