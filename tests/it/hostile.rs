@@ -660,7 +660,7 @@ fn nats_keeps_every_record_within_a_message() {
     // An output larger than a message: `limit`, at once.
     let huge = host
         .client
-        .publish(&json!({"type": "hostile.huge-emit", "data": {}}))
+        .publish(&json!({"type": "hostile.huge-emit", "data": {"kb": 4096}}))
         .unwrap();
     // An event that nearly fills a message, rejected: its dead letter
     // holds it by reference, and shows it whole.

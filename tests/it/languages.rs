@@ -11,7 +11,7 @@ use troupe::host::load_steps;
 use troupe::runtime::Runtime;
 use troupe_tests::{
     Backend, TestApp, build, data, event, eventually, example_app, example_app_on, on_each_broker,
-    repo, step, troupe_bin,
+    output_of, repo, step, troupe_bin,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -81,18 +81,7 @@ async fn a_javascript_step_has_timers_clocks_and_random_numbers() {
     host.broker.publish(ticks.clone()).await.unwrap();
     let mut seen = vec![];
     for tick in &ticks {
-        let report = eventually(Duration::from_secs(20), "the step's report", async || {
-            if let Some(dead) = host.broker.dlq_list().await.unwrap().pop() {
-                panic!("dead-lettered: {}: {}", dead.class, dead.message);
-            }
-            host.broker
-                .trace(&tick.id)
-                .await
-                .unwrap()
-                .into_iter()
-                .find(|x| x.kind == "test.tocked")
-        })
-        .await;
+        let report = output_of(&host, tick, "test.tocked", Duration::from_secs(20)).await;
         seen.push(data(&report));
     }
     host.shutdown().await;

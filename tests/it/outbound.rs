@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use troupe::protocol::FailureClass;
 use troupe_tests::upstream::Upstream;
-use troupe_tests::{Backend, TestApp, data, event, eventually, guest, step};
+use troupe_tests::{Backend, TestApp, data, event, eventually, guest, output_of, step};
 
 const IDLE: Duration = Duration::from_millis(300);
 const KEY: &str = "sk_test_canary_7f3a91c2";
@@ -23,21 +23,7 @@ async fn calls_traced(app: &TestApp, input: Value) -> (Value, Vec<Value>) {
     let host = app.start().await;
     let e = event("test.call", input);
     host.broker.publish(vec![e.clone()]).await.unwrap();
-    let report = eventually(Duration::from_secs(20), "the guest's report", async || {
-        if let Some(dead) = host.broker.dlq_list().await.unwrap().pop() {
-            panic!(
-                "the call was dead-lettered: {}: {}",
-                dead.class, dead.message
-            );
-        }
-        host.broker
-            .trace(&e.id)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|x| x.kind == "test.called")
-    })
-    .await;
+    let report = output_of(&host, &e, "test.called", Duration::from_secs(20)).await;
     // The records are committed with the output: they are there with it.
     let records = host
         .broker

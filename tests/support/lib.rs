@@ -258,6 +258,23 @@ pub fn event(kind: &str, data: serde_json::Value) -> Event {
     )
 }
 
+/// The first event of type `kind` in the trace of `e`, waiting up to
+/// `timeout`; panics at once, saying why, if anything was dead-lettered.
+pub async fn output_of(host: &Host, e: &Event, kind: &str, timeout: Duration) -> Event {
+    eventually(timeout, kind, async || {
+        if let Some(dead) = host.broker.dlq_list().await.unwrap().pop() {
+            panic!("dead-lettered: {}: {}", dead.class, dead.message);
+        }
+        host.broker
+            .trace(&e.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|x| x.kind == kind)
+    })
+    .await
+}
+
 /// Poll `check` until it returns `Some`, or panic after `timeout`.
 pub async fn eventually<T>(
     timeout: Duration,

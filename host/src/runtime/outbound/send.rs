@@ -13,10 +13,10 @@
 //!
 //! **A guest's writes of its request body do not fail because the
 //! connection is done with them** (the server answered early and closed,
-//! or the call failed): the rest of the body is read and dropped until the
-//! call's end ([`Drained`], also for a denied request). The guest gets the answer, or the call's
-//! error, from the response; a failed write is what made the JavaScript
-//! engine abort.
+//! or the call failed or was denied): the rest of the body is read and
+//! dropped until the call's end ([`Drained`]). The guest gets the answer,
+//! or the call's error, from the response; a failed write is what made
+//! the JavaScript engine abort.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -86,7 +86,7 @@ pub(super) async fn send(
 }
 
 async fn exchange(
-    req: http::Request<WasiBody>,
+    mut req: http::Request<WasiBody>,
     plan: Plan,
 ) -> Result<(http::Response<WasiBody>, Io), Error> {
     let permit = plan
@@ -113,7 +113,6 @@ async fn exchange(
         Some(s) => s,
         None => open(&key, plan.connect_timeout).await?,
     };
-    let mut req = req;
     // The request line carries the path only (no proxy here).
     *req.uri_mut() = http::Uri::builder()
         .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))

@@ -110,8 +110,14 @@ impl Guest for Step {
                     std::hint::black_box(&hoard);
                 }
             }
+            // Twice the default limit of an event's data unless `kb` says
+            // how much: small enough to be made well within the time limit
+            // on a loaded machine, so the byte limit is what trips.
             "hostile.huge-emit" => {
-                let out = json!({"n": 1, "pad": "x".repeat(4 << 20)});
+                let kb = event.json::<serde_json::Value>()?["kb"]
+                    .as_u64()
+                    .unwrap_or(512);
+                let out = json!({"n": 1, "pad": "x".repeat(kb as usize * 1024)});
                 Ok(vec![emit("hostile.out", None, out.to_string().as_bytes())])
             }
             // Not an attack: an output of `kb` KiB, for the brokers' size limits.
