@@ -33,6 +33,8 @@
 //!   that runs them (its decisions in `orchestrator::machine`, apart from
 //!   their effects); [`api`], [`client`]: the HTTP API (with `/metrics`)
 //!   and its client.
+//! - [`kv`]: step state: an invocation's reads and writes of its buckets,
+//!   and what its commit must find still true (decisions only).
 //! - [`stats`]: per-step counters, shown by the CLI and by `/metrics`.
 //! - [`text`]: text the host did not write (guests', producers'), bounded
 //!   and escaped before it is stored, logged or printed.
@@ -53,6 +55,7 @@ pub mod flow;
 pub mod graph;
 pub mod host;
 pub mod ingress;
+pub mod kv;
 pub mod orchestrator;
 pub mod protocol;
 pub mod retry;

@@ -1,7 +1,8 @@
 //! The embedded broker: the default backend, in the app's `.troupe/` folder.
 //!
-//! Durable state lives in SQLite ([`store`]), changed only by one writer
-//! thread that commits in groups ([`writer`]). Dispatch is in memory: each
+//! Durable state lives in SQLite ([`store`]; steps' buckets in [`kv`]),
+//! changed only by one writer thread that commits in groups ([`writer`]).
+//! Dispatch is in memory: each
 //! consumer group has a queue that the writer fills after each commit, and
 //! that the group's workers drain. On start, a group's unsettled deliveries
 //! are read back from disk, so whatever was in flight when a process died
@@ -11,6 +12,7 @@
 //! dlq replay`) don't touch the queues: they append to the `inbox` table,
 //! which the writer polls while a host runs, and which a host takes on start.
 
+pub mod kv;
 mod store;
 mod writer;
 

@@ -10,6 +10,7 @@
 //! - `dlq`: dead letters, pointing at their event.
 //! - `inbox`: work queued by other processes (`troupe publish`,
 //!   `troupe dlq replay`) for the host that owns the broker to pick up.
+//! - `kv`, `kv_buckets`: steps' buckets (see [`super::kv`]).
 
 use std::path::Path;
 
@@ -82,9 +83,10 @@ pub fn open(state_dir: &Path) -> Result<Connection, BrokerError> {
     Ok(conn)
 }
 
-/// The schema's version (`PRAGMA user_version`): 1 since events are
-/// identified by (id, source); 0 before, when the id alone was unique.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema's version (`PRAGMA user_version`): 2 since step state
+/// (`kv`, `kv_buckets`: [`super::kv`]); 1 since events are identified by
+/// (id, source); 0 before, when the id alone was unique.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Create the tables, or bring a store written by an earlier version up to
 /// date, in one transaction (so of several connections opening one store,
@@ -115,6 +117,7 @@ fn create(conn: &Connection) -> Result<(), BrokerError> {
             )?;
         }
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(super::kv::SCHEMA)?;
         if old_events {
             conn.execute_batch(
                 "INSERT INTO events SELECT * FROM events_v0; DROP TABLE events_v0;",

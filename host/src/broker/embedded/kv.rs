@@ -1,0 +1,280 @@
+//! Step state in the embedded broker: the `kv` and `kv_buckets` tables,
+//! read by the sandbox and written in the commit that settles a delivery
+//! (see [`crate::kv`]).
+//!
+//! - `kv`: one row per entry: bucket, key, value, and the version that
+//!   wrote it.
+//! - `kv_buckets`: one row per bucket ever written: its version (the
+//!   greatest version written to it, deletions included), and its keys and
+//!   bytes (keys and values) for the quotas. Rows are never removed, so the
+//!   greatest bucket version is the app's version clock and **no version
+//!   is given twice**.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::broker::BrokerError;
+use crate::kv::{Conflict, KvLimits, Version, Writes, check};
+
+/// The tables (part of the store's schema).
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS kv (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kv_buckets (
+    bucket TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    keys INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Why a commit's writes were not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Something the invocation read changed since: run it again.
+    #[error("{0}")]
+    Conflict(#[from] Conflict),
+    /// The writes would take a bucket over a quota (`limit`).
+    #[error("{0}")]
+    Quota(String),
+}
+
+/// The committed entry `bucket`/`key`: its value and version.
+pub fn get(
+    conn: &Connection,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<(Vec<u8>, Version)>, BrokerError> {
+    Ok(conn
+        .prepare_cached("SELECT value, version FROM kv WHERE bucket = ?1 AND key = ?2")?
+        .query_row(params![bucket, key], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? as Version))
+        })
+        .optional()?)
+}
+
+/// `bucket`'s committed keys, sorted, and the bucket's version, read
+/// together (in one read transaction).
+pub fn list(conn: &Connection, bucket: &str) -> Result<(Vec<String>, Version), BrokerError> {
+    let tx = conn.unchecked_transaction()?;
+    let version = bucket_version(&tx, bucket)?;
+    let keys = tx
+        .prepare_cached("SELECT key FROM kv WHERE bucket = ?1 ORDER BY key")?
+        .query_map([bucket], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    tx.finish()?;
+    Ok((keys, version))
+}
+
+fn bucket_version(conn: &Connection, bucket: &str) -> Result<Version, BrokerError> {
+    Ok(conn
+        .prepare_cached("SELECT version FROM kv_buckets WHERE bucket = ?1")?
+        .query_row([bucket], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map_or(0, |v| v as Version))
+}
+
+/// Apply `w` in `tx` if everything it read is still current and the
+/// buckets stay within `limits`; otherwise write nothing and say why.
+pub fn apply(
+    tx: &Transaction,
+    w: &Writes,
+    limits: &KvLimits,
+) -> Result<Result<(), Refused>, BrokerError> {
+    // What the check needs, read first (the check itself is pure).
+    let mut keys = BTreeMap::new();
+    for (b, k, _) in &w.reads {
+        let v = get(tx, b, k)?.map_or(0, |(_, v)| v);
+        keys.insert((b.as_str(), k.as_str()), v);
+    }
+    let mut buckets = BTreeMap::new();
+    for (b, _) in &w.lists {
+        buckets.insert(b.as_str(), bucket_version(tx, b)?);
+    }
+    if let Err(c) = check(w, |b, k| keys[&(b, k)], |b| buckets[b]) {
+        return Ok(Err(c.into()));
+    }
+    if w.writes.is_empty() {
+        return Ok(Ok(()));
+    }
+    // The buckets' totals after the writes, checked before any is made.
+    let mut totals: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for (b, k, v) in &w.writes {
+        if !totals.contains_key(b.as_str()) {
+            let t = tx
+                .prepare_cached("SELECT keys, bytes FROM kv_buckets WHERE bucket = ?1")?
+                .query_row([b], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .unwrap_or((0, 0));
+            totals.insert(b, t);
+        }
+        let t = totals.get_mut(b.as_str()).expect("inserted above");
+        if let Some((old, _)) = get(tx, b, k)? {
+            t.0 -= 1;
+            t.1 -= (k.len() + old.len()) as i64;
+        }
+        if let Some(v) = v {
+            t.0 += 1;
+            t.1 += (k.len() + v.len()) as i64;
+        }
+    }
+    for (b, (n, bytes)) in &totals {
+        if *n as u64 > limits.max_keys {
+            return Ok(Err(Refused::Quota(format!(
+                "bucket {b} would hold {n} keys, over its limit of {}",
+                limits.max_keys
+            ))));
+        }
+        if *bytes as u64 > limits.max_bucket_bytes {
+            return Ok(Err(Refused::Quota(format!(
+                "bucket {b} would hold {bytes} bytes, over its limit of {}",
+                limits.max_bucket_bytes
+            ))));
+        }
+    }
+    let mut clock: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM kv_buckets",
+        [],
+        |r| r.get(0),
+    )?;
+    for (b, k, v) in &w.writes {
+        clock += 1;
+        match v {
+            Some(v) => tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO kv (bucket, key, value, version) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![b, k, v, clock])?,
+            None => tx
+                .prepare_cached("DELETE FROM kv WHERE bucket = ?1 AND key = ?2")?
+                .execute(params![b, k])?,
+        };
+        let (n, bytes) = totals[b.as_str()];
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO kv_buckets (bucket, version, keys, bytes) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![b, clock, n, bytes])?;
+    }
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::Txn;
+
+    /// A store of its own; its folder is removed when the guard goes.
+    struct Dir(std::path::PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn store() -> (Dir, Connection) {
+        let dir = std::env::temp_dir().join(format!("troupe-kv-{}", uuid::Uuid::new_v4()));
+        let conn = super::super::store::open(&dir).unwrap();
+        (Dir(dir), conn)
+    }
+
+    fn commit(conn: &mut Connection, t: Txn, limits: &KvLimits) -> Result<(), Refused> {
+        let tx = conn.transaction().unwrap();
+        let r = apply(&tx, &t.into_writes(), limits).unwrap();
+        tx.commit().unwrap();
+        r
+    }
+
+    fn txn() -> Txn {
+        Txn::new("reserve", &["stock".into()], KvLimits::default())
+    }
+
+    fn read(conn: &Connection, t: &mut Txn, b: &str, k: &str) {
+        let e = get(conn, b, k).unwrap();
+        let v = e.as_ref().map_or(0, |(_, v)| *v);
+        t.saw(b, k, e.map(|(v, _)| v), v);
+    }
+
+    #[test]
+    fn writes_are_applied_with_versions_that_never_repeat() {
+        let (_d, mut conn) = store();
+        let l = KvLimits::default();
+        let mut t = txn();
+        t.set("stock", "tea", b"5".to_vec()).unwrap();
+        t.set("stock", "coffee", b"7".to_vec()).unwrap();
+        commit(&mut conn, t, &l).unwrap();
+        let (tea, v1) = get(&conn, "stock", "tea").unwrap().unwrap();
+        assert_eq!(tea, b"5");
+        assert_eq!(list(&conn, "stock").unwrap().0, ["coffee", "tea"]);
+        // Deleted and written again with the same value: a new version.
+        let mut t = txn();
+        t.delete("stock", "tea").unwrap();
+        commit(&mut conn, t, &l).unwrap();
+        assert_eq!(get(&conn, "stock", "tea").unwrap(), None);
+        let mut t = txn();
+        t.set("stock", "tea", b"5".to_vec()).unwrap();
+        commit(&mut conn, t, &l).unwrap();
+        let (_, v3) = get(&conn, "stock", "tea").unwrap().unwrap();
+        assert!(v3 > v1);
+        assert_eq!(list(&conn, "stock").unwrap().1, v3);
+    }
+
+    #[test]
+    fn a_stale_read_refuses_the_whole_commit() {
+        let (_d, mut conn) = store();
+        let l = KvLimits::default();
+        let mut a = txn();
+        let mut b = txn();
+        read(&conn, &mut a, "stock", "tea");
+        read(&conn, &mut b, "stock", "tea");
+        a.increment("stock", "tea", 1).unwrap();
+        b.increment("stock", "tea", 1).unwrap();
+        b.set("reserve", "o-2", b"held".to_vec()).unwrap();
+        commit(&mut conn, a, &l).unwrap();
+        assert!(matches!(
+            commit(&mut conn, b, &l),
+            Err(Refused::Conflict(Conflict::Key { .. }))
+        ));
+        assert_eq!(get(&conn, "reserve", "o-2").unwrap(), None);
+        assert_eq!(get(&conn, "stock", "tea").unwrap().unwrap().0, b"1");
+    }
+
+    #[test]
+    fn quotas_are_checked_before_anything_is_written() {
+        let (_d, mut conn) = store();
+        let l = KvLimits {
+            max_keys: 2,
+            max_bucket_bytes: 20,
+            ..KvLimits::default()
+        };
+        let mut t = txn();
+        t.set("stock", "a", b"1".to_vec()).unwrap();
+        t.set("stock", "b", b"1".to_vec()).unwrap();
+        commit(&mut conn, t, &l).unwrap();
+        let mut t = txn();
+        t.set("stock", "c", b"1".to_vec()).unwrap();
+        let e = commit(&mut conn, t, &l).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bucket stock would hold 3 keys, over its limit of 2"
+        );
+        // Replacing one and deleting one stays within the quota.
+        let mut t = txn();
+        t.delete("stock", "a").unwrap();
+        t.set("stock", "c", b"1".to_vec()).unwrap();
+        commit(&mut conn, t, &l).unwrap();
+        let mut t = txn();
+        t.set("stock", "b", vec![b'x'; 30]).unwrap();
+        assert!(matches!(commit(&mut conn, t, &l), Err(Refused::Quota(_))));
+        assert_eq!(list(&conn, "stock").unwrap().0, ["b", "c"]);
+        assert_eq!(get(&conn, "stock", "b").unwrap().unwrap().0, b"1");
+    }
+}
