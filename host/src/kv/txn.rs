@@ -184,11 +184,6 @@ impl Txn {
         Some(keys.into_iter().collect())
     }
 
-    /// Whether the invocation wrote anything.
-    pub fn wrote(&self) -> bool {
-        !self.writes.is_empty()
-    }
-
     /// What the commit must check and apply. The reads of an invocation
     /// that wrote nothing are checked too: each key was read from the
     /// broker at its own moment, and only the check shows that they were

@@ -143,8 +143,11 @@ pub fn apply(
         [],
         |r| r.get(0),
     )?;
+    // Each bucket's version: the last version written to it.
+    let mut last = BTreeMap::new();
     for (b, k, v) in &w.writes {
         clock += 1;
+        last.insert(b.as_str(), clock);
         match v {
             Some(v) => tx
                 .prepare_cached(
@@ -156,12 +159,14 @@ pub fn apply(
                 .prepare_cached("DELETE FROM kv WHERE bucket = ?1 AND key = ?2")?
                 .execute(params![b, k])?,
         };
-        let (n, bytes) = totals[b.as_str()];
+    }
+    for (b, version) in last {
+        let (n, bytes) = totals[b];
         tx.prepare_cached(
             "INSERT OR REPLACE INTO kv_buckets (bucket, version, keys, bytes) \
              VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![b, clock, n, bytes])?;
+        .execute(params![b, version, n, bytes])?;
     }
     Ok(Ok(()))
 }
