@@ -301,6 +301,15 @@ impl StepConfig {
             return Err("retry.max_attempts must be at least 1 (1 means no retry)".into());
         }
         l.http.check()?;
+        l.kv.check()?;
+        for b in &self.grants.kv {
+            if !crate::kv::valid_bucket(b) {
+                return Err(format!(
+                    "grants.kv: {b:?} is not a bucket name (1 to 64 lowercase letters, digits, \
+                     `-` and `_`, starting with a letter or digit)"
+                ));
+            }
+        }
         for g in &self.grants.http {
             crate::runtime::outbound::grant::HttpGrant::parse(g)?;
         }

@@ -30,9 +30,10 @@ use std::time::Instant;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
-use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery, Disposition};
+use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery, Disposition, KvCommit};
 use crate::contract::Violation;
 use crate::event::{Emitted, Event, JSON};
+use crate::kv::{Conflict, Refused, Writes};
 use crate::protocol::{self, FailureClass};
 use crate::runtime::outbound::calls::{CALL_EVENT, CallRecord};
 use crate::runtime::step::{Failure, LoadedStep};
@@ -41,6 +42,9 @@ use crate::world;
 
 /// Broker calls a step's workers may have outstanding at once.
 pub const MAX_UNSETTLED: usize = 4096;
+/// Runs of one delivery whose state commit may be refused (what it read
+/// changed) before it counts as a failure (`retry`, with backoff).
+pub const MAX_RERUNS: u32 = 16;
 /// The type of the alert raised for a contract violation.
 pub const CONTRACT_ALERT: &str = "troupe.alert.contract";
 
@@ -107,19 +111,41 @@ impl Wiring {
     }
 
     /// Handle one delivery, start to finish.
-    pub fn process(&self, d: Delivery) {
+    pub fn process(&self, mut d: Delivery) {
         let step = &self.step;
         if let Err(v) = step.contract.check_input(&d.event) {
             return self.violation(d, v, None, Vec::new());
         }
-        let start = Instant::now();
         let attempt = protocol::attempt_of(&d.event, d.attempt);
-        let (result, calls) = step.handle_traced(&d.event, attempt);
-        StepStats::add(&self.stats.guest_micros, start.elapsed().as_micros() as u64);
-        let calls = self.call_events(&d.event, attempt, calls);
-        match result {
-            Ok(emits) => self.completed(d, emits, calls, start),
-            Err(f) => self.failed(d, f, calls),
+        // A run whose state commit found what it read changed is run
+        // again at once (it is not the step's failure: its retry budget is
+        // untouched), up to MAX_RERUNS times.
+        for rerun in 0.. {
+            let start = Instant::now();
+            let handled = step.handle_traced(&d.event, attempt);
+            StepStats::add(&self.stats.guest_micros, start.elapsed().as_micros() as u64);
+            let calls = self.call_events(&d.event, attempt, handled.calls);
+            let conflict = match handled.result {
+                Ok(emits) => match self.completed(d, emits, calls, start, handled.kv) {
+                    None => return,
+                    Some((again, conflict)) => {
+                        d = again;
+                        conflict
+                    }
+                },
+                Err(f) => return self.failed(d, f, calls),
+            };
+            StepStats::add(&self.stats.kv_conflicts, 1);
+            if rerun + 1 >= MAX_RERUNS {
+                let f = Failure::new(
+                    FailureClass::Retry,
+                    format!(
+                        "state it read kept changing before its commit ({MAX_RERUNS} runs; last: {conflict})"
+                    ),
+                );
+                return self.failed(d, f, Vec::new());
+            }
+            tracing::debug!(step = %step.name(), event = %d.event.id, "run again: {conflict}");
         }
     }
 
@@ -152,8 +178,17 @@ impl Wiring {
     }
 
     /// The guest returned `emits`: gate them, stamp them, and commit them
-    /// with the ack (or, for a command, reply with them).
-    fn completed(&self, d: Delivery, emits: Vec<world::Emit>, calls: Vec<Event>, start: Instant) {
+    /// with the ack (or, for a command, reply with them) and the state it
+    /// wrote. Gives the delivery back if that commit was refused because
+    /// state the invocation read changed: run it again.
+    fn completed(
+        &self,
+        d: Delivery,
+        emits: Vec<world::Emit>,
+        calls: Vec<Event>,
+        start: Instant,
+        kv: Writes,
+    ) -> Option<(Delivery, Conflict)> {
         let step = &self.step;
         let mut checked = Vec::with_capacity(emits.len());
         for e in emits {
@@ -167,7 +202,8 @@ impl Wiring {
                     // The output itself, for `dlq show` (cleaned and cut:
                     // it is the guest's).
                     let rejected = crate::text::clean(&String::from_utf8_lossy(&e.data), 2048);
-                    return self.violation(d, v, Some(rejected), calls);
+                    self.violation(d, v, Some(rejected), calls);
+                    return None;
                 }
             };
             checked.push(Emitted {
@@ -205,19 +241,64 @@ impl Wiring {
             .map(|e| self.broker.check_size(e))
             .find(Result::is_err)
         {
-            return self.failed(d, Failure::new(FailureClass::Limit, e.to_string()), calls);
+            self.failed(d, Failure::new(FailureClass::Limit, e.to_string()), calls);
+            return None;
         }
-        StepStats::add(&self.stats.handled, 1);
-        StepStats::add(&self.stats.emitted, emitted);
         let failed = if protocol::is_command(&d.event) {
             "cannot reply to the orchestrator (the command will be redelivered)"
         } else {
             "cannot settle a delivery (it will be redelivered)"
         };
-        // The reply (or the outputs) first: the records follow in the
-        // same commit.
+        if kv.is_empty() {
+            StepStats::add(&self.stats.handled, 1);
+            StepStats::add(&self.stats.emitted, emitted);
+            // The reply (or the outputs) first: the records follow in the
+            // same commit.
+            out.extend(calls);
+            self.commit_ack(d, out, failed);
+            return None;
+        }
+        // With state, the worker waits for the commit's verdict: a refused
+        // one is run again (or, over a quota, fails as `limit`).
+        let records = calls.clone();
         out.extend(calls);
-        self.commit_ack(d, out, failed);
+        let commit = Commit {
+            ack: Some(d.clone()),
+            events: out,
+            kv: Some(KvCommit {
+                writes: kv,
+                limits: step.sandbox.config.limits.kv.clone(),
+            }),
+            ..Commit::default()
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.broker.commit_then(
+            commit,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        match self
+            .runtime
+            .block_on(rx)
+            .unwrap_or(Err(BrokerError::Closed))
+        {
+            Ok(()) => {
+                StepStats::add(&self.stats.handled, 1);
+                StepStats::add(&self.stats.emitted, emitted);
+                None
+            }
+            Err(BrokerError::Refused(Refused::Conflict(c))) => Some((d, c)),
+            Err(BrokerError::Refused(Refused::Quota(q))) => {
+                self.failed(d, Failure::new(FailureClass::Limit, q), records);
+                None
+            }
+            Err(e) => {
+                // The delivery stays unsettled: delivered again later.
+                tracing::error!(step = %step.name(), "{failed}: {e}");
+                None
+            }
+        }
     }
 
     /// Handling failed: retry or dead-letter (for a command, tell the

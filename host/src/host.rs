@@ -233,8 +233,12 @@ impl Host {
         let mut stats = Stats::default();
         let mut wirings = Vec::new();
         let mut tasks = Tasks::default();
+        let kv_reader = broker.kv_reader();
         for step in &steps {
             let cfg = &app.steps[&*step.sandbox.name];
+            if let Some(r) = &kv_reader {
+                step.sandbox.set_state_reader(r.clone());
+            }
             let kinds = if step.choreography {
                 step.contract.consumed_kinds()
             } else {

@@ -22,6 +22,9 @@ pub struct StepStats {
     pub contract_violations: AtomicU64,
     /// Time spent in the guest, microseconds.
     pub guest_micros: AtomicU64,
+    /// Invocations run again because state they read changed before
+    /// their commit.
+    pub kv_conflicts: AtomicU64,
 }
 
 /// A snapshot of one step's counters.
@@ -33,6 +36,7 @@ pub struct StepSnapshot {
     pub dead_lettered: u64,
     pub contract_violations: u64,
     pub guest_micros: u64,
+    pub kv_conflicts: u64,
 }
 
 impl StepStats {
@@ -49,6 +53,7 @@ impl StepStats {
             dead_lettered: g(&self.dead_lettered),
             contract_violations: g(&self.contract_violations),
             guest_micros: g(&self.guest_micros),
+            kv_conflicts: g(&self.kv_conflicts),
         }
     }
 }

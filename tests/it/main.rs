@@ -21,3 +21,4 @@ mod outbound;
 mod restart;
 mod sandbox;
 mod scale_out;
+mod state;

@@ -433,7 +433,7 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
         &'static str,
         fn(&crate::stats::StepSnapshot) -> u64,
     );
-    let series: [Series; 6] = [
+    let series: [Series; 7] = [
         ("troupe_step_handled_total", "Events a step handled", |x| {
             x.handled
         }),
@@ -459,6 +459,11 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
             "troupe_step_guest_seconds_total",
             "Time spent in the guest",
             |x| x.guest_micros,
+        ),
+        (
+            "troupe_kv_conflicts_total",
+            "Invocations run again because state they read changed before their commit",
+            |x| x.kv_conflicts,
         ),
     ];
     for (name, help, f) in series {

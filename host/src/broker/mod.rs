@@ -64,6 +64,11 @@ pub enum BrokerError {
     /// An event larger than one message of the broker can hold.
     #[error("{0}")]
     TooLarge(String),
+    /// A commit's state changes were refused, and with them the whole
+    /// commit: what the step read changed since, or a bucket would go over
+    /// its quota.
+    #[error("state commit refused: {0}")]
+    Refused(crate::kv::Refused),
 }
 
 /// What kind of failure a [`BrokerError`] is.
@@ -82,7 +87,8 @@ impl BrokerError {
         match self {
             BrokerError::NoSuchDeadLetter(_)
             | BrokerError::BadInput(_)
-            | BrokerError::TooLarge(_) => ErrorKind::Caller,
+            | BrokerError::TooLarge(_)
+            | BrokerError::Refused(_) => ErrorKind::Caller,
             BrokerError::Store(_) | BrokerError::Closed | BrokerError::Nats(_) => {
                 ErrorKind::Unavailable
             }
@@ -297,6 +303,11 @@ pub struct Commit {
     pub events: Vec<Event>,
     /// State rows to write (`None` deletes).
     pub state: Vec<(String, Option<Vec<u8>>)>,
+    /// A step's bucket writes, applied before anything else of the commit
+    /// and only if every version its invocation read is still the
+    /// committed one and the buckets stay within `limits`; otherwise
+    /// nothing of the commit is applied ([`BrokerError::Refused`]).
+    pub kv: Option<KvCommit>,
     /// Deliver `events` as soon as they are written, before they are
     /// durable, where the backend can (the embedded one). Only for events
     /// that can be derived again from what is durable: the orchestrator's
@@ -308,8 +319,20 @@ pub struct Commit {
     pub early: bool,
 }
 
+/// An invocation's state changes, for its commit.
+#[derive(Debug, Clone)]
+pub struct KvCommit {
+    pub writes: crate::kv::Writes,
+    pub limits: crate::kv::KvLimits,
+}
+
 /// A callback that receives the outcome of a broker call.
 pub type Then = Box<dyn FnOnce(Result<(), BrokerError>) + Send>;
+
+/// A step state read that failed in the broker, as the guest sees it.
+pub(crate) fn read_error(e: BrokerError) -> crate::kv::ReadError {
+    crate::kv::ReadError(e.to_string())
+}
 
 /// The members of one consumer group take deliveries from this.
 #[async_trait]
@@ -444,6 +467,13 @@ pub trait RunState: Send + Sync {
     /// embedded one) grants every lease.
     async fn lease(&self, _name: &str, _holder: &str, _ttl: Duration) -> Result<bool, BrokerError> {
         Ok(true)
+    }
+
+    /// Steps' buckets, as their invocations read them (see [`crate::kv`]);
+    /// `None` where this broker keeps no step state (NATS, in this
+    /// version: a step's bucket calls fail inside the guest).
+    fn kv_reader(&self) -> Option<Arc<dyn crate::kv::Reader>> {
+        None
     }
 }
 

@@ -34,9 +34,11 @@ use std::collections::BTreeMap;
 /// A key's (or a bucket's) version: `0` when absent.
 pub type Version = u64;
 
-/// What a step may keep: sizes checked on every write (an error inside
-/// the guest), quotas checked at the commit (`limit`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a step may keep (`limits.kv` in `troupe.toml`): sizes checked on
+/// every write (an error inside the guest), quotas checked at the commit
+/// (`limit`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct KvLimits {
     /// Bytes of one key (UTF-8).
     pub max_key_bytes: usize,
@@ -61,6 +63,47 @@ impl Default for KvLimits {
         }
     }
 }
+
+impl KvLimits {
+    /// What is wrong with these limits, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        let within = |name: &str, v: u64, max: u64| {
+            if v == 0 || v > max {
+                Err(format!("limits.kv.{name} must be between 1 and {max}"))
+            } else {
+                Ok(())
+            }
+        };
+        within("max_key_bytes", self.max_key_bytes as u64, 4096)?;
+        within("max_value_bytes", self.max_value_bytes as u64, 1 << 20)?;
+        within("max_writes", self.max_writes as u64, 100_000)?;
+        within("max_keys", self.max_keys, 100_000_000)?;
+        within("max_bucket_bytes", self.max_bucket_bytes, 64 << 30)
+    }
+}
+
+/// The committed state, as an invocation reads it: the broker's side of
+/// step state. Called from host functions while the guest waits, so
+/// every call must be a future the sandbox's guard can cut (a backend
+/// that blocks does so on a thread of its own).
+#[async_trait::async_trait]
+pub trait Reader: Send + Sync {
+    /// The committed entry of `bucket`/`key`: value and version.
+    async fn kv_get(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Version)>, ReadError>;
+
+    /// `bucket`'s committed keys, sorted, with the bucket's version then.
+    async fn kv_list(&self, bucket: &str) -> Result<(Vec<String>, Version), ReadError>;
+}
+
+/// The committed state could not be read (the store failed); the guest
+/// sees it as an error it may answer with `retry`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the state store is unavailable: {0}")]
+pub struct ReadError(pub String);
 
 /// Why a bucket operation failed inside the guest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,6 +164,18 @@ pub enum Conflict {
     },
     #[error("bucket {bucket} changed after its keys were listed")]
     Bucket { bucket: String },
+}
+
+/// Why a commit's writes were not applied (nor anything else of the
+/// commit).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Something the invocation read changed since: run it again.
+    #[error("{0}")]
+    Conflict(#[from] Conflict),
+    /// The writes would take a bucket over a quota (`limit`).
+    #[error("{0}")]
+    Quota(String),
 }
 
 /// Whether `w` may be applied to the committed state, whose versions are

@@ -10,6 +10,7 @@ use serde::Deserialize;
 pub use super::outbound::HttpLimits;
 pub use super::outbound::grant::HttpGrantSpec;
 use super::outbound::secrets::Secrets;
+pub use crate::kv::KvLimits;
 
 /// Everything the runtime needs to run a step's guest, and nothing else of
 /// the step's configuration.
@@ -49,6 +50,8 @@ pub struct Limits {
     pub log_lines_per_second: u32,
     /// Outbound HTTP calls (`limits.http`).
     pub http: HttpLimits,
+    /// Step state: sizes and quotas of its buckets (`limits.kv`).
+    pub kv: KvLimits,
 }
 
 impl Default for Limits {
@@ -60,6 +63,7 @@ impl Default for Limits {
             max_event_bytes: 256 * 1024,
             log_lines_per_second: 1000,
             http: HttpLimits::default(),
+            kv: KvLimits::default(),
         }
     }
 }
@@ -81,6 +85,9 @@ pub struct Grants {
     pub stderr: bool,
     /// HTTP requests the step may make (`wasi:http/outgoing-handler`).
     pub http: Vec<HttpGrantSpec>,
+    /// Buckets the step may open besides its own (`wasi:keyvalue`); a
+    /// bucket is shared by the steps granted it.
+    pub kv: Vec<String>,
 }
 
 /// A host directory mapped into the sandbox.

@@ -6,6 +6,8 @@
 //!   several components compile in parallel, with progress.
 //! - [`sandbox`]: the per-store state of a step (WASI context with nothing
 //!   granted unless `troupe.toml` says so, limits, the `host` import).
+//! - [`state`]: `wasi:keyvalue` for steps: an invocation's reads and
+//!   writes of its buckets, kept for the commit that settles it.
 //! - [`guard`]: deadlines that hold whether a guest runs or waits in a
 //!   host call, and the stop signal that cuts every call at shutdown.
 //! - [`outbound`]: `wasi:http` for steps: grants checked on every request,
@@ -25,6 +27,7 @@ pub mod guard;
 mod image;
 pub mod outbound;
 pub mod sandbox;
+mod state;
 pub mod step;
 
 use std::sync::Arc;
@@ -144,6 +147,15 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(RuntimeError::Engine)?;
         Step::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(RuntimeError::Engine)?;
+        {
+            use crate::world::keyvalue::wasi::keyvalue::{atomics, batch, store};
+            store::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                .map_err(RuntimeError::Engine)?;
+            atomics::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                .map_err(RuntimeError::Engine)?;
+            batch::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                .map_err(RuntimeError::Engine)?;
+        }
         let guard = Guard::new(&engine)
             .map_err(|e| RuntimeError::Engine(wasmtime::Error::msg(e.to_string())))?;
         Ok(Runtime {

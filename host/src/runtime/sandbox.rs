@@ -1,6 +1,7 @@
 //! The state a step's store carries: the WASI context built from its grants,
 //! the resource limiter, the current call's deadline, and the
-//! `troupe:step/host` import.
+//! `troupe:step/host` import (and, through [`super::state`], the step's
+//! buckets).
 //!
 //! **Nothing is granted by default**: no preopened directory, no
 //! environment variable, no stdio, no sockets, no HTTP request (a request
@@ -26,6 +27,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::config::{Grants, Limits};
 use super::guard::{CHECK_EVERY, Cut, Guard, ticks_until};
 use super::outbound::{Outbound, StepHttp};
+use super::state::StepState;
 use crate::text::{MAX_LOG_LINE, clean};
 use crate::world::Level;
 use crate::world::troupe::step::{host, types};
@@ -38,10 +40,12 @@ const TABLE_ELEMENT_BYTES: usize = 8;
 /// Per-store data of a step instance.
 pub struct StepCtx {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
     http_ctx: WasiHttpCtx,
     /// The step's outbound HTTP, and the invocation its calls belong to.
     pub(crate) http: StepHttp,
+    /// The step's buckets, and the invocation's reads and writes of them.
+    pub(crate) kv: StepState,
     pub(crate) limiter: Limiter,
     step: Arc<str>,
     logs: Arc<LogBudget>,
@@ -167,12 +171,13 @@ impl LogBudget {
 
 impl StepCtx {
     /// A store state for `step` with exactly the given grants.
-    pub fn new(
+    pub(crate) fn new(
         step: &Arc<str>,
         grants: &Grants,
         limits: &Limits,
         logs: &Arc<LogBudget>,
         outbound: &Arc<Outbound>,
+        kv: StepState,
     ) -> anyhow::Result<StepCtx> {
         let mut b = WasiCtxBuilder::new();
         b.allow_tcp(false)
@@ -205,6 +210,7 @@ impl StepCtx {
             table: ResourceTable::new(),
             http_ctx: WasiHttpCtx::new(),
             http: StepHttp::new(outbound.clone()),
+            kv,
             limiter: Limiter {
                 limit_bytes: (limits.memory_mb as usize) << 20,
                 used_bytes: 0,

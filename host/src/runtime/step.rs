@@ -12,7 +12,7 @@
 //! guest hands back (retry, reject and trap messages) is escaped and cut
 //! here, where it leaves the sandbox.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
@@ -24,9 +24,11 @@ use super::image::prepare_memory_images;
 use super::outbound::calls::CallRecord;
 use super::outbound::{self, Invocation, Outbound};
 use super::sandbox::{LogBudget, StepCtx, epoch_check};
+use super::state::StepState;
 use super::{Runtime, RuntimeError};
 use crate::contract::StepContract;
 use crate::event::Event;
+use crate::kv::{Reader, Writes};
 use crate::protocol::{self, FailureClass};
 use crate::text;
 use crate::world::{self, Step, StepPre};
@@ -76,6 +78,16 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// What one invocation came to: its result, the record of its outbound
+/// calls and what it did to its buckets (whatever its outcome: the caller
+/// commits the writes only with a successful one).
+#[derive(Debug)]
+pub struct Handled {
+    pub result: Result<Vec<world::Emit>, Failure>,
+    pub calls: Vec<CallRecord>,
+    pub kv: Writes,
+}
+
 /// An instance kept for reuse, with its store.
 struct Warm {
     store: Store<StepCtx>,
@@ -115,6 +127,10 @@ pub struct Sandbox {
     warm: Mutex<Vec<Warm>>,
     logs: Arc<LogBudget>,
     outbound: Arc<Outbound>,
+    /// Buckets granted besides the step's own.
+    kv_granted: Arc<[String]>,
+    /// The committed state of its buckets, once the host has a broker.
+    kv_reader: OnceLock<Arc<dyn Reader>>,
 }
 
 impl LoadedStep {
@@ -154,6 +170,8 @@ impl LoadedStep {
         let sandbox = Sandbox {
             name: name.into(),
             outbound: Arc::new(outbound),
+            kv_granted: config.grants.kv.clone().into(),
+            kv_reader: OnceLock::new(),
             logs: Arc::new(LogBudget::new(config.limits.log_lines_per_second)),
             config,
             engine: rt.engine.clone(),
@@ -186,13 +204,9 @@ impl LoadedStep {
         self.sandbox.handle(event, attempt)
     }
 
-    /// Handle one event, with the record of its outbound calls; see
-    /// [`Sandbox::handle_traced`].
-    pub fn handle_traced(
-        &self,
-        event: &Event,
-        attempt: u32,
-    ) -> (Result<Vec<world::Emit>, Failure>, Vec<CallRecord>) {
+    /// Handle one event, with the record of its outbound calls and its
+    /// state's reads and writes; see [`Sandbox::handle_traced`].
+    pub fn handle_traced(&self, event: &Event, attempt: u32) -> Handled {
         self.sandbox.handle_traced(event, attempt)
     }
 }
@@ -220,6 +234,13 @@ impl Sandbox {
         &self.outbound.stats
     }
 
+    /// Read the step's buckets through `reader` from now on (set once,
+    /// by the host that runs the step; without it every bucket call fails
+    /// inside the guest).
+    pub fn set_state_reader(&self, reader: Arc<dyn Reader>) {
+        let _ = self.kv_reader.set(reader);
+    }
+
     /// Lines of guest log dropped by the step's rate limit so far.
     pub fn log_lines_dropped(&self) -> u64 {
         self.logs.dropped()
@@ -227,16 +248,13 @@ impl Sandbox {
 
     /// Handle one event (delivery number `attempt`) under the step's limits.
     pub fn handle(&self, event: &Event, attempt: u32) -> Result<Vec<world::Emit>, Failure> {
-        self.handle_traced(event, attempt).0
+        self.handle_traced(event, attempt).result
     }
 
     /// [`Sandbox::handle`], with the record of the outbound calls the
-    /// invocation made (whatever its outcome), for its trace.
-    pub fn handle_traced(
-        &self,
-        event: &Event,
-        attempt: u32,
-    ) -> (Result<Vec<world::Emit>, Failure>, Vec<CallRecord>) {
+    /// invocation made, for its trace, and what it read and wrote of its
+    /// buckets, for its commit (whatever its outcome).
+    pub fn handle_traced(&self, event: &Event, attempt: u32) -> Handled {
         let timeout = Duration::from_millis(self.config.limits.timeout_ms);
         let deadline = Instant::now() + timeout;
         let input = to_guest(event, attempt);
@@ -260,7 +278,13 @@ impl Sandbox {
             None => {
                 let mut store = match self.store(deadline, Some(event)) {
                     Ok(s) => s,
-                    Err(f) => return (Err(f), Vec::new()),
+                    Err(f) => {
+                        return Handled {
+                            result: Err(f),
+                            calls: Vec::new(),
+                            kv: Writes::default(),
+                        };
+                    }
                 };
                 let pre = &self.pre;
                 let mut made = None;
@@ -274,6 +298,7 @@ impl Sandbox {
             }
         };
         let calls = store.data_mut().http.take_calls();
+        let kv = store.data_mut().kv.finish();
         let returned = self.outcome(&store, result, &|waiting| {
             format!(
                 "time limit of {} ms per message exceeded{}",
@@ -287,7 +312,13 @@ impl Sandbox {
         });
         let returned = match returned {
             Ok(r) => r,
-            Err(f) => return (Err(f), calls),
+            Err(f) => {
+                return Handled {
+                    result: Err(f),
+                    calls,
+                    kv,
+                };
+            }
         };
         let result = match returned {
             Ok(emits) => self.check_output(emits),
@@ -306,7 +337,7 @@ impl Sandbox {
                 .expect("pool lock")
                 .push(Warm { store, bindings });
         }
-        (result, calls)
+        Handled { result, calls, kv }
     }
 
     /// A new store for this step, armed for a call that ends at `deadline`.
@@ -317,6 +348,12 @@ impl Sandbox {
             &self.config.limits,
             &self.logs,
             &self.outbound,
+            StepState::new(
+                &self.name,
+                &self.kv_granted,
+                &self.config.limits.kv,
+                self.kv_reader.get().cloned(),
+            ),
         )
         .map_err(|e| {
             Failure::new(
@@ -360,6 +397,7 @@ impl Sandbox {
             None => Invocation::default(),
         };
         data.http.begin(invocation);
+        data.kv.begin(event.is_some());
     }
 
     /// What a guarded call came to: its value, or the failure, classified.

@@ -20,6 +20,7 @@
 //! `troupe build DIR`): the output is a component the host loads directly.
 
 pub mod http;
+pub mod kv;
 
 /// The generated bindings of the `troupe:step` world.
 pub mod bindings {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::broker::BrokerError;
-use crate::kv::{Conflict, KvLimits, Version, Writes, check};
+use crate::kv::{KvLimits, ReadError, Refused, Version, Writes, check};
 
 /// The tables (part of the store's schema).
 pub(super) const SCHEMA: &str = "
@@ -34,15 +34,62 @@ CREATE TABLE IF NOT EXISTS kv_buckets (
 ) WITHOUT ROWID;
 ";
 
-/// Why a commit's writes were not applied.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    /// Something the invocation read changed since: run it again.
-    #[error("{0}")]
-    Conflict(#[from] Conflict),
-    /// The writes would take a bucket over a quota (`limit`).
-    #[error("{0}")]
-    Quota(String),
+/// Connections that read steps' buckets, one per reader at a time (the
+/// workers of every step read at once); opened as needed and kept.
+pub(super) struct Readers {
+    dir: std::path::PathBuf,
+    pool: std::sync::Arc<std::sync::Mutex<Vec<Connection>>>,
+}
+
+impl Readers {
+    pub(super) fn new(dir: &std::path::Path) -> Readers {
+        Readers {
+            dir: dir.to_path_buf(),
+            pool: Default::default(),
+        }
+    }
+
+    /// Run `f` on a read connection, on a blocking thread: the caller (a
+    /// guest's host call) waits in a future its deadline can cut.
+    pub(super) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, BrokerError> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        let (dir, pool) = (self.dir.clone(), self.pool.clone());
+        tokio::task::spawn_blocking(move || {
+            let taken = pool.lock().expect("kv readers lock").pop();
+            let conn = match taken {
+                Some(c) => c,
+                None => super::store::open(&dir)?,
+            };
+            let r = f(&conn);
+            pool.lock().expect("kv readers lock").push(conn);
+            r
+        })
+        .await
+        .map_err(|e| BrokerError::Store(e.to_string()))?
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::kv::Reader for Readers {
+    async fn kv_get(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Version)>, ReadError> {
+        let (b, k) = (bucket.to_string(), key.to_string());
+        self.read(move |c| get(c, &b, &k))
+            .await
+            .map_err(crate::broker::read_error)
+    }
+
+    async fn kv_list(&self, bucket: &str) -> Result<(Vec<String>, Version), ReadError> {
+        let b = bucket.to_string();
+        self.read(move |c| list(c, &b))
+            .await
+            .map_err(crate::broker::read_error)
+    }
 }
 
 /// The committed entry `bucket`/`key`: its value and version.
@@ -174,7 +221,7 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::Txn;
+    use crate::kv::{Conflict, Txn};
 
     /// A store of its own; its folder is removed when the guard goes.
     struct Dir(std::path::PathBuf);

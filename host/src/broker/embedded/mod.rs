@@ -77,6 +77,8 @@ pub struct Embedded {
     routes: Arc<RwLock<Routes>>,
     groups: Arc<RwLock<HashMap<Arc<str>, Arc<Group>>>>,
     reader: Arc<Mutex<Connection>>,
+    /// Steps' reads of their buckets.
+    kv_readers: Arc<kv::Readers>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     state_dir: PathBuf,
     /// Dropped with the broker: ends the checkpoint thread.
@@ -143,6 +145,7 @@ impl Embedded {
             routes,
             groups,
             reader: Arc::new(Mutex::new(reader)),
+            kv_readers: Arc::new(kv::Readers::new(state_dir)),
             writer: Mutex::new(Some(handle)),
             state_dir: state_dir.to_path_buf(),
             _stop_checkpoints: stop_checkpoints,
@@ -207,6 +210,7 @@ impl Publish for Embedded {
             ack: None,
             events,
             state: Vec::new(),
+            kv: None,
             early: false,
             reply,
         })
@@ -271,6 +275,7 @@ impl Transport for Embedded {
             ack,
             events: c.events,
             state: c.state,
+            kv: c.kv,
             early: c.early,
             reply: then,
         };
@@ -362,6 +367,10 @@ impl RunState for Embedded {
     async fn state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
         let prefix = prefix.to_string();
         self.read(move |c| store::scan_state(c, &prefix)).await
+    }
+
+    fn kv_reader(&self) -> Option<Arc<dyn crate::kv::Reader>> {
+        Some(self.kv_readers.clone())
     }
 }
 

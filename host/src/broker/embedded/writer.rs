@@ -30,7 +30,7 @@ use rusqlite::{Connection, Transaction};
 
 use super::store;
 use super::{Group, Routes};
-use crate::broker::{Ack, BrokerError, Delivery};
+use crate::broker::{Ack, BrokerError, Delivery, KvCommit};
 use crate::event::Event;
 use crate::protocol::FailureClass;
 
@@ -51,6 +51,8 @@ pub(super) enum Op {
         ack: Option<(Arc<str>, i64)>,
         events: Vec<Event>,
         state: Vec<(String, Option<Vec<u8>>)>,
+        /// A step's bucket writes: applied first, or nothing is.
+        kv: Option<KvCommit>,
         /// Deliver the events once written, before they are durable
         /// ([`crate::broker::Commit::early`]).
         early: bool,
@@ -286,10 +288,24 @@ fn apply(
             ack,
             events,
             state,
+            kv,
             early,
             reply,
         } => {
+            // A commit with state is all or nothing within the group's
+            // transaction: a savepoint undoes what of it was written
+            // if a later part fails.
+            let savepoint = kv.is_some();
+            if savepoint && let Err(e) = tx.execute_batch("SAVEPOINT state_commit") {
+                return answer(fx, reply, Err(e.into()));
+            }
+            let (settled, delivered) = (fx.settled.len(), fx.deliver.len());
             let r = (|| {
+                if let Some(kv) = &kv
+                    && let Err(refused) = super::kv::apply(tx, &kv.writes, &kv.limits)?
+                {
+                    return Err(BrokerError::Refused(refused));
+                }
                 if let Some((group, seq)) = ack
                     && store::delete_delivery(tx, &group, seq)?
                     && let Some(g) = groups.read().expect("groups lock").get(&group)
@@ -307,6 +323,19 @@ fn apply(
                 }
                 Ok(())
             })();
+            if savepoint {
+                let undo = if r.is_ok() {
+                    "RELEASE state_commit"
+                } else {
+                    // Nor are its effects made visible.
+                    fx.settled.truncate(settled);
+                    fx.deliver.truncate(delivered);
+                    "ROLLBACK TO state_commit; RELEASE state_commit"
+                };
+                if let Err(e) = tx.execute_batch(undo) {
+                    return answer(fx, reply, Err(e.into()));
+                }
+            }
             answer(fx, reply, r);
         }
         Op::Retry {

@@ -1,0 +1,268 @@
+//! Step state (`wasi:keyvalue`): buckets whose writes commit with the
+//! message, driven through a real guest (tests/guests/keeper) on the
+//! embedded broker.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use troupe::event::Event;
+use troupe::host::{Host, load_steps};
+use troupe::runtime::Runtime;
+use troupe_tests::{TestApp, data, event, eventually, guest};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A `keeper` step named `name` with role `role` and `extra` TOML lines.
+fn keeper(name: &str, role: &str, extra: &str) -> String {
+    format!(
+        "[steps.{name}]\ncomponent = {:?}\ngrants.env = {{ ROLE = {role:?} }}\n{extra}\n",
+        guest("keeper").display().to_string()
+    )
+}
+
+/// Publish `input` and return the results reported by `role`.
+async fn ask(host: &Host, input: Value, role: &str) -> Vec<Value> {
+    let e = event("test.kv", input);
+    host.broker.publish(vec![e.clone()]).await.unwrap();
+    results_of(host, &e, role).await
+}
+
+async fn results_of(host: &Host, e: &Event, role: &str) -> Vec<Value> {
+    eventually(WAIT, "test.kv.done", async || {
+        if let Some(dead) = host.broker.dlq_list().await.unwrap().pop() {
+            panic!("dead-lettered: {}: {}", dead.class, dead.message);
+        }
+        host.broker
+            .trace(&e.id)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|x| x.kind == "test.kv.done")
+            .map(data)
+            .find(|d| d["role"] == role)
+    })
+    .await["results"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn op(op: &str, bucket: &str, key: &str) -> Value {
+    json!({"op": op, "bucket": bucket, "key": key})
+}
+
+fn set(bucket: &str, key: &str, value: &str) -> Value {
+    json!({"op": "set", "bucket": bucket, "key": key, "value": value})
+}
+
+/// The committed value of `bucket`/`key`, read from the broker.
+async fn committed(host: &Host, bucket: &str, key: &str) -> Option<String> {
+    host.broker
+        .kv_reader()
+        .expect("the embedded broker keeps state")
+        .kv_get(bucket, key)
+        .await
+        .unwrap()
+        .map(|(v, _)| String::from_utf8(v).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_are_seen_by_later_events_and_only_granted_buckets_open() {
+    let app = TestApp::new(&keeper("keeper", "main", "grants.kv = [\"stock\"]"));
+    let host = app.start().await;
+    let first = ask(
+        &host,
+        json!({"main": {"ops": [
+            set("stock", "tea", "5"),
+            set("", "seen", "o-1"),
+            op("get", "stock", "tea"),
+            op("incr", "stock", "orders"),
+            op("incr", "stock", "orders"),
+        ]}}),
+        "main",
+    )
+    .await;
+    // Within the invocation, its own writes are seen at once.
+    assert_eq!(first[2], json!({"ok": "5"}));
+    assert_eq!(first[4], json!({"ok": 2}));
+    let second = ask(
+        &host,
+        json!({"main": {"ops": [
+            op("get", "stock", "tea"),
+            op("get", "keeper", "seen"),
+            op("keys", "stock", ""),
+            op("open", "secret", ""),
+            op("exists", "stock", "coffee"),
+        ]}}),
+        "main",
+    )
+    .await;
+    assert_eq!(second[0], json!({"ok": "5"}));
+    assert_eq!(second[1], json!({"ok": "o-1"}), "its own bucket by name");
+    assert_eq!(second[2], json!({"ok": ["orders", "tea"]}));
+    let denied = second[3]["error"].as_str().unwrap();
+    assert!(
+        denied.contains("\"secret\"") && denied.contains("grants.kv"),
+        "{denied}"
+    );
+    assert_eq!(second[4], json!({"ok": false}));
+    assert_eq!(
+        committed(&host, "stock", "orders").await.as_deref(),
+        Some("2")
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_writes_of_a_failed_attempt_are_discarded() {
+    let app = TestApp::new(&keeper(
+        "keeper",
+        "main",
+        "grants.kv = [\"stock\"]\nretry = { max_attempts = 2, backoff_ms = 10 }\n\
+         limits.kv = { max_keys = 3 }",
+    ));
+    let host = app.start().await;
+    ask(
+        &host,
+        json!({"main": {"ops": [set("stock", "tea", "5")]}}),
+        "main",
+    )
+    .await;
+    // Each way an attempt can fail: a retry (twice, then the DLQ), a
+    // trap, a reject, and a commit over the bucket's quota (`limit`).
+    let failing = [
+        (
+            "retry",
+            json!({"ops": [set("stock", "tea", "4")], "then": "retry"}),
+        ),
+        (
+            "trap",
+            json!({"ops": [set("stock", "tea", "3")], "then": "trap"}),
+        ),
+        (
+            "rejected",
+            json!({"ops": [set("stock", "tea", "2")], "then": "reject"}),
+        ),
+        (
+            "limit",
+            json!({"ops": [set("stock", "tea", "1"), set("stock", "a", "x"), set("stock", "b", "x"), set("stock", "c", "x")]}),
+        ),
+    ];
+    for (i, (class, part)) in failing.iter().enumerate() {
+        host.broker
+            .publish(vec![event("test.kv", json!({"main": part}))])
+            .await
+            .unwrap();
+        let dead = eventually(WAIT, "a dead letter", async || {
+            let d = host.broker.dlq_list().await.unwrap();
+            (d.len() > i).then(|| d[i].clone())
+        })
+        .await;
+        assert_eq!(dead.class.as_str(), *class, "{}", dead.message);
+        if *class == "limit" {
+            assert!(
+                dead.message.contains("over its limit of 3"),
+                "{}",
+                dead.message
+            );
+        }
+        assert_eq!(committed(&host, "stock", "tea").await.as_deref(), Some("5"));
+    }
+    assert_eq!(committed(&host, "stock", "a").await, None);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn steps_with_a_shared_grant_see_each_others_writes_and_no_one_else_does() {
+    let m = [
+        keeper("writer", "a", "grants.kv = [\"shared\"]"),
+        keeper("reader", "b", "grants.kv = [\"shared\"]"),
+        keeper("outsider", "c", ""),
+    ]
+    .concat();
+    let app = TestApp::new(&m);
+    let host = app.start().await;
+    ask(
+        &host,
+        json!({"a": {"ops": [set("shared", "k", "1"), set("", "mine", "a")]}}),
+        "a",
+    )
+    .await;
+    let input = json!({
+        "b": {"ops": [op("get", "shared", "k"), op("get", "writer", "mine")]},
+        "c": {"ops": [op("get", "shared", "k"), op("get", "writer", "mine")]},
+    });
+    let e = event("test.kv", input);
+    host.broker.publish(vec![e.clone()]).await.unwrap();
+    let b = results_of(&host, &e, "b").await;
+    let c = results_of(&host, &e, "c").await;
+    assert_eq!(b[0], json!({"ok": "1"}));
+    // A step's own bucket is its own: a grant names shared buckets only.
+    assert!(
+        b[1]["error"].as_str().unwrap().contains("\"writer\""),
+        "{b:?}"
+    );
+    for r in &c {
+        assert!(r["error"].as_str().unwrap().contains("grants.kv"), "{c:?}");
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_deliveries_on_one_hot_key_end_with_the_exact_count() {
+    const STOCK: u64 = 100;
+    const ORDERS: usize = 130;
+    let app = TestApp::new(&keeper(
+        "keeper",
+        "main",
+        "grants.kv = [\"stock\"]\nconcurrency = 8",
+    ));
+    let host = app.start().await;
+    ask(
+        &host,
+        json!({"main": {"ops": [set("stock", "tea", &STOCK.to_string())]}}),
+        "main",
+    )
+    .await;
+    let take = json!({"main": {"ops": [{"op": "take", "bucket": "stock", "key": "tea", "qty": 1}], "sleep_ms": 2}});
+    let orders: Vec<Event> = (0..ORDERS)
+        .map(|_| event("test.kv", take.clone()))
+        .collect();
+    host.broker.publish(orders.clone()).await.unwrap();
+    let mut taken = 0;
+    let mut short = 0;
+    for e in &orders {
+        let r = results_of(&host, e, "main").await;
+        match &r[0] {
+            Value::Object(o) if o["ok"].get("short").is_some() => short += 1,
+            Value::Object(o) if o["ok"].is_u64() => taken += 1,
+            other => panic!("unexpected result {other}"),
+        }
+    }
+    assert_eq!(taken, STOCK, "every unit taken once");
+    assert_eq!(short, ORDERS as u64 - STOCK);
+    assert_eq!(committed(&host, "stock", "tea").await.as_deref(), Some("0"));
+    let conflicts = host.stats.steps["keeper"]
+        .kv_conflicts
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{ORDERS} orders on one key, concurrency 8: {conflicts} runs again");
+    assert!(
+        conflicts > 0,
+        "eight workers on one key collided at least once"
+    );
+    host.shutdown().await;
+}
+
+#[test]
+fn without_a_state_store_every_bucket_call_fails_inside_the_guest() {
+    // A step run with no broker (the conformance kit, a direct call): the
+    // guest is told, and handles the event as it chooses.
+    let app = TestApp::new(&keeper("keeper", "main", ""));
+    let rt = Runtime::new().unwrap();
+    let steps = load_steps(&rt, &app.app()).unwrap();
+    let e = event("test.kv", json!({"main": {"ops": [op("get", "", "k")]}}));
+    let out = steps[0].handle(&e, 1).unwrap();
+    let results = &serde_json::from_slice::<Value>(&out[0].data).unwrap()["results"];
+    let error = results[0]["error"].as_str().unwrap();
+    assert!(error.contains("not available here"), "{error}");
+}
