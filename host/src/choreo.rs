@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery, Disposition, KvCommit};
 use crate::contract::Violation;
 use crate::event::{Emitted, Event, JSON};
-use crate::kv::{Conflict, Refused, Writes};
+use crate::kv::{Conflict, Refused, WRITE_EVENT, Writes};
 use crate::protocol::{self, FailureClass};
 use crate::runtime::outbound::calls::{CALL_EVENT, CallRecord};
 use crate::runtime::step::{Failure, LoadedStep};
@@ -177,6 +177,27 @@ impl Wiring {
             .collect()
     }
 
+    /// The `troupe.kv.write` record of what handling `event` wrote (keys,
+    /// not values), committed with the writes.
+    fn write_record(&self, event: &Event, attempt: u32, kv: &Writes) -> Event {
+        let (written, more) = kv.written();
+        let out = Emitted {
+            kind: WRITE_EVENT.into(),
+            subject: Some(self.step.name().to_string()),
+            content_type: Some(JSON.into()),
+            data: serde_json::to_vec(&serde_json::json!({
+                "step": &**self.step.name(),
+                "attempt": attempt,
+                "written": written,
+                "more": more,
+            }))
+            .expect("a write record serialises"),
+            schema: None,
+        };
+        let key = format!("{}/kv/{attempt}", self.step.name());
+        event.caused(&key, &self.source, 0, out)
+    }
+
     /// The guest returned `emits`: gate them, stamp them, and commit them
     /// with the ack (or, for a command, reply with them) and the state it
     /// wrote. Gives the delivery back if that commit was refused because
@@ -262,6 +283,9 @@ impl Wiring {
         // one is run again (or, over a quota, fails as `limit`).
         let records = calls.clone();
         out.extend(calls);
+        if !kv.writes.is_empty() {
+            out.push(self.write_record(&d.event, protocol::attempt_of(&d.event, d.attempt), &kv));
+        }
         let commit = Commit {
             ack: Some(d.clone()),
             events: out,

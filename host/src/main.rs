@@ -2,7 +2,8 @@
 //!
 //! One binary. This file holds the command-line grammar (clap) and the
 //! dispatch; the subcommands live in `cli/`, by what they work on: `run`
-//! (the host and its HTTP API), `events` (publish, dlq, trace), `flows`
+//! (the host and its HTTP API), `events` (publish, dlq, trace), `state`
+//! (kv), `flows`
 //! (start, status over HTTP), `plugins` (new, build, conformance). Library
 //! errors are thiserror enums; here they get `anyhow` context and are
 //! printed once, with their causes, and a non-zero exit.
@@ -23,7 +24,7 @@ use clap::{Parser, Subcommand};
 use troupe::app::App;
 use troupe::broker::BrokerUrl;
 
-use cli::{events, flows, plugins, run as host_run};
+use cli::{events, flows, plugins, run as host_run, state};
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +38,7 @@ struct Cli {
     json: bool,
     /// The broker of the app: `embedded` (its `.troupe/` folder) or
     /// `nats://HOST:PORT[/NAMESPACE]`. Overrides `[broker] url` in
-    /// troupe.toml. For run, publish, dlq, trace and docs; refused by the
+    /// troupe.toml. For run, publish, dlq, trace, kv and docs; refused by the
     /// other commands.
     #[arg(long, global = true, env = "TROUPE_BROKER")]
     broker: Option<String>,
@@ -124,6 +125,13 @@ enum Cmd {
         #[arg(long, default_value = ".")]
         app: PathBuf,
     },
+    /// Read and mend steps' buckets (step state): list a bucket's keys,
+    /// get, put or delete an entry. Writes apply at once, beside a running
+    /// host.
+    Kv {
+        #[command(subcommand)]
+        command: KvCmd,
+    },
     /// Check an app before running it: contracts, the wiring between steps
     /// (every produced type must be one its consumers accept), flows.
     Check {
@@ -203,6 +211,40 @@ pub(crate) enum DlqCmd {
     },
 }
 
+#[derive(Subcommand)]
+pub(crate) enum KvCmd {
+    /// A bucket's keys, sorted.
+    List {
+        bucket: String,
+        /// The app directory.
+        #[arg(long, default_value = ".")]
+        app: PathBuf,
+    },
+    /// An entry's value (as it is, on standard output; with --json, with
+    /// its version).
+    Get {
+        bucket: String,
+        key: String,
+        #[arg(long, default_value = ".")]
+        app: PathBuf,
+    },
+    /// Set an entry (the value as given, UTF-8).
+    Put {
+        bucket: String,
+        key: String,
+        value: String,
+        #[arg(long, default_value = ".")]
+        app: PathBuf,
+    },
+    /// Delete an entry.
+    Delete {
+        bucket: String,
+        key: String,
+        #[arg(long, default_value = ".")]
+        app: PathBuf,
+    },
+}
+
 fn main() {
     // Output into a closed pipe (`troupe --json check APP | head`) ends the
     // process quietly, as it does any Unix tool, not with a panic: Rust
@@ -232,12 +274,13 @@ fn main() {
             | Cmd::Publish { .. }
             | Cmd::Dlq { .. }
             | Cmd::Trace { .. }
+            | Cmd::Kv { .. }
             | Cmd::Docs { .. }
     );
     if broker_given && !uses_broker {
         let name = matches.subcommand_name().unwrap_or("this command");
         eprintln!(
-            "error: --broker does nothing for `troupe {name}`; it applies to run, publish, dlq, trace and docs"
+            "error: --broker does nothing for `troupe {name}`; it applies to run, publish, dlq, trace, kv and docs"
         );
         std::process::exit(2);
     }
@@ -295,6 +338,7 @@ fn run(cli: Cli) -> Result<()> {
             correlation_id,
             app,
         } => events::trace(&app, &correlation_id, json),
+        Cmd::Kv { command } => state::kv(command, json),
         Cmd::Build { dirs } => plugins::build(dirs, json),
         Cmd::Check { app } => plugins::check(&app, json),
         Cmd::Graph { app, format } => plugins::graph(&app, &format),

@@ -5,12 +5,33 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use std::path::Path;
+use std::process::{Command, Output};
 use troupe::event::Event;
 use troupe::host::{Host, load_steps};
 use troupe::runtime::Runtime;
-use troupe_tests::{TestApp, data, event, eventually, guest};
+
+use troupe_tests::{ApiHost, TestApp, data, event, eventually, guest, troupe_bin};
 
 const WAIT: Duration = Duration::from_secs(20);
+
+fn troupe(args: &[&str], app: &Path) -> Output {
+    Command::new(troupe_bin())
+        .args(args)
+        .current_dir(app)
+        .env("TROUPE_LOG", "warn")
+        .output()
+        .expect("troupe runs")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
 
 /// A `keeper` step named `name` with role `role` and `extra` TOML lines.
 fn keeper(name: &str, role: &str, extra: &str) -> String {
@@ -265,4 +286,74 @@ fn without_a_state_store_every_bucket_call_fails_inside_the_guest() {
     let results = &serde_json::from_slice::<Value>(&out[0].data).unwrap()["results"];
     let error = results[0]["error"].as_str().unwrap();
     assert!(error.contains("not available here"), "{error}");
+}
+
+#[test]
+fn operators_read_and_mend_buckets_and_the_trace_names_the_keys_written() {
+    let app = TestApp::new(&keeper("keeper", "main", "grants.kv = [\"stock\"]"));
+    let api = ApiHost::start(&app);
+    let host = api.host.as_ref().unwrap();
+    let e = event(
+        "test.kv",
+        json!({"main": {"ops": [set("stock", "tea", "5"), set("stock", "sku/oolong", "2")]}}),
+    );
+    api.block_on(async {
+        host.broker.publish(vec![e.clone()]).await.unwrap();
+        results_of(host, &e, "main").await
+    });
+    let dir = app.path();
+    // The CLI, beside the running host.
+    assert_eq!(
+        ok(&troupe(&["kv", "list", "stock"], dir)),
+        "sku/oolong\ntea\n"
+    );
+    assert_eq!(ok(&troupe(&["kv", "get", "stock", "tea"], dir)), "5");
+    let trace = ok(&troupe(&["trace", &e.id], dir));
+    assert!(
+        trace.contains("kv wrote stock: sku/oolong, tea (attempt 1, by keeper)"),
+        "{trace}"
+    );
+    ok(&troupe(&["kv", "put", "stock", "tea", "9"], dir));
+    ok(&troupe(&["kv", "delete", "stock", "sku/oolong"], dir));
+    let missing = troupe(&["kv", "get", "stock", "sku/oolong"], dir);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("has no key \"sku/oolong\""));
+    let bad = troupe(&["kv", "list", "Not A Bucket"], dir);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a bucket name"));
+    // What the operator wrote is what the next event reads.
+    let read = api.block_on(ask(
+        host,
+        json!({"main": {"ops": [op("get", "stock", "tea")]}}),
+        "main",
+    ));
+    assert_eq!(read[0], json!({"ok": "9"}));
+    // The API: read-only, behind the token.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = agent.get(format!("{}{path}", api.url));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut r = req.call().unwrap();
+        let status = r.status().as_u16();
+        (
+            status,
+            r.body_mut().read_json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let token = Some(api.token.as_str());
+    assert_eq!(get("/v1/kv/stock", None).0, 401);
+    assert_eq!(get("/v1/kv/stock/tea", None).0, 401);
+    assert_eq!(
+        get("/v1/kv/stock", token),
+        (200, json!({"bucket": "stock", "keys": ["tea"]}))
+    );
+    let (status, tea) = get("/v1/kv/stock/tea", token);
+    assert_eq!((status, &tea["value"]), (200, &json!("9")));
+    assert!(tea["version"].as_u64().unwrap() > 0);
+    assert_eq!(get("/v1/kv/stock/sku%2Foolong", token).0, 404);
+    assert_eq!(get("/v1/kv/Bad!/x", token).0, 400);
 }

@@ -7,6 +7,7 @@
 //! | `POST /v1/events` | publish events into the choreography (CloudEvents HTTP binding: structured, binary or batch) |
 //! | `GET /v1/dlq`, `GET /v1/dlq/{id}`, `POST /v1/dlq/{id}/replay` | dead letters |
 //! | `GET /v1/traces/{correlation_id}` | every event of a cascade or run |
+//! | `GET /v1/kv/{bucket}`, `GET /v1/kv/{bucket}/{key}` | steps' buckets, read-only |
 //! | `GET /healthz` | liveness (no token needed) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /v1/openapi.json` | this API, as OpenAPI 3.1, generated from the handlers |
@@ -31,6 +32,7 @@ use crate::orchestrator::{Orchestrator, StartError};
 use crate::runtime::step::LoadedStep;
 use crate::stats::Stats;
 
+pub mod kv;
 pub mod metrics;
 mod openapi;
 pub mod status;
@@ -125,6 +127,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/dlq/{id}", get(dlq_show))
         .route("/v1/dlq/{id}/replay", post(dlq_replay))
         .route("/v1/traces/{correlation_id}", get(trace))
+        .route("/v1/kv/{bucket}", get(kv::bucket))
+        .route("/v1/kv/{bucket}/{key}", get(kv::entry))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));

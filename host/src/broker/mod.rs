@@ -347,13 +347,13 @@ pub trait Consumer: Send + Sync {
 /// app whose host may be running through [`AppEvents`] (publish, dead
 /// letters, traces), which the embedded broker's files serve without a
 /// host (`embedded::Offline`) and NATS serves as it is.
-pub trait Broker: Transport + RunState + DeadLetters + Traces {}
+pub trait Broker: Transport + RunState + DeadLetters + Traces + Buckets {}
 
-impl<T: Transport + RunState + DeadLetters + Traces> Broker for T {}
+impl<T: Transport + RunState + DeadLetters + Traces + Buckets> Broker for T {}
 
 /// What a producer or an operator needs of an app's broker, whether or not
 /// its host runs: publish, dead letters, traces.
-pub trait AppEvents: Publish + DeadLetters + Traces {
+pub trait AppEvents: Publish + DeadLetters + Traces + Buckets {
     /// Whether publishing and replays are queued for the app's host (the
     /// embedded broker's files) rather than done at once (NATS).
     fn queued(&self) -> bool {
@@ -490,6 +490,51 @@ pub trait DeadLetters: Send + Sync {
     /// Deliver a dead letter to its step again, with a fresh retry budget,
     /// and remove it from the DLQ.
     async fn dlq_replay(&self, id: &str) -> Result<(), BrokerError>;
+}
+
+/// Steps' buckets as an operator sees them (`troupe kv`, `GET /v1/kv`):
+/// outside any step's invocation. A write is applied at once, in a commit
+/// of its own, with a new version, so an invocation that read the entry
+/// before is run again ([`crate::kv`]); no quota applies to it.
+#[async_trait]
+pub trait Buckets: Send + Sync {
+    /// `bucket`'s keys, sorted (none for a bucket never written).
+    async fn bucket_keys(&self, bucket: &str) -> Result<Vec<String>, BrokerError>;
+
+    /// The entry `bucket`/`key`: its value and version.
+    async fn bucket_entry(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, crate::kv::Version)>, BrokerError>;
+
+    /// Set `bucket`/`key` to `value` (`None` deletes it).
+    async fn bucket_write(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), BrokerError>;
+}
+
+/// What is wrong with `bucket` and `key` (if one is given), as a caller's
+/// error.
+pub(crate) fn check_entry_name(bucket: &str, key: Option<&str>) -> Result<(), BrokerError> {
+    if !crate::kv::valid_bucket(bucket) {
+        return Err(BrokerError::BadInput(format!(
+            "{:?} is not a bucket name (1 to 64 lowercase letters, digits, `-` and `_`, \
+             starting with a letter or digit)",
+            crate::text::clean(bucket, 80)
+        )));
+    }
+    match key {
+        Some("") => Err(BrokerError::BadInput("a key must not be empty".into())),
+        Some(k) if k.len() > crate::kv::MAX_KEY_BYTES => Err(BrokerError::BadInput(format!(
+            "a key is at most {} bytes",
+            crate::kv::MAX_KEY_BYTES
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Reading the log back: every event of a cascade or a run.

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use troupe::app::App;
 use troupe::broker::{AppEvents, DeadLetter, open_app_events};
 use troupe::event::Event;
+use troupe::kv::WRITE_EVENT;
 use troupe::runtime::outbound::calls::CALL_EVENT;
 use troupe::text::escape;
 
@@ -245,6 +246,37 @@ fn call_line(e: &Event) -> String {
     .into_owned()
 }
 
+/// One line for a `troupe.kv.write` record: `kv wrote stock: sku/tea,
+/// res/o-1 (attempt 1, by inventory-reserve)`.
+fn write_line(e: &Event) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&e.data).unwrap_or_default();
+    let buckets: Vec<String> = v["written"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(b, keys)| {
+                    let keys: Vec<&str> = keys
+                        .as_array()
+                        .map(|k| k.iter().filter_map(|k| k.as_str()).collect())
+                        .unwrap_or_default();
+                    format!("{b}: {}", keys.join(", "))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let more = match v["more"].as_u64().unwrap_or(0) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    escape(&format!(
+        "kv wrote {}{more} (attempt {}, by {})",
+        buckets.join("; "),
+        v["attempt"].as_u64().unwrap_or(0),
+        v["step"].as_str().unwrap_or("?"),
+    ))
+    .into_owned()
+}
+
 pub(crate) fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> {
     let app = load_app(dir)?;
     let events = Events::of(&app)?.trace(correlation_id)?;
@@ -270,11 +302,18 @@ pub(crate) fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> 
         depth: usize,
     ) {
         let under = |e: &&Event| e.causation_id().filter(|c| known.contains(c)) == parent;
-        // The calls made handling the parent first, then what it caused.
-        for e in events.iter().filter(under).filter(|e| e.kind == CALL_EVENT) {
-            println!("{:indent$}{}", "", call_line(e), indent = depth * 2);
+        // The calls made and the keys written handling the parent first,
+        // then what it caused.
+        for e in events.iter().filter(under) {
+            let line = match e.kind.as_str() {
+                CALL_EVENT => call_line(e),
+                WRITE_EVENT => write_line(e),
+                _ => continue,
+            };
+            println!("{:indent$}{line}", "", indent = depth * 2);
         }
-        for e in events.iter().filter(under).filter(|e| e.kind != CALL_EVENT) {
+        let record = |e: &&Event| e.kind == CALL_EVENT || e.kind == WRITE_EVENT;
+        for e in events.iter().filter(under).filter(|e| !record(e)) {
             let by = e.source.rsplit('/').next().unwrap_or(&e.source);
             println!(
                 "{:indent$}{} {}  (from {}, {})",

@@ -4,5 +4,6 @@ pub mod events;
 pub mod flows;
 pub mod plugins;
 pub mod run;
+pub mod state;
 
-pub(crate) use super::{ApiArgs, DlqCmd, load_app};
+pub(crate) use super::{ApiArgs, DlqCmd, KvCmd, load_app};

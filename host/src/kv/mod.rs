@@ -31,6 +31,17 @@ pub use txn::{Txn, View};
 
 use std::collections::BTreeMap;
 
+/// The type of the record of an invocation's writes (the keys it wrote,
+/// by bucket, names only), committed with them under the event handled,
+/// so `troupe trace` shows them.
+pub const WRITE_EVENT: &str = "troupe.kv.write";
+
+/// Keys a write record names, all buckets together; it counts the rest.
+pub const MAX_RECORDED_KEYS: usize = 100;
+
+/// The longest key any step may be allowed (`limits.kv.max_key_bytes`).
+pub const MAX_KEY_BYTES: usize = 4096;
+
 /// A key's (or a bucket's) version: `0` when absent.
 pub type Version = u64;
 
@@ -74,7 +85,11 @@ impl KvLimits {
                 Ok(())
             }
         };
-        within("max_key_bytes", self.max_key_bytes as u64, 4096)?;
+        within(
+            "max_key_bytes",
+            self.max_key_bytes as u64,
+            MAX_KEY_BYTES as u64,
+        )?;
         within("max_value_bytes", self.max_value_bytes as u64, 1 << 20)?;
         within("max_writes", self.max_writes as u64, 100_000)?;
         within("max_keys", self.max_keys, 100_000_000)?;
@@ -142,13 +157,14 @@ impl Writes {
         self.reads.is_empty() && self.lists.is_empty() && self.writes.is_empty()
     }
 
-    /// The keys written, by bucket (names only, for the trace).
-    pub fn written(&self) -> BTreeMap<&str, Vec<&str>> {
+    /// The keys written, by bucket (names only, for the trace): at most
+    /// [`MAX_RECORDED_KEYS`], and how many more there were.
+    pub fn written(&self) -> (BTreeMap<&str, Vec<&str>>, usize) {
         let mut by = BTreeMap::<&str, Vec<&str>>::new();
-        for (b, k, _) in &self.writes {
+        for (b, k, _) in self.writes.iter().take(MAX_RECORDED_KEYS) {
             by.entry(b).or_default().push(k);
         }
-        by
+        (by, self.writes.len().saturating_sub(MAX_RECORDED_KEYS))
     }
 }
 

@@ -252,7 +252,17 @@ fn the_trace_names_the_keys_written() {
     t.delete("reserve", "o-1").unwrap();
     t.set("stock", "coffee", b"1".to_vec()).unwrap();
     let w = t.into_writes();
-    let by = w.written();
+    let (by, more) = w.written();
     assert_eq!(by["stock"], ["coffee", "tea"]);
     assert_eq!(by["reserve"], ["o-1"]);
+    assert_eq!(more, 0);
+    // A record names a bounded number of keys, and counts the rest.
+    let mut t = txn();
+    for i in 0..MAX_RECORDED_KEYS + 5 {
+        t.set("stock", &format!("k{i:04}"), b"1".to_vec()).unwrap();
+    }
+    let w = t.into_writes();
+    let (by, more) = w.written();
+    assert_eq!(by["stock"].len(), MAX_RECORDED_KEYS);
+    assert_eq!(more, 5);
 }

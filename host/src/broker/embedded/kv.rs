@@ -92,6 +92,34 @@ impl crate::kv::Reader for Readers {
     }
 }
 
+/// An operator's write of one entry (`None` deletes), in a transaction
+/// of its own on the store in `state_dir`, beside a host that may be
+/// running (SQLite serialises the two writers).
+pub(super) fn write_one(
+    state_dir: &std::path::Path,
+    bucket: &str,
+    key: &str,
+    value: Option<Vec<u8>>,
+) -> Result<(), BrokerError> {
+    let mut conn = super::store::open(state_dir)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let w = Writes {
+        writes: vec![(bucket.to_string(), key.to_string(), value)],
+        ..Writes::default()
+    };
+    // No quota: an operator may need to go over one to mend things.
+    let unbounded = KvLimits {
+        max_keys: u64::MAX,
+        max_bucket_bytes: u64::MAX,
+        ..KvLimits::default()
+    };
+    if let Err(refused) = apply(&tx, &w, &unbounded)? {
+        return Err(BrokerError::Refused(refused));
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// The committed entry `bucket`/`key`: its value and version.
 pub fn get(
     conn: &Connection,

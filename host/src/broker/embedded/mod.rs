@@ -26,10 +26,11 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::{
-    AppEvents, BrokerError, Commit, Consumer, DeadLetter, DeadLetters, Delivery, Disposition,
-    FailureClass, Publish, RunState, Traces, Transport,
+    AppEvents, BrokerError, Buckets, Commit, Consumer, DeadLetter, DeadLetters, Delivery,
+    Disposition, FailureClass, Publish, RunState, Traces, Transport, check_entry_name,
 };
 use crate::event::Event;
+use crate::kv::Version;
 use crate::retry::RetryPolicy;
 use writer::{Op, Syncer, Writer};
 
@@ -186,6 +187,36 @@ impl Embedded {
         tokio::task::spawn_blocking(move || f(&conn.lock().expect("reader lock")))
             .await
             .map_err(|e| BrokerError::Store(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl Buckets for Embedded {
+    async fn bucket_keys(&self, bucket: &str) -> Result<Vec<String>, BrokerError> {
+        check_entry_name(bucket, None)?;
+        let b = bucket.to_string();
+        self.kv_readers.read(move |c| Ok(kv::list(c, &b)?.0)).await
+    }
+
+    async fn bucket_entry(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Version)>, BrokerError> {
+        check_entry_name(bucket, Some(key))?;
+        let (b, k) = (bucket.to_string(), key.to_string());
+        self.kv_readers.read(move |c| kv::get(c, &b, &k)).await
+    }
+
+    async fn bucket_write(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), BrokerError> {
+        Offline::new(&self.state_dir)
+            .bucket_write(bucket, key, value)
+            .await
     }
 }
 
@@ -438,6 +469,14 @@ impl Offline {
         }
     }
 
+    /// The store, brought up to date, if a broker ever ran there.
+    fn store(&self) -> Result<Option<Connection>, BrokerError> {
+        if !self.state_dir.join(DB_FILE).exists() {
+            return Ok(None);
+        }
+        store::open(&self.state_dir).map(Some)
+    }
+
     fn dead_letters(&self, id: Option<&str>) -> Result<Vec<DeadLetter>, BrokerError> {
         // Empty when no broker ever ran there.
         match store::open_read(&self.state_dir)? {
@@ -484,6 +523,42 @@ impl Traces for Offline {
             Some(c) => store::trace(&c, correlation_id),
             None => Ok(Vec::new()),
         }
+    }
+}
+
+#[async_trait]
+impl Buckets for Offline {
+    async fn bucket_keys(&self, bucket: &str) -> Result<Vec<String>, BrokerError> {
+        check_entry_name(bucket, None)?;
+        match self.store()? {
+            Some(c) => Ok(kv::list(&c, bucket)?.0),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn bucket_entry(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Version)>, BrokerError> {
+        check_entry_name(bucket, Some(key))?;
+        match self.store()? {
+            Some(c) => kv::get(&c, bucket, key),
+            None => Ok(None),
+        }
+    }
+
+    async fn bucket_write(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), BrokerError> {
+        check_entry_name(bucket, Some(key))?;
+        let (dir, b, k) = (self.state_dir.clone(), bucket.to_string(), key.to_string());
+        tokio::task::spawn_blocking(move || kv::write_one(&dir, &b, &k, value))
+            .await
+            .map_err(|e| BrokerError::Store(e.to_string()))?
     }
 }
 

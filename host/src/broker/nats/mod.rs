@@ -216,6 +216,35 @@ impl Inner {
 
 impl AppEvents for Nats {}
 
+/// Step state is not kept on NATS in this version (see docs/state.md).
+fn no_state() -> BrokerError {
+    BrokerError::BadInput("step state is not available on the NATS broker in this version".into())
+}
+
+#[async_trait]
+impl super::Buckets for Nats {
+    async fn bucket_keys(&self, _bucket: &str) -> Result<Vec<String>, BrokerError> {
+        Err(no_state())
+    }
+
+    async fn bucket_entry(
+        &self,
+        _bucket: &str,
+        _key: &str,
+    ) -> Result<Option<(Vec<u8>, crate::kv::Version)>, BrokerError> {
+        Err(no_state())
+    }
+
+    async fn bucket_write(
+        &self,
+        _bucket: &str,
+        _key: &str,
+        _value: Option<Vec<u8>>,
+    ) -> Result<(), BrokerError> {
+        Err(no_state())
+    }
+}
+
 #[async_trait]
 impl Publish for Nats {
     async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError> {
