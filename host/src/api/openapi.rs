@@ -87,6 +87,17 @@ fn complete(doc: &mut Value) {
                     responses["200"]["content"] = json!({ ct: {"schema": schema} });
                 }
             }
+            if path.starts_with("/v1/kv/") {
+                // What a bucket name and a key may be.
+                for p in op["parameters"].as_array_mut().into_iter().flatten() {
+                    p["schema"] = match p["name"].as_str() {
+                        Some("bucket") => json!({
+                            "type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"
+                        }),
+                        _ => json!({"type": "string", "minLength": 1, "maxLength": 4096}),
+                    };
+                }
+            }
             if method == "post" && path == "/v1/events" {
                 op["requestBody"]["content"] = json!({
                     "application/cloudevents+json": {"schema": {"$ref": "#/components/schemas/CloudEvent"}},
@@ -125,6 +136,19 @@ fn success_schema(method: &str, path: &str) -> Option<Value> {
         ("get", "/v1/traces/{correlation_id}") => {
             json!({"type": "array", "items": r("CloudEvent")})
         }
+        ("get", "/v1/kv/{bucket}") => json!({
+            "type": "object", "required": ["bucket", "keys"],
+            "properties": {"bucket": {"type": "string"}, "keys": {"type": "array", "items": {"type": "string"}}}
+        }),
+        ("get", "/v1/kv/{bucket}/{key}") => json!({
+            "type": "object", "required": ["bucket", "key", "version"],
+            "description": "`value` when the value is UTF-8 text, else `value_base64`",
+            "properties": {
+                "bucket": {"type": "string"}, "key": {"type": "string"},
+                "version": {"type": "integer", "minimum": 1},
+                "value": {"type": "string"}, "value_base64": {"type": "string"}
+            }
+        }),
         ("get", "/healthz") => json!({
             "type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}
         }),
