@@ -11,7 +11,7 @@ use troupe::event::Event;
 use troupe::host::{Host, load_steps};
 use troupe::runtime::Runtime;
 
-use troupe_tests::{ApiHost, TestApp, data, event, eventually, guest, troupe_bin};
+use troupe_tests::{ApiHost, TestApp, build, data, event, eventually, guest, troupe_bin};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -356,4 +356,117 @@ fn operators_read_and_mend_buckets_and_the_trace_names_the_keys_written() {
     assert!(tea["version"].as_u64().unwrap() > 0);
     assert_eq!(get("/v1/kv/stock/sku%2Foolong", token).0, 404);
     assert_eq!(get("/v1/kv/Bad!/x", token).0, 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_step_of_a_chain_keeps_its_own_count() {
+    let app = TestApp::new(&troupe_tests::bench::relay_chain(true, "concurrency = 4"));
+    let host = app.start().await;
+    let events: Vec<Event> = (0..200)
+        .map(|i| event("chain.a", json!({"i": i})))
+        .collect();
+    host.broker.publish(events).await.unwrap();
+    let reader = host.broker.kv_reader().unwrap();
+    for step in ["relay-a", "relay-b", "relay-c"] {
+        // 200 events over 10 keys: 20 each, whatever ran concurrently.
+        for k in 0..10 {
+            let key = format!("k{k}");
+            eventually(WAIT, &format!("{step}/{key} = 20"), async || {
+                let v = reader.kv_get(step, &key).await.unwrap()?;
+                (v.0 == b"20").then_some(())
+            })
+            .await;
+        }
+    }
+    host.shutdown().await;
+}
+
+/// The keeper's protocol, in Python (`troupe_kv`) and JavaScript
+/// (`wasi:keyvalue` as componentize-js binds it): writes seen by later
+/// events, an ungranted bucket refused with its name, a retry's writes
+/// discarded, a bucket shared with the Rust keeper.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_and_javascript_steps_keep_state_too() {
+    let built = tokio::task::spawn_blocking(|| {
+        ["py-kv", "js-kv"].map(|d| build(&troupe_tests::repo().join("tests/callers").join(d)))
+    })
+    .await
+    .unwrap();
+    let mut m = keeper("rust", "rust", "grants.kv = [\"stock\"]");
+    for (name, component) in ["python", "javascript"].iter().zip(&built) {
+        m += &format!(
+            "[steps.{name}]\ncomponent = {:?}\ngrants.kv = [\"stock\"]\ngrants.env = {{ ROLE = \"main\" }}\n\
+             instances = \"reuse\"\nlimits = {{ memory_mb = 128 }}\nretry = {{ max_attempts = 2, backoff_ms = 10 }}\n",
+            component.display().to_string()
+        );
+    }
+    let app = TestApp::new(&m);
+    let host = app.start().await;
+    // Rust sets the shared count; each of the others reads it, counts in
+    // its own bucket and writes one key of the shared bucket.
+    ask(
+        &host,
+        json!({"rust": {"ops": [set("stock", "tea", "7")]}}),
+        "rust",
+    )
+    .await;
+    for round in 1..=2u64 {
+        let e = event(
+            "test.kv",
+            json!({"main": {"ops": [
+                op("get", "stock", "tea"),
+                op("incr", "", "runs"),
+                op("open", "secret", ""),
+                op("keys", "stock", ""),
+            ]}}),
+        );
+        host.broker.publish(vec![e.clone()]).await.unwrap();
+        // Both steps take the same event; their answers are told apart by
+        // their source.
+        let answers = eventually(WAIT, "two answers", async || {
+            let done: Vec<Event> = host
+                .broker
+                .trace(&e.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|x| x.kind == "test.kv.done")
+                .collect();
+            (done.len() == 2).then_some(done)
+        })
+        .await;
+        for a in &answers {
+            let r = &data(a)["results"];
+            let who = &a.source;
+            assert_eq!(r[0], json!({"ok": "7"}), "{who}");
+            assert_eq!(r[1], json!({"ok": round}), "{who}: its own counter");
+            let denied = r[2]["error"].as_str().unwrap_or_default();
+            assert!(
+                denied.contains("\"secret\"") && denied.contains("grants.kv"),
+                "{who}: {r}"
+            );
+            assert_eq!(r[3], json!({"ok": ["tea"]}), "{who}");
+        }
+    }
+    for step in ["python", "javascript"] {
+        assert_eq!(
+            committed(&host, step, "runs").await.as_deref(),
+            Some("2"),
+            "{step}"
+        );
+    }
+    // A retry's writes are discarded (the budget spent, the DLQ).
+    host.broker
+        .publish(vec![event(
+            "test.kv",
+            json!({"main": {"ops": [set("stock", "tea", "0")], "then": "retry"}}),
+        )])
+        .await
+        .unwrap();
+    eventually(WAIT, "two dead letters", async || {
+        (host.broker.dlq_list().await.unwrap().len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(committed(&host, "stock", "tea").await.as_deref(), Some("7"));
+    host.shutdown().await;
 }

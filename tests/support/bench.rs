@@ -172,6 +172,23 @@ pub fn order_manifest(options: &str) -> String {
     m
 }
 
+/// Three `relay` steps in a chain, `a` -> `b` -> `c`, each counting the
+/// events it passed on (in its own bucket) when `state`.
+pub fn relay_chain(state: bool, extra: &str) -> String {
+    let relay = crate::guest("relay").display().to_string();
+    ["a", "b", "c"]
+        .iter()
+        .zip(["b", "c", "d"])
+        .map(|(from, to)| {
+            format!(
+                "[steps.relay-{from}]\ncomponent = {relay:?}\n\
+                 grants.env = {{ IN = \"chain.{from}\", OUT = \"chain.{to}\", STATE = \"{}\", KEYS = \"10\" }}\n{extra}\n",
+                u8::from(state)
+            )
+        })
+        .collect()
+}
+
 /// Order number `i`: the data of an `order.placed` event.
 pub fn order(i: usize) -> serde_json::Value {
     serde_json::json!({"order_id": format!("o-{i}"), "customer": "c",

@@ -7,8 +7,8 @@
 //! [`BrokerUrl`] says which (`--broker`, `TROUPE_BROKER`, or `[broker]` in
 //! `troupe.toml`) and [`open`] opens it.
 //!
-//! The trait, in four facets (`Transport`, `RunState`, `DeadLetters`,
-//! `Traces`), is what the rest of Troupe sees. Its promises, which every
+//! The trait, in five facets (`Transport`, `RunState`, `DeadLetters`,
+//! `Traces`, `Buckets`), is what the rest of Troupe sees. Its promises, which every
 //! backend keeps:
 //!
 //! - **`publish` returns only when the events are durable**; nothing a

@@ -5,7 +5,8 @@
 //! which the host gives every step); `fetch-event` is left out (a step does
 //! not serve HTTP), and so is `http` unless the step's sources call
 //! `fetch(` (outbound HTTP, granted per step; `handle` may then be
-//! `async`).
+//! `async`). A step whose sources import `wasi:keyvalue/...` (step state)
+//! is built for the `troupe:step-kv/step-kv` world.
 //!
 //! **No feature the engine relies on is left out**: componentize-js
 //! replaces a left-out feature's imports with stubs that trap. Built
@@ -52,9 +53,10 @@ pub(super) fn inputs(dir: &Path) -> Result<Inputs, BuildError> {
     Ok(Inputs {
         files,
         tool_version: format!(
-            "{} -d {}",
+            "{} -d {}{}",
             tool_version(&tool(dir)?),
-            left_out(dir).join(" ")
+            left_out(dir).join(" "),
+            if uses_kv(dir) { " (step-kv)" } else { "" }
         ),
     })
 }
@@ -76,11 +78,27 @@ fn uses_fetch(dir: &Path) -> bool {
         .any(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains("fetch(")))
 }
 
+/// Whether the step's sources import `wasi:keyvalue` (then it is built
+/// for the `troupe:step-kv` world).
+fn uses_kv(dir: &Path) -> bool {
+    sources(dir, &["js", "mjs"]).iter().any(|f| {
+        std::fs::read_to_string(f)
+            .is_ok_and(|t| t.contains("'wasi:keyvalue/") || t.contains("\"wasi:keyvalue/"))
+    })
+}
+
 pub(super) fn build(dir: &Path, out: &Path, wit: &Path) -> Result<(), BuildError> {
     let mut cmd = Command::new(tool(dir)?);
+    let (folder, world) = if uses_kv(dir) {
+        let w = wit.parent().unwrap_or(wit).join("wit-kv");
+        super::write_kv_wit(&w)?;
+        (w, "step-kv")
+    } else {
+        (wit.to_path_buf(), "step")
+    };
     cmd.arg("--wit")
-        .arg(wit)
-        .args(["--world-name", "step", "-d"])
+        .arg(&folder)
+        .args(["--world-name", world, "-d"])
         .args(left_out(dir))
         .arg("-o")
         .arg(out)

@@ -82,13 +82,54 @@ pub const STEP_HTTP_WIT: [(&str, &str); 8] = [
     ),
 ];
 
-/// Write the `troupe:step-http` WIT folder (with `troupe:step` among its
-/// deps) at `dir`.
-pub(crate) fn write_http_wit(dir: &Path) -> Result<(), BuildError> {
-    let files = STEP_HTTP_WIT
+/// The `troupe:step-kv` worlds (the step world plus `wasi:keyvalue`, with
+/// or without outbound HTTP) and the `wasi:keyvalue` package, as `(path
+/// inside the WIT folder, text)`; the folder also holds the WASI packages
+/// of [`STEP_HTTP_WIT`].
+pub const STEP_KV_WIT: [(&str, &str); 6] = [
+    ("step-kv.wit", include_str!("../../../wit/kv/step-kv.wit")),
+    (
+        "deps/keyvalue/store.wit",
+        include_str!("../../../wit/kv/deps/keyvalue/store.wit"),
+    ),
+    (
+        "deps/keyvalue/atomic.wit",
+        include_str!("../../../wit/kv/deps/keyvalue/atomic.wit"),
+    ),
+    (
+        "deps/keyvalue/batch.wit",
+        include_str!("../../../wit/kv/deps/keyvalue/batch.wit"),
+    ),
+    (
+        "deps/keyvalue/watch.wit",
+        include_str!("../../../wit/kv/deps/keyvalue/watch.wit"),
+    ),
+    (
+        "deps/keyvalue/world.wit",
+        include_str!("../../../wit/kv/deps/keyvalue/world.wit"),
+    ),
+];
+
+/// Write the `troupe:step-kv` WIT folder (with `troupe:step` and the WASI
+/// packages among its deps) at `dir`.
+pub(crate) fn write_kv_wit(dir: &Path) -> Result<(), BuildError> {
+    let files = STEP_KV_WIT
         .iter()
         .copied()
+        .chain(
+            STEP_HTTP_WIT
+                .iter()
+                .copied()
+                .filter(|(p, _)| p.starts_with("deps/")),
+        )
         .chain([("deps/step/step.wit", STEP_WIT)]);
+    write_files(dir, files)
+}
+
+fn write_files<'a>(
+    dir: &Path,
+    files: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<(), BuildError> {
     for (rel, text) in files {
         let p = dir.join(rel);
         if let Some(parent) = p.parent() {
@@ -97,6 +138,16 @@ pub(crate) fn write_http_wit(dir: &Path) -> Result<(), BuildError> {
         std::fs::write(&p, text).map_err(|e| BuildError::Io(p.clone(), e))?;
     }
     Ok(())
+}
+
+/// Write the `troupe:step-http` WIT folder (with `troupe:step` among its
+/// deps) at `dir`.
+pub(crate) fn write_http_wit(dir: &Path) -> Result<(), BuildError> {
+    let files = STEP_HTTP_WIT
+        .iter()
+        .copied()
+        .chain([("deps/step/step.wit", STEP_WIT)]);
+    write_files(dir, files)
 }
 
 /// The folder, inside a plugin, for build outputs of non-Rust plugins.

@@ -4,6 +4,9 @@
 //! this binary: `python/troupe_http.py`) is built for the
 //! `troupe:step-http` world; componentize-py then names the step's own
 //! types module `troupe_step_types` (two interfaces are called `types`).
+//! One whose sources import `troupe_kv` (step state: `python/troupe_kv.py`)
+//! is built for `troupe:step-kv/step-http-kv` (state and outbound HTTP),
+//! with both helpers on its path, and names its types module the same way.
 
 use std::path::Path;
 use std::process::Command;
@@ -38,14 +41,21 @@ pub(super) fn inputs(dir: &Path) -> Result<Inputs, BuildError> {
 /// The helper Python steps import for outbound HTTP.
 const TROUPE_HTTP: &str = include_str!("python/troupe_http.py");
 
-/// Whether the step's sources import `troupe_http` (then it is built for
-/// the `troupe:step-http` world, with the helper on its path).
-fn uses_http(dir: &Path) -> bool {
+/// The helper Python steps import for step state.
+const TROUPE_KV: &str = include_str!("python/troupe_kv.py");
+
+/// Whether the step's sources import module `name`.
+fn imports(dir: &Path, name: &str) -> bool {
     sources(dir, &["py"]).iter().any(|f| {
         std::fs::read_to_string(f).is_ok_and(|t| {
             t.lines().any(|l| {
                 let l = l.trim_start();
-                l.starts_with("import troupe_http") || l.starts_with("from troupe_http")
+                [format!("import {name}"), format!("from {name}")]
+                    .iter()
+                    .any(|p| {
+                        l.strip_prefix(p.as_str())
+                            .is_some_and(|r| r.is_empty() || r.starts_with([' ', ',', '.', '\n']))
+                    })
             })
         })
     })
@@ -53,17 +63,27 @@ fn uses_http(dir: &Path) -> bool {
 
 pub(super) fn build(dir: &Path, out: &Path, wit: &Path) -> Result<(), BuildError> {
     let mut cmd = Command::new(tool(dir)?);
-    if uses_http(dir) {
+    let (http, kv) = (imports(dir, "troupe_http"), imports(dir, "troupe_kv"));
+    if http || kv {
         let build = wit.parent().unwrap_or(wit);
-        let http_wit = build.join("wit-http");
-        super::write_http_wit(&http_wit)?;
+        let (folder, world) = if kv {
+            let w = build.join("wit-kv");
+            super::write_kv_wit(&w)?;
+            (w, "troupe:step-kv/step-http-kv")
+        } else {
+            let w = build.join("wit-http");
+            super::write_http_wit(&w)?;
+            (w, "troupe:step-http/step-http")
+        };
         let lib = build.join("py");
         std::fs::create_dir_all(&lib).map_err(|e| BuildError::Io(lib.clone(), e))?;
-        let helper = lib.join("troupe_http.py");
-        std::fs::write(&helper, TROUPE_HTTP).map_err(|e| BuildError::Io(helper, e))?;
+        for (name, text) in [("troupe_http.py", TROUPE_HTTP), ("troupe_kv.py", TROUPE_KV)] {
+            let helper = lib.join(name);
+            std::fs::write(&helper, text).map_err(|e| BuildError::Io(helper, e))?;
+        }
         cmd.arg("-d")
-            .arg(&http_wit)
-            .args(["-w", "troupe:step-http/step-http", "componentize", "-p"])
+            .arg(&folder)
+            .args(["-w", world, "componentize", "-p"])
             .arg(dir)
             .arg("-p")
             .arg(&lib);

@@ -306,7 +306,7 @@ impl Transport for Embedded {
             ack,
             events: c.events,
             state: c.state,
-            kv: c.kv,
+            kv: c.kv.map(Box::new),
             early: c.early,
             reply: then,
         };

@@ -52,7 +52,7 @@ pub(super) enum Op {
         events: Vec<Event>,
         state: Vec<(String, Option<Vec<u8>>)>,
         /// A step's bucket writes: applied first, or nothing is.
-        kv: Option<KvCommit>,
+        kv: Option<Box<KvCommit>>,
         /// Deliver the events once written, before they are durable
         /// ([`crate::broker::Commit::early`]).
         early: bool,
