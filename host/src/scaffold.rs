@@ -62,6 +62,20 @@ fn readme(name: &str, lang: Lang) -> String {
             "the `wasi:http` bindings wit-bindgen generates for the `troupe:step-http` world"
         }
     };
+    let kv = match lang {
+        Lang::Rust => {
+            "`troupe_step::kv::Bucket` (`Bucket::own()`, `Bucket::open(\"stock\")`, `get_json`, `set_json`, `increment`)"
+        }
+        Lang::Python => {
+            "`import troupe_kv` (`troupe_kv.Bucket.open(\"stock\")`, `get`, `set`, `increment`); the step's own types then come from `wit_world.imports.troupe_step_types`"
+        }
+        Lang::Js => {
+            "`import { open } from 'wasi:keyvalue/store@0.2.0-draft'` (`open('stock').get(key)`, `.set(key, bytes)`; a failed call throws)"
+        }
+        Lang::C => {
+            "the `wasi:keyvalue` bindings wit-bindgen generates for the `troupe:step-kv` world"
+        }
+    };
     let (title, toolchain, wit) = match lang {
         Lang::Rust => (
             "Rust",
@@ -90,6 +104,7 @@ fn readme(name: &str, lang: Lang) -> String {
         .replace("{{toolchain}}", toolchain)
         .replace("{{wit_note}}", wit)
         .replace("{{http}}", http)
+        .replace("{{kv}}", kv)
         .replace("{{name}}", name)
 }
 

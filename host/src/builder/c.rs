@@ -5,7 +5,10 @@
 //! wasmtime. Only clang is needed outside `troupe`.
 //!
 //! The bindings (`step.h`, `step.c`) are written to `DIR/.troupe-build/gen`
-//! so the plugin's sources can `#include "step.h"`.
+//! so the plugin's sources can `#include "step.h"`. A step whose sources
+//! call `wasi_keyvalue_...` (step state) gets the bindings of the
+//! `troupe:step-kv/step-kv` world instead: `step_kv.h`, whose names start
+//! with `step_kv_` and `exports_step_kv_`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,14 +47,29 @@ fn failed(dir: &Path, what: &str, e: impl std::fmt::Display) -> BuildError {
     }
 }
 
-/// Generate the C bindings of the `step` world into `gen`.
+/// Whether the step's sources use `wasi:keyvalue` (then its bindings are
+/// those of the `step-kv` world).
+fn uses_kv(dir: &Path) -> bool {
+    sources(dir, &["c"])
+        .iter()
+        .any(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains("wasi_keyvalue_")))
+}
+
+/// Generate the C bindings of the `step` (or `step-kv`) world into `gen`.
 fn bindings(dir: &Path, wit: &Path, gen_dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
+    let (folder, world) = if uses_kv(dir) {
+        let w = wit.parent().unwrap_or(wit).join("wit-kv");
+        super::write_kv_wit(&w)?;
+        (w, "step-kv")
+    } else {
+        (wit.to_path_buf(), "step")
+    };
     let mut resolve = wit_bindgen_core::wit_parser::Resolve::default();
     let (pkg, _) = resolve
-        .push_dir(wit)
+        .push_dir(&folder)
         .map_err(|e| failed(dir, "reading the WIT", e))?;
     let world = resolve
-        .select_world(&[pkg], Some("step"))
+        .select_world(&[pkg], Some(world))
         .map_err(|e| failed(dir, "selecting the step world", e))?;
     let mut files = Files::default();
     wit_bindgen_c::Opts::default()

@@ -5,8 +5,9 @@
 //! `<sha256 of the component>-<engine fingerprint>.cwasm`. The fingerprint
 //! covers wasmtime's version and every engine setting that affects code, so
 //! a changed engine never loads an artifact made for another. Artifacts are
-//! written to a temporary file and renamed, so a crash never leaves half of
-//! one; an artifact that fails to load is compiled again.
+//! written to a temporary file of their own and renamed, so a crash never
+//! leaves half of one and two compilations of one component never write
+//! the same file; an artifact that fails to load is compiled again.
 //!
 //! **Only artifacts this module wrote are ever deserialized**: the cache
 //! directory belongs to the app (`.troupe/cache`).
@@ -21,6 +22,17 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::RuntimeError;
+
+/// Write `bytes` to `path` whole: to a temporary file of this call's own,
+/// then renamed, so a reader never sees part of it and threads (or hosts)
+/// writing the same file at once each write and rename their own.
+pub(crate) fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
 
 /// How a component was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,9 +127,7 @@ impl ArtifactCache {
         let bytes = component
             .serialize()
             .map_err(|e| err(std::io::Error::other(e)))?;
-        let tmp = artifact.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes).map_err(err)?;
-        std::fs::rename(&tmp, artifact).map_err(err)
+        write_whole(artifact, &bytes).map_err(err)
     }
 
     /// Load several components at once, in parallel, showing a progress
@@ -164,5 +174,33 @@ impl ArtifactCache {
                 .map(|h| h.join().expect("a compile thread does not panic"))
                 .collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Steps of one app often share a component (one plugin, several
+    /// configurations): loading it from several threads at once into an
+    /// empty cache must work for each (they once shared one temporary
+    /// file, and all but the first rename failed).
+    #[test]
+    fn one_component_loaded_by_many_threads_at_once() {
+        let engine = Engine::default();
+        let dir = std::env::temp_dir().join(format!("troupe-cache-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The smallest component: the preamble of the component layer.
+        let wasm = dir.join("empty.wasm");
+        std::fs::write(&wasm, [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00]).unwrap();
+        for round in 0..20 {
+            let cache = ArtifactCache::new(&engine, dir.join(format!("cache{round}")));
+            let items: Vec<(String, PathBuf)> =
+                (0..8).map(|i| (format!("s{i}"), wasm.clone())).collect();
+            for r in cache.load_all(&engine, &items) {
+                r.unwrap();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

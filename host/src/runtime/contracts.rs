@@ -48,8 +48,8 @@ impl ContractCache {
         };
         let text = to_json(contract).to_string();
         let _ = std::fs::create_dir_all(&self.dir);
-        let _ = write_whole(&self.contract_file(digest), text.as_bytes());
-        let _ = write_whole(&self.dir.join(key), digest.as_bytes());
+        let _ = super::cache::write_whole(&self.contract_file(digest), text.as_bytes());
+        let _ = super::cache::write_whole(&self.dir.join(key), digest.as_bytes());
     }
 
     fn contract_file(&self, digest: &str) -> PathBuf {
@@ -67,12 +67,6 @@ fn stat_key(path: &Path) -> Option<String> {
     h.update(meta.len().to_le_bytes());
     h.update(mtime.as_nanos().to_le_bytes());
     Some(format!("stat-{}", hex::encode(&h.finalize()[..16])))
-}
-
-fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// A compiled contract as what `describe` returned, in JSON.
