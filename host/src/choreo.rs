@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery, Disposition, KvCommit};
 use crate::contract::Violation;
 use crate::event::{Emitted, Event, JSON};
-use crate::kv::{Conflict, Refused, WRITE_EVENT, Writes};
+use crate::kv::{Refused, WRITE_EVENT, Writes};
 use crate::protocol::{self, FailureClass};
 use crate::runtime::outbound::calls::{CALL_EVENT, CallRecord};
 use crate::runtime::step::{Failure, LoadedStep};
@@ -62,6 +62,22 @@ pub struct Wiring {
     /// Worker threads.
     concurrency: usize,
     unsettled: Arc<Semaphore>,
+    /// Deliveries back from a refused state commit, for the workers to
+    /// take before new ones.
+    again: (async_channel::Sender<Again>, async_channel::Receiver<Again>),
+}
+
+/// A delivery back from its state commit.
+enum Again {
+    /// What its invocation read changed before the commit: run it again
+    /// (this is its run number `runs + 1`).
+    Run { d: Delivery, runs: u32 },
+    /// The commit could not be made: fail it as `failure`.
+    Fail {
+        d: Delivery,
+        failure: Failure,
+        calls: Vec<Event>,
+    },
 }
 
 impl Wiring {
@@ -84,6 +100,7 @@ impl Wiring {
             runtime,
             concurrency,
             unsettled: Arc::new(Semaphore::new(MAX_UNSETTLED)),
+            again: async_channel::unbounded(),
         }
     }
 
@@ -105,47 +122,46 @@ impl Wiring {
     }
 
     fn work(&self) {
-        while let Some(d) = self.runtime.block_on(self.consumer.next()) {
-            self.process(d);
+        let again = self.again.1.clone();
+        loop {
+            let next = self.runtime.block_on(async {
+                tokio::select! {
+                    biased;
+                    Ok(a) = again.recv() => Some(a),
+                    d = self.consumer.next() => d.map(|d| Again::Run { d, runs: 0 }),
+                }
+            });
+            match next {
+                None => return,
+                Some(Again::Run { d, runs }) => self.run(d, runs),
+                Some(Again::Fail { d, failure, calls }) => self.failed(d, failure, calls),
+            }
         }
     }
 
     /// Handle one delivery, start to finish.
-    pub fn process(&self, mut d: Delivery) {
+    pub fn process(&self, d: Delivery) {
+        self.run(d, 0)
+    }
+
+    /// Run `d`'s invocation (run number `runs + 1`: a run whose state
+    /// commit found what it read changed is run again at once, without
+    /// counting against its retry budget, up to [`MAX_RERUNS`] runs).
+    fn run(&self, d: Delivery, runs: u32) {
         let step = &self.step;
-        if let Err(v) = step.contract.check_input(&d.event) {
+        if runs == 0
+            && let Err(v) = step.contract.check_input(&d.event)
+        {
             return self.violation(d, v, None, Vec::new());
         }
         let attempt = protocol::attempt_of(&d.event, d.attempt);
-        // A run whose state commit found what it read changed is run
-        // again at once (it is not the step's failure: its retry budget is
-        // untouched), up to MAX_RERUNS times.
-        for rerun in 0.. {
-            let start = Instant::now();
-            let handled = step.handle_traced(&d.event, attempt);
-            StepStats::add(&self.stats.guest_micros, start.elapsed().as_micros() as u64);
-            let calls = self.call_events(&d.event, attempt, handled.calls);
-            let conflict = match handled.result {
-                Ok(emits) => match self.completed(d, emits, calls, start, handled.kv) {
-                    None => return,
-                    Some((again, conflict)) => {
-                        d = again;
-                        conflict
-                    }
-                },
-                Err(f) => return self.failed(d, f, calls),
-            };
-            StepStats::add(&self.stats.kv_conflicts, 1);
-            if rerun + 1 >= MAX_RERUNS {
-                let f = Failure::new(
-                    FailureClass::Retry,
-                    format!(
-                        "state it read kept changing before its commit ({MAX_RERUNS} runs; last: {conflict})"
-                    ),
-                );
-                return self.failed(d, f, Vec::new());
-            }
-            tracing::debug!(step = %step.name(), event = %d.event.id, "run again: {conflict}");
+        let start = Instant::now();
+        let handled = step.handle_traced(&d.event, attempt);
+        StepStats::add(&self.stats.guest_micros, start.elapsed().as_micros() as u64);
+        let calls = self.call_events(&d.event, attempt, handled.calls);
+        match handled.result {
+            Ok(emits) => self.completed(d, emits, calls, start, handled.kv, runs),
+            Err(f) => self.failed(d, f, calls),
         }
     }
 
@@ -200,8 +216,7 @@ impl Wiring {
 
     /// The guest returned `emits`: gate them, stamp them, and commit them
     /// with the ack (or, for a command, reply with them) and the state it
-    /// wrote. Gives the delivery back if that commit was refused because
-    /// state the invocation read changed: run it again.
+    /// wrote (run number `runs + 1`).
     fn completed(
         &self,
         d: Delivery,
@@ -209,7 +224,8 @@ impl Wiring {
         calls: Vec<Event>,
         start: Instant,
         kv: Writes,
-    ) -> Option<(Delivery, Conflict)> {
+        runs: u32,
+    ) {
         let step = &self.step;
         let mut checked = Vec::with_capacity(emits.len());
         for e in emits {
@@ -223,8 +239,7 @@ impl Wiring {
                     // The output itself, for `dlq show` (cleaned and cut:
                     // it is the guest's).
                     let rejected = crate::text::clean(&String::from_utf8_lossy(&e.data), 2048);
-                    self.violation(d, v, Some(rejected), calls);
-                    return None;
+                    return self.violation(d, v, Some(rejected), calls);
                 }
             };
             checked.push(Emitted {
@@ -262,8 +277,7 @@ impl Wiring {
             .map(|e| self.broker.check_size(e))
             .find(Result::is_err)
         {
-            self.failed(d, Failure::new(FailureClass::Limit, e.to_string()), calls);
-            return None;
+            return self.failed(d, Failure::new(FailureClass::Limit, e.to_string()), calls);
         }
         let failed = if protocol::is_command(&d.event) {
             "cannot reply to the orchestrator (the command will be redelivered)"
@@ -276,11 +290,11 @@ impl Wiring {
             // The reply (or the outputs) first: the records follow in the
             // same commit.
             out.extend(calls);
-            self.commit_ack(d, out, failed);
-            return None;
+            return self.commit_ack(d, out, failed);
         }
-        // With state, the worker waits for the commit's verdict: a refused
-        // one is run again (or, over a quota, fails as `limit`).
+        // With state, the commit's verdict decides: a refused one comes
+        // back to the workers to run again (or, over a quota, to fail as
+        // `limit`); the worker goes on meanwhile.
         let records = calls.clone();
         out.extend(calls);
         if !kv.writes.is_empty() {
@@ -295,34 +309,60 @@ impl Wiring {
             }),
             ..Commit::default()
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let permit = self.permit();
+        let (again, stats, name) = (
+            self.again.0.clone(),
+            self.stats.clone(),
+            step.name().clone(),
+        );
         self.broker.commit_then(
             commit,
             Box::new(move |r| {
-                let _ = tx.send(r);
+                let back = match r {
+                    Ok(()) => {
+                        StepStats::add(&stats.handled, 1);
+                        StepStats::add(&stats.emitted, emitted);
+                        None
+                    }
+                    Err(BrokerError::Refused(Refused::Conflict(c))) => {
+                        StepStats::add(&stats.kv_conflicts, 1);
+                        tracing::debug!(step = %name, event = %d.event.id, "run again: {c}");
+                        Some(if runs + 1 < MAX_RERUNS {
+                            Again::Run { d, runs: runs + 1 }
+                        } else {
+                            let failure = Failure::new(
+                                FailureClass::Retry,
+                                format!(
+                                    "state it read kept changing before its commit \
+                                     ({MAX_RERUNS} runs; last: {c})"
+                                ),
+                            );
+                            Again::Fail {
+                                d,
+                                failure,
+                                calls: Vec::new(),
+                            }
+                        })
+                    }
+                    Err(BrokerError::Refused(Refused::Quota(q))) => Some(Again::Fail {
+                        d,
+                        failure: Failure::new(FailureClass::Limit, q),
+                        calls: records,
+                    }),
+                    Err(e) => {
+                        // The delivery stays unsettled: delivered again later.
+                        tracing::error!(step = %name, "{failed}: {e}");
+                        None
+                    }
+                };
+                if let Some(a) = back {
+                    // Closed only when the workers are gone: the delivery
+                    // is still unsettled, and delivered again later.
+                    let _ = again.try_send(a);
+                }
+                drop(permit);
             }),
         );
-        match self
-            .runtime
-            .block_on(rx)
-            .unwrap_or(Err(BrokerError::Closed))
-        {
-            Ok(()) => {
-                StepStats::add(&self.stats.handled, 1);
-                StepStats::add(&self.stats.emitted, emitted);
-                None
-            }
-            Err(BrokerError::Refused(Refused::Conflict(c))) => Some((d, c)),
-            Err(BrokerError::Refused(Refused::Quota(q))) => {
-                self.failed(d, Failure::new(FailureClass::Limit, q), records);
-                None
-            }
-            Err(e) => {
-                // The delivery stays unsettled: delivered again later.
-                tracing::error!(step = %step.name(), "{failed}: {e}");
-                None
-            }
-        }
     }
 
     /// Handling failed: retry or dead-letter (for a command, tell the
