@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery, Disposition, KvCommit};
 use crate::contract::Violation;
 use crate::event::{Emitted, Event, JSON};
-use crate::kv::{Refused, WRITE_EVENT, Writes};
+use crate::kv::{InFlight, Refused, WRITE_EVENT, Writes};
 use crate::protocol::{self, FailureClass};
 use crate::runtime::outbound::calls::{CALL_EVENT, CallRecord};
 use crate::runtime::step::{Failure, LoadedStep};
@@ -65,6 +65,8 @@ pub struct Wiring {
     /// Deliveries back from a refused state commit, for the workers to
     /// take before new ones.
     again: (async_channel::Sender<Again>, async_channel::Receiver<Again>),
+    /// The keys the step's state commits in flight write.
+    in_flight: Arc<InFlight>,
 }
 
 /// A delivery back from its state commit.
@@ -101,6 +103,7 @@ impl Wiring {
             concurrency,
             unsettled: Arc::new(Semaphore::new(MAX_UNSETTLED)),
             again: async_channel::unbounded(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -292,9 +295,23 @@ impl Wiring {
             out.extend(calls);
             return self.commit_ack(d, out, failed);
         }
-        // With state, the commit's verdict decides: a refused one comes
-        // back to the workers to run again (or, over a quota, to fail as
-        // `limit`); the worker goes on meanwhile.
+        // With state: an invocation that read what a commit in flight
+        // writes would be refused; it waits for that commit and runs again.
+        let Some(claimed) = self.in_flight.claim(&kv) else {
+            self.in_flight.wait(&kv);
+            StepStats::add(&self.stats.kv_conflicts, 1);
+            if runs + 1 < MAX_RERUNS {
+                return self.run(d, runs + 1);
+            }
+            let failure = Failure::new(
+                FailureClass::Retry,
+                format!("state it read kept changing before its commit ({MAX_RERUNS} runs)"),
+            );
+            return self.failed(d, failure, Vec::new());
+        };
+        // The commit's verdict decides: a refused one comes back to the
+        // workers to run again (or, over a quota, to fail as `limit`); the
+        // worker goes on meanwhile.
         let records = calls.clone();
         out.extend(calls);
         if !kv.writes.is_empty() {
@@ -310,6 +327,7 @@ impl Wiring {
             ..Commit::default()
         };
         let permit = self.permit();
+        let in_flight = self.in_flight.clone();
         let (again, stats, name) = (
             self.again.0.clone(),
             self.stats.clone(),
@@ -318,6 +336,7 @@ impl Wiring {
         self.broker.commit_then(
             commit,
             Box::new(move |r| {
+                in_flight.release(claimed);
                 let back = match r {
                     Ok(()) => {
                         StepStats::add(&stats.handled, 1);

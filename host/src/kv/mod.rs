@@ -25,8 +25,10 @@
 //!   read is still what is committed** (serializable: as if it ran at the
 //!   moment of its commit).
 
+mod inflight;
 mod txn;
 
+pub use inflight::{Claimed, InFlight};
 pub use txn::{Txn, View};
 
 use std::collections::BTreeMap;
@@ -98,9 +100,10 @@ impl KvLimits {
 }
 
 /// The committed state, as an invocation reads it: the broker's side of
-/// step state. Called from host functions while the guest waits, so
-/// every call must be a future the sandbox's guard can cut (a backend
-/// that blocks does so on a thread of its own).
+/// step state. Called from host functions while the guest waits, so a
+/// call must be a future the sandbox's guard can cut, or a local read
+/// that is bounded and never waits on a writer (the embedded broker's:
+/// a point read of SQLite's log, made on the guest's thread).
 #[async_trait::async_trait]
 pub trait Reader: Send + Sync {
     /// The committed entry of `bucket`/`key`: value and version.

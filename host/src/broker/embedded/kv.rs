@@ -49,27 +49,44 @@ impl Readers {
         }
     }
 
-    /// Run `f` on a read connection, on a blocking thread: the caller (a
-    /// guest's host call) waits in a future its deadline can cut.
-    pub(super) async fn read<T: Send + 'static>(
+    /// Run `f` on a read connection, on this thread: for the sandbox,
+    /// whose host calls run on the step's worker thread. A point read of
+    /// the store's log never waits on its writer; a read connection that
+    /// finds the store locked gives up after [`READ_BUSY`] rather than
+    /// hold the guest's call (the guest sees the store unavailable).
+    fn read_here<T>(
         &self,
+        f: impl FnOnce(&Connection) -> Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
+        let taken = self.pool.lock().expect("kv readers lock").pop();
+        let conn = match taken {
+            Some(c) => c,
+            None => {
+                let c = super::store::open(&self.dir)?;
+                c.busy_timeout(READ_BUSY)?;
+                c
+            }
+        };
+        let r = f(&conn);
+        self.pool.lock().expect("kv readers lock").push(conn);
+        r
+    }
+
+    /// Run `f` on a read connection, on a blocking thread (for callers on
+    /// the async runtime: the HTTP API).
+    pub(super) async fn read<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
         f: impl FnOnce(&Connection) -> Result<T, BrokerError> + Send + 'static,
     ) -> Result<T, BrokerError> {
-        let (dir, pool) = (self.dir.clone(), self.pool.clone());
-        tokio::task::spawn_blocking(move || {
-            let taken = pool.lock().expect("kv readers lock").pop();
-            let conn = match taken {
-                Some(c) => c,
-                None => super::store::open(&dir)?,
-            };
-            let r = f(&conn);
-            pool.lock().expect("kv readers lock").push(conn);
-            r
-        })
-        .await
-        .map_err(|e| BrokerError::Store(e.to_string()))?
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.read_here(f))
+            .await
+            .map_err(|e| BrokerError::Store(e.to_string()))?
     }
 }
+
+/// How long a guest's read waits for a store another connection locked.
+const READ_BUSY: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[async_trait::async_trait]
 impl crate::kv::Reader for Readers {
@@ -78,16 +95,12 @@ impl crate::kv::Reader for Readers {
         bucket: &str,
         key: &str,
     ) -> Result<Option<(Vec<u8>, Version)>, ReadError> {
-        let (b, k) = (bucket.to_string(), key.to_string());
-        self.read(move |c| get(c, &b, &k))
-            .await
+        self.read_here(|c| get(c, bucket, key))
             .map_err(crate::broker::read_error)
     }
 
     async fn kv_list(&self, bucket: &str) -> Result<(Vec<String>, Version), ReadError> {
-        let b = bucket.to_string();
-        self.read(move |c| list(c, &b))
-            .await
+        self.read_here(|c| list(c, bucket))
             .map_err(crate::broker::read_error)
     }
 }
@@ -190,9 +203,13 @@ pub fn apply(
             totals.insert(b, t);
         }
         let t = totals.get_mut(b.as_str()).expect("inserted above");
-        if let Some((old, _)) = get(tx, b, k)? {
+        let old: Option<i64> = tx
+            .prepare_cached("SELECT length(value) FROM kv WHERE bucket = ?1 AND key = ?2")?
+            .query_row(params![b, k], |r| r.get(0))
+            .optional()?;
+        if let Some(len) = old {
             t.0 -= 1;
-            t.1 -= (k.len() + old.len()) as i64;
+            t.1 -= k.len() as i64 + len;
         }
         if let Some(v) = v {
             t.0 += 1;

@@ -295,9 +295,11 @@ fn apply(
             // A commit with state is all or nothing within the group's
             // transaction: a savepoint undoes what of it was written
             // if a later part fails.
-            let savepoint = kv.is_some();
-            if savepoint && let Err(e) = tx.execute_batch("SAVEPOINT state_commit") {
-                return answer(fx, reply, Err(e.into()));
+            // (Nothing to undo for a commit that writes no state: its
+            // check writes nothing.)
+            let savepoint = kv.as_ref().is_some_and(|kv| !kv.writes.writes.is_empty());
+            if savepoint && let Err(e) = sql(tx, &["SAVEPOINT state_commit"]) {
+                return answer(fx, reply, Err(e));
             }
             let (settled, delivered) = (fx.settled.len(), fx.deliver.len());
             let r = (|| {
@@ -324,16 +326,16 @@ fn apply(
                 Ok(())
             })();
             if savepoint {
-                let undo = if r.is_ok() {
-                    "RELEASE state_commit"
+                let undo: &[&str] = if r.is_ok() {
+                    &["RELEASE state_commit"]
                 } else {
                     // Nor are its effects made visible.
                     fx.settled.truncate(settled);
                     fx.deliver.truncate(delivered);
-                    "ROLLBACK TO state_commit; RELEASE state_commit"
+                    &["ROLLBACK TO state_commit", "RELEASE state_commit"]
                 };
-                if let Err(e) = tx.execute_batch(undo) {
-                    return answer(fx, reply, Err(e.into()));
+                if let Err(e) = sql(tx, undo) {
+                    return answer(fx, reply, Err(e));
                 }
             }
             answer(fx, reply, r);
@@ -387,6 +389,15 @@ fn apply(
         }
         Op::Ready { reply } => answer(fx, reply, Ok(())),
     }
+}
+
+/// Run `statements` (no parameters, no rows), each prepared once per
+/// connection.
+fn sql(tx: &Transaction, statements: &[&str]) -> Result<(), BrokerError> {
+    for s in statements {
+        tx.prepare_cached(s)?.execute([])?;
+    }
+    Ok(())
 }
 
 /// Store events and route each new one: to the one group its `troupeto`
