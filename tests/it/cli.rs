@@ -6,7 +6,9 @@ use std::process::{Command, Output};
 
 use troupe_tests::{TestApp, guest, plugin, repo, step, troupe_bin};
 
-fn troupe(args: &[&str], app: &Path) -> Output {
+/// Run `troupe ARGS` in `app` (shared with the other modules that drive
+/// the binary).
+pub(crate) fn troupe(args: &[&str], app: &Path) -> Output {
     Command::new(troupe_bin())
         .args(args)
         .current_dir(app)
@@ -15,7 +17,7 @@ fn troupe(args: &[&str], app: &Path) -> Output {
         .expect("troupe runs")
 }
 
-fn ok(o: &Output) -> String {
+pub(crate) fn ok(o: &Output) -> String {
     assert!(
         o.status.success(),
         "failed: {}\n{}",

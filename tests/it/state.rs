@@ -1,37 +1,19 @@
 //! Step state (`wasi:keyvalue`): buckets whose writes commit with the
 //! message, driven through a real guest (tests/guests/keeper) on the
-//! embedded broker.
+//! embedded broker, the CLI and the HTTP API included, and across SIGKILLs.
 
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use std::path::Path;
-use std::process::{Command, Output};
 use troupe::event::Event;
 use troupe::host::{Host, load_steps};
 use troupe::runtime::Runtime;
-
 use troupe_tests::{ApiHost, TestApp, build, data, event, eventually, guest, troupe_bin};
 
+use super::cli::{ok, troupe};
+
 const WAIT: Duration = Duration::from_secs(20);
-
-fn troupe(args: &[&str], app: &Path) -> Output {
-    Command::new(troupe_bin())
-        .args(args)
-        .current_dir(app)
-        .env("TROUPE_LOG", "warn")
-        .output()
-        .expect("troupe runs")
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// A `keeper` step named `name` with role `role` and `extra` TOML lines.
 fn keeper(name: &str, role: &str, extra: &str) -> String {
@@ -557,4 +539,43 @@ fn sigkill_at_random_points_loses_no_write_and_applies_none_twice() {
         at_kills.iter().any(|&d| d > 0 && d < ORDERS),
         "a SIGKILL came while orders were being handled: {at_kills:?}"
     );
+}
+
+/// A step in an orchestrated flow keeps state the same way: its writes
+/// commit with its reply to the orchestrator, and a rejected command's
+/// are discarded.
+#[test]
+fn a_flow_step_keeps_state_with_its_reply() {
+    let app = TestApp::new(&keeper(
+        "keeper",
+        "main",
+        "grants.kv = [\"stock\"]\nchoreography = false",
+    ));
+    std::fs::create_dir(app.path().join("flows")).unwrap();
+    std::fs::write(
+        app.path().join("flows/keep.toml"),
+        "input = \"test.kv\"\n[steps.keep]\nstep = \"keeper\"\n",
+    )
+    .unwrap();
+    let api = ApiHost::start(&app);
+    let host = api.host.as_ref().unwrap();
+    let run = api.run(
+        "keep",
+        json!({"main": {"ops": [set("stock", "tea", "5"), op("incr", "stock", "runs")]}}),
+    );
+    assert_eq!(run["state"], "completed", "{run}");
+    let run = api.run(
+        "keep",
+        json!({"main": {"ops": [set("stock", "tea", "0")], "then": "reject"}}),
+    );
+    assert_eq!(run["state"], "failed", "{run}");
+    let run = api.run(
+        "keep",
+        json!({"main": {"ops": [op("get", "stock", "tea"), op("incr", "stock", "runs")]}}),
+    );
+    assert_eq!(run["state"], "completed", "{run}");
+    api.block_on(async {
+        assert_eq!(committed(host, "stock", "tea").await.as_deref(), Some("5"));
+        assert_eq!(committed(host, "stock", "runs").await.as_deref(), Some("2"));
+    });
 }

@@ -50,9 +50,7 @@ fn failed(dir: &Path, what: &str, e: impl std::fmt::Display) -> BuildError {
 /// Whether the step's sources use `wasi:keyvalue` (then its bindings are
 /// those of the `step-kv` world).
 fn uses_kv(dir: &Path) -> bool {
-    sources(dir, &["c"])
-        .iter()
-        .any(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains("wasi_keyvalue_")))
+    super::sources_contain(dir, &["c"], &["wasi_keyvalue_"])
 }
 
 /// Generate the C bindings of the `step` (or `step-kv`) world into `gen`.

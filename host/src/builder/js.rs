@@ -73,18 +73,17 @@ fn left_out(dir: &Path) -> Vec<&'static str> {
 /// Whether the step's sources call `fetch` (then componentize-js's `http`
 /// feature is kept: the component imports `wasi:http`).
 fn uses_fetch(dir: &Path) -> bool {
-    sources(dir, &["js", "mjs"])
-        .iter()
-        .any(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains("fetch(")))
+    super::sources_contain(dir, &["js", "mjs"], &["fetch("])
 }
 
 /// Whether the step's sources import `wasi:keyvalue` (then it is built
 /// for the `troupe:step-kv` world).
 fn uses_kv(dir: &Path) -> bool {
-    sources(dir, &["js", "mjs"]).iter().any(|f| {
-        std::fs::read_to_string(f)
-            .is_ok_and(|t| t.contains("'wasi:keyvalue/") || t.contains("\"wasi:keyvalue/"))
-    })
+    super::sources_contain(
+        dir,
+        &["js", "mjs"],
+        &["'wasi:keyvalue/", "\"wasi:keyvalue/"],
+    )
 }
 
 pub(super) fn build(dir: &Path, out: &Path, wit: &Path) -> Result<(), BuildError> {

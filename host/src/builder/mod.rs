@@ -150,6 +150,14 @@ pub(crate) fn write_http_wit(dir: &Path) -> Result<(), BuildError> {
     write_files(dir, files)
 }
 
+/// Whether any of the plugin's source files with these extensions holds
+/// one of `needles` (how a build tells which features a step uses).
+pub(crate) fn sources_contain(dir: &Path, exts: &[&str], needles: &[&str]) -> bool {
+    sources(dir, exts)
+        .iter()
+        .any(|f| std::fs::read_to_string(f).is_ok_and(|t| needles.iter().any(|n| t.contains(n))))
+}
+
 /// The folder, inside a plugin, for build outputs of non-Rust plugins.
 pub const BUILD_DIR: &str = ".troupe-build";
 
