@@ -15,8 +15,10 @@ use troupe_tests::{TestApp, bench};
 const STEPS: [&str; 3] = ["relay-a", "relay-b", "relay-c"];
 
 async fn chain(state: bool, n: usize) -> (bench::Measured, f64, u64) {
-    let app =
-        TestApp::new(&bench::relay_chain(state, "").replace("KEYS = \"10\"", "KEYS = \"1000\""));
+    let app = TestApp::new(
+        &bench::relay_chain(&troupe_tests::guest("relay"), state, "")
+            .replace("KEYS = \"10\"", "KEYS = \"1000\""),
+    );
     let host = app.start().await;
     let m = bench::choreography(&host, n, "chain.d", |i| {
         Event::new(

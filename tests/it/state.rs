@@ -342,7 +342,11 @@ fn operators_read_and_mend_buckets_and_the_trace_names_the_keys_written() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_step_of_a_chain_keeps_its_own_count() {
-    let app = TestApp::new(&troupe_tests::bench::relay_chain(true, "concurrency = 4"));
+    let app = TestApp::new(&troupe_tests::bench::relay_chain(
+        &guest("relay"),
+        true,
+        "concurrency = 4",
+    ));
     let host = app.start().await;
     let events: Vec<Event> = (0..200)
         .map(|i| event("chain.a", json!({"i": i})))

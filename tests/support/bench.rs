@@ -172,10 +172,11 @@ pub fn order_manifest(options: &str) -> String {
     m
 }
 
-/// Three `relay` steps in a chain, `a` -> `b` -> `c`, each counting the
-/// events it passed on (in its own bucket) when `state`.
-pub fn relay_chain(state: bool, extra: &str) -> String {
-    let relay = crate::guest("relay").display().to_string();
+/// Three steps of the `relay` component (tests/guests/relay) in a chain,
+/// `a` -> `b` -> `c`, each counting the events it passed on (in its own
+/// bucket) when `state`.
+pub fn relay_chain(relay: &std::path::Path, state: bool, extra: &str) -> String {
+    let relay = relay.display().to_string();
     ["a", "b", "c"]
         .iter()
         .zip(["b", "c", "d"])
