@@ -56,9 +56,7 @@ fn uses_kv(dir: &Path) -> bool {
 /// Generate the C bindings of the `step` (or `step-kv`) world into `gen`.
 fn bindings(dir: &Path, wit: &Path, gen_dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
     let (folder, world) = if uses_kv(dir) {
-        let w = wit.parent().unwrap_or(wit).join("wit-kv");
-        super::write_kv_wit(&w)?;
-        (w, "step-kv")
+        (super::kv_wit_beside(wit)?, "step-kv")
     } else {
         (wit.to_path_buf(), "step")
     };

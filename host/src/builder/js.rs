@@ -89,9 +89,7 @@ fn uses_kv(dir: &Path) -> bool {
 pub(super) fn build(dir: &Path, out: &Path, wit: &Path) -> Result<(), BuildError> {
     let mut cmd = Command::new(tool(dir)?);
     let (folder, world) = if uses_kv(dir) {
-        let w = wit.parent().unwrap_or(wit).join("wit-kv");
-        super::write_kv_wit(&w)?;
-        (w, "step-kv")
+        (super::kv_wit_beside(wit)?, "step-kv")
     } else {
         (wit.to_path_buf(), "step")
     };

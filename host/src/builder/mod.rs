@@ -112,7 +112,7 @@ pub const STEP_KV_WIT: [(&str, &str); 6] = [
 
 /// Write the `troupe:step-kv` WIT folder (with `troupe:step` and the WASI
 /// packages among its deps) at `dir`.
-pub(crate) fn write_kv_wit(dir: &Path) -> Result<(), BuildError> {
+fn write_kv_wit(dir: &Path) -> Result<(), BuildError> {
     let files = STEP_KV_WIT
         .iter()
         .copied()
@@ -124,6 +124,14 @@ pub(crate) fn write_kv_wit(dir: &Path) -> Result<(), BuildError> {
         )
         .chain([("deps/step/step.wit", STEP_WIT)]);
     write_files(dir, files)
+}
+
+/// The `troupe:step-kv` WIT folder, written beside the step's WIT folder
+/// `wit` (in the plugin's build folder).
+pub(crate) fn kv_wit_beside(wit: &Path) -> Result<PathBuf, BuildError> {
+    let dir = wit.parent().unwrap_or(wit).join("wit-kv");
+    write_kv_wit(&dir)?;
+    Ok(dir)
 }
 
 fn write_files<'a>(

@@ -67,9 +67,7 @@ pub(super) fn build(dir: &Path, out: &Path, wit: &Path) -> Result<(), BuildError
     if http || kv {
         let build = wit.parent().unwrap_or(wit);
         let (folder, world) = if kv {
-            let w = build.join("wit-kv");
-            super::write_kv_wit(&w)?;
-            (w, "troupe:step-kv/step-http-kv")
+            (super::kv_wit_beside(wit)?, "troupe:step-kv/step-http-kv")
         } else {
             let w = build.join("wit-http");
             super::write_http_wit(&w)?;

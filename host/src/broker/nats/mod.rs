@@ -338,6 +338,13 @@ impl Transport for Nats {
     }
 
     fn commit_then(&self, c: Commit, then: super::Then) {
+        // No step state here in this version (`kv_reader` is `None`, so no
+        // guest can have written any): refuse rather than drop writes.
+        if c.kv.as_ref().is_some_and(|kv| !kv.writes.is_empty()) {
+            return then(Err(BrokerError::Misuse(
+                "a state commit on the NATS broker, which keeps no step state yet".into(),
+            )));
+        }
         if let Err(mpsc::error::SendError((_, then))) = self.inner.commits.send((c, then)) {
             then(Err(BrokerError::Closed));
         }
