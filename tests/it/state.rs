@@ -1,6 +1,6 @@
 //! Step state (`wasi:keyvalue`): buckets whose writes commit with the
-//! message, driven through a real guest (tests/guests/keeper) on the
-//! embedded broker, the CLI and the HTTP API included, and across SIGKILLs.
+//! message, driven through a real guest (tests/guests/keeper) on each
+//! broker, the CLI and the HTTP API included, and across SIGKILLs.
 
 use std::process::Command;
 use std::time::Duration;
@@ -9,9 +9,38 @@ use serde_json::{Value, json};
 use troupe::event::Event;
 use troupe::host::{Host, load_steps};
 use troupe::runtime::Runtime;
-use troupe_tests::{ApiHost, TestApp, build, data, event, eventually, guest, troupe_bin};
+use troupe_tests::{
+    ApiHost, Backend, TestApp, build, data, event, eventually, guest, on_each_broker,
+    on_each_broker_blocking, troupe_bin,
+};
 
 use super::cli::{ok, troupe};
+
+on_each_broker!(
+    writes_are_seen_by_later_events_and_only_granted_buckets_open,
+    the_writes_of_a_failed_attempt_are_discarded,
+    steps_with_a_shared_grant_see_each_others_writes_and_no_one_else_does,
+    concurrent_deliveries_on_one_hot_key_end_with_the_exact_count,
+    every_step_of_a_chain_keeps_its_own_count,
+);
+
+/// The tests that drive a host from outside (the CLI, the API, SIGKILL).
+mod from_outside {
+    use super::*;
+    on_each_broker_blocking!(
+        operators_read_and_mend_buckets_and_the_trace_names_the_keys_written,
+        sigkill_at_random_points_loses_no_write_and_applies_none_twice,
+        a_flow_step_keeps_state_with_its_reply,
+    );
+}
+
+/// `troupe ARGS` for `app`, on its broker.
+fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let broker = app.broker().to_string();
+    let mut all = vec!["--broker", broker.as_str()];
+    all.extend_from_slice(args);
+    troupe(&all, app.path())
+}
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -62,16 +91,15 @@ fn set(bucket: &str, key: &str, value: &str) -> Value {
 async fn committed(host: &Host, bucket: &str, key: &str) -> Option<String> {
     host.broker
         .kv_reader()
-        .expect("the embedded broker keeps state")
+        .expect("the broker keeps state")
         .kv_get(bucket, key)
         .await
         .unwrap()
         .map(|(v, _)| String::from_utf8(v).unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn writes_are_seen_by_later_events_and_only_granted_buckets_open() {
-    let app = TestApp::new(&keeper("keeper", "main", "grants.kv = [\"stock\"]"));
+async fn writes_are_seen_by_later_events_and_only_granted_buckets_open(b: Backend) {
+    let app = TestApp::on(b, &keeper("keeper", "main", "grants.kv = [\"stock\"]"));
     let host = app.start().await;
     let first = ask(
         &host,
@@ -116,14 +144,16 @@ async fn writes_are_seen_by_later_events_and_only_granted_buckets_open() {
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_writes_of_a_failed_attempt_are_discarded() {
-    let app = TestApp::new(&keeper(
-        "keeper",
-        "main",
-        "grants.kv = [\"stock\"]\nretry = { max_attempts = 2, backoff_ms = 10 }\n\
+async fn the_writes_of_a_failed_attempt_are_discarded(b: Backend) {
+    let app = TestApp::on(
+        b,
+        &keeper(
+            "keeper",
+            "main",
+            "grants.kv = [\"stock\"]\nretry = { max_attempts = 2, backoff_ms = 10 }\n\
          limits.kv = { max_keys = 3 }",
-    ));
+        ),
+    );
     let host = app.start().await;
     ask(
         &host,
@@ -175,15 +205,14 @@ async fn the_writes_of_a_failed_attempt_are_discarded() {
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn steps_with_a_shared_grant_see_each_others_writes_and_no_one_else_does() {
+async fn steps_with_a_shared_grant_see_each_others_writes_and_no_one_else_does(b: Backend) {
     let m = [
         keeper("writer", "a", "grants.kv = [\"shared\"]"),
         keeper("reader", "b", "grants.kv = [\"shared\"]"),
         keeper("outsider", "c", ""),
     ]
     .concat();
-    let app = TestApp::new(&m);
+    let app = TestApp::on(b, &m);
     let host = app.start().await;
     ask(
         &host,
@@ -211,15 +240,13 @@ async fn steps_with_a_shared_grant_see_each_others_writes_and_no_one_else_does()
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_deliveries_on_one_hot_key_end_with_the_exact_count() {
+async fn concurrent_deliveries_on_one_hot_key_end_with_the_exact_count(b: Backend) {
     const STOCK: u64 = 100;
     const ORDERS: usize = 130;
-    let app = TestApp::new(&keeper(
-        "keeper",
-        "main",
-        "grants.kv = [\"stock\"]\nconcurrency = 8",
-    ));
+    let app = TestApp::on(
+        b,
+        &keeper("keeper", "main", "grants.kv = [\"stock\"]\nconcurrency = 8"),
+    );
     let host = app.start().await;
     ask(
         &host,
@@ -270,9 +297,8 @@ fn without_a_state_store_every_bucket_call_fails_inside_the_guest() {
     assert!(error.contains("not available here"), "{error}");
 }
 
-#[test]
-fn operators_read_and_mend_buckets_and_the_trace_names_the_keys_written() {
-    let app = TestApp::new(&keeper("keeper", "main", "grants.kv = [\"stock\"]"));
+fn operators_read_and_mend_buckets_and_the_trace_names_the_keys_written(b: Backend) {
+    let app = TestApp::on(b, &keeper("keeper", "main", "grants.kv = [\"stock\"]"));
     let api = ApiHost::start(&app);
     let host = api.host.as_ref().unwrap();
     let e = event(
@@ -283,24 +309,23 @@ fn operators_read_and_mend_buckets_and_the_trace_names_the_keys_written() {
         host.broker.publish(vec![e.clone()]).await.unwrap();
         results_of(host, &e, "main").await
     });
-    let dir = app.path();
     // The CLI, beside the running host.
     assert_eq!(
-        ok(&troupe(&["kv", "list", "stock"], dir)),
+        ok(&cli(&app, &["kv", "list", "stock"])),
         "sku/oolong\ntea\n"
     );
-    assert_eq!(ok(&troupe(&["kv", "get", "stock", "tea"], dir)), "5");
-    let trace = ok(&troupe(&["trace", &e.id], dir));
+    assert_eq!(ok(&cli(&app, &["kv", "get", "stock", "tea"])), "5");
+    let trace = ok(&cli(&app, &["trace", &e.id]));
     assert!(
         trace.contains("kv wrote stock: sku/oolong, tea (attempt 1, by keeper)"),
         "{trace}"
     );
-    ok(&troupe(&["kv", "put", "stock", "tea", "9"], dir));
-    ok(&troupe(&["kv", "delete", "stock", "sku/oolong"], dir));
-    let missing = troupe(&["kv", "get", "stock", "sku/oolong"], dir);
+    ok(&cli(&app, &["kv", "put", "stock", "tea", "9"]));
+    ok(&cli(&app, &["kv", "delete", "stock", "sku/oolong"]));
+    let missing = cli(&app, &["kv", "get", "stock", "sku/oolong"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("has no key \"sku/oolong\""));
-    let bad = troupe(&["kv", "list", "Not A Bucket"], dir);
+    let bad = cli(&app, &["kv", "list", "Not A Bucket"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a bucket name"));
     // What the operator wrote is what the next event reads.
     let read = api.block_on(ask(
@@ -340,13 +365,11 @@ fn operators_read_and_mend_buckets_and_the_trace_names_the_keys_written() {
     assert_eq!(get("/v1/kv/Bad!/x", token).0, 400);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_step_of_a_chain_keeps_its_own_count() {
-    let app = TestApp::new(&troupe_tests::bench::relay_chain(
-        &guest("relay"),
-        true,
-        "concurrency = 4",
-    ));
+async fn every_step_of_a_chain_keeps_its_own_count(b: Backend) {
+    let app = TestApp::on(
+        b,
+        &troupe_tests::bench::relay_chain(&guest("relay"), true, "concurrency = 4"),
+    );
     let host = app.start().await;
     let events: Vec<Event> = (0..200)
         .map(|i| event("chain.a", json!({"i": i})))
@@ -462,19 +485,17 @@ async fn python_and_javascript_steps_keep_state_too() {
 /// afterwards every order is done, and the counter is the initial count
 /// minus the orders done, exactly (no write lost, none applied twice, none
 /// without the other).
-#[test]
-fn sigkill_at_random_points_loses_no_write_and_applies_none_twice() {
+fn sigkill_at_random_points_loses_no_write_and_applies_none_twice(b: Backend) {
     const STOCK: u64 = 10_000;
     const ORDERS: usize = 2_000;
-    let app = TestApp::new(&keeper(
-        "keeper",
-        "main",
-        "grants.kv = [\"stock\"]\nconcurrency = 4",
-    ));
+    let app = TestApp::on(
+        b,
+        &keeper("keeper", "main", "grants.kv = [\"stock\"]\nconcurrency = 4"),
+    );
     let dir = app.path();
-    ok(&troupe(
+    ok(&cli(
+        &app,
         &["kv", "put", "stock", "count", &STOCK.to_string()],
-        dir,
     ));
     let lines: String = (0..ORDERS)
         .map(|i| {
@@ -486,9 +507,9 @@ fn sigkill_at_random_points_loses_no_write_and_applies_none_twice() {
         })
         .collect();
     std::fs::write(dir.join("orders.jsonl"), lines).unwrap();
-    ok(&troupe(&["publish", ".", "--file", "orders.jsonl"], dir));
+    ok(&cli(&app, &["publish", ".", "--file", "orders.jsonl"]));
     let done = || {
-        let out = ok(&troupe(&["--json", "kv", "list", "stock"], dir));
+        let out = ok(&cli(&app, &["--json", "kv", "list", "stock"]));
         let v: Value = serde_json::from_str(&out).unwrap();
         v["keys"]
             .as_array()
@@ -505,8 +526,12 @@ fn sigkill_at_random_points_loses_no_write_and_applies_none_twice() {
     eprintln!("seed {seed}");
     let mut kills = 0;
     let mut at_kills = Vec::new();
-    while kills < 6 {
+    // Fewer on NATS, where each costs more (above) and a killed host's
+    // unsettled deliveries wait out the 30 s ack wait.
+    let most = if b == Backend::Nats { 3 } else { 6 };
+    while kills < most {
         let mut host = Command::new(troupe_bin())
+            .args(["--broker", &app.broker().to_string()])
             .args(["run", ".", "--listen", "127.0.0.1:0"])
             .current_dir(dir)
             .env("TROUPE_LOG", "error")
@@ -516,7 +541,10 @@ fn sigkill_at_random_points_loses_no_write_and_applies_none_twice() {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        std::thread::sleep(Duration::from_millis(300 + (seed >> 33) % 900));
+        // On NATS a host that dies holding the app's next state commit
+        // delays the others' by the applier's ack wait (5 s): live longer.
+        let least = if b == Backend::Nats { 5_500 } else { 300 };
+        std::thread::sleep(Duration::from_millis(least + (seed >> 33) % 900));
         host.kill().unwrap(); // SIGKILL
         host.wait().unwrap();
         kills += 1;
@@ -527,9 +555,9 @@ fn sigkill_at_random_points_loses_no_write_and_applies_none_twice() {
         }
     }
     // Then run until every order is handled.
-    ok(&troupe(&["run", ".", "--until-idle"], dir));
+    ok(&cli(&app, &["run", ".", "--until-idle"]));
     let n = done();
-    let count = ok(&troupe(&["kv", "get", "stock", "count"], dir));
+    let count = ok(&cli(&app, &["kv", "get", "stock", "count"]));
     eprintln!(
         "orders done at each of {kills} SIGKILLs: {at_kills:?}; at the end {n}, count {count}"
     );
@@ -548,13 +576,15 @@ fn sigkill_at_random_points_loses_no_write_and_applies_none_twice() {
 /// A step in an orchestrated flow keeps state the same way: its writes
 /// commit with its reply to the orchestrator, and a rejected command's
 /// are discarded.
-#[test]
-fn a_flow_step_keeps_state_with_its_reply() {
-    let app = TestApp::new(&keeper(
-        "keeper",
-        "main",
-        "grants.kv = [\"stock\"]\nchoreography = false",
-    ));
+fn a_flow_step_keeps_state_with_its_reply(b: Backend) {
+    let app = TestApp::on(
+        b,
+        &keeper(
+            "keeper",
+            "main",
+            "grants.kv = [\"stock\"]\nchoreography = false",
+        ),
+    );
     std::fs::create_dir(app.path().join("flows")).unwrap();
     std::fs::write(
         app.path().join("flows/keep.toml"),

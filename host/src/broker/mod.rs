@@ -469,9 +469,10 @@ pub trait RunState: Send + Sync {
         Ok(true)
     }
 
-    /// Steps' buckets, as their invocations read them (see [`crate::kv`]);
-    /// `None` where this broker keeps no step state (NATS, in this
-    /// version: a step's bucket calls fail inside the guest).
+    /// Steps' buckets, as their invocations read them (see [`crate::kv`]),
+    /// for a host that runs steps (on NATS, it takes part in applying the
+    /// app's state commits from then on); `None` where this broker keeps
+    /// no step state (a step's bucket calls fail inside the guest).
     fn kv_reader(&self) -> Option<Arc<dyn crate::kv::Reader>> {
         None
     }

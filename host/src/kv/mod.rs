@@ -172,7 +172,7 @@ impl Writes {
 }
 
 /// A commit refused: something it read changed since.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Conflict {
     #[error("{bucket}/{key} changed (version {read} read, {now} now)")]
     Key {
@@ -187,7 +187,7 @@ pub enum Conflict {
 
 /// Why a commit's writes were not applied (nor anything else of the
 /// commit).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Refused {
     /// Something the invocation read changed since: run it again.
     #[error("{0}")]

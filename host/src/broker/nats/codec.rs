@@ -60,6 +60,20 @@ impl Names {
         format!("{}_{}_state", self.ns, self.app)
     }
 
+    /// The key-value bucket of the app's step state.
+    pub fn kv_bucket(&self) -> String {
+        format!("{}_{}_kv", self.ns, self.app)
+    }
+
+    /// The stream of the app's step state commits, in the order applied.
+    pub fn kvlog_stream(&self) -> String {
+        format!("{}_KVLOG_{}", self.ns.to_uppercase(), self.app)
+    }
+
+    pub fn kvlog_subject(&self) -> String {
+        format!("{}.kvlog.{}", self.ns, self.app)
+    }
+
     /// The subject an event of `kind` is published on.
     pub fn event_subject(&self, kind: &str) -> Result<String, BrokerError> {
         let ok = !kind.is_empty()

@@ -17,6 +17,8 @@
 //! - stream `NS_DLQ`, one message per dead letter (`NS.dlq.APP.ID`, the dead
 //!   letter as JSON), deleted when replayed.
 //! - key-value bucket `NS_APP_state`: the orchestrator's run records.
+//! - steps' buckets: key-value bucket `NS_APP_kv`, written only by the
+//!   applier of the commit log `NS_KVLOG_APP` (`state.rs`).
 //!
 //! Nothing here is atomic across messages: [`Transport::commit_then`]
 //! hands the server the outputs, then the state rows, in that order,
@@ -31,7 +33,8 @@
 //! says where a new step's consumer starts;
 //! `publish.rs` puts events and state rows on the
 //! server (and runs the ordered commit task); `pulling.rs` takes messages
-//! off it (the consumers' pull tasks, stream scans); this file declares
+//! off it (the consumers' pull tasks, stream scans); `state.rs` keeps
+//! steps' buckets and commits their writes; this file declares
 //! what lives on the server and implements the broker's facets on top.
 
 mod codec;
@@ -39,6 +42,7 @@ mod dlq;
 mod publish;
 mod pulling;
 mod start;
+mod state;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -66,7 +70,7 @@ use crate::retry::RetryPolicy;
 pub use codec::{Names, valid_namespace};
 use dlq::{DLQ_HEADROOM, parse_dead_letter};
 use publish::{Publisher, stored};
-use pulling::Group;
+use pulling::{Group, scan};
 
 /// How long a delivery may stay unsettled before the server hands it to
 /// another host. Steps are bounded by their deadline, far below this.
@@ -115,6 +119,8 @@ struct Inner {
     epoch_marked: std::sync::atomic::AtomicBool,
     /// Commits, in order, for [`Inner::commits`].
     commits: mpsc::UnboundedSender<(Commit, super::Then)>,
+    /// Steps' buckets.
+    kv: Arc<state::Kv>,
 }
 
 /// The NATS JetStream broker.
@@ -141,7 +147,7 @@ impl Nats {
             .await
             .map_err(|e| BrokerError::Nats(format!("cannot connect to {server}: {e}")))?;
         let max_payload = client.server_info().max_payload;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let names = Names::new(ns, app);
         let events = js
             .get_or_create_stream(stream::Config {
@@ -184,6 +190,7 @@ impl Nats {
             .get_key_value(&bucket)
             .await
             .map_err(|e| nats(format!("bucket {bucket}: {e}")))?;
+        let kv = state::Kv::open(client, js.clone(), &names, max_payload).await?;
         let (commits, rx) = mpsc::unbounded_channel();
         let broker = Nats {
             inner: Arc::new(Inner {
@@ -201,6 +208,7 @@ impl Nats {
                 max_payload,
                 epoch_marked: Default::default(),
                 commits,
+                kv,
             }),
         };
         tokio::spawn(broker.inner.publisher.clone().commits(rx));
@@ -216,32 +224,30 @@ impl Inner {
 
 impl AppEvents for Nats {}
 
-/// Step state is not kept on NATS in this version (see docs/state.md).
-fn no_state() -> BrokerError {
-    BrokerError::BadInput("step state is not available on the NATS broker in this version".into())
-}
-
 #[async_trait]
 impl super::Buckets for Nats {
-    async fn bucket_keys(&self, _bucket: &str) -> Result<Vec<String>, BrokerError> {
-        Err(no_state())
+    async fn bucket_keys(&self, bucket: &str) -> Result<Vec<String>, BrokerError> {
+        super::check_entry_name(bucket, None)?;
+        Ok(self.inner.kv.list(bucket).await?.0)
     }
 
     async fn bucket_entry(
         &self,
-        _bucket: &str,
-        _key: &str,
+        bucket: &str,
+        key: &str,
     ) -> Result<Option<(Vec<u8>, crate::kv::Version)>, BrokerError> {
-        Err(no_state())
+        super::check_entry_name(bucket, Some(key))?;
+        self.inner.kv.get(bucket, key).await
     }
 
     async fn bucket_write(
         &self,
-        _bucket: &str,
-        _key: &str,
-        _value: Option<Vec<u8>>,
+        bucket: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
     ) -> Result<(), BrokerError> {
-        Err(no_state())
+        super::check_entry_name(bucket, Some(key))?;
+        self.inner.kv.write(bucket, key, value).await
     }
 }
 
@@ -338,12 +344,13 @@ impl Transport for Nats {
     }
 
     fn commit_then(&self, c: Commit, then: super::Then) {
-        // No step state here in this version (`kv_reader` is `None`, so no
-        // guest can have written any): refuse rather than drop writes.
+        // With step state: through the applier (`state.rs`), not in order
+        // with other commits (a step's commits need none).
         if c.kv.as_ref().is_some_and(|kv| !kv.writes.is_empty()) {
-            return then(Err(BrokerError::Misuse(
-                "a state commit on the NATS broker, which keeps no step state yet".into(),
-            )));
+            let (kv, publisher) = (self.inner.kv.clone(), self.inner.publisher.clone());
+            let runtime = kv.runtime.clone();
+            runtime.spawn(async move { then(kv.commit(c, publisher).await) });
+            return;
         }
         if let Err(mpsc::error::SendError((_, then))) = self.inner.commits.send((c, then)) {
             then(Err(BrokerError::Closed));
@@ -406,6 +413,7 @@ impl Transport for Nats {
 
     async fn close(&self) {
         let _ = self.inner.closed.send(true);
+        self.inner.kv.stop_applier().await;
         for g in self.inner.groups.read().expect("groups lock").values() {
             g.rx.close();
         }
@@ -446,6 +454,12 @@ impl RunState for Nats {
             }
         }
         Ok(out)
+    }
+
+    fn kv_reader(&self) -> Option<Arc<dyn crate::kv::Reader>> {
+        // A host whose steps may keep state applies commits too.
+        self.inner.kv.clone().run_applier();
+        Some(self.inner.kv.clone())
     }
 
     async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, BrokerError> {
@@ -493,7 +507,7 @@ impl RunState for Nats {
 impl DeadLetters for Nats {
     async fn dlq_list(&self) -> Result<Vec<DeadLetter>, BrokerError> {
         let i = &self.inner;
-        i.scan(&i.dlq, &i.names.dlq_filter())
+        scan(&i.dlq, &i.names.dlq_filter())
             .await?
             .iter()
             .map(|m| parse_dead_letter(&m.payload).map(|(dl, _)| dl))
@@ -521,7 +535,7 @@ impl Traces for Nats {
     async fn trace(&self, correlation_id: &str) -> Result<Vec<Event>, BrokerError> {
         let i = &self.inner;
         let filter = format!("{}.>", i.names.ns);
-        Ok(i.scan(&i.events, &filter)
+        Ok(scan(&i.events, &filter)
             .await?
             .iter()
             .filter_map(|m| {

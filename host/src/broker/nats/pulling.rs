@@ -123,43 +123,42 @@ impl Inner {
             }
         }
     }
+}
 
-    /// Every message of `stream` on `filter`, oldest first.
-    pub(super) async fn scan(
-        &self,
-        stream: &Stream,
-        filter: &str,
-    ) -> Result<Vec<jetstream::Message>, BrokerError> {
-        let consumer: PullConsumer = stream
-            .create_consumer(pull::Config {
-                filter_subject: filter.to_string(),
-                ack_policy: AckPolicy::None,
-                deliver_policy: DeliverPolicy::All,
-                inactive_threshold: Duration::from_secs(10),
-                ..Default::default()
-            })
+/// Every message of `stream` on `filter`, oldest first.
+pub(super) async fn scan(
+    stream: &Stream,
+    filter: &str,
+) -> Result<Vec<jetstream::Message>, BrokerError> {
+    let consumer: PullConsumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: filter.to_string(),
+            ack_policy: AckPolicy::None,
+            deliver_policy: DeliverPolicy::All,
+            inactive_threshold: Duration::from_secs(10),
+            ..Default::default()
+        })
+        .await
+        .map_err(nats)?;
+    let mut left = consumer.cached_info().num_pending as usize;
+    let mut out = Vec::with_capacity(left);
+    while left > 0 {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(left.min(1000))
+            .expires(Duration::from_secs(2))
+            .messages()
             .await
             .map_err(nats)?;
-        let mut left = consumer.cached_info().num_pending as usize;
-        let mut out = Vec::with_capacity(left);
-        while left > 0 {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(left.min(1000))
-                .expires(Duration::from_secs(2))
-                .messages()
-                .await
-                .map_err(nats)?;
-            let before = out.len();
-            while let Some(m) = batch.next().await {
-                out.push(m.map_err(nats)?);
-            }
-            if out.len() == before {
-                break; // nothing more came: the count was stale
-            }
-            left -= out.len() - before;
+        let before = out.len();
+        while let Some(m) = batch.next().await {
+            out.push(m.map_err(nats)?);
         }
-        let _ = stream.delete_consumer(&consumer.cached_info().name).await;
-        Ok(out)
+        if out.len() == before {
+            break; // nothing more came: the count was stale
+        }
+        left -= out.len() - before;
     }
+    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+    Ok(out)
 }

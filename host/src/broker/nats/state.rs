@@ -1,0 +1,798 @@
+//! Step state on NATS: buckets kept in a key-value stream, written only
+//! by an applier that takes commits one at a time from a log.
+//!
+//! NATS cannot store several messages atomically, so a commit with state
+//! is made in steps, each safe to cut short (see ARCHITECTURE.md, "step
+//! state on NATS"):
+//!
+//! 1. The invoking host publishes one **log entry** on `NS.kvlog.APP`
+//!    (stream `NS_KVLOG_APP`): the invocation's key `K` (its group and its
+//!    event's identity), the versions it read, its writes and its outputs.
+//!    One message, so it is stored whole or not at all.
+//! 2. The **applier** (one durable consumer with one message in flight, so
+//!    the app's hosts apply entries one at a time, in log order) checks
+//!    the entry: if `K` already has a committed verdict, the entry is a
+//!    duplicate (a redelivered event run again) and nothing is applied;
+//!    otherwise the versions read must be current and the quotas hold. It
+//!    writes the **verdict** `_tx.K` first, then the entries, each stamped
+//!    with the log entry's sequence as its version, then acks the log
+//!    entry and tells the invoking host.
+//! 3. The invoking host publishes the outputs of the committed entry (its
+//!    own, or the duplicate's original, read back from the log) and acks
+//!    its delivery.
+//!
+//! A crash after 1 redelivers the log entry to the applier (and the event
+//! to a step, whose new entry is then a duplicate); a crash inside 2
+//! leaves a verdict whose writes are finished when the entry comes again
+//! (an entry whose version is at least the log entry's is already
+//! written); a crash inside 3 redelivers the event, whose entry is a
+//! duplicate, and the original outputs are published again (the server
+//! drops copies within its duplicate window). So each event's writes are
+//! applied once, and its outputs published at least once. Every write is
+//! a compare-and-set on the subject's last sequence, so an applier that
+//! lost its message to another (the ack wait passed) cannot overwrite
+//! what the other applied after it.
+//!
+//! Subjects of the key-value stream `KV_NS_APP_kv`: `$KV.B.BUCKET.KEY64`
+//! (an entry; the key in unpadded URL-safe base64), `$KV.B._b.BUCKET` (a
+//! bucket's version and totals), `$KV.B._tx.K` (a verdict), where `B` is
+//! `NS_APP_kv`. A deleted entry is a `KV-Operation: DEL` marker.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{
+    AckKind, Context,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    context::PublishErrorKind,
+    message::PublishMessage,
+    stream::{self, DirectGetErrorKind, Stream},
+};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as KEY64;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+
+use super::{Names, nats, pulling::scan};
+use crate::broker::{BrokerError, Commit};
+use crate::event::Event;
+use crate::kv::{ReadError, Refused, Version, Writes, check};
+
+/// The header that carries an entry's version (its log entry's sequence).
+const VERSION: &str = "Troupe-Version";
+/// How long the applier may hold a log entry before another host gets it.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+/// How often a host waiting for a verdict looks for it itself, in case
+/// the applier's word was lost.
+const VERDICT_POLL: Duration = Duration::from_secs(1);
+/// How long a host waits for a verdict before it leaves the delivery to
+/// be delivered again (no applier is running, or the server is away).
+const VERDICT_GIVE_UP: Duration = Duration::from_secs(20);
+/// Room kept in a log entry for its headers.
+const LOG_HEADROOM: usize = 1024;
+
+/// What an invocation asks the applier to commit.
+#[derive(Debug, Serialize, Deserialize)]
+struct LogEntry {
+    /// The invocation's key: its group and event (or an operator's write).
+    k: String,
+    /// Where the applier says what became of it.
+    reply: String,
+    reads: Vec<(String, String, Version)>,
+    lists: Vec<(String, Version)>,
+    /// Values in base64 (`None` deletes).
+    writes: Vec<(String, String, Option<String>)>,
+    max_keys: u64,
+    max_bucket_bytes: u64,
+    /// The outputs, as CloudEvents JSON, published once it is committed.
+    events: Vec<serde_json::Value>,
+}
+
+/// A bucket's totals, kept beside its entries.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct Totals {
+    keys: i64,
+    bytes: i64,
+}
+
+/// What became of a log entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Verdict {
+    k: String,
+    /// The log entry this verdict is about.
+    seq: u64,
+    /// Committed: the buckets' totals after it (written with its entries).
+    #[serde(default)]
+    totals: BTreeMap<String, Totals>,
+    /// Refused, and why.
+    #[serde(default)]
+    refused: Option<Refused>,
+}
+
+/// A subject's last message: its value (`None`: absent or deleted), its
+/// version as a read sees it (`0` when absent or deleted), the version it
+/// carries (deletion markers too) and its sequence (for a
+/// compare-and-set; `0` when the subject has none).
+struct Current {
+    value: Option<Bytes>,
+    version: Version,
+    stamp: Version,
+    seq: u64,
+}
+
+/// Step state on one app's NATS server.
+pub(super) struct Kv {
+    js: Context,
+    client: async_nats::Client,
+    data: Stream,
+    log: Stream,
+    /// `$KV.NS_APP_kv`
+    prefix: String,
+    log_subject: String,
+    /// This host's subject for verdicts.
+    inbox: String,
+    max_payload: usize,
+    waiting: Mutex<HashMap<String, oneshot::Sender<Verdict>>>,
+    applier: OnceLock<tokio::task::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    /// The runtime the broker was opened on: commits come from step
+    /// workers' threads, outside it.
+    pub(super) runtime: tokio::runtime::Handle,
+}
+
+impl Kv {
+    /// Declare the streams (idempotent) and listen for verdicts.
+    pub(super) async fn open(
+        client: async_nats::Client,
+        js: Context,
+        names: &Names,
+        max_payload: usize,
+    ) -> Result<Arc<Kv>, BrokerError> {
+        let bucket = names.kv_bucket();
+        let data = js
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                storage: stream::StorageType::File,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats(format!("bucket {bucket}: {e}")))?;
+        let log = js
+            .get_or_create_stream(stream::Config {
+                name: names.kvlog_stream(),
+                subjects: vec![names.kvlog_subject()],
+                storage: stream::StorageType::File,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats(format!("stream {}: {e}", names.kvlog_stream())))?;
+        let inbox = format!(
+            "{}.kvv.{}.{}",
+            names.ns,
+            names.app,
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut sub = client.subscribe(inbox.clone()).await.map_err(nats)?;
+        let kv = Arc::new(Kv {
+            js,
+            client,
+            data,
+            log,
+            prefix: format!("$KV.{bucket}"),
+            log_subject: names.kvlog_subject(),
+            inbox,
+            max_payload,
+            waiting: Mutex::default(),
+            applier: OnceLock::new(),
+            stop: watch::channel(false).0,
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let me = Arc::downgrade(&kv);
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let Some(kv) = me.upgrade() else { return };
+                if let Ok(v) = serde_json::from_slice::<Verdict>(&m.payload) {
+                    let w = kv.waiting.lock().expect("waiting lock").remove(&v.k);
+                    if let Some(w) = w {
+                        let _ = w.send(v);
+                    }
+                }
+            }
+        });
+        Ok(kv)
+    }
+
+    fn entry_subject(&self, bucket: &str, key: &str) -> String {
+        format!("{}.{bucket}.{}", self.prefix, KEY64.encode(key))
+    }
+
+    fn totals_subject(&self, bucket: &str) -> String {
+        format!("{}._b.{bucket}", self.prefix)
+    }
+
+    fn verdict_subject(&self, k: &str) -> String {
+        format!("{}._tx.{k}", self.prefix)
+    }
+
+    /// The last message on `subject`.
+    async fn current(&self, subject: &str) -> Result<Current, BrokerError> {
+        match self.data.direct_get_last_for_subject(subject).await {
+            Ok(m) => {
+                let deleted = m
+                    .headers
+                    .get("KV-Operation")
+                    .is_some_and(|v| v.as_str() != "PUT");
+                let version = m
+                    .headers
+                    .get(VERSION)
+                    .and_then(|v| v.as_str().parse().ok())
+                    .unwrap_or(0);
+                Ok(Current {
+                    value: (!deleted).then_some(m.payload),
+                    // A deleted entry reads as absent, version 0.
+                    version: if deleted { 0 } else { version },
+                    stamp: version,
+                    seq: m.sequence,
+                })
+            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(Current {
+                value: None,
+                version: 0,
+                stamp: 0,
+                seq: 0,
+            }),
+            Err(e) => Err(nats(format!("reading {subject}: {e}"))),
+        }
+    }
+
+    /// Publish `value` (`None`: a deletion marker) on `subject` if its last
+    /// message is still `last`; `Ok(false)` if it is not.
+    async fn put_if(
+        &self,
+        subject: &str,
+        value: Option<Bytes>,
+        version: Version,
+        last: u64,
+    ) -> Result<bool, BrokerError> {
+        let mut h = HeaderMap::new();
+        h.insert(VERSION, version.to_string().as_str());
+        if value.is_none() {
+            h.insert("KV-Operation", "DEL");
+        }
+        let p = PublishMessage::build()
+            .headers(h)
+            .payload(value.unwrap_or_default())
+            .expected_last_subject_sequence(last);
+        let ack = self
+            .js
+            .send_publish(subject.to_string(), p)
+            .await
+            .map_err(nats)?;
+        match ack.await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
+            Err(e) => Err(nats(format!("writing {subject}: {e}"))),
+        }
+    }
+
+    async fn totals(&self, bucket: &str) -> Result<(Totals, Version), BrokerError> {
+        let c = self.current(&self.totals_subject(bucket)).await?;
+        let t = c
+            .value
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default();
+        Ok((t, c.version))
+    }
+
+    /// `bucket`'s keys (sorted) and its version, read version first: a
+    /// commit between the two makes the listing's check fail, never pass.
+    pub(super) async fn list(&self, bucket: &str) -> Result<(Vec<String>, Version), BrokerError> {
+        let (_, version) = self.totals(bucket).await?;
+        let filter = format!("{}.{bucket}.*", self.prefix);
+        let mut keys = Vec::new();
+        for m in scan(&self.data, &filter).await? {
+            let deleted = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|v| v.as_str() != "PUT");
+            let k64 = m.subject.rsplit('.').next().unwrap_or_default();
+            if let (false, Ok(k)) = (deleted, KEY64.decode(k64)) {
+                keys.push(String::from_utf8_lossy(&k).into_owned());
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Ok((keys, version))
+    }
+
+    pub(super) async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Version)>, BrokerError> {
+        let c = self.current(&self.entry_subject(bucket, key)).await?;
+        Ok(c.value.map(|v| (v.to_vec(), c.version)))
+    }
+
+    /// Commit an invocation's state with its outputs and settle its
+    /// delivery (steps 1 and 3 above).
+    pub(super) async fn commit(
+        self: Arc<Self>,
+        c: Commit,
+        publisher: super::publish::Publisher,
+    ) -> Result<(), BrokerError> {
+        let kv = c.kv.as_ref().expect("a state commit");
+        if !c.state.is_empty() {
+            return Err(BrokerError::Misuse(
+                "a commit with both run state and step state".into(),
+            ));
+        }
+        let d = c.ack.as_ref().ok_or_else(|| {
+            BrokerError::Misuse("a commit of step state settles a delivery".into())
+        })?;
+        let k = invocation_key(&d.group, &d.event.identity());
+        let entry = LogEntry {
+            k: k.clone(),
+            reply: self.inbox.clone(),
+            reads: kv.writes.reads.clone(),
+            lists: kv.writes.lists.clone(),
+            writes: kv
+                .writes
+                .writes
+                .iter()
+                .map(|(b, k, v)| {
+                    (
+                        b.clone(),
+                        k.clone(),
+                        v.as_ref()
+                            .map(|v| base64::prelude::BASE64_STANDARD.encode(v)),
+                    )
+                })
+                .collect(),
+            max_keys: kv.limits.max_keys,
+            max_bucket_bytes: kv.limits.max_bucket_bytes,
+            events: c.events.iter().map(Event::to_json).collect(),
+        };
+        let v = self.decide(entry).await?;
+        if let Some(r) = v.verdict.refused {
+            return Err(BrokerError::Refused(r));
+        }
+        let events = if v.verdict.seq == v.seq {
+            c.events
+        } else {
+            // A duplicate: the outputs of the entry that committed.
+            self.logged_events(v.verdict.seq).await?
+        };
+        super::publish::stored(publisher.send(&events, &[]).await?).await?;
+        super::acker(d)?.acker.double_ack().await.map_err(nats)?;
+        Ok(())
+    }
+
+    /// An operator's write: a log entry of its own, no quota.
+    pub(super) async fn write(
+        self: &Arc<Self>,
+        bucket: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), BrokerError> {
+        let ours = self.clone().run_applier();
+        let entry = LogEntry {
+            k: uuid::Uuid::new_v4().simple().to_string(),
+            reply: self.inbox.clone(),
+            reads: Vec::new(),
+            lists: Vec::new(),
+            writes: vec![(
+                bucket.to_string(),
+                key.to_string(),
+                value.map(|v| base64::prelude::BASE64_STANDARD.encode(v)),
+            )],
+            max_keys: u64::MAX,
+            max_bucket_bytes: u64::MAX,
+            events: Vec::new(),
+        };
+        let r = self.decide(entry).await;
+        if ours {
+            self.stop_applier().await;
+        }
+        match r?.verdict.refused {
+            Some(r) => Err(BrokerError::Refused(r)),
+            None => Ok(()),
+        }
+    }
+
+    /// Put `entry` in the log and wait for its verdict.
+    async fn decide(&self, entry: LogEntry) -> Result<Decided, BrokerError> {
+        let body = serde_json::to_vec(&entry).expect("JSON");
+        if body.len() + LOG_HEADROOM > self.max_payload {
+            return Err(BrokerError::Refused(Refused::Quota(format!(
+                "the invocation's state writes and outputs ({} bytes) do not fit in one NATS \
+                 message (max_payload {}), as a commit with step state on NATS must",
+                body.len(),
+                self.max_payload
+            ))));
+        }
+        let (tx, mut rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .expect("waiting lock")
+            .insert(entry.k.clone(), tx);
+        let r = async {
+            let seq = self
+                .js
+                .publish(self.log_subject.clone(), body.into())
+                .await
+                .map_err(nats)?
+                .await
+                .map_err(|e| nats(format!("storing a state commit: {e}")))?
+                .sequence;
+            let mine = |v: &Verdict| v.refused.is_none() || v.seq == seq;
+            let give_up = tokio::time::Instant::now() + VERDICT_GIVE_UP;
+            loop {
+                tokio::select! {
+                    v = &mut rx => {
+                        if let Ok(v) = v && mine(&v) {
+                            return Ok(Decided { seq, verdict: v });
+                        }
+                        // A stale word, or none: look for it below.
+                        let (tx, again) = oneshot::channel();
+                        rx = again;
+                        self.waiting.lock().expect("waiting lock").insert(entry.k.clone(), tx);
+                    }
+                    _ = tokio::time::sleep(VERDICT_POLL) => {}
+                }
+                if let Some(v) = self.verdict(&entry.k).await?.0
+                    && mine(&v)
+                {
+                    return Ok(Decided { seq, verdict: v });
+                }
+                if tokio::time::Instant::now() > give_up {
+                    return Err(nats(format!(
+                        "no verdict on state commit #{seq} after {}s (is a host of this app running?)",
+                        VERDICT_GIVE_UP.as_secs()
+                    )));
+                }
+            }
+        }
+        .await;
+        self.waiting.lock().expect("waiting lock").remove(&entry.k);
+        r
+    }
+
+    async fn verdict(&self, k: &str) -> Result<(Option<Verdict>, u64), BrokerError> {
+        let c = self.current(&self.verdict_subject(k)).await?;
+        Ok((c.value.and_then(|v| serde_json::from_slice(&v).ok()), c.seq))
+    }
+
+    async fn logged(&self, seq: u64) -> Result<LogEntry, BrokerError> {
+        let m = self
+            .log
+            .direct_get(seq)
+            .await
+            .map_err(|e| nats(format!("state commit #{seq}: {e}")))?;
+        serde_json::from_slice(&m.payload)
+            .map_err(|e| nats(format!("state commit #{seq} is unreadable: {e}")))
+    }
+
+    async fn logged_events(&self, seq: u64) -> Result<Vec<Event>, BrokerError> {
+        self.logged(seq)
+            .await?
+            .events
+            .into_iter()
+            .map(|v| {
+                Event::from_json(v, "troupe")
+                    .map_err(|e| nats(format!("an output of state commit #{seq}: {e}")))
+            })
+            .collect()
+    }
+
+    /// Start this host's applier, once; `true` if this call started it.
+    pub(super) fn run_applier(self: Arc<Self>) -> bool {
+        let mut started = false;
+        let me = self.clone();
+        self.applier.get_or_init(|| {
+            started = true;
+            self.runtime.spawn(me.apply_loop())
+        });
+        started
+    }
+
+    /// Stop the applier between two entries, and wait for it.
+    pub(super) async fn stop_applier(&self) {
+        let _ = self.stop.send(true);
+        if let Some(h) = self.applier.get() {
+            // The task ends at its next turn; a handle cannot be taken out
+            // of the cell, so wait for it to finish by polling.
+            while !h.is_finished() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    async fn apply_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            if *stop.borrow_and_update() {
+                return;
+            }
+            let consumer: PullConsumer = match self
+                .log
+                .get_or_create_consumer(
+                    "apply",
+                    pull::Config {
+                        durable_name: Some("apply".into()),
+                        ack_policy: AckPolicy::Explicit,
+                        ack_wait: APPLY_WAIT,
+                        deliver_policy: DeliverPolicy::All,
+                        max_ack_pending: 1,
+                        ..Default::default()
+                    },
+                )
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("cannot take state commits from NATS ({e}); retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
+            };
+            let mut messages = match consumer.stream().max_messages_per_batch(1).messages().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("cannot take state commits from NATS ({e}); retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    m = messages.next() => m,
+                    _ = stop.changed() => return,
+                };
+                let m = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::debug!("NATS state commits: {e}");
+                        continue;
+                    }
+                    None => break,
+                };
+                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                match serde_json::from_slice::<LogEntry>(&m.payload) {
+                    Err(e) => {
+                        tracing::error!("state commit #{seq} is unreadable, skipped: {e}");
+                        let _ = m.ack().await;
+                    }
+                    Ok(entry) => match self.apply(seq, &entry).await {
+                        Ok(v) => {
+                            if let Err(e) = m.double_ack().await {
+                                tracing::warn!("acking state commit #{seq}: {e}");
+                            }
+                            let body = serde_json::to_vec(&v).expect("JSON");
+                            let _ = self.client.publish(entry.reply, body.into()).await;
+                        }
+                        Err(e) => {
+                            // Taken again shortly (by this host or another).
+                            tracing::warn!("applying state commit #{seq}: {e}");
+                            let again = AckKind::Nak(Some(Duration::from_millis(200)));
+                            let _ = m.ack_with(again).await;
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    /// Decide log entry `seq` and, committed, write it (step 2 above).
+    async fn apply(&self, seq: u64, e: &LogEntry) -> Result<Verdict, BrokerError> {
+        let writes = decode_writes(e)?;
+        loop {
+            let (old, verdict_seq) = self.verdict(&e.k).await?;
+            // Decided before: this very entry (an applier cut short, whose
+            // writes are finished here), or an earlier entry of the same
+            // invocation that committed (this one is a duplicate).
+            if let Some(v) = old.filter(|v| v.seq == seq || v.refused.is_none()) {
+                if v.seq == seq && v.refused.is_none() {
+                    self.finish(seq, &writes, &v.totals).await?;
+                }
+                return Ok(v);
+            }
+            let v = self.judge(seq, e, &writes).await?;
+            let body = Bytes::from(serde_json::to_vec(&v).expect("JSON"));
+            if !self
+                .put_if(&self.verdict_subject(&e.k), Some(body), seq, verdict_seq)
+                .await?
+            {
+                continue; // another applier got there: look again
+            }
+            if v.refused.is_none() {
+                self.finish(seq, &writes, &v.totals).await?;
+            }
+            return Ok(v);
+        }
+    }
+
+    /// The verdict on `e`: refused, or committed with the buckets' totals
+    /// after it.
+    async fn judge(&self, seq: u64, e: &LogEntry, writes: &Writes) -> Result<Verdict, BrokerError> {
+        let refused = |r: Refused| Verdict {
+            k: e.k.clone(),
+            seq,
+            totals: BTreeMap::new(),
+            refused: Some(r),
+        };
+        // What the check needs, read at once.
+        let reads = futures_util::future::try_join_all(
+            e.reads.iter().map(|(b, k, _)| self.current_entry(b, k)),
+        );
+        let lists = futures_util::future::try_join_all(e.lists.iter().map(|(b, _)| self.totals(b)));
+        let (reads, lists) = futures_util::future::try_join(reads, lists).await?;
+        let keys: BTreeMap<(&str, &str), Version> = e
+            .reads
+            .iter()
+            .zip(&reads)
+            .map(|((b, k, _), c)| ((b.as_str(), k.as_str()), c.version))
+            .collect();
+        let buckets: BTreeMap<&str, Version> = e
+            .lists
+            .iter()
+            .zip(&lists)
+            .map(|((b, _), (_, v))| (b.as_str(), *v))
+            .collect();
+        if let Err(c) = check(writes, |b, k| keys[&(b, k)], |b| buckets[b]) {
+            return Ok(refused(c.into()));
+        }
+        // The buckets' totals after the writes.
+        let mut totals = BTreeMap::<String, Totals>::new();
+        for (b, _, _) in &writes.writes {
+            if !totals.contains_key(b) {
+                totals.insert(b.clone(), self.totals(b).await?.0);
+            }
+        }
+        let olds = futures_util::future::try_join_all(
+            writes
+                .writes
+                .iter()
+                .map(|(b, k, _)| self.current_entry(b, k)),
+        )
+        .await?;
+        for ((b, k, v), old) in writes.writes.iter().zip(olds) {
+            let t = totals.get_mut(b).expect("inserted above");
+            if let Some(old) = old.value {
+                t.keys -= 1;
+                t.bytes -= (k.len() + old.len()) as i64;
+            }
+            if let Some(v) = v {
+                t.keys += 1;
+                t.bytes += (k.len() + v.len()) as i64;
+            }
+        }
+        for (b, t) in &totals {
+            if t.keys as u64 > e.max_keys {
+                return Ok(refused(Refused::Quota(format!(
+                    "bucket {b} would hold {} keys, over its limit of {}",
+                    t.keys, e.max_keys
+                ))));
+            }
+            if t.bytes as u64 > e.max_bucket_bytes {
+                return Ok(refused(Refused::Quota(format!(
+                    "bucket {b} would hold {} bytes, over its limit of {}",
+                    t.bytes, e.max_bucket_bytes
+                ))));
+            }
+        }
+        Ok(Verdict {
+            k: e.k.clone(),
+            seq,
+            totals,
+            refused: None,
+        })
+    }
+
+    async fn current_entry(&self, bucket: &str, key: &str) -> Result<Current, BrokerError> {
+        self.current(&self.entry_subject(bucket, key)).await
+    }
+
+    /// Write the entries and totals of committed log entry `seq`, each
+    /// unless already written (by an applier cut short before): what
+    /// carries version `seq` or later is.
+    async fn finish(
+        &self,
+        seq: u64,
+        writes: &Writes,
+        totals: &BTreeMap<String, Totals>,
+    ) -> Result<(), BrokerError> {
+        let mut todo: Vec<(String, Option<Bytes>)> = writes
+            .writes
+            .iter()
+            .map(|(b, k, v)| (self.entry_subject(b, k), v.clone().map(Bytes::from)))
+            .collect();
+        for (b, t) in totals {
+            todo.push((
+                self.totals_subject(b),
+                Some(serde_json::to_vec(t).expect("JSON").into()),
+            ));
+        }
+        let done = futures_util::future::try_join_all(todo.iter().map(|(subject, value)| async {
+            loop {
+                let c = self.current(subject).await?;
+                if c.stamp >= seq {
+                    return Ok::<_, BrokerError>(());
+                }
+                if self.put_if(subject, value.clone(), seq, c.seq).await? {
+                    return Ok(());
+                }
+            }
+        }));
+        done.await.map(|_| ())
+    }
+}
+
+/// A verdict, and the log entry it was waited for by.
+struct Decided {
+    seq: u64,
+    verdict: Verdict,
+}
+
+/// The key of the invocation of `group` on the event of `identity`: every
+/// run and every delivery of it has the same.
+fn invocation_key(group: &str, identity: &str) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("{group}/{identity}").as_bytes(),
+    )
+    .simple()
+    .to_string()
+}
+
+fn decode_writes(e: &LogEntry) -> Result<Writes, BrokerError> {
+    let writes = e
+        .writes
+        .iter()
+        .map(|(b, k, v)| {
+            let v = v
+                .as_ref()
+                .map(|v| base64::prelude::BASE64_STANDARD.decode(v))
+                .transpose()
+                .map_err(|e| nats(format!("a state commit's value: {e}")))?;
+            Ok((b.clone(), k.clone(), v))
+        })
+        .collect::<Result<_, BrokerError>>()?;
+    Ok(Writes {
+        reads: e.reads.clone(),
+        lists: e.lists.clone(),
+        writes,
+    })
+}
+
+#[async_trait::async_trait]
+impl crate::kv::Reader for Kv {
+    async fn kv_get(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Version)>, ReadError> {
+        self.get(bucket, key)
+            .await
+            .map_err(crate::broker::read_error)
+    }
+
+    async fn kv_list(&self, bucket: &str) -> Result<(Vec<String>, Version), ReadError> {
+        self.list(bucket).await.map_err(crate::broker::read_error)
+    }
+}
