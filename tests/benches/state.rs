@@ -1,5 +1,5 @@
-//! Benchmark: what step state costs. Side by side in one run, on the
-//! embedded broker: a chain of three steps (`chain.a` -> relay-a ->
+//! Benchmark: what step state costs. Side by side in one run, on one
+//! broker: a chain of three steps (`chain.a` -> relay-a ->
 //! `chain.b` -> relay-b -> `chain.c` -> relay-c -> `chain.d`, the fixture
 //! `tests/guests/relay`), first without state, then with each step doing
 //! one get and one put in its own bucket (1000 keys per step) for every
@@ -7,15 +7,17 @@
 //! what one state operation costs.
 //!
 //! Run: `cargo bench -p troupe-tests --bench state` (`BENCH_ORDERS` sets N,
-//! default 20000).
+//! default 20000; `BENCH_BROKER=nats` runs both chains on the NATS server
+//! at 127.0.0.1:4222 instead).
 
 use troupe::event::Event;
-use troupe_tests::{TestApp, bench};
+use troupe_tests::{Backend, TestApp, bench};
 
 const STEPS: [&str; 3] = ["relay-a", "relay-b", "relay-c"];
 
-async fn chain(state: bool, n: usize) -> (bench::Measured, f64, u64) {
-    let app = TestApp::new(
+async fn chain(b: Backend, state: bool, n: usize) -> (bench::Measured, f64, u64) {
+    let app = TestApp::on(
+        b,
         &bench::relay_chain(&troupe_tests::guest("relay"), state, "")
             .replace("KEYS = \"10\"", "KEYS = \"1000\""),
     );
@@ -65,12 +67,16 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    println!("# step state: a three-step chain, {n} events, embedded broker");
-    let (plain, plain_guest, _) = chain(false, n).await;
-    let (kept, kept_guest, _) = chain(true, n).await;
+    let (b, broker) = match std::env::var("BENCH_BROKER").as_deref() {
+        Ok("nats") => (Backend::Nats, "NATS"),
+        _ => (Backend::Embedded, "embedded broker"),
+    };
+    println!("# step state: a three-step chain, {n} events, {broker}");
+    let (plain, plain_guest, _) = chain(b, false, n).await;
+    let (kept, kept_guest, _) = chain(b, true, n).await;
     let ratio = kept.per_second / plain.per_second;
     println!("## side by side");
-    println!("throughput with state / without: {ratio:.2}x (aim: at least 0.8x)");
+    println!("throughput with state / without: {ratio:.2}x (aim, embedded: at least 0.8x)");
     // Two operations (a get and a put) per invocation, three per event.
     let per_op_guest = (kept_guest - plain_guest) / 2.0;
     let per_event = 1e6 / kept.per_second - 1e6 / plain.per_second;

@@ -18,7 +18,7 @@
 //!   letter as JSON), deleted when replayed.
 //! - key-value bucket `NS_APP_state`: the orchestrator's run records.
 //! - steps' buckets: key-value bucket `NS_APP_kv`, written only by the
-//!   applier of the commit log `NS_KVLOG_APP` (`state.rs`).
+//!   applier of the commit log `NS_KVLOG_APP` (`state/`).
 //!
 //! Nothing here is atomic across messages: [`Transport::commit_then`]
 //! hands the server the outputs, then the state rows, in that order,
@@ -33,7 +33,7 @@
 //! says where a new step's consumer starts;
 //! `publish.rs` puts events and state rows on the
 //! server (and runs the ordered commit task); `pulling.rs` takes messages
-//! off it (the consumers' pull tasks, stream scans); `state.rs` keeps
+//! off it (the consumers' pull tasks, stream scans); `state/` keeps
 //! steps' buckets and commits their writes; this file declares
 //! what lives on the server and implements the broker's facets on top.
 
@@ -344,7 +344,7 @@ impl Transport for Nats {
     }
 
     fn commit_then(&self, c: Commit, then: super::Then) {
-        // With step state: through the applier (`state.rs`), not in order
+        // With step state: through the applier (`state/`), not in order
         // with other commits (a step's commits need none).
         if c.kv.as_ref().is_some_and(|kv| !kv.writes.is_empty()) {
             let (kv, publisher) = (self.inner.kv.clone(), self.inner.publisher.clone());
