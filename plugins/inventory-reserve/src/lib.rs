@@ -1,12 +1,21 @@
 //! `inventory-reserve`: reserves stock for a validated order.
 //!
 //! One of the two steps `order.validated` fans out to (the other is
-//! `payment-charge`). Emits `inventory.reserved`. A line for a SKU that is
-//! out of stock is a transient failure (stock may arrive): the step asks for
-//! a retry, and the host redelivers with backoff.
+//! `payment-charge`). Emits `inventory.reserved`.
+//!
+//! Stock counts are kept in the bucket its environment names
+//! (`STOCK_BUCKET`, granted in `grants.kv`; without it no stock is kept):
+//! `sku/SKU` holds the units left (JSON; a SKU without a count is not
+//! tracked). An order that asks for more than is left is rejected; else the
+//! counts go down and `res/ORDER` records what was taken, for
+//! `inventory-release` to give back. The writes commit with the
+//! `inventory.reserved` event, or not at all.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use troupe_step::kv::Bucket;
 use troupe_step::{Contract, Emit, Event, Guest, StepError, event_type, export};
 
 #[derive(Deserialize)]
@@ -81,6 +90,9 @@ impl Guest for Step {
                 order.order_id, event.attempt
             )));
         }
+        if let Some(bucket) = std::env::var("STOCK_BUCKET").ok().filter(|b| !b.is_empty()) {
+            take_stock(&Bucket::open(&bucket)?, &order)?;
+        }
         let units = order.lines.iter().map(|l| l.qty).sum();
         Ok(vec![
             Emit::json(
@@ -94,6 +106,47 @@ impl Guest for Step {
             .about(order.order_id),
         ])
     }
+}
+
+/// What one order took of each tracked SKU.
+#[derive(Serialize, Deserialize)]
+struct Taken {
+    sku: String,
+    qty: u64,
+}
+
+/// Take `order`'s units from the counts in `stock`, all or none.
+fn take_stock(stock: &Bucket, order: &Validated) -> Result<(), StepError> {
+    let reservation = format!("res/{}", order.order_id);
+    if stock.exists(&reservation)? {
+        return Ok(()); // this order's stock is already held
+    }
+    let mut wanted = BTreeMap::<&str, u64>::new();
+    for l in &order.lines {
+        *wanted.entry(l.sku.as_str()).or_default() += u64::from(l.qty);
+    }
+    let mut taken = Vec::new();
+    for (sku, qty) in wanted {
+        let key = format!("sku/{sku}");
+        let Some(left) = stock.get_json::<u64>(&key)? else {
+            continue; // not tracked
+        };
+        if left < qty {
+            return Err(StepError::Reject(format!(
+                "order {}: sku {sku} is short ({left} left, {qty} wanted)",
+                order.order_id
+            )));
+        }
+        stock.set_json(&key, &(left - qty))?;
+        taken.push(Taken {
+            sku: sku.to_string(),
+            qty,
+        });
+    }
+    if !taken.is_empty() {
+        stock.set_json(&reservation, &taken)?;
+    }
+    Ok(())
 }
 
 export!(Step);
