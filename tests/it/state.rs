@@ -480,6 +480,81 @@ async fn python_and_javascript_steps_keep_state_too() {
     host.shutdown().await;
 }
 
+/// A C step keeps state through wit-bindgen's C bindings of the
+/// `step-kv` world: its own bucket and a granted one, an ungranted one
+/// refused with its name, a retry's writes discarded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_c_step_keeps_state_too() {
+    // Its sources, beside the order example's small JSON helper.
+    let src = tempfile::tempdir().unwrap();
+    let repo = troupe_tests::repo();
+    std::fs::copy(
+        repo.join("tests/callers/c-kv/step.c"),
+        src.path().join("step.c"),
+    )
+    .unwrap();
+    for f in ["json.c", "json.h"] {
+        std::fs::copy(
+            repo.join("plugins/shipping-dispatch-c").join(f),
+            src.path().join(f),
+        )
+        .unwrap();
+    }
+    let dir = src.path().to_path_buf();
+    let component = tokio::task::spawn_blocking(move || build(&dir))
+        .await
+        .unwrap();
+    let app = TestApp::new(&format!(
+        "[steps.c-kv]\ncomponent = {:?}\ngrants.kv = [\"stock\"]\n\
+         retry = {{ max_attempts = 2, backoff_ms = 10 }}\n",
+        component.display().to_string()
+    ));
+    let host = app.start().await;
+    let done = async |input: Value| {
+        let e = event("test.ckv", input);
+        host.broker.publish(vec![e.clone()]).await.unwrap();
+        eventually(WAIT, "test.ckv.done", async || {
+            if let Some(dead) = host.broker.dlq_list().await.unwrap().pop() {
+                panic!("dead-lettered: {}: {}", dead.class, dead.message);
+            }
+            host.broker
+                .trace(&e.id)
+                .await
+                .unwrap()
+                .iter()
+                .find(|x| x.kind == "test.ckv.done")
+                .map(data)
+        })
+        .await
+    };
+    let first = done(json!({"key": "tea", "value": "5"})).await;
+    assert_eq!(first["old"], Value::Null, "{first}");
+    assert_eq!(first["runs"], 1, "{first}");
+    assert_eq!(first["keys"], json!(["tea"]), "{first}");
+    let denied = first["denied"].as_str().unwrap();
+    assert!(
+        denied.contains("\"secret\"") && denied.contains("grants.kv"),
+        "{denied}"
+    );
+    let second = done(json!({"key": "tea", "value": "7"})).await;
+    assert_eq!((&second["old"], &second["runs"]), (&json!("5"), &json!(2)));
+    // A retry's writes are discarded (the budget spent, the DLQ).
+    host.broker
+        .publish(vec![event(
+            "test.ckv",
+            json!({"key": "tea", "value": "9", "then": "retry"}),
+        )])
+        .await
+        .unwrap();
+    eventually(WAIT, "a dead letter", async || {
+        (host.broker.dlq_list().await.unwrap().len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(committed(&host, "stock", "tea").await.as_deref(), Some("7"));
+    assert_eq!(committed(&host, "c-kv", "runs").await.as_deref(), Some("2"));
+    host.shutdown().await;
+}
+
 /// SIGKILL `troupe run` at random moments while 2,000 orders each take
 /// one unit from a counter and mark themselves done in the same bucket:
 /// afterwards every order is done, and the counter is the initial count
