@@ -11,7 +11,7 @@ use troupe::host::{Host, load_steps};
 use troupe::runtime::Runtime;
 use troupe_tests::{
     ApiHost, Backend, TestApp, build, data, event, eventually, guest, on_each_broker,
-    on_each_broker_blocking, troupe_bin,
+    on_each_broker_blocking, output_of, troupe_bin,
 };
 
 use super::cli::{ok, troupe};
@@ -513,19 +513,7 @@ async fn a_c_step_keeps_state_too() {
     let done = async |input: Value| {
         let e = event("test.ckv", input);
         host.broker.publish(vec![e.clone()]).await.unwrap();
-        eventually(WAIT, "test.ckv.done", async || {
-            if let Some(dead) = host.broker.dlq_list().await.unwrap().pop() {
-                panic!("dead-lettered: {}: {}", dead.class, dead.message);
-            }
-            host.broker
-                .trace(&e.id)
-                .await
-                .unwrap()
-                .iter()
-                .find(|x| x.kind == "test.ckv.done")
-                .map(data)
-        })
-        .await
+        data(&output_of(&host, &e, "test.ckv.done", WAIT).await)
     };
     let first = done(json!({"key": "tea", "value": "5"})).await;
     assert_eq!(first["old"], Value::Null, "{first}");

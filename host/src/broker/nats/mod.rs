@@ -81,6 +81,23 @@ const PULL_BATCH: usize = 64;
 /// The stream's deduplication window for `Nats-Msg-Id`.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// The stream of key-value bucket `bucket`, declared as the key-value API
+/// would (async-nats's own `create_key_value` asks for account details in
+/// a form that 2.9 servers do not answer).
+fn kv_stream(bucket: &str) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
 fn nats(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Nats(e.to_string())
 }
@@ -170,22 +187,9 @@ impl Nats {
             .await
             .map_err(|e| nats(format!("stream {}: {e}", names.dlq_stream())))?;
         let bucket = names.state_bucket();
-        // The bucket's stream is declared here as the key-value API would
-        // (async-nats's own `create_key_value` asks for account details in
-        // a form that 2.9 servers do not answer).
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            storage: stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| nats(format!("bucket {bucket}: {e}")))?;
+        js.get_or_create_stream(kv_stream(&bucket))
+            .await
+            .map_err(|e| nats(format!("bucket {bucket}: {e}")))?;
         let state = js
             .get_key_value(&bucket)
             .await

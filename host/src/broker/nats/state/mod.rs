@@ -155,16 +155,7 @@ impl Kv {
     ) -> Result<Arc<Kv>, BrokerError> {
         let bucket = names.kv_bucket();
         let data = js
-            .get_or_create_stream(stream::Config {
-                name: format!("KV_{bucket}"),
-                subjects: vec![format!("$KV.{bucket}.>")],
-                max_messages_per_subject: 1,
-                storage: stream::StorageType::File,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                ..Default::default()
-            })
+            .get_or_create_stream(super::kv_stream(&bucket))
             .await
             .map_err(|e| nats(format!("bucket {bucket}: {e}")))?;
         let log = js
