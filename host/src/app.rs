@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::broker::BrokerUrl;
+use crate::broker::retention::{Retention, RetentionTable};
 use crate::contract::is_step_name;
 pub use crate::orchestrator::{MAX_ACTIVE_RUNS, OrchestratorConfig};
 pub use crate::retry::RetryPolicy;
@@ -62,6 +63,9 @@ pub struct App {
     pub orchestrator: OrchestratorConfig,
     /// The `[secrets]` table: where each secret's value comes from.
     pub secrets: BTreeMap<String, SecretSource>,
+    /// The `[retention]` table: how long the broker keeps what it no
+    /// longer needs.
+    pub retention: Retention,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +79,8 @@ struct Manifest {
     orchestrator: OrchestratorConfig,
     #[serde(default)]
     secrets: BTreeMap<String, SecretSource>,
+    #[serde(default)]
+    retention: RetentionTable,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +204,13 @@ impl App {
                 ),
             });
         }
+        let retention = manifest
+            .retention
+            .check()
+            .map_err(|message| AppError::Parse {
+                path: path.to_path_buf(),
+                message,
+            })?;
         Ok(App {
             dir: dir.to_path_buf(),
             name,
@@ -205,6 +218,7 @@ impl App {
             broker,
             orchestrator,
             secrets: manifest.secrets,
+            retention,
         })
     }
 

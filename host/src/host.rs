@@ -219,7 +219,8 @@ impl Host {
         let steps = tokio::task::spawn_blocking(move || load_steps(&rt2, &app2))
             .await
             .expect("loading does not panic")?;
-        let broker = crate::broker::open(&app.broker, &app.name, &app.state_dir()).await?;
+        let broker =
+            crate::broker::open(&app.broker, &app.name, &app.state_dir(), &app.retention).await?;
         Self::start_with(app, rt, steps, broker).await
     }
 
@@ -323,6 +324,10 @@ impl Host {
         let mut idle_for = Duration::ZERO;
         while idle_for < quiet {
             tokio::time::sleep(tick).await;
+            // A damaged store does no more work: waiting would never end.
+            if let Some(d) = self.broker.health().damaged {
+                return Err(BrokerError::Damaged(d));
+            }
             if self.broker.backlog().await? == 0 {
                 idle_for += tick;
             } else {

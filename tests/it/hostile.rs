@@ -537,9 +537,14 @@ fn no_command_hangs_on_a_guest() {
 #[tokio::test(flavor = "multi_thread")]
 async fn events_up_to_the_servers_max_payload_fit_and_no_more() {
     let app = TestApp::on(Backend::Nats, &step("echo", &guest("echo"), ""));
-    let broker = troupe::broker::open(&app.broker(), "fit", &app.path().join(".troupe"))
-        .await
-        .unwrap();
+    let broker = troupe::broker::open(
+        &app.broker(),
+        "fit",
+        &app.path().join(".troupe"),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let client = async_nats::connect(troupe_tests::nats_server())
         .await
         .unwrap();

@@ -19,6 +19,8 @@ mod nats_restart;
 mod orchestration;
 mod outbound;
 mod restart;
+mod retention;
 mod sandbox;
 mod scale_out;
 mod state;
+mod store_faults;

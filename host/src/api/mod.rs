@@ -9,10 +9,11 @@
 //! | `GET /v1/traces/{correlation_id}` | every event of a cascade or run |
 //! | `GET /v1/kv/{bucket}`, `GET /v1/kv/{bucket}/{key}` | steps' buckets, read-only |
 //! | `GET /healthz` | liveness (no token needed) |
+//! | `GET /readyz` | readiness, with the reasons when not ready (no token needed) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /v1/openapi.json` | this API, as OpenAPI 3.1, generated from the handlers |
 //!
-//! **Every route but `/healthz` needs `Authorization: Bearer <token>`.**
+//! **Every route but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`.**
 //! Errors are JSON: `{"error": "..."}` with a 4xx or 5xx status.
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ use crate::orchestrator::{Orchestrator, StartError};
 use crate::runtime::step::LoadedStep;
 use crate::stats::Stats;
 
+mod health;
 pub mod kv;
 pub mod metrics;
 mod openapi;
@@ -55,7 +57,13 @@ struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        // Every 503 is "not now": say when to try again.
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
+        }
+        r
     }
 }
 
@@ -117,7 +125,8 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
     }
 }
 
-/// The router, with the token check on every route but `/healthz`.
+/// The router, with the token check on every route but `/healthz` and
+/// `/readyz`.
 pub fn router(state: ApiState) -> Router {
     let guarded = Router::new()
         .route("/v1/flows/{flow}/runs", post(start_run))
@@ -134,6 +143,7 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(health::readyz))
         .merge(guarded)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
         .layer(axum::middleware::map_response(json_errors))
@@ -294,7 +304,13 @@ async fn run_status(
         Some(o) => o.status(&id).await?,
         None => None,
     };
-    let run = run.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id:?}")))?;
+    let Some(run) = run else {
+        let note = s.broker.horizon().await?.runs_note();
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no run {id:?}{note}"),
+        ));
+    };
     let status = status::RunStatus::from(&run);
     Ok(Json(
         serde_json::to_value(status).expect("a status serialises"),
@@ -411,9 +427,10 @@ async fn dlq_replay(
 async fn trace(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let events = s.broker.trace(&id).await?;
     if events.is_empty() {
+        let note = s.broker.horizon().await?.events_note();
         return Err(ApiError(
             StatusCode::NOT_FOUND,
-            format!("no events with correlation id {id:?}"),
+            format!("no events with correlation id {id:?}{note}"),
         ));
     }
     Ok(Json(Value::Array(
@@ -509,6 +526,7 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
     out.push_str(&format!(
         "# HELP troupe_broker_backlog Deliveries not yet settled\n# TYPE troupe_broker_backlog gauge\ntroupe_broker_backlog {backlog}\n"
     ));
+    out.push_str(&health::metrics(&s.broker.health()));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 

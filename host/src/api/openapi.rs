@@ -14,7 +14,7 @@ use utoipa::OpenApi;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Troupe", description = "Run event-driven microservices out of sandboxed WebAssembly steps."),
-    paths(super::start_run, super::run_status, super::publish, super::dlq_list, super::dlq_show, super::dlq_replay, super::trace, super::kv::bucket, super::kv::entry, super::healthz, super::metrics, super::openapi),
+    paths(super::start_run, super::run_status, super::publish, super::dlq_list, super::dlq_show, super::dlq_replay, super::trace, super::kv::bucket, super::kv::entry, super::healthz, super::health::readyz, super::metrics, super::openapi),
     modifiers(&Bearer)
 )]
 struct ApiDoc;
@@ -82,6 +82,10 @@ fn complete(doc: &mut Value) {
                     _ => ("200", "application/json"),
                 };
                 responses[status]["content"] = json!({ ct: {"schema": schema.clone()} });
+                if path == "/readyz" {
+                    // Not ready says why in the same shape.
+                    responses["503"]["content"] = json!({ ct: {"schema": schema.clone()} });
+                }
                 if path == "/v1/flows/{flow}/runs" {
                     // An idempotent start answered with the run it started.
                     responses["200"]["content"] = json!({ ct: {"schema": schema} });
@@ -151,6 +155,14 @@ fn success_schema(method: &str, path: &str) -> Option<Value> {
         }),
         ("get", "/healthz") => json!({
             "type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}
+        }),
+        ("get", "/readyz") => json!({
+            "type": "object", "required": ["ready", "problems", "broker"],
+            "properties": {
+                "ready": {"type": "boolean"},
+                "problems": {"type": "array", "items": {"type": "string"}},
+                "broker": {"type": "object"}
+            }
         }),
         ("get", "/metrics") => json!({"type": "string"}),
         ("get", "/v1/openapi.json") => json!({"type": "object"}),

@@ -28,6 +28,7 @@
 
 pub mod embedded;
 pub mod nats;
+pub mod retention;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +70,11 @@ pub enum BrokerError {
     /// its quota.
     #[error("state commit refused: {0}")]
     Refused(crate::kv::Refused),
+    /// The store is damaged (a page or a row that cannot be read as
+    /// written): nothing more is done with it until it is restored or set
+    /// aside (docs/operations.md).
+    #[error("the broker's store is damaged: {0}")]
+    Damaged(String),
 }
 
 /// What kind of failure a [`BrokerError`] is.
@@ -89,9 +95,10 @@ impl BrokerError {
             | BrokerError::BadInput(_)
             | BrokerError::TooLarge(_)
             | BrokerError::Refused(_) => ErrorKind::Caller,
-            BrokerError::Store(_) | BrokerError::Closed | BrokerError::Nats(_) => {
-                ErrorKind::Unavailable
-            }
+            BrokerError::Store(_)
+            | BrokerError::Closed
+            | BrokerError::Nats(_)
+            | BrokerError::Damaged(_) => ErrorKind::Unavailable,
             BrokerError::Misuse(_) => ErrorKind::Internal,
         }
     }
@@ -99,7 +106,84 @@ impl BrokerError {
 
 impl From<rusqlite::Error> for BrokerError {
     fn from(e: rusqlite::Error) -> Self {
-        BrokerError::Store(e.to_string())
+        use rusqlite::ffi::ErrorCode;
+        match &e {
+            // What SQLite finds malformed, and rows that do not read back
+            // as they were written (text that is not UTF-8, extensions
+            // that are not the JSON we wrote): damage, said as such.
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(f.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) =>
+            {
+                BrokerError::Damaged(e.to_string())
+            }
+            rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::Utf8Error(..) => {
+                BrokerError::Damaged(format!("a row cannot be read back: {e}"))
+            }
+            _ => BrokerError::Store(e.to_string()),
+        }
+    }
+}
+
+/// What a backend knows of its own health: `/readyz` and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Health {
+    /// Writes fail: since when (RFC 3339), and the last error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing: Option<Failing>,
+    /// The store is damaged: what was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
+    /// The server cannot be reached (NATS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disconnected: Option<String>,
+    /// Bytes of the store in use (embedded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_bytes: Option<u64>,
+    /// Free bytes on the file system the store is on (embedded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_disk_bytes: Option<u64>,
+    /// Commits that failed since the host started.
+    pub failed_commits: u64,
+    /// What retention pruned since the host started.
+    pub pruned_events: u64,
+    pub pruned_dead_letters: u64,
+    pub pruned_records: u64,
+}
+
+/// Writes failing, since when.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Failing {
+    pub since: String,
+    pub error: String,
+}
+
+/// Below this many free bytes on the store's file system, the host says it
+/// is not ready (the disk is nearly full).
+pub const LOW_DISK: u64 = 8 << 20;
+
+impl Health {
+    /// Why the host should not be given work, if it should not.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Some(d) = &self.damaged {
+            p.push(format!("the broker's store is damaged: {d}"));
+        }
+        if let Some(f) = &self.failing {
+            p.push(format!(
+                "the broker cannot write (since {}): {}",
+                f.since, f.error
+            ));
+        }
+        if let Some(d) = &self.disconnected {
+            p.push(format!("the broker's server cannot be reached: {d}"));
+        }
+        if let Some(free) = self.free_disk_bytes.filter(|&f| f < LOW_DISK) {
+            p.push(format!(
+                "the disk the store is on is nearly full ({} KiB free)",
+                free >> 10
+            ));
+        }
+        p
     }
 }
 
@@ -256,9 +340,10 @@ pub async fn open(
     url: &BrokerUrl,
     app_name: &str,
     state_dir: &std::path::Path,
+    retention: &retention::Retention,
 ) -> Result<Arc<dyn Broker>, BrokerError> {
     Ok(match url {
-        BrokerUrl::Embedded => Arc::new(embedded::Embedded::open(state_dir)?),
+        BrokerUrl::Embedded => Arc::new(embedded::Embedded::open(state_dir, retention)?),
         BrokerUrl::Nats { server, namespace } => {
             Arc::new(nats::Nats::connect(server, namespace, app_name).await?)
         }
@@ -317,6 +402,10 @@ pub struct Commit {
     /// visible only after this commit is durable: commits are applied and
     /// made durable in order.
     pub early: bool,
+    /// State rows (written by this commit or earlier) that record
+    /// something that ended with it, a run: kept for `[retention] runs`
+    /// from now, then pruned.
+    pub ended: Vec<String>,
 }
 
 /// An invocation's state changes, for its commit.
@@ -439,6 +528,11 @@ pub trait Transport: Publish {
     /// Deliveries not yet settled (waiting, in flight, or backing off).
     async fn backlog(&self) -> Result<u64, BrokerError>;
 
+    /// What the backend knows of its health, now.
+    fn health(&self) -> Health {
+        Health::default()
+    }
+
     /// Stop delivering: consumers get `None`. Calls already made still
     /// complete; dropping the broker flushes them.
     async fn close(&self);
@@ -552,4 +646,60 @@ pub trait Traces: Send + Sync {
     fn indexed_trace(&self) -> bool {
         false
     }
+
+    /// What retention has pruned so far, to explain a trace or a run
+    /// asked for and not found.
+    async fn horizon(&self) -> Result<Horizon, BrokerError> {
+        Ok(Horizon::default())
+    }
 }
+
+/// How far retention (`[retention]`, [`retention::Retention`]) has pruned.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Horizon {
+    /// Settled events stored before this time (RFC 3339) may be gone.
+    pub events_before: Option<String>,
+    /// Runs that ended before this time may be gone.
+    pub runs_before: Option<String>,
+    /// Dead letters older than this may be gone.
+    pub dead_letters_before: Option<String>,
+    /// The store reached `max_store`, and events or runs younger than
+    /// their age were pruned to stay under it.
+    pub capped: bool,
+}
+
+impl Horizon {
+    /// What to add to "not found" for a trace: `; events stored before T
+    /// have been pruned (...)`, if any were.
+    pub fn events_note(&self) -> String {
+        match &self.events_before {
+            None => String::new(),
+            Some(t) => format!(
+                "; settled events stored before {t} have been pruned ([retention] events{})",
+                if self.capped { ", or max_store" } else { "" }
+            ),
+        }
+    }
+
+    /// What to add to "not found" for a run.
+    pub fn runs_note(&self) -> String {
+        match &self.runs_before {
+            None => String::new(),
+            Some(t) => format!(
+                "; runs that ended before {t} have been pruned ([retention] runs{})",
+                if self.capped { ", or max_store" } else { "" }
+            ),
+        }
+    }
+}
+
+/// The state rows the broker knows as runs' records: `run/ID`, where ID
+/// is the correlation id of the run's events. Until such a row is named
+/// in a commit's [`Commit::ended`], its run's events are never pruned
+/// (the run's recovery replays them).
+pub const RUN_ROW: &str = "run/";
+
+/// The `state` of a run record that has ended, for stores written before
+/// [`Commit::ended`] (the orchestrator's `RunState::is_final`, checked
+/// against this list by its tests).
+pub const ENDED_RUN_STATES: &[&str] = &["completed", "compensated", "failed", "timed_out"];

@@ -279,16 +279,19 @@ fn write_line(e: &Event) -> String {
 
 pub(crate) fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> {
     let app = load_app(dir)?;
-    let events = Events::of(&app)?.trace(correlation_id)?;
-    if events.is_empty() {
+    let events = Events::of(&app)?;
+    let trace = events.trace(correlation_id)?;
+    if trace.is_empty() {
+        let note = events.rt.block_on(events.broker.horizon())?.events_note();
         bail!(
-            "no events with correlation id {:?} in {}: `troupe trace` takes a cascade's or a \
-             run's correlation id (the id `troupe publish` printed for its first event, or the \
-             run id), not a subject or a business key",
+            "no events with correlation id {:?} in {}{note}. `troupe trace` takes a cascade's \
+             or a run's correlation id (the id `troupe publish` printed for its first event, or \
+             the run id), not a subject or a business key",
             correlation_id,
             app.dir.display()
         );
     }
+    let events = trace;
     if json {
         let v: Vec<_> = events.iter().map(Event::to_json).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);

@@ -261,6 +261,12 @@ impl Driver {
                 Action::End(run) => {
                     tracing::debug!(run = %id, flow = %run.flow, state = ?run.state, "run finished");
                     commit.state.push((key(&id), Some(record(&run))));
+                    // Kept for `[retention] runs`, with the row of the
+                    // idempotency key that started it.
+                    commit.ended.push(key(&id));
+                    if let Some(k) = &run.key {
+                        commit.ended.push(super::machine::key_row(&run.flow, k));
+                    }
                     ended = Some(run.state);
                     self.ending.insert(id.clone(), *run);
                 }

@@ -151,5 +151,39 @@ pub struct RunRecord {
 
 /// The state-row key of a run.
 pub fn key(id: &str) -> String {
-    format!("run/{id}")
+    format!("{}{id}", crate::broker::RUN_ROW)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunState;
+
+    /// The broker recognises ended runs in stores written before it was
+    /// told of them by these names: they must be the final states.
+    #[test]
+    fn the_broker_knows_the_final_states_by_name() {
+        let all = [
+            RunState::Running,
+            RunState::Compensating,
+            RunState::Completed,
+            RunState::Compensated,
+            RunState::Failed,
+            RunState::TimedOut,
+        ];
+        let mut finals: Vec<String> = all
+            .iter()
+            .filter(|s| s.is_final())
+            .map(|s| {
+                serde_json::to_value(s)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        finals.sort();
+        let mut known: Vec<&str> = crate::broker::ENDED_RUN_STATES.to_vec();
+        known.sort();
+        assert_eq!(finals, known);
+    }
 }

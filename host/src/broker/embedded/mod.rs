@@ -12,7 +12,9 @@
 //! dlq replay`) don't touch the queues: they append to the `inbox` table,
 //! which the writer polls while a host runs, and which a host takes on start.
 
+mod health;
 pub mod kv;
+mod prune;
 mod store;
 mod writer;
 
@@ -29,12 +31,16 @@ use super::{
     AppEvents, BrokerError, Buckets, Commit, Consumer, DeadLetter, DeadLetters, Delivery,
     Disposition, FailureClass, Publish, RunState, Traces, Transport, check_entry_name,
 };
+use crate::broker::retention::Retention;
 use crate::event::Event;
 use crate::kv::Version;
 use crate::retry::RetryPolicy;
 use writer::{Op, Syncer, Writer};
 
 pub use store::DB_FILE;
+
+/// The writer's queue, while it takes ops.
+type Ops = Arc<RwLock<Option<mpsc::Sender<Op>>>>;
 
 /// Event type -> the groups subscribed to it.
 type Routes = HashMap<String, Vec<Arc<Group>>>;
@@ -74,7 +80,9 @@ impl Consumer for Group {
 
 /// The embedded broker.
 pub struct Embedded {
-    ops: RwLock<Option<mpsc::Sender<Op>>>,
+    /// The writer's queue; taken at close (the prune thread sends through
+    /// it too, so taking it ends both).
+    ops: Ops,
     routes: Arc<RwLock<Routes>>,
     groups: Arc<RwLock<HashMap<Arc<str>, Arc<Group>>>>,
     reader: Arc<Mutex<Connection>>,
@@ -82,8 +90,12 @@ pub struct Embedded {
     kv_readers: Arc<kv::Readers>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     state_dir: PathBuf,
-    /// Dropped with the broker: ends the checkpoint thread.
+    /// Dropped with the broker: ends the checkpoint and prune threads.
     _stop_checkpoints: mpsc::Sender<()>,
+    _stop_pruning: mpsc::Sender<()>,
+    /// Whether the store takes writes, what was pruned: `/readyz`.
+    health: Arc<health::Health>,
+    redeliver: health::Redeliver,
 }
 
 /// How often committed WAL pages are copied into the database file.
@@ -92,8 +104,9 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(1
 impl Embedded {
     /// Open the broker in `state_dir` (created if needed). Must be called
     /// within a tokio runtime (retries are timed on it).
-    pub fn open(state_dir: &Path) -> Result<Embedded, BrokerError> {
+    pub fn open(state_dir: &Path, retention: &Retention) -> Result<Embedded, BrokerError> {
         let conn = store::open_writer(state_dir)?;
+        let health = Arc::new(health::Health::default());
         let reader = store::open(state_dir)?;
         let checkpointer = store::open(state_dir)?;
         let (tx, rx) = mpsc::channel();
@@ -106,9 +119,13 @@ impl Embedded {
             routes: routes.clone(),
             groups: groups.clone(),
             committed,
+            health: health.clone(),
+            retention: retention.clone(),
+            cursor: prune::Cursor::default(),
         };
         let syncer = Syncer {
             committed: to_sync,
+            health: health.clone(),
             wal: store::wal_path(state_dir),
             runtime: tokio::runtime::Handle::current(),
         };
@@ -141,15 +158,29 @@ impl Embedded {
                 }
             })
             .map_err(|e| BrokerError::Store(format!("cannot start the checkpoint thread: {e}")))?;
+        let (stop_pruning, pruner_stopped) = mpsc::channel::<()>();
+        let ops: Ops = Arc::new(RwLock::new(Some(tx)));
+        let (to_writer, stats, dir) = (ops.clone(), health.clone(), state_dir.to_path_buf());
+        std::thread::Builder::new()
+            .name("troupe-prune".into())
+            .spawn(move || prune_loop(&to_writer, &pruner_stopped, &stats, &dir))
+            .map_err(|e| BrokerError::Store(format!("cannot start the prune thread: {e}")))?;
         Ok(Embedded {
-            ops: RwLock::new(Some(tx)),
+            ops,
             routes,
-            groups,
+            groups: groups.clone(),
             reader: Arc::new(Mutex::new(reader)),
             kv_readers: Arc::new(kv::Readers::new(state_dir)),
             writer: Mutex::new(Some(handle)),
             state_dir: state_dir.to_path_buf(),
             _stop_checkpoints: stop_checkpoints,
+            _stop_pruning: stop_pruning,
+            redeliver: health::Redeliver {
+                groups: groups.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                health: health.clone(),
+            },
+            health,
         })
     }
 
@@ -220,6 +251,55 @@ impl Buckets for Embedded {
     }
 }
 
+/// The prune thread's body: a batch every [`prune::TICK`], and at once
+/// again while there is more, until the broker is dropped (`stop`'s sender
+/// with it) or the writer is gone.
+fn prune_loop(ops: &Ops, stop: &mpsc::Receiver<()>, health: &health::Health, dir: &Path) {
+    let mut wait = prune::TICK;
+    let mut warned = false;
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
+        if let Some(free) = health::free_bytes(dir) {
+            health.free_disk_bytes.store(free, Ordering::Relaxed);
+        }
+        let (tx, rx) = mpsc::channel();
+        let op = Op::Prune {
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        };
+        let sent = match ops.read().expect("ops lock").as_ref() {
+            Some(tx) => tx.send(op).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return;
+        }
+        wait = prune::TICK;
+        match rx.recv() {
+            Err(_) => return,
+            Ok(Ok(p)) => {
+                let add = |a: &AtomicU64, n| a.fetch_add(n, Ordering::Relaxed);
+                add(&health.pruned_events, p.events);
+                add(&health.pruned_dead_letters, p.dead_letters);
+                add(&health.pruned_records, p.records);
+                health.store_bytes.store(p.store_bytes, Ordering::Relaxed);
+                if p.capped && !warned {
+                    tracing::warn!(
+                        "the broker's store reached [retention] max_store: settled events and \
+                         ended runs are pruned before their age"
+                    );
+                }
+                warned = p.capped;
+                if p.more {
+                    wait = std::time::Duration::ZERO;
+                }
+            }
+            // Said by the writer (health), if it is the store's fault.
+            Ok(Err(e)) => tracing::debug!("pruning the broker's store failed: {e}"),
+        }
+    }
+}
+
 /// The event sequence number a delivery settles; `None` for a delivery
 /// of another backend.
 fn seq(d: &Delivery) -> Option<i64> {
@@ -237,12 +317,14 @@ fn foreign() -> BrokerError {
 #[async_trait]
 impl Publish for Embedded {
     async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError> {
+        self.health.refuse_new()?;
         self.call(|reply| Op::Commit {
             ack: None,
             events,
             state: Vec::new(),
             kv: None,
             early: false,
+            ended: Vec::new(),
             reply,
         })
         .await
@@ -286,7 +368,8 @@ impl Transport for Embedded {
             group: loaded,
             reply,
         })
-        .await?;
+        .await
+        .map_err(|e| store::damaged_at(&self.state_dir, e))?;
         Ok(g)
     }
 
@@ -302,12 +385,27 @@ impl Transport for Embedded {
                 None => return then(Err(foreign())),
             },
         };
+        // A settlement the store could not keep is handed back, to be
+        // handled again once it can.
+        let then: super::Then = match c.ack {
+            None => then,
+            Some(d) => {
+                let redeliver = self.redeliver.clone();
+                Box::new(move |r| {
+                    if let Err(e) = &r {
+                        redeliver.after(d, e);
+                    }
+                    then(r)
+                })
+            }
+        };
         let op = Op::Commit {
             ack,
             events: c.events,
             state: c.state,
             kv: c.kv.map(Box::new),
             early: c.early,
+            ended: c.ended,
             reply: then,
         };
         // If the writer is gone, the delivery stays unsettled on disk and is
@@ -342,7 +440,8 @@ impl Transport for Embedded {
             delay,
             reply,
         })
-        .await?;
+        .await
+        .inspect_err(|e| self.redeliver.after(d.clone(), e))?;
         Ok(Disposition::Retry(delay))
     }
 
@@ -367,6 +466,7 @@ impl Transport for Embedded {
             reply,
         })
         .await
+        .inspect_err(|e| self.redeliver.after(d.clone(), e))
     }
 
     async fn backlog(&self) -> Result<u64, BrokerError> {
@@ -379,6 +479,10 @@ impl Transport for Embedded {
             .sum();
         let inbox = self.read(store::inbox_len).await?;
         Ok(queued + inbox)
+    }
+
+    fn health(&self) -> super::Health {
+        self.health.snapshot()
     }
 
     async fn close(&self) {
@@ -437,6 +541,10 @@ impl Traces for Embedded {
     /// `events` is indexed by correlation id.
     fn indexed_trace(&self) -> bool {
         true
+    }
+
+    async fn horizon(&self) -> Result<super::Horizon, BrokerError> {
+        self.read(prune::horizon).await
     }
 }
 
@@ -522,6 +630,13 @@ impl Traces for Offline {
         match store::open_read(&self.state_dir)? {
             Some(c) => store::trace(&c, correlation_id),
             None => Ok(Vec::new()),
+        }
+    }
+
+    async fn horizon(&self) -> Result<super::Horizon, BrokerError> {
+        match store::open_read(&self.state_dir)? {
+            Some(c) => prune::horizon(&c),
+            None => Ok(super::Horizon::default()),
         }
     }
 }

@@ -11,6 +11,8 @@
 //! - `inbox`: work queued by other processes (`troupe publish`,
 //!   `troupe dlq replay`) for the host that owns the broker to pick up.
 //! - `kv`, `kv_buckets`: steps' buckets (see [`super::kv`]).
+//! - `marks`, `ended`, `pruned`: what retention needs (see [`super::prune`]):
+//!   when events were stored, when records ended, what was pruned.
 
 use std::path::Path;
 
@@ -64,6 +66,23 @@ CREATE TABLE IF NOT EXISTS inbox (
     op TEXT NOT NULL,
     body TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS dlq_seq ON dlq (seq);
+CREATE INDEX IF NOT EXISTS dlq_time ON dlq (time);
+CREATE TABLE IF NOT EXISTS marks (
+    seq INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ended (
+    key TEXT PRIMARY KEY,
+    at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ended_at ON ended (at_ms);
+CREATE TABLE IF NOT EXISTS pruned (
+    what TEXT PRIMARY KEY,
+    before_ms INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    capped INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Open (creating if needed) the broker database in `state_dir`.
@@ -72,6 +91,10 @@ pub fn open(state_dir: &Path) -> Result<Connection, BrokerError> {
         .map_err(|e| BrokerError::Store(format!("cannot create {}: {e}", state_dir.display())))?;
     let conn = Connection::open(state_dir.join(DB_FILE))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // A new store gives pruned pages back to the file system in steps
+    // ([`super::prune`]); an older one reuses them (SQLite decides this
+    // when the first table is created, so this is a no-op there).
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     // 8 MiB of pages: the hot ends of the tables stay in memory. Larger
@@ -83,10 +106,11 @@ pub fn open(state_dir: &Path) -> Result<Connection, BrokerError> {
     Ok(conn)
 }
 
-/// The schema's version (`PRAGMA user_version`): 2 since step state
-/// (`kv`, `kv_buckets`: [`super::kv`]); 1 since events are identified by
-/// (id, source); 0 before, when the id alone was unique.
-const SCHEMA_VERSION: i64 = 2;
+/// The schema's version (`PRAGMA user_version`): 3 since retention
+/// (`marks`, `ended`, `pruned`, dead letters indexed: [`super::prune`]);
+/// 2 since step state (`kv`, `kv_buckets`: [`super::kv`]); 1 since events
+/// are identified by (id, source); 0 before, when the id alone was unique.
+const SCHEMA_VERSION: i64 = 3;
 
 /// Create the tables, or bring a store written by an earlier version up to
 /// date, in one transaction (so of several connections opening one store,
@@ -123,6 +147,7 @@ fn create(conn: &Connection) -> Result<(), BrokerError> {
                 "INSERT INTO events SELECT * FROM events_v0; DROP TABLE events_v0;",
             )?;
         }
+        super::prune::upgrade(conn)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(())
     })();
@@ -146,10 +171,51 @@ fn create(conn: &Connection) -> Result<(), BrokerError> {
 ///   inside the writer's commits, unless it grows past 64 MiB (a
 ///   checkpointer that cannot keep up).
 pub fn open_writer(state_dir: &Path) -> Result<Connection, BrokerError> {
-    let conn = open(state_dir)?;
+    let conn = open(state_dir).map_err(|e| damaged_at(state_dir, e))?;
+    check(&conn, false).map_err(|e| damaged_at(state_dir, e))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
+    // A WAL that grew in a burst is cut back once checkpointed.
+    conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
     Ok(conn)
+}
+
+/// Check the store's structure: SQLite's `quick_check` (every page and
+/// row well formed; a second a few hundred MB), or with `full` its
+/// `integrity_check` (indexes against their tables too).
+pub fn check(conn: &Connection, full: bool) -> Result<(), BrokerError> {
+    let pragma = if full {
+        "PRAGMA integrity_check(20)"
+    } else {
+        "PRAGMA quick_check(20)"
+    };
+    let mut stmt = conn.prepare(pragma)?;
+    let found: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if found.len() == 1 && found[0] == "ok" {
+        return Ok(());
+    }
+    Err(BrokerError::Damaged(found.join("; ")))
+}
+
+/// A damaged store's error, saying where it is and what to do.
+pub fn damaged_at(state_dir: &Path, e: BrokerError) -> BrokerError {
+    match e {
+        BrokerError::Damaged(what) => {
+            let db = state_dir.join(DB_FILE);
+            BrokerError::Damaged(format!(
+                "{} ({what}). Stop every process using it, then restore it from a backup \
+                 (`troupe backup` makes one; docs/operations.md), or move it and its -wal \
+                 and -shm files aside (e.g. `mv {} {}.damaged`) to start with an empty \
+                 store, keeping the damaged one for what can be read from it",
+                db.display(),
+                db.display(),
+                db.display()
+            ))
+        }
+        e => e,
+    }
 }
 
 /// The WAL file of the database in `state_dir`.

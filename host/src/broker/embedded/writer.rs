@@ -28,8 +28,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, Transaction};
 
-use super::store;
+use super::health::Health;
 use super::{Group, Routes};
+use super::{prune, store};
+use crate::broker::retention::Retention;
 use crate::broker::{Ack, BrokerError, Delivery, KvCommit};
 use crate::event::Event;
 use crate::protocol::FailureClass;
@@ -56,6 +58,9 @@ pub(super) enum Op {
         /// Deliver the events once written, before they are durable
         /// ([`crate::broker::Commit::early`]).
         early: bool,
+        /// State rows that record something ended
+        /// ([`crate::broker::Commit::ended`]).
+        ended: Vec<String>,
         reply: Reply<()>,
     },
     Retry {
@@ -85,7 +90,15 @@ pub(super) enum Op {
     Ready {
         reply: Reply<()>,
     },
+    /// Prune one batch of what retention lets go, in a transaction of its
+    /// own after the group it came with ([`super::prune`]).
+    Prune {
+        reply: Reply<prune::Pruned>,
+    },
 }
+
+/// A caller's answer: `None` once its group is durable, or why it is not.
+type Answer = Box<dyn FnOnce(Option<&BrokerError>) + Send>;
 
 /// What becomes visible once a transaction is durable.
 #[derive(Default)]
@@ -99,7 +112,8 @@ pub(super) struct Effects {
     /// Groups given a delivery that waits out a backoff (loaded from
     /// disk): pending from now on, though not yet in their queue.
     added: Vec<Arc<Group>>,
-    replies: Vec<Box<dyn FnOnce(bool) + Send>>,
+    /// Called with `None` once the group is durable, or with why it is not.
+    replies: Vec<Answer>,
 }
 
 pub(super) struct Writer {
@@ -109,12 +123,16 @@ pub(super) struct Writer {
     pub groups: Arc<RwLock<HashMap<Arc<str>, Arc<Group>>>>,
     /// The groups committed to the WAL, for the syncer: their effects, and
     /// whether the commit succeeded.
-    pub committed: Sender<(Effects, bool)>,
+    pub committed: Sender<(Effects, Result<(), BrokerError>)>,
+    pub health: Arc<Health>,
+    pub retention: Retention,
+    pub cursor: prune::Cursor,
 }
 
 /// The syncer: makes committed groups durable, then their effects visible.
 pub(super) struct Syncer {
-    pub committed: Receiver<(Effects, bool)>,
+    pub committed: Receiver<(Effects, Result<(), BrokerError>)>,
+    pub health: Arc<Health>,
     /// The WAL file (see [`store::sync_wal`]).
     pub wal: PathBuf,
     pub runtime: tokio::runtime::Handle,
@@ -136,7 +154,7 @@ impl Syncer {
                 groups.push(more);
             }
             if !broken
-                && groups.iter().any(|(_, ok)| *ok)
+                && groups.iter().any(|(_, r)| r.is_ok())
                 && let Err(e) = store::sync_wal(&mut file, &self.wal)
             {
                 tracing::error!(
@@ -144,10 +162,23 @@ impl Syncer {
                      accepting work: restart the host",
                     self.wal.display()
                 );
+                self.health.failed(
+                    &BrokerError::Damaged(format!(
+                        "its log could not be flushed to disk ({e}): what is on disk is \
+                         recovered when the host is restarted"
+                    )),
+                    0,
+                );
                 broken = true;
             }
-            for (fx, ok) in groups {
-                fx.release(ok && !broken, &self.runtime);
+            for (fx, r) in groups {
+                let r = match r {
+                    Ok(()) if broken => Err(BrokerError::Store(
+                        "the log could not be flushed to disk: restart the host".into(),
+                    )),
+                    r => r,
+                };
+                fx.release(r, &self.runtime);
             }
         }
     }
@@ -156,8 +187,8 @@ impl Syncer {
 impl Effects {
     /// Make the effects visible if the group is durable, and answer the
     /// callers either way.
-    fn release(self, durable: bool, runtime: &tokio::runtime::Handle) {
-        if durable {
+    fn release(self, outcome: Result<(), BrokerError>, runtime: &tokio::runtime::Handle) {
+        if outcome.is_ok() {
             for g in self.added {
                 g.add_pending();
             }
@@ -176,7 +207,7 @@ impl Effects {
             }
         }
         for reply in self.replies {
-            reply(durable);
+            reply(outcome.as_ref().err());
         }
     }
 }
@@ -222,14 +253,53 @@ impl Writer {
                     Err(e) => tracing::error!("cannot poll the broker inbox: {e}"),
                 }
             }
-            if batch.is_empty() && inbox.is_empty() {
-                continue;
+            let (prunes, batch): (Vec<Op>, Vec<Op>) = batch
+                .into_iter()
+                .partition(|op| matches!(op, Op::Prune { .. }));
+            if !batch.is_empty() || !inbox.is_empty() {
+                self.commit(batch, inbox);
             }
-            self.commit(batch, inbox);
+            for op in prunes {
+                if let Op::Prune { reply } = op {
+                    reply(self.prune());
+                }
+            }
         }
     }
 
+    /// One batch of pruning, in its own transaction. While commits fail,
+    /// it is also the write that finds out when they can succeed again.
+    fn prune(&mut self) -> Result<prune::Pruned, BrokerError> {
+        if let Some(d) = self.health.damage() {
+            return Err(BrokerError::Damaged(d));
+        }
+        let failing = self.health.is_failing();
+        let r = (|| {
+            let tx = self.conn.transaction()?;
+            let pruned = prune::batch(&tx, &self.retention, now_ms(), &mut self.cursor)?;
+            if failing {
+                prune::probe(&tx, now_ms())?;
+            }
+            tx.commit()?;
+            Ok(pruned)
+        })();
+        match &r {
+            Ok(_) if failing => self.health.wrote(),
+            Ok(_) => {}
+            Err(e) => self.health.failed(e, 0),
+        }
+        r
+    }
+
     fn commit(&mut self, batch: Vec<Op>, inbox: Vec<(i64, String, String)>) {
+        if let Some(d) = self.health.damage() {
+            // Nothing more is done with a damaged store: no loop of errors.
+            for op in batch {
+                refuse(op, &d);
+            }
+            return;
+        }
+        let ops = (batch.len() + inbox.len()) as u64;
         let mut fx = Effects::default();
         let outcome = (|| -> Result<(), BrokerError> {
             let tx = self.conn.transaction()?;
@@ -242,23 +312,26 @@ impl Writer {
             tx.commit()?;
             Ok(())
         })();
-        let ok = match outcome {
+        let outcome = match outcome {
             Ok(()) => {
+                self.health.wrote();
                 for (g, d) in fx.early.drain(..) {
                     g.add_pending();
                     g.push(d);
                 }
-                true
+                Ok(())
             }
             Err(e) => {
-                tracing::error!("broker commit failed, nothing in this group was stored: {e}");
-                false
+                tracing::warn!("broker commit failed, nothing in this group was stored: {e}");
+                self.health.failed(&e, ops);
+                Err(e)
             }
         };
-        if let Err(mpsc::SendError((fx, _))) = self.committed.send((fx, ok)) {
+        if let Err(mpsc::SendError((fx, _))) = self.committed.send((fx, outcome)) {
             // The syncer is gone (a panic): nothing can be made durable.
+            let gone = BrokerError::Store("the broker's sync thread is gone".into());
             for reply in fx.replies {
-                reply(false);
+                reply(Some(&gone));
             }
         }
     }
@@ -266,11 +339,13 @@ impl Writer {
 
 /// Answer `reply` with `result` once the transaction's fate is known.
 fn answer<T: Send + 'static>(fx: &mut Effects, reply: Reply<T>, result: Result<T, BrokerError>) {
-    fx.replies.push(Box::new(move |committed| {
-        let r = if committed {
-            result
-        } else {
-            Err(BrokerError::Store("commit failed".into()))
+    fx.replies.push(Box::new(move |failed| {
+        let r = match failed {
+            None => result,
+            // The group's error, for each of its callers.
+            Some(BrokerError::Damaged(d)) => Err(BrokerError::Damaged(d.clone())),
+            Some(BrokerError::Store(s)) => Err(BrokerError::Store(s.clone())),
+            Some(e) => Err(BrokerError::Store(e.to_string())),
         };
         reply(r);
     }));
@@ -290,6 +365,7 @@ fn apply(
             state,
             kv,
             early,
+            ended,
             reply,
         } => {
             // A commit with state is all or nothing within the group's
@@ -316,6 +392,9 @@ fn apply(
                 }
                 for (key, value) in &state {
                     store::put_state(tx, key, value.as_deref())?;
+                }
+                if !ended.is_empty() {
+                    prune::mark_ended(tx, &ended, now_ms())?;
                 }
                 let first = fx.deliver.len();
                 publish(tx, events, routes, groups, fx)?;
@@ -388,6 +467,24 @@ fn apply(
             answer(fx, reply, r);
         }
         Op::Ready { reply } => answer(fx, reply, Ok(())),
+        // Taken out of the group by `Writer::run`: never here.
+        Op::Prune { reply } => reply(Err(BrokerError::Misuse(
+            "a prune in a group of commits".into(),
+        ))),
+    }
+}
+
+/// Answer `op` without applying it: the store is damaged (`damage`).
+fn refuse(op: Op, damage: &str) {
+    let err = || BrokerError::Damaged(damage.to_string());
+    match op {
+        Op::Commit { reply, .. }
+        | Op::Retry { reply, .. }
+        | Op::Replay { reply, .. }
+        | Op::Load { reply, .. }
+        | Op::Ready { reply } => reply(Err(err())),
+        Op::DeadLetter { reply, .. } => reply(Err(err())),
+        Op::Prune { reply } => reply(Err(err())),
     }
 }
 

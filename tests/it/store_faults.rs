@@ -1,0 +1,238 @@
+//! The embedded broker's store on a disk that fills up and on a disk that
+//! damages it: a full disk refuses new work (readiness false, `503` with
+//! `Retry-After`) and, once freed, delivers every acknowledged event
+//! without a restart; a damaged store is refused at start with a clear
+//! message, not a loop of errors.
+//!
+//! The full disk is a small tmpfs mounted over the app's `.troupe/`
+//! (mounting needs root, as the test suite runs in CI).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use troupe::client::ClientError;
+use troupe_tests::{ApiHost, TestApp, event, guest, step, troupe_bin};
+
+/// A tmpfs mounted at a path for the test's length.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(
+            ok,
+            "cannot mount a tmpfs at {} (this test needs root)",
+            at.display()
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot resize the tmpfs at {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A ping carrying `pad` bytes besides its number.
+fn ping(n: usize, pad: usize) -> troupe::event::Event {
+    event("test.ping", json!({"n": n, "pad": "x".repeat(pad)}))
+}
+
+fn count(app: &Path, sql: &str) -> u64 {
+    let c = rusqlite::Connection::open_with_flags(
+        app.join(".troupe/broker.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn a_full_disk_refuses_new_work_then_delivers_everything_once_freed() {
+    let app = TestApp::new(&step("echo", &guest("echo"), ""));
+    let disk = Tmpfs::mount(&app.path().join(".troupe"), "6m");
+    let h = ApiHost::start(&app);
+    let broker = h.host.as_ref().unwrap().broker.clone();
+
+    // Publish until the store is refused its writes.
+    let mut acked = 0u64;
+    let refused = loop {
+        let batch: Vec<_> = (0..20).map(|i| ping(i, 2000)).collect();
+        match h.block_on(broker.publish(batch)) {
+            Ok(()) => acked += 20,
+            Err(e) => break e,
+        }
+        assert!(acked < 100_000, "a 6 MiB disk took {acked} events");
+    };
+    assert!(
+        refused.to_string().contains("full"),
+        "the publish says the disk is full: {refused}"
+    );
+    // While full: not ready, and new work refused with a 503 and when to
+    // try again.
+    let not_ready = h.client.get("/readyz").unwrap_err();
+    let ClientError::Status {
+        status,
+        message,
+        retry_after,
+    } = &not_ready
+    else {
+        panic!("{not_ready}");
+    };
+    assert_eq!((*status, *retry_after), (503, Some(1)), "{message}");
+    let readyz = h.block_on(async { broker.health().problems() });
+    assert!(
+        readyz.iter().any(|p| p.contains("cannot write")),
+        "{readyz:?}"
+    );
+    let e = h
+        .client
+        .publish(
+            &json!({"specversion": "1.0", "id": "late", "source": "urn:t",
+            "type": "test.ping", "data": {"n": 1}}),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Status { status: 503, retry_after: Some(_), message }
+            if message.contains("cannot write")),
+        "{e}"
+    );
+
+    // Room again: everything acknowledged is delivered, no restart.
+    disk.resize("200m");
+    let start = Instant::now();
+    loop {
+        let pongs = count(
+            app.path(),
+            "SELECT count(*) FROM events WHERE kind = 'test.pong'",
+        );
+        let backlog = h.block_on(broker.backlog()).unwrap();
+        if pongs == acked && backlog == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{pongs} of {acked} acknowledged pings answered, {backlog} deliveries unsettled, \
+             60 s after the disk was freed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Ready again once writes have held for a moment.
+    let start = Instant::now();
+    while let Err(e) = h.client.get("/readyz") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still not ready: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    h.client
+        .publish(
+            &json!({"specversion": "1.0", "id": "later", "source": "urn:t",
+            "type": "test.ping", "data": {"n": 2}}),
+        )
+        .unwrap();
+    drop(h);
+}
+
+/// Write `bytes` over the store's file at `offset`.
+fn garble(db: &Path, offset: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(db).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// `troupe run APP --until-idle`, with at most `within` to exit; its
+/// status and stderr.
+fn run_until_idle(app: &Path, within: Duration) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(troupe_bin())
+        .args(["run", "--until-idle", "--listen", "127.0.0.1:0"])
+        .arg(app)
+        .env("TROUPE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status, err);
+        }
+        if start.elapsed() > within {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "`troupe run --until-idle` still running after {within:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_damaged_store_is_refused_at_start_with_what_to_do() {
+    let app = TestApp::new(&step("echo", &guest("echo"), ""));
+    // Work pending: events published with the CLI, no host running yet.
+    let lines: Vec<String> = (0..2000)
+        .map(|i| {
+            json!({"type": "test.ping", "source": "urn:t", "data": {"n": i, "pad": "y".repeat(500)}})
+                .to_string()
+        })
+        .collect();
+    troupe_tests::publish_lines(app.path(), &lines, &[]);
+    let db = app.path().join(".troupe/broker.db");
+    let pages = std::fs::metadata(&db).unwrap().len() / 4096;
+    assert!(pages > 20, "a store of {pages} pages");
+    // One 4 KiB page in the middle, garbled.
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    garble(&db, (pages / 2) * 4096, &noise);
+
+    let (status, err) = run_until_idle(app.path(), Duration::from_secs(60));
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("damaged") && err.contains("backup") && err.contains(".damaged"),
+        "the error says the store is damaged and what to do: {err}"
+    );
+    assert!(
+        err.lines().count() < 20,
+        "one clear error, not a loop: {} lines\n{err}",
+        err.lines().count()
+    );
+}
