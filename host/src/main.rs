@@ -3,7 +3,7 @@
 //! One binary. This file holds the command-line grammar (clap) and the
 //! dispatch; the subcommands live in `cli/`, by what they work on: `run`
 //! (the host and its HTTP API), `events` (publish, dlq, trace), `state`
-//! (kv), `flows`
+//! (kv), `store` (backup, check --store), `flows`
 //! (start, status over HTTP), `plugins` (new, build, conformance). Library
 //! errors are thiserror enums; here they get `anyhow` context and are
 //! printed once, with their causes, and a non-zero exit.
@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
 use troupe::app::App;
 use troupe::broker::BrokerUrl;
 
-use cli::{events, flows, plugins, run as host_run, state};
+use cli::{events, flows, plugins, run as host_run, state, store};
 
 #[derive(Parser)]
 #[command(
@@ -137,6 +137,18 @@ enum Cmd {
     Check {
         /// The app directory.
         app: PathBuf,
+        /// Check the embedded broker's store instead: every page, row and
+        /// index (SQLite's integrity_check), beside a running host or not.
+        #[arg(long)]
+        store: bool,
+    },
+    /// Back up the embedded broker's store to a new file, while the host
+    /// runs (one consistent snapshot, checked).
+    Backup {
+        /// The app directory.
+        app: PathBuf,
+        /// The file to write (must not exist).
+        dest: PathBuf,
     },
     /// Who consumes and produces what (and the flows), as a diagram.
     Graph {
@@ -340,7 +352,9 @@ fn run(cli: Cli) -> Result<()> {
         } => events::trace(&app, &correlation_id, json),
         Cmd::Kv { command } => state::kv(command, json),
         Cmd::Build { dirs } => plugins::build(dirs, json),
-        Cmd::Check { app } => plugins::check(&app, json),
+        Cmd::Check { app, store: true } => store::check_store(&app, json),
+        Cmd::Check { app, store: false } => plugins::check(&app, json),
+        Cmd::Backup { app, dest } => store::backup(&app, &dest, json),
         Cmd::Graph { app, format } => plugins::graph(&app, &format),
         Cmd::Docs { app, output } => plugins::docs(&app, output.as_deref()),
         Cmd::New { name, lang, dir } => plugins::new_plugin(&name, &lang, &dir, json),

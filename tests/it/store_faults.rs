@@ -216,6 +216,10 @@ fn a_damaged_store_is_refused_at_start_with_what_to_do() {
         .collect();
     troupe_tests::publish_lines(app.path(), &lines, &[]);
     let db = app.path().join(".troupe/broker.db");
+    let saved = app.path().join("saved.db");
+    let backup = troupe(app.path(), &["backup", ".", "saved.db"]);
+    assert!(backup.status.success(), "{}", text(&backup.stderr));
+    assert!(text(&backup.stdout).contains("backed up to saved.db"));
     let pages = std::fs::metadata(&db).unwrap().len() / 4096;
     assert!(pages > 20, "a store of {pages} pages");
     // One 4 KiB page in the middle, garbled.
@@ -235,4 +239,39 @@ fn a_damaged_store_is_refused_at_start_with_what_to_do() {
         "one clear error, not a loop: {} lines\n{err}",
         err.lines().count()
     );
+    // The full check says so too; the backup restores the store, and the
+    // work queued before the backup is done.
+    let check = troupe(app.path(), &["check", "--store", "."]);
+    assert!(!check.status.success());
+    assert!(
+        text(&check.stderr).contains("damaged"),
+        "{}",
+        text(&check.stderr)
+    );
+    for f in ["broker.db-wal", "broker.db-shm"] {
+        let _ = std::fs::remove_file(app.path().join(".troupe").join(f));
+    }
+    std::fs::copy(&saved, &db).unwrap();
+    let check = troupe(app.path(), &["check", "--store", "."]);
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    let (status, err) = run_until_idle(app.path(), Duration::from_secs(120));
+    assert!(status.success(), "{err}");
+    let pongs = count(
+        app.path(),
+        "SELECT count(*) FROM events WHERE kind = 'test.pong'",
+    );
+    assert_eq!(pongs, 2000, "every ping queued before the backup answered");
+}
+
+/// `troupe ARGS` in `dir`.
+fn troupe(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(troupe_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }

@@ -72,12 +72,15 @@ pub fn troupe_bin() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                // `--workspace`, as `scripts/test` builds: the same
+                // features, so a built workspace is fresh and this takes a
+                // second (`-p troupe` would build another variant of troupe
+                // and of the dependencies whose features differ).
                 .args([
                     "build",
                     "--release",
                     "--quiet",
-                    "-p",
-                    "troupe",
+                    "--workspace",
                     "--bin",
                     "troupe",
                 ])

@@ -5,5 +5,6 @@ pub mod flows;
 pub mod plugins;
 pub mod run;
 pub mod state;
+pub mod store;
 
 pub(crate) use super::{ApiArgs, DlqCmd, KvCmd, load_app};

@@ -12,6 +12,7 @@
 //! dlq replay`) don't touch the queues: they append to the `inbox` table,
 //! which the writer polls while a host runs, and which a host takes on start.
 
+pub mod backup;
 mod health;
 pub mod kv;
 mod prune;

@@ -341,3 +341,129 @@ fn micros(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_micros(t).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGE: Duration = Duration::from_secs(60);
+
+    fn retention() -> Retention {
+        Retention {
+            events: AGE,
+            runs: AGE,
+            dead_letters: AGE * 10,
+            max_store: 1 << 40,
+        }
+    }
+
+    /// Events 1..=6: a cascade (1, 2), an active run's event (3), an
+    /// ended run's (4), one with a pending delivery (5), one a young dead
+    /// letter points at (6); all stored by `t0`.
+    fn store(t0: i64) -> (Dir, Connection) {
+        let dir = Dir(std::env::temp_dir().join(format!("troupe-prune-{}", uuid::Uuid::new_v4())));
+        let c = super::super::store::open(&dir.0).unwrap();
+        for (seq, corr) in [
+            (1, "c1"),
+            (2, "c1"),
+            (3, "r1"),
+            (4, "r2"),
+            (5, "c5"),
+            (6, "c6"),
+        ] {
+            c.execute(
+                "INSERT INTO events VALUES (?1, ?2, 'k', 'urn:t', NULL, 't', 'application/json', NULL, x'7b7d', '{}', ?3)",
+                params![seq, format!("e{seq}"), corr],
+            )
+            .unwrap();
+        }
+        c.execute_batch(&format!(
+            "INSERT INTO state VALUES ('run/r1', x'7b7d');
+             INSERT INTO state VALUES ('run/r2', x'7b7d');
+             INSERT INTO ended VALUES ('run/r2', {t0});
+             INSERT INTO deliveries VALUES ('g', 5, 0, 0);
+             INSERT INTO dlq VALUES ('d6', 'g', 6, 'rejected', 'no', 1, '{}');
+             INSERT INTO marks VALUES (6, {t0});",
+            micros(t0)
+        ))
+        .unwrap();
+        (dir, c)
+    }
+
+    fn seqs(c: &Connection) -> Vec<i64> {
+        let mut s = c.prepare("SELECT seq FROM events ORDER BY seq").unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn prune(c: &mut Connection, now: i64, cur: &mut Cursor) -> Pruned {
+        let tx = c.transaction().unwrap();
+        let p = batch(&tx, &retention(), now, cur).unwrap();
+        tx.commit().unwrap();
+        p
+    }
+
+    #[test]
+    fn what_must_stay_stays_and_the_rest_goes_by_age() {
+        let t0 = 1_000_000_000;
+        let (_dir, mut c) = store(t0);
+        let mut cur = Cursor::default();
+        // Younger than the age: nothing goes.
+        let p = prune(&mut c, t0 + 1000, &mut cur);
+        assert_eq!((p.events, p.records, p.dead_letters), (0, 0, 0));
+        assert_eq!(seqs(&c), [1, 2, 3, 4, 5, 6]);
+        // Past it: the cascade and the ended run (record and events) go;
+        // the active run's, the pending and the dead-lettered stay.
+        let later = t0 + AGE.as_millis() as i64 + 1;
+        let p = prune(&mut c, later, &mut cur);
+        assert_eq!((p.events, p.records, p.dead_letters), (3, 1, 0), "{p:?}");
+        assert_eq!(seqs(&c), [3, 5, 6]);
+        let runs: Vec<String> = c
+            .prepare("SELECT key FROM state")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(runs, ["run/r1"]);
+        let h = horizon(&c).unwrap();
+        assert!(h.events_before.is_some() && h.runs_before.is_some() && !h.capped);
+        // Settled, ended, past the dead letters' age: all go, once a new
+        // pass starts.
+        c.execute_batch("DELETE FROM deliveries; INSERT INTO ended VALUES ('run/r1', 0);")
+            .unwrap();
+        let much_later = t0 + 11 * AGE.as_millis() as i64;
+        let p = prune(&mut c, much_later, &mut cur);
+        assert_eq!(p.dead_letters, 1);
+        assert_eq!(seqs(&c), Vec::<i64>::new(), "{p:?}");
+    }
+
+    #[test]
+    fn past_max_store_settled_events_go_before_their_age() {
+        let t0 = 1_000_000_000;
+        let (_dir, mut c) = store(t0);
+        let mut r = retention();
+        r.max_store = MIN_STORE_FOR_TEST;
+        let tx = c.transaction().unwrap();
+        let p = batch(&tx, &r, t0 + 1, &mut Cursor::default()).unwrap();
+        tx.commit().unwrap();
+        assert!(p.capped);
+        // Only what must stay is left, though nothing is past its age.
+        assert_eq!(seqs(&c), [3, 5, 6]);
+        assert!(horizon(&c).unwrap().capped);
+    }
+
+    /// A temporary directory, removed when dropped.
+    struct Dir(std::path::PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Smaller than any store: every batch finds the store over it.
+    const MIN_STORE_FOR_TEST: u64 = 1;
+}

@@ -415,6 +415,19 @@ impl Transport for Nats {
         Ok(n)
     }
 
+    fn health(&self) -> super::Health {
+        use async_nats::connection::State;
+        let disconnected = match self.inner.js.client().connection_state() {
+            State::Connected => None,
+            State::Pending => Some("connecting to the server".to_string()),
+            State::Disconnected => Some("the connection to the server is down".to_string()),
+        };
+        super::Health {
+            disconnected,
+            ..super::Health::default()
+        }
+    }
+
     async fn close(&self) {
         let _ = self.inner.closed.send(true);
         self.inner.kv.stop_applier().await;
