@@ -36,14 +36,7 @@ fn retained_app() -> TestApp {
 
 /// Rows in a table of the app's store, read from outside.
 fn rows(app: &Path, table: &str) -> u64 {
-    let c = rusqlite::Connection::open_with_flags(
-        app.join(".troupe/broker.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-        .unwrap()
+    troupe_tests::store_number(app, &format!("SELECT count(*) FROM {table}"))
 }
 
 /// Publish 20 pings every 50 ms (400 cascades of two events a second)

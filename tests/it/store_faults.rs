@@ -57,16 +57,6 @@ fn ping(n: usize, pad: usize) -> troupe::event::Event {
     event("test.ping", json!({"n": n, "pad": "x".repeat(pad)}))
 }
 
-fn count(app: &Path, sql: &str) -> u64 {
-    let c = rusqlite::Connection::open_with_flags(
-        app.join(".troupe/broker.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c.query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
 #[test]
 fn a_full_disk_refuses_new_work_then_delivers_everything_once_freed() {
     let app = TestApp::new(&step("echo", &guest("echo"), ""));
@@ -122,7 +112,7 @@ fn a_full_disk_refuses_new_work_then_delivers_everything_once_freed() {
     disk.resize("200m");
     let start = Instant::now();
     loop {
-        let pongs = count(
+        let pongs = troupe_tests::store_number(
             app.path(),
             "SELECT count(*) FROM events WHERE kind = 'test.pong'",
         );
@@ -256,7 +246,7 @@ fn a_damaged_store_is_refused_at_start_with_what_to_do() {
     assert!(check.status.success(), "{}", text(&check.stderr));
     let (status, err) = run_until_idle(app.path(), Duration::from_secs(120));
     assert!(status.success(), "{err}");
-    let pongs = count(
+    let pongs = troupe_tests::store_number(
         app.path(),
         "SELECT count(*) FROM events WHERE kind = 'test.pong'",
     );

@@ -297,6 +297,19 @@ pub async fn eventually<T>(
     }
 }
 
+/// A number the SQL query `sql` reads from the embedded store of the app
+/// at `app`, opened read-only beside a running host.
+pub fn store_number(app: &Path, sql: &str) -> u64 {
+    let c = rusqlite::Connection::open_with_flags(
+        app.join(".troupe/broker.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("the store opens");
+    c.busy_timeout(Duration::from_secs(10))
+        .expect("a busy timeout");
+    c.query_row(sql, [], |r| r.get(0)).expect("the query runs")
+}
+
 /// The data of `e` as JSON.
 pub fn data(e: &Event) -> serde_json::Value {
     serde_json::from_slice(&e.data).expect("JSON data")

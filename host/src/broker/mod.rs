@@ -669,24 +669,22 @@ pub struct Horizon {
 }
 
 impl Horizon {
-    /// What to add to "not found" for a trace: `; events stored before T
-    /// have been pruned (...)`, if any were.
+    /// What to add to "not found" for a trace: `; settled events stored
+    /// before T have been pruned (...)`, if any were.
     pub fn events_note(&self) -> String {
-        match &self.events_before {
-            None => String::new(),
-            Some(t) => format!(
-                "; settled events stored before {t} have been pruned ([retention] events{})",
-                if self.capped { ", or max_store" } else { "" }
-            ),
-        }
+        self.note(&self.events_before, "settled events stored", "events")
     }
 
     /// What to add to "not found" for a run.
     pub fn runs_note(&self) -> String {
-        match &self.runs_before {
+        self.note(&self.runs_before, "runs that ended", "runs")
+    }
+
+    fn note(&self, before: &Option<String>, what: &str, field: &str) -> String {
+        match before {
             None => String::new(),
             Some(t) => format!(
-                "; runs that ended before {t} have been pruned ([retention] runs{})",
+                "; {what} before {t} have been pruned ([retention] {field}{})",
                 if self.capped { ", or max_store" } else { "" }
             ),
         }
