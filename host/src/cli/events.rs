@@ -279,10 +279,14 @@ fn write_line(e: &Event) -> String {
 
 pub(crate) fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> {
     let app = load_app(dir)?;
-    let events = Events::of(&app)?;
-    let trace = events.trace(correlation_id)?;
-    if trace.is_empty() {
-        let note = events.rt.block_on(events.broker.horizon())?.events_note();
+    let log = Events::of(&app)?;
+    let events = log.trace(correlation_id)?;
+    if events.is_empty() {
+        let note = log
+            .rt
+            .block_on(log.broker.horizon())
+            .map(|h| h.events_note())
+            .unwrap_or_default();
         bail!(
             "no events with correlation id {:?} in {}{note}. `troupe trace` takes a cascade's \
              or a run's correlation id (the id `troupe publish` printed for its first event, or \
@@ -291,7 +295,6 @@ pub(crate) fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> 
             app.dir.display()
         );
     }
-    let events = trace;
     if json {
         let v: Vec<_> = events.iter().map(Event::to_json).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);

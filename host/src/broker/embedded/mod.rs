@@ -295,8 +295,13 @@ fn prune_loop(ops: &Ops, stop: &mpsc::Receiver<()>, health: &health::Health, dir
                     wait = std::time::Duration::ZERO;
                 }
             }
-            // Said by the writer (health), if it is the store's fault.
-            Ok(Err(e)) => tracing::debug!("pruning the broker's store failed: {e}"),
+            // A store that cannot write is said once, by its health.
+            Ok(Err(e)) if health.is_failing() => {
+                tracing::debug!("pruning the broker's store failed: {e}")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("pruning the broker's store failed (tried again in a second): {e}")
+            }
         }
     }
 }

@@ -286,7 +286,11 @@ impl Writer {
         match &r {
             Ok(_) if failing => self.health.wrote(),
             Ok(_) => {}
-            Err(e) => self.health.failed(e, 0),
+            // While probing, or damage: the store's state. Otherwise a
+            // batch that fails is pruning's own trouble, and must not
+            // turn the host's work away (commits say if the store fails).
+            Err(e) if failing || matches!(e, BrokerError::Damaged(_)) => self.health.failed(e, 0),
+            Err(_) => {}
         }
         r
     }
