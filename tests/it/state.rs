@@ -43,6 +43,12 @@ fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
 }
 
 const WAIT: Duration = Duration::from_secs(20);
+/// The chain's wait: on NATS its 600 commits on 10 hot keys take 2.2 s on
+/// an idle 2-core machine and 36 s with both cores busy elsewhere (as in
+/// CI, beside other tests): the one-at-a-time applier's cliff under CPU
+/// contention, an open problem (docs/state.md), not a reason to lose the
+/// count this test checks.
+const CHAIN_WAIT: Duration = Duration::from_secs(90);
 
 /// A `keeper` step named `name` with role `role` and `extra` TOML lines.
 fn keeper(name: &str, role: &str, extra: &str) -> String {
@@ -380,7 +386,7 @@ async fn every_step_of_a_chain_keeps_its_own_count(b: Backend) {
         // 200 events over 10 keys: 20 each, whatever ran concurrently.
         for k in 0..10 {
             let key = format!("k{k}");
-            eventually(WAIT, &format!("{step}/{key} = 20"), async || {
+            eventually(CHAIN_WAIT, &format!("{step}/{key} = 20"), async || {
                 let v = reader.kv_get(step, &key).await.unwrap()?;
                 (v.0 == b"20").then_some(())
             })
