@@ -93,8 +93,15 @@ pub fn open(state_dir: &Path) -> Result<Connection, BrokerError> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     // A new store gives pruned pages back to the file system in steps
     // ([`super::prune`]); an older one reuses them (SQLite decides this
-    // when the first table is created, so this is a no-op there).
-    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    // when the first table is created). Only on a new file: on a store
+    // with tables the pragma is a write transaction (it sets the header's
+    // incremental-vacuum flag again), and a write by a connection merely
+    // opening would fail the running writer's transaction if it had read
+    // already (SQLite's BUSY_SNAPSHOT, which no busy timeout waits out).
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    if pages == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     // 8 MiB of pages: the hot ends of the tables stay in memory. Larger
@@ -444,7 +451,7 @@ pub fn dead_letters(conn: &Connection, id: Option<&str>) -> Result<Vec<DeadLette
 /// CloudEvents JSON body, or `replay`, with a dead letter's id).
 pub fn queue(state_dir: &Path, items: &[(&str, String)]) -> Result<(), BrokerError> {
     let mut conn = open(state_dir)?;
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     for (op, body) in items {
         tx.execute(
             "INSERT INTO inbox (op, body) VALUES (?1, ?2)",
@@ -548,6 +555,35 @@ mod tests {
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A connection opened beside the host's writer (a guest's state
+    /// reader, a CLI command) writes nothing, so the transaction the
+    /// writer has begun and read in still commits: SQLite fails a
+    /// transaction whose snapshot another connection's write made stale
+    /// at once (`SQLITE_BUSY_SNAPSHOT`), whatever the busy timeout.
+    #[test]
+    fn opening_the_store_beside_a_writer_does_not_fail_its_transaction() {
+        let dir = std::env::temp_dir().join(format!("troupe-store-{}", uuid::Uuid::new_v4()));
+        let mut w = open_writer(&dir).unwrap();
+        let tx = w.transaction().unwrap();
+        let n: i64 = tx
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        let other = open(&dir).unwrap();
+        assert_eq!(insert_event(&tx, &said("urn:a")).unwrap(), Some(1));
+        tx.commit().unwrap();
+        let seen: i64 = other
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 1);
+        // And a new store is still made to give pages back.
+        let mode: i64 = other
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, 2, "incremental");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -275,7 +275,7 @@ impl Writer {
         }
         let failing = self.health.is_failing();
         let r = (|| {
-            let tx = self.conn.transaction()?;
+            let tx = begin(&mut self.conn)?;
             let pruned = prune::batch(&tx, &self.retention, now_ms(), &mut self.cursor)?;
             if failing {
                 prune::probe(&tx, now_ms())?;
@@ -306,7 +306,7 @@ impl Writer {
         let ops = (batch.len() + inbox.len()) as u64;
         let mut fx = Effects::default();
         let outcome = (|| -> Result<(), BrokerError> {
-            let tx = self.conn.transaction()?;
+            let tx = begin(&mut self.conn)?;
             for op in batch {
                 apply(&tx, op, &self.routes, &self.groups, &mut fx);
             }
@@ -339,6 +339,15 @@ impl Writer {
             }
         }
     }
+}
+
+/// Begin the writer's transaction, taking the write lock at once: another
+/// writer on the store (an operator's `troupe kv put`, a `troupe publish`
+/// queued while the host runs) is then waited for by the busy timeout,
+/// where a transaction that had read first would fail at its first write
+/// (SQLite does not wait when a write made a reader's snapshot stale).
+fn begin(conn: &mut Connection) -> Result<Transaction<'_>, BrokerError> {
+    Ok(conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
 }
 
 /// Answer `reply` with `result` once the transaction's fate is known.
