@@ -594,7 +594,7 @@ fn sigkill_at_random_points_loses_no_write_and_applies_none_twice(b: Backend) {
         .subsec_nanos() as u64;
     eprintln!("seed {seed}");
     let mut kills = 0;
-    let mut at_kills = Vec::new();
+    let mut at_kills: Vec<usize> = Vec::new();
     // Fewer on NATS, where each costs more (above) and a killed host's
     // unsettled deliveries wait out the 30 s ack wait.
     let most = if b == Backend::Nats { 3 } else { 6 };
@@ -610,10 +610,19 @@ fn sigkill_at_random_points_loses_no_write_and_applies_none_twice(b: Backend) {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        // On NATS a host that dies holding the app's next state commit
-        // delays the others' by the applier's ack wait (5 s): live longer.
-        let least = if b == Backend::Nats { 5_500 } else { 300 };
-        std::thread::sleep(Duration::from_millis(least + (seed >> 33) % 900));
+        // The kill comes once a random share (10-60%) of the orders left
+        // are done: by progress, not by the clock, so a fast machine
+        // cannot finish them all before it and a slow one (or a host that
+        // waits out a killed one's ack wait on NATS) is not killed idle.
+        let before = at_kills.last().copied().unwrap_or(0);
+        let target = before + 1 + (ORDERS - before) * (10 + (seed >> 33) as usize % 50) / 100;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while done() < target
+            && std::time::Instant::now() < deadline
+            && host.try_wait().unwrap().is_none()
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         host.kill().unwrap(); // SIGKILL
         host.wait().unwrap();
         kills += 1;
