@@ -668,7 +668,7 @@ fn nats_keeps_every_record_within_a_message() {
         .publish(&json!({"type": "hostile.huge-emit", "data": {"kb": 4096}}))
         .unwrap();
     // An event that nearly fills a message, rejected: its dead letter
-    // holds it by reference, and shows it whole.
+    // keeps the data in a message of its own, and shows it whole.
     let big_text = "b".repeat(max - 1500);
     let big = host
         .client

@@ -345,7 +345,7 @@ pub async fn open(
     Ok(match url {
         BrokerUrl::Embedded => Arc::new(embedded::Embedded::open(state_dir, retention)?),
         BrokerUrl::Nats { server, namespace } => {
-            Arc::new(nats::Nats::connect(server, namespace, app_name).await?)
+            Arc::new(nats::Nats::connect(server, namespace, app_name, retention).await?)
         }
     })
 }
@@ -361,7 +361,7 @@ pub async fn open_app_events(
     Ok(match url {
         BrokerUrl::Embedded => Arc::new(embedded::Offline::new(state_dir)),
         BrokerUrl::Nats { server, namespace } => {
-            Arc::new(nats::Nats::connect(server, namespace, app_name).await?)
+            Arc::new(nats::Nats::connect(server, namespace, app_name, &Default::default()).await?)
         }
     })
 }

@@ -9,6 +9,7 @@
 //! | an event of type `order.placed` | `NS.ev.order.placed` |
 //! | a command, reply or replay for group `G` of `APP` | `NS.to.APP.G` |
 //! | dead letter `ID` of `APP` | `NS.dlq.APP.ID` |
+//! | its event's data, when too large for the record | `NS.dlq.APP.ID.data` |
 //!
 //! An event type maps to subject tokens as it is: its dots separate
 //! tokens. A type with an empty token (`a..b`, `.a`), whitespace, or a
@@ -99,9 +100,14 @@ impl Names {
         format!("{}.dlq.{}.{}", self.ns, self.app, token(id))
     }
 
-    /// Every dead letter of this app.
+    /// Every dead letter of this app, and their data kept apart.
     pub fn dlq_filter(&self) -> String {
         format!("{}.dlq.{}.>", self.ns, self.app)
+    }
+
+    /// Every dead letter of this app, the records only.
+    pub fn dlq_records(&self) -> String {
+        format!("{}.dlq.{}.*", self.ns, self.app)
     }
 
     /// The durable consumer of `group` for messages on `subject`. Hosts of

@@ -1,7 +1,10 @@
 //! Dead letters on NATS: one message per dead letter on the DLQ stream
 //! (`NS.dlq.APP.ID`), the dead letter as JSON. A record too large for one
-//! message keeps its event's data by reference: the event's sequence in
-//! the events stream, where the event itself stays.
+//! message keeps its event's data in a message of its own beside it
+//! (`NS.dlq.APP.ID.data`, stored first), so a dead letter lives and is
+//! pruned in the DLQ stream alone. (Records written before that kept the
+//! data by reference, as the event's sequence in the events stream; they
+//! are still read.)
 
 use async_nats::jetstream::message::PublishMessage;
 
@@ -34,14 +37,24 @@ impl Inner {
         let mut record = dl.to_json(true);
         let mut body = serde_json::to_vec(&record).expect("JSON");
         if body.len() + DLQ_HEADROOM > self.max_payload {
-            // Too large to copy: keep the event's data by reference to the
-            // events stream, where the event itself stays.
+            // Too large for one message: the data goes in a message of
+            // its own (it fitted in one as the event's payload).
             if let Some(e) = record["event"].as_object_mut() {
                 e.remove("data");
                 e.remove("data_base64");
             }
-            record[EVENT_SEQ] = a.stream_seq.into();
+            record[DATA_APART] = true.into();
             body = serde_json::to_vec(&record).expect("JSON");
+            let subject = data_subject(&self.names.dlq_subject(&id));
+            let p = PublishMessage::build()
+                .payload(d.event.data.clone().into())
+                .message_id(format!("{id}/data"));
+            let ack = self
+                .js
+                .send_publish(subject.clone(), p)
+                .await
+                .map_err(nats)?;
+            stored(vec![(subject, ack)]).await?;
         }
         let p = PublishMessage::build().payload(body.into()).message_id(&id);
         let subject = self.names.dlq_subject(&id);
@@ -68,30 +81,60 @@ impl Inner {
             .get_last_raw_message_by_subject(&self.names.dlq_subject(id))
             .await
             .map_err(|_| BrokerError::NoSuchDeadLetter(id.to_string()))?;
-        let (mut dl, event_seq) = parse_dead_letter(&m.payload)?;
-        if let Some(seq) = event_seq {
-            let e = self
-                .events
-                .get_raw_message(seq)
-                .await
-                .map_err(|e| nats(format!("the event of dead letter {id} (#{seq}): {e}")))?;
-            dl.event.data = e.payload.to_vec();
+        let (mut dl, apart) = parse_dead_letter(&m.payload)?;
+        match apart {
+            Apart::No => {}
+            Apart::Beside => {
+                let subject = data_subject(&self.names.dlq_subject(id));
+                let d = self
+                    .dlq
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                    .map_err(|e| nats(format!("the event data of dead letter {id}: {e}")))?;
+                dl.event.data = d.payload.to_vec();
+            }
+            Apart::InEvents(seq) => {
+                let e =
+                    self.events.get_raw_message(seq).await.map_err(|e| {
+                        nats(format!("the event of dead letter {id} (#{seq}): {e}"))
+                    })?;
+                dl.event.data = e.payload.to_vec();
+            }
         }
         Ok((dl, m.sequence))
     }
 }
 
-/// The field of a dead-letter record that keeps its event's data by
-/// reference: the event's sequence in the events stream.
+/// The field of a dead-letter record whose event's data is in a message
+/// of its own.
+const DATA_APART: &str = "data_apart";
+/// The field of an older record that kept its event's data by reference:
+/// the event's sequence in the events stream.
 const EVENT_SEQ: &str = "event_seq";
 /// Room kept in a dead-letter message for its headers.
 pub(super) const DLQ_HEADROOM: usize = 1024;
 
-/// A dead-letter record, and the sequence of its event in the events
-/// stream when its data is kept there rather than in the record.
-pub(super) fn parse_dead_letter(body: &[u8]) -> Result<(DeadLetter, Option<u64>), BrokerError> {
+/// The subject of the data of the dead letter on `subject`.
+pub(super) fn data_subject(subject: &str) -> String {
+    format!("{subject}.data")
+}
+
+/// Where a dead letter's event data is, when not in its record.
+pub(super) enum Apart {
+    No,
+    Beside,
+    InEvents(u64),
+}
+
+/// A dead-letter record, and where its event's data is if not in it.
+pub(super) fn parse_dead_letter(body: &[u8]) -> Result<(DeadLetter, Apart), BrokerError> {
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| nats(format!("unreadable dead letter: {e}")))?;
     let dl = DeadLetter::from_json(&v).map_err(|e| nats(format!("unreadable dead letter: {e}")))?;
-    Ok((dl, v[EVENT_SEQ].as_u64()))
+    let apart = match (v[DATA_APART].as_bool(), v[EVENT_SEQ].as_u64()) {
+        (Some(true), _) => Apart::Beside,
+        (_, Some(seq)) => Apart::InEvents(seq),
+        _ => Apart::No,
+    };
+    Ok((dl, apart))
 }

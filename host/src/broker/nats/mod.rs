@@ -15,7 +15,8 @@
 //!   NAKed with the group's backoff; when the group's budget is spent the
 //!   message is dead-lettered by the host, not dropped by the server.
 //! - stream `NS_DLQ`, one message per dead letter (`NS.dlq.APP.ID`, the dead
-//!   letter as JSON), deleted when replayed.
+//!   letter as JSON; its event's data beside it when too large), deleted
+//!   when replayed.
 //! - key-value bucket `NS_APP_state`: the orchestrator's run records.
 //! - steps' buckets: key-value bucket `NS_APP_kv`, written only by the
 //!   applier of the commit log `NS_KVLOG_APP` (`state/`).
@@ -30,7 +31,7 @@
 //!
 //! Layout: `codec.rs` maps names to subjects, streams and consumers, and
 //! events to messages; `dlq.rs` writes and reads dead letters; `start.rs`
-//! says where a new step's consumer starts;
+//! says where a new step's consumer starts; `prune.rs` is retention;
 //! `publish.rs` puts events and state rows on the
 //! server (and runs the ordered commit task); `pulling.rs` takes messages
 //! off it (the consumers' pull tasks, stream scans); `state/` keeps
@@ -39,6 +40,7 @@
 
 mod codec;
 mod dlq;
+mod prune;
 mod publish;
 mod pulling;
 mod start;
@@ -80,6 +82,10 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 const PULL_BATCH: usize = 64;
 /// The stream's deduplication window for `Nats-Msg-Id`.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The state row beside a run's that says it ended (`prune.rs`):
+/// `_ended.KEY`, one per row named in [`Commit::ended`].
+const ENDED_MARKER: &str = "_ended.";
 
 /// The stream of key-value bucket `bucket`, declared as the key-value API
 /// would (async-nats's own `create_key_value` asks for account details in
@@ -128,6 +134,13 @@ struct Inner {
     events: Stream,
     dlq: Stream,
     state: kv::Store,
+    /// The stream behind `state`.
+    state_stream: Stream,
+    /// What `[retention]` lets go (`prune.rs`), and whether this host
+    /// prunes.
+    retention: crate::broker::retention::Retention,
+    pruning: std::sync::atomic::AtomicBool,
+    pruned: prune::Counts,
     groups: RwLock<HashMap<Arc<str>, Arc<Group>>>,
     closed: watch::Sender<bool>,
     /// The largest message the server takes (headers and payload).
@@ -147,7 +160,14 @@ pub struct Nats {
 
 impl Nats {
     /// Connect to `server` and declare what namespace `ns` and `app` need.
-    pub async fn connect(server: &str, ns: &str, app: &str) -> Result<Nats, BrokerError> {
+    /// A host prunes by `retention` once its steps are subscribed
+    /// ([`Transport::ready`]).
+    pub async fn connect(
+        server: &str,
+        ns: &str,
+        app: &str,
+        retention: &crate::broker::retention::Retention,
+    ) -> Result<Nats, BrokerError> {
         let client = async_nats::ConnectOptions::new()
             .name(format!("troupe {app}"))
             .connection_timeout(Duration::from_secs(5))
@@ -187,7 +207,8 @@ impl Nats {
             .await
             .map_err(|e| nats(format!("stream {}: {e}", names.dlq_stream())))?;
         let bucket = names.state_bucket();
-        js.get_or_create_stream(kv_stream(&bucket))
+        let state_stream = js
+            .get_or_create_stream(kv_stream(&bucket))
             .await
             .map_err(|e| nats(format!("bucket {bucket}: {e}")))?;
         let state = js
@@ -207,6 +228,10 @@ impl Nats {
                 events,
                 dlq,
                 state,
+                state_stream,
+                retention: retention.clone(),
+                pruning: Default::default(),
+                pruned: Default::default(),
                 groups: RwLock::new(HashMap::new()),
                 closed: watch::channel(false).0,
                 max_payload,
@@ -344,7 +369,8 @@ impl Transport for Nats {
     }
 
     async fn ready(&self) -> Result<(), BrokerError> {
-        self.inner.mark_started().await
+        self.inner.mark_started().await?;
+        self.inner.start_pruning().await
     }
 
     fn commit_then(&self, c: Commit, then: super::Then) {
@@ -422,8 +448,12 @@ impl Transport for Nats {
             State::Pending => Some("connecting to the server".to_string()),
             State::Disconnected => Some("the connection to the server is down".to_string()),
         };
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         super::Health {
             disconnected,
+            pruned_events: n(&self.inner.pruned.events),
+            pruned_dead_letters: n(&self.inner.pruned.dead_letters),
+            pruned_records: n(&self.inner.pruned.records),
             ..super::Health::default()
         }
     }
@@ -524,7 +554,7 @@ impl RunState for Nats {
 impl DeadLetters for Nats {
     async fn dlq_list(&self) -> Result<Vec<DeadLetter>, BrokerError> {
         let i = &self.inner;
-        scan(&i.dlq, &i.names.dlq_filter())
+        scan(&i.dlq, &i.names.dlq_records())
             .await?
             .iter()
             .map(|m| parse_dead_letter(&m.payload).map(|(dl, _)| dl))
@@ -543,6 +573,8 @@ impl DeadLetters for Nats {
         let ack = i.js.send_publish(subject.clone(), p).await.map_err(nats)?;
         stored(vec![(subject, ack)]).await?;
         i.dlq.delete_message(seq).await.map_err(nats)?;
+        let data = dlq::data_subject(&i.names.dlq_subject(id));
+        i.dlq.purge().filter(data).await.map_err(nats)?;
         Ok(())
     }
 }
@@ -563,6 +595,10 @@ impl Traces for Nats {
             })
             .filter(|e| e.correlation_id() == correlation_id)
             .collect())
+    }
+
+    async fn horizon(&self) -> Result<super::Horizon, BrokerError> {
+        self.inner.horizon().await
     }
 }
 

@@ -6,7 +6,7 @@ use async_nats::jetstream::{Context, context::PublishAckFuture, message::Publish
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{Names, acker, codec, nats};
+use super::{ENDED_MARKER, Names, acker, codec, nats};
 use crate::broker::{BrokerError, Commit};
 use crate::event::{Event, TARGET};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
@@ -81,7 +81,17 @@ impl Publisher {
         mut rx: mpsc::UnboundedReceiver<(Commit, crate::broker::Then)>,
     ) {
         while let Some((c, then)) = rx.recv().await {
-            match self.send(&c.events, &c.state).await {
+            // A run that ends leaves a marker beside its rows, written
+            // with them: retention finds ended runs by it (`prune.rs`).
+            let mut state = std::borrow::Cow::Borrowed(&c.state);
+            if !c.ended.is_empty() {
+                let markers = c
+                    .ended
+                    .iter()
+                    .map(|k| (format!("{ENDED_MARKER}{k}"), Some(Vec::new())));
+                state.to_mut().extend(markers);
+            }
+            match self.send(&c.events, &state).await {
                 Err(e) => then(Err(e)),
                 Ok(acks) => {
                     tokio::spawn(async move {

@@ -125,22 +125,30 @@ impl Inner {
     }
 }
 
-/// Every message of `stream` on `filter`, oldest first.
-pub(super) async fn scan(
+/// A consumer of `stream` for one look (no acks, gone when dropped or
+/// idle): messages on `filter` (all when empty) from `start`.
+async fn look(
     stream: &Stream,
     filter: &str,
-) -> Result<Vec<jetstream::Message>, BrokerError> {
-    let consumer: PullConsumer = stream
+    start: DeliverPolicy,
+    headers_only: bool,
+) -> Result<PullConsumer, BrokerError> {
+    stream
         .create_consumer(pull::Config {
             filter_subject: filter.to_string(),
             ack_policy: AckPolicy::None,
-            deliver_policy: DeliverPolicy::All,
+            deliver_policy: start,
+            headers_only,
             inactive_threshold: Duration::from_secs(10),
             ..Default::default()
         })
         .await
-        .map_err(nats)?;
-    let mut left = consumer.cached_info().num_pending as usize;
+        .map_err(nats)
+}
+
+/// Up to `max` messages of `consumer`, as many as it has pending.
+async fn take(consumer: &PullConsumer, max: usize) -> Result<Vec<jetstream::Message>, BrokerError> {
+    let mut left = (consumer.cached_info().num_pending as usize).min(max);
     let mut out = Vec::with_capacity(left);
     while left > 0 {
         let mut batch = consumer
@@ -157,8 +165,88 @@ pub(super) async fn scan(
         if out.len() == before {
             break; // nothing more came: the count was stale
         }
-        left -= out.len() - before;
+        left = left.saturating_sub(out.len() - before);
     }
-    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
     Ok(out)
+}
+
+/// Every message of `stream` on `filter`, oldest first.
+pub(super) async fn scan(
+    stream: &Stream,
+    filter: &str,
+) -> Result<Vec<jetstream::Message>, BrokerError> {
+    let consumer = look(stream, filter, DeliverPolicy::All, false).await?;
+    let out = take(&consumer, usize::MAX).await;
+    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+    out
+}
+
+/// A message looked at by [`oldest`].
+pub(super) struct Seen {
+    pub(super) seq: u64,
+    pub(super) subject: String,
+    pub(super) time: time::OffsetDateTime,
+    /// A key-value deletion marker.
+    pub(super) deleted: bool,
+}
+
+/// Up to `max` of the oldest messages of `stream` on `filter`, from
+/// sequence `from` on (headers only).
+pub(super) async fn oldest(
+    stream: &Stream,
+    filter: &str,
+    max: usize,
+    from: u64,
+) -> Result<Vec<Seen>, BrokerError> {
+    let start = DeliverPolicy::ByStartSequence {
+        start_sequence: from.max(1),
+    };
+    let consumer = look(stream, filter, start, true).await?;
+    let out = take(&consumer, max).await;
+    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+    out?.iter()
+        .map(|m| {
+            let i = m.info().map_err(nats)?;
+            let deleted = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|v| v.as_str() != "PUT");
+            Ok(Seen {
+                seq: i.stream_sequence,
+                subject: m.subject.to_string(),
+                time: i.published,
+                deleted,
+            })
+        })
+        .collect()
+}
+
+/// The first message of `stream` on `filter` (all when empty) from
+/// `start`, if there is one.
+pub(super) async fn first_message(
+    stream: &Stream,
+    filter: &str,
+    start: DeliverPolicy,
+    headers_only: bool,
+) -> Result<Option<jetstream::Message>, BrokerError> {
+    let consumer = look(stream, filter, start, headers_only).await?;
+    let out = take(&consumer, 1).await;
+    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+    Ok(out?.pop())
+}
+
+/// The sequence and time of that message.
+pub(super) async fn first_from(
+    stream: &Stream,
+    filter: &str,
+    start: DeliverPolicy,
+) -> Result<Option<(u64, time::OffsetDateTime)>, BrokerError> {
+    match first_message(stream, filter, start, true).await? {
+        None => Ok(None),
+        Some(m) => {
+            let i = m.info().map_err(nats)?;
+            Ok(Some((i.stream_sequence, i.published)))
+        }
+    }
 }

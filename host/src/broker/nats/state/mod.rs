@@ -57,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 mod apply;
+mod retain;
 
 use super::{Names, nats, pulling::scan};
 use crate::broker::{BrokerError, Commit};
@@ -140,6 +141,8 @@ pub(super) struct Kv {
     waiting: Mutex<HashMap<String, oneshot::Sender<Verdict>>>,
     applier: OnceLock<tokio::task::JoinHandle<()>>,
     stop: watch::Sender<bool>,
+    /// Where the next pass over deleted entries' markers starts (`retain.rs`).
+    markers_from: std::sync::atomic::AtomicU64,
     /// The runtime the broker was opened on: commits come from step
     /// workers' threads, outside it.
     pub(super) runtime: tokio::runtime::Handle,
@@ -187,6 +190,7 @@ impl Kv {
             waiting: Mutex::default(),
             applier: OnceLock::new(),
             stop: watch::channel(false).0,
+            markers_from: Default::default(),
             runtime: tokio::runtime::Handle::current(),
         });
         let me = Arc::downgrade(&kv);
