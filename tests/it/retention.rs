@@ -65,6 +65,43 @@ fn pump(h: &ApiHost, d: Duration) -> usize {
     n
 }
 
+/// What waited through the load is there: the pending event's second
+/// delivery (its outputs), the active run finished, the doomed event's
+/// dead letter (returned).
+fn kept_what_waited(
+    h: &ApiHost,
+    pending: &troupe::event::Event,
+    slow: &str,
+    doomed: &troupe::event::Event,
+) -> troupe::broker::DeadLetter {
+    let broker = h.host.as_ref().unwrap().broker.clone();
+    let recovered = h.block_on(troupe_tests::eventually(
+        Duration::from_secs(10),
+        "the pending event's second delivery",
+        async || {
+            broker
+                .trace(&pending.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|e| e.kind == "test.recovered")
+        },
+    ));
+    assert_eq!(troupe_tests::data(&recovered)["attempt"], 2);
+    let run = h
+        .client
+        .wait(slow, Duration::from_secs(20), |_| {})
+        .unwrap();
+    assert_eq!(run["state"], "completed", "{run:#}");
+    let dead = h.block_on(troupe_tests::eventually(
+        Duration::from_secs(10),
+        "the dead letter",
+        async || broker.dlq_list().await.unwrap().pop(),
+    ));
+    assert_eq!(dead.event.id, doomed.id);
+    dead
+}
+
 #[test]
 fn the_embedded_store_stays_bounded_and_keeps_what_it_must() {
     let app = retained_app();
@@ -98,30 +135,7 @@ fn the_embedded_store_stays_bounded_and_keeps_what_it_must() {
 
     // Until the second delivery, load; then the outputs are there.
     published += pump(&h, Duration::from_secs(2));
-    let recovered = h.block_on(troupe_tests::eventually(
-        Duration::from_secs(10),
-        "the pending event's second delivery",
-        async || {
-            broker
-                .trace(&pending.id)
-                .await
-                .unwrap()
-                .into_iter()
-                .find(|e| e.kind == "test.recovered")
-        },
-    ));
-    assert_eq!(troupe_tests::data(&recovered)["attempt"], 2);
-    let run = h
-        .client
-        .wait(&slow, Duration::from_secs(20), |_| {})
-        .unwrap();
-    assert_eq!(run["state"], "completed", "{run:#}");
-    let dead = h.block_on(troupe_tests::eventually(
-        Duration::from_secs(10),
-        "the dead letter",
-        async || broker.dlq_list().await.unwrap().pop(),
-    ));
-    assert_eq!(dead.event.id, doomed.id);
+    let dead = kept_what_waited(&h, &pending, &slow, &doomed);
 
     // Steady load: the store holds about two seconds of events, not all.
     published += pump(&h, Duration::from_secs(3));
@@ -230,31 +244,8 @@ fn the_nats_streams_stay_bounded_and_keep_what_they_must() {
     let h = ApiHost::start(&app);
     let broker = h.host.as_ref().unwrap().broker.clone();
     published += pump_with_state(&h, Duration::from_secs(2), &mut writes);
-    let recovered = h.block_on(troupe_tests::eventually(
-        Duration::from_secs(10),
-        "the pending event's second delivery",
-        async || {
-            broker
-                .trace(&pending.id)
-                .await
-                .unwrap()
-                .into_iter()
-                .find(|e| e.kind == "test.recovered")
-        },
-    ));
-    assert_eq!(troupe_tests::data(&recovered)["attempt"], 2);
     // The active run's record outlived `runs`: it finishes.
-    let run = h
-        .client
-        .wait(&slow, Duration::from_secs(20), |_| {})
-        .unwrap();
-    assert_eq!(run["state"], "completed", "{run:#}");
-    let dead = h.block_on(troupe_tests::eventually(
-        Duration::from_secs(10),
-        "the dead letter",
-        async || broker.dlq_list().await.unwrap().pop(),
-    ));
-    assert_eq!(dead.event.id, doomed.id);
+    let dead = kept_what_waited(&h, &pending, &slow, &doomed);
 
     // Steady load: the events stream holds a few seconds of events.
     published += pump_with_state(&h, Duration::from_secs(3), &mut writes);

@@ -11,12 +11,19 @@
 //! Other processes on the same machine (`troupe publish APP_DIR`, `troupe
 //! dlq replay`) don't touch the queues: they append to the `inbox` table,
 //! which the writer polls while a host runs, and which a host takes on start.
+//!
+//! Layout: this file opens the broker and owns its threads (writer,
+//! syncer, checkpoints, pruning); `transport.rs` is its
+//! [`Transport`](crate::broker::Transport) (subscriptions, commits,
+//! retries, dead letters); `offline.rs` the store as the CLI reaches it.
 
 pub mod backup;
 mod health;
 pub mod kv;
+mod offline;
 mod prune;
 mod store;
+mod transport;
 mod writer;
 
 use std::collections::HashMap;
@@ -29,8 +36,8 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::{
-    AppEvents, BrokerError, Buckets, Commit, Consumer, DeadLetter, DeadLetters, Delivery,
-    Disposition, FailureClass, Publish, RunState, Traces, Transport, check_entry_name,
+    BrokerError, Buckets, Consumer, DeadLetter, DeadLetters, Delivery, Publish, RunState, Traces,
+    check_entry_name,
 };
 use crate::broker::retention::Retention;
 use crate::event::Event;
@@ -38,6 +45,7 @@ use crate::kv::Version;
 use crate::retry::RetryPolicy;
 use writer::{Op, Syncer, Writer};
 
+pub use offline::Offline;
 pub use store::DB_FILE;
 
 /// The writer's queue, while it takes ops.
@@ -338,167 +346,6 @@ impl Publish for Embedded {
 }
 
 #[async_trait]
-impl Transport for Embedded {
-    async fn subscribe(
-        &self,
-        group: &str,
-        kinds: &[String],
-        retry: RetryPolicy,
-    ) -> Result<Arc<dyn Consumer>, BrokerError> {
-        let name: Arc<str> = group.into();
-        if self.groups.read().expect("groups lock").contains_key(&name) {
-            return Err(BrokerError::Misuse(format!(
-                "group {group:?} is already subscribed"
-            )));
-        }
-        let (tx, rx) = async_channel::unbounded();
-        let g = Arc::new(Group {
-            name: name.clone(),
-            retry,
-            tx,
-            rx,
-            pending: AtomicU64::new(0),
-        });
-        self.groups
-            .write()
-            .expect("groups lock")
-            .insert(name, g.clone());
-        {
-            let mut routes = self.routes.write().expect("routes lock");
-            for k in kinds {
-                routes.entry(k.clone()).or_default().push(g.clone());
-            }
-        }
-        let loaded = g.clone();
-        self.call(|reply| Op::Load {
-            group: loaded,
-            reply,
-        })
-        .await
-        .map_err(|e| store::damaged_at(&self.state_dir, e))?;
-        Ok(g)
-    }
-
-    async fn ready(&self) -> Result<(), BrokerError> {
-        self.call(|reply| Op::Ready { reply }).await
-    }
-
-    fn commit_then(&self, c: Commit, then: super::Then) {
-        let ack = match &c.ack {
-            None => None,
-            Some(d) => match seq(d) {
-                Some(seq) => Some((d.group.clone(), seq)),
-                None => return then(Err(foreign())),
-            },
-        };
-        // A settlement the store could not keep is handed back, to be
-        // handled again once it can.
-        let then: super::Then = match c.ack {
-            None => then,
-            Some(d) => {
-                let redeliver = self.redeliver.clone();
-                Box::new(move |r| {
-                    if let Err(e) = &r {
-                        redeliver.after(d, e);
-                    }
-                    then(r)
-                })
-            }
-        };
-        let op = Op::Commit {
-            ack,
-            events: c.events,
-            state: c.state,
-            kv: c.kv.map(Box::new),
-            early: c.early,
-            ended: c.ended,
-            reply: then,
-        };
-        // If the writer is gone, the delivery stays unsettled on disk and is
-        // delivered again by the next host.
-        if let Err(Op::Commit { reply, .. }) = self.send(op) {
-            reply(Err(BrokerError::Closed));
-        }
-    }
-
-    async fn fail(
-        &self,
-        d: &Delivery,
-        class: FailureClass,
-        message: &str,
-    ) -> Result<Disposition, BrokerError> {
-        let policy = self
-            .groups
-            .read()
-            .expect("groups lock")
-            .get(&d.group)
-            .map(|g| g.retry.clone());
-        let Some(delay) = super::next_try(policy, d)? else {
-            return self
-                .dead_letter(d, class, message)
-                .await
-                .map(Disposition::DeadLettered);
-        };
-        let (delivery, seq) = (d.clone(), seq(d).ok_or_else(foreign)?);
-        self.call(|reply| Op::Retry {
-            delivery,
-            seq,
-            delay,
-            reply,
-        })
-        .await
-        .inspect_err(|e| self.redeliver.after(d.clone(), e))?;
-        Ok(Disposition::Retry(delay))
-    }
-
-    async fn dead_letter(
-        &self,
-        d: &Delivery,
-        class: FailureClass,
-        message: &str,
-    ) -> Result<String, BrokerError> {
-        let (group, seq, attempts, message) = (
-            d.group.clone(),
-            seq(d).ok_or_else(foreign)?,
-            d.attempt,
-            crate::text::clean(message, crate::text::MAX_REASON),
-        );
-        self.call(|reply| Op::DeadLetter {
-            group,
-            seq,
-            attempts,
-            class,
-            message,
-            reply,
-        })
-        .await
-        .inspect_err(|e| self.redeliver.after(d.clone(), e))
-    }
-
-    async fn backlog(&self) -> Result<u64, BrokerError> {
-        let queued: u64 = self
-            .groups
-            .read()
-            .expect("groups lock")
-            .values()
-            .map(|g| g.pending.load(Ordering::Relaxed))
-            .sum();
-        let inbox = self.read(store::inbox_len).await?;
-        Ok(queued + inbox)
-    }
-
-    fn health(&self) -> super::Health {
-        self.health.snapshot()
-    }
-
-    async fn close(&self) {
-        for g in self.groups.read().expect("groups lock").values() {
-            g.tx.close();
-        }
-    }
-}
-
-#[async_trait]
 impl RunState for Embedded {
     async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, BrokerError> {
         let key = key.to_string();
@@ -562,129 +409,5 @@ impl Drop for Embedded {
         if let Some(h) = self.writer.lock().expect("writer lock").take() {
             let _ = h.join();
         }
-    }
-}
-
-/// Work for a broker from another process: the CLI's `publish` and
-/// `dlq replay` against an app directory, whether or not a host runs.
-/// The app's embedded broker as another process reaches it (`troupe
-/// publish`, `dlq`, `trace`), whether or not a host holds it: events and
-/// replays are queued in the store's inbox for the host to take (durable
-/// when the call returns); dead letters and traces are read from the
-/// store.
-pub struct Offline {
-    state_dir: PathBuf,
-}
-
-impl Offline {
-    pub fn new(state_dir: &Path) -> Offline {
-        Offline {
-            state_dir: state_dir.to_path_buf(),
-        }
-    }
-
-    /// The store, brought up to date, if a broker ever ran there.
-    fn store(&self) -> Result<Option<Connection>, BrokerError> {
-        if !self.state_dir.join(DB_FILE).exists() {
-            return Ok(None);
-        }
-        store::open(&self.state_dir).map(Some)
-    }
-
-    fn dead_letters(&self, id: Option<&str>) -> Result<Vec<DeadLetter>, BrokerError> {
-        // Empty when no broker ever ran there.
-        match store::open_read(&self.state_dir)? {
-            Some(c) => store::dead_letters(&c, id),
-            None => Ok(Vec::new()),
-        }
-    }
-}
-
-#[async_trait]
-impl Publish for Offline {
-    async fn publish(&self, events: Vec<Event>) -> Result<(), BrokerError> {
-        let items: Vec<(&str, String)> = events
-            .iter()
-            .map(|e| ("publish", e.to_json().to_string()))
-            .collect();
-        store::queue(&self.state_dir, &items)
-    }
-}
-
-#[async_trait]
-impl DeadLetters for Offline {
-    async fn dlq_list(&self) -> Result<Vec<DeadLetter>, BrokerError> {
-        self.dead_letters(None)
-    }
-
-    async fn dlq_get(&self, id: &str) -> Result<DeadLetter, BrokerError> {
-        self.dead_letters(Some(id))?
-            .pop()
-            .ok_or_else(|| BrokerError::NoSuchDeadLetter(id.to_string()))
-    }
-
-    /// Queue the replay of dead letter `id` for the host.
-    async fn dlq_replay(&self, id: &str) -> Result<(), BrokerError> {
-        self.dlq_get(id).await?;
-        store::queue(&self.state_dir, &[("replay", id.to_string())])
-    }
-}
-
-#[async_trait]
-impl Traces for Offline {
-    async fn trace(&self, correlation_id: &str) -> Result<Vec<Event>, BrokerError> {
-        match store::open_read(&self.state_dir)? {
-            Some(c) => store::trace(&c, correlation_id),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    async fn horizon(&self) -> Result<super::Horizon, BrokerError> {
-        match store::open_read(&self.state_dir)? {
-            Some(c) => prune::horizon(&c),
-            None => Ok(super::Horizon::default()),
-        }
-    }
-}
-
-#[async_trait]
-impl Buckets for Offline {
-    async fn bucket_keys(&self, bucket: &str) -> Result<Vec<String>, BrokerError> {
-        check_entry_name(bucket, None)?;
-        match self.store()? {
-            Some(c) => Ok(kv::list(&c, bucket)?.0),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    async fn bucket_entry(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> Result<Option<(Vec<u8>, Version)>, BrokerError> {
-        check_entry_name(bucket, Some(key))?;
-        match self.store()? {
-            Some(c) => kv::get(&c, bucket, key),
-            None => Ok(None),
-        }
-    }
-
-    async fn bucket_write(
-        &self,
-        bucket: &str,
-        key: &str,
-        value: Option<Vec<u8>>,
-    ) -> Result<(), BrokerError> {
-        check_entry_name(bucket, Some(key))?;
-        let (dir, b, k) = (self.state_dir.clone(), bucket.to_string(), key.to_string());
-        tokio::task::spawn_blocking(move || kv::write_one(&dir, &b, &k, value))
-            .await
-            .map_err(|e| BrokerError::Store(e.to_string()))?
-    }
-}
-
-impl AppEvents for Offline {
-    fn queued(&self) -> bool {
-        true
     }
 }

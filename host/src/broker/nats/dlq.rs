@@ -45,28 +45,27 @@ impl Inner {
             }
             record[DATA_APART] = true.into();
             body = serde_json::to_vec(&record).expect("JSON");
-            let subject = data_subject(&self.names.dlq_subject(&id));
-            let p = PublishMessage::build()
+            let data = PublishMessage::build()
                 .payload(d.event.data.clone().into())
                 .message_id(format!("{id}/data"));
-            let ack = self
-                .js
-                .send_publish(subject.clone(), p)
-                .await
-                .map_err(nats)?;
-            stored(vec![(subject, ack)]).await?;
+            self.store_dlq(data_subject(&self.names.dlq_subject(&id)), data)
+                .await?;
         }
         let p = PublishMessage::build().payload(body.into()).message_id(&id);
-        let subject = self.names.dlq_subject(&id);
+        self.store_dlq(self.names.dlq_subject(&id), p).await?;
+        a.acker.double_ack().await.map_err(nats)?;
+        tracing::warn!(step = %d.group, event = %d.event.id, %class, "dead-lettered: {}", dl.message);
+        Ok(id)
+    }
+
+    /// Publish `p` on `subject` and wait until the server has stored it.
+    async fn store_dlq(&self, subject: String, p: PublishMessage) -> Result<(), BrokerError> {
         let ack = self
             .js
             .send_publish(subject.clone(), p)
             .await
             .map_err(nats)?;
-        stored(vec![(subject, ack)]).await?;
-        a.acker.double_ack().await.map_err(nats)?;
-        tracing::warn!(step = %d.group, event = %d.event.id, %class, "dead-lettered: {}", dl.message);
-        Ok(id)
+        stored(vec![(subject, ack)]).await
     }
 
     /// The dead letter `id` (with its event's data, fetched from the
