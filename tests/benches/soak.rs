@@ -14,12 +14,18 @@
 //!
 //! - **RSS slope**: a least-squares line of RSS against orders finished,
 //!   over the samples after the first third (warm-up), in MB per 1,000
-//!   orders; and RSS at the start and end of that window;
+//!   orders; and RSS at the start and end of that window; and the same
+//!   slope of each part of RSS: the guests' linear memories (mappings of
+//!   1 GiB or more, from `/proc/PID/smaps`), file-backed pages
+//!   (`RssFile`), and the rest, the host's own heap;
 //! - **host CPU** per 1,000 orders over the same window;
-//! - on the embedded broker, **disk**: the slope of the store's bytes
-//!   (database and WAL) against orders finished, per 1,000 orders.
+//! - **disk**: the slope of the store's bytes (embedded: database and
+//!   WAL; NATS: the namespace's streams) against orders finished, per
+//!   1,000 orders.
 //!
-//! Then, on the embedded broker, **the cost of pruning** side by side:
+//! `BENCH_SOAK_MODES` picks the instance modes (default `reuse,fresh`).
+//! Then, on each broker (unless `BENCH_SKIP_PRUNING` is set), **the cost
+//! of pruning** side by side:
 //! the same soak with retention at its defaults (nothing old enough to
 //! prune) and with `[retention] events = runs = "20s"` (pruning all the
 //! time), host CPU per 1,000 orders of each and their ratio, and the
@@ -50,6 +56,9 @@ fn var(k: &str, d: f64) -> f64 {
 struct Sample {
     orders: f64,
     rss_mb: f64,
+    /// Of `rss_mb`: the guests' linear memories, and file-backed pages.
+    guest_mb: f64,
+    file_mb: f64,
     cpu_s: f64,
     disk: f64,
     backlog: f64,
@@ -58,6 +67,9 @@ struct Sample {
 /// What one soak measured.
 struct Soak {
     slope_mb_per_1k: f64,
+    /// The slopes of the guests' memory, of file-backed pages, and of the
+    /// rest (the host's own heap).
+    parts_per_1k: (f64, f64, f64),
     rss_window: (f64, f64),
     backlog_window: (f64, f64),
     cpu_ms_per_order: f64,
@@ -78,6 +90,38 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Resident MB of the process `pid` in its guests' linear memories
+/// (wasmtime reserves each in a mapping of at least 1 GiB, which nothing
+/// else in the host maps) and in file-backed pages, from
+/// `/proc/PID/smaps`.
+fn guest_and_file_mb(pid: u32) -> (f64, f64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let kib = |l: &str, f: &str| -> Option<f64> {
+        l.strip_prefix(f)?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    let (mut guest, mut size) = (0.0, 0.0);
+    for l in text.lines() {
+        if let Some(v) = kib(l, "Size:") {
+            size = v;
+        } else if let Some(v) = kib(l, "Rss:")
+            && size >= (1 << 20) as f64
+        {
+            guest += v;
+        }
+    }
+    let file = proc_kib(pid, "RssFile");
+    (guest / 1024.0, file / 1024.0)
+}
+
+fn proc_kib(pid: u32, field: &str) -> f64 {
+    troupe_tests::process::proc_status_kib(pid, field).unwrap_or(0) as f64
+}
+
 /// A series of the host's `/metrics` (0 if it cannot be read).
 fn metric(host: &HostProcess, series: &str) -> f64 {
     let text = match host.client.get("/metrics") {
@@ -95,8 +139,14 @@ fn finished(host: &HostProcess) -> f64 {
     metric(host, "troupe_step_handled_total{step=\"customer-notify\"}")
 }
 
-/// Bytes under the app's state folder (the embedded store and its WAL).
+/// Bytes the app's broker keeps: under the app's state folder (the
+/// embedded store and its WAL), or in the app's namespace's streams on
+/// the NATS server (events, dead letters, the state buckets, the commit
+/// log).
 fn disk(app: &TestApp) -> u64 {
+    if let Some(ns) = &app.namespace {
+        return nats_bytes(ns);
+    }
     let dir = app.path().join(troupe::app::STATE_DIR);
     std::fs::read_dir(dir)
         .map(|d| {
@@ -107,6 +157,32 @@ fn disk(app: &TestApp) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+fn nats_bytes(ns: &str) -> u64 {
+    use futures_util::StreamExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(troupe_tests::nats_server())
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        let prefixes = [format!("{}_", ns.to_uppercase()), format!("KV_{ns}_")];
+        let mut names = js.stream_names();
+        let mut bytes = 0;
+        while let Some(Ok(n)) = names.next().await {
+            if prefixes.iter().any(|p| n.starts_with(p.as_str()))
+                && let Ok(mut s) = js.get_stream(&n).await
+                && let Ok(i) = s.info().await
+            {
+                bytes += i.state.bytes;
+            }
+        }
+        bytes
+    })
 }
 
 /// Least-squares slope of y against x.
@@ -200,9 +276,12 @@ fn soak(backend: Backend, mode: &str, retention: Option<&str>) -> Soak {
             _ => refused += 1,
         }
         if Instant::now() >= next_sample {
+            let (guest_mb, file_mb) = guest_and_file_mb(pid);
             samples.push(Sample {
                 orders: finished(&host),
                 rss_mb: host.status_kib("VmRSS") as f64 / 1024.0,
+                guest_mb,
+                file_mb,
                 cpu_s: cpu_seconds(pid),
                 disk: disk(&app) as f64,
                 backlog: metric(&host, "troupe_broker_backlog"),
@@ -215,6 +294,20 @@ fn soak(backend: Backend, mode: &str, retention: Option<&str>) -> Soak {
         }
     }
     let end = finished(&host);
+    // Every step's count: a step off the path to customer-notify (the
+    // stock keeper, inventory-reserve) can fall behind while every order
+    // finishes, and the backlog is then its.
+    let text = match host.client.get("/metrics") {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    };
+    let handled: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("troupe_step_handled_total{step=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(step, n)| format!("{step} {n}"))
+        .collect();
+    println!("  handled per step: {}", handled.join(", "));
     if refused > 0 {
         eprintln!("  ({refused} batches refused)");
     }
@@ -241,10 +334,21 @@ fn soak(backend: Backend, mode: &str, retention: Option<&str>) -> Soak {
     let (first, last) = (window[0], window[window.len() - 1]);
     let xy: Vec<(f64, f64)> = window.iter().map(|s| (s.orders, s.rss_mb)).collect();
     let done = (last.orders - first.orders).max(1.0);
-    let store = (backend == Backend::Embedded).then(|| disk(&app));
+    let store = Some(disk(&app));
     let on_disk: Vec<(f64, f64)> = window.iter().map(|s| (s.orders, s.disk)).collect();
     Soak {
         slope_mb_per_1k: slope(&xy) * 1000.0,
+        parts_per_1k: {
+            let part = |f: fn(&Sample) -> f64| {
+                let xy: Vec<(f64, f64)> = window.iter().map(|s| (s.orders, f(s))).collect();
+                slope(&xy) * 1000.0
+            };
+            (
+                part(|s| s.guest_mb),
+                part(|s| s.file_mb),
+                part(|s| s.rss_mb - s.guest_mb - s.file_mb),
+            )
+        },
         rss_window: (first.rss_mb, last.rss_mb),
         backlog_window: (first.backlog, last.backlog),
         cpu_ms_per_order: (last.cpu_s - first.cpu_s) * 1000.0 / done,
@@ -257,7 +361,7 @@ fn soak(backend: Backend, mode: &str, retention: Option<&str>) -> Soak {
 
 fn report(backend: Backend, mode: &str, s: &Soak) {
     println!(
-        "{:<8} {:<6} orders {:>6} published, {:>6} finished, backlog {:.0} -> {:.0} | RSS {:.0} -> {:.0} MB, slope {:+.3} MB per 1,000 orders | host CPU {:.2} ms/order{}",
+        "{:<8} {:<6} orders {:>6} published, {:>6} finished, backlog {:.0} -> {:.0} | RSS {:.0} -> {:.0} MB, slope {:+.3} MB per 1,000 orders (guests {:+.3}, files {:+.3}, host heap {:+.3}) | host CPU {:.2} ms/order{}",
         format!("{backend:?}").to_lowercase(),
         mode,
         s.published,
@@ -267,6 +371,9 @@ fn report(backend: Backend, mode: &str, s: &Soak) {
         s.rss_window.0,
         s.rss_window.1,
         s.slope_mb_per_1k,
+        s.parts_per_1k.0,
+        s.parts_per_1k.1,
+        s.parts_per_1k.2,
         s.cpu_ms_per_order,
         s.disk_per_1k
             .map(|d| format!(" | store {:.2} MB per 1,000 orders", d / 1e6))
@@ -290,22 +397,23 @@ fn main() {
         var("BENCH_SOAK_RATE_FRESH", 80.0),
         var("BENCH_SOAK_SECS", 120.0)
     );
+    let modes = std::env::var("BENCH_SOAK_MODES").unwrap_or_else(|_| "reuse,fresh".into());
     for &b in &backends {
-        for mode in ["reuse", "fresh"] {
+        for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
             let s = soak(b, mode, None);
             report(b, mode, &s);
         }
     }
-    if backends.contains(&Backend::Embedded) && std::env::var("BENCH_SKIP_PRUNING").is_err() {
-        println!("pruning cost (embedded, reused instances):");
-        let off = soak(Backend::Embedded, "reuse", None);
-        report(Backend::Embedded, "reuse", &off);
-        let on = soak(
-            Backend::Embedded,
-            "reuse",
-            Some("events = \"20s\"\nruns = \"20s\""),
-        );
-        report(Backend::Embedded, "reuse", &on);
+    if std::env::var("BENCH_SKIP_PRUNING").is_ok() {
+        return;
+    }
+    for &b in &backends {
+        let name = format!("{b:?}").to_lowercase();
+        println!("pruning cost ({name}, reused instances):");
+        let off = soak(b, "reuse", None);
+        report(b, "reuse", &off);
+        let on = soak(b, "reuse", Some("events = \"20s\"\nruns = \"20s\""));
+        report(b, "reuse", &on);
         println!(
             "  host CPU per order, pruning on / off: {:.3} ({:.2} vs {:.2} ms); store at the end {:.1} MB on, {:.1} MB off",
             on.cpu_ms_per_order / off.cpu_ms_per_order,
