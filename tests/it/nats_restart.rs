@@ -8,46 +8,14 @@
 //! and store.
 
 use std::collections::HashSet;
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use troupe::broker::BrokerUrl;
 use troupe::event::Event;
 use troupe::host::Host;
+use troupe_tests::nats::{NatsServer, free_port};
 use troupe_tests::{TestApp, orders_with_sink};
 
 const ORDERS: usize = 2000;
-
-/// A nats-server process, killed when dropped (also when a test fails).
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn nats_server(port: u16, store: &Path) -> Server {
-    let child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server runs (Debian package nats-server)");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "nats-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Server(child)
-}
 
 fn order(i: usize) -> Event {
     let mut e = Event::new(
@@ -65,21 +33,15 @@ fn order(i: usize) -> Event {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nats_restart_loses_nothing_acknowledged_and_the_host_recovers() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let store = tempfile::tempdir().unwrap();
-    let server = nats_server(port, store.path());
+    let server = NatsServer::start(port, store.path(), None);
 
     let app = TestApp::new(&orders_with_sink());
     let out = app.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let mut a = app.app();
-    a.broker = format!("nats://127.0.0.1:{port}/restart")
-        .parse::<BrokerUrl>()
-        .unwrap();
+    a.broker = server.broker("restart");
     let host = Host::start(a).await.expect("the host starts on NATS");
 
     let mut acknowledged = HashSet::new();
@@ -117,7 +79,7 @@ async fn a_nats_restart_loses_nothing_acknowledged_and_the_host_recovers() {
     let refused = host.broker.publish(vec![unsure.clone()]).await;
     assert!(refused.is_err(), "a publish with NATS down is reported");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let server = nats_server(port, store.path());
+    let server = NatsServer::start(port, store.path(), None);
 
     let missing = || acknowledged.difference(&done()).count();
     while missing() > 0 {

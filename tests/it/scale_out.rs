@@ -6,6 +6,9 @@
 //! completes, none is lost, another host takes the flows over, and each
 //! step's work was done by both survivors.
 //!
+//! A host that loses the lease (another took it) stops driving, stands
+//! by, and drives again once the lease is free.
+//!
 //! Each host runs from a directory of its own with the same `troupe.toml`
 //! (same app name, so the same consumers), and its `sink` step writes into
 //! that directory: which host finished which cascade is on disk.
@@ -16,7 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use troupe::client::Client;
-use troupe_tests::{Backend, ORDER_STEPS, TestApp, orders_with_sink, publish_orders, troupe_bin};
+use troupe_tests::{
+    ApiHost, Backend, ORDER_STEPS, TestApp, orders_with_sink, publish_orders, troupe_bin,
+};
 
 const ORDERS: usize = 3000;
 const RUNS: usize = 200;
@@ -238,4 +243,70 @@ fn three_hosts_share_cascades_and_runs_and_survive_the_flow_driver_being_killed(
         cascades_done.as_secs_f64(),
         handled.iter().map(|h| h["sink"]).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn a_host_that_loses_the_lease_stands_by_then_drives_again() {
+    use crate::orchestration::{FULFIL, app, order};
+    let app = app(Backend::Nats, &[("fulfil", FULFIL)]);
+    let h = ApiHost::start(&app);
+    let standing = || h.client.get("/readyz").expect("ready")["orchestrator"].clone();
+    assert_eq!(standing()["driving"], true, "{}", standing());
+    assert_eq!(h.run("fulfil", order("l-1", "ada"))["state"], "completed");
+
+    // Another holder takes the lease for 8 s (as a host whose renewal
+    // came first would).
+    let bucket =
+        troupe::broker::nats::Names::new(app.namespace.as_ref().unwrap(), "shop").state_bucket();
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 8_000;
+    h.block_on(async {
+        let client = async_nats::connect(troupe_tests::nats_server())
+            .await
+            .unwrap();
+        let kv = async_nats::jetstream::new(client)
+            .get_key_value(bucket)
+            .await
+            .unwrap();
+        let lease = serde_json::json!({"holder": "another host", "until_ms": until});
+        kv.put("lease/orchestrator", lease.to_string().into())
+            .await
+            .unwrap();
+    });
+    // At its next renewal the host finds the lease taken: it stops driving
+    // and stands by, still ready (it runs its steps).
+    let start = Instant::now();
+    while standing()["driving"] == true {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still driving after losing the lease: {}",
+            standing()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(standing()["lost"], 1, "{}", standing());
+    let refused = h.client.start("fulfil", &order("l-2", "ada")).unwrap_err();
+    assert!(refused.to_string().contains("stands by"), "{refused}");
+    let metrics = h.client.get("/metrics").unwrap();
+    let metrics = metrics.as_str().unwrap_or_default();
+    assert!(
+        metrics.contains("troupe_orchestrator_driving 0")
+            && metrics.contains("troupe_orchestrator_lease_lost_total 1"),
+        "{metrics}"
+    );
+
+    // Once the other holder's lease runs out, this host takes it back and
+    // drives again.
+    while standing()["driving"] == false {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "did not take the lease back: {}",
+            standing()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(h.run("fulfil", order("l-3", "ada"))["state"], "completed");
 }

@@ -28,8 +28,31 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo, as this test's `cargo test` runs it, without the variables it
+/// set for the test binary: a dependency's build script that watches one
+/// (ring watches `CARGO_MANIFEST_DIR`) would find it changed, and the
+/// build would redo that dependency and all that depends on it (minutes,
+/// where an up-to-date build takes a second).
+fn cargo() -> Command {
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        let prefixes = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ];
+        let named = ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"];
+        if prefixes.iter().any(|p| k.starts_with(p)) || named.contains(&&*k) {
+            cargo.env_remove(&*k);
+        }
+    }
+    cargo
+}
+
 fn cargo_wasm(workspace: &Path) {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let status = cargo()
         .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
         .current_dir(workspace)
         .env_remove("CARGO_TARGET_DIR")
@@ -71,7 +94,7 @@ pub fn troupe_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            let status = cargo()
                 // `--workspace`, as `scripts/test` builds: the same
                 // features, so a built workspace is fresh and this takes a
                 // second (`-p troupe` would build another variant of troupe
@@ -370,11 +393,16 @@ impl ApiHost {
     }
 
     pub fn try_start(app: &TestApp) -> Result<ApiHost, troupe::host::HostError> {
+        Self::try_start_app(app.app())
+    }
+
+    /// A host of `app` as loaded and changed by the test (another broker).
+    pub fn try_start_app(app: App) -> Result<ApiHost, troupe::host::HostError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .expect("a runtime");
-        let host = runtime.block_on(Host::start(app.app()))?;
+        let host = runtime.block_on(Host::start(app))?;
         let token = "test-token-0123456789".to_string();
         let state = troupe::api::ApiState {
             broker: host.broker.clone(),
@@ -421,6 +449,7 @@ impl Drop for ApiHost {
 pub mod bench;
 pub mod cpu;
 pub mod forge;
+pub mod nats;
 pub mod payments;
 pub mod process;
 pub mod upstream;

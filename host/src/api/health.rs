@@ -1,7 +1,9 @@
 //! `GET /readyz` (whether the host should be given work, and why not) and
 //! the broker's part of `GET /metrics` (its store, what retention pruned,
 //! failed commits). Liveness stays `GET /healthz`: a host that is alive
-//! but cannot keep what it is given is not ready.
+//! but cannot keep what it is given is not ready, nor one whose
+//! orchestrator cannot reach its lease (a host that stands by while
+//! another drives the flows is ready: it runs its steps).
 
 use std::fmt::Write;
 
@@ -17,14 +19,23 @@ use crate::broker::Health;
 /// Readiness: `200` when the host can take work, else `503` with
 /// `Retry-After` and the reasons. Needs no token.
 #[utoipa::path(get, path = "/readyz", security(()), responses(
-    (status = 200, description = "Ready: the broker takes writes, its store is sound, its server reachable"),
+    (status = 200, description = "Ready: the broker takes writes, its store is sound, its server reachable, the orchestrator lease can be taken or renewed (`orchestrator.driving` says whether this host drives the flows or stands by)"),
     (status = 503, description = "Not ready: `problems` says why"),
 ))]
 pub(super) async fn readyz(State(s): State<ApiState>) -> Response {
     let health = s.broker.health();
-    let problems = health.problems();
+    let mut problems = health.problems();
+    let standing = s.orchestrator.as_ref().map(|o| o.standing());
+    if let Some(e) = standing.as_ref().and_then(|s| s.lease_error.as_ref()) {
+        problems.push(format!(
+            "the orchestrator cannot take or renew its lease, so this host cannot tell whether it may drive the flows: {e}"
+        ));
+    }
     let ready = problems.is_empty();
-    let body = json!({ "ready": ready, "problems": problems, "broker": health });
+    let mut body = json!({ "ready": ready, "problems": problems, "broker": health });
+    if let Some(standing) = standing {
+        body["orchestrator"] = json!(standing);
+    }
     if ready {
         return (StatusCode::OK, Json(body)).into_response();
     }

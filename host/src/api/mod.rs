@@ -532,6 +532,19 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
             load.limit,
             load.refused()
         ));
+        let standing = o.standing();
+        out.push_str(&format!(
+            "# HELP troupe_orchestrator_driving 1 while this host drives the app's flows (holds the orchestrator lease), 0 while it stands by
+# TYPE troupe_orchestrator_driving gauge
+troupe_orchestrator_driving {}
+\
+             # HELP troupe_orchestrator_lease_lost_total Times this host stopped driving the flows because it lost the orchestrator lease
+# TYPE troupe_orchestrator_lease_lost_total counter
+troupe_orchestrator_lease_lost_total {}
+",
+            u8::from(standing.driving),
+            standing.lost
+        ));
     }
     out.push_str(&metrics::outbound(&s.steps));
     let backlog = s.broker.backlog().await?;

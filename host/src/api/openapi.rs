@@ -161,7 +161,15 @@ fn success_schema(method: &str, path: &str) -> Option<Value> {
             "properties": {
                 "ready": {"type": "boolean"},
                 "problems": {"type": "array", "items": {"type": "string"}},
-                "broker": {"type": "object"}
+                "broker": {"type": "object"},
+                "orchestrator": {
+                    "type": "object", "required": ["driving", "lost"],
+                    "properties": {
+                        "driving": {"type": "boolean"},
+                        "lease_error": {"type": "string"},
+                        "lost": {"type": "integer", "minimum": 0}
+                    }
+                }
             }
         }),
         ("get", "/metrics") => json!({"type": "string"}),

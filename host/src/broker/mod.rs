@@ -26,9 +26,17 @@
 //!   the message (escaped and cut to [`crate::text::MAX_REASON`]), and can
 //!   be replayed to the same step.
 
+mod dead_letter;
 pub mod embedded;
+mod error;
+mod health;
 pub mod nats;
 pub mod retention;
+
+pub use dead_letter::DeadLetter;
+pub use error::{BrokerError, ErrorKind};
+
+pub use health::{Failing, Health, LOW_DISK};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,154 +46,6 @@ use async_trait::async_trait;
 use crate::event::Event;
 use crate::protocol::FailureClass;
 use crate::retry::RetryPolicy;
-
-/// What can go wrong talking to the broker. Three kinds
-/// ([`BrokerError::kind`]): what the caller asked cannot be done (bad
-/// input: a `4xx` for an HTTP client), the broker is unavailable (its
-/// store or server failed, or it is shut down: try again later), or the
-/// library was misused (a bug in Troupe, never the caller's).
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error("broker store: {0}")]
-    Store(String),
-    #[error("the broker is shut down")]
-    Closed,
-    #[error("no dead letter with id {0:?}")]
-    NoSuchDeadLetter(String),
-    /// Input the broker cannot take (an event type that cannot be a NATS
-    /// subject, a queued item that is not an event).
-    #[error("{0}")]
-    BadInput(String),
-    /// A call no correct caller makes (a group subscribed twice, a
-    /// delivery settled on another broker).
-    #[error("broker misused (a bug): {0}")]
-    Misuse(String),
-    #[error("NATS: {0}")]
-    Nats(String),
-    /// An event larger than one message of the broker can hold.
-    #[error("{0}")]
-    TooLarge(String),
-    /// A commit's state changes were refused, and with them the whole
-    /// commit: what the step read changed since, or a bucket would go over
-    /// its quota.
-    #[error("state commit refused: {0}")]
-    Refused(crate::kv::Refused),
-    /// The store is damaged (a page or a row that cannot be read as
-    /// written): nothing more is done with it until it is restored or set
-    /// aside (docs/operations.md).
-    #[error("the broker's store is damaged: {0}")]
-    Damaged(String),
-}
-
-/// What kind of failure a [`BrokerError`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The caller's: what it asked for cannot be done as asked.
-    Caller,
-    /// The broker's store or server is unavailable, or it is shut down.
-    Unavailable,
-    /// A bug in Troupe.
-    Internal,
-}
-
-impl BrokerError {
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            BrokerError::NoSuchDeadLetter(_)
-            | BrokerError::BadInput(_)
-            | BrokerError::TooLarge(_)
-            | BrokerError::Refused(_) => ErrorKind::Caller,
-            BrokerError::Store(_)
-            | BrokerError::Closed
-            | BrokerError::Nats(_)
-            | BrokerError::Damaged(_) => ErrorKind::Unavailable,
-            BrokerError::Misuse(_) => ErrorKind::Internal,
-        }
-    }
-}
-
-impl From<rusqlite::Error> for BrokerError {
-    fn from(e: rusqlite::Error) -> Self {
-        use rusqlite::ffi::ErrorCode;
-        match &e {
-            // What SQLite finds malformed, and rows that do not read back
-            // as they were written (text that is not UTF-8, extensions
-            // that are not the JSON we wrote): damage, said as such.
-            rusqlite::Error::SqliteFailure(f, _)
-                if matches!(f.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) =>
-            {
-                BrokerError::Damaged(e.to_string())
-            }
-            rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::Utf8Error(..) => {
-                BrokerError::Damaged(format!("a row cannot be read back: {e}"))
-            }
-            _ => BrokerError::Store(e.to_string()),
-        }
-    }
-}
-
-/// What a backend knows of its own health: `/readyz` and `/metrics`.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct Health {
-    /// Writes fail: since when (RFC 3339), and the last error.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failing: Option<Failing>,
-    /// The store is damaged: what was found.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub damaged: Option<String>,
-    /// The server cannot be reached (NATS).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disconnected: Option<String>,
-    /// Bytes of the store in use (embedded).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub store_bytes: Option<u64>,
-    /// Free bytes on the file system the store is on (embedded).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub free_disk_bytes: Option<u64>,
-    /// Commits that failed since the host started.
-    pub failed_commits: u64,
-    /// What retention pruned since the host started.
-    pub pruned_events: u64,
-    pub pruned_dead_letters: u64,
-    pub pruned_records: u64,
-}
-
-/// Writes failing, since when.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Failing {
-    pub since: String,
-    pub error: String,
-}
-
-/// Below this many free bytes on the store's file system, the host says it
-/// is not ready (the disk is nearly full).
-pub const LOW_DISK: u64 = 8 << 20;
-
-impl Health {
-    /// Why the host should not be given work, if it should not.
-    pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if let Some(d) = &self.damaged {
-            p.push(format!("the broker's store is damaged: {d}"));
-        }
-        if let Some(f) = &self.failing {
-            p.push(format!(
-                "the broker cannot write (since {}): {}",
-                f.since, f.error
-            ));
-        }
-        if let Some(d) = &self.disconnected {
-            p.push(format!("the broker's server cannot be reached: {d}"));
-        }
-        if let Some(free) = self.free_disk_bytes.filter(|&f| f < LOW_DISK) {
-            p.push(format!(
-                "the disk the store is on is nearly full ({} KiB free)",
-                free >> 10
-            ));
-        }
-        p
-    }
-}
 
 /// How the backend that made a delivery identifies it when it is settled:
 /// opaque to everyone else (the embedded broker keeps its event's
@@ -229,61 +89,6 @@ pub enum Disposition {
     Retry(Duration),
     /// The retry budget is spent: it is in the DLQ under this id.
     DeadLettered(String),
-}
-
-/// A dead letter.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub id: String,
-    /// The step (consumer group) that could not handle it.
-    pub step: String,
-    pub class: FailureClass,
-    pub message: String,
-    /// Deliveries made before it was dead-lettered.
-    pub attempts: u32,
-    /// When it was dead-lettered, RFC 3339.
-    pub time: String,
-    pub event: Event,
-}
-
-impl DeadLetter {
-    /// The JSON form the CLI and the HTTP API show.
-    pub fn to_json(&self, with_event: bool) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "id": self.id,
-            "step": self.step,
-            "class": self.class,
-            "message": self.message,
-            "attempts": self.attempts,
-            "time": self.time,
-            "event_id": self.event.id,
-            "event_type": self.event.kind,
-        });
-        if with_event {
-            v["event"] = self.event.to_json();
-        }
-        v
-    }
-
-    /// Read back what [`DeadLetter::to_json`] wrote (with the event).
-    pub fn from_json(v: &serde_json::Value) -> Result<DeadLetter, String> {
-        let s = |k: &str| {
-            v[k].as_str()
-                .map(str::to_string)
-                .ok_or(format!("`{k}` is missing"))
-        };
-        let class = s("class")?;
-        Ok(DeadLetter {
-            id: s("id")?,
-            step: s("step")?,
-            class: FailureClass::parse(&class).ok_or(format!("unknown class {class:?}"))?,
-            message: s("message")?,
-            attempts: v["attempts"].as_u64().unwrap_or(0) as u32,
-            time: s("time")?,
-            event: Event::from_json(v["event"].clone(), "troupe://dlq")
-                .map_err(|e| format!("`event`: {e}"))?,
-        })
-    }
 }
 
 /// Which broker an app runs on.
@@ -478,6 +283,13 @@ pub trait Transport: Publish {
         kinds: &[String],
         retry: RetryPolicy,
     ) -> Result<Arc<dyn Consumer>, BrokerError>;
+
+    /// This process stops taking `group`'s deliveries (the orchestrator of
+    /// a host that lost its lease): once its consumer is dropped, what it
+    /// had taken and not settled goes to the group's other members, and
+    /// the group may be subscribed again. A broker that serves one host
+    /// (embedded) never needs it.
+    fn unsubscribe(&self, _group: &str) {}
 
     /// Every group is declared: start taking events queued from outside
     /// (other processes' `troupe publish`) and routing them.

@@ -90,9 +90,10 @@ impl Driver {
     }
 
     /// Drive the runs until the handle is dropped, the broker closes,
-    /// `lost` says this host no longer holds the orchestrator lease, or
-    /// `stop` says the host stops. What it committed is the broker's to
-    /// settle; what it had not, the next driver recovers.
+    /// `lost` says this host no longer holds the orchestrator lease (the
+    /// inbox is handed back, to stand by with), or `stop` says the host
+    /// stops. What it committed is the broker's to settle; what it had
+    /// not, the next driver recovers.
     pub(super) async fn run(
         mut self,
         mut inbox: Inbox,
@@ -100,7 +101,7 @@ impl Driver {
         consumer: Arc<dyn Consumer>,
         mut lost: watch::Receiver<bool>,
         mut stop: crate::shutdown::Shutdown,
-    ) {
+    ) -> Option<Inbox> {
         self.recover();
         loop {
             self.load
@@ -126,7 +127,7 @@ impl Driver {
                             self.on_msg(msg);
                         }
                     }
-                    None => return,
+                    None => return None,
                 },
                 Some(msg) = inbox.queries.recv() => self.on_msg(msg),
                 Some((id, state, stored)) = ended.recv() => {
@@ -143,15 +144,15 @@ impl Driver {
                             self.on_delivery(d);
                         }
                     }
-                    None => return,
+                    None => return None,
                 },
                 _ = sleep => self.on_timers(),
                 _ = lost.changed() => if *lost.borrow() {
-                    return;
+                    return Some(inbox);
                 },
                 _ = stop.recv() => {
                     tracing::debug!(active = self.machine.active(), "the orchestrator stops");
-                    return;
+                    return None;
                 }
             }
         }

@@ -9,15 +9,19 @@
 //! runs out after [`TTL`]; a standby takes it, loads the active runs from
 //! the store and drives them on (the replies the dead host held come back
 //! to the orchestrator's shared consumer once their ack wait passes).
-//! A holder that cannot renew stops driving before its lease can expire.
+//! A holder that cannot renew stops driving before its lease can expire,
+//! and stands by again: once it can take the lease back (no other host
+//! took it), it drives again, from the store. [`Standing`] is what
+//! `/readyz` and `/metrics` show of all this.
 //!
 //! The embedded broker serves one host and grants the lease at once.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, watch};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::driver::{Driver, Journal};
 use super::machine::Machine;
@@ -35,6 +39,46 @@ pub const TTL: Duration = Duration::from_secs(6);
 /// How often the holder renews it, and a standby tries for it.
 pub const RENEW: Duration = Duration::from_secs(2);
 
+/// Where this host stands with the app's orchestrator lease.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Standing {
+    /// Whether this host drives the app's flows now (else it stands by).
+    pub driving: bool,
+    /// Why the last attempt to take or renew the lease failed, while the
+    /// attempts fail: the host cannot tell whether it may drive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_error: Option<String>,
+    /// Times this host stopped driving because it lost the lease.
+    pub lost: u64,
+}
+
+/// [`Standing`], shared between the lease's tasks and the API.
+#[derive(Debug, Default)]
+pub struct Shared(Mutex<Standing>);
+
+impl Shared {
+    pub fn get(&self) -> Standing {
+        self.0.lock().expect("standing lock").clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Standing)) {
+        f(&mut self.0.lock().expect("standing lock"));
+    }
+
+    /// The outcome of an attempt to take or renew the lease.
+    fn attempt<T>(&self, r: &Result<T, BrokerError>) {
+        self.update(|s| s.lease_error = r.as_ref().err().map(|e| e.to_string()));
+    }
+}
+
+/// A driver ready to run: what [`Lead::driver`] makes once the lease is
+/// this host's.
+type Driving = (
+    Driver,
+    mpsc::UnboundedReceiver<(String, RunState, bool)>,
+    Arc<dyn Consumer>,
+);
+
 /// Everything a host needs to drive the flows once it holds the lease.
 pub(super) struct Lead {
     pub broker: Arc<dyn Broker>,
@@ -47,39 +91,61 @@ pub(super) struct Lead {
     /// This process, as the lease's holder.
     pub holder: String,
     pub load: Arc<super::Load>,
+    pub standing: Arc<Shared>,
 }
 
 impl Lead {
     /// Drive the flows now if the lease is free, else stand by; either
-    /// way until `tasks` stops.
+    /// way until `tasks` stops. A broker that cannot be asked at all is
+    /// an error here, at the host's start.
     pub async fn start(self, rx: Inbox, tasks: &mut Tasks) -> Result<(), BrokerError> {
         let stop = tasks.shutdown();
-        if self.broker.lease(LEASE, &self.holder, TTL).await? {
-            let (driver, ended, consumer) = self.driver().await?;
-            let lost = self.keep(stop.clone());
-            tasks.spawn("orchestrator", driver.run(rx, ended, consumer, lost, stop));
+        let first = if self.broker.lease(LEASE, &self.holder, TTL).await? {
+            Some(self.driver().await?)
         } else {
             tracing::info!(
                 "another host of this app drives its flows; this one stands by to take over"
             );
-            tasks.spawn("orchestrator standby", self.stand_by(rx, stop));
-        }
+            None
+        };
+        tasks.spawn("orchestrator", self.lead(rx, first, stop));
         Ok(())
+    }
+
+    /// Drive while this host holds the lease, stand by while it does not,
+    /// for as long as the host runs.
+    async fn lead(self, mut rx: Inbox, mut first: Option<Driving>, stop: Shutdown) {
+        loop {
+            let (driver, ended, consumer) = match first.take() {
+                Some(d) => d,
+                None => match self.stand_by(&mut rx, stop.clone()).await {
+                    Some(d) => d,
+                    None => return,
+                },
+            };
+            self.standing.update(|s| s.driving = true);
+            let lost = self.keep(stop.clone());
+            match driver.run(rx, ended, consumer, lost, stop.clone()).await {
+                Some(back) => {
+                    rx = back;
+                    self.broker.unsubscribe(GROUP);
+                    self.load
+                        .active
+                        .store(0, std::sync::atomic::Ordering::Relaxed);
+                    self.standing.update(|s| {
+                        s.driving = false;
+                        s.lost += 1;
+                    });
+                }
+                None => return,
+            }
+        }
     }
 
     /// Subscribe the orchestrator's group and load the active runs (on a
     /// broker whose log is indexed by run, with the replies since their
     /// last checkpoint applied again).
-    async fn driver(
-        &self,
-    ) -> Result<
-        (
-            Driver,
-            tokio::sync::mpsc::UnboundedReceiver<(String, RunState, bool)>,
-            Arc<dyn Consumer>,
-        ),
-        BrokerError,
-    > {
+    async fn driver(&self) -> Result<Driving, BrokerError> {
         let consumer = self
             .broker
             .subscribe(GROUP, &self.awaited, RetryPolicy::default())
@@ -126,6 +192,7 @@ impl Lead {
     fn keep(&self, mut stop: Shutdown) -> watch::Receiver<bool> {
         let (tx, rx) = watch::channel(false);
         let (broker, holder) = (self.broker.clone(), self.holder.clone());
+        let standing = self.standing.clone();
         tokio::spawn(async move {
             let mut renewed = Instant::now();
             loop {
@@ -136,7 +203,9 @@ impl Lead {
                 if tx.is_closed() {
                     return; // the driver is gone
                 }
-                match broker.lease(LEASE, &holder, TTL).await {
+                let r = broker.lease(LEASE, &holder, TTL).await;
+                standing.attempt(&r);
+                match r {
                     Ok(true) => renewed = Instant::now(),
                     Ok(false) => break,
                     // Stop before the lease can expire under us.
@@ -157,7 +226,10 @@ impl Lead {
         rx
     }
 
-    async fn stand_by(self, mut rx: Inbox, mut stop: Shutdown) {
+    /// Answer starts with [`StartError::Standby`] and try for the lease
+    /// every [`RENEW`]; the driver, once this host holds it. `None` when
+    /// the host stops.
+    async fn stand_by(&self, rx: &mut Inbox, mut stop: Shutdown) -> Option<Driving> {
         let mut tick = tokio::time::interval(RENEW);
         let standby = |msg| match msg {
             Msg::Start(Starting { reply, .. }) => {
@@ -171,21 +243,27 @@ impl Lead {
             tokio::select! {
                 msg = rx.starts.recv() => match msg {
                     Some(msg) => standby(msg),
-                    None => return,
+                    None => return None,
                 },
                 Some(msg) = rx.queries.recv() => standby(msg),
-                _ = stop.recv() => return,
-                _ = tick.tick() => match self.broker.lease(LEASE, &self.holder, TTL).await {
-                    Ok(true) => match self.driver().await {
-                        Ok((driver, ended, consumer)) => {
-                            tracing::info!(runs = driver.active(), "took over the app's flows");
-                            let lost = self.keep(stop.clone());
-                            return driver.run(rx, ended, consumer, lost, stop).await;
-                        }
-                        Err(e) => tracing::error!("cannot take over the app's flows: {e}"),
-                    },
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!("cannot reach the broker for the orchestrator lease: {e}"),
+                _ = stop.recv() => return None,
+                _ = tick.tick() => {
+                    let r = self.broker.lease(LEASE, &self.holder, TTL).await;
+                    self.standing.attempt(&r);
+                    match r {
+                        Ok(true) => match self.driver().await {
+                            Ok(d) => {
+                                tracing::info!(runs = d.0.active(), "took over the app's flows");
+                                return Some(d);
+                            }
+                            Err(e) => {
+                                tracing::error!("cannot take over the app's flows: {e}");
+                                self.standing.update(|s| s.lease_error = Some(e.to_string()));
+                            }
+                        },
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!("cannot reach the broker for the orchestrator lease: {e}"),
+                    }
                 },
             }
         }

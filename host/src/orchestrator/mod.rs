@@ -149,6 +149,7 @@ pub struct Orchestrator {
     broker: Arc<dyn Broker>,
     flows: Arc<HashMap<String, Arc<Flow>>>,
     load: Arc<Load>,
+    standing: Arc<lease::Shared>,
 }
 
 /// How busy the driver is: what `/metrics` shows of it, and the limit it
@@ -213,6 +214,7 @@ impl Orchestrator {
             limit: config.max_active_runs,
             ..Load::default()
         });
+        let standing = Arc::new(lease::Shared::default());
         lease::Lead {
             broker: broker.clone(),
             flows: flows.clone(),
@@ -222,6 +224,7 @@ impl Orchestrator {
             finished: finished.clone(),
             holder: lease::holder(),
             load: load.clone(),
+            standing: standing.clone(),
         }
         .start(
             Inbox {
@@ -238,6 +241,7 @@ impl Orchestrator {
             broker,
             flows,
             load,
+            standing,
         })
     }
 
@@ -308,5 +312,10 @@ impl Orchestrator {
     /// How busy the driver is.
     pub fn load(&self) -> &Load {
         &self.load
+    }
+
+    /// Where this host stands with the app's orchestrator lease.
+    pub fn standing(&self) -> lease::Standing {
+        self.standing.get()
     }
 }

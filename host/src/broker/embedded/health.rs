@@ -11,26 +11,17 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use super::Group;
-use crate::broker::{BrokerError, Delivery, ErrorKind, Failing};
-
-/// How long after a failed commit writes still count as failing.
-const HOLD: Duration = Duration::from_secs(1);
+use crate::broker::health::Writes;
+use crate::broker::{BrokerError, Delivery, ErrorKind};
 
 #[derive(Debug, Default)]
 pub(super) struct Health {
-    failed_commits: AtomicU64,
-    /// Failed commits in a row (for the redelivery backoff).
-    in_a_row: AtomicU32,
-    failing: Mutex<Option<Failing>>,
-    /// When a commit last failed: writes count as working again only
-    /// [`HOLD`] after it (a nearly full disk lets some commits through
-    /// and not others).
-    last_failure: Mutex<Option<std::time::Instant>>,
+    writes: Writes,
     damaged: Mutex<Option<String>>,
     pub pruned_events: AtomicU64,
     pub pruned_dead_letters: AtomicU64,
@@ -42,53 +33,29 @@ pub(super) struct Health {
 impl Health {
     /// A group of `ops` failed to commit with `e`.
     pub fn failed(&self, e: &BrokerError, ops: u64) {
-        self.failed_commits.fetch_add(ops, Ordering::Relaxed);
-        *self.last_failure.lock().expect("health lock") = Some(std::time::Instant::now());
-        self.in_a_row.fetch_add(1, Ordering::Relaxed);
-        if let BrokerError::Damaged(d) = e {
-            let mut damaged = self.damaged.lock().expect("health lock");
-            if damaged.is_none() {
-                tracing::error!(
-                    "the broker's store is damaged ({d}): the host does no more work with it. \
-                     Stop the host, then restore the store from a backup or move it aside \
-                     (docs/operations.md, \"A damaged store\")"
-                );
-                *damaged = Some(d.clone());
-            }
-            return;
-        }
-        let mut failing = self.failing.lock().expect("health lock");
-        match failing.as_mut() {
-            Some(f) => f.error = e.to_string(),
-            None => {
-                tracing::error!(
-                    "the broker's store cannot write ({e}): new work is refused, and what \
-                     failed is tried again once it can"
-                );
-                *failing = Some(Failing {
-                    since: crate::event::now_rfc3339(),
-                    error: e.to_string(),
-                });
-            }
+        let BrokerError::Damaged(d) = e else {
+            return self.writes.failed(e, ops);
+        };
+        self.writes.count(ops);
+        let mut damaged = self.damaged.lock().expect("health lock");
+        if damaged.is_none() {
+            tracing::error!(
+                "the broker's store is damaged ({d}): the host does no more work with it. \
+                 Stop the host, then restore the store from a backup or move it aside \
+                 (docs/operations.md, \"A damaged store\")"
+            );
+            *damaged = Some(d.clone());
         }
     }
 
     /// A write committed: the store takes writes again.
     pub fn wrote(&self) {
-        self.in_a_row.store(0, Ordering::Relaxed);
-        let recent = self
-            .last_failure
-            .lock()
-            .expect("health lock")
-            .is_some_and(|t| t.elapsed() < HOLD);
-        if !recent && self.failing.lock().expect("health lock").take().is_some() {
-            tracing::info!("the broker's store takes writes again");
-        }
+        self.writes.wrote();
     }
 
     /// Whether writes are failing now.
     pub fn is_failing(&self) -> bool {
-        self.failing.lock().expect("health lock").is_some()
+        self.writes.is_failing()
     }
 
     /// The damage found, if any.
@@ -101,20 +68,13 @@ impl Health {
         if let Some(d) = self.damage() {
             return Err(BrokerError::Damaged(d));
         }
-        match &*self.failing.lock().expect("health lock") {
-            Some(f) => Err(BrokerError::Store(format!(
-                "the store cannot write (since {}: {}); nothing was accepted, try again later",
-                f.since, f.error
-            ))),
-            None => Ok(()),
-        }
+        self.writes.refuse_new()
     }
 
     /// How long a delivery whose settlement failed waits before it is
-    /// handled again: doubling with each failure in a row, up to 10 s.
+    /// handled again.
     pub fn retry_delay(&self) -> Duration {
-        let n = self.in_a_row.load(Ordering::Relaxed).min(6);
-        Duration::from_millis(150 << n).min(Duration::from_secs(10))
+        self.writes.retry_delay()
     }
 
     /// The snapshot `/readyz` and `/metrics` show.
@@ -122,12 +82,12 @@ impl Health {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let free = get(&self.free_disk_bytes);
         crate::broker::Health {
-            failing: self.failing.lock().expect("health lock").clone(),
+            failing: self.writes.failing(),
             damaged: self.damage(),
             disconnected: None,
             store_bytes: Some(get(&self.store_bytes)),
             free_disk_bytes: (free > 0).then_some(free),
-            failed_commits: get(&self.failed_commits),
+            failed_commits: self.writes.failed_commits(),
             pruned_events: get(&self.pruned_events),
             pruned_dead_letters: get(&self.pruned_dead_letters),
             pruned_records: get(&self.pruned_records),

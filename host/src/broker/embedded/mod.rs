@@ -13,10 +13,13 @@
 //! which the writer polls while a host runs, and which a host takes on start.
 //!
 //! Layout: this file opens the broker and owns its threads (writer,
-//! syncer, checkpoints, pruning); `transport.rs` is its
+//! syncer, checkpoints, pruning); `writer.rs` the writer and the syncer,
+//! `apply.rs` what each op does in the writer's transaction;
+//! `transport.rs` is its
 //! [`Transport`](crate::broker::Transport) (subscriptions, commits,
 //! retries, dead letters); `offline.rs` the store as the CLI reaches it.
 
+mod apply;
 pub mod backup;
 mod health;
 pub mod kv;

@@ -7,10 +7,12 @@
 //! are still read.)
 
 use async_nats::jetstream::message::PublishMessage;
+use async_trait::async_trait;
 
 use super::publish::stored;
-use super::{Inner, acker, nats};
-use crate::broker::{BrokerError, DeadLetter, Delivery};
+use super::pulling::scan;
+use super::{Inner, Nats, acker, codec, nats};
+use crate::broker::{BrokerError, DeadLetter, DeadLetters, Delivery};
 use crate::event::derived_id;
 use crate::protocol::FailureClass;
 
@@ -136,4 +138,33 @@ pub(super) fn parse_dead_letter(body: &[u8]) -> Result<(DeadLetter, Apart), Brok
         _ => Apart::No,
     };
     Ok((dl, apart))
+}
+
+#[async_trait]
+impl DeadLetters for Nats {
+    async fn dlq_list(&self) -> Result<Vec<DeadLetter>, BrokerError> {
+        let i = &self.inner;
+        scan(&i.dlq, &i.names.dlq_records())
+            .await?
+            .iter()
+            .map(|m| parse_dead_letter(&m.payload).map(|(dl, _)| dl))
+            .collect()
+    }
+
+    async fn dlq_get(&self, id: &str) -> Result<DeadLetter, BrokerError> {
+        Ok(self.inner.dead_letter_entry(id).await?.0)
+    }
+
+    async fn dlq_replay(&self, id: &str) -> Result<(), BrokerError> {
+        let i = &self.inner;
+        let (dl, seq) = i.dead_letter_entry(id).await?;
+        let subject = i.names.group_subject(&dl.step);
+        let p = codec::message(&dl.event, &format!("{}/replay/{id}", dl.event.id));
+        let ack = i.js.send_publish(subject.clone(), p).await.map_err(nats)?;
+        stored(vec![(subject, ack)]).await?;
+        i.dlq.delete_message(seq).await.map_err(nats)?;
+        let data = data_subject(&i.names.dlq_subject(id));
+        i.dlq.purge().filter(data).await.map_err(nats)?;
+        Ok(())
+    }
 }

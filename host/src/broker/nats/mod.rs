@@ -30,7 +30,8 @@
 //! for a run that does not exist); sending the rows first would close it.
 //!
 //! Layout: `codec.rs` maps names to subjects, streams and consumers, and
-//! events to messages; `dlq.rs` writes and reads dead letters; `start.rs`
+//! events to messages; `dlq.rs` writes and reads dead letters; `rows.rs`
+//! the orchestrator's rows and lease in the state bucket; `start.rs`
 //! says where a new step's consumer starts; `prune.rs` is retention;
 //! `publish.rs` puts events and state rows on the
 //! server (and runs the ordered commit task); `pulling.rs` takes messages
@@ -43,6 +44,7 @@ mod dlq;
 mod prune;
 mod publish;
 mod pulling;
+mod rows;
 mod start;
 mod state;
 
@@ -58,19 +60,17 @@ use async_nats::jetstream::{
     stream::{self, Stream},
 };
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    AppEvents, BrokerError, Commit, Consumer, DeadLetter, DeadLetters, Delivery, Disposition,
-    FailureClass, Publish, RunState, Traces, Transport,
+    AppEvents, BrokerError, Commit, Consumer, Delivery, Disposition, FailureClass, Publish, Traces,
+    Transport,
 };
 use crate::event::Event;
 use crate::retry::RetryPolicy;
 
 pub use codec::{Names, valid_namespace};
-use dlq::{DLQ_HEADROOM, parse_dead_letter};
+pub use prune::purge_namespace;
 use publish::{Publisher, stored};
 use pulling::{Group, scan};
 
@@ -151,6 +151,8 @@ struct Inner {
     commits: mpsc::UnboundedSender<(Commit, super::Then)>,
     /// Steps' buckets.
     kv: Arc<state::Kv>,
+    /// Whether the server takes writes (`/readyz`).
+    writes: Arc<crate::broker::health::Writes>,
 }
 
 /// The NATS JetStream broker.
@@ -238,47 +240,28 @@ impl Nats {
                 epoch_marked: Default::default(),
                 commits,
                 kv,
+                writes: Default::default(),
             }),
         };
         tokio::spawn(broker.inner.publisher.clone().commits(rx));
+        tokio::spawn(publish::probe(
+            broker.inner.writes.clone(),
+            broker.inner.state.clone(),
+            broker.inner.closed.subscribe(),
+        ));
         Ok(broker)
     }
 }
 
 impl Inner {
     async fn publish(&self, events: &[Event]) -> Result<(), BrokerError> {
-        stored(self.publisher.send(events, &[]).await?).await
+        let r = async { stored(self.publisher.send(events, &[]).await?).await }.await;
+        publish::note(&self.writes, &r, None);
+        r
     }
 }
 
 impl AppEvents for Nats {}
-
-#[async_trait]
-impl super::Buckets for Nats {
-    async fn bucket_keys(&self, bucket: &str) -> Result<Vec<String>, BrokerError> {
-        super::check_entry_name(bucket, None)?;
-        Ok(self.inner.kv.list(bucket).await?.0)
-    }
-
-    async fn bucket_entry(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> Result<Option<(Vec<u8>, crate::kv::Version)>, BrokerError> {
-        super::check_entry_name(bucket, Some(key))?;
-        self.inner.kv.get(bucket, key).await
-    }
-
-    async fn bucket_write(
-        &self,
-        bucket: &str,
-        key: &str,
-        value: Option<Vec<u8>>,
-    ) -> Result<(), BrokerError> {
-        super::check_entry_name(bucket, Some(key))?;
-        self.inner.kv.write(bucket, key, value).await
-    }
-}
 
 #[async_trait]
 impl Publish for Nats {
@@ -368,12 +351,27 @@ impl Transport for Nats {
         Ok(g)
     }
 
+    fn unsubscribe(&self, group: &str) {
+        // Its pull tasks end once the group's receiver is dropped: what
+        // they fetched then is redelivered to the other hosts.
+        self.inner
+            .groups
+            .write()
+            .expect("groups lock")
+            .remove(group);
+    }
+
     async fn ready(&self) -> Result<(), BrokerError> {
         self.inner.mark_started().await?;
         self.inner.start_pruning().await
     }
 
     fn commit_then(&self, c: Commit, then: super::Then) {
+        let (writes, d) = (self.inner.writes.clone(), c.ack.clone());
+        let then: super::Then = Box::new(move |r| {
+            publish::note(&writes, &r, d);
+            then(r)
+        });
         // With step state: through the applier (`state/`), not in order
         // with other commits (a step's commits need none).
         if c.kv.as_ref().is_some_and(|kv| !kv.writes.is_empty()) {
@@ -451,6 +449,8 @@ impl Transport for Nats {
         let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         super::Health {
             disconnected,
+            failing: self.inner.writes.failing(),
+            failed_commits: self.inner.writes.failed_commits(),
             pruned_events: n(&self.inner.pruned.events),
             pruned_dead_letters: n(&self.inner.pruned.dead_letters),
             pruned_records: n(&self.inner.pruned.records),
@@ -464,118 +464,6 @@ impl Transport for Nats {
         for g in self.inner.groups.read().expect("groups lock").values() {
             g.rx.close();
         }
-    }
-}
-
-#[async_trait]
-impl RunState for Nats {
-    fn max_state_bytes(&self) -> Option<usize> {
-        // A key-value entry is one message on `$KV.BUCKET.KEY`.
-        Some(self.inner.max_payload.saturating_sub(DLQ_HEADROOM))
-    }
-
-    async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, BrokerError> {
-        Ok(self
-            .inner
-            .state
-            .get(key)
-            .await
-            .map_err(nats)?
-            .map(|b| b.to_vec()))
-    }
-
-    async fn state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
-        let mut keys: Vec<String> = Vec::new();
-        let mut all = self.inner.state.keys().await.map_err(nats)?;
-        while let Some(k) = all.next().await {
-            let k = k.map_err(nats)?;
-            if k.starts_with(prefix) {
-                keys.push(k);
-            }
-        }
-        keys.sort();
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            if let Some(v) = self.inner.state.get(&k).await.map_err(nats)? {
-                out.push((k, v.to_vec()));
-            }
-        }
-        Ok(out)
-    }
-
-    fn kv_reader(&self) -> Option<Arc<dyn crate::kv::Reader>> {
-        // A host whose steps may keep state applies commits too.
-        self.inner.kv.clone().run_applier();
-        Some(self.inner.kv.clone())
-    }
-
-    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, BrokerError> {
-        use kv::{CreateErrorKind, UpdateErrorKind};
-        let kv = &self.inner.state;
-        let key = format!("lease/{name}");
-        let now = crate::clock::now_ms();
-        let value: Bytes = serde_json::to_vec(&serde_json::json!({
-            "holder": holder,
-            "until_ms": now + ttl.as_millis() as u64,
-        }))
-        .expect("JSON")
-        .into();
-        // Compare-and-set on the entry's revision: of two hosts that find
-        // the lease free at once, one wins.
-        let r = match kv.entry(&key).await.map_err(nats)? {
-            None => {
-                return match kv.create(&key, value).await {
-                    Ok(_) => Ok(true),
-                    Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
-                    Err(e) => Err(nats(e)),
-                };
-            }
-            Some(e) => {
-                let current: serde_json::Value =
-                    serde_json::from_slice(&e.value).unwrap_or_default();
-                let free = e.operation != kv::Operation::Put
-                    || current["holder"] == holder
-                    || current["until_ms"].as_u64().unwrap_or(0) < now;
-                if !free {
-                    return Ok(false);
-                }
-                kv.update(&key, value, e.revision).await
-            }
-        };
-        match r {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
-            Err(e) => Err(nats(e)),
-        }
-    }
-}
-
-#[async_trait]
-impl DeadLetters for Nats {
-    async fn dlq_list(&self) -> Result<Vec<DeadLetter>, BrokerError> {
-        let i = &self.inner;
-        scan(&i.dlq, &i.names.dlq_records())
-            .await?
-            .iter()
-            .map(|m| parse_dead_letter(&m.payload).map(|(dl, _)| dl))
-            .collect()
-    }
-
-    async fn dlq_get(&self, id: &str) -> Result<DeadLetter, BrokerError> {
-        Ok(self.inner.dead_letter_entry(id).await?.0)
-    }
-
-    async fn dlq_replay(&self, id: &str) -> Result<(), BrokerError> {
-        let i = &self.inner;
-        let (dl, seq) = i.dead_letter_entry(id).await?;
-        let subject = i.names.group_subject(&dl.step);
-        let p = codec::message(&dl.event, &format!("{}/replay/{id}", dl.event.id));
-        let ack = i.js.send_publish(subject.clone(), p).await.map_err(nats)?;
-        stored(vec![(subject, ack)]).await?;
-        i.dlq.delete_message(seq).await.map_err(nats)?;
-        let data = dlq::data_subject(&i.names.dlq_subject(id));
-        i.dlq.purge().filter(data).await.map_err(nats)?;
-        Ok(())
     }
 }
 
@@ -600,27 +488,4 @@ impl Traces for Nats {
     async fn horizon(&self) -> Result<super::Horizon, BrokerError> {
         self.inner.horizon().await
     }
-}
-
-/// Delete everything namespace `ns` holds on `server`: its streams, every
-/// app's state bucket and their consumers. For tests and for resetting a
-/// namespace; returns how many streams were deleted.
-pub async fn purge_namespace(server: &str, ns: &str) -> Result<usize, BrokerError> {
-    let client = async_nats::connect(server)
-        .await
-        .map_err(|e| BrokerError::Nats(format!("cannot connect to {server}: {e}")))?;
-    let js = jetstream::new(client);
-    let prefixes = [format!("{}_", ns.to_uppercase()), format!("KV_{ns}_")];
-    let mut names = js.stream_names();
-    let mut doomed = Vec::new();
-    while let Some(n) = names.next().await {
-        let n = n.map_err(nats)?;
-        if prefixes.iter().any(|p| n.starts_with(p.as_str())) {
-            doomed.push(n);
-        }
-    }
-    for n in &doomed {
-        js.delete_stream(n).await.map_err(nats)?;
-    }
-    Ok(doomed.len())
 }

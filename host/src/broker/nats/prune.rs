@@ -380,6 +380,29 @@ impl Inner {
     }
 }
 
+/// Delete everything namespace `ns` holds on `server`: its streams, every
+/// app's state bucket and their consumers. For tests and for resetting a
+/// namespace; returns how many streams were deleted.
+pub async fn purge_namespace(server: &str, ns: &str) -> Result<usize, BrokerError> {
+    let client = async_nats::connect(server)
+        .await
+        .map_err(|e| BrokerError::Nats(format!("cannot connect to {server}: {e}")))?;
+    let js = async_nats::jetstream::new(client);
+    let prefixes = [format!("{}_", ns.to_uppercase()), format!("KV_{ns}_")];
+    let mut names = js.stream_names();
+    let mut doomed = Vec::new();
+    while let Some(n) = names.next().await {
+        let n = n.map_err(nats)?;
+        if prefixes.iter().any(|p| n.starts_with(p.as_str())) {
+            doomed.push(n);
+        }
+    }
+    for n in &doomed {
+        js.delete_stream(n).await.map_err(nats)?;
+    }
+    Ok(doomed.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

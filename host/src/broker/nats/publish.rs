@@ -20,6 +20,59 @@ pub(super) async fn stored(acks: Vec<(String, PublishAckFuture)>) -> Result<(), 
     Ok(())
 }
 
+/// Note a write's outcome in `writes`: the server refusing to store (out
+/// of storage, unreachable) counts as failing writes (`/readyz`), and a
+/// delivery the write was to settle, `d`, is handed back after the retry
+/// delay (a NAK) rather than at the end of its ack wait, so the backlog
+/// drains soon after the server takes writes again.
+pub(super) fn note(
+    writes: &std::sync::Arc<crate::broker::health::Writes>,
+    r: &Result<(), BrokerError>,
+    d: Option<crate::broker::Delivery>,
+) {
+    let e = match r {
+        Ok(()) => return writes.wrote(),
+        Err(e @ (BrokerError::Nats(_) | BrokerError::Store(_))) => e,
+        Err(_) => return,
+    };
+    writes.failed(e, 1);
+    let (Some(d), Ok(runtime)) = (d, tokio::runtime::Handle::try_current()) else {
+        return;
+    };
+    let delay = writes.retry_delay();
+    runtime.spawn(async move {
+        if let Ok(a) = acker(&d) {
+            let nak = async_nats::jetstream::AckKind::Nak(Some(delay));
+            let _ = a.acker.ack_with(nak).await;
+        }
+    });
+}
+
+/// While writes fail, write a small key of the app's state bucket every
+/// second: when the server takes writes again, readiness says so even if
+/// nothing else writes (the backlog drained, no producer is publishing).
+pub(super) async fn probe(
+    writes: std::sync::Arc<crate::broker::health::Writes>,
+    state: async_nats::jetstream::kv::Store,
+    mut closed: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = closed.changed() => return,
+        }
+        if !writes.is_failing() {
+            continue;
+        }
+        let now = crate::event::now_rfc3339();
+        let r = state.put(PROBE_KEY, Bytes::from(now)).await;
+        note(&writes, &r.map(drop).map_err(nats), None);
+    }
+}
+
+/// The state bucket's key [`probe`] writes.
+const PROBE_KEY: &str = "health/probe";
+
 /// A publish the client refused: too large for the server, or otherwise.
 fn refused(e: PublishError) -> BrokerError {
     match e.kind() {

@@ -97,8 +97,13 @@ impl Inner {
                             attempt,
                             ack,
                         };
-                        if tx.send(d).await.is_err() {
-                            return; // closed; the server redelivers
+                        if let Err(async_channel::SendError(d)) = tx.send(d).await {
+                            // Nobody takes the group's deliveries here any
+                            // more: hand this one back for another member.
+                            if let Some(a) = d.ack.get::<NatsAck>() {
+                                let _ = a.acker.ack_with(jetstream::AckKind::Nak(None)).await;
+                            }
+                            return;
                         }
                     }
                     Err(why) => {

@@ -1,0 +1,60 @@
+//! A dead letter: an event a step could not handle, with why, as every
+//! backend keeps it and the CLI and the HTTP API show it.
+
+use crate::event::Event;
+use crate::protocol::FailureClass;
+
+/// A dead letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: String,
+    /// The step (consumer group) that could not handle it.
+    pub step: String,
+    pub class: FailureClass,
+    pub message: String,
+    /// Deliveries made before it was dead-lettered.
+    pub attempts: u32,
+    /// When it was dead-lettered, RFC 3339.
+    pub time: String,
+    pub event: Event,
+}
+
+impl DeadLetter {
+    /// The JSON form the CLI and the HTTP API show.
+    pub fn to_json(&self, with_event: bool) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "id": self.id,
+            "step": self.step,
+            "class": self.class,
+            "message": self.message,
+            "attempts": self.attempts,
+            "time": self.time,
+            "event_id": self.event.id,
+            "event_type": self.event.kind,
+        });
+        if with_event {
+            v["event"] = self.event.to_json();
+        }
+        v
+    }
+
+    /// Read back what [`DeadLetter::to_json`] wrote (with the event).
+    pub fn from_json(v: &serde_json::Value) -> Result<DeadLetter, String> {
+        let s = |k: &str| {
+            v[k].as_str()
+                .map(str::to_string)
+                .ok_or(format!("`{k}` is missing"))
+        };
+        let class = s("class")?;
+        Ok(DeadLetter {
+            id: s("id")?,
+            step: s("step")?,
+            class: FailureClass::parse(&class).ok_or(format!("unknown class {class:?}"))?,
+            message: s("message")?,
+            attempts: v["attempts"].as_u64().unwrap_or(0) as u32,
+            time: s("time")?,
+            event: Event::from_json(v["event"].clone(), "troupe://dlq")
+                .map_err(|e| format!("`event`: {e}"))?,
+        })
+    }
+}
