@@ -19,7 +19,7 @@ pub use crate::orchestrator::{MAX_ACTIVE_RUNS, OrchestratorConfig};
 pub use crate::retry::RetryPolicy;
 pub use crate::runtime::config::{
     DirGrant, Grants, HttpGrantSpec, HttpLimits, Instances, Limits, MAX_EMITS, MAX_EVENT_BYTES,
-    SandboxConfig,
+    RECYCLE_AFTER, SandboxConfig,
 };
 use crate::runtime::outbound::secrets::Template;
 pub use crate::runtime::outbound::secrets::{SecretSource, Secrets};
@@ -108,6 +108,9 @@ pub struct StepConfig {
     pub plugin: Option<PathBuf>,
     #[serde(default)]
     pub instances: Instances,
+    /// With `instances = "reuse"`: messages an instance handles before it
+    /// is replaced by a new one (default [`RECYCLE_AFTER`]).
+    pub recycle_after: Option<u32>,
     /// Messages handled at once (default: the number of CPUs).
     pub concurrency: Option<usize>,
     #[serde(default)]
@@ -254,6 +257,7 @@ impl StepConfig {
     pub fn sandbox(&self, secrets: &Secrets) -> SandboxConfig {
         SandboxConfig {
             instances: self.instances,
+            recycle_after: self.recycle_after.unwrap_or(RECYCLE_AFTER),
             limits: self.limits.clone(),
             grants: self.grants.clone(),
             secrets: secrets.clone(),
@@ -307,6 +311,17 @@ impl StepConfig {
         }
         if l.log_lines_per_second == 0 || l.log_lines_per_second > 100_000 {
             return Err("limits.log_lines_per_second must be between 1 and 100000".into());
+        }
+        match (self.instances, self.recycle_after) {
+            (Instances::Fresh, Some(_)) => {
+                return Err(
+                    "recycle_after applies to reused instances only: set instances = \"reuse\" \
+                     or remove it"
+                        .into(),
+                );
+            }
+            (_, Some(0)) => return Err("recycle_after must be at least 1".into()),
+            _ => {}
         }
         if self.concurrency == Some(0) || self.concurrency.is_some_and(|c| c > 256) {
             return Err("concurrency must be between 1 and 256".into());
@@ -394,6 +409,22 @@ mod tests {
         assert!(e(&format!("{app}max_runs = 5\n")).contains("max_runs"));
         let ok = parse(&format!("{app}max_active_runs = 5\n")).unwrap();
         assert_eq!(ok.orchestrator.max_active_runs, 5);
+    }
+
+    #[test]
+    fn recycle_after_is_for_reused_instances() {
+        let e = |t: &str| parse(t).unwrap_err().to_string();
+        let step = "[steps.a]\ncomponent = \"x\"\n";
+        assert!(e(&format!("{step}recycle_after = 5\n")).contains("reused instances only"));
+        assert!(
+            e(&format!("{step}instances = \"reuse\"\nrecycle_after = 0\n"))
+                .contains("recycle_after must be at least 1")
+        );
+        let sandbox = |t: &str| parse(t).unwrap().steps["a"].sandbox(&Secrets::default());
+        let set = sandbox(&format!("{step}instances = \"reuse\"\nrecycle_after = 5\n"));
+        assert_eq!(set.recycle_after, 5);
+        let unset = sandbox(&format!("{step}instances = \"reuse\"\n"));
+        assert_eq!(unset.recycle_after, RECYCLE_AFTER);
     }
 
     #[test]

@@ -257,6 +257,10 @@ fn the_nats_streams_stay_bounded_and_keep_what_they_must() {
     );
     published += pump_with_state(&h, Duration::from_secs(3), &mut writes);
     let late = h.block_on(nats_messages(&events));
+    // `troupe_store_bytes` on NATS: the namespace's streams, as the last
+    // pruning pass found them, as bounded as the stream.
+    let bytes = broker.health().store_bytes.expect("measured by pruning");
+    assert!((1..32 << 20).contains(&bytes), "{bytes} bytes");
     let ceiling = 2 * 420 * 8; // eight seconds of two events a cascade
     assert!(
         early < ceiling && late < ceiling,

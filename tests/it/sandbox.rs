@@ -72,6 +72,48 @@ async fn a_memory_bomb_is_refused_by_the_limit() {
     host.shutdown().await;
 }
 
+/// `instances = "reuse"` keeps an instance across messages (what it left
+/// in memory is seen by the next one) until it has handled
+/// `recycle_after` of them; `fresh` gives every message a new one. The
+/// relay guest counts the messages its instance has handled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_instance_is_replaced_after_recycle_after_messages() {
+    let relay = guest("relay");
+    let env = |out: &str| {
+        format!(
+            "grants.env = {{ IN = \"test.count\", OUT = \"{out}\", CALLS = \"1\" }}\nconcurrency = 1"
+        )
+    };
+    let m = step(
+        "reused",
+        &relay,
+        &format!(
+            "{}\ninstances = \"reuse\"\nrecycle_after = 3",
+            env("test.reused")
+        ),
+    ) + &step("fresh", &relay, &env("test.fresh"));
+    let app = TestApp::new(&m);
+    let host = app.start().await;
+    let mut seen = std::collections::BTreeMap::<String, Vec<u64>>::new();
+    // One at a time: with one message in flight the step has one instance.
+    for i in 0..7 {
+        let e = event("test.count", json!({"i": i}));
+        host.broker.publish(vec![e.clone()]).await.unwrap();
+        let outs = eventually(Duration::from_secs(10), "both steps' answers", async || {
+            let t = host.broker.trace(&e.id).await.unwrap();
+            (t.len() == 3).then_some(t)
+        })
+        .await;
+        for o in outs.iter().filter(|o| o.id != e.id) {
+            let calls = data(o)["calls"].as_u64().expect("calls");
+            seen.entry(o.kind.clone()).or_default().push(calls);
+        }
+    }
+    assert_eq!(seen["test.reused"], [1, 2, 3, 1, 2, 3, 1]);
+    assert_eq!(seen["test.fresh"], [1; 7]);
+    host.shutdown().await;
+}
+
 async fn probe(extra: &str, app: &TestApp) -> serde_json::Value {
     std::fs::write(
         app.path().join("troupe.toml"),

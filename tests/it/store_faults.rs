@@ -1,7 +1,7 @@
 //! The embedded broker's store on a disk that fills up and on a disk that
 //! damages it: a full disk refuses new work (readiness false, `503` with
-//! `Retry-After`) and, once freed, delivers every acknowledged event
-//! without a restart; a damaged store is refused at start with a clear
+//! `Retry-After`) and, once freed, delivers every acknowledged event and
+//! completes every started run without a restart; a damaged store is refused at start with a clear
 //! message, not a loop of errors.
 //!
 //! The full disk is a small tmpfs mounted over the app's `.troupe/`
@@ -146,6 +146,112 @@ fn a_full_disk_refuses_new_work_then_delivers_everything_once_freed() {
             "type": "test.ping", "data": {"n": 2}}),
         )
         .unwrap();
+    drop(h);
+}
+
+/// An app whose flow `pinged` sends its input to `echo` twice, one after
+/// the other.
+fn pinged_app() -> TestApp {
+    let app = TestApp::new(&step("echo", &guest("echo"), ""));
+    let flows = app.path().join("flows");
+    std::fs::create_dir(&flows).unwrap();
+    std::fs::write(
+        flows.join("pinged.toml"),
+        "input = \"test.ping\"\n\n[steps.a]\nstep = \"echo\"\n\n\
+         [steps.b]\nstep = \"echo\"\nafter = [\"a\"]\n",
+    )
+    .unwrap();
+    app
+}
+
+/// Start runs until a start is refused (with a 503 and when to try
+/// again, readiness false), then `free` the store: every run whose start
+/// was acknowledged completes, no restart, and new runs start again.
+fn runs_complete_once_freed(h: &ApiHost, free: impl FnOnce()) {
+    let broker = h.host.as_ref().unwrap().broker.clone();
+    let mut started = Vec::new();
+    let refused = loop {
+        let input = json!({"n": started.len(), "pad": "x".repeat(2000)});
+        match h.client.start("pinged", &input) {
+            Ok(id) => started.push(id),
+            Err(e) => break e,
+        }
+        assert!(
+            started.len() < 20_000,
+            "a full store took {} runs",
+            started.len()
+        );
+    };
+    eprintln!("refused after {} runs: {refused}", started.len());
+    assert!(
+        matches!(
+            &refused,
+            ClientError::Status {
+                status: 503,
+                retry_after: Some(_),
+                ..
+            }
+        ),
+        "a start on a full store: {refused}"
+    );
+    let problems = broker.health().problems();
+    assert!(
+        problems.iter().any(|p| p.contains("cannot write")),
+        "{problems:?}"
+    );
+
+    free();
+    let start = Instant::now();
+    for id in &started {
+        loop {
+            let run = h.client.status(id).unwrap();
+            if run["state"] == "completed" {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "run {id} of {} started is {} 60 s after the store was freed",
+                started.len(),
+                run["state"]
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    eprintln!(
+        "{} runs completed {:.1} s after the store was freed",
+        started.len(),
+        start.elapsed().as_secs_f64()
+    );
+    while let Err(e) = h.client.start("pinged", &json!({"n": 0})) {
+        assert!(start.elapsed() < Duration::from_secs(70), "{e}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs on a full disk: the orchestrator's commits fail while it is full
+/// and are written again once it is freed.
+#[test]
+fn runs_started_before_the_disk_filled_complete_once_it_is_freed() {
+    let app = pinged_app();
+    let disk = Tmpfs::mount(&app.path().join(".troupe"), "6m");
+    let h = ApiHost::start(&app);
+    runs_complete_once_freed(&h, || disk.resize("200m"));
+    drop(h);
+}
+
+/// The same on a NATS server out of storage.
+#[test]
+fn runs_started_before_a_nats_server_filled_complete_once_it_has_room() {
+    let store = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(free_port(), store.path(), Some("24MB"));
+    let url = server.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(fill(&url, false));
+    let app = pinged_app();
+    let mut a = app.app();
+    a.broker = server.broker("fullruns");
+    let h = ApiHost::try_start_app(a).expect("the host starts on NATS");
+    runs_complete_once_freed(&h, || rt.block_on(fill(&url, true)));
     drop(h);
 }
 

@@ -61,7 +61,7 @@ pub(super) fn metrics(h: &Health) -> String {
     series(
         "troupe_store_bytes",
         "gauge",
-        "Bytes of the broker's store in use (embedded)",
+        "Bytes of the broker's store in use (embedded: its file; NATS: the namespace's streams)",
         h.store_bytes,
     );
     series(

@@ -22,7 +22,8 @@ pub struct Health {
     /// The server cannot be reached (NATS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disconnected: Option<String>,
-    /// Bytes of the store in use (embedded).
+    /// Bytes of the store in use (embedded: the file's pages in use;
+    /// NATS: the namespace's streams, as the last pruning pass found them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_bytes: Option<u64>,
     /// Free bytes on the file system the store is on (embedded).

@@ -31,8 +31,26 @@ use super::timers::Timers;
 use super::{Inbox, Msg, StartError, Starting, now_ms};
 use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery};
 
-/// A run whose final record's commit is settled: (run, state, stored).
-type Ended = (String, RunState, bool);
+/// What became of a commit, when the driver must act on it.
+pub(super) enum Settled {
+    /// A run's final record: stored or not.
+    Ended {
+        run: String,
+        state: RunState,
+        stored: bool,
+    },
+    /// A commit of an active run failed: nothing of it was stored.
+    Failed { run: String },
+    /// An active run was written again ([`Driver::on_resync`]).
+    Resynced { run: String },
+    /// A run's start could not be stored (its producer was told).
+    StartFailed { run: String },
+}
+
+/// The first wait before a run whose commit failed is written again; it
+/// doubles with each failure, up to [`RESYNC_MAX`].
+const RESYNC_FIRST: Duration = Duration::from_millis(200);
+const RESYNC_MAX: Duration = Duration::from_secs(5);
 
 /// The most messages of one kind handled per wake-up of the driver.
 const BATCH: usize = 64;
@@ -55,8 +73,11 @@ pub(super) struct Driver {
     /// Runs that ended, until their final record is durable (so status
     /// never goes back to an older record meanwhile).
     ending: HashMap<String, RunRecord>,
-    /// Told when a final record's commit is settled.
-    ended: mpsc::UnboundedSender<Ended>,
+    /// Told what became of commits the driver must follow up.
+    settled: mpsc::UnboundedSender<Settled>,
+    /// Runs whose commit failed, to write again: when (epoch ms) and how
+    /// many times it failed.
+    resync: HashMap<String, (u64, u32)>,
     finished: tokio::sync::broadcast::Sender<(String, RunState)>,
     /// The admission limit, and the gauges the driver keeps up to date.
     load: Arc<super::Load>,
@@ -69,15 +90,16 @@ impl Driver {
         journal: Journal,
         finished: tokio::sync::broadcast::Sender<(String, RunState)>,
         load: Arc<super::Load>,
-    ) -> (Driver, mpsc::UnboundedReceiver<Ended>) {
-        let (ended, rx) = mpsc::unbounded_channel();
+    ) -> (Driver, mpsc::UnboundedReceiver<Settled>) {
+        let (settled, rx) = mpsc::unbounded_channel();
         let driver = Driver {
             machine,
             broker,
             timers: Timers::new(),
             journal,
             ending: HashMap::new(),
-            ended,
+            settled,
+            resync: HashMap::new(),
             finished,
             load,
         };
@@ -97,7 +119,7 @@ impl Driver {
     pub(super) async fn run(
         mut self,
         mut inbox: Inbox,
-        mut ended: mpsc::UnboundedReceiver<Ended>,
+        mut settled: mpsc::UnboundedReceiver<Settled>,
         consumer: Arc<dyn Consumer>,
         mut lost: watch::Receiver<bool>,
         mut stop: crate::shutdown::Shutdown,
@@ -107,7 +129,13 @@ impl Driver {
             self.load
                 .active
                 .store(self.machine.active(), Ordering::Relaxed);
-            let next = self.timers.next_at();
+            let next = self
+                .timers
+                .next_at()
+                .into_iter()
+                .chain(self.resync.values().map(|(at, _)| *at))
+                .filter(|&at| at != u64::MAX)
+                .min();
             let sleep = async {
                 match next {
                     Some(at) => {
@@ -130,12 +158,7 @@ impl Driver {
                     None => return None,
                 },
                 Some(msg) = inbox.queries.recv() => self.on_msg(msg),
-                Some((id, state, stored)) = ended.recv() => {
-                    self.ending.remove(&id);
-                    if stored {
-                        let _ = self.finished.send((id, state));
-                    }
-                }
+                Some(s) = settled.recv() => self.on_settled(s),
                 d = consumer.next() => match d {
                     Some(d) => {
                         self.on_delivery(d);
@@ -146,7 +169,10 @@ impl Driver {
                     }
                     None => return None,
                 },
-                _ = sleep => self.on_timers(),
+                _ = sleep => {
+                    self.on_timers();
+                    self.on_resync();
+                }
                 _ = lost.changed() => if *lost.borrow() {
                     return Some(inbox);
                 },
@@ -192,7 +218,12 @@ impl Driver {
         match self.machine.start(start, now_ms()) {
             Ok(Started::New(t)) => {
                 let id = t.run.clone();
+                let settled = self.settled.clone();
                 let then: crate::broker::Then = Box::new(move |r: Result<(), BrokerError>| {
+                    if r.is_err() {
+                        let run = id.clone();
+                        let _ = settled.send(Settled::StartFailed { run });
+                    }
                     let _ = reply.send(r.map(|()| (id, true)).map_err(StartError::from));
                 });
                 self.commit(None, t, Some(then));
@@ -224,7 +255,7 @@ impl Driver {
                     ack: Some(d),
                     ..Commit::default()
                 },
-                Box::new(log_failure),
+                Box::new(|r| log_failure(&r)),
             ),
         }
     }
@@ -235,6 +266,84 @@ impl Driver {
             if let Some(t) = self.machine.on_timer(at, &run, &sid, now) {
                 self.commit(None, t, None);
             }
+        }
+    }
+
+    fn on_settled(&mut self, s: Settled) {
+        match s {
+            Settled::Ended {
+                run,
+                state,
+                stored: true,
+            } => {
+                self.ending.remove(&run);
+                self.resync.remove(&run);
+                let _ = self.finished.send((run, state));
+            }
+            // Kept in `ending` (status serves it) until written.
+            Settled::Ended { run, .. } | Settled::Failed { run } => {
+                let tries = self.resync.get(&run).map_or(0, |r| r.1) + 1;
+                let wait = RESYNC_FIRST
+                    .saturating_mul(1 << (tries - 1).min(8))
+                    .min(RESYNC_MAX);
+                self.resync
+                    .insert(run, (now_ms() + wait.as_millis() as u64, tries));
+            }
+            Settled::Resynced { run } => {
+                self.resync.remove(&run);
+            }
+            Settled::StartFailed { run } => {
+                self.machine.forget(&run);
+                self.ending.remove(&run);
+                self.resync.remove(&run);
+            }
+        }
+    }
+
+    /// Write again the runs whose commit failed and whose wait is over:
+    /// an active run's record and waiting commands, an ended run's final
+    /// record. Nothing else is lost meanwhile: a reply whose commit failed
+    /// is delivered again (and counted once), and the timers armed by a
+    /// lost transition still stand.
+    fn on_resync(&mut self) {
+        let now = now_ms();
+        let due: Vec<String> = self
+            .resync
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(run, _)| run.clone())
+            .collect();
+        for run in due {
+            // Cleared when this commit is stored; a new failure sets the
+            // next, longer, wait from the count kept here.
+            if let Some(r) = self.resync.get_mut(&run) {
+                r.0 = u64::MAX;
+            }
+            let t = match self.ending.get(&run) {
+                Some(ended) => Some(Transition {
+                    run: run.clone(),
+                    actions: vec![Action::End(Box::new(ended.clone()))],
+                }),
+                None => self.machine.resync(&run, now),
+            };
+            let Some(t) = t else {
+                self.resync.remove(&run);
+                continue;
+            };
+            // A final record says itself how it went (`Settled::Ended`).
+            let then: Option<crate::broker::Then> = if self.ending.contains_key(&run) {
+                None
+            } else {
+                let tell = self.settled.clone();
+                Some(Box::new(move |r| {
+                    log_failure(&r);
+                    let _ = tell.send(match r {
+                        Ok(()) => Settled::Resynced { run },
+                        Err(_) => Settled::Failed { run },
+                    });
+                }))
+            };
+            self.commit(None, t, then);
         }
     }
 
@@ -284,16 +393,24 @@ impl Driver {
         // durable reply: they may go out before their own commit is
         // durable (`Commit::early`), which saves the steps a sync.
         commit.early = self.journal == Journal::Checkpoints && commit.state.is_empty();
-        let then = then.unwrap_or_else(|| Box::new(log_failure));
-        let then: crate::broker::Then = match ended {
-            None => then,
-            Some(state) => {
-                let tell = self.ended.clone();
-                Box::new(move |r| {
-                    let _ = tell.send((id, state, r.is_ok()));
-                    then(r)
-                })
-            }
+        let tell = self.settled.clone();
+        let then: crate::broker::Then = match (ended, then) {
+            (Some(state), then) => Box::new(move |r| {
+                log_failure(&r);
+                let run = id;
+                let stored = r.is_ok();
+                let _ = tell.send(Settled::Ended { run, state, stored });
+                if let Some(then) = then {
+                    then(r);
+                }
+            }),
+            (None, Some(then)) => then,
+            (None, None) => Box::new(move |r| {
+                log_failure(&r);
+                if r.is_err() {
+                    let _ = tell.send(Settled::Failed { run: id });
+                }
+            }),
         };
         self.broker.commit_then(commit, then);
     }
@@ -303,9 +420,9 @@ fn record(run: &RunRecord) -> Vec<u8> {
     serde_json::to_vec(run).expect("a run serialises")
 }
 
-fn log_failure(r: Result<(), BrokerError>) {
+fn log_failure(r: &Result<(), BrokerError>) {
     if let Err(e) = r {
-        tracing::error!("orchestrator commit failed (the run resumes on restart): {e}");
+        tracing::warn!("orchestrator commit failed (the run is written again shortly): {e}");
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::driver::{Driver, Journal};
+use super::driver::{Driver, Journal, Settled};
 use super::machine::Machine;
 use super::run::{RunRecord, RunState};
 use super::{GROUP, Inbox, InputCheck, Msg, StartError, Starting};
@@ -73,11 +73,7 @@ impl Shared {
 
 /// A driver ready to run: what [`Lead::driver`] makes once the lease is
 /// this host's.
-type Driving = (
-    Driver,
-    mpsc::UnboundedReceiver<(String, RunState, bool)>,
-    Arc<dyn Consumer>,
-);
+type Driving = (Driver, mpsc::UnboundedReceiver<Settled>, Arc<dyn Consumer>);
 
 /// Everything a host needs to drive the flows once it holds the lease.
 pub(super) struct Lead {

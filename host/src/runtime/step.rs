@@ -96,18 +96,6 @@ struct Warm {
     uses: u32,
 }
 
-/// Events a reused instance handles before it is dropped for a new one.
-/// What an instance's store holds on the host's side grows with the
-/// calls it takes, and is given back only when the store is dropped: in
-/// the soak bench (`tests/benches/soak.rs`, the order example, its Python
-/// and JavaScript steps reused) the host's heap grew 0.73 MB per 1,000
-/// orders with instances kept for ever, and 0.14 MB with this limit,
-/// while the whole process's RSS went from +0.66 to -0.56 MB per 1,000
-/// (one five-minute run each). A new instance costs one instantiation
-/// (for the example's Python step, about 12 ms of CPU) per this many
-/// events.
-const REUSE_LIMIT: u32 = 1_000;
-
 /// A step ready to handle events: its contract and its sandbox.
 pub struct LoadedStep {
     pub contract: StepContract,
@@ -345,7 +333,7 @@ impl Sandbox {
             }
         };
         if reuse
-            && uses < REUSE_LIMIT
+            && uses < self.config.recycle_after
             && let Some(bindings) = bindings
         {
             // The instance finished the call normally: it can take another.

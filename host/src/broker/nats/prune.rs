@@ -27,6 +27,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -67,12 +68,15 @@ struct Pruned {
     capped: bool,
 }
 
-/// What retention pruned since the host started (`/metrics`).
+/// What retention pruned since the host started, and the namespace's
+/// streams' bytes after the last pass (`/metrics`, `/readyz`).
 #[derive(Debug, Default)]
 pub(super) struct Counts {
     pub(super) events: AtomicU64,
     pub(super) dead_letters: AtomicU64,
     pub(super) records: AtomicU64,
+    /// 0 until a pass has measured it.
+    pub(super) store_bytes: AtomicU64,
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -210,7 +214,25 @@ impl Inner {
                 .await
                 .map_err(nats)?;
         }
+        self.pruned
+            .store_bytes
+            .store(self.namespace_bytes().await?, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// What the namespace's streams hold, in bytes: the events and dead
+    /// letters every app of the namespace shares, and each app's buckets
+    /// and logs.
+    async fn namespace_bytes(&self) -> Result<u64, BrokerError> {
+        let mut bytes = 0;
+        for n in namespace_streams(&self.js, &self.names.ns).await? {
+            if let Ok(mut s) = self.js.get_stream(&n).await
+                && let Ok(i) = s.info().await
+            {
+                bytes += i.state.bytes;
+            }
+        }
+        Ok(bytes)
     }
 
     async fn pruned_record(&self) -> Result<Pruned, BrokerError> {
@@ -388,19 +410,26 @@ pub async fn purge_namespace(server: &str, ns: &str) -> Result<usize, BrokerErro
         .await
         .map_err(|e| BrokerError::Nats(format!("cannot connect to {server}: {e}")))?;
     let js = async_nats::jetstream::new(client);
-    let prefixes = [format!("{}_", ns.to_uppercase()), format!("KV_{ns}_")];
-    let mut names = js.stream_names();
-    let mut doomed = Vec::new();
-    while let Some(n) = names.next().await {
-        let n = n.map_err(nats)?;
-        if prefixes.iter().any(|p| n.starts_with(p.as_str())) {
-            doomed.push(n);
-        }
-    }
+    let doomed = namespace_streams(&js, ns).await?;
     for n in &doomed {
         js.delete_stream(n).await.map_err(nats)?;
     }
     Ok(doomed.len())
+}
+
+/// The names of namespace `ns`'s streams: `NS_...` (events, dead letters,
+/// logs) and `KV_NS_...` (every app's buckets).
+async fn namespace_streams(js: &Context, ns: &str) -> Result<Vec<String>, BrokerError> {
+    let prefixes = [format!("{}_", ns.to_uppercase()), format!("KV_{ns}_")];
+    let mut names = js.stream_names();
+    let mut found = Vec::new();
+    while let Some(n) = names.next().await {
+        let n = n.map_err(nats)?;
+        if prefixes.iter().any(|p| n.starts_with(p.as_str())) {
+            found.push(n);
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -22,14 +22,22 @@
 //!   recovery (a restart, a takeover) every waiting step's timeout starts
 //!   again from the recovery, and its command is re-sent with the same id.
 //!   A run's own timeout is wall-clock time from its start.
+//! - **A commit that failed loses nothing**: the driver writes the run
+//!   again from what the machine holds ([`Machine::resync`]: its record,
+//!   and each waiting step's command under the same id), and a start that
+//!   could not be stored is forgotten ([`Machine::forget`]), since its
+//!   producer was told it failed.
 //! - Compensations run one at a time, in reverse order of completion.
 //! - Every run ends: each step either replies or times out, a backoff ends,
 //!   and the run's deadline is always armed while it runs.
 
 mod command;
 mod failure;
+mod recovery;
+mod start;
 #[cfg(test)]
 mod tests;
+mod transition;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,91 +45,16 @@ use std::sync::Arc;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::run::{RunRecord, RunState, StepRecord, StepState};
-use super::{InputCheck, StartError, rfc3339};
+use super::run::{RunRecord, RunState, StepState};
+use super::{InputCheck, rfc3339};
 use crate::app::RetryPolicy;
 use crate::clock::epoch_ms;
 use crate::event::Event;
 use crate::flow::{Action as FlowAction, Flow, FlowStep, INPUT};
 use crate::protocol::{self, FLOW_STEP, Failure, FailureClass, Reply};
 
-/// Room a run's record and its commands need besides the input, bytes.
-const RUN_OVERHEAD: usize = 8 * 1024;
-
-/// What a transition asks of the driver.
-#[derive(Debug)]
-pub(crate) enum Action {
-    /// Send this command (or a hybrid step's event).
-    Send(Event),
-    /// Wake the machine at `at` (epoch ms) for flow step `sid` of the run
-    /// (`""`: the run's own deadline).
-    Arm { at: u64, sid: String },
-    /// Write the run's record with this transition. Without it, the
-    /// record is written only where the journal takes every transition
-    /// (the transition is a reply's, which the broker's log keeps).
-    Checkpoint,
-    /// Also write this state row.
-    Put { key: String, value: Vec<u8> },
-    /// The run ended: its final record (no longer held by the machine).
-    End(Box<RunRecord>),
-}
-
-/// One decision: what happened to one run.
-#[derive(Debug)]
-pub(crate) struct Transition {
-    pub run: String,
-    pub actions: Vec<Action>,
-}
-
-impl Transition {
-    fn new(run: &str) -> Transition {
-        Transition {
-            run: run.to_string(),
-            actions: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, e: Event) {
-        self.actions.push(Action::Send(e));
-    }
-
-    fn arm(&mut self, at: u64, sid: &str) {
-        self.actions.push(Action::Arm {
-            at,
-            sid: sid.to_string(),
-        });
-    }
-
-    pub fn sends(&self) -> impl Iterator<Item = &Event> {
-        self.actions.iter().filter_map(|a| match a {
-            Action::Send(e) => Some(e),
-            _ => None,
-        })
-    }
-
-    pub fn checkpoint(&self) -> bool {
-        self.actions.iter().any(|a| matches!(a, Action::Checkpoint))
-    }
-}
-
-/// A start the machine is asked for.
-pub(crate) struct Start {
-    /// The new run's id (drawn by the driver: the machine draws nothing).
-    pub id: String,
-    pub flow: String,
-    pub input: Value,
-    /// The producer's `Idempotency-Key`.
-    pub key: Option<String>,
-}
-
-/// What a start came to.
-#[derive(Debug)]
-pub(crate) enum Started {
-    /// A new run; the transition records it and sends its first commands.
-    New(Transition),
-    /// A run this key started, still active: its id.
-    Existing(String),
-}
+pub(crate) use start::{KeyRow, key_row};
+pub(crate) use transition::{Action, Start, Started, Transition};
 
 /// Every active run, and what the machine needs to decide for them.
 pub(crate) struct Machine {
@@ -176,152 +109,6 @@ impl Machine {
 
     pub fn active(&self) -> usize {
         self.runs.len()
-    }
-
-    /// The run an idempotency key started, if it is active.
-    pub fn keyed(&self, flow: &str, key: &str) -> Option<&str> {
-        self.keys.get(&key_row(flow, key)).map(String::as_str)
-    }
-
-    /// Apply to run `run_id` (loaded from its last checkpoint) the replies
-    /// in `log`, the run's trace in log order, each at its own time. The
-    /// commands those transitions sent are not collected: [`Self::recover`]
-    /// re-sends the command of every waiting step.
-    pub fn replay(&mut self, run_id: &str, log: &[Event]) -> usize {
-        let mut replies = 0;
-        for e in log {
-            if !protocol::is_reply(e) || protocol::run_of(e) != run_id {
-                continue;
-            }
-            if !self.runs.contains_key(run_id) {
-                break; // it ended
-            }
-            let at = epoch_ms(&e.time).unwrap_or(0);
-            if let Some(t) = self.on_event(e, at) {
-                // A run the replies ended: its final record is written
-                // at recovery.
-                let end = t.actions.into_iter().find(|a| matches!(a, Action::End(_)));
-                if let Some(end) = end {
-                    self.replayed_ends.push(Transition {
-                        run: run_id.to_string(),
-                        actions: vec![end],
-                    });
-                }
-            }
-            replies += 1;
-        }
-        replies
-    }
-
-    /// After a restart or a takeover, at `now`: for every run, arm its
-    /// deadline and its steps' timers, give every waiting step its full
-    /// timeout from now (the time no host drove the run is not the step's),
-    /// and re-send its command (same id: the broker drops those it has).
-    /// Each run's record is written, and the final record of each run
-    /// that [`Self::replay`] ended.
-    pub fn recover(&mut self, now: u64) -> Vec<Transition> {
-        let ids: Vec<String> = self.runs.keys().cloned().collect();
-        let mut out = std::mem::take(&mut self.replayed_ends);
-        for id in ids {
-            let mut t = Transition::new(&id);
-            t.actions.push(Action::Checkpoint);
-            let flow = self.flow_of(&id);
-            let run = self.runs.get_mut(&id).expect("listed");
-            t.arm(run.deadline_ms, "");
-            let sids: Vec<String> = run.steps.keys().cloned().collect();
-            let mut waiting = Vec::new();
-            for sid in sids {
-                let rec = run.steps.get_mut(&sid).expect("listed");
-                let Some(mut at) = rec.deadline_ms else {
-                    continue;
-                };
-                if rec.state == StepState::Dispatched {
-                    at = at.max(now + timeout_of(flow.as_deref(), &sid));
-                    rec.deadline_ms = Some(at);
-                    waiting.push((sid.clone(), rec.attempts));
-                }
-                t.arm(at, &sid);
-            }
-            for (sid, attempt) in waiting {
-                if let Some(e) = self.command(&id, &sid, attempt, now) {
-                    t.send(e);
-                }
-            }
-            self.touch(&id, now);
-            out.push(t);
-        }
-        out
-    }
-
-    /// Start a run.
-    pub fn start(&mut self, s: Start, now: u64) -> Result<Started, StartError> {
-        let Some(f) = self.flows.get(&s.flow).cloned() else {
-            return Err(StartError::UnknownFlow(s.flow));
-        };
-        if let Some(k) = &s.key
-            && let Some(id) = self.keyed(&s.flow, k)
-        {
-            return Ok(Started::Existing(id.to_string()));
-        }
-        if let Err(reason) = (self.check_input)(&f, &s.input) {
-            return Err(StartError::BadInput {
-                kind: f.input.clone(),
-                reason,
-            });
-        }
-        if let Some(max) = self.max_state_bytes {
-            let size = serde_json::to_vec(&s.input).map_or(usize::MAX, |v| v.len());
-            let max = max.saturating_sub(RUN_OVERHEAD);
-            if size > max {
-                return Err(StartError::TooLarge { size, max });
-            }
-        }
-        // Back-pressure, not a queue: beyond the limit a good start is
-        // refused at once (the API answers 503 with Retry-After).
-        if self.runs.len() >= self.limit {
-            return Err(StartError::Busy { limit: self.limit });
-        }
-        let run = RunRecord {
-            id: s.id.clone(),
-            flow: s.flow.clone(),
-            state: RunState::Running,
-            input: s.input,
-            created: rfc3339(now),
-            updated: rfc3339(now),
-            finished: None,
-            duration_ms: None,
-            error: None,
-            deadline_ms: now + f.timeout_ms,
-            created_ms: now,
-            steps: f
-                .steps
-                .iter()
-                .map(|s| (s.id.clone(), StepRecord::new()))
-                .collect(),
-            undo: Vec::new(),
-            timed_out: false,
-            completions: 0,
-            key: s.key.clone(),
-        };
-        let mut t = Transition::new(&s.id);
-        t.actions.push(Action::Checkpoint);
-        if let Some(k) = &s.key {
-            let row = key_row(&s.flow, k);
-            let value = KeyRow {
-                run: s.id.clone(),
-                at_ms: now,
-            };
-            t.actions.push(Action::Put {
-                key: row.clone(),
-                value: serde_json::to_vec(&value).expect("a key row serialises"),
-            });
-            self.keys.insert(row, s.id.clone());
-        }
-        t.arm(run.deadline_ms, "");
-        self.runs.insert(s.id.clone(), run);
-        self.advance(&s.id, &mut t, now);
-        self.settle(&mut t, now);
-        Ok(Started::New(t))
     }
 
     /// A reply, or an event a hybrid step may await. `None` when it is
@@ -616,24 +403,6 @@ impl Machine {
 fn timeout_of(flow: Option<&Flow>, sid: &str) -> u64 {
     flow.and_then(|f| f.step(protocol::base_step(sid)).map(|s| s.timeout_ms))
         .unwrap_or(crate::flow::DEFAULT_STEP_TIMEOUT_MS)
-}
-
-/// The state row that records which run idempotency key `key` started for
-/// `flow`: a name NATS accepts as a key whatever the key's characters.
-pub(crate) fn key_row(flow: &str, key: &str) -> String {
-    let name = uuid::Uuid::new_v5(
-        &uuid::Uuid::NAMESPACE_OID,
-        format!("{flow}\n{key}").as_bytes(),
-    );
-    format!("start/{}", name.simple())
-}
-
-/// What the state row [`key_row`] holds: the run the key started, and
-/// when (epoch ms; the key names it for [`super::IDEMPOTENCY_WINDOW`]).
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(crate) struct KeyRow {
-    pub run: String,
-    pub at_ms: u64,
 }
 
 /// End `run` as `state` at `now` (epoch ms).

@@ -374,3 +374,52 @@ fn a_step_in_flight_that_fails_while_the_run_is_undone_lets_the_run_end() {
     let run = ended(&t).expect("the run ends");
     assert_eq!(run.state, RunState::Failed, "nothing completed to undo");
 }
+
+#[test]
+fn a_run_whose_commit_was_lost_is_written_again_with_the_same_commands() {
+    let mut m = machine();
+    let Started::New(t) = start(&mut m, "r1", None, T0) else {
+        panic!("new")
+    };
+    let first = sends(&t);
+    // a's reply is applied; b still waits. Say the commit of the
+    // transition that sent c is lost: after b's reply, c waits.
+    m.on_event(&done(&first[0]), T0 + 10).unwrap();
+    let lost = m.on_event(&done(&first[1]), T0 + 20).unwrap();
+    let c = sends(&lost);
+    let again = m.resync("r1", T0 + 500).expect("active");
+    assert!(again.checkpoint(), "the record is written");
+    let resent = sends(&again);
+    assert_eq!(resent.len(), 1, "only c waits: {resent:?}");
+    assert_eq!(resent[0].id, c[0].id, "the same command, deduplicated");
+    assert!(
+        !again
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Arm { .. })),
+        "the timers armed for the lost transition still stand"
+    );
+    // It goes on as if nothing happened.
+    let t = m.on_event(&done(&resent[0]), T0 + 600).unwrap();
+    assert_eq!(ended(&t).expect("ended").state, RunState::Completed);
+    assert!(m.resync("r1", T0 + 700).is_none(), "no longer active");
+}
+
+#[test]
+fn a_start_that_could_not_be_stored_is_forgotten_with_its_key() {
+    let mut m = machine();
+    let Started::New(t) = start(&mut m, "r1", Some("k"), T0) else {
+        panic!("new")
+    };
+    let a = sends(&t).remove(0);
+    m.forget("r1");
+    assert_eq!(m.active(), 0);
+    assert!(
+        m.on_event(&done(&a), T0 + 10).is_none(),
+        "a reply is only acked"
+    );
+    assert!(
+        matches!(start(&mut m, "r2", Some("k"), T0 + 20), Started::New(_)),
+        "the key starts a new run"
+    );
+}

@@ -1,0 +1,106 @@
+//! A run's start, and the idempotency key a producer may start it with:
+//! the key's state row, and the active runs' keys the machine holds.
+//! Part of [`Machine`].
+
+use super::{Action, Machine, Start, Started, Transition};
+use crate::orchestrator::run::{RunRecord, RunState, StepRecord};
+use crate::orchestrator::{StartError, rfc3339};
+
+/// Room a run's record and its commands need besides the input, bytes.
+const RUN_OVERHEAD: usize = 8 * 1024;
+
+impl Machine {
+    /// The run an idempotency key started, if it is active.
+    pub fn keyed(&self, flow: &str, key: &str) -> Option<&str> {
+        self.keys.get(&key_row(flow, key)).map(String::as_str)
+    }
+
+    /// Start a run.
+    pub fn start(&mut self, s: Start, now: u64) -> Result<Started, StartError> {
+        let Some(f) = self.flows.get(&s.flow).cloned() else {
+            return Err(StartError::UnknownFlow(s.flow));
+        };
+        if let Some(k) = &s.key
+            && let Some(id) = self.keyed(&s.flow, k)
+        {
+            return Ok(Started::Existing(id.to_string()));
+        }
+        if let Err(reason) = (self.check_input)(&f, &s.input) {
+            return Err(StartError::BadInput {
+                kind: f.input.clone(),
+                reason,
+            });
+        }
+        if let Some(max) = self.max_state_bytes {
+            let size = serde_json::to_vec(&s.input).map_or(usize::MAX, |v| v.len());
+            let max = max.saturating_sub(RUN_OVERHEAD);
+            if size > max {
+                return Err(StartError::TooLarge { size, max });
+            }
+        }
+        // Back-pressure, not a queue: beyond the limit a good start is
+        // refused at once (the API answers 503 with Retry-After).
+        if self.runs.len() >= self.limit {
+            return Err(StartError::Busy { limit: self.limit });
+        }
+        let run = RunRecord {
+            id: s.id.clone(),
+            flow: s.flow.clone(),
+            state: RunState::Running,
+            input: s.input,
+            created: rfc3339(now),
+            updated: rfc3339(now),
+            finished: None,
+            duration_ms: None,
+            error: None,
+            deadline_ms: now + f.timeout_ms,
+            created_ms: now,
+            steps: f
+                .steps
+                .iter()
+                .map(|s| (s.id.clone(), StepRecord::new()))
+                .collect(),
+            undo: Vec::new(),
+            timed_out: false,
+            completions: 0,
+            key: s.key.clone(),
+        };
+        let mut t = Transition::new(&s.id);
+        t.actions.push(Action::Checkpoint);
+        if let Some(k) = &s.key {
+            let row = key_row(&s.flow, k);
+            let value = KeyRow {
+                run: s.id.clone(),
+                at_ms: now,
+            };
+            t.actions.push(Action::Put {
+                key: row.clone(),
+                value: serde_json::to_vec(&value).expect("a key row serialises"),
+            });
+            self.keys.insert(row, s.id.clone());
+        }
+        t.arm(run.deadline_ms, "");
+        self.runs.insert(s.id.clone(), run);
+        self.advance(&s.id, &mut t, now);
+        self.settle(&mut t, now);
+        Ok(Started::New(t))
+    }
+}
+
+/// The state row that records which run idempotency key `key` started for
+/// `flow`: a name NATS accepts as a key whatever the key's characters.
+pub(crate) fn key_row(flow: &str, key: &str) -> String {
+    let name = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("{flow}\n{key}").as_bytes(),
+    );
+    format!("start/{}", name.simple())
+}
+
+/// What the state row [`key_row`] holds: the run the key started, and
+/// when (epoch ms; the key names it for [`super::IDEMPOTENCY_WINDOW`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct KeyRow {
+    pub run: String,
+    pub at_ms: u64,
+}

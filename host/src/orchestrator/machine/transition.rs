@@ -1,0 +1,83 @@
+//! What the machine hands the driver: a [`Transition`] per decision, a
+//! list of [`Action`]s for one run; and what a start is asked with and
+//! came to.
+
+use serde_json::Value;
+
+use crate::event::Event;
+use crate::orchestrator::run::RunRecord;
+
+/// What a transition asks of the driver.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Send this command (or a hybrid step's event).
+    Send(Event),
+    /// Wake the machine at `at` (epoch ms) for flow step `sid` of the run
+    /// (`""`: the run's own deadline).
+    Arm { at: u64, sid: String },
+    /// Write the run's record with this transition. Without it, the
+    /// record is written only where the journal takes every transition
+    /// (the transition is a reply's, which the broker's log keeps).
+    Checkpoint,
+    /// Also write this state row.
+    Put { key: String, value: Vec<u8> },
+    /// The run ended: its final record (no longer held by the machine).
+    End(Box<RunRecord>),
+}
+
+/// One decision: what happened to one run.
+#[derive(Debug)]
+pub(crate) struct Transition {
+    pub run: String,
+    pub actions: Vec<Action>,
+}
+
+impl Transition {
+    pub(super) fn new(run: &str) -> Transition {
+        Transition {
+            run: run.to_string(),
+            actions: Vec::new(),
+        }
+    }
+
+    pub(super) fn send(&mut self, e: Event) {
+        self.actions.push(Action::Send(e));
+    }
+
+    pub(super) fn arm(&mut self, at: u64, sid: &str) {
+        self.actions.push(Action::Arm {
+            at,
+            sid: sid.to_string(),
+        });
+    }
+
+    pub fn sends(&self) -> impl Iterator<Item = &Event> {
+        self.actions.iter().filter_map(|a| match a {
+            Action::Send(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    pub fn checkpoint(&self) -> bool {
+        self.actions.iter().any(|a| matches!(a, Action::Checkpoint))
+    }
+}
+
+/// A start the machine is asked for.
+pub(crate) struct Start {
+    /// The new run's id (drawn by the driver: the machine draws nothing).
+    pub id: String,
+    pub flow: String,
+    pub input: Value,
+    /// The producer's `Idempotency-Key`.
+    pub key: Option<String>,
+}
+
+/// What a start came to.
+#[derive(Debug)]
+pub(crate) enum Started {
+    /// A new run; the transition records it and sends its first commands.
+    New(Transition),
+    /// A run this key started, still active: its id.
+    Existing(String),
+}
