@@ -98,7 +98,7 @@ pub(crate) fn key_row(flow: &str, key: &str) -> String {
 }
 
 /// What the state row [`key_row`] holds: the run the key started, and
-/// when (epoch ms; the key names it for [`super::IDEMPOTENCY_WINDOW`]).
+/// when (epoch ms; the key names it for [`crate::orchestrator::IDEMPOTENCY_WINDOW`]).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct KeyRow {
     pub run: String,
