@@ -80,6 +80,13 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Messages a host pulls ahead per consumer; what it holds, other hosts
 /// cannot take until it settles them (or dies and `ACK_WAIT` passes).
 const PULL_BATCH: usize = 64;
+/// How long a pull request stays open. async-nats counts what its open
+/// requests will still bring, and can lose count when messages come in
+/// before the request is answered; it then waits for the request to
+/// expire (plus 5 s) before asking again, however much is waiting. A short
+/// expiry bounds that stall, at the cost of one request per consumer this
+/// often when idle.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// The stream's deduplication window for `Nats-Msg-Id`.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 

@@ -50,6 +50,7 @@ impl Inner {
             let mut messages = match consumer
                 .stream()
                 .max_messages_per_batch(PULL_BATCH)
+                .expires(super::PULL_EXPIRES)
                 .messages()
                 .await
             {

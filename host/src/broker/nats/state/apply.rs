@@ -3,7 +3,7 @@
 //! committed one changes (step 2 in `mod.rs`). Every host of the app that
 //! runs steps runs one; the log's consumer hands each entry to one of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +16,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::super::nats;
-use super::{APPLY_WAIT, Current, Kv, LogEntry, Totals, Verdict};
+use super::{APPLY_WAIT, Current, Kv, LogEntry, Totals, Verdict, totals_of};
 use crate::broker::BrokerError;
-use crate::kv::{Refused, Version, Writes, check};
+use crate::kv::{Refused, Writes, check};
 
 impl Kv {
     /// Start this host's applier, once; `true` if this call started it.
@@ -74,7 +74,18 @@ impl Kv {
                     }
                 }
             };
-            let mut messages = match consumer.stream().max_messages_per_batch(1).messages().await {
+            // The consumer hands out one entry at a time whatever the batch
+            // (`max_ack_pending`); the batch only keeps a pull request
+            // open. At a batch of one, async-nats can miss that its request
+            // was answered and wait out the request's expiry with entries
+            // waiting (it did, for 35 s at a time under load).
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(8)
+                .expires(super::super::PULL_EXPIRES)
+                .messages()
+                .await;
+            let mut messages = match messages {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!("cannot take state commits from NATS ({e}); retrying");
@@ -105,7 +116,9 @@ impl Kv {
                     }
                     Ok(entry) => match self.apply(seq, &entry).await {
                         Ok(v) => {
-                            if let Err(e) = m.double_ack().await {
+                            // Not waited for: a lost ack only has the entry
+                            // come again, and it is decided already.
+                            if let Err(e) = m.ack().await {
                                 tracing::warn!("acking state commit #{seq}: {e}");
                             }
                             let body = serde_json::to_vec(&v).expect("JSON");
@@ -124,20 +137,28 @@ impl Kv {
     }
 
     /// Decide log entry `seq` and, committed, write it (step 2 above).
+    ///
+    /// Four round trips to the server when nothing races: everything the
+    /// decision needs is read at once (the verdict, the entries read and
+    /// written, the buckets' totals), the verdict is written, then the
+    /// entries and totals, each a compare-and-set on the sequence read in
+    /// the first round; then the log entry is acked (by the caller).
     async fn apply(&self, seq: u64, e: &LogEntry) -> Result<Verdict, BrokerError> {
         let writes = decode_writes(e)?;
         loop {
-            let (old, verdict_seq) = self.verdict(&e.k).await?;
+            let (verdict, seen) =
+                futures_util::future::try_join(self.verdict(&e.k), self.seen(e, &writes)).await?;
+            let (old, verdict_seq) = verdict;
             // Decided before: this very entry (an applier cut short, whose
             // writes are finished here), or an earlier entry of the same
             // invocation that committed (this one is a duplicate).
             if let Some(v) = old.filter(|v| v.seq == seq || v.refused.is_none()) {
                 if v.seq == seq && v.refused.is_none() {
-                    self.finish(seq, &writes, &v.totals).await?;
+                    self.finish(seq, &writes, &v.totals, &Seen::new()).await?;
                 }
                 return Ok(v);
             }
-            let v = self.judge(seq, e, &writes).await?;
+            let v = self.judge(seq, e, &writes, &seen);
             let body = Bytes::from(serde_json::to_vec(&v).expect("JSON"));
             if !self
                 .put_if(&self.verdict_subject(&e.k), Some(body), seq, verdict_seq)
@@ -146,59 +167,56 @@ impl Kv {
                 continue; // another applier got there: look again
             }
             if v.refused.is_none() {
-                self.finish(seq, &writes, &v.totals).await?;
+                self.finish(seq, &writes, &v.totals, &seen).await?;
             }
             return Ok(v);
         }
     }
 
-    /// The verdict on `e`: refused, or committed with the buckets' totals
-    /// after it.
-    async fn judge(&self, seq: u64, e: &LogEntry, writes: &Writes) -> Result<Verdict, BrokerError> {
+    /// The last message of every subject deciding `e` needs, read at once:
+    /// the entries it read and writes, and the totals of the buckets it
+    /// listed and writes.
+    async fn seen(&self, e: &LogEntry, writes: &Writes) -> Result<Seen, BrokerError> {
+        let mut subjects: Vec<String> = e
+            .reads
+            .iter()
+            .map(|(b, k, _)| self.entry_subject(b, k))
+            .chain(
+                writes
+                    .writes
+                    .iter()
+                    .flat_map(|(b, k, _)| [self.entry_subject(b, k), self.totals_subject(b)]),
+            )
+            .chain(e.lists.iter().map(|(b, _)| self.totals_subject(b)))
+            .collect();
+        subjects.sort();
+        subjects.dedup();
+        let read =
+            futures_util::future::try_join_all(subjects.iter().map(|s| self.current(s))).await?;
+        Ok(subjects.into_iter().zip(read).collect())
+    }
+
+    /// The verdict on `e`, from what was `seen`: refused, or committed
+    /// with the buckets' totals after it.
+    fn judge(&self, seq: u64, e: &LogEntry, writes: &Writes, seen: &Seen) -> Verdict {
         let refused = |r: Refused| Verdict {
             k: e.k.clone(),
             seq,
             totals: BTreeMap::new(),
             refused: Some(r),
         };
-        // What the check needs, read at once.
-        let reads = futures_util::future::try_join_all(
-            e.reads.iter().map(|(b, k, _)| self.current_entry(b, k)),
-        );
-        let lists = futures_util::future::try_join_all(e.lists.iter().map(|(b, _)| self.totals(b)));
-        let (reads, lists) = futures_util::future::try_join(reads, lists).await?;
-        let keys: BTreeMap<(&str, &str), Version> = e
-            .reads
-            .iter()
-            .zip(&reads)
-            .map(|((b, k, _), c)| ((b.as_str(), k.as_str()), c.version))
-            .collect();
-        let buckets: BTreeMap<&str, Version> = e
-            .lists
-            .iter()
-            .zip(&lists)
-            .map(|((b, _), (_, v))| (b.as_str(), *v))
-            .collect();
-        if let Err(c) = check(writes, |b, k| keys[&(b, k)], |b| buckets[b]) {
-            return Ok(refused(c.into()));
+        let key = |b: &str, k: &str| &seen[&self.entry_subject(b, k)];
+        let bucket = |b: &str| &seen[&self.totals_subject(b)];
+        if let Err(c) = check(writes, |b, k| key(b, k).version, |b| bucket(b).version) {
+            return refused(c.into());
         }
         // The buckets' totals after the writes.
         let mut totals = BTreeMap::<String, Totals>::new();
-        for (b, _, _) in &writes.writes {
-            if !totals.contains_key(b) {
-                totals.insert(b.clone(), self.totals(b).await?.0);
-            }
-        }
-        let olds = futures_util::future::try_join_all(
-            writes
-                .writes
-                .iter()
-                .map(|(b, k, _)| self.current_entry(b, k)),
-        )
-        .await?;
-        for ((b, k, v), old) in writes.writes.iter().zip(olds) {
-            let t = totals.get_mut(b).expect("inserted above");
-            if let Some(old) = old.value {
+        for (b, k, v) in &writes.writes {
+            let t = totals
+                .entry(b.clone())
+                .or_insert_with(|| totals_of(bucket(b)));
+            if let Some(old) = &key(b, k).value {
                 t.keys -= 1;
                 t.bytes -= (k.len() + old.len()) as i64;
             }
@@ -209,38 +227,37 @@ impl Kv {
         }
         for (b, t) in &totals {
             if t.keys as u64 > e.max_keys {
-                return Ok(refused(Refused::Quota(format!(
+                return refused(Refused::Quota(format!(
                     "bucket {b} would hold {} keys, over its limit of {}",
                     t.keys, e.max_keys
-                ))));
+                )));
             }
             if t.bytes as u64 > e.max_bucket_bytes {
-                return Ok(refused(Refused::Quota(format!(
+                return refused(Refused::Quota(format!(
                     "bucket {b} would hold {} bytes, over its limit of {}",
                     t.bytes, e.max_bucket_bytes
-                ))));
+                )));
             }
         }
-        Ok(Verdict {
+        Verdict {
             k: e.k.clone(),
             seq,
             totals,
             refused: None,
-        })
-    }
-
-    async fn current_entry(&self, bucket: &str, key: &str) -> Result<Current, BrokerError> {
-        self.current(&self.entry_subject(bucket, key)).await
+        }
     }
 
     /// Write the entries and totals of committed log entry `seq`, each
     /// unless already written (by an applier cut short before): what
-    /// carries version `seq` or later is.
+    /// carries version `seq` or later is. A subject in `seen` is first
+    /// written on the sequence seen there; one that moved since is read
+    /// again.
     async fn finish(
         &self,
         seq: u64,
         writes: &Writes,
         totals: &BTreeMap<String, Totals>,
+        seen: &Seen,
     ) -> Result<(), BrokerError> {
         let mut todo: Vec<(String, Option<Bytes>)> = writes
             .writes
@@ -254,6 +271,11 @@ impl Kv {
             ));
         }
         let done = futures_util::future::try_join_all(todo.iter().map(|(subject, value)| async {
+            if let Some(c) = seen.get(subject)
+                && self.put_if(subject, value.clone(), seq, c.seq).await?
+            {
+                return Ok(());
+            }
             loop {
                 let c = self.current(subject).await?;
                 if c.stamp >= seq {
@@ -267,6 +289,9 @@ impl Kv {
         done.await.map(|_| ())
     }
 }
+
+/// Subjects' last messages, read before deciding a log entry.
+type Seen = HashMap<String, Current>;
 
 fn decode_writes(e: &LogEntry) -> Result<Writes, BrokerError> {
     let writes = e

@@ -74,6 +74,11 @@ const VERDICT_POLL: Duration = Duration::from_secs(1);
 /// How long a host waits for a verdict before it leaves the delivery to
 /// be delivered again (no applier is running, or the server is away).
 const VERDICT_GIVE_UP: Duration = Duration::from_secs(20);
+/// How many of this host's commits may wait in the log at once. The
+/// applier takes a few hundred a second: a longer queue would only make
+/// each commit wait past [`VERDICT_GIVE_UP`], and its delivery be run
+/// again for nothing. Commits beyond it wait their turn on this host.
+const MAX_DECIDING: usize = 256;
 /// Room kept in a log entry for its headers.
 const LOG_HEADROOM: usize = 1024;
 
@@ -139,6 +144,8 @@ pub(super) struct Kv {
     inbox: String,
     max_payload: usize,
     waiting: Mutex<HashMap<String, oneshot::Sender<Verdict>>>,
+    /// One permit per commit in the log and not yet decided.
+    deciding: tokio::sync::Semaphore,
     applier: OnceLock<tokio::task::JoinHandle<()>>,
     stop: watch::Sender<bool>,
     /// Where the next pass over deleted entries' markers starts (`retain.rs`).
@@ -188,6 +195,7 @@ impl Kv {
             inbox,
             max_payload,
             waiting: Mutex::default(),
+            deciding: tokio::sync::Semaphore::new(MAX_DECIDING),
             applier: OnceLock::new(),
             stop: watch::channel(false).0,
             markers_from: Default::default(),
@@ -283,11 +291,7 @@ impl Kv {
 
     async fn totals(&self, bucket: &str) -> Result<(Totals, Version), BrokerError> {
         let c = self.current(&self.totals_subject(bucket)).await?;
-        let t = c
-            .value
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_default();
-        Ok((t, c.version))
+        Ok((totals_of(&c), c.version))
     }
 
     /// `bucket`'s keys (sorted) and its version, read version first: a
@@ -418,6 +422,7 @@ impl Kv {
                 self.max_payload
             ))));
         }
+        let _turn = self.deciding.acquire().await.expect("never closed");
         let (tx, mut rx) = oneshot::channel();
         self.waiting
             .lock()
@@ -491,6 +496,14 @@ impl Kv {
             })
             .collect()
     }
+}
+
+/// A bucket's totals, from its totals subject's last message.
+fn totals_of(c: &Current) -> Totals {
+    c.value
+        .as_ref()
+        .and_then(|v| serde_json::from_slice(v).ok())
+        .unwrap_or_default()
 }
 
 /// A verdict, and the log entry it was waited for by.
