@@ -191,6 +191,25 @@ impl App {
             }
             steps.insert(step, cfg);
         }
+        // A step's own bucket is named after it: a shared bucket of that
+        // name would be that step's, open to whoever is granted it.
+        for (step, cfg) in &steps {
+            if let Some(b) = cfg
+                .grants
+                .kv
+                .iter()
+                .find(|b| steps.contains_key(b.as_str()))
+            {
+                return Err(AppError::Step {
+                    path: path.to_path_buf(),
+                    step: step.clone(),
+                    message: format!(
+                        "grants.kv: {b:?} is the name of step `{b}`, whose own bucket it is; \
+                         no other step may be granted it (name shared buckets apart from steps)"
+                    ),
+                });
+            }
+        }
         let broker = match manifest.broker {
             None => BrokerUrl::Embedded,
             Some(b) => b.url.parse().map_err(|message| AppError::Parse {
@@ -409,6 +428,19 @@ mod tests {
         assert!(e(&format!("{app}max_runs = 5\n")).contains("max_runs"));
         let ok = parse(&format!("{app}max_active_runs = 5\n")).unwrap();
         assert_eq!(ok.orchestrator.max_active_runs, 5);
+    }
+
+    #[test]
+    fn a_step_cannot_be_granted_another_steps_own_bucket() {
+        let two = "[steps.b]\ncomponent = \"x\"\n[steps.c]\ncomponent = \"x\"\n";
+        let e = parse(&format!("{two}grants.kv = [\"b\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("step `c`") && e.contains("whose own bucket it is"),
+            "{e}"
+        );
+        assert!(parse(&format!("{two}grants.kv = [\"stock\"]\n")).is_ok());
     }
 
     #[test]

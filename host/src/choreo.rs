@@ -114,6 +114,7 @@ impl Wiring {
                 let w = self.clone();
                 std::thread::Builder::new()
                     .name(format!("step-{}-{i}", self.step.name()))
+                    .stack_size(crate::contract::CHECK_STACK)
                     .spawn(move || w.work())
             })
             .collect()
@@ -476,6 +477,11 @@ impl Wiring {
 
     /// A contract violation: DLQ at once, and an alert.
     fn violation(&self, d: Delivery, v: Violation, rejected: Option<String>, calls: Vec<Event>) {
+        if v.out_of_budget() {
+            // Not a broken message: a contract too costly to check it, the
+            // step's own `limit`.
+            return self.failed(d, Failure::new(FailureClass::Limit, v.to_string()), calls);
+        }
         StepStats::add(&self.stats.contract_violations, 1);
         let (b, stats, step, host_source) = (
             self.broker.clone(),

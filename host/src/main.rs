@@ -365,6 +365,8 @@ fn run(cli: Cli) -> Result<()> {
 fn tokio_main(f: impl Future<Output = Result<()>>) -> Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Contract checks run on its blocking pool (the API's door).
+        .thread_stack_size(troupe::contract::CHECK_STACK)
         .build()
         .context("cannot start the async runtime")?
         .block_on(f)

@@ -11,6 +11,7 @@ mod choreography;
 mod cli;
 mod cloudevents;
 mod conformance;
+mod contracts;
 mod crash;
 mod fixtures;
 mod hostile;

@@ -500,6 +500,89 @@ fn a_damaged_store_is_refused_at_start_with_what_to_do() {
     assert_eq!(pongs, 2000, "every ping queued before the backup answered");
 }
 
+/// A backup killed part way leaves nothing at its destination (it left an
+/// empty file, which restored as documented ran as an empty store: every
+/// acknowledged event gone without a word). An empty or cut-short store
+/// is refused by `check --store` and by `run`.
+#[test]
+fn a_backup_cut_short_is_never_taken_for_a_store() {
+    let app = TestApp::new(&step("echo", &guest("echo"), ""));
+    let lines: Vec<String> = (0..3000)
+        .map(|i| {
+            json!({"type": "test.ping", "source": "urn:t", "data": {"n": i, "pad": "y".repeat(500)}})
+                .to_string()
+        })
+        .collect();
+    troupe_tests::publish_lines(app.path(), &lines, &[]);
+    // Kill backups at a spread of moments: none leaves a file behind that
+    // is not a whole, checked backup.
+    for (i, after_ms) in [0u64, 2, 5, 10, 20, 40].into_iter().enumerate() {
+        let name = format!("cut-{i}.db");
+        let mut child = Command::new(troupe_bin())
+            .args(["backup", ".", &name])
+            .current_dir(app.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(after_ms));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let dest = app.path().join(&name);
+        if dest.exists() {
+            assert!(
+                status.success(),
+                "killed after {after_ms} ms, it left {} bytes at {name}",
+                std::fs::metadata(&dest).unwrap().len()
+            );
+            let c = rusqlite::Connection::open(&dest).unwrap();
+            let n: i64 = c
+                .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 3000, "a backup at {name} is whole");
+        }
+    }
+    // An empty store file, as an empty backup restored would be.
+    let db = app.path().join(".troupe/broker.db");
+    for f in ["broker.db-wal", "broker.db-shm"] {
+        let _ = std::fs::remove_file(app.path().join(".troupe").join(f));
+    }
+    let whole = std::fs::read(&db).unwrap();
+    std::fs::write(&db, b"").unwrap();
+    let check = troupe(app.path(), &["check", "--store", "."]);
+    assert!(!check.status.success(), "{}", text(&check.stdout));
+    assert!(
+        text(&check.stderr).contains("empty (0 bytes)"),
+        "{}",
+        text(&check.stderr)
+    );
+    let (status, err) = run_until_idle(app.path(), Duration::from_secs(60));
+    assert!(!status.success(), "ran on an empty store: {err}");
+    assert!(
+        err.contains("empty (0 bytes)") && err.contains("backup"),
+        "{err}"
+    );
+    // Cut short: half its pages.
+    std::fs::write(&db, &whole[..whole.len() / 2]).unwrap();
+    let check = troupe(app.path(), &["check", "--store", "."]);
+    assert!(
+        !check.status.success(),
+        "a store cut in half checks: {}",
+        text(&check.stdout)
+    );
+    let (status, err) = run_until_idle(app.path(), Duration::from_secs(60));
+    assert!(!status.success(), "ran on a store cut in half: {err}");
+    // Whole again: it runs, and every ping is answered.
+    std::fs::write(&db, &whole).unwrap();
+    let (status, err) = run_until_idle(app.path(), Duration::from_secs(120));
+    assert!(status.success(), "{err}");
+    let pongs = troupe_tests::store_number(
+        app.path(),
+        "SELECT count(*) FROM events WHERE kind = 'test.pong'",
+    );
+    assert_eq!(pongs, 3000);
+}
+
 /// `troupe ARGS` in `dir`.
 fn troupe(dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new(troupe_bin())

@@ -81,6 +81,38 @@ pub fn guest(name: &str) -> PathBuf {
     p
 }
 
+/// A copy of the `puppet` fixture that declares `contract`
+/// (`{"consumes": [{"kind", "version", "schema"}], "produces": [...]}`,
+/// each schema the text `describe` returns), written over the blank it
+/// holds; a file of its own in the system's temp folder, named by what it
+/// declares.
+pub fn puppet(contract: &serde_json::Value) -> PathBuf {
+    const MARKER: &[u8] = b"TROUPE-PUPPET-CONTRACT:";
+    const BLANK: usize = 1 << 20;
+    let text = serde_json::to_vec(contract).expect("JSON");
+    assert!(
+        text.len() <= BLANK - MARKER.len(),
+        "the contract fits the blank"
+    );
+    let mut wasm = std::fs::read(guest("puppet")).expect("the puppet fixture");
+    let at = wasm
+        .windows(MARKER.len())
+        .position(|w| w == MARKER)
+        .expect("the puppet's blank")
+        + MARKER.len();
+    let blank = &mut wasm[at..at + BLANK - MARKER.len()];
+    assert!(blank.iter().all(|&b| b == b' '), "one blank, unwritten");
+    blank[..text.len()].copy_from_slice(&text);
+    let name = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &text);
+    let path = std::env::temp_dir().join(format!("troupe-puppet-{}.wasm", name.simple()));
+    // Beside it, then renamed: a test reading the same puppet never sees
+    // half of one.
+    let part = path.with_extension(format!("{}.part", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&part, wasm).expect("write the puppet");
+    std::fs::rename(&part, &path).expect("rename the puppet");
+    path
+}
+
 /// The component of example plugin `name` (a crate in `plugins/`).
 pub fn plugin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();

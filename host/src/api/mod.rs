@@ -188,7 +188,7 @@ async fn auth(State(s): State<ApiState>, headers: HeaderMap, req: Request, next:
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     let ok = given.is_some_and(|t| {
         // Compare in time independent of where the first difference is.
         t.len() == s.token.len()
@@ -210,6 +210,16 @@ async fn auth(State(s): State<ApiState>, headers: HeaderMap, req: Request, next:
     next.run(req).await
 }
 
+/// The token of an `Authorization` value of the Bearer scheme: the
+/// scheme's name is case-insensitive (RFC 9110 section 11.1), and one or
+/// more spaces may follow it (RFC 9110 section 11.4).
+fn bearer_token(v: &str) -> Option<&str> {
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(' '))
+}
+
 /// The header that makes a start idempotent.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -220,7 +230,7 @@ pub const RETRY_AFTER: &str = "1";
 #[utoipa::path(post, path = "/v1/flows/{flow}/runs",
     params(
         ("flow" = String, Path, description = "The flow's name (its file name under flows/)"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the start idempotent: the same key for the same flow within 24 hours returns the run it started (200) instead of starting another. 1 to 255 printable ASCII characters"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes the start idempotent: the same key for the same flow within 24 hours returns the run it started (200) instead of starting another. 1 to 255 printable ASCII characters"),
     ),
     request_body(content = Object, description = "The data of the run's input event"),
     responses(
@@ -228,7 +238,8 @@ pub const RETRY_AFTER: &str = "1";
         (status = 202, description = "Started: `run_id`, and `Location` of its status"),
         (status = 400, description = "The body is not JSON, or the Idempotency-Key is not 1 to 255 printable ASCII characters"),
         (status = 404, description = "No such flow"),
-        (status = 422, description = "The input breaks the contract of the flow's first step"),
+        (status = 413, description = "The input is larger than a run's record may hold on this broker"),
+        (status = 422, description = "The input breaks the contract of the flow's first step, or checking it ran out of the contract's budget"),
         (status = 503, description = "Not now: `max_active_runs` runs are active (with `Retry-After`), or this host stands by"),
     ))]
 async fn start_run(
@@ -334,7 +345,7 @@ async fn run_status(
         (status = 400, description = "Not a CloudEvents document"),
         (status = 413, description = "Too large for the app's broker"),
         (status = 415, description = "An event format other than JSON"),
-        (status = 422, description = "It breaks the contract of a consuming step (its data, or its content type)"),
+        (status = 422, description = "It breaks the contract of a consuming step (its data, or its content type), or checking it ran out of that contract's budget"),
     ))]
 async fn publish(
     State(s): State<ApiState>,
@@ -361,14 +372,25 @@ async fn publish(
         HttpError::Format(_) => ApiError(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string()),
         _ => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
     })?;
-    for (i, event) in events.iter().enumerate() {
-        let which = if batch {
-            format!("event {i} of the batch: ")
-        } else {
-            String::new()
-        };
-        check_incoming(&s, event).map_err(|ApiError(status, m)| ApiError(status, which + &m))?;
-    }
+    // On the blocking pool: a contract check may take up to its budget,
+    // and the threads that serve the API (and everyone else's requests)
+    // never wait on it.
+    let steps = s.steps.clone();
+    let (events, checked) = tokio::task::spawn_blocking(move || {
+        let checked = events.iter().enumerate().try_for_each(|(i, event)| {
+            let which = if batch {
+                format!("event {i} of the batch: ")
+            } else {
+                String::new()
+            };
+            check_incoming(&steps, event)
+                .map_err(|ApiError(status, m)| ApiError(status, which + &m))
+        });
+        (events, checked)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    checked?;
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     s.broker.publish(events).await?;
     let answer = if batch {
@@ -382,8 +404,8 @@ async fn publish(
 /// What an event from outside must pass before it is stored
 /// ([`crate::ingress::check`]): a malformed one is a `400`, one a
 /// consuming step's contract refuses a `422`.
-fn check_incoming(s: &ApiState, event: &Event) -> Result<(), ApiError> {
-    crate::ingress::check(event, &s.steps).map_err(|r| {
+fn check_incoming(steps: &[Arc<LoadedStep>], event: &Event) -> Result<(), ApiError> {
+    crate::ingress::check(event, steps).map_err(|r| {
         let status = if r.malformed() {
             StatusCode::BAD_REQUEST
         } else {
@@ -569,4 +591,17 @@ pub fn write_discovery(state_dir: &std::path::Path, url: &str) -> std::io::Resul
         state_dir.join("api.json"),
         serde_json::to_vec(&v).expect("JSON"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR   t0k"] {
+            assert_eq!(super::bearer_token(v), Some("t0k"), "{v}");
+        }
+        for v in ["Basic t0k", "Bearert0k", "t0k", "Bearer"] {
+            assert_eq!(super::bearer_token(v), None, "{v}");
+        }
+    }
 }

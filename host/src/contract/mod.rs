@@ -15,6 +15,12 @@
 //! does. JSON is recognised as media types are: case-insensitively, with
 //! parameters (`; charset=utf-8`) and `+json` suffixes.
 //!
+//! **A contract is guest input** ([`bounds`], [`budget`]): its schemas are
+//! bounded in size and structure before they are compiled, their patterns
+//! run on an engine with linear time (the `regex` crate), and every check
+//! has a budget of time; one that runs out is the step's `limit`, not a
+//! pass.
+//!
 //! **`troupe.*` event types belong to the host** (its alerts, the
 //! orchestrator's replies): a step may neither consume nor produce one.
 
@@ -27,6 +33,15 @@ use serde_json::Value;
 use crate::event::{Event, media_type, schema_urn};
 use crate::text;
 use crate::world;
+
+pub mod bounds;
+pub mod budget;
+
+/// The stack of every thread that checks messages against contracts (a
+/// step's workers, the async runtime's threads, its blocking pool): the
+/// deepest check the bounds allow fits in it, on the deepest data the JSON
+/// parser allows (tested in `bounds`).
+pub const CHECK_STACK: usize = 16 << 20;
 
 /// The prefix of the event types only the host may publish.
 pub const RESERVED_PREFIX: &str = "troupe.";
@@ -48,6 +63,8 @@ pub enum ContractError {
     Schema { kind: String, error: String },
     #[error("the schema of {kind:?}: {error}")]
     MediaType { kind: String, error: String },
+    #[error("the schema of {kind:?} is too large or unsound for a step's contract: {error}")]
+    Bounds { kind: String, error: String },
     #[error(
         "event type {kind:?} in `{list}` belongs to the host (`troupe.*` types are its alerts \
          and replies); a step may not declare it"
@@ -94,6 +111,18 @@ pub enum Violation {
         attribute: &'static str,
         problem: &'static str,
     },
+    /// The check ran out of its budget: the contract is too costly for
+    /// this data. Not a broken contract: the step's `limit`.
+    #[error(
+        "checking {direction} {kind:?} against schema {version} took over {} ms, the budget of \
+         one check: the step's contract is too costly for this data",
+        budget::CHECK_BUDGET.as_millis()
+    )]
+    Budget {
+        direction: Direction,
+        kind: String,
+        version: String,
+    },
 }
 
 impl Violation {
@@ -105,8 +134,15 @@ impl Violation {
             Violation::NotJson { direction, .. }
             | Violation::Schema { direction, .. }
             | Violation::ContentType { direction, .. }
-            | Violation::NotText { direction, .. } => *direction,
+            | Violation::NotText { direction, .. }
+            | Violation::Budget { direction, .. } => *direction,
         }
+    }
+
+    /// Whether the check ran out of its budget (the step's `limit`)
+    /// rather than finding the message broken.
+    pub fn out_of_budget(&self) -> bool {
+        matches!(self, Violation::Budget { .. })
     }
 }
 
@@ -350,24 +386,36 @@ fn check_data(
 }
 
 fn check_value(t: &EventType, direction: Direction, value: &Value) -> Result<(), Violation> {
-    if t.validator.is_valid(value) {
-        return Ok(());
+    let checked = budget::within(budget::CHECK_BUDGET, || {
+        if t.validator.is_valid(value) {
+            return None;
+        }
+        let errors: Vec<String> = t
+            .validator
+            .iter_errors(value)
+            .take(5)
+            .map(|e| {
+                let path = e.instance_path.to_string();
+                let e = text::clean(&e.to_string(), 300);
+                format!("{}: {e}", if path.is_empty() { "/" } else { &path })
+            })
+            .collect();
+        Some(errors.join("; "))
+    });
+    match checked {
+        Some(None) => Ok(()),
+        Some(Some(errors)) => Err(Violation::Schema {
+            direction,
+            kind: t.kind.clone(),
+            version: t.version.clone(),
+            errors,
+        }),
+        None => Err(Violation::Budget {
+            direction,
+            kind: t.kind.clone(),
+            version: t.version.clone(),
+        }),
     }
-    let errors: Vec<String> = t
-        .validator
-        .iter_errors(value)
-        .take(5)
-        .map(|e| {
-            let path = e.instance_path.to_string();
-            format!("{}: {e}", if path.is_empty() { "/" } else { &path })
-        })
-        .collect();
-    Err(Violation::Schema {
-        direction,
-        kind: t.kind.clone(),
-        version: t.version.clone(),
-        errors: errors.join("; "),
-    })
 }
 
 fn compile_list(
@@ -392,12 +440,28 @@ fn compile_list(
             });
         }
         check_semver(&format!("event type {:?}", c.kind), &c.version)?;
+        if c.schema.len() > bounds::MAX_SCHEMA_BYTES {
+            // Refused before it is parsed: the text is the guest's.
+            return Err(ContractError::Bounds {
+                kind: c.kind,
+                error: format!(
+                    "it is {} bytes long, the limit is {}",
+                    c.schema.len(),
+                    bounds::MAX_SCHEMA_BYTES
+                ),
+            });
+        }
         let schema: Value =
             serde_json::from_str(&c.schema).map_err(|e| ContractError::SchemaJson {
                 kind: c.kind.clone(),
                 error: e.to_string(),
             })?;
-        let validator = compile_schema(&schema).map_err(|error| ContractError::Schema {
+        let bounded =
+            bounds::bound(&schema, c.schema.len()).map_err(|error| ContractError::Bounds {
+                kind: c.kind.clone(),
+                error,
+            })?;
+        let validator = compile_bounded(&bounded).map_err(|error| ContractError::Schema {
             kind: c.kind.clone(),
             error,
         })?;
@@ -418,13 +482,42 @@ fn compile_list(
     Ok(out)
 }
 
-/// Compile a JSON Schema; the schema itself is first checked against its
-/// meta-schema so that a typo is an error, not a schema that accepts all.
+/// The largest compiled pattern (the `regex` crate's size limit).
+const REGEX_BYTES: usize = 256 * 1024;
+/// The most memory each pattern's lazy DFA may keep (past it the engine
+/// is slower, still linear).
+const REGEX_DFA_BYTES: usize = 256 * 1024;
+
+/// Compile a JSON Schema, bounded first ([`bounds::bound`]).
 pub fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
-    if let Err(e) = jsonschema::meta::validate(schema) {
-        return Err(e.to_string());
-    }
-    jsonschema::validator_for(schema).map_err(|e| e.to_string())
+    let text = serde_json::to_string(schema).map_err(|e| e.to_string())?;
+    let bounded = bounds::bound(schema, text.len())?;
+    compile_bounded(&bounded)
+}
+
+/// Compile `bounded`, what [`bounds::bound`] made of a schema. It is
+/// checked against its meta-schema as it is compiled, so that a typo is an
+/// error, not a schema that accepts all (the budget keyword is one that
+/// meta-schemas allow).
+fn compile_bounded(bounded: &Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::options()
+        .with_pattern_options(
+            jsonschema::PatternOptions::regex()
+                .size_limit(REGEX_BYTES)
+                .dfa_size_limit(REGEX_DFA_BYTES),
+        )
+        // `format: "regex"` (asserted by drafts 4 to 7) compiles the data
+        // as a pattern: with the same engine and limits.
+        .with_format("regex", |s: &str| {
+            s.chars().count() <= bounds::MAX_PATTERN_CHARS
+                && regex::RegexBuilder::new(s)
+                    .size_limit(REGEX_BYTES)
+                    .build()
+                    .is_ok()
+        })
+        .with_keyword(budget::KEYWORD, budget::counter)
+        .build(bounded)
+        .map_err(|e| text::clean(&e.to_string(), 500))
 }
 
 /// `MAJOR.MINOR.PATCH`, each a number, with an optional `-pre` suffix.

@@ -150,7 +150,8 @@ impl Event {
     /// correlation, causation and trace are set by the host here, never by
     /// the guest. `index` is the position in the step's output.
     pub fn caused(&self, step: &str, source: &str, index: usize, out: Emitted) -> Event {
-        let id = derived_id(&self.id, &format!("{}/{step}/{index}", self.source));
+        let index = index.to_string();
+        let id = derived_id_of(&self.id, &[&self.source, step, &index]);
         let mut extensions = BTreeMap::new();
         extensions.insert(
             CORRELATION_ID.to_string(),
@@ -215,7 +216,26 @@ pub struct Emitted {
 /// cascade sort together, which keeps the store's id index local instead
 /// of touching a random page per event.
 pub fn derived_id(parent: &str, name: &str) -> String {
-    let hash = *Uuid::new_v5(&EMIT_NAMESPACE, format!("{parent}/{name}").as_bytes()).as_bytes();
+    id_from(parent, format!("{parent}/{name}").as_bytes())
+}
+
+/// The same, from `parent` and `parts` that anyone may spell (an event's
+/// id and source may hold `/`): each is written with its length first, so
+/// no two different lists hash the same text. (Joined with `/`, the id
+/// `"v-1/https:"` from source `"/shop.example/orders"` made the text of id
+/// `"v-1"` from `"https://shop.example/orders"`, and one event's output
+/// took the id of another's.)
+pub fn derived_id_of(parent: &str, parts: &[&str]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for p in std::iter::once(parent).chain(parts.iter().copied()) {
+        let _ = write!(text, "{}:{p}", p.len());
+    }
+    id_from(parent, text.as_bytes())
+}
+
+fn id_from(parent: &str, text: &[u8]) -> String {
+    let hash = *Uuid::new_v5(&EMIT_NAMESPACE, text).as_bytes();
     let mut bytes = hash;
     if let Ok(p) = Uuid::parse_str(parent)
         && matches!(p.get_version_num(), 7 | 8)
@@ -351,6 +371,36 @@ mod tests {
         assert_eq!(x.causation_id(), Some(first.id.as_str()));
         assert_eq!(x.trace_id(), first.trace_id());
         assert!(x.trace_id().is_some());
+    }
+
+    #[test]
+    fn emitted_ids_tell_apart_ids_and_sources_that_hold_slashes() {
+        let out = || Emitted {
+            kind: "a.b".into(),
+            subject: None,
+            content_type: None,
+            data: b"{}".to_vec(),
+            schema: None,
+        };
+        let victim = Event {
+            id: "victim-1".into(),
+            source: "https://shop.example/orders".into(),
+            ..Event::new("order.placed", "x", b"{}".to_vec())
+        };
+        let attacker = Event {
+            id: "victim-1/https:".into(),
+            source: "/shop.example/orders".into(),
+            ..victim.clone()
+        };
+        let v = victim.caused("pay", "troupe://shop/pay", 0, out());
+        let a = attacker.caused("pay", "troupe://shop/pay", 0, out());
+        assert_ne!(v.id, a.id);
+        // Deterministic still.
+        assert_eq!(v.id, victim.caused("pay", "troupe://shop/pay", 0, out()).id);
+        assert_ne!(
+            derived_id_of("a", &["b:c", "d"]),
+            derived_id_of("a", &["b", "c:d"])
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::driver::{Driver, Journal, Settled};
 use super::machine::Machine;
 use super::run::{RunRecord, RunState};
-use super::{GROUP, Inbox, InputCheck, Msg, StartError, Starting};
+use super::{GROUP, Inbox, Msg, StartError, Starting};
 use crate::app::RetryPolicy;
 use crate::broker::{Broker, BrokerError, Consumer};
 use crate::flow::Flow;
@@ -81,7 +81,6 @@ pub(super) struct Lead {
     pub flows: Arc<HashMap<String, Arc<Flow>>>,
     /// Event types hybrid steps wait for.
     pub awaited: Vec<String>,
-    pub check_input: InputCheck,
     pub source: String,
     pub finished: broadcast::Sender<(String, RunState)>,
     /// This process, as the lease's holder.
@@ -155,7 +154,6 @@ impl Lead {
             self.flows.clone(),
             self.source.clone(),
             self.broker.max_state_bytes(),
-            self.check_input.clone(),
             self.load.limit,
         );
         for (_, v) in self.broker.state_scan("run/").await? {

@@ -148,6 +148,9 @@ pub struct Orchestrator {
     finished: tokio::sync::broadcast::Sender<(String, RunState)>,
     broker: Arc<dyn Broker>,
     flows: Arc<HashMap<String, Arc<Flow>>>,
+    /// A run's input against its first steps' contracts, checked before
+    /// the driver hears of it.
+    check_input: InputCheck,
     load: Arc<Load>,
     standing: Arc<lease::Shared>,
 }
@@ -219,7 +222,6 @@ impl Orchestrator {
             broker: broker.clone(),
             flows: flows.clone(),
             awaited,
-            check_input,
             source: crate::event::source(app, "orchestrator"),
             finished: finished.clone(),
             holder: lease::holder(),
@@ -240,6 +242,7 @@ impl Orchestrator {
             finished,
             broker,
             flows,
+            check_input,
             load,
             standing,
         })
@@ -256,6 +259,9 @@ impl Orchestrator {
         input: Value,
         key: Option<&str>,
     ) -> Result<(String, bool), StartError> {
+        let Some(f) = self.flows.get(flow).cloned() else {
+            return Err(StartError::UnknownFlow(flow.to_string()));
+        };
         if let Some(k) = key {
             check_key(k)?;
             // An ended run's key is in the store; an active run's, in the
@@ -266,6 +272,18 @@ impl Orchestrator {
             {
                 return Ok((row.run, false));
             }
+        }
+        // On the blocking pool: a contract check may take up to its budget,
+        // and neither the API's threads nor the driver wait on it.
+        let check = self.check_input.clone();
+        let (checked, input) = tokio::task::spawn_blocking(move || (check(&f, &input), input))
+            .await
+            .map_err(|_| StartError::Stopped)?;
+        if let Err(reason) = checked {
+            return Err(StartError::BadInput {
+                kind: self.flows[flow].input.clone(),
+                reason,
+            });
         }
         let (reply, rx) = oneshot::channel();
         let msg = Msg::Start(Starting {

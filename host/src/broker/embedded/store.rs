@@ -89,6 +89,7 @@ CREATE TABLE IF NOT EXISTS pruned (
 pub fn open(state_dir: &Path) -> Result<Connection, BrokerError> {
     std::fs::create_dir_all(state_dir)
         .map_err(|e| BrokerError::Store(format!("cannot create {}: {e}", state_dir.display())))?;
+    refuse_empty(state_dir)?;
     let conn = Connection::open(state_dir.join(DB_FILE))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     // A new store gives pruned pages back to the file system in steps
@@ -248,6 +249,44 @@ pub fn checkpoint(conn: &Connection) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// Refuse a store file that is there but empty: SQLite would take it for
+/// a new database, and a host would run on it as if nothing had ever been
+/// stored (a backup cut short, restored as it was, lost every event
+/// without a word). A store file that exists was written by a host: its
+/// first write makes it a page long.
+pub fn refuse_empty(state_dir: &Path) -> Result<(), BrokerError> {
+    let path = state_dir.join(DB_FILE);
+    let len = |p: &Path| std::fs::metadata(p).map_or(None, |m| Some(m.len()));
+    match (len(&path), len(&wal_path(state_dir))) {
+        (Some(0), None | Some(0)) => Err(damaged_at(
+            state_dir,
+            BrokerError::Damaged(
+                "the store file is empty (0 bytes), where a store was expected: a copy cut \
+                 short?"
+                    .into(),
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuse a database that is sound but not a Troupe store (no `events`
+/// table): what a wrong file restored in its place would be.
+pub fn refuse_foreign(state_dir: &Path, conn: &Connection) -> Result<(), BrokerError> {
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+        [],
+        |r| r.get(0),
+    )?;
+    if tables == 0 {
+        return Err(damaged_at(
+            state_dir,
+            BrokerError::Damaged("the file holds no Troupe store (it has no events table)".into()),
+        ));
+    }
+    Ok(())
+}
+
 /// Open the database of `state_dir` for reading only; `None` when no
 /// broker ever ran there.
 pub fn open_read(state_dir: &Path) -> Result<Option<Connection>, BrokerError> {
@@ -255,6 +294,7 @@ pub fn open_read(state_dir: &Path) -> Result<Option<Connection>, BrokerError> {
     if !path.exists() {
         return Ok(None);
     }
+    refuse_empty(state_dir)?;
     let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(Some(conn))

@@ -45,8 +45,8 @@ use std::sync::Arc;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::rfc3339;
 use super::run::{RunRecord, RunState, StepState};
-use super::{InputCheck, rfc3339};
 use crate::app::RetryPolicy;
 use crate::clock::epoch_ms;
 use crate::event::Event;
@@ -64,7 +64,6 @@ pub(crate) struct Machine {
     source: String,
     /// The largest state row the broker stores (NATS: one message).
     max_state_bytes: Option<usize>,
-    check_input: InputCheck,
     /// The most runs active at once.
     limit: usize,
     /// Idempotency keys of the active runs (state-row key -> run id); a
@@ -79,7 +78,6 @@ impl Machine {
         flows: Arc<HashMap<String, Arc<Flow>>>,
         source: String,
         max_state_bytes: Option<usize>,
-        check_input: InputCheck,
         limit: usize,
     ) -> Machine {
         Machine {
@@ -87,7 +85,6 @@ impl Machine {
             runs: HashMap::new(),
             source,
             max_state_bytes,
-            check_input,
             limit,
             keys: HashMap::new(),
             replayed_ends: Vec::new(),

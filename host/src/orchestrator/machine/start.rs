@@ -25,12 +25,6 @@ impl Machine {
         {
             return Ok(Started::Existing(id.to_string()));
         }
-        if let Err(reason) = (self.check_input)(&f, &s.input) {
-            return Err(StartError::BadInput {
-                kind: f.input.clone(),
-                reason,
-            });
-        }
         if let Some(max) = self.max_state_bytes {
             let size = serde_json::to_vec(&s.input).map_or(usize::MAX, |v| v.len());
             let max = max.saturating_sub(RUN_OVERHEAD);

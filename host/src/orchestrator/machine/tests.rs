@@ -74,13 +74,7 @@ fn flow() -> Flow {
 
 fn machine() -> Machine {
     let flows: HashMap<String, Arc<Flow>> = [("f".to_string(), Arc::new(flow()))].into();
-    Machine::new(
-        Arc::new(flows),
-        SOURCE.into(),
-        None,
-        Arc::new(|_: &Flow, _: &Value| Ok(())),
-        1_000,
-    )
+    Machine::new(Arc::new(flows), SOURCE.into(), None, 1_000)
 }
 
 fn start(m: &mut Machine, id: &str, key: Option<&str>, now: u64) -> Started {
