@@ -34,11 +34,11 @@ fn ref_chain(n: usize) -> String {
     json!({ "$defs": defs, "$ref": "#/$defs/d0" }).to_string()
 }
 
-/// 200,000 required properties with patterns: about 10 MB of schema.
+/// 10,000 required properties with patterns: about half a megabyte.
 fn huge_schema() -> String {
     let mut props = serde_json::Map::new();
     let mut required = Vec::new();
-    for i in 0..20_000 {
+    for i in 0..10_000 {
         props.insert(
             format!("p{i}"),
             json!({ "type": "string", "pattern": "^[a-z]+$" }),
@@ -55,7 +55,7 @@ fn a_hostile_contract_is_refused_at_load_with_a_clear_error() {
         "$ref": "#/$defs/a"
     })
     .to_string();
-    let long_pattern = json!({ "type": "string", "pattern": "a".repeat(200_000) }).to_string();
+    let long_pattern = json!({ "type": "string", "pattern": "a".repeat(100_000) }).to_string();
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "a $ref chain of 200",
@@ -77,9 +77,9 @@ fn a_hostile_contract_is_refused_at_load_with_a_clear_error() {
             mutual,
             "without consuming any of the data",
         ),
-        ("a 1 MB schema", huge_schema(), "bytes long, the limit is"),
+        ("a 500 KB schema", huge_schema(), "bytes long, the limit is"),
         (
-            "a 200,000-character pattern",
+            "a 100,000-character pattern",
             long_pattern,
             "characters long, the limit is",
         ),
@@ -166,7 +166,11 @@ fn a_costly_contract_check_is_the_steps_limit_and_holds_up_no_one() {
                 let (c, z) = (&host.client, &zeros);
                 s.spawn(
                     move || match c.publish(&json!({ "type": "costly.in", "data": z })) {
-                        Err(troupe::client::ClientError::Status { status: 422, body }) => body,
+                        Err(troupe::client::ClientError::Status {
+                            status: 422,
+                            message,
+                            ..
+                        }) => message,
                         other => panic!("a costly check at the door: {other:?}"),
                     },
                 )
