@@ -139,24 +139,72 @@ fn dynamic_refs_and_inner_ids_are_refused() {
 }
 
 #[test]
-fn the_budget_keyword_goes_in_every_subschema_and_not_in_values() {
+fn the_budget_keyword_goes_where_work_multiplies_and_never_in_values() {
     let s = json!({
         "properties": { "a": { "const": { "x": 1 } }, "b": true },
-        "items": [{ "enum": [{}] }],
+        "items": { "enum": [{}] },
+        "prefixItems": [{ "type": "string" }],
+        "additionalProperties": { "type": "string" },
+        "patternProperties": { "^p": { "type": "integer" } },
         "dependencies": { "a": ["b"], "c": { "required": ["a"] } },
-        "$defs": { "d": {} }
+        "allOf": [{ "$ref": "#/$defs/d" }],
+        "$defs": { "d": {}, "e": {} }
     });
     let b = bounded(&s).unwrap();
     let k = crate::contract::budget::KEYWORD;
-    assert_eq!(b[k], true);
-    assert_eq!(b["properties"]["a"][k], true);
+    let counted = |p: &str| b.pointer(p).unwrap().get(k).is_some();
+    for p in [
+        "",
+        "/items",
+        "/additionalProperties",
+        "/patternProperties/^p",
+        "/$defs/d",
+    ] {
+        assert!(counted(p), "{p}");
+    }
+    for p in [
+        "/properties/a",
+        "/prefixItems/0",
+        "/dependencies/c",
+        "/allOf/0",
+        "/$defs/e",
+    ] {
+        assert!(!counted(p), "{p}");
+    }
     assert_eq!(b["properties"]["a"]["const"], json!({ "x": 1 }));
     assert_eq!(b["properties"]["b"], true);
-    assert_eq!(b["items"][0]["enum"], json!([{}]));
+    assert_eq!(b["items"]["enum"], json!([{}]));
     assert_eq!(b["dependencies"]["a"], json!(["b"]));
-    assert_eq!(b["dependencies"]["c"][k], true);
-    assert_eq!(b["$defs"]["d"][k], true);
-    assert!(b.get("properties").unwrap().get(k).is_none());
+    assert!(b["properties"].get(k).is_none());
+}
+
+/// A check that runs out of its budget ends, whatever the shape of the
+/// work: many elements, or recursion through a `$ref`.
+#[test]
+fn a_costly_check_runs_out_of_its_budget() {
+    use crate::contract::budget::within;
+    use std::time::{Duration, Instant};
+    // Each zero fails the first 1,999 branches and passes the last.
+    let mut branches: Vec<Value> = (1..2_000).map(|i| json!({ "minimum": i })).collect();
+    branches.push(json!({ "type": "integer" }));
+    let wide = compile_schema(&json!({ "type": "array", "items": { "anyOf": branches } })).unwrap();
+    let data = Value::Array(vec![json!(0); 50_000]);
+    let start = Instant::now();
+    assert_eq!(
+        within(Duration::from_millis(50), || wide.is_valid(&data)),
+        None
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    // The same schema on a little data is checked in full.
+    let small = Value::Array(vec![json!(0); 3]);
+    assert_eq!(
+        within(Duration::from_millis(50), || wide.is_valid(&small)),
+        Some(true)
+    );
 }
 
 #[test]
