@@ -282,17 +282,36 @@ fn path_within(path: &str, prefix: &str) -> bool {
 }
 
 /// Whether a path has a `.` or `..` segment a server might resolve: also
-/// with the dots percent-encoded (`%2e`), and also where an encoded slash
-/// (`%2f`) or a backslash (`\`, `%5c`) separates segments, as some servers
-/// take them to.
+/// with the dots percent-encoded (`%2e`, or twice: `%252e`), where an
+/// encoded slash (`%2f`) or a backslash (`\`, `%5c`) separates segments,
+/// and where what follows the dots is dropped by some servers before they
+/// resolve them: path parameters (`..;x`, `..%3b`, as Java servers read
+/// them), a NUL (`..%00`, where C strings end) and blanks (`.. `, `%20`,
+/// `%09`).
 fn has_dot_segment(path: &str) -> bool {
-    let p = path
-        .to_ascii_lowercase()
+    let mut p = path.to_ascii_lowercase();
+    // What servers that decode twice would see.
+    for _ in 0..3 {
+        let once = p.replace("%25", "%");
+        if once == p {
+            break;
+        }
+        p = once;
+    }
+    let p = p
         .replace("%2e", ".")
         .replace("%2f", "/")
         .replace("%5c", "/")
-        .replace('\\', "/");
-    p.split('/').any(|seg| seg == "." || seg == "..")
+        .replace('\\', "/")
+        .replace("%3b", ";")
+        .replace("%00", "\0")
+        .replace("%20", " ")
+        .replace("%09", "\t");
+    p.split('/').any(|seg| {
+        let kept = seg.split([';', '\0']).next().unwrap_or("");
+        let kept = kept.trim_matches([' ', '\t']);
+        kept == "." || kept == ".."
+    })
 }
 
 fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
@@ -443,6 +462,15 @@ mod tests {
             "/v1/..%2f..%2fadmin",
             "/v1/..%5Cadmin",
             "/v1/..\\admin",
+            "/v1/..;/admin",
+            "/v1/..%3b/admin",
+            "/v1/..%3B/admin",
+            "/v1/..;jsessionid=x/admin",
+            "/v1/..%00/admin",
+            "/v1/%252e%252e/admin",
+            "/v1/.. /admin",
+            "/v1/..%20/admin",
+            "/v1/.;/admin",
         ] {
             assert!(
                 !g.allows(&Target {
@@ -452,10 +480,15 @@ mod tests {
                 "{escape}"
             );
         }
-        assert!(g.allows(&Target {
-            path: "/v1/a..b/c.d",
-            ..ok.clone()
-        }));
+        for fine in ["/v1/a..b/c.d", "/v1/x;v=1", "/v1/..a", "/v1/%2e%2ex"] {
+            assert!(
+                g.allows(&Target {
+                    path: fine,
+                    ..ok.clone()
+                }),
+                "{fine}"
+            );
+        }
         assert_eq!(g.reach, Reach::Public);
     }
 
