@@ -15,6 +15,11 @@ pub enum Refused {
     NotAType(String),
     #[error("the extension `{0}` is set by the host only")]
     HostOwned(&'static str),
+    #[error(
+        "datacontenttype {0:?} is a CloudEvents envelope type, which no event's data may be (a \
+         CloudEvents reader would take the data for a whole event)"
+    )]
+    Envelope(String),
     /// It breaks the contract of a step that consumes it.
     #[error("step `{step}` would refuse it: {violation}")]
     Contract { step: String, violation: Violation },
@@ -37,6 +42,12 @@ pub fn check<S: StepView>(event: &Event, steps: &[S]) -> Result<(), Refused> {
     }
     if let Some(ext) = host_owned_extension(event) {
         return Err(Refused::HostOwned(ext));
+    }
+    if crate::event::is_envelope_type(&event.content_type) {
+        return Err(Refused::Envelope(crate::text::clean(
+            &event.content_type,
+            200,
+        )));
     }
     for s in steps
         .iter()

@@ -111,6 +111,15 @@ pub enum Violation {
         attribute: &'static str,
         problem: &'static str,
     },
+    #[error(
+        "{direction} {kind:?} data is {content_type:?}, a CloudEvents envelope type, which no \
+         event's data may be (a CloudEvents reader would take the data for a whole event)"
+    )]
+    Envelope {
+        direction: Direction,
+        kind: String,
+        content_type: String,
+    },
     /// The check ran out of its budget: the contract is too costly for
     /// this data. Not a broken contract: the step's `limit`.
     #[error(
@@ -135,6 +144,7 @@ impl Violation {
             | Violation::Schema { direction, .. }
             | Violation::ContentType { direction, .. }
             | Violation::NotText { direction, .. }
+            | Violation::Envelope { direction, .. }
             | Violation::Budget { direction, .. } => *direction,
         }
     }
@@ -359,6 +369,13 @@ fn check_data(
     let Some((essence, json)) = media_type(content_type) else {
         return Err(content_type_violation(t, direction, content_type));
     };
+    if crate::event::is_envelope_type(content_type) {
+        return Err(Violation::Envelope {
+            direction,
+            kind: t.kind.clone(),
+            content_type: text::clean(content_type, 200),
+        });
+    }
     let value = match &t.format {
         DataFormat::Json if json => {
             serde_json::from_slice(data).map_err(|e| Violation::NotJson {

@@ -182,3 +182,29 @@ fn broken_contracts_are_refused() {
     c.consumes[0].kind = "Order Placed".into();
     assert!(e(c).contains("event type"));
 }
+
+#[test]
+fn a_cloudevents_envelope_type_is_never_a_datas_content_type() {
+    let mut c = contract(r#"{"type":"object"}"#);
+    c.produces = c.consumes.clone();
+    let c = StepContract::compile(c).unwrap();
+    for ct in [
+        "application/cloudevents+json",
+        "Application/CloudEvents+JSON; charset=utf-8",
+        "application/cloudevents-batch+json",
+    ] {
+        let v = c.check_output("a.b", None, ct, b"{}").unwrap_err();
+        assert!(
+            v.to_string().contains("CloudEvents envelope type"),
+            "{ct}: {v}"
+        );
+        assert!(
+            c.check_input(&with_content_type(ct, b"{}")).is_err(),
+            "{ct}"
+        );
+    }
+    assert!(
+        c.check_output("a.b", None, "application/json", b"{}")
+            .is_ok()
+    );
+}

@@ -271,6 +271,16 @@ pub fn media_type(s: &str) -> Option<(String, bool)> {
     Some((essence, json))
 }
 
+/// Whether `content_type` is a CloudEvents envelope type
+/// (`application/cloudevents+json`, `application/cloudevents-batch+json`,
+/// ...): never a data's content type, since a CloudEvents reader of a
+/// message in binary mode would take the data for a whole event
+/// (structured mode), with attributes its sender chose.
+pub fn is_envelope_type(content_type: &str) -> bool {
+    media_type(content_type)
+        .is_some_and(|(essence, _)| essence.starts_with("application/cloudevents"))
+}
+
 /// The `dataschema` URN of an event type at a version.
 pub fn schema_urn(kind: &str, version: &str) -> String {
     format!("urn:troupe:schema:{kind}:{version}")
