@@ -384,6 +384,24 @@ mod tests {
     }
 
     #[test]
+    fn data_comes_back_as_text_when_it_is_text_whichever_way_it_came() {
+        let sent = |data: serde_json::Value| {
+            let mut v = serde_json::json!({"type": "a.b", "id": "1", "source": "urn:x",
+                "specversion": "1.0", "datacontenttype": "text/plain"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(data.as_object().unwrap().clone());
+            Event::from_json(v, "urn:x").unwrap()
+        };
+        let as_base64 = sent(serde_json::json!({"data_base64": "aMOpbGxv"}));
+        let as_text = sent(serde_json::json!({"data": "h\u{e9}llo"}));
+        assert_eq!(as_base64.data, as_text.data, "the same bytes");
+        assert_eq!(as_base64.to_json()["data"], "h\u{e9}llo");
+        let binary = sent(serde_json::json!({"data_base64": "/w=="}));
+        assert_eq!(binary.to_json()["data_base64"], "/w==");
+    }
+
+    #[test]
     fn emitted_ids_tell_apart_ids_and_sources_that_hold_slashes() {
         let out = || Emitted {
             kind: "a.b".into(),
