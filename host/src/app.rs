@@ -140,7 +140,7 @@ impl App {
         Self::parse(dir, &path, &text)
     }
 
-    fn parse(dir: &Path, path: &Path, text: &str) -> Result<App, AppError> {
+    pub(crate) fn parse(dir: &Path, path: &Path, text: &str) -> Result<App, AppError> {
         let manifest: Manifest = toml::from_str(text).map_err(|e| AppError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),

@@ -65,3 +65,6 @@ pub mod shutdown;
 pub mod stats;
 pub mod text;
 pub mod world;
+
+#[cfg(test)]
+mod hostile_inputs;

@@ -385,7 +385,7 @@ mod tests {
 
     #[test]
     fn data_comes_back_as_text_when_it_is_text_whichever_way_it_came() {
-        let sent = |data: serde_json::Value| {
+        let sent = |data: Value| {
             let mut v = serde_json::json!({"type": "a.b", "id": "1", "source": "urn:x",
                 "specversion": "1.0", "datacontenttype": "text/plain"});
             v.as_object_mut()

@@ -183,10 +183,20 @@ const TYPED: &str = "troupe-typed";
 
 /// The message that carries `e`, deduplicated by the server on `msg_id`
 /// ([`Event::identity`], or a replay's own id).
-pub fn message(e: &Event, msg_id: &str) -> async_nats::jetstream::message::PublishMessage {
+/// with the app's seal if it carries a host-owned extension
+/// ([`super::seal`]).
+pub fn message(
+    e: &Event,
+    msg_id: &str,
+    seal: &super::seal::Seal,
+) -> async_nats::jetstream::message::PublishMessage {
+    let mut h = headers(e);
+    if let Some(s) = seal.seal(e) {
+        put(&mut h, super::seal::HEADER, &s);
+    }
     async_nats::jetstream::message::PublishMessage::build()
         .payload(e.data.clone().into())
-        .headers(headers(e))
+        .headers(h)
         .message_id(msg_id)
 }
 
@@ -195,6 +205,10 @@ pub fn message(e: &Event, msg_id: &str) -> async_nats::jetstream::message::Publi
 /// writes it) and the payload.
 pub fn wire_len(e: &Event, msg_id: &str) -> usize {
     let mut len = b"NATS/1.0\r\n\r\n".len() + "Nats-Msg-Id: \r\n".len() + msg_id.len();
+    if crate::protocol::host_owned_extension(e).is_some() {
+        // The seal: its header, 64 hex digits.
+        len += super::seal::HEADER.len() + b": \r\n".len() + 64;
+    }
     for (k, vs) in headers(e).iter() {
         for v in vs {
             len += AsRef::<str>::as_ref(k).len() + b": \r\n".len() + v.as_str().len();
@@ -217,7 +231,8 @@ pub fn may_exceed(e: &Event, max: usize) -> bool {
             .iter()
             .map(|(k, v)| k.len() + v.len())
             .sum::<usize>();
-    let headers = 30 * (8 + e.extensions.len()) + 3 * attrs + 2 * e.id.len() + 64;
+    // (+ 80: the seal of an event with host-owned extensions.)
+    let headers = 30 * (8 + e.extensions.len()) + 3 * attrs + 2 * e.id.len() + 64 + 80;
     e.data.len() + headers > max
 }
 

@@ -159,7 +159,7 @@ impl DeadLetters for Nats {
         let i = &self.inner;
         let (dl, seq) = i.dead_letter_entry(id).await?;
         let subject = i.names.group_subject(&dl.step);
-        let p = codec::message(&dl.event, &format!("{}/replay/{id}", dl.event.id));
+        let p = codec::message(&dl.event, &format!("{}/replay/{id}", dl.event.id), &i.seal);
         let ack = i.js.send_publish(subject.clone(), p).await.map_err(nats)?;
         stored(vec![(subject, ack)]).await?;
         i.dlq.delete_message(seq).await.map_err(nats)?;

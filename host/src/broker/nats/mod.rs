@@ -45,6 +45,7 @@ mod prune;
 mod publish;
 mod pulling;
 mod rows;
+mod seal;
 mod start;
 mod state;
 
@@ -136,6 +137,8 @@ fn acker(d: &Delivery) -> Result<&NatsAck, BrokerError> {
 
 struct Inner {
     names: Names,
+    /// The app's key for host-owned extensions (`seal.rs`).
+    seal: seal::Seal,
     js: Context,
     publisher: Publisher,
     events: Stream,
@@ -224,6 +227,7 @@ impl Nats {
             .get_key_value(&bucket)
             .await
             .map_err(|e| nats(format!("bucket {bucket}: {e}")))?;
+        let seal = seal::Seal::of_app(&state).await?;
         let kv = state::Kv::open(client, js.clone(), &names, max_payload).await?;
         let (commits, rx) = mpsc::unbounded_channel();
         let broker = Nats {
@@ -231,7 +235,9 @@ impl Nats {
                 publisher: Publisher {
                     names: names.clone(),
                     js: js.clone(),
+                    seal: seal.clone(),
                 },
+                seal,
                 names,
                 js,
                 events,
@@ -487,7 +493,11 @@ impl Traces for Nats {
                 let stored = m
                     .info()
                     .map_or(std::time::SystemTime::UNIX_EPOCH, |i| i.published.into());
-                codec::decode(m.headers.as_ref(), &m.payload, stored).ok()
+                let mut e = codec::decode(m.headers.as_ref(), &m.payload, stored).ok()?;
+                let given = m.headers.as_ref().and_then(|h| h.get(seal::HEADER));
+                i.seal
+                    .unless_sealed(&mut e, given.map(|v| v.as_str()), &m.subject);
+                Some(e)
             })
             .filter(|e| e.correlation_id() == correlation_id)
             .collect())

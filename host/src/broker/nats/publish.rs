@@ -87,6 +87,8 @@ fn refused(e: PublishError) -> BrokerError {
 pub(super) struct Publisher {
     pub(super) names: Names,
     pub(super) js: Context,
+    /// What host-owned extensions are sealed with (`seal.rs`).
+    pub(super) seal: super::seal::Seal,
 }
 
 impl Publisher {
@@ -108,7 +110,10 @@ impl Publisher {
         for (e, subject) in events.iter().zip(subjects) {
             let ack = self
                 .js
-                .send_publish(subject.clone(), codec::message(e, &e.identity()))
+                .send_publish(
+                    subject.clone(),
+                    codec::message(e, &e.identity(), &self.seal),
+                )
                 .await;
             acks.push((subject, ack.map_err(refused)?));
         }

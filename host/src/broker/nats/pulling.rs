@@ -87,7 +87,16 @@ impl Inner {
                         continue;
                     }
                 };
-                let decoded = codec::decode(msg.headers.as_ref(), &msg.payload, stored);
+                let given = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(super::seal::HEADER));
+                let decoded =
+                    codec::decode(msg.headers.as_ref(), &msg.payload, stored).map(|mut e| {
+                        self.seal
+                            .unless_sealed(&mut e, given.map(|v| v.as_str()), &msg.subject);
+                        e
+                    });
                 let (msg, acker) = msg.split();
                 let ack = Ack::new(NatsAck { acker, stream_seq });
                 match decoded {
