@@ -14,6 +14,7 @@ mod conformance;
 mod contracts;
 mod crash;
 mod fixtures;
+mod forged;
 mod hostile;
 mod languages;
 mod nats_restart;

@@ -31,11 +31,21 @@ impl NatsServer {
     /// may keep on disk.
     pub fn start(port: u16, store: &Path, max_file_store: Option<&str>) -> NatsServer {
         let cap = max_file_store.map_or(String::new(), |m| format!(", max_file_store: {m}"));
+        Self::with_config(port, store, &cap, "")
+    }
+
+    /// Start one with `config` added to its configuration file (users and
+    /// their permissions, say).
+    pub fn start_with(port: u16, store: &Path, config: &str) -> NatsServer {
+        Self::with_config(port, store, "", config)
+    }
+
+    fn with_config(port: u16, store: &Path, js: &str, config: &str) -> NatsServer {
         let conf = store.join("nats.conf");
         std::fs::write(
             &conf,
             format!(
-                "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?}{cap} }}\n",
+                "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?}{js} }}\n{config}",
                 store.join("js")
             ),
         )

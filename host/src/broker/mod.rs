@@ -32,6 +32,7 @@ mod error;
 mod health;
 pub mod nats;
 pub mod retention;
+mod url;
 
 pub use dead_letter::DeadLetter;
 pub use error::{BrokerError, ErrorKind};
@@ -96,47 +97,10 @@ pub enum Disposition {
 pub enum BrokerUrl {
     /// `embedded`: SQLite in the app's state folder (the default).
     Embedded,
-    /// `nats://HOST:PORT[/NAMESPACE]`: NATS JetStream. Apps that share a
-    /// namespace (default `troupe`) share events.
+    /// `nats://[USER:PASSWORD@]HOST:PORT[/NAMESPACE]`: NATS JetStream.
+    /// Apps that share a namespace (default `troupe`) share events. The
+    /// password is never shown (`Display` writes `***`).
     Nats { server: String, namespace: String },
-}
-
-impl std::str::FromStr for BrokerUrl {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<BrokerUrl, String> {
-        if s == "embedded" {
-            return Ok(BrokerUrl::Embedded);
-        }
-        let Some(rest) = s.strip_prefix("nats://") else {
-            return Err(format!(
-                "unknown broker {s:?}: use `embedded` or `nats://HOST:PORT[/NAMESPACE]`"
-            ));
-        };
-        let (hostport, ns) = rest.split_once('/').unwrap_or((rest, "troupe"));
-        let ns = if ns.is_empty() { "troupe" } else { ns };
-        if hostport.is_empty() {
-            return Err(format!("broker {s:?} names no server"));
-        }
-        if !nats::valid_namespace(ns) {
-            return Err(format!(
-                "NATS namespace {ns:?} must be letters, digits, `-` and `_`"
-            ));
-        }
-        Ok(BrokerUrl::Nats {
-            server: format!("nats://{hostport}"),
-            namespace: ns.to_string(),
-        })
-    }
-}
-
-impl std::fmt::Display for BrokerUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BrokerUrl::Embedded => f.write_str("embedded"),
-            BrokerUrl::Nats { server, namespace } => write!(f, "{server}/{namespace}"),
-        }
-    }
 }
 
 /// Open the broker `url` names for the app `app_name` whose state folder is

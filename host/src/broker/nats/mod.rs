@@ -39,6 +39,7 @@
 //! steps' buckets and commits their writes; this file declares
 //! what lives on the server and implements the broker's facets on top.
 
+mod auth;
 mod codec;
 mod dlq;
 mod prune;
@@ -180,7 +181,8 @@ impl Nats {
         app: &str,
         retention: &crate::broker::retention::Retention,
     ) -> Result<Nats, BrokerError> {
-        let client = async_nats::ConnectOptions::new()
+        let (options, server) = auth::connect_options(server);
+        let client = options
             .name(format!("troupe {app}"))
             .connection_timeout(Duration::from_secs(5))
             .event_callback(|e| async move {
@@ -192,7 +194,7 @@ impl Nats {
                     other => tracing::debug!("NATS: {other}"),
                 }
             })
-            .connect(server)
+            .connect(server.as_str())
             .await
             .map_err(|e| BrokerError::Nats(format!("cannot connect to {server}: {e}")))?;
         let max_payload = client.server_info().max_payload;

@@ -406,7 +406,9 @@ impl Inner {
 /// app's state bucket and their consumers. For tests and for resetting a
 /// namespace; returns how many streams were deleted.
 pub async fn purge_namespace(server: &str, ns: &str) -> Result<usize, BrokerError> {
-    let client = async_nats::connect(server)
+    let (options, server) = super::auth::connect_options(server);
+    let client = options
+        .connect(server.as_str())
         .await
         .map_err(|e| BrokerError::Nats(format!("cannot connect to {server}: {e}")))?;
     let js = async_nats::jetstream::new(client);
