@@ -255,6 +255,19 @@ fn attacks_are_contained(b: Backend) {
         dropped.is_some_and(|n| n > 0),
         "no dropped log lines counted:\n{metrics}"
     );
+    // And the log says so, within a second or so of the last flood (a
+    // flood that ended within its first second was never reported).
+    let start = Instant::now();
+    while !host
+        .log_text()
+        .contains("log lines dropped (limits.log_lines_per_second)")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the log never says lines were dropped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // What the escaping guest saw: nothing.
     let escape = seen

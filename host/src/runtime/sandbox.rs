@@ -112,7 +112,11 @@ impl ResourceLimiter for Limiter {
 
 /// A step's allowance of log lines: `limits.log_lines_per_second`, with
 /// a burst of one second's worth, shared by all its instances. Lines over
-/// it are dropped and counted; one line a second says how many.
+/// it are dropped and counted; one line a second at most says how many.
+/// The first line dropped after a quiet spell schedules that line (a
+/// thread that waits out the second and then reports), so a flood that
+/// ends before the second does is reported all the same (it was not: the
+/// report waited for a later line that never came).
 pub struct LogBudget {
     per_second: f64,
     state: Mutex<Bucket>,
@@ -124,7 +128,22 @@ struct Bucket {
     last: Instant,
     unreported: u64,
     reported: Instant,
+    /// A report is scheduled.
+    scheduled: bool,
 }
+
+/// What [`LogBudget::take`] decided.
+#[derive(Debug, PartialEq)]
+pub struct Taken {
+    /// Write the line.
+    pub write: bool,
+    /// Report what was dropped after this long (the first drop after a
+    /// quiet spell).
+    pub report_in: Option<Duration>,
+}
+
+/// The least time between two reports of dropped lines.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 impl LogBudget {
     pub fn new(per_second: u32) -> LogBudget {
@@ -135,7 +154,8 @@ impl LogBudget {
                 tokens: f64::from(per_second),
                 last: now,
                 unreported: 0,
-                reported: now,
+                reported: now.checked_sub(REPORT_EVERY).unwrap_or(now),
+                scheduled: false,
             }),
             dropped: AtomicU64::new(0),
         }
@@ -146,26 +166,58 @@ impl LogBudget {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Whether a line may be written now; and, at most once a second while
-    /// lines are being dropped, how many were dropped since it last said.
-    fn take(&self) -> (bool, Option<u64>) {
+    /// Whether a line may be written now, and whether to schedule a
+    /// report of dropped lines.
+    fn take(&self) -> Taken {
         let mut b = self.state.lock().expect("log budget lock");
         let now = Instant::now();
         let refill = now.duration_since(b.last).as_secs_f64() * self.per_second;
         b.tokens = (b.tokens + refill).min(self.per_second);
         b.last = now;
-        let report = (b.unreported > 0 && now.duration_since(b.reported) >= Duration::from_secs(1))
-            .then(|| {
-                b.reported = now;
-                std::mem::take(&mut b.unreported)
-            });
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            return (true, report);
+            return Taken {
+                write: true,
+                report_in: None,
+            };
         }
         b.unreported += 1;
         self.dropped.fetch_add(1, Ordering::Relaxed);
-        (false, report)
+        let report_in = (!b.scheduled).then(|| {
+            b.scheduled = true;
+            (b.reported + REPORT_EVERY).saturating_duration_since(now)
+        });
+        Taken {
+            write: false,
+            report_in,
+        }
+    }
+
+    /// The lines dropped since the last report, now reported.
+    fn report(&self) -> u64 {
+        let mut b = self.state.lock().expect("log budget lock");
+        b.scheduled = false;
+        b.reported = Instant::now();
+        std::mem::take(&mut b.unreported)
+    }
+
+    /// Report what was dropped once `after` has passed, from a thread of
+    /// its own (the guest's call may end, and no line come, before then).
+    fn report_later(self: &Arc<Self>, after: Duration, step: Arc<str>) {
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("troupe-log-report".into())
+            .spawn(move || {
+                std::thread::sleep(after);
+                let n = me.report();
+                if n > 0 {
+                    tracing::warn!(target: "troupe::guest", step = &*step, "{n} log lines dropped (limits.log_lines_per_second)");
+                }
+            });
+        if spawned.is_err() {
+            // No thread to spare: the next drop schedules again.
+            self.state.lock().expect("log budget lock").scheduled = false;
+        }
     }
 }
 
@@ -298,11 +350,11 @@ impl host::Host for StepCtx {
             return;
         }
         let (step, event) = (&*self.step, self.event_id.as_str());
-        let (write, dropped) = self.logs.take();
-        if let Some(n) = dropped {
-            tracing::warn!(target: "troupe::guest", step, "{n} log lines dropped (limits.log_lines_per_second)");
+        let taken = self.logs.take();
+        if let Some(after) = taken.report_in {
+            self.logs.report_later(after, self.step.clone());
         }
-        if !write {
+        if !taken.write {
             return;
         }
         let text = clean(&text, MAX_LOG_LINE);
@@ -346,8 +398,20 @@ mod tests {
     #[test]
     fn the_log_budget_drops_beyond_its_rate_and_counts() {
         let b = LogBudget::new(10);
-        let written = (0..100).filter(|_| b.take().0).count();
-        assert_eq!(written, 10, "one second's burst");
+        let taken: Vec<Taken> = (0..100).map(|_| b.take()).collect();
+        assert_eq!(
+            taken.iter().filter(|t| t.write).count(),
+            10,
+            "one second's burst"
+        );
         assert_eq!(b.dropped(), 90);
+        // The first drop of a quiet spell schedules a report, at once (no
+        // report yet); the others wait for it.
+        let scheduled: Vec<_> = taken.iter().filter_map(|t| t.report_in).collect();
+        assert_eq!(scheduled, [Duration::ZERO]);
+        assert_eq!(b.report(), 90, "a flood that ended is reported whole");
+        // The next flood's report waits out the second since this one.
+        let next = (0..20).find_map(|_| b.take().report_in).expect("scheduled");
+        assert!(next > Duration::from_millis(900), "{next:?}");
     }
 }
