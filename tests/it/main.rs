@@ -25,4 +25,5 @@ mod retention;
 mod sandbox;
 mod scale_out;
 mod state;
+mod state_limits;
 mod store_faults;

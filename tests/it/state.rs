@@ -112,7 +112,7 @@ const WAIT: Duration = Duration::from_secs(20);
 const CHAIN_WAIT: Duration = Duration::from_secs(90);
 
 /// A `keeper` step named `name` with role `role` and `extra` TOML lines.
-fn keeper(name: &str, role: &str, extra: &str) -> String {
+pub(crate) fn keeper(name: &str, role: &str, extra: &str) -> String {
     format!(
         "[steps.{name}]\ncomponent = {:?}\ngrants.env = {{ ROLE = {role:?} }}\n{extra}\n",
         guest("keeper").display().to_string()
@@ -120,7 +120,7 @@ fn keeper(name: &str, role: &str, extra: &str) -> String {
 }
 
 /// Publish `input` and return the results reported by `role`.
-async fn ask(host: &Host, input: Value, role: &str) -> Vec<Value> {
+pub(crate) async fn ask(host: &Host, input: Value, role: &str) -> Vec<Value> {
     let e = event("test.kv", input);
     host.broker.publish(vec![e.clone()]).await.unwrap();
     results_of(host, &e, role).await
@@ -146,16 +146,16 @@ async fn results_of(host: &Host, e: &Event, role: &str) -> Vec<Value> {
         .clone()
 }
 
-fn op(op: &str, bucket: &str, key: &str) -> Value {
+pub(crate) fn op(op: &str, bucket: &str, key: &str) -> Value {
     json!({"op": op, "bucket": bucket, "key": key})
 }
 
-fn set(bucket: &str, key: &str, value: &str) -> Value {
+pub(crate) fn set(bucket: &str, key: &str, value: &str) -> Value {
     json!({"op": "set", "bucket": bucket, "key": key, "value": value})
 }
 
 /// The committed value of `bucket`/`key`, read from the broker.
-async fn committed(host: &Host, bucket: &str, key: &str) -> Option<String> {
+pub(crate) async fn committed(host: &Host, bucket: &str, key: &str) -> Option<String> {
     host.broker
         .kv_reader()
         .expect("the broker keeps state")

@@ -59,6 +59,12 @@ pub struct KvLimits {
     pub max_value_bytes: usize,
     /// Keys written or deleted by one invocation.
     pub max_writes: usize,
+    /// Keys one invocation reads from its buckets (each distinct key once;
+    /// what it wrote itself is not read). The same on both brokers.
+    pub max_reads: usize,
+    /// Bytes of the keys and values one invocation has read, which the
+    /// host holds for it until its commit.
+    pub max_read_bytes: usize,
     /// Keys one bucket may hold.
     pub max_keys: u64,
     /// Bytes (keys and values) one bucket may hold.
@@ -71,6 +77,8 @@ impl Default for KvLimits {
             max_key_bytes: 512,
             max_value_bytes: 64 * 1024,
             max_writes: 1000,
+            max_reads: 1000,
+            max_read_bytes: 8 << 20,
             max_keys: 100_000,
             max_bucket_bytes: 64 << 20,
         }
@@ -94,6 +102,8 @@ impl KvLimits {
         )?;
         within("max_value_bytes", self.max_value_bytes as u64, 1 << 20)?;
         within("max_writes", self.max_writes as u64, 100_000)?;
+        within("max_reads", self.max_reads as u64, 10_000)?;
+        within("max_read_bytes", self.max_read_bytes as u64, 256 << 20)?;
         within("max_keys", self.max_keys, 100_000_000)?;
         within("max_bucket_bytes", self.max_bucket_bytes, 64 << 30)
     }
@@ -136,6 +146,13 @@ pub enum KvError {
     ValueTooLarge { key: String, len: usize, max: usize },
     #[error("more than {max} keys written in one invocation")]
     TooManyWrites { max: usize },
+    #[error("more than {max} keys read in one invocation (limits.kv.max_reads)")]
+    TooManyReads { max: usize },
+    #[error(
+        "the keys and values read in one invocation would hold {bytes} bytes, over \
+         limits.kv.max_read_bytes ({max})"
+    )]
+    ReadTooMuch { bytes: usize, max: usize },
     #[error("the value of {key:?} is not a counter (decimal digits, as increment writes)")]
     NotACounter { key: String },
     #[error("incrementing {key:?} overflows")]

@@ -27,7 +27,7 @@ impl Store {
             Some((v, ver)) => (Some(v.clone()), *ver),
             None => (None, 0),
         };
-        t.saw(b, k, v.clone(), ver);
+        t.saw(b, k, v.clone(), ver).unwrap();
         v
     }
 
@@ -39,7 +39,8 @@ impl Store {
                 .filter(|(bb, _)| bb == b)
                 .map(|(_, k)| k.clone())
                 .collect();
-            t.listed(b, keys, self.buckets.get(b).copied().unwrap_or(0));
+            t.listed(b, keys, self.buckets.get(b).copied().unwrap_or(0))
+                .unwrap();
         }
         t.keys(b).unwrap()
     }
@@ -95,7 +96,7 @@ fn reads_see_the_committed_state_and_the_invocations_own_writes() {
     t.delete("stock", "tea").unwrap();
     assert_eq!(t.view("stock", "tea").unwrap(), View::Known(None));
     // The version kept is the first one read, whatever was seen after.
-    t.saw("stock", "tea", Some(b"9".to_vec()), 99);
+    t.saw("stock", "tea", Some(b"9".to_vec()), 99).unwrap();
     let w = t.into_writes();
     assert_eq!(w.reads, vec![("stock".into(), "tea".into(), 1)]);
     assert_eq!(w.writes, vec![("stock".into(), "tea".into(), None)]);
@@ -219,7 +220,8 @@ fn counters_are_decimal_and_do_not_overflow() {
         assert!(counter("k", Some(bad)).is_err(), "{bad:?}");
     }
     let mut t = txn();
-    t.saw("stock", "n", Some(u64::MAX.to_string().into_bytes()), 3);
+    t.saw("stock", "n", Some(u64::MAX.to_string().into_bytes()), 3)
+        .unwrap();
     assert!(matches!(
         t.increment("stock", "n", 1),
         Err(KvError::Overflow { .. })
@@ -265,4 +267,42 @@ fn the_trace_names_the_keys_written() {
     let (by, more) = w.written();
     assert_eq!(by["stock"].len(), MAX_RECORDED_KEYS);
     assert_eq!(more, 5);
+}
+
+/// Reads have limits of their own, the same on both brokers: how many keys
+/// one invocation reads, and how many bytes of keys and values the host
+/// holds for it (1.4 million absent keys read by one invocation grew the
+/// host by a gigabyte; on NATS they overflowed the commit's message).
+#[test]
+fn reads_are_bounded_in_keys_and_bytes() {
+    let limits = KvLimits {
+        max_reads: 3,
+        max_read_bytes: 40,
+        ..KvLimits::default()
+    };
+    let mut t = Txn::new("s", &[], limits);
+    for k in ["a", "b", "c"] {
+        assert_eq!(t.view("s", k), Ok(View::Unread));
+        t.saw("s", k, None, 0).unwrap();
+    }
+    // Read before, or written: known, no new read.
+    assert_eq!(t.view("s", "a"), Ok(View::Known(None)));
+    t.set("s", "w", b"1".to_vec()).unwrap();
+    assert_eq!(t.view("s", "w"), Ok(View::Known(Some(&b"1"[..]))));
+    assert_eq!(t.view("s", "d"), Err(KvError::TooManyReads { max: 3 }));
+    let e = KvError::TooManyReads { max: 3 }.to_string();
+    assert!(e.contains("limits.kv.max_reads"), "{e}");
+
+    let mut t = Txn::new("s", &[], limits_bytes(40));
+    t.saw("s", "k1", Some(vec![b'x'; 30]), 1).unwrap();
+    let e = t.saw("s", "k2", Some(vec![b'x'; 10]), 1).unwrap_err();
+    assert_eq!(e, KvError::ReadTooMuch { bytes: 46, max: 40 });
+    assert_eq!(t.view("s", "k2"), Ok(View::Unread), "not kept");
+}
+
+fn limits_bytes(max_read_bytes: usize) -> KvLimits {
+    KvLimits {
+        max_read_bytes,
+        ..KvLimits::default()
+    }
 }

@@ -32,6 +32,8 @@ pub struct Txn {
     /// Buckets listed: their committed keys and version then.
     listed: BTreeMap<String, (BTreeSet<String>, Version)>,
     writes: BTreeMap<Key, Option<Vec<u8>>>,
+    /// Bytes of the keys and values in `seen` and `listed`.
+    read_bytes: usize,
 }
 
 impl Txn {
@@ -46,6 +48,7 @@ impl Txn {
             seen: BTreeMap::new(),
             listed: BTreeMap::new(),
             writes: BTreeMap::new(),
+            read_bytes: 0,
         }
     }
 
@@ -96,15 +99,38 @@ impl Txn {
             // Listed, and absent then: the listing's version covers it.
             return Ok(View::Known(None));
         }
+        if self.seen.len() >= self.limits.max_reads {
+            return Err(KvError::TooManyReads {
+                max: self.limits.max_reads,
+            });
+        }
         Ok(View::Unread)
     }
 
     /// The committed entry of `bucket`/`key`, read from the broker at
     /// `version` (`0`: absent). The first read of a key is the one kept.
-    pub fn saw(&mut self, bucket: &str, key: &str, value: Option<Vec<u8>>, version: Version) {
-        self.seen
-            .entry((bucket.to_string(), key.to_string()))
-            .or_insert((value, version));
+    /// Past `max_read_bytes` the value is not kept, and the read fails.
+    pub fn saw(
+        &mut self,
+        bucket: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+        version: Version,
+    ) -> Result<(), KvError> {
+        let k = (bucket.to_string(), key.to_string());
+        if self.seen.contains_key(&k) {
+            return Ok(());
+        }
+        let bytes = self.read_bytes + bucket.len() + key.len() + value.as_ref().map_or(0, Vec::len);
+        if bytes > self.limits.max_read_bytes {
+            return Err(KvError::ReadTooMuch {
+                bytes,
+                max: self.limits.max_read_bytes,
+            });
+        }
+        self.read_bytes = bytes;
+        self.seen.insert(k, (value, version));
+        Ok(())
     }
 
     /// Write `value` to `bucket`/`key` (seen by this invocation's reads
@@ -160,10 +186,27 @@ impl Txn {
 
     /// `bucket`'s committed keys, read from the broker at the bucket's
     /// `version`. The first listing is the one kept.
-    pub fn listed(&mut self, bucket: &str, keys: Vec<String>, version: Version) {
+    /// Past `max_read_bytes` the listing is not kept, and it fails.
+    pub fn listed(
+        &mut self,
+        bucket: &str,
+        keys: Vec<String>,
+        version: Version,
+    ) -> Result<(), KvError> {
+        if self.listed.contains_key(bucket) {
+            return Ok(());
+        }
+        let bytes = self.read_bytes + keys.iter().map(String::len).sum::<usize>();
+        if bytes > self.limits.max_read_bytes {
+            return Err(KvError::ReadTooMuch {
+                bytes,
+                max: self.limits.max_read_bytes,
+            });
+        }
+        self.read_bytes = bytes;
         self.listed
-            .entry(bucket.to_string())
-            .or_insert_with(|| (keys.into_iter().collect(), version));
+            .insert(bucket.to_string(), (keys.into_iter().collect(), version));
+        Ok(())
     }
 
     /// `bucket`'s keys as this invocation sees them, sorted: the committed

@@ -91,7 +91,7 @@ impl StepState {
             Some((v, version)) => (Some(v), version),
             None => (None, 0),
         };
-        txn.saw(bucket, key, value.clone(), version);
+        txn.saw(bucket, key, value.clone(), version)?;
         Ok(value)
     }
 
@@ -100,7 +100,7 @@ impl StepState {
         if !txn.has_listed(bucket) {
             let reader = self.reader.as_ref().ok_or(StateError::NoStore)?;
             let (keys, version) = reader.kv_list(bucket).await?;
-            txn.listed(bucket, keys, version);
+            txn.listed(bucket, keys, version)?;
         }
         Ok(txn.keys(bucket).expect("listed above"))
     }

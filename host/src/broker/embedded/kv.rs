@@ -297,7 +297,7 @@ mod tests {
     fn read(conn: &Connection, t: &mut Txn, b: &str, k: &str) {
         let e = get(conn, b, k).unwrap();
         let v = e.as_ref().map_or(0, |(_, v)| *v);
-        t.saw(b, k, e.map(|(v, _)| v), v);
+        t.saw(b, k, e.map(|(v, _)| v), v).unwrap();
     }
 
     #[test]

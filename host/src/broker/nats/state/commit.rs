@@ -110,9 +110,13 @@ impl Kv {
         let body = serde_json::to_vec(&entry).expect("JSON");
         if body.len() + LOG_HEADROOM > self.max_payload {
             return Err(BrokerError::Refused(Refused::Quota(format!(
-                "the invocation's state writes and outputs ({} bytes) do not fit in one NATS \
-                 message (max_payload {}), as a commit with step state on NATS must",
+                "the invocation's state commit ({} bytes: reads {}, writes {}, outputs {}) does \
+                 not fit in one NATS message (max_payload {}), as a commit with step state on \
+                 NATS must",
                 body.len(),
+                json_len(&(&entry.reads, &entry.lists)),
+                json_len(&entry.writes),
+                json_len(&entry.events),
                 self.max_payload
             ))));
         }
@@ -202,4 +206,9 @@ fn invocation_key(group: &str, identity: &str) -> String {
     )
     .simple()
     .to_string()
+}
+
+/// The bytes of `v` as JSON, to say which part of a commit is too large.
+fn json_len<T: serde::Serialize>(v: &T) -> usize {
+    serde_json::to_vec(v).map_or(0, |b| b.len())
 }
