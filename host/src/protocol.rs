@@ -37,6 +37,13 @@ pub const FLOW_STEP: &str = "troupestep";
 /// Extension: which attempt of the flow step a command is (what the
 /// guest sees as `event.attempt`).
 pub const ATTEMPT: &str = "troupeattempt";
+/// Extension of a command: the time (Unix ms) by which a worker must start
+/// it, else it is not run (the flow step's `queue_timeout_ms` from when it
+/// was sent).
+pub const START_BY: &str = "troupestartby";
+/// Extension of a command: how long (ms) it may run once started (the
+/// flow step's `timeout_ms`, start-to-close).
+pub const RUN_FOR: &str = "troupetimeout";
 /// Reply type: the step handled the command; data `{ "outputs": [...] }`,
 /// each output's `type`, `dataschema` and `data`.
 pub const COMPLETED: &str = "troupe.step.completed";
@@ -288,13 +295,21 @@ pub fn attempt_of(e: &Event, delivery_attempt: u32) -> u32 {
 /// an event to a run's step. An event from outside (`POST /v1/events`,
 /// `troupe publish`) that carries one is refused, so no producer can send
 /// a step a command, or answer one in a step's place.
-pub const HOST_OWNED: [&str; 4] = [TARGET, RUN, FLOW_STEP, ATTEMPT];
+pub const HOST_OWNED: [&str; 6] = [TARGET, RUN, FLOW_STEP, ATTEMPT, START_BY, RUN_FOR];
 
 /// The first host-owned extension `e` carries, if any.
 pub fn host_owned_extension(e: &Event) -> Option<&'static str> {
     HOST_OWNED
         .into_iter()
         .find(|k| e.extensions.contains_key(*k))
+}
+
+/// When a command must start by (Unix ms), and how long it may run once
+/// started: `None` for what is not a command, or a command sent before
+/// commands carried them.
+pub fn command_bounds(e: &Event) -> Option<(u64, std::time::Duration)> {
+    let n = |k: &str| e.extensions.get(k)?.parse::<u64>().ok();
+    Some((n(START_BY)?, std::time::Duration::from_millis(n(RUN_FOR)?)))
 }
 
 /// Whether `e` is an orchestration command (its worker answers with a

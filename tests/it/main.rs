@@ -20,6 +20,7 @@ mod languages;
 mod nats_restart;
 mod orchestration;
 mod outbound;
+mod queued;
 mod restart;
 mod retention;
 mod sandbox;

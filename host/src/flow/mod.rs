@@ -25,9 +25,11 @@ use crate::contract::{StepContract, is_kind};
 use crate::retry::RetryPolicy;
 
 mod condition;
+mod order;
 
 use condition::parse_condition;
 pub use condition::{Condition, Op};
+use order::{check_condition, describe_source, topo_order};
 
 /// The flow input pseudo-step.
 pub const INPUT: &str = "input";
@@ -62,6 +64,7 @@ struct StepFile {
     after: Vec<String>,
     when: Option<Spanned<String>>,
     timeout_ms: Option<u64>,
+    queue_timeout_ms: Option<u64>,
     retry: Option<RetryPolicy>,
     compensate: Option<CompensateFile>,
 }
@@ -107,7 +110,12 @@ pub struct FlowStep {
     pub when: Option<Condition>,
     /// The line of `when` (of the step when it has none).
     pub when_line: usize,
+    /// How long a command may run once a worker starts it (a hybrid
+    /// step: until its awaited event).
     pub timeout_ms: u64,
+    /// How long a command may wait for a worker to start it (0 for a
+    /// hybrid step, which sends no command).
+    pub queue_timeout_ms: u64,
     pub retry: RetryPolicy,
     pub compensate: Option<Compensation>,
     /// The event type this flow step outputs (what the next steps get).
@@ -131,6 +139,9 @@ pub struct Flow {
 
 /// The default time a flow step may take, ms.
 pub const DEFAULT_STEP_TIMEOUT_MS: u64 = 10_000;
+/// The default time a command may wait in the queue before a worker
+/// starts it, ms.
+pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 30_000;
 /// The default time a run may take, ms.
 pub const DEFAULT_RUN_TIMEOUT_MS: u64 = 60_000;
 
@@ -254,6 +265,26 @@ impl Flow {
                     ));
                 }
             };
+            let queue_timeout_ms = match (&action, s.queue_timeout_ms) {
+                (Action::Command { .. }, None) => DEFAULT_QUEUE_TIMEOUT_MS,
+                (Action::Command { .. }, Some(0)) => {
+                    return Err(err(
+                        line,
+                        format!("step {id:?}: `queue_timeout_ms` must be at least 1"),
+                    ));
+                }
+                (Action::Command { .. }, Some(q)) => q,
+                (Action::Hybrid { .. }, None) => 0,
+                (Action::Hybrid { .. }, Some(_)) => {
+                    return Err(err(
+                        line,
+                        format!(
+                            "step {id:?}: `queue_timeout_ms` is for commands; a hybrid step \
+                             sends none (its `timeout_ms` runs until the awaited event)"
+                        ),
+                    ));
+                }
+            };
             let input = s.input.clone().unwrap_or_else(|| INPUT.to_string());
             let mut after = s.after.clone();
             if input != INPUT {
@@ -291,6 +322,7 @@ impl Flow {
                     when_line: when.as_ref().map_or(line, |(_, at)| *at),
                     when: when.map(|(c, _)| c),
                     timeout_ms: s.timeout_ms.unwrap_or(DEFAULT_STEP_TIMEOUT_MS),
+                    queue_timeout_ms,
                     retry: s.retry.clone().unwrap_or(RetryPolicy {
                         max_attempts: 3,
                         backoff_ms: 100,
@@ -433,87 +465,4 @@ impl Flow {
     pub fn step(&self, id: &str) -> Option<&FlowStep> {
         self.steps.iter().find(|s| s.id == id)
     }
-}
-
-/// Check condition `c` against the schema of the output it looks into (that
-/// of flow step `c.step`, already among `done`).
-fn check_condition(
-    c: &Condition,
-    done: &[FlowStep],
-    contracts: &HashMap<String, &StepContract>,
-) -> Result<(), String> {
-    let Some(from) = done.iter().find(|x| x.id == c.step) else {
-        return Ok(());
-    };
-    let Some(kind) = &from.output_kind else {
-        return Ok(());
-    };
-    // A command's output is its step's first produced type; a hybrid
-    // step's, the awaited type as whichever step of the app produces it.
-    let produced = match &from.action {
-        Action::Command { step } => contracts[step].produced(kind),
-        Action::Hybrid { .. } => contracts.values().find_map(|k| k.produced(kind)),
-    };
-    let Some(t) = produced else {
-        return Ok(());
-    };
-    if let crate::contract::DataFormat::Other { media_type, .. } = &t.format {
-        return Err(format!(
-            "the output of {:?} ({kind}) is {media_type}, not JSON: a condition cannot look into its fields",
-            c.step
-        ));
-    }
-    c.check(&t.schema)
-}
-
-fn describe_source(input: &str, steps: &[FlowStep], input_kind: &str) -> String {
-    if input == INPUT {
-        return format!("the run's input, {input_kind}");
-    }
-    match steps
-        .iter()
-        .find(|s| s.id == input)
-        .and_then(|s| s.output_kind.clone())
-    {
-        Some(k) => format!("the output of {input:?}, {k}"),
-        None => format!("the output of {input:?}, which emits nothing"),
-    }
-}
-
-/// Ids in dependency order, or a cycle.
-fn topo_order(steps: &HashMap<String, FlowStep>) -> Result<Vec<String>, Vec<String>> {
-    fn visit(
-        id: &str,
-        steps: &HashMap<String, FlowStep>,
-        state: &mut HashMap<String, u8>,
-        stack: &mut Vec<String>,
-        out: &mut Vec<String>,
-    ) -> Result<(), Vec<String>> {
-        match state.get(id) {
-            Some(2) => return Ok(()),
-            Some(1) => {
-                let start = stack.iter().position(|s| s == id).unwrap_or(0);
-                let mut cycle = stack[start..].to_vec();
-                cycle.push(id.to_string());
-                return Err(cycle);
-            }
-            _ => {}
-        }
-        state.insert(id.to_string(), 1);
-        stack.push(id.to_string());
-        for dep in &steps[id].after {
-            visit(dep, steps, state, stack, out)?;
-        }
-        stack.pop();
-        state.insert(id.to_string(), 2);
-        out.push(id.to_string());
-        Ok(())
-    }
-    let mut ids: Vec<&String> = steps.keys().collect();
-    ids.sort();
-    let (mut state, mut out) = (HashMap::new(), Vec::new());
-    for id in ids {
-        visit(id, steps, &mut state, &mut Vec::new(), &mut out)?;
-    }
-    Ok(out)
 }

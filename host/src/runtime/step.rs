@@ -209,7 +209,13 @@ impl LoadedStep {
     /// Handle one event, with the record of its outbound calls and its
     /// state's reads and writes; see [`Sandbox::handle_traced`].
     pub fn handle_traced(&self, event: &Event, attempt: u32) -> Handled {
-        self.sandbox.handle_traced(event, attempt)
+        self.sandbox.handle_traced(event, attempt, None)
+    }
+
+    /// The same, cut at `limit` if that is sooner than the step's own time
+    /// limit (an orchestration command's start-to-close timeout).
+    pub fn handle_within(&self, event: &Event, attempt: u32, limit: Option<Duration>) -> Handled {
+        self.sandbox.handle_traced(event, attempt, limit)
     }
 }
 
@@ -250,14 +256,16 @@ impl Sandbox {
 
     /// Handle one event (delivery number `attempt`) under the step's limits.
     pub fn handle(&self, event: &Event, attempt: u32) -> Result<Vec<world::Emit>, Failure> {
-        self.handle_traced(event, attempt).result
+        self.handle_traced(event, attempt, None).result
     }
 
     /// [`Sandbox::handle`], with the record of the outbound calls the
     /// invocation made, for its trace, and what it read and wrote of its
-    /// buckets, for its commit (whatever its outcome).
-    pub fn handle_traced(&self, event: &Event, attempt: u32) -> Handled {
-        let timeout = Duration::from_millis(self.config.limits.timeout_ms);
+    /// buckets, for its commit (whatever its outcome). `limit` cuts it
+    /// sooner than the step's time limit.
+    pub fn handle_traced(&self, event: &Event, attempt: u32, limit: Option<Duration>) -> Handled {
+        let own = Duration::from_millis(self.config.limits.timeout_ms);
+        let timeout = limit.map_or(own, |l| l.min(own));
         let deadline = Instant::now() + timeout;
         let input = to_guest(event, attempt);
         let reuse = self.config.instances == Instances::Reuse;

@@ -7,7 +7,7 @@ use super::Machine;
 use crate::event::{CORRELATION_ID, Event, JSON, TARGET, TRACEPARENT, derived_id};
 use crate::flow::{Action, INPUT};
 use crate::orchestrator::rfc3339;
-use crate::protocol::{self, ATTEMPT, FLOW_STEP, RUN};
+use crate::protocol::{self, ATTEMPT, FLOW_STEP, RUN, RUN_FOR, START_BY};
 
 impl Machine {
     /// The command (or hybrid event) of attempt `attempt` of `sid`.
@@ -50,6 +50,11 @@ impl Machine {
         extensions.insert(ATTEMPT.to_string(), attempt.to_string());
         if let Some(t) = target {
             extensions.insert(TARGET.to_string(), t);
+            // Start-to-close: the worker starts it by then, or not at all,
+            // and cuts it after `run` ms.
+            let (queue, run) = super::bounds_of(Some(flow), sid);
+            extensions.insert(START_BY.to_string(), (now + queue).to_string());
+            extensions.insert(RUN_FOR.to_string(), run.to_string());
         }
         Some(Event {
             id,

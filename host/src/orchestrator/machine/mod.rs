@@ -233,8 +233,18 @@ impl Machine {
         } else if run.steps[sid].state == StepState::Backoff {
             self.dispatch(run_id, sid, &mut t, now);
         } else {
-            let ms = timeout_of(self.flow_of(run_id).as_deref(), sid);
-            let f = Failure::new(FailureClass::Timeout, format!("no reply within {ms} ms"));
+            let (queue, run) = bounds_of(self.flow_of(run_id).as_deref(), sid);
+            let why = if queue == 0 {
+                format!("no reply within {run} ms")
+            } else {
+                format!(
+                    "no reply within {} ms of being sent ({queue} ms to be started, \
+                     queue_timeout_ms, {run} ms to run, timeout_ms, and {REPLY_GRACE_MS} ms \
+                     for the reply)",
+                    queue + run + REPLY_GRACE_MS
+                )
+            };
+            let f = Failure::new(FailureClass::Timeout, why);
             self.step_failed(run_id, sid, f, &mut t, now);
         }
         self.settle(&mut t, now);
@@ -396,11 +406,38 @@ impl Machine {
     }
 }
 
-/// The time flow step `sid` (or the step it compensates) may take.
-fn timeout_of(flow: Option<&Flow>, sid: &str) -> u64 {
-    flow.and_then(|f| f.step(protocol::base_step(sid)).map(|s| s.timeout_ms))
-        .unwrap_or(crate::flow::DEFAULT_STEP_TIMEOUT_MS)
+/// How long an attempt of flow step `sid` (or of the compensation of the
+/// step it names) may wait for a worker to start its command, and run
+/// once started, ms. A hybrid step sends no command: it waits 0 and has
+/// its `timeout_ms` for the awaited event.
+pub(super) fn bounds_of(flow: Option<&Flow>, sid: &str) -> (u64, u64) {
+    let base = flow.and_then(|f| f.step(protocol::base_step(sid)));
+    let run = base.map_or(crate::flow::DEFAULT_STEP_TIMEOUT_MS, |s| s.timeout_ms);
+    let command = protocol::undoes(sid).is_some()
+        || base.is_none_or(|s| matches!(s.action, FlowAction::Command { .. }));
+    let queue = match base {
+        _ if !command => 0,
+        Some(s) if s.queue_timeout_ms > 0 => s.queue_timeout_ms,
+        _ => crate::flow::DEFAULT_QUEUE_TIMEOUT_MS,
+    };
+    (queue, run)
 }
+
+/// The longest an attempt of `sid` may take from when it is sent: its time
+/// in the queue, its time running and, for a command, [`REPLY_GRACE_MS`]
+/// for its reply to come back.
+fn timeout_of(flow: Option<&Flow>, sid: &str) -> u64 {
+    match bounds_of(flow, sid) {
+        (0, run) => run,
+        (queue, run) => queue + run + REPLY_GRACE_MS,
+    }
+}
+
+/// Time for a command's reply to reach the orchestrator after the worker
+/// finished it: a worker may start a command up to its start-by time and
+/// run it for its whole `timeout_ms`, and the orchestrator must not give up
+/// on it (and send the next attempt) while its reply is on the way.
+pub(crate) const REPLY_GRACE_MS: u64 = 1_000;
 
 /// End `run` as `state` at `now` (epoch ms).
 fn finish(run: &mut RunRecord, state: RunState, now: u64) {

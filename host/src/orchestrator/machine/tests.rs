@@ -35,6 +35,7 @@ fn fstep(id: &str, input: &str, compensate: Option<&str>, max_attempts: u32) -> 
         when: None,
         when_line: 1,
         timeout_ms: 1_000,
+        queue_timeout_ms: 500,
         retry: RetryPolicy {
             max_attempts,
             backoff_ms: 10,
@@ -199,11 +200,18 @@ fn a_timed_out_attempt_is_superseded_and_its_late_completion_refused_and_noted()
     let first = sends(&t);
     m.on_event(&done(&first[0]), T0 + 1);
     let c1 = sends(&m.on_event(&done(&first[1]), T0 + 2).unwrap());
-    let deadline = T0 + 2 + 1_000;
+    // 500 ms to be started, 1,000 ms to run, 1,000 ms for the reply.
+    let deadline = T0 + 2 + 2_500;
     let t = m.on_timer(deadline, "r1", "c", deadline).unwrap();
     assert!(sends(&t).is_empty(), "backoff first");
     let rec = &m.run("r1").unwrap().steps["c"];
-    assert_eq!(rec.errors, ["attempt 1: timeout: no reply within 1000 ms"]);
+    assert_eq!(
+        rec.errors,
+        [
+            "attempt 1: timeout: no reply within 2500 ms of being sent (500 ms to be started, \
+             queue_timeout_ms, 1000 ms to run, timeout_ms, and 1000 ms for the reply)"
+        ]
+    );
     let at = rec.deadline_ms.unwrap();
     let c2 = sends(&m.on_timer(at, "r1", "c", at).unwrap());
     assert_ne!(c1[0].id, c2[0].id, "a new attempt is a new command");
@@ -262,9 +270,9 @@ fn after_a_long_downtime_a_waiting_step_gets_its_timeout_again_under_the_same_co
     };
     assert_eq!(ids(&again), ids(&first), "same commands, same ids");
     let rec = &m.run("r1").unwrap().steps["a"];
-    assert_eq!((rec.attempts, rec.deadline_ms), (1, Some(back + 1_000)));
+    assert_eq!((rec.attempts, rec.deadline_ms), (1, Some(back + 2_500)));
     // The old deadline no longer acts; the new one does.
-    assert!(m.on_timer(T0 + 1_000, "r1", "a", back).is_none());
+    assert!(m.on_timer(T0 + 2_500, "r1", "a", back).is_none());
     // The reply to the first command counts, and the step's duration runs
     // from when it was first dispatched.
     let a = first.iter().find(|e| sid_of(e) == "a").unwrap();
@@ -416,4 +424,21 @@ fn a_start_that_could_not_be_stored_is_forgotten_with_its_key() {
         matches!(start(&mut m, "r2", Some("k"), T0 + 20), Started::New(_)),
         "the key starts a new run"
     );
+}
+
+/// A command says when a worker must start it by and how long it may run
+/// (start-to-close); a hybrid step's event carries neither.
+#[test]
+fn a_command_carries_its_start_by_and_run_for_bounds() {
+    let mut m = machine();
+    let Started::New(t) = start(&mut m, "r1", None, T0) else {
+        panic!()
+    };
+    for c in sends(&t) {
+        assert_eq!(
+            protocol::command_bounds(&c),
+            Some((T0 + 500, std::time::Duration::from_millis(1_000))),
+            "{c:?}"
+        );
+    }
 }
