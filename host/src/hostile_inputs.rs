@@ -26,7 +26,6 @@ use serde_json::{Value, json};
 
 use crate::contract::StepContract;
 use crate::runtime::outbound::grant::{HttpGrant, HttpGrantSpec, Scheme, Target};
-use crate::world;
 
 const SEED: u64 = 0x31_0bad;
 
@@ -223,22 +222,6 @@ fn schema() -> impl Strategy<Value = Value> {
     })
 }
 
-fn contract_of(schema: &str) -> world::Contract {
-    world::Contract {
-        name: "s".into(),
-        version: "1.0.0".into(),
-        description: String::new(),
-        consumes: vec![world::EventContract {
-            kind: "a.b".into(),
-            version: "1.0.0".into(),
-            schema: schema.into(),
-            description: String::new(),
-        }],
-        produces: vec![],
-        deterministic: true,
-    }
-}
-
 /// A `troupe.toml` pieced together from what one may write in it, with
 /// hostile values.
 fn manifest() -> impl Strategy<Value = String> {
@@ -343,7 +326,7 @@ proptest! {
         let result = std::thread::Builder::new()
             .stack_size(crate::contract::CHECK_STACK)
             .spawn(move || {
-                let c = StepContract::compile(contract_of(&text))?;
+                let c = StepContract::compile(crate::contract::tests::contract(&text))?;
                 let mut e = crate::event::Event::new("a.b", "urn:x", serde_json::to_vec(&data).unwrap());
                 e.content_type = crate::event::JSON.into();
                 let start = Instant::now();

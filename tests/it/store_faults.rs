@@ -291,23 +291,7 @@ fn a_batch_refused_part_way_on_nats_is_completed_by_sending_it_again() {
         k += 1;
         assert!(k < 100, "a capped server took {acked} events");
     };
-    let names = troupe::broker::nats::Names::new("batches", "x");
-    let stored = || -> u64 {
-        let subject = names.event_subject("test.ping").unwrap();
-        rt.block_on(async {
-            let client = async_nats::connect(&url).await.unwrap();
-            let s = async_nats::jetstream::new(client)
-                .get_stream(names.events_stream())
-                .await
-                .unwrap();
-            let mut subjects = s.info_with_subjects(&subject).await.unwrap();
-            let mut n = 0;
-            while let Some(Ok((_, c))) = futures_util::StreamExt::next(&mut subjects).await {
-                n += c as u64;
-            }
-            n
-        })
-    };
+    let stored = || rt.block_on(stored_on(&url, "batches", "test.ping"));
     let part = stored() as usize - acked;
     eprintln!("{acked} acknowledged, then a batch refused with {part} of its 1,000 stored");
     // Room again: the same batch, sent again, completes; none twice.
@@ -326,6 +310,24 @@ fn a_batch_refused_part_way_on_nats_is_completed_by_sending_it_again() {
         "every event of the batch once"
     );
     drop(h);
+}
+
+/// How many events of type `kind` namespace `ns` holds on the server at
+/// `url`.
+async fn stored_on(url: &str, ns: &str, kind: &str) -> u64 {
+    let names = troupe::broker::nats::Names::new(ns, "x");
+    let subject = names.event_subject(kind).unwrap();
+    let client = async_nats::connect(url).await.unwrap();
+    let s = async_nats::jetstream::new(client)
+        .get_stream(names.events_stream())
+        .await
+        .unwrap();
+    let mut subjects = s.info_with_subjects(&subject).await.unwrap();
+    let mut n = 0;
+    while let Some(Ok((_, c))) = futures_util::StreamExt::next(&mut subjects).await {
+        n += c as u64;
+    }
+    n
 }
 
 /// Fill a nats-server's store at `url` with about 18 MB (a stream of the
@@ -408,24 +410,7 @@ fn a_nats_server_out_of_storage_refuses_new_work_then_delivers_everything_once_f
     // refused batch: a batch is not one message on NATS, and a publish
     // that failed has an unknown outcome, as with any broker.)
     rt.block_on(fill(&url, true));
-    let names = troupe::broker::nats::Names::new("full", "x");
-    let stream = names.events_stream();
-    let stored = |kind: &str| {
-        let subject = names.event_subject(kind).unwrap();
-        rt.block_on(async {
-            let client = async_nats::connect(&url).await.unwrap();
-            let s = async_nats::jetstream::new(client)
-                .get_stream(&stream)
-                .await
-                .unwrap();
-            let mut subjects = s.info_with_subjects(&subject).await.unwrap();
-            let mut n = 0;
-            while let Some(Ok((_, c))) = futures_util::StreamExt::next(&mut subjects).await {
-                n += c as u64;
-            }
-            n
-        })
-    };
+    let stored = |kind: &str| rt.block_on(stored_on(&url, "full", kind));
     let pings = stored("test.ping");
     assert!(
         (acked..acked + 20).contains(&pings),
@@ -518,13 +503,7 @@ fn run_until_idle(app: &Path, within: Duration) -> (std::process::ExitStatus, St
 fn a_damaged_store_is_refused_at_start_with_what_to_do() {
     let app = TestApp::new(&step("echo", &guest("echo"), ""));
     // Work pending: events published with the CLI, no host running yet.
-    let lines: Vec<String> = (0..2000)
-        .map(|i| {
-            json!({"type": "test.ping", "source": "urn:t", "data": {"n": i, "pad": "y".repeat(500)}})
-                .to_string()
-        })
-        .collect();
-    troupe_tests::publish_lines(app.path(), &lines, &[]);
+    queue_pings(&app, 2000);
     let db = app.path().join(".troupe/broker.db");
     let saved = app.path().join("saved.db");
     let backup = troupe(app.path(), &["backup", ".", "saved.db"]);
@@ -580,13 +559,7 @@ fn a_damaged_store_is_refused_at_start_with_what_to_do() {
 #[test]
 fn a_backup_cut_short_is_never_taken_for_a_store() {
     let app = TestApp::new(&step("echo", &guest("echo"), ""));
-    let lines: Vec<String> = (0..3000)
-        .map(|i| {
-            json!({"type": "test.ping", "source": "urn:t", "data": {"n": i, "pad": "y".repeat(500)}})
-                .to_string()
-        })
-        .collect();
-    troupe_tests::publish_lines(app.path(), &lines, &[]);
+    queue_pings(&app, 3000);
     // Kill backups at a spread of moments: none leaves a file behind that
     // is not a whole, checked backup.
     for (i, after_ms) in [0u64, 2, 5, 10, 20, 40].into_iter().enumerate() {
@@ -600,14 +573,12 @@ fn a_backup_cut_short_is_never_taken_for_a_store() {
             .unwrap();
         std::thread::sleep(Duration::from_millis(after_ms));
         let _ = child.kill();
-        let status = child.wait().unwrap();
+        child.wait().unwrap();
         let dest = app.path().join(&name);
+        // Whether it was killed before or after it gave the file its name
+        // (then it may still have been killed before it exited), a file at
+        // `name` is a whole backup.
         if dest.exists() {
-            assert!(
-                status.success(),
-                "killed after {after_ms} ms, it left {} bytes at {name}",
-                std::fs::metadata(&dest).unwrap().len()
-            );
             // What it holds is what the store holds (the pings wait in
             // the inbox: no host ran yet).
             let rows = |p: &Path| -> i64 {
@@ -664,6 +635,18 @@ fn a_backup_cut_short_is_never_taken_for_a_store() {
         "SELECT count(*) FROM events WHERE kind = 'test.pong'",
     );
     assert_eq!(pongs, 3000);
+}
+
+/// `n` pings published with the CLI, no host running yet: they wait in
+/// the store's inbox.
+fn queue_pings(app: &TestApp, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            json!({"type": "test.ping", "source": "urn:t", "data": {"n": i, "pad": "y".repeat(500)}})
+                .to_string()
+        })
+        .collect();
+    troupe_tests::publish_lines(app.path(), &lines, &[]);
 }
 
 /// `troupe ARGS` in `dir`.

@@ -575,4 +575,4 @@ pub fn is_kind(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -2,7 +2,8 @@
 
 use super::*;
 
-fn contract(schema: &str) -> world::Contract {
+/// A contract that consumes `a.b` with `schema` (the text as given).
+pub(crate) fn contract(schema: &str) -> world::Contract {
     world::Contract {
         name: "s".into(),
         version: "1.0.0".into(),
