@@ -35,6 +35,10 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+mod scc;
+
+use scc::components;
+
 /// The largest schema text of one event type.
 pub const MAX_SCHEMA_BYTES: usize = 128 * 1024;
 /// The most subschemas (objects and booleans in schema positions).
@@ -441,62 +445,6 @@ fn pointer_or_root(p: &str) -> &str {
 /// Whether `pointer` (decoded) names anything in `schema`.
 fn pointee(schema: &Value, pointer: &str) -> bool {
     pointer.starts_with('/') && schema.pointer(pointer).is_some()
-}
-
-/// Tarjan's strongly connected components, without recursion: each node's
-/// component, and how many there are. Components are numbered in reverse
-/// topological order.
-fn components(nodes: &[Node]) -> (Vec<usize>, usize) {
-    const UNSEEN: usize = usize::MAX;
-    let n = nodes.len();
-    let mut index = vec![UNSEEN; n];
-    let mut low = vec![0usize; n];
-    let mut on_stack = vec![false; n];
-    let mut component = vec![UNSEEN; n];
-    let mut stack = Vec::new();
-    let (mut next_index, mut count) = (0, 0);
-    for root in 0..n {
-        if index[root] != UNSEEN {
-            continue;
-        }
-        let mut call: Vec<(usize, usize)> = vec![(root, 0)];
-        index[root] = next_index;
-        low[root] = next_index;
-        next_index += 1;
-        stack.push(root);
-        on_stack[root] = true;
-        while let Some(&mut (v, ref mut i)) = call.last_mut() {
-            if let Some(&(w, _)) = nodes[v].edges.get(*i) {
-                *i += 1;
-                if index[w] == UNSEEN {
-                    index[w] = next_index;
-                    low[w] = next_index;
-                    next_index += 1;
-                    stack.push(w);
-                    on_stack[w] = true;
-                    call.push((w, 0));
-                } else if on_stack[w] {
-                    low[v] = low[v].min(index[w]);
-                }
-                continue;
-            }
-            call.pop();
-            if let Some(&(parent, _)) = call.last() {
-                low[parent] = low[parent].min(low[v]);
-            }
-            if low[v] == index[v] {
-                while let Some(w) = stack.pop() {
-                    on_stack[w] = false;
-                    component[w] = count;
-                    if w == v {
-                        break;
-                    }
-                }
-                count += 1;
-            }
-        }
-    }
-    (component, count)
 }
 
 #[cfg(test)]
