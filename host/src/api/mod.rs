@@ -339,11 +339,10 @@ async fn publish(
         HttpError::Format(_) => ApiError(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string()),
         _ => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
     })?;
-    // On the blocking pool: a contract check may take up to its budget,
-    // and the threads that serve the API (and everyone else's requests)
-    // never wait on it.
+    // Apart: a contract check may take up to its budget, and the threads
+    // that serve the API (and everyone else's requests) never wait on it.
     let steps = s.steps.clone();
-    let (events, checked) = tokio::task::spawn_blocking(move || {
+    let (events, checked) = crate::contract::check_apart(move || {
         let checked = events.iter().enumerate().try_for_each(|(i, event)| {
             let which = if batch {
                 format!("event {i} of the batch: ")
@@ -356,7 +355,12 @@ async fn publish(
         (events, checked)
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    .ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the host is stopping".into(),
+        )
+    })?;
     checked?;
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     s.broker.publish(events).await?;

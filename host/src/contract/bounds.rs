@@ -41,6 +41,8 @@ use scc::components;
 
 /// The largest schema text of one event type.
 pub const MAX_SCHEMA_BYTES: usize = 128 * 1024;
+/// The largest schema text of a whole contract, all its types together.
+pub const MAX_CONTRACT_BYTES: usize = 1 << 20;
 /// The most subschemas (objects and booleans in schema positions).
 pub const MAX_SUBSCHEMAS: usize = 4096;
 /// The most `$ref`s in one schema.
@@ -115,15 +117,21 @@ struct Walk {
     patterns: usize,
 }
 
-/// Measure `schema` (whose text was `text_bytes` long): `Ok` with the
-/// schema to compile (the budget keyword in every subschema), or what
-/// makes it too large or unsound.
-pub fn bound(schema: &Value, text_bytes: usize) -> Result<Value, String> {
-    if text_bytes > MAX_SCHEMA_BYTES {
+/// Whether a schema's text of `bytes` is within [`MAX_SCHEMA_BYTES`]:
+/// asked before the text is parsed.
+pub fn check_text(bytes: usize) -> Result<(), String> {
+    if bytes > MAX_SCHEMA_BYTES {
         return Err(format!(
-            "it is {text_bytes} bytes long, the limit is {MAX_SCHEMA_BYTES}"
+            "it is {bytes} bytes long, the limit is {MAX_SCHEMA_BYTES}"
         ));
     }
+    Ok(())
+}
+
+/// Measure `schema` (its text already within [`check_text`]): `Ok` with
+/// the schema to compile (the budget keyword where work multiplies), or
+/// what makes it too large or unsound.
+pub fn bound(schema: &Value) -> Result<Value, String> {
     let depth = json_depth(schema);
     if depth > MAX_DEPTH {
         return Err(format!(

@@ -5,8 +5,10 @@
 //! their patterns run on an engine with linear time, but the work of a
 //! check still grows with the schema times the data (an `anyOf` of a
 //! hundred branches on each of ten thousand items). So [`super::bounds`]
-//! puts the keyword [`KEYWORD`] in every subschema; the validator calls it
-//! each time it applies a subschema, and it counts. Every [`CHECK_EVERY`]
+//! puts the keyword [`KEYWORD`] wherever that work multiplies (the root,
+//! the subschemas applied to each element or property, the targets of
+//! `$ref`s); the validator calls it each time it applies one of those,
+//! and it counts. Every [`CHECK_EVERY`]
 //! counts it looks at the clock, and once the check's deadline has passed
 //! it unwinds out of the validator ([`std::panic::resume_unwind`], which
 //! calls no panic hook: nothing is printed), to [`within`], which answers

@@ -34,27 +34,20 @@ pub(super) fn compile_list(
             });
         }
         check_semver(&format!("event type {:?}", c.kind), &c.version)?;
-        if c.schema.len() > bounds::MAX_SCHEMA_BYTES {
-            // Refused before it is parsed: the text is the guest's.
-            return Err(ContractError::Bounds {
-                kind: c.kind,
-                error: format!(
-                    "it is {} bytes long, the limit is {}",
-                    c.schema.len(),
-                    bounds::MAX_SCHEMA_BYTES
-                ),
-            });
-        }
+        // Refused before it is parsed: the text is the guest's.
+        bounds::check_text(c.schema.len()).map_err(|error| ContractError::Bounds {
+            kind: c.kind.clone(),
+            error,
+        })?;
         let schema: Value =
             serde_json::from_str(&c.schema).map_err(|e| ContractError::SchemaJson {
                 kind: c.kind.clone(),
                 error: e.to_string(),
             })?;
-        let bounded =
-            bounds::bound(&schema, c.schema.len()).map_err(|error| ContractError::Bounds {
-                kind: c.kind.clone(),
-                error,
-            })?;
+        let bounded = bounds::bound(&schema).map_err(|error| ContractError::Bounds {
+            kind: c.kind.clone(),
+            error,
+        })?;
         let validator = compile_bounded(&bounded).map_err(|error| ContractError::Schema {
             kind: c.kind.clone(),
             error,
@@ -85,7 +78,8 @@ const REGEX_DFA_BYTES: usize = 256 * 1024;
 /// Compile a JSON Schema, bounded first ([`bounds::bound`]).
 pub fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
     let text = serde_json::to_string(schema).map_err(|e| e.to_string())?;
-    let bounded = bounds::bound(schema, text.len())?;
+    bounds::check_text(text.len())?;
+    let bounded = bounds::bound(schema)?;
     compile_bounded(&bounded)
 }
 

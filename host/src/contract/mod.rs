@@ -47,6 +47,23 @@ use compile::{check_semver, compile_list};
 /// parser allows (tested in `bounds`).
 pub const CHECK_STACK: usize = 16 << 20;
 
+/// Run the contract checks of what comes from outside (a producer's
+/// events, a run's input) apart from the threads that serve: on the
+/// runtime's blocking pool, and at most as many at once as the machine has
+/// cores, so costly checks queue behind each other rather than in front of
+/// every other request. `None` if the check panicked or the runtime stops.
+pub async fn check_apart<T: Send + 'static>(
+    check: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    static ROOM: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let room = ROOM.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        tokio::sync::Semaphore::new(cores)
+    });
+    let _turn = room.acquire().await.ok()?;
+    tokio::task::spawn_blocking(check).await.ok()
+}
+
 /// The prefix of the event types only the host may publish.
 pub const RESERVED_PREFIX: &str = "troupe.";
 
@@ -69,6 +86,11 @@ pub enum ContractError {
     MediaType { kind: String, error: String },
     #[error("the schema of {kind:?} is too large or unsound for a step's contract: {error}")]
     Bounds { kind: String, error: String },
+    #[error(
+        "the contract's schemas are {bytes} bytes long together, the limit is {max} (too large \
+         for a step's contract)"
+    )]
+    TooLarge { bytes: usize, max: usize },
     #[error(
         "event type {kind:?} in `{list}` belongs to the host (`troupe.*` types are its alerts \
          and replies); a step may not declare it"
@@ -277,6 +299,20 @@ impl StepContract {
             return Err(ContractError::Name(c.name));
         }
         check_semver(&format!("step {:?}", c.name), &c.version)?;
+        // Many types each within the bound still add up: the whole is
+        // bounded too, before any is compiled.
+        let total: usize = c
+            .consumes
+            .iter()
+            .chain(&c.produces)
+            .map(|t| t.schema.len())
+            .sum();
+        if total > bounds::MAX_CONTRACT_BYTES {
+            return Err(ContractError::TooLarge {
+                bytes: total,
+                max: bounds::MAX_CONTRACT_BYTES,
+            });
+        }
         let consumes = compile_list(c.consumes, "consumes")?;
         let produces = compile_list(c.produces, "produces")?;
         let index = |l: &[Arc<EventType>]| l.iter().map(|t| (t.kind.clone(), t.clone())).collect();
@@ -373,7 +409,7 @@ fn check_data(
     let Some((essence, json)) = media_type(content_type) else {
         return Err(content_type_violation(t, direction, content_type));
     };
-    if crate::event::is_envelope_type(content_type) {
+    if crate::event::is_envelope_essence(&essence) {
         return Err(Violation::Envelope {
             direction,
             kind: t.kind.clone(),

@@ -209,3 +209,23 @@ fn a_cloudevents_envelope_type_is_never_a_datas_content_type() {
             .is_ok()
     );
 }
+
+/// Types each within the bound of one still add up: a contract's schemas
+/// are bounded together too, before any is compiled.
+#[test]
+fn a_contract_is_bounded_as_a_whole() {
+    let one = format!(r#"{{"description": "{}"}}"#, "d".repeat(100 * 1024));
+    let mut c = contract(&one);
+    let t = c.consumes[0].clone();
+    c.consumes = (0..11)
+        .map(|i| world::EventContract {
+            kind: format!("a.b{i}"),
+            ..t.clone()
+        })
+        .collect();
+    let e = StepContract::compile(c).unwrap_err().to_string();
+    assert!(
+        e.contains("bytes long together, the limit is 1048576"),
+        "{e}"
+    );
+}

@@ -277,8 +277,12 @@ pub fn media_type(s: &str) -> Option<(String, bool)> {
 /// message in binary mode would take the data for a whole event
 /// (structured mode), with attributes its sender chose.
 pub fn is_envelope_type(content_type: &str) -> bool {
-    media_type(content_type)
-        .is_some_and(|(essence, _)| essence.starts_with("application/cloudevents"))
+    media_type(content_type).is_some_and(|(essence, _)| is_envelope_essence(&essence))
+}
+
+/// The same, of a media type's essence as [`media_type`] gives it.
+pub fn is_envelope_essence(essence: &str) -> bool {
+    essence.starts_with("application/cloudevents")
 }
 
 /// The `dataschema` URN of an event type at a version.

@@ -273,12 +273,12 @@ impl Orchestrator {
                 return Ok((row.run, false));
             }
         }
-        // On the blocking pool: a contract check may take up to its budget,
-        // and neither the API's threads nor the driver wait on it.
+        // Apart: a contract check may take up to its budget, and neither
+        // the API's threads nor the driver wait on it.
         let check = self.check_input.clone();
-        let (checked, input) = tokio::task::spawn_blocking(move || (check(&f, &input), input))
+        let (checked, input) = crate::contract::check_apart(move || (check(&f, &input), input))
             .await
-            .map_err(|_| StartError::Stopped)?;
+            .ok_or(StartError::Stopped)?;
         if let Err(reason) = checked {
             return Err(StartError::BadInput {
                 kind: self.flows[flow].input.clone(),

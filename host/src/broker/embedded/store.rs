@@ -89,6 +89,9 @@ CREATE TABLE IF NOT EXISTS pruned (
 pub fn open(state_dir: &Path) -> Result<Connection, BrokerError> {
     std::fs::create_dir_all(state_dir)
         .map_err(|e| BrokerError::Store(format!("cannot create {}: {e}", state_dir.display())))?;
+    if !state_dir.join(DB_FILE).exists() {
+        create_new(state_dir)?;
+    }
     refuse_empty(state_dir)?;
     let conn = Connection::open(state_dir.join(DB_FILE))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -112,6 +115,34 @@ pub fn open(state_dir: &Path) -> Result<Connection, BrokerError> {
     conn.pragma_update(None, "cache_size", -8192)?;
     create(&conn)?;
     Ok(conn)
+}
+
+/// Make a new store whole under a name of its own, then link it into place
+/// (a link, unlike a rename, never replaces a store another process made
+/// meanwhile). So a store file that exists was made whole by Troupe, also
+/// when the process making it was killed; an empty one is a copy cut short
+/// ([`refuse_empty`]), never a store being born.
+fn create_new(state_dir: &Path) -> Result<(), BrokerError> {
+    let path = state_dir.join(DB_FILE);
+    let part = state_dir.join(format!("{DB_FILE}.new-{}", uuid::Uuid::new_v4().simple()));
+    let made = (|| {
+        let conn = Connection::open(&part)?;
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        create(&conn)?;
+        // Closed: its WAL is checkpointed into the file and removed.
+        conn.close().map_err(|(_, e)| BrokerError::from(e))?;
+        match std::fs::hard_link(&part, &path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(BrokerError::Store(format!(
+                "cannot create {}: {e}",
+                path.display()
+            ))),
+        }
+    })();
+    let _ = std::fs::remove_file(&part);
+    made
 }
 
 /// The schema's version (`PRAGMA user_version`): 3 since retention
@@ -252,8 +283,8 @@ pub fn checkpoint(conn: &Connection) -> Result<(), BrokerError> {
 /// Refuse a store file that is there but empty: SQLite would take it for
 /// a new database, and a host would run on it as if nothing had ever been
 /// stored (a backup cut short, restored as it was, lost every event
-/// without a word). A store file that exists was written by a host: its
-/// first write makes it a page long.
+/// without a word). A store file that exists was made whole before it got
+/// its name ([`create_new`]).
 pub fn refuse_empty(state_dir: &Path) -> Result<(), BrokerError> {
     let path = state_dir.join(DB_FILE);
     let len = |p: &Path| std::fs::metadata(p).map_or(None, |m| Some(m.len()));
@@ -533,6 +564,31 @@ mod tests {
         let mut e = Event::new("text.said", source, b"{}".to_vec());
         e.id = "42".into();
         e
+    }
+
+    /// A new store is made whole before it gets its name: a process killed
+    /// while making one (before its first start) leaves no empty store,
+    /// and an empty store file (a copy cut short) is refused, not taken
+    /// for a new one.
+    #[test]
+    fn a_new_store_is_whole_before_it_has_its_name_and_an_empty_one_is_refused() {
+        let path = std::env::temp_dir().join(format!("troupe-store-{}", uuid::Uuid::new_v4()));
+        let dir = path.as_path();
+        drop(open(dir).unwrap());
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains(".new-")), "{names:?}");
+        let db = dir.join(DB_FILE);
+        assert!(std::fs::metadata(&db).unwrap().len() > 0);
+        let c = Connection::open(&db).unwrap();
+        refuse_foreign(dir, &c).expect("its tables are there");
+        drop(c);
+        std::fs::write(&db, b"").unwrap();
+        let e = open(dir).unwrap_err().to_string();
+        assert!(e.contains("empty (0 bytes)"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// A store written when the id alone was unique (schema version 0) is
