@@ -66,6 +66,8 @@ pub struct App {
     /// The `[retention]` table: how long the broker keeps what it no
     /// longer needs.
     pub retention: Retention,
+    /// The `[deploy]` table: each event type's compatibility mode.
+    pub deploy: crate::deploy::Policy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +83,8 @@ struct Manifest {
     secrets: BTreeMap<String, SecretSource>,
     #[serde(default)]
     retention: RetentionTable,
+    #[serde(default)]
+    deploy: crate::deploy::Policy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,6 +237,10 @@ impl App {
                 path: path.to_path_buf(),
                 message,
             })?;
+        manifest.deploy.check().map_err(|message| AppError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
         Ok(App {
             dir: dir.to_path_buf(),
             name,
@@ -241,6 +249,7 @@ impl App {
             orchestrator,
             secrets: manifest.secrets,
             retention,
+            deploy: manifest.deploy,
         })
     }
 

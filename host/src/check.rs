@@ -17,7 +17,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::contract::DataFormat;
+use crate::contract::{DataFormat, EventType};
 use crate::contract::StepView;
 
 /// How bad a finding is.
@@ -105,33 +105,7 @@ pub fn check(steps: &[impl StepView]) -> Vec<Finding> {
             }
             for (c, consumed) in consumers {
                 let wire = format!("{} from `{}` to `{}`", produced.kind, p.name(), c.name());
-                if major(&produced.version) != major(&consumed.version) {
-                    out.push(Finding {
-                        severity: Severity::Error,
-                        message: format!(
-                            "{wire}: `{}` emits version {} but `{}` reads version {}: a major version change is not passive",
-                            p.name(),
-                            produced.version,
-                            c.name(),
-                            consumed.version
-                        ),
-                    });
-                }
-                if produced.format != consumed.format {
-                    out.push(Finding {
-                        severity: Severity::Error,
-                        message: format!(
-                            "{wire}: `{}` emits {} data but `{}` reads {}",
-                            p.name(),
-                            describe_format(&produced.format),
-                            c.name(),
-                            describe_format(&consumed.format)
-                        ),
-                    });
-                    continue;
-                }
-                let mut problems = Vec::new();
-                compare(&produced.schema, &consumed.schema, "", &mut problems);
+                let problems = wire_problems(p.name(), produced, c.name(), consumed);
                 for problem in problems {
                     out.push(Finding {
                         severity: Severity::Error,
@@ -162,6 +136,35 @@ pub fn check(steps: &[impl StepView]) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// Why data of `produced` (as step `producer` declares it) might not be
+/// data of `consumed` (as step `consumer` declares it): the major
+/// versions, the content types, then the schemas field by field. Empty
+/// when every event the producer may emit is one the consumer accepts.
+pub fn wire_problems(
+    producer: &str,
+    produced: &EventType,
+    consumer: &str,
+    consumed: &EventType,
+) -> Vec<String> {
+    if major(&produced.version) != major(&consumed.version) {
+        return vec![format!(
+            "`{producer}` emits version {} but `{consumer}` reads version {}: a major version \
+             change is not passive",
+            produced.version, consumed.version
+        )];
+    }
+    if produced.format != consumed.format {
+        return vec![format!(
+            "`{producer}` emits {} data but `{consumer}` reads {}",
+            describe_format(&produced.format),
+            describe_format(&consumed.format)
+        )];
+    }
+    let mut problems = Vec::new();
+    compare(&produced.schema, &consumed.schema, "", &mut problems);
+    problems
 }
 
 fn describe_format(f: &DataFormat) -> String {

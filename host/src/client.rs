@@ -68,6 +68,9 @@ pub fn token_for(state_dir: &Path, create: bool) -> Result<String, ClientError> 
     Ok(token)
 }
 
+/// How long a deploy may take (building changed plugins included).
+pub const DEPLOY_PATIENCE: Duration = Duration::from_secs(30 * 60);
+
 impl Client {
     pub fn new(base: &str, token: &str) -> Client {
         let agent = ureq::Agent::config_builder()
@@ -254,5 +257,20 @@ impl Client {
     /// Any POST with a JSON body.
     pub fn post(&self, path: &str, body: Option<&Value>) -> Result<(u16, Value), ClientError> {
         self.call("POST", path, body)
+    }
+
+    /// A deploy (`POST /v1/deployments`): it may build plugins first, so it
+    /// waits up to [`DEPLOY_PATIENCE`].
+    pub fn deploy(&self, body: &Value) -> Result<(u16, Value), ClientError> {
+        let slow = Client {
+            base: self.base.clone(),
+            token: self.token.clone(),
+            agent: ureq::Agent::config_builder()
+                .timeout_global(Some(DEPLOY_PATIENCE))
+                .http_status_as_error(false)
+                .build()
+                .into(),
+        };
+        slow.call("POST", "/v1/deployments", Some(body))
     }
 }

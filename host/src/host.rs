@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::app::{App, Source};
 use crate::broker::{Broker, BrokerError};
 use crate::builder::{self, BuildError};
-use crate::choreo::Wiring;
+use crate::deployer::Deployer;
 use crate::contract::{StepContract, StepView};
 use crate::flow::Flow;
 use crate::orchestrator::{InputCheck, Orchestrator};
@@ -26,7 +26,7 @@ use crate::runtime::contracts::ContractCache;
 use crate::runtime::step::LoadedStep;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::shutdown::Tasks;
-use crate::stats::{Stats, StepStats};
+use crate::stats::Stats;
 
 /// Why an app could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,8 @@ pub enum HostError {
     Flow(#[from] crate::flow::FlowError),
     #[error("the app's wiring is broken (see `troupe check`):\n  {}", .0.join("\n  "))]
     Wiring(Vec<String>),
+    #[error(transparent)]
+    Deploy(crate::deployer::DeployError),
 }
 
 /// Read and check the app's flows (`APP/flows/*.toml`) against its steps.
@@ -67,7 +69,7 @@ pub const FLOWS_DIR: &str = "flows";
 
 /// The component of each step of `app`, built if its sources changed
 /// since its last build (`builder::prepare`).
-fn components(app: &App) -> Result<Vec<(String, PathBuf)>, HostError> {
+pub(crate) fn components(app: &App) -> Result<Vec<(String, PathBuf)>, HostError> {
     let mut items = Vec::new();
     for (name, cfg) in &app.steps {
         let path = match cfg.source() {
@@ -104,7 +106,7 @@ pub fn http_imports(app: &App) -> Result<BTreeMap<String, bool>, HostError> {
 
 /// Build, compile and load `items` (step name, component) of `app`; each
 /// contract is remembered in the contract cache.
-fn load(
+pub(crate) fn load(
     rt: &Runtime,
     app: &App,
     items: &[(String, PathBuf)],
@@ -127,6 +129,7 @@ fn load(
                 error,
             })?;
         step.choreography = cfg.choreography;
+        step.digest = component.hash.clone();
         contracts.put(path, &component.hash, &step.contract);
         steps.push(step);
     }
@@ -196,17 +199,25 @@ pub fn describe_steps(app: &App) -> Result<Vec<Described>, HostError> {
 /// A running app.
 pub struct Host {
     pub app: App,
-    /// Runs flows; `None` when the app has no `flows/`.
+    /// Runs flows; `None` when the app had no flows when it started.
     pub orchestrator: Option<Orchestrator>,
-    pub steps: Vec<Arc<LoadedStep>>,
     pub broker: Arc<dyn Broker>,
     pub stats: Arc<Stats>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-    wirings: Vec<Arc<Wiring>>,
+    /// Its deployments, and its steps' workers.
+    pub deployer: Arc<Deployer>,
     /// The host's tasks (the orchestrator's, the HTTP server's), stopped
     /// and awaited by [`Host::shutdown`].
     pub tasks: Tasks,
     _runtime: Arc<Runtime>,
+}
+
+/// How a host starts.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Deploy the app's files even where the gate finds changed contracts
+    /// that are not passive (`troupe run --allow-breaking`); what it found
+    /// is recorded with the deployment.
+    pub allow_breaking: bool,
 }
 
 impl Host {
@@ -214,108 +225,84 @@ impl Host {
     /// embedded one in its state folder by default). Must be called within
     /// a multi-threaded tokio runtime.
     pub async fn start(app: App) -> Result<Host, HostError> {
-        let rt = Arc::new(Runtime::new()?);
-        let (rt2, app2) = (rt.clone(), app.clone());
-        let steps = tokio::task::spawn_blocking(move || load_steps(&rt2, &app2))
-            .await
-            .expect("loading does not panic")?;
-        let broker =
-            crate::broker::open(&app.broker, &app.name, &app.state_dir(), &app.retention).await?;
-        Self::start_with(app, rt, steps, broker).await
+        Self::start_with(app, Options::default()).await
     }
 
-    /// Start already loaded steps on `broker`.
-    pub async fn start_with(
-        app: App,
-        runtime: Arc<Runtime>,
-        steps: Vec<Arc<LoadedStep>>,
-        broker: Arc<dyn Broker>,
-    ) -> Result<Host, HostError> {
-        let mut stats = Stats::default();
-        let mut wirings = Vec::new();
+    /// Start `app` as `opts` say: open the broker, deploy the app's files
+    /// (a new deployment if they changed, through the gate), load the
+    /// deployments runs are pinned to, subscribe every step, start the
+    /// orchestrator and the workers, and only then let the broker take
+    /// input from outside.
+    pub async fn start_with(app: App, opts: Options) -> Result<Host, HostError> {
+        let runtime = Arc::new(Runtime::new()?);
+        let broker =
+            crate::broker::open(&app.broker, &app.name, &app.state_dir(), &app.retention).await?;
+        let deployer = Deployer::boot(&app, runtime.clone(), broker.clone(), opts.allow_breaking)
+            .await
+            .map_err(HostError::Deploy)?;
         let mut tasks = Tasks::default();
-        let kv_reader = broker.kv_reader();
-        for step in &steps {
-            let cfg = &app.steps[&*step.sandbox.name];
-            if let Some(r) = &kv_reader {
-                step.sandbox.set_state_reader(r.clone());
-            }
-            let kinds = if step.choreography {
-                step.contract.consumed_kinds()
-            } else {
-                Vec::new() // commands only: they are addressed to the group
-            };
-            let consumer = broker
-                .subscribe(step.name(), &kinds, cfg.retry.clone())
-                .await?;
-            let s = Arc::new(StepStats::default());
-            stats.steps.insert(step.name().to_string(), s.clone());
-            wirings.push(Arc::new(Wiring::new(
-                step.clone(),
-                cfg.concurrency(),
-                consumer,
-                broker.clone(),
-                s,
-                &app.name,
-                tokio::runtime::Handle::current(),
-            )));
-        }
-        let broken: Vec<String> = crate::check::check(&steps)
-            .into_iter()
-            .filter(|f| f.severity == crate::check::Severity::Error)
-            .map(|f| f.message)
-            .collect();
-        if !broken.is_empty() {
-            return Err(HostError::Wiring(broken));
-        }
-        let flows = load_flows(&app, &steps)?;
-        let orchestrator = if flows.is_empty() {
-            None
-        } else {
-            let by_name: HashMap<String, Arc<LoadedStep>> = steps
-                .iter()
-                .map(|s| (s.name().to_string(), s.clone()))
-                .collect();
+        let flows = deployer.flow_sets();
+        let any_flows = flows.by_deployment.values().any(|f| !f.is_empty());
+        let orchestrator = if any_flows {
+            let door = deployer.clone();
             let check: InputCheck = Arc::new(move |flow: &Flow, input: &serde_json::Value| {
+                let steps = door.door();
                 for s in flow.steps.iter().filter(|s| s.input == crate::flow::INPUT) {
-                    if let crate::flow::Action::Command { step } = &s.action {
-                        by_name[step]
-                            .contract
+                    if let crate::flow::Action::Command { step } = &s.action
+                        && let Some(step) = steps.iter().find(|x| x.name() == step)
+                    {
+                        step.contract
                             .check_input_value(&flow.input, input)
                             .map_err(|v| v.to_string())?;
                     }
                 }
                 Ok(())
             });
-            Some(
-                Orchestrator::spawn(
-                    broker.clone(),
-                    flows,
-                    check,
-                    &app.name,
-                    &app.orchestrator,
-                    &mut tasks,
-                )
-                .await?,
+            let o = Orchestrator::spawn(
+                broker.clone(),
+                flows,
+                check,
+                &app.name,
+                &app.orchestrator,
+                &mut tasks,
             )
+            .await?;
+            deployer.set_orchestrator(o.clone());
+            Some(o)
+        } else {
+            None
         };
-        let mut workers = Vec::new();
-        for w in &wirings {
-            workers.extend(w.spawn().map_err(HostError::Threads)?);
-        }
+        deployer.start_workers().map_err(HostError::Threads)?;
         broker.ready().await?;
-        tracing::info!(app = %app.name, steps = steps.len(), "running");
+        deployer.follow(&mut tasks);
+        let stats = deployer.stats();
+        tracing::info!(app = %app.name, steps = stats.steps.len(), deployment = deployer.current(), "running");
         Ok(Host {
             app,
             orchestrator,
-            steps,
             broker,
-            stats: Arc::new(stats),
-            workers,
-            wirings,
+            stats,
+            deployer,
             tasks,
             _runtime: runtime,
         })
+    }
+
+    /// The steps of the current deployment.
+    pub fn steps(&self) -> Vec<Arc<LoadedStep>> {
+        self.deployer.door().to_vec()
+    }
+
+    /// What the HTTP API of this host serves, with bearer `token`.
+    pub fn api_state(&self, token: &str) -> crate::api::ApiState {
+        crate::api::ApiState {
+            broker: self.broker.clone(),
+            orchestrator: self.orchestrator.clone(),
+            deployer: self.deployer.clone(),
+            stats: self.stats.clone(),
+            app: self.app.name.clone(),
+            token: token.into(),
+        }
     }
 
     /// Wait until no delivery has been unsettled for `quiet` in a row.
@@ -347,25 +334,8 @@ impl Host {
     pub async fn shutdown(mut self) {
         self.tasks.stop(SHUTDOWN_GRACE).await;
         self.broker.close().await;
-        let workers = self.workers;
-        let mut joined = tokio::task::spawn_blocking(move || {
-            for w in workers {
-                let _ = w.join();
-            }
-        });
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut joined)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "steps still busy after {SHUTDOWN_GRACE:?}: cutting them short (their events \
-                 will be delivered again)"
-            );
-            self._runtime.stop();
-            let _ = joined.await;
-        }
-        for w in &self.wirings {
-            w.drain().await;
-        }
+        self.deployer
+            .stop_workers(SHUTDOWN_GRACE, &self._runtime)
+            .await;
     }
 }

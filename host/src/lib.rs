@@ -50,6 +50,8 @@ pub mod client;
 pub mod clock;
 pub mod conformance;
 pub mod contract;
+pub mod deploy;
+pub mod deployer;
 pub mod event;
 pub mod flow;
 pub mod graph;

@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
 use troupe::app::App;
 use troupe::broker::BrokerUrl;
 
-use cli::{events, flows, plugins, run as host_run, state, store};
+use cli::{deploys, events, flows, plugins, run as host_run, state, store};
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +60,36 @@ enum Cmd {
         /// 127.0.0.1:7373; with --until-idle, no API unless given.
         #[arg(long)]
         listen: Option<String>,
+        /// Deploy the app's files again whenever they change (development):
+        /// rebuilt, checked and switched to without a restart.
+        #[arg(long, conflicts_with = "until_idle")]
+        watch: bool,
+        /// Start even if a changed contract is not passive for what was
+        /// deployed before (recorded with the deployment).
+        #[arg(long)]
+        allow_breaking: bool,
+    },
+    /// Deploy the app's files on its running host, without a restart:
+    /// validate, build, check against what is deployed (the gate), record,
+    /// switch at message boundaries. Runs in flight finish on their own
+    /// deployment.
+    Deploy {
+        /// Return to deployment N instead (through the same gate).
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+        /// Deploy even if a changed contract is not passive (recorded).
+        #[arg(long)]
+        allow_breaking: bool,
+        /// Say what would happen; record and switch nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The app's deployments, on its running host.
+    Deployments {
+        #[command(subcommand)]
+        command: DeploymentsCmd,
     },
     /// Start a run of a flow on a running host (HTTP API); prints the run id.
     Start {
@@ -139,8 +169,17 @@ enum Cmd {
         app: PathBuf,
         /// Check the embedded broker's store instead: every page, row and
         /// index (SQLite's integrity_check), beside a running host or not.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "against")]
         store: bool,
+        /// Also check that every changed contract is passive against
+        /// deployment N of the running host, or against the app in DIR (a
+        /// checkout of what is deployed), under the app's [deploy] modes:
+        /// the gate a deploy would meet.
+        #[arg(long, value_name = "N|DIR")]
+        against: Option<String>,
+        /// The running host's API, for --against N.
+        #[arg(long, env = "TROUPE_API")]
+        api: Option<String>,
     },
     /// Back up the embedded broker's store to a new file, while the host
     /// runs (one consistent snapshot, checked).
@@ -220,6 +259,23 @@ pub(crate) enum DlqCmd {
         id: String,
         #[arg(long, default_value = ".")]
         app: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DeploymentsCmd {
+    /// Every deployment, oldest first, and which this host serves.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// One deployment: each step's component digest and contract version,
+    /// each flow's digest, where it came from.
+    Show {
+        /// The deployment's number.
+        n: u64,
+        #[command(flatten)]
+        api: ApiArgs,
     },
 }
 
@@ -325,10 +381,28 @@ fn run(cli: Cli) -> Result<()> {
             app,
             until_idle,
             listen,
+            watch,
+            allow_breaking,
         } => {
             let listen = listen.or_else(|| (!until_idle).then(|| "127.0.0.1:7373".to_string()));
-            tokio_main(host_run::run_app(&app, until_idle, listen.as_deref(), json))
+            let opts = host_run::RunOptions {
+                until_idle,
+                listen,
+                watch,
+                allow_breaking,
+            };
+            tokio_main(host_run::run_app(&app, opts, json))
         }
+        Cmd::Deploy {
+            to,
+            allow_breaking,
+            dry_run,
+            api,
+        } => deploys::deploy(&api, to, allow_breaking, dry_run, json),
+        Cmd::Deployments { command } => match command {
+            DeploymentsCmd::List { api } => deploys::list(&api, json),
+            DeploymentsCmd::Show { n, api } => deploys::show(&api, n, json),
+        },
         Cmd::Start {
             flow,
             input,
@@ -352,8 +426,21 @@ fn run(cli: Cli) -> Result<()> {
         } => events::trace(&app, &correlation_id, json),
         Cmd::Kv { command } => state::kv(command, json),
         Cmd::Build { dirs } => plugins::build(dirs, json),
-        Cmd::Check { app, store: true } => store::check_store(&app, json),
-        Cmd::Check { app, store: false } => plugins::check(&app, json),
+        Cmd::Check {
+            app, store: true, ..
+        } => store::check_store(&app, json),
+        Cmd::Check {
+            app, against, api, ..
+        } => {
+            let against = against.map(|what| deploys::Against {
+                what,
+                api: ApiArgs {
+                    api,
+                    app: app.clone(),
+                },
+            });
+            plugins::check(&app, json, against)
+        }
         Cmd::Backup { app, dest } => store::backup(&app, &dest, json),
         Cmd::Graph { app, format } => plugins::graph(&app, &format),
         Cmd::Docs { app, output } => plugins::docs(&app, output.as_deref()),

@@ -44,6 +44,14 @@ pub const START_BY: &str = "troupestartby";
 /// Extension of a command: how long (ms) it may run once started (the
 /// flow step's `timeout_ms`, start-to-close).
 pub const RUN_FOR: &str = "troupetimeout";
+/// Extension: the deployment an event comes from. On a command, the
+/// deployment its run is pinned to, whose version of the step must handle
+/// it; on what a step emits (and its replies), the deployment of the step
+/// that emitted it.
+pub const DEPLOYMENT: &str = "troupedeployment";
+/// Extension of what a step emits (and its replies): the SHA-256 of the
+/// component that emitted it.
+pub const COMPONENT: &str = "troupecomponent";
 /// Reply type: the step handled the command; data `{ "outputs": [...] }`,
 /// each output's `type`, `dataschema` and `data`.
 pub const COMPLETED: &str = "troupe.step.completed";
@@ -295,7 +303,18 @@ pub fn attempt_of(e: &Event, delivery_attempt: u32) -> u32 {
 /// an event to a run's step. An event from outside (`POST /v1/events`,
 /// `troupe publish`) that carries one is refused, so no producer can send
 /// a step a command, or answer one in a step's place.
-pub const HOST_OWNED: [&str; 6] = [TARGET, RUN, FLOW_STEP, ATTEMPT, START_BY, RUN_FOR];
+pub const HOST_OWNED: [&str; 8] = [
+    TARGET, RUN, FLOW_STEP, ATTEMPT, START_BY, RUN_FOR, DEPLOYMENT, COMPONENT,
+];
+
+/// The deployment a command's run is pinned to (`None`: not a command, or
+/// one sent before runs were pinned).
+pub fn pinned_to(e: &Event) -> Option<u64> {
+    if !is_command(e) {
+        return None;
+    }
+    e.extensions.get(DEPLOYMENT)?.parse().ok()
+}
 
 /// The first host-owned extension `e` carries, if any.
 pub fn host_owned_extension(e: &Event) -> Option<&'static str> {

@@ -436,14 +436,7 @@ impl ApiHost {
             .expect("a runtime");
         let host = runtime.block_on(Host::start(app))?;
         let token = "test-token-0123456789".to_string();
-        let state = troupe::api::ApiState {
-            broker: host.broker.clone(),
-            orchestrator: host.orchestrator.clone(),
-            steps: host.steps.clone(),
-            stats: host.stats.clone(),
-            app: host.app.name.clone(),
-            token: token.clone().into(),
-        };
+        let state = host.api_state(&token);
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("a port");

@@ -31,8 +31,18 @@ pub(super) async fn readyz(State(s): State<ApiState>) -> Response {
             "the orchestrator cannot take or renew its lease, so this host cannot tell whether it may drive the flows: {e}"
         ));
     }
+    if let Some(why) = s.deployer.unready() {
+        problems.push(format!(
+            "this host cannot load the app's current deployment, and takes no work until it can: {why}"
+        ));
+    }
     let ready = problems.is_empty();
-    let mut body = json!({ "ready": ready, "problems": problems, "broker": health });
+    let mut body = json!({
+        "ready": ready,
+        "problems": problems,
+        "broker": health,
+        "deployments": { "serving": s.deployer.current(), "loaded": s.deployer.loaded() },
+    });
     if let Some(standing) = standing {
         body["orchestrator"] = json!(standing);
     }

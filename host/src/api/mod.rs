@@ -8,6 +8,7 @@
 //! | `GET /v1/dlq`, `GET /v1/dlq/{id}`, `POST /v1/dlq/{id}/replay` | dead letters |
 //! | `GET /v1/traces/{correlation_id}` | every event of a cascade or run |
 //! | `GET /v1/kv/{bucket}`, `GET /v1/kv/{bucket}/{key}` | steps' buckets, read-only |
+//! | `GET /v1/deployments`, `GET /v1/deployments/{n}`, `POST /v1/deployments` | deployments: list, show, deploy (or roll back) |
 //! | `GET /healthz` | liveness (no token needed) |
 //! | `GET /readyz` | readiness, with the reasons when not ready (no token needed) |
 //! | `GET /metrics` | Prometheus text |
@@ -33,6 +34,7 @@ use crate::runtime::step::LoadedStep;
 use crate::stats::Stats;
 
 mod auth;
+mod deploys;
 mod health;
 pub mod kv;
 pub mod metrics;
@@ -46,7 +48,9 @@ pub use openapi::openapi_json;
 pub struct ApiState {
     pub broker: Arc<dyn Broker>,
     pub orchestrator: Option<Orchestrator>,
-    pub steps: Vec<Arc<LoadedStep>>,
+    /// The host's deployments (and the current one's steps, which the
+    /// door checks events against).
+    pub deployer: Arc<crate::deployer::Deployer>,
     pub stats: Arc<Stats>,
     pub app: String,
     pub token: Arc<str>,
@@ -136,6 +140,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/dlq/{id}", get(dlq_show))
         .route("/v1/dlq/{id}/replay", post(dlq_replay))
         .route("/v1/traces/{correlation_id}", get(trace))
+        .route(
+            "/v1/deployments",
+            get(deploys::list).post(deploys::deploy),
+        )
+        .route("/v1/deployments/{n}", get(deploys::show))
         .route("/v1/kv/{bucket}", get(kv::bucket))
         .route("/v1/kv/{bucket}/{key}", get(kv::entry))
         .route("/metrics", get(metrics))
@@ -341,7 +350,7 @@ async fn publish(
     })?;
     // Apart: a contract check may take up to its budget, and the threads
     // that serve the API (and everyone else's requests) never wait on it.
-    let steps = s.steps.clone();
+    let steps = s.deployer.door();
     let (events, checked) = crate::contract::check_apart(move || {
         let checked = events.iter().enumerate().try_for_each(|(i, event)| {
             let which = if batch {
@@ -511,7 +520,7 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
     out.push_str(&format!(
         "# HELP {name} Guest log lines dropped by the step's limits.log_lines_per_second\n# TYPE {name} counter\n"
     ));
-    for step in &s.steps {
+    for step in s.deployer.door().iter() {
         let dropped = step.sandbox.log_lines_dropped();
         out.push_str(&format!("{name}{{step=\"{}\"}} {dropped}\n", step.name()));
     }
@@ -539,7 +548,8 @@ troupe_orchestrator_lease_lost_total {}
             standing.lost
         ));
     }
-    out.push_str(&metrics::outbound(&s.steps));
+    out.push_str(&metrics::outbound(&s.deployer.door()));
+    out.push_str(&deploys::metrics(&s.deployer));
     let backlog = s.broker.backlog().await?;
     out.push_str(&format!(
         "# HELP troupe_broker_backlog Deliveries not yet settled\n# TYPE troupe_broker_backlog gauge\ntroupe_broker_backlog {backlog}\n"

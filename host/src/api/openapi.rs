@@ -14,7 +14,7 @@ use utoipa::OpenApi;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Troupe", description = "Run event-driven microservices out of sandboxed WebAssembly steps."),
-    paths(super::start_run, super::run_status, super::publish, super::dlq_list, super::dlq_show, super::dlq_replay, super::trace, super::kv::bucket, super::kv::entry, super::healthz, super::health::readyz, super::metrics, super::openapi),
+    paths(super::start_run, super::run_status, super::publish, super::dlq_list, super::dlq_show, super::dlq_replay, super::trace, super::kv::bucket, super::kv::entry, super::deploys::list, super::deploys::show, super::deploys::deploy, super::healthz, super::health::readyz, super::metrics, super::openapi),
     modifiers(&Bearer)
 )]
 struct ApiDoc;

@@ -248,6 +248,13 @@ pub trait Transport: Publish {
         retry: RetryPolicy,
     ) -> Result<Arc<dyn Consumer>, BrokerError>;
 
+    /// Change the event types group `group` takes (a deploy): from now on
+    /// it is routed events of `kinds` and no more of the types it no longer
+    /// consumes. Its commands are unchanged, and so are the deliveries of
+    /// dropped types it already has (its workers settle them). A group not
+    /// subscribed in this process is left alone.
+    async fn route(&self, group: &str, kinds: &[String]) -> Result<(), BrokerError>;
+
     /// This process stops taking `group`'s deliveries (the orchestrator of
     /// a host that lost its lease): once its consumer is dropped, what it
     /// had taken and not settled goes to the group's other members, and
@@ -330,6 +337,11 @@ pub trait RunState: Send + Sync {
 
     /// State rows whose key starts with `prefix`.
     async fn state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError>;
+
+    /// Write state row `key` only if there is none (a deployment's
+    /// record): whether it was written; `false` if the key was taken
+    /// first. Returns once the row is durable.
+    async fn state_create(&self, key: &str, value: Vec<u8>) -> Result<bool, BrokerError>;
 
     /// Hold lease `name` as `holder` for `ttl`: take it if nobody holds it
     /// or its holder let it expire, extend it if `holder` holds it.

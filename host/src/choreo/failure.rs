@@ -15,7 +15,8 @@ impl Wiring {
             return;
         };
         if protocol::is_command(&d.event) {
-            let mut events = vec![protocol::failed_reply(&d.event, &self.source, failure)];
+            let reply = protocol::failed_reply(&d.event, &self.source, failure);
+            let mut events = vec![stamped_for(&self.versions, &d.event, reply)];
             events.extend(calls);
             return self.commit_ack(
                 d,
@@ -31,7 +32,7 @@ impl Wiring {
         let (b, stats, step_name) = (
             self.broker.clone(),
             self.stats.clone(),
-            self.step.name().clone(),
+            self.name.clone(),
         );
         self.settle(async move {
             match b.fail(&d, class, &message).await? {
@@ -64,7 +65,7 @@ impl Wiring {
     /// a failure is logged with `failed` (the delivery stays unsettled).
     pub(super) fn commit_ack(&self, d: Delivery, events: Vec<Event>, failed: &'static str) {
         let permit = self.permit();
-        let step = self.step.name().clone();
+        let step = self.name.clone();
         let commit = Commit {
             ack: Some(d),
             events,
@@ -91,7 +92,7 @@ impl Wiring {
         let (b, stats, step) = (
             self.broker.clone(),
             self.stats.clone(),
-            self.step.name().clone(),
+            self.name.clone(),
         );
         self.settle(async move {
             let id = b.dead_letter(&d, class, &message).await?;
@@ -116,11 +117,12 @@ impl Wiring {
             return self.failed(d, Failure::new(FailureClass::Limit, v.to_string()), calls);
         }
         StepStats::add(&self.stats.contract_violations, 1);
-        let (b, stats, step, host_source) = (
+        let (b, stats, step, host_source, versions) = (
             self.broker.clone(),
             self.stats.clone(),
-            self.step.name().clone(),
+            self.name.clone(),
             self.host_source.clone(),
+            self.versions.clone(),
         );
         self.settle(async move {
             let message = match &rejected {
@@ -147,7 +149,8 @@ impl Wiring {
             let mut events = Vec::new();
             if protocol::is_command(&d.event) {
                 let failure = protocol::Failure::new(FailureClass::Contract, message.clone());
-                events.push(protocol::failed_reply(&d.event, &host_source, &failure));
+                let reply = protocol::failed_reply(&d.event, &host_source, &failure);
+                events.push(stamped_for(&versions, &d.event, reply));
             }
             let mut e = Event::new(CONTRACT_ALERT, &host_source, alert.to_string().into_bytes());
             e.subject = Some(step.to_string());

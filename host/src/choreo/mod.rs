@@ -36,11 +36,14 @@ use crate::event::{Emitted, Event, JSON};
 use crate::kv::{InFlight, Refused, WRITE_EVENT, Writes};
 use crate::protocol::{self, FailureClass};
 use crate::runtime::outbound::calls::{CALL_EVENT, CallRecord};
-use crate::runtime::step::{Failure, LoadedStep};
+use crate::runtime::step::Failure;
 use crate::stats::StepStats;
 use crate::world;
 
 mod failure;
+pub mod versions;
+
+pub use versions::{Pick, Version, Versions};
 
 /// Broker calls a step's workers may have outstanding at once.
 pub const MAX_UNSETTLED: usize = 4096;
@@ -52,7 +55,11 @@ pub const CONTRACT_ALERT: &str = "troupe.alert.contract";
 
 /// What a step's workers share.
 pub struct Wiring {
-    pub step: Arc<LoadedStep>,
+    /// The step's name (its consumer group).
+    pub name: Arc<str>,
+    /// Its versions: the current deployment's, and those runs are pinned
+    /// to.
+    pub versions: Arc<Versions>,
     pub consumer: Arc<dyn Consumer>,
     pub broker: Arc<dyn Broker>,
     pub stats: Arc<StepStats>,
@@ -69,6 +76,9 @@ pub struct Wiring {
     again: (async_channel::Sender<Again>, async_channel::Receiver<Again>),
     /// The keys the step's state commits in flight write.
     in_flight: Arc<InFlight>,
+    /// Whether the workers take deliveries (not while this host cannot
+    /// load the app's current deployment).
+    gate: tokio::sync::watch::Sender<bool>,
 }
 
 /// A delivery back from its state commit.
@@ -85,8 +95,10 @@ enum Again {
 }
 
 impl Wiring {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        step: Arc<LoadedStep>,
+        versions: Arc<Versions>,
+        name: &str,
         concurrency: usize,
         consumer: Arc<dyn Consumer>,
         broker: Arc<dyn Broker>,
@@ -95,9 +107,10 @@ impl Wiring {
         runtime: Handle,
     ) -> Wiring {
         Wiring {
-            source: crate::event::source(app, &format!("step/{}", step.name())),
+            source: crate::event::source(app, &format!("step/{name}")),
             host_source: crate::event::source(app, "host"),
-            step,
+            name: name.into(),
+            versions,
             consumer,
             broker,
             stats,
@@ -106,7 +119,14 @@ impl Wiring {
             unsettled: Arc::new(Semaphore::new(MAX_UNSETTLED)),
             again: async_channel::unbounded(),
             in_flight: Arc::default(),
+            gate: tokio::sync::watch::Sender::new(true),
         }
+    }
+
+    /// Let the workers take deliveries, or stop them taking any (those in
+    /// hand are finished).
+    pub fn open(&self, open: bool) {
+        self.gate.send_replace(open);
     }
 
     /// Start the step's worker threads; they end when the broker closes.
@@ -115,7 +135,7 @@ impl Wiring {
             .map(|i| {
                 let w = self.clone();
                 std::thread::Builder::new()
-                    .name(format!("step-{}-{i}", self.step.name()))
+                    .name(format!("step-{}-{i}", self.name))
                     .stack_size(crate::contract::CHECK_STACK)
                     .spawn(move || w.work())
             })
@@ -129,8 +149,12 @@ impl Wiring {
 
     fn work(&self) {
         let again = self.again.1.clone();
+        let mut gate = self.gate.subscribe();
         loop {
             let next = self.runtime.block_on(async {
+                // Closed: this host cannot serve the app's current
+                // deployment, and takes nothing until it can.
+                let _ = gate.wait_for(|open| *open).await;
                 tokio::select! {
                     biased;
                     Ok(a) = again.recv() => Some(a),
@@ -154,7 +178,31 @@ impl Wiring {
     /// commit found what it read changed is run again at once, without
     /// counting against its retry budget, up to [`MAX_RERUNS`] runs).
     fn run(&self, d: Delivery, runs: u32) {
-        let step = &self.step;
+        let v = match self.versions.pick(&d.event) {
+            Pick::Version(v) => v,
+            Pick::NotHere(n) => {
+                // The run's deployment is not loaded here: the
+                // orchestrator retries the attempt (on NATS, perhaps on a
+                // host that holds it).
+                let f = Failure::new(
+                    FailureClass::Retry,
+                    format!("deployment {n} of step `{}` is not loaded on this host", self.name),
+                );
+                return self.failed(d, f, Vec::new());
+            }
+            Pick::NoCurrent => {
+                let f = Failure::new(
+                    FailureClass::Rejected,
+                    format!(
+                        "step `{}` is not in the current deployment (replay it once a deployment \
+                         has it)",
+                        self.name
+                    ),
+                );
+                return self.failed(d, f, Vec::new());
+            }
+        };
+        let step = &v.step;
         if runs == 0
             && let Err(v) = step.contract.check_input(&d.event)
         {
@@ -179,9 +227,9 @@ impl Wiring {
         let start = Instant::now();
         let handled = step.handle_within(&d.event, attempt, bounds.map(|(_, run)| run));
         StepStats::add(&self.stats.guest_micros, start.elapsed().as_micros() as u64);
-        let calls = self.call_events(&d.event, attempt, handled.calls);
+        let calls = self.call_events(&v, &d.event, attempt, handled.calls);
         match handled.result {
-            Ok(emits) => self.completed(d, emits, calls, start, handled.kv, runs),
+            Ok(emits) => self.completed(d, &v, emits, calls, start, handled.kv, runs),
             Err(f) => self.failed(d, f, calls),
         }
     }
@@ -189,41 +237,47 @@ impl Wiring {
     /// The `troupe.http.call` events recording `calls`, made while handling
     /// `event` (delivery `attempt`); their ids are the same if the outcome
     /// is committed twice.
-    fn call_events(&self, event: &Event, attempt: u32, calls: Vec<CallRecord>) -> Vec<Event> {
+    fn call_events(
+        &self,
+        v: &Version,
+        event: &Event,
+        attempt: u32,
+        calls: Vec<CallRecord>,
+    ) -> Vec<Event> {
         if calls.is_empty() {
             return Vec::new();
         }
-        let key = format!("{}/http/{attempt}", self.step.name());
+        let key = format!("{}/http/{attempt}", self.name);
         calls
             .into_iter()
             .map(|c| {
                 let out = Emitted {
                     kind: CALL_EVENT.into(),
-                    subject: Some(self.step.name().to_string()),
+                    subject: Some(self.name.to_string()),
                     content_type: Some(JSON.into()),
                     data: serde_json::to_vec(&serde_json::json!({
-                        "step": &**self.step.name(),
+                        "step": &*self.name,
                         "attempt": attempt,
                         "call": c,
                     }))
                     .expect("a call record serialises"),
                     schema: None,
                 };
-                event.caused(&key, &self.source, c.position as usize, out)
+                stamped(v, event.caused(&key, &self.source, c.position as usize, out))
             })
             .collect()
     }
 
     /// The `troupe.kv.write` record of what handling `event` wrote (keys,
     /// not values), committed with the writes.
-    fn write_record(&self, event: &Event, attempt: u32, kv: &Writes) -> Event {
+    fn write_record(&self, v: &Version, event: &Event, attempt: u32, kv: &Writes) -> Event {
         let (written, more) = kv.written();
         let out = Emitted {
             kind: WRITE_EVENT.into(),
-            subject: Some(self.step.name().to_string()),
+            subject: Some(self.name.to_string()),
             content_type: Some(JSON.into()),
             data: serde_json::to_vec(&serde_json::json!({
-                "step": &**self.step.name(),
+                "step": &*self.name,
                 "attempt": attempt,
                 "written": written,
                 "more": more,
@@ -231,23 +285,25 @@ impl Wiring {
             .expect("a write record serialises"),
             schema: None,
         };
-        let key = format!("{}/kv/{attempt}", self.step.name());
-        event.caused(&key, &self.source, 0, out)
+        let key = format!("{}/kv/{attempt}", self.name);
+        stamped(v, event.caused(&key, &self.source, 0, out))
     }
 
     /// The guest returned `emits`: gate them, stamp them, and commit them
     /// with the ack (or, for a command, reply with them) and the state it
     /// wrote (run number `runs + 1`).
+    #[allow(clippy::too_many_arguments)]
     fn completed(
         &self,
         d: Delivery,
+        v: &Version,
         emits: Vec<world::Emit>,
         calls: Vec<Event>,
         start: Instant,
         kv: Writes,
         runs: u32,
     ) {
-        let step = &self.step;
+        let step = &v.step;
         let mut checked = Vec::with_capacity(emits.len());
         for e in emits {
             let ct = e.content_type.unwrap_or_else(|| JSON.to_string());
@@ -283,12 +339,15 @@ impl Wiring {
         let mut out: Vec<Event> = if protocol::is_command(&d.event) {
             // A command: the output goes back to the orchestrator in the
             // reply, not into the choreography.
-            vec![protocol::completed_reply(&d.event, &self.source, &checked)]
+            vec![stamped(
+                v,
+                protocol::completed_reply(&d.event, &self.source, &checked),
+            )]
         } else {
             checked
                 .into_iter()
                 .enumerate()
-                .map(|(i, e)| d.event.caused(step.name(), &self.source, i, e))
+                .map(|(i, e)| stamped(v, d.event.caused(step.name(), &self.source, i, e)))
                 .collect()
         };
         // What the broker cannot store must not be committed: it would
@@ -333,7 +392,7 @@ impl Wiring {
         let records = calls.clone();
         out.extend(calls);
         if !kv.writes.is_empty() {
-            out.push(self.write_record(&d.event, protocol::attempt_of(&d.event, d.attempt), &kv));
+            out.push(self.write_record(v, &d.event, protocol::attempt_of(&d.event, d.attempt), &kv));
         }
         let commit = Commit {
             ack: Some(d.clone()),
@@ -349,7 +408,7 @@ impl Wiring {
         let (again, stats, name) = (
             self.again.0.clone(),
             self.stats.clone(),
-            step.name().clone(),
+            self.name.clone(),
         );
         self.broker.commit_then(
             commit,
@@ -417,7 +476,7 @@ impl Wiring {
     /// most [`MAX_UNSETTLED`] at once per step (the worker waits beyond).
     fn settle(&self, call: impl Future<Output = Result<(), BrokerError>> + Send + 'static) {
         let permit = self.permit();
-        let step = self.step.name().clone();
+        let step = self.name.clone();
         self.runtime.spawn(async move {
             if let Err(e) = call.await {
                 // The delivery stays unsettled in the broker and is
@@ -426,6 +485,26 @@ impl Wiring {
             }
             drop(permit);
         });
+    }
+}
+
+/// `e`, stamped with the deployment and component of the version `v` that
+/// emitted it.
+fn stamped(v: &Version, mut e: Event) -> Event {
+    e.extensions
+        .insert(protocol::DEPLOYMENT.into(), v.deployment.to_string());
+    e.extensions
+        .insert(protocol::COMPONENT.into(), v.step.digest.clone());
+    e
+}
+
+/// The stamp of what the host emits for `cause` when no version handled
+/// it (a failure before or instead of the guest's run): the version that
+/// would, if this host holds one.
+fn stamped_for(versions: &Versions, cause: &Event, e: Event) -> Event {
+    match versions.pick(cause) {
+        Pick::Version(v) => stamped(&v, e),
+        _ => e,
     }
 }
 

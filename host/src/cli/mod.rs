@@ -1,5 +1,6 @@
 //! The subcommands of the `troupe` binary, by what they work on.
 
+pub mod deploys;
 pub mod events;
 pub mod flows;
 pub mod plugins;

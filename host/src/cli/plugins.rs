@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use troupe::text::escape;
 use anyhow::{Context, Result, bail};
 use troupe::runtime::Runtime;
 
@@ -107,10 +108,15 @@ pub(crate) fn build(dirs: Vec<PathBuf>, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn check(dir: &Path, json: bool) -> Result<()> {
+/// `troupe check`; with `against`, the gate too (`cli/deploys.rs`).
+pub(crate) fn check(dir: &Path, json: bool, against: Option<super::deploys::Against>) -> Result<()> {
     use troupe::check::Severity;
     let app = super::load_app(dir)?;
     let steps = troupe::host::describe_steps(&app)?;
+    let gate = match against {
+        Some(a) => Some(super::deploys::gate(&app, &steps, a)?),
+        None => None,
+    };
     let mut findings = troupe::check::check(&steps);
     let imports = troupe::host::http_imports(&app)?;
     let uses: Vec<_> = app
@@ -128,14 +134,18 @@ pub(crate) fn check(dir: &Path, json: bool) -> Result<()> {
         .iter()
         .filter(|f| f.severity == Severity::Error)
         .count()
-        + usize::from(flows.is_err());
+        + usize::from(flows.is_err())
+        + gate.as_ref().map_or(0, |(_, b)| b.len());
     if json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "steps": steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
             "flows": flows.as_ref().map(|f| f.iter().map(|f| f.name.clone()).collect::<Vec<_>>()).unwrap_or_default(),
             "findings": findings,
             "flow_error": flows.as_ref().err().map(|e| e.to_string()),
         });
+        if let Some((what, breaks)) = &gate {
+            v["gate"] = serde_json::json!({ "against": what, "breaks": breaks });
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for s in &steps {
@@ -167,6 +177,14 @@ pub(crate) fn check(dir: &Path, json: bool) -> Result<()> {
                 Severity::Info => "info ",
             };
             println!("{tag} {}", f.message);
+        }
+        if let Some((what, breaks)) = &gate {
+            if breaks.is_empty() {
+                println!("ok    every changed contract is passive against {}", escape(what));
+            }
+            for b in breaks {
+                println!("ERROR not passive against {}: {}", escape(what), escape(&b.to_string()));
+            }
         }
     }
     if errors > 0 {

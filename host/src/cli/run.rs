@@ -10,21 +10,31 @@ use troupe::text::escape;
 
 use super::load_app;
 
-pub(crate) async fn run_app(
-    dir: &Path,
-    until_idle: bool,
-    listen: Option<&str>,
-    json: bool,
-) -> Result<()> {
+/// How `troupe run` runs.
+pub(crate) struct RunOptions {
+    pub until_idle: bool,
+    pub listen: Option<String>,
+    pub watch: bool,
+    pub allow_breaking: bool,
+}
+
+pub(crate) async fn run_app(dir: &Path, opts: RunOptions, json: bool) -> Result<()> {
     let app = load_app(dir)?;
-    let mut host = Host::start(app)
+    let start = troupe::host::Options {
+        allow_breaking: opts.allow_breaking,
+    };
+    let mut host = Host::start_with(app, start)
         .await
         .with_context(|| format!("cannot start the app in {}", dir.display()))?;
     let state_dir = host.app.state_dir();
-    if let Some(listen) = listen {
+    if let Some(listen) = &opts.listen {
         serve_api(&mut host, listen).await?;
     }
-    if until_idle {
+    redeploy_on_hangup(&mut host)?;
+    if opts.watch {
+        redeploy_on_change(&mut host);
+    }
+    if opts.until_idle {
         host.wait_idle(Duration::from_millis(500)).await?;
     } else {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -38,6 +48,83 @@ pub(crate) async fn run_app(
     summary(host, json).await
 }
 
+/// Deploy `how`, and say in the log what came of it.
+async fn redeploy(d: &troupe::deployer::Deployer, how: &str) {
+    let r = troupe::deployer::Request {
+        how: how.into(),
+        ..Default::default()
+    };
+    match d.deploy(r).await {
+        Ok(o) if o.recorded => tracing::info!(
+            deployment = o.deployment.number,
+            "deployed: {}",
+            troupe::deployer::summary(&o.changes)
+        ),
+        Ok(o) => tracing::info!(
+            deployment = o.deployment.number,
+            "nothing to deploy: the app's files are the current deployment"
+        ),
+        Err(e) => tracing::error!("not deployed: {e}"),
+    }
+}
+
+/// SIGHUP deploys the app's files as they are now.
+fn redeploy_on_hangup(host: &mut Host) -> Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let d = host.deployer.clone();
+    let mut stop = host.tasks.shutdown();
+    host.tasks.spawn("SIGHUP", async move {
+        loop {
+            tokio::select! {
+                Some(()) = hup.recv() => redeploy(&d, "signal").await,
+                _ = stop.recv() => return,
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `--watch`: deploy the app's files whenever they change (and have been
+/// still for a moment: an editor's save, a build's output).
+fn redeploy_on_change(host: &mut Host) {
+    let d = host.deployer.clone();
+    let app = host.app.clone();
+    let mut stop = host.tasks.shutdown();
+    tracing::info!("watching the app's files: a change is deployed");
+    host.tasks.spawn("watch", async move {
+        let look = {
+            let app = app.clone();
+            move || {
+                let app = app.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || troupe::deployer::fingerprint(&app))
+                        .await
+                        .unwrap_or(0)
+                }
+            }
+        };
+        let mut seen = look().await;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.recv() => return,
+            }
+            let now = look().await;
+            if now == seen {
+                continue;
+            }
+            // Still for a moment before it is deployed.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if look().await != now {
+                continue;
+            }
+            redeploy(&d, "watch").await;
+            // What the deploy built counts as seen.
+            seen = look().await;
+        }
+    });
+}
+
 /// Serve the HTTP API of `host` on `listen`, and say where in
 /// `.troupe/api.json` for the CLI.
 pub(crate) async fn serve_api(host: &mut Host, listen: &str) -> Result<()> {
@@ -48,14 +135,7 @@ pub(crate) async fn serve_api(host: &mut Host, listen: &str) -> Result<()> {
     let state_dir = host.app.state_dir();
     let token = troupe::client::token_for(&state_dir, true)?;
     troupe::api::write_discovery(&state_dir, &url).context("cannot write .troupe/api.json")?;
-    let router = troupe::api::router(troupe::api::ApiState {
-        broker: host.broker.clone(),
-        orchestrator: host.orchestrator.clone(),
-        steps: host.steps.clone(),
-        stats: host.stats.clone(),
-        app: host.app.name.clone(),
-        token: token.into(),
-    });
+    let router = troupe::api::router(host.api_state(&token));
     tracing::info!(
         "HTTP API on {url} (bearer token: TROUPE_API_TOKEN or {})",
         state_dir.join("api-token").display()

@@ -37,6 +37,7 @@ use crate::world;
 pub mod bounds;
 pub mod budget;
 mod compile;
+pub mod json;
 
 pub use compile::compile_schema;
 use compile::{check_semver, compile_list};

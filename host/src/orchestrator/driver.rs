@@ -16,7 +16,7 @@
 //! waiting on that channel (up to [`BATCH`]), so under load the loop's
 //! own cost is paid once per batch, not per message.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -25,6 +25,7 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use super::flows::FlowSets;
 use super::machine::{Action, Machine, Start, Started, Transition};
 use super::run::{RunRecord, RunState, key};
 use super::timers::Timers;
@@ -81,6 +82,11 @@ pub(super) struct Driver {
     finished: tokio::sync::broadcast::Sender<(String, RunState)>,
     /// The admission limit, and the gauges the driver keeps up to date.
     load: Arc<super::Load>,
+    /// The flows of every deployment held (a deploy changes them).
+    flows: watch::Receiver<FlowSets>,
+    /// The deployments active runs are pinned to, for this host's
+    /// deployer.
+    pins: Arc<watch::Sender<BTreeSet<u64>>>,
 }
 
 impl Driver {
@@ -90,6 +96,8 @@ impl Driver {
         journal: Journal,
         finished: tokio::sync::broadcast::Sender<(String, RunState)>,
         load: Arc<super::Load>,
+        flows: watch::Receiver<FlowSets>,
+        pins: Arc<watch::Sender<BTreeSet<u64>>>,
     ) -> (Driver, mpsc::UnboundedReceiver<Settled>) {
         let (settled, rx) = mpsc::unbounded_channel();
         let driver = Driver {
@@ -102,6 +110,8 @@ impl Driver {
             resync: HashMap::new(),
             finished,
             load,
+            flows,
+            pins,
         };
         (driver, rx)
     }
@@ -173,6 +183,10 @@ impl Driver {
                     self.on_timers();
                     self.on_resync();
                 }
+                Ok(()) = self.flows.changed() => {
+                    let flows = self.flows.borrow_and_update().clone();
+                    self.machine.set_flows(flows);
+                }
                 _ = lost.changed() => if *lost.borrow() {
                     return Some(inbox);
                 },
@@ -186,10 +200,22 @@ impl Driver {
 
     /// Take up the runs loaded into the machine (see [`Machine::recover`]).
     fn recover(&mut self) {
+        let flows = self.flows.borrow_and_update().clone();
+        self.machine.set_flows(flows);
         for t in self.machine.recover(now_ms()) {
             tracing::info!(run = %t.run, resent = t.sends().count(), "resuming run");
             self.commit(None, t, None);
         }
+        // Which deployments the runs are pinned to, as found: the row the
+        // runs' commits keep, written whole once (it may lag a crash).
+        let pins = self.machine.pins();
+        let row = serde_json::to_vec(&pins).expect("a set of numbers serialises");
+        let commit = Commit {
+            state: vec![(crate::deploy::IN_USE_ROW.to_string(), Some(row))],
+            ..Commit::default()
+        };
+        self.broker.commit_then(commit, Box::new(|r| log_failure(&r)));
+        self.pins.send_replace(pins);
     }
 
     fn on_msg(&mut self, msg: Msg) {
@@ -367,7 +393,12 @@ impl Driver {
                         .arm(at, &id, &sid, |at, run, sid| machine.live(at, run, sid));
                 }
                 Action::Checkpoint => {}
-                Action::Put { key, value } => commit.state.push((key, Some(value))),
+                Action::Put { key, value } => {
+                    if key == crate::deploy::IN_USE_ROW {
+                        self.pins.send_replace(self.machine.pins());
+                    }
+                    commit.state.push((key, Some(value)))
+                }
                 Action::End(run) => {
                     tracing::debug!(run = %id, flow = %run.flow, state = ?run.state, "run finished");
                     commit.state.push((key(&id), Some(record(&run))));

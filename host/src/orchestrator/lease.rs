@@ -16,7 +16,7 @@
 //!
 //! The embedded broker serves one host and grants the lease at once.
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,12 +24,12 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::driver::{Driver, Journal, Settled};
+use super::flows::FlowSets;
 use super::machine::Machine;
 use super::run::{RunRecord, RunState};
 use super::{GROUP, Inbox, Msg, StartError, Starting};
 use crate::app::RetryPolicy;
 use crate::broker::{Broker, BrokerError, Consumer};
-use crate::flow::Flow;
 use crate::shutdown::{Shutdown, Tasks};
 
 /// The lease's name in the app's state.
@@ -78,9 +78,10 @@ type Driving = (Driver, mpsc::UnboundedReceiver<Settled>, Arc<dyn Consumer>);
 /// Everything a host needs to drive the flows once it holds the lease.
 pub(super) struct Lead {
     pub broker: Arc<dyn Broker>,
-    pub flows: Arc<HashMap<String, Arc<Flow>>>,
-    /// Event types hybrid steps wait for.
-    pub awaited: Vec<String>,
+    /// The flows of every deployment held, as deploys change them.
+    pub flows: watch::Receiver<FlowSets>,
+    /// The deployments active runs are pinned to, as the driver finds them.
+    pub pins: Arc<watch::Sender<BTreeSet<u64>>>,
     pub source: String,
     pub finished: broadcast::Sender<(String, RunState)>,
     /// This process, as the lease's holder.
@@ -141,9 +142,10 @@ impl Lead {
     /// broker whose log is indexed by run, with the replies since their
     /// last checkpoint applied again).
     async fn driver(&self) -> Result<Driving, BrokerError> {
+        let awaited = self.flows.borrow().awaited();
         let consumer = self
             .broker
-            .subscribe(GROUP, &self.awaited, RetryPolicy::default())
+            .subscribe(GROUP, &awaited, RetryPolicy::default())
             .await?;
         let journal = if self.broker.indexed_trace() {
             Journal::Checkpoints
@@ -151,7 +153,7 @@ impl Lead {
             Journal::EveryTransition
         };
         let mut machine = Machine::new(
-            self.flows.clone(),
+            self.flows.borrow().clone(),
             self.source.clone(),
             self.broker.max_state_bytes(),
             self.load.limit,
@@ -177,6 +179,8 @@ impl Lead {
             journal,
             self.finished.clone(),
             self.load.clone(),
+            self.flows.clone(),
+            self.pins.clone(),
         );
         Ok((driver, ended, consumer))
     }

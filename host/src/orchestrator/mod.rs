@@ -27,22 +27,24 @@
 //! twice only as at-least-once delivery allows, with the same id.
 
 mod driver;
+pub mod flows;
 pub mod lease;
 mod machine;
 pub mod run;
 mod timers;
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::broker::{Broker, BrokerError};
 pub(crate) use crate::clock::{now_ms, rfc3339};
-use crate::flow::{Action, Flow};
+use crate::flow::Flow;
+pub use flows::FlowSets;
 use crate::protocol::GROUP;
 use run::{RunRecord, RunState, key};
 
@@ -147,7 +149,11 @@ pub struct Orchestrator {
     queries: mpsc::Sender<Msg>,
     finished: tokio::sync::broadcast::Sender<(String, RunState)>,
     broker: Arc<dyn Broker>,
-    flows: Arc<HashMap<String, Arc<Flow>>>,
+    /// The flows of every deployment held; a deploy replaces them.
+    flows: Arc<watch::Sender<FlowSets>>,
+    /// The deployments active runs are pinned to (while this host drives
+    /// the flows).
+    pins: Arc<watch::Sender<BTreeSet<u64>>>,
     /// A run's input against its first steps' contracts, checked before
     /// the driver hears of it.
     check_input: InputCheck,
@@ -187,29 +193,14 @@ impl Orchestrator {
     /// (`lease.rs`). The tasks are `tasks`'s: they stop on its signal.
     pub async fn spawn(
         broker: Arc<dyn Broker>,
-        flows: Vec<Flow>,
+        flows: FlowSets,
         check_input: InputCheck,
         app: &str,
         config: &OrchestratorConfig,
         tasks: &mut crate::shutdown::Tasks,
     ) -> Result<Orchestrator, BrokerError> {
-        let mut awaited: Vec<String> = Vec::new();
-        for f in &flows {
-            for s in &f.steps {
-                if let Action::Hybrid { done, failed, .. } = &s.action {
-                    awaited.push(done.clone());
-                    awaited.extend(failed.clone());
-                }
-            }
-        }
-        awaited.sort();
-        awaited.dedup();
-        let flows: Arc<HashMap<String, Arc<Flow>>> = Arc::new(
-            flows
-                .into_iter()
-                .map(|f| (f.name.clone(), Arc::new(f)))
-                .collect(),
-        );
+        let flows = Arc::new(watch::Sender::new(flows));
+        let pins = Arc::new(watch::Sender::new(BTreeSet::new()));
         let (tx, starts) = mpsc::channel(1024);
         let (queries, queried) = mpsc::channel(1024);
         let (finished, _) = tokio::sync::broadcast::channel(4096);
@@ -220,8 +211,8 @@ impl Orchestrator {
         let standing = Arc::new(lease::Shared::default());
         lease::Lead {
             broker: broker.clone(),
-            flows: flows.clone(),
-            awaited,
+            flows: flows.subscribe(),
+            pins: pins.clone(),
             source: crate::event::source(app, "orchestrator"),
             finished: finished.clone(),
             holder: lease::holder(),
@@ -242,6 +233,7 @@ impl Orchestrator {
             finished,
             broker,
             flows,
+            pins,
             check_input,
             load,
             standing,
@@ -259,9 +251,10 @@ impl Orchestrator {
         input: Value,
         key: Option<&str>,
     ) -> Result<(String, bool), StartError> {
-        let Some(f) = self.flows.get(flow).cloned() else {
+        let Some(f) = self.flows.borrow().flow(None, flow).cloned() else {
             return Err(StartError::UnknownFlow(flow.to_string()));
         };
+        let kind = f.input.clone();
         if let Some(k) = key {
             check_key(k)?;
             // An ended run's key is in the store; an active run's, in the
@@ -281,7 +274,7 @@ impl Orchestrator {
             .ok_or(StartError::Stopped)?;
         if let Err(reason) = checked {
             return Err(StartError::BadInput {
-                kind: self.flows[flow].input.clone(),
+                kind,
                 reason,
             });
         }
@@ -322,9 +315,22 @@ impl Orchestrator {
         self.finished.subscribe()
     }
 
-    /// The flows, by name.
-    pub fn flows(&self) -> &HashMap<String, Arc<Flow>> {
-        &self.flows
+    /// The flows of the current deployment, by name.
+    pub fn flows(&self) -> flows::Flows {
+        let sets = self.flows.borrow();
+        sets.of(None).cloned().unwrap_or_default()
+    }
+
+    /// A deploy: new runs start on `sets.current` from now on; runs in
+    /// flight keep their own deployments' flows (which `sets` holds).
+    pub fn set_flows(&self, sets: FlowSets) {
+        self.flows.send_replace(sets);
+    }
+
+    /// The deployments active runs are pinned to, as the driver finds
+    /// them (empty while this host stands by).
+    pub fn pins(&self) -> watch::Receiver<BTreeSet<u64>> {
+        self.pins.subscribe()
     }
 
     /// How busy the driver is.

@@ -120,6 +120,11 @@ impl Default for StepRecord {
 pub struct RunRecord {
     pub id: String,
     pub flow: String,
+    /// The deployment the run started on: its flow and its commands'
+    /// steps are that deployment's, to its end. (Runs started before
+    /// deployments were recorded have none, and take the current one.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<u64>,
     pub state: RunState,
     pub input: Value,
     pub created: String,

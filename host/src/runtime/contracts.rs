@@ -15,11 +15,11 @@
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::contract::StepContract;
-use crate::world::{Contract, EventContract};
+use crate::contract::json::{from_json, to_json};
+use crate::world::Contract;
 
 /// The contract cache of an app (`.troupe/cache`, shared with the
 /// artifacts).
@@ -69,45 +69,3 @@ fn stat_key(path: &Path) -> Option<String> {
     Some(format!("stat-{}", hex::encode(&h.finalize()[..16])))
 }
 
-/// A compiled contract as what `describe` returned, in JSON.
-fn to_json(c: &StepContract) -> Value {
-    let list = |l: &[std::sync::Arc<crate::contract::EventType>]| -> Vec<Value> {
-        l.iter()
-            .map(|t| {
-                json!({"kind": t.kind, "version": t.version, "description": t.description,
-                       "schema": t.schema.to_string()})
-            })
-            .collect()
-    };
-    json!({
-        "name": c.name, "version": c.version, "description": c.description,
-        "deterministic": c.deterministic,
-        "consumes": list(&c.consumes), "produces": list(&c.produces),
-    })
-}
-
-fn from_json(v: &Value) -> Option<Contract> {
-    let s = |v: &Value, k: &str| v.get(k)?.as_str().map(str::to_string);
-    let list = |k: &str| -> Option<Vec<EventContract>> {
-        v.get(k)?
-            .as_array()?
-            .iter()
-            .map(|t| {
-                Some(EventContract {
-                    kind: s(t, "kind")?,
-                    version: s(t, "version")?,
-                    description: s(t, "description")?,
-                    schema: s(t, "schema")?,
-                })
-            })
-            .collect()
-    };
-    Some(Contract {
-        name: s(v, "name")?,
-        version: s(v, "version")?,
-        description: s(v, "description")?,
-        deterministic: v.get("deterministic")?.as_bool()?,
-        consumes: list("consumes")?,
-        produces: list("produces")?,
-    })
-}

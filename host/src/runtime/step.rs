@@ -104,6 +104,9 @@ pub struct LoadedStep {
     /// choreography, or commands only (`choreography = false`): the host
     /// sets it, the sandbox does not use it.
     pub choreography: bool,
+    /// SHA-256 (hex) of the component: the host sets it, and stamps it on
+    /// what the step emits.
+    pub digest: String,
 }
 
 impl crate::contract::StepView for Arc<LoadedStep> {
@@ -193,6 +196,7 @@ impl LoadedStep {
             contract,
             sandbox,
             choreography: true,
+            digest: String::new(),
         })
     }
 

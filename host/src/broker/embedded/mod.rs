@@ -360,6 +360,28 @@ impl RunState for Embedded {
         self.read(move |c| store::scan_state(c, &prefix)).await
     }
 
+    async fn state_create(&self, key: &str, value: Vec<u8>) -> Result<bool, BrokerError> {
+        // One host writes an embedded store, and its deploys take turns
+        // (`Deployer::deploy`): a read, then the write, is a create.
+        if self.state_get(key).await?.is_some() {
+            return Ok(false);
+        }
+        let (tx, rx) = oneshot::channel();
+        let commit = super::Commit {
+            state: vec![(key.to_string(), Some(value))],
+            ..super::Commit::default()
+        };
+        super::Transport::commit_then(
+            self,
+            commit,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.map_err(|_| BrokerError::Closed)??;
+        Ok(true)
+    }
+
     fn kv_reader(&self) -> Option<Arc<dyn crate::kv::Reader>> {
         Some(self.kv_readers.clone())
     }

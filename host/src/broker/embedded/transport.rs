@@ -57,6 +57,21 @@ impl Transport for Embedded {
         Ok(g)
     }
 
+    async fn route(&self, group: &str, kinds: &[String]) -> Result<(), BrokerError> {
+        let Some(g) = self.groups.read().expect("groups lock").get(group).cloned() else {
+            return Ok(());
+        };
+        let mut routes = self.routes.write().expect("routes lock");
+        for gs in routes.values_mut() {
+            gs.retain(|x| !Arc::ptr_eq(x, &g));
+        }
+        routes.retain(|_, gs| !gs.is_empty());
+        for k in kinds {
+            routes.entry(k.clone()).or_default().push(g.clone());
+        }
+        Ok(())
+    }
+
     async fn ready(&self) -> Result<(), BrokerError> {
         self.call(|reply| Op::Ready { reply }).await
     }

@@ -56,7 +56,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{
     self, AckKind, Context,
-    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    consumer::DeliverPolicy,
     kv,
     message::Acker,
     stream::{self, Stream},
@@ -74,7 +74,7 @@ use crate::retry::RetryPolicy;
 pub use codec::{Names, valid_namespace};
 pub use prune::purge_namespace;
 use publish::{Publisher, stored};
-use pulling::{Group, scan};
+use pulling::{Group, Pull, scan};
 
 /// How long a delivery may stay unsettled before the server hands it to
 /// another host. Steps are bounded by their deadline, far below this.
@@ -332,31 +332,14 @@ impl Transport for Nats {
             }
         }
         let (tx, rx) = async_channel::bounded(PULL_BATCH);
-        let mut consumers = Vec::new();
+        let mut pulls = Vec::new();
         for (subject, deliver_policy) in subjects {
-            let durable = i.names.consumer(group, &subject);
-            let c: PullConsumer = i
-                .events
-                .get_or_create_consumer(
-                    &durable,
-                    pull::Config {
-                        durable_name: Some(durable.clone()),
-                        filter_subject: subject.clone(),
-                        ack_policy: AckPolicy::Explicit,
-                        ack_wait: ACK_WAIT,
-                        deliver_policy,
-                        max_ack_pending: 20_000,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| nats(format!("consumer {durable} on {subject}: {e}")))?;
-            tokio::spawn(i.clone().pull(c, name.clone(), tx.clone()));
-            consumers.push(durable);
+            pulls.push(i.start_pull(&name, subject, deliver_policy, &tx).await?);
         }
         let g = Arc::new(Group {
             retry,
-            consumers,
+            pulls: std::sync::Mutex::new(pulls),
+            tx,
             rx,
         });
         i.groups
@@ -364,6 +347,50 @@ impl Transport for Nats {
             .expect("groups lock")
             .insert(name, g.clone());
         Ok(g)
+    }
+
+    async fn route(&self, group: &str, kinds: &[String]) -> Result<(), BrokerError> {
+        let i = &self.inner;
+        let Some(g) = i.groups.read().expect("groups lock").get(group).cloned() else {
+            return Ok(());
+        };
+        let name: Arc<str> = group.into();
+        let commands = i.names.group_subject(group);
+        let mut wanted = Vec::new();
+        for k in kinds {
+            wanted.push(i.names.event_subject(k)?);
+        }
+        let have: Vec<String> = g
+            .pulls
+            .lock()
+            .expect("pulls lock")
+            .iter()
+            .map(|p| p.subject.clone())
+            .collect();
+        // New types from now on (the app has started: `type_start` says
+        // so), the way a step added to a running app starts.
+        for subject in wanted.iter().filter(|s| !have.contains(s)) {
+            let from = i.type_start().await?;
+            let p = i.start_pull(&name, subject.clone(), from, &g.tx).await?;
+            g.pulls.lock().expect("pulls lock").push(p);
+        }
+        // Types no longer consumed: stop pulling, and delete the durable
+        // consumer, which would otherwise hold retention back forever.
+        let dropped: Vec<Pull> = {
+            let mut pulls = g.pulls.lock().expect("pulls lock");
+            let (keep, drop): (Vec<Pull>, Vec<Pull>) = std::mem::take(&mut *pulls)
+                .into_iter()
+                .partition(|p| p.subject == commands || wanted.contains(&p.subject));
+            *pulls = keep;
+            drop
+        };
+        for p in dropped {
+            let _ = p.stop.send(true);
+            if let Err(e) = i.events.delete_consumer(&p.durable).await {
+                tracing::warn!(group, consumer = %p.durable, "cannot delete a consumer no longer used: {e}");
+            }
+        }
+        Ok(())
     }
 
     fn unsubscribe(&self, group: &str) {
@@ -444,7 +471,14 @@ impl Transport for Nats {
             .read()
             .expect("groups lock")
             .values()
-            .flat_map(|g| g.consumers.clone())
+            .flat_map(|g| {
+                g.pulls
+                    .lock()
+                    .expect("pulls lock")
+                    .iter()
+                    .map(|p| p.durable.clone())
+                    .collect::<Vec<_>>()
+            })
             .collect();
         let mut n = 0;
         for c in names {

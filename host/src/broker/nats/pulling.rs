@@ -23,8 +23,18 @@ use crate::retry::RetryPolicy;
 /// A consumer group: the queue its pull tasks fill, and their consumers.
 pub(super) struct Group {
     pub(super) retry: RetryPolicy,
-    pub(super) consumers: Vec<String>,
+    /// One per subject: the group's commands, and each type it consumes.
+    pub(super) pulls: std::sync::Mutex<Vec<Pull>>,
+    pub(super) tx: async_channel::Sender<Delivery>,
     pub(super) rx: async_channel::Receiver<Delivery>,
+}
+
+/// One durable consumer of a group, and the task that pulls from it.
+pub(super) struct Pull {
+    pub(super) subject: String,
+    pub(super) durable: String,
+    /// Stops the task (the group no longer consumes the subject).
+    pub(super) stop: tokio::sync::watch::Sender<bool>,
 }
 
 #[async_trait]
@@ -35,16 +45,52 @@ impl Consumer for Group {
 }
 
 impl Inner {
+    /// Declare group `group`'s durable consumer of `subject` (starting at
+    /// `from` if it is new) and start pulling from it into `tx`.
+    pub(super) async fn start_pull(
+        self: &Arc<Self>,
+        group: &Arc<str>,
+        subject: String,
+        from: DeliverPolicy,
+        tx: &async_channel::Sender<Delivery>,
+    ) -> Result<Pull, BrokerError> {
+        let durable = self.names.consumer(group, &subject);
+        let c: PullConsumer = self
+            .events
+            .get_or_create_consumer(
+                &durable,
+                pull::Config {
+                    durable_name: Some(durable.clone()),
+                    filter_subject: subject.clone(),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: super::ACK_WAIT,
+                    deliver_policy: from,
+                    max_ack_pending: 20_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| nats(format!("consumer {durable} on {subject}: {e}")))?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(self.clone().pull(c, group.clone(), tx.clone(), stopped));
+        Ok(Pull {
+            subject,
+            durable,
+            stop,
+        })
+    }
+
     /// Pull from `consumer` into `tx` until the broker closes.
     pub(super) async fn pull(
         self: Arc<Self>,
         consumer: PullConsumer,
         group: Arc<str>,
         tx: async_channel::Sender<Delivery>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut closed = self.closed.subscribe();
         loop {
-            if *closed.borrow_and_update() {
+            if *closed.borrow_and_update() || *stop.borrow_and_update() {
                 return;
             }
             let mut messages = match consumer
@@ -60,6 +106,7 @@ impl Inner {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                         _ = closed.changed() => return,
+                        _ = stop.changed() => return,
                     }
                 }
             };
@@ -67,6 +114,7 @@ impl Inner {
                 let next = tokio::select! {
                     m = messages.next() => m,
                     _ = closed.changed() => return,
+                    _ = stop.changed() => return,
                 };
                 let msg = match next {
                     Some(Ok(m)) => m,

@@ -53,6 +53,15 @@ impl RunState for Nats {
         Ok(out)
     }
 
+    async fn state_create(&self, key: &str, value: Vec<u8>) -> Result<bool, BrokerError> {
+        use kv::CreateErrorKind;
+        match self.inner.state.create(key, value.into()).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(nats(e)),
+        }
+    }
+
     fn kv_reader(&self) -> Option<Arc<dyn crate::kv::Reader>> {
         // A host whose steps may keep state applies commits too.
         self.inner.kv.clone().run_applier();

@@ -7,13 +7,13 @@ use super::Machine;
 use crate::event::{CORRELATION_ID, Event, JSON, TARGET, TRACEPARENT, derived_id};
 use crate::flow::{Action, INPUT};
 use crate::orchestrator::rfc3339;
-use crate::protocol::{self, ATTEMPT, FLOW_STEP, RUN, RUN_FOR, START_BY};
+use crate::protocol::{self, ATTEMPT, DEPLOYMENT, FLOW_STEP, RUN, RUN_FOR, START_BY};
 
 impl Machine {
     /// The command (or hybrid event) of attempt `attempt` of `sid`.
     pub(super) fn command(&self, run_id: &str, sid: &str, attempt: u32, now: u64) -> Option<Event> {
         let run = self.runs.get(run_id)?;
-        let flow = self.flows.get(&run.flow)?;
+        let flow = self.flows.flow(run.deployment, &run.flow)?;
         let (input_from, kind, target) = match protocol::undoes(sid) {
             Some(orig) => {
                 let c = flow.step(orig)?.compensate.clone()?;
@@ -48,6 +48,10 @@ impl Machine {
         extensions.insert(RUN.to_string(), run_id.to_string());
         extensions.insert(FLOW_STEP.to_string(), sid.to_string());
         extensions.insert(ATTEMPT.to_string(), attempt.to_string());
+        if let Some(d) = run.deployment {
+            // Pinned: the worker hands it to the run's deployment's step.
+            extensions.insert(DEPLOYMENT.to_string(), d.to_string());
+        }
         if let Some(t) = target {
             extensions.insert(TARGET.to_string(), t);
             // Start-to-close: the worker starts it by then, or not at all,

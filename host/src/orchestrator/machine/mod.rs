@@ -39,12 +39,13 @@ mod start;
 mod tests;
 mod transition;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::flows::FlowSets;
 use super::rfc3339;
 use super::run::{RunRecord, RunState, StepState};
 use crate::app::RetryPolicy;
@@ -58,7 +59,9 @@ pub(crate) use transition::{Action, Start, Started, Transition};
 
 /// Every active run, and what the machine needs to decide for them.
 pub(crate) struct Machine {
-    flows: Arc<HashMap<String, Arc<Flow>>>,
+    flows: FlowSets,
+    /// How many active runs are pinned to each deployment.
+    pinned: BTreeMap<u64, usize>,
     pub(super) runs: HashMap<String, RunRecord>,
     /// `source` of the commands.
     source: String,
@@ -75,13 +78,14 @@ pub(crate) struct Machine {
 
 impl Machine {
     pub fn new(
-        flows: Arc<HashMap<String, Arc<Flow>>>,
+        flows: FlowSets,
         source: String,
         max_state_bytes: Option<usize>,
         limit: usize,
     ) -> Machine {
         Machine {
             flows,
+            pinned: BTreeMap::new(),
             runs: HashMap::new(),
             source,
             max_state_bytes,
@@ -96,7 +100,55 @@ impl Machine {
         if let Some(k) = &run.key {
             self.keys.insert(key_row(&run.flow, k), run.id.clone());
         }
-        self.runs.insert(run.id.clone(), run);
+        self.pin(run.deployment);
+        if let Some(old) = self.runs.insert(run.id.clone(), run) {
+            self.unpin(old.deployment);
+        }
+    }
+
+    /// A deploy: new runs start on `flows.current` from now on; runs in
+    /// flight keep the flows of their own deployments (which `flows` must
+    /// still hold).
+    pub fn set_flows(&mut self, flows: FlowSets) {
+        self.flows = flows;
+    }
+
+    /// The deployments active runs are pinned to.
+    pub fn pins(&self) -> BTreeSet<u64> {
+        self.pinned.keys().copied().collect()
+    }
+
+    /// Count a run pinned to `d`; whether the set of pins grew.
+    fn pin(&mut self, d: Option<u64>) -> bool {
+        let Some(d) = d else { return false };
+        let n = self.pinned.entry(d).or_default();
+        *n += 1;
+        *n == 1
+    }
+
+    /// Count a run pinned to `d` gone; whether the set of pins shrank.
+    fn unpin(&mut self, d: Option<u64>) -> bool {
+        let Some(d) = d else { return false };
+        match self.pinned.get_mut(&d) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.pinned.remove(&d);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The state row that says which deployments runs are pinned to, as
+    /// of now: written in the commit that changes the set.
+    fn pins_row(&self) -> Action {
+        Action::Put {
+            key: crate::deploy::IN_USE_ROW.to_string(),
+            value: serde_json::to_vec(&self.pins()).expect("a set of numbers serialises"),
+        }
     }
 
     /// A run as the machine holds it.
@@ -255,7 +307,7 @@ impl Machine {
     fn flow_of(&self, run: &str) -> Option<Arc<Flow>> {
         self.runs
             .get(run)
-            .and_then(|r| self.flows.get(&r.flow))
+            .and_then(|r| self.flows.flow(r.deployment, &r.flow))
             .cloned()
     }
 
@@ -394,6 +446,9 @@ impl Machine {
             let run = self.runs.remove(&id).expect("present");
             if let Some(k) = &run.key {
                 self.keys.remove(&key_row(&run.flow, k));
+            }
+            if self.unpin(run.deployment) {
+                t.actions.push(self.pins_row());
             }
             t.actions.push(Action::End(Box::new(run)));
         }

@@ -108,10 +108,12 @@ impl Machine {
     /// Drop run `run_id`, whose start could not be stored (its producer
     /// was told so, and may start it again).
     pub fn forget(&mut self, run_id: &str) {
-        if let Some(run) = self.runs.remove(run_id)
-            && let Some(k) = &run.key
-        {
-            self.keys.remove(&key_row(&run.flow, k));
+        if let Some(run) = self.runs.remove(run_id) {
+            if let Some(k) = &run.key {
+                self.keys.remove(&key_row(&run.flow, k));
+            }
+            // The row written with its start was not stored either.
+            self.unpin(run.deployment);
         }
     }
 }

@@ -17,7 +17,7 @@ impl Machine {
 
     /// Start a run.
     pub fn start(&mut self, s: Start, now: u64) -> Result<Started, StartError> {
-        let Some(f) = self.flows.get(&s.flow).cloned() else {
+        let Some(f) = self.flows.flow(None, &s.flow).cloned() else {
             return Err(StartError::UnknownFlow(s.flow));
         };
         if let Some(k) = &s.key
@@ -37,9 +37,11 @@ impl Machine {
         if self.runs.len() >= self.limit {
             return Err(StartError::Busy { limit: self.limit });
         }
+        let deployment = Some(self.flows.current);
         let run = RunRecord {
             id: s.id.clone(),
             flow: s.flow.clone(),
+            deployment,
             state: RunState::Running,
             input: s.input,
             created: rfc3339(now),
@@ -74,6 +76,9 @@ impl Machine {
             self.keys.insert(row, s.id.clone());
         }
         t.arm(run.deadline_ms, "");
+        if self.pin(deployment) {
+            t.actions.push(self.pins_row());
+        }
         self.runs.insert(s.id.clone(), run);
         self.advance(&s.id, &mut t, now);
         self.settle(&mut t, now);

@@ -3,8 +3,6 @@
 //! duplicates, late deliveries and restarts (`proptest`), checked against
 //! the invariants in `mod.rs`.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde_json::json;
 
@@ -74,8 +72,7 @@ fn flow() -> Flow {
 }
 
 fn machine() -> Machine {
-    let flows: HashMap<String, Arc<Flow>> = [("f".to_string(), Arc::new(flow()))].into();
-    Machine::new(Arc::new(flows), SOURCE.into(), None, 1_000)
+    Machine::new(FlowSets::one(1, vec![flow()]), SOURCE.into(), None, 1_000)
 }
 
 fn start(m: &mut Machine, id: &str, key: Option<&str>, now: u64) -> Started {
