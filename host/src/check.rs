@@ -17,8 +17,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::contract::{DataFormat, EventType};
 use crate::contract::StepView;
+use crate::contract::{DataFormat, EventType};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

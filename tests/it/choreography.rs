@@ -407,7 +407,7 @@ async fn text_data_is_checked_against_its_declared_media_type(b: Backend) {
     assert!(out.contains("; the rejected output: "), "{out}");
     assert_eq!(dlq.len(), 3);
     // The documents say what the contract says.
-    let doc = troupe::asyncapi::document("shout", &host.steps, &app.broker());
+    let doc = troupe::asyncapi::document("shout", &host.steps(), &app.broker());
     let messages = doc["components"]["messages"].as_object().unwrap();
     assert!(
         messages.values().all(|m| m["contentType"] == "text/plain"),

@@ -13,6 +13,7 @@ mod cloudevents;
 mod conformance;
 mod contracts;
 mod crash;
+mod deploys;
 mod fixtures;
 mod forged;
 mod hostile;

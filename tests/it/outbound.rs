@@ -265,7 +265,7 @@ async fn a_secret_reaches_the_granted_host_and_nothing_else() {
         "the dump has the environment"
     );
     assert!(!report.to_string().contains(KEY), "{report:#}");
-    let metrics = troupe::api::metrics::outbound(&host.steps);
+    let metrics = troupe::api::metrics::outbound(&host.steps());
     assert!(
         metrics.contains("troupe_http_denied_total{step=\"caller\"} 1"),
         "{metrics}"

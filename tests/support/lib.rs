@@ -113,6 +113,47 @@ pub fn puppet(contract: &serde_json::Value) -> PathBuf {
     path
 }
 
+/// A copy of component `path` with a custom section holding `revision`
+/// appended: the same code and contract under another digest, as a new
+/// build of the same step would be. A file of its own in the system's temp
+/// folder.
+pub fn revision(path: &Path, revision: u32) -> PathBuf {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut wasm = std::fs::read(path).expect("the component");
+    let name = b"troupe-test-revision";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(revision.to_string().as_bytes());
+    wasm.push(0); // a custom section
+    leb(body.len(), &mut wasm);
+    wasm.extend_from_slice(&body);
+    let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &wasm);
+    let out = std::env::temp_dir().join(format!("troupe-revision-{}.wasm", digest.simple()));
+    let part = out.with_extension(format!("{}.part", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&part, wasm).expect("write the revision");
+    std::fs::rename(&part, &out).expect("rename the revision");
+    out
+}
+
+/// Put `from` at `to` whole (a copy beside it, renamed over it), as a
+/// deploy tool would.
+pub fn replace_file(from: &Path, to: &Path) {
+    let part = to.with_extension("part");
+    std::fs::copy(from, &part).expect("copy");
+    std::fs::rename(&part, to).expect("rename");
+}
+
 /// The component of example plugin `name` (a crate in `plugins/`).
 pub fn plugin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -349,6 +390,22 @@ pub async fn eventually<T>(
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Poll `check` (blocking) until it returns `Some`, or panic after
+/// `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState, RawBody};
-use crate::deploy::ledger::Refusal;
 use crate::deploy::Deployment;
+use crate::deploy::ledger::Refusal;
 use crate::deployer::{DeployError, Deployer, Request};
 
 /// A deployment as the API lists it: without contracts and flow texts.
@@ -59,8 +59,13 @@ pub(super) async fn show(
     let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no deployment {n:?}"));
     let k: u64 = n.parse().map_err(|_| not_found())?;
     let all = s.deployer.list().await?;
-    let d = all.into_iter().find(|d| d.number == k).ok_or_else(not_found)?;
-    Ok(Json(serde_json::to_value(d).expect("a deployment serialises")))
+    let d = all
+        .into_iter()
+        .find(|d| d.number == k)
+        .ok_or_else(not_found)?;
+    Ok(Json(
+        serde_json::to_value(d).expect("a deployment serialises"),
+    ))
 }
 
 /// What `POST /v1/deployments` takes (every field optional; an empty body

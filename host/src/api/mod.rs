@@ -140,10 +140,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/dlq/{id}", get(dlq_show))
         .route("/v1/dlq/{id}/replay", post(dlq_replay))
         .route("/v1/traces/{correlation_id}", get(trace))
-        .route(
-            "/v1/deployments",
-            get(deploys::list).post(deploys::deploy),
-        )
+        .route("/v1/deployments", get(deploys::list).post(deploys::deploy))
         .route("/v1/deployments/{n}", get(deploys::show))
         .route("/v1/kv/{bucket}", get(kv::bucket))
         .route("/v1/kv/{bucket}/{key}", get(kv::entry))

@@ -124,6 +124,25 @@ fn success_schema(method: &str, path: &str) -> Option<Value> {
             "properties": {"run_id": {"type": "string"}, "status_url": {"type": "string"}}
         }),
         ("get", "/v1/runs/{id}") => r("Run"),
+        ("get", "/v1/deployments") => json!({
+            "type": "object", "required": ["deployments", "current", "loaded"],
+            "properties": {
+                "deployments": {"type": "array", "items": {"type": "object", "required": ["number", "created", "steps"]}},
+                "current": {"type": "integer", "minimum": 0},
+                "loaded": {"type": "array", "items": {"type": "integer"}}
+            }
+        }),
+        ("get", "/v1/deployments/{n}") => json!({
+            "type": "object", "required": ["number", "created", "origin", "manifest", "steps"],
+            "properties": {"number": {"type": "integer", "minimum": 1}}
+        }),
+        ("post", "/v1/deployments") => json!({
+            "type": "object", "required": ["deployment", "recorded", "dry_run", "changes"],
+            "properties": {
+                "deployment": {"type": "object"}, "recorded": {"type": "boolean"},
+                "dry_run": {"type": "boolean"}, "changes": {"type": "array", "items": {"type": "string"}}
+            }
+        }),
         ("post", "/v1/events") => json!({
             "type": "object",
             "description": "`id` for one event, `ids` for a batch",
@@ -278,6 +297,7 @@ fn schemas() -> Value {
             "properties": {
                 "id": {"type": "string"},
                 "flow": {"type": "string"},
+                "deployment": {"type": "integer", "minimum": 1, "description": "The deployment the run started on: its flow and steps, to its end"},
                 "state": {"type": "string", "enum": ["running", "compensating", "completed", "compensated", "failed", "timed_out"]},
                 "input": {},
                 "created": {"type": "string"},
@@ -296,7 +316,8 @@ fn schemas() -> Value {
                         "output_type": {"type": "string"},
                         "output": {},
                         "errors": {"type": "array", "items": {"type": "string"}},
-                        "reason": {"type": "string"}
+                        "reason": {"type": "string"},
+                        "component": {"type": "string", "description": "SHA-256 of the component that answered its last attempt"}
                     }
                 }}
             }

@@ -17,6 +17,10 @@ use crate::orchestrator::run::{RunRecord, RunState, StepRecord, StepState};
 pub struct RunStatus<'a> {
     id: &'a str,
     flow: &'a str,
+    /// The deployment the run started on: its flow and its steps, to its
+    /// end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deployment: Option<u64>,
     state: RunState,
     input: &'a Value,
     created: &'a str,
@@ -53,6 +57,9 @@ pub struct StepStatus<'a> {
     /// Why it was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    /// The SHA-256 of the component that answered its last attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    component: Option<&'a str>,
 }
 
 impl<'a> From<&'a RunRecord> for RunStatus<'a> {
@@ -60,6 +67,7 @@ impl<'a> From<&'a RunRecord> for RunStatus<'a> {
         RunStatus {
             id: &r.id,
             flow: &r.flow,
+            deployment: r.deployment,
             state: r.state,
             input: &r.input,
             created: &r.created,
@@ -88,6 +96,7 @@ impl<'a> From<&'a StepRecord> for StepStatus<'a> {
             output: s.output.as_deref(),
             errors: &s.errors,
             reason: s.reason.as_deref(),
+            component: s.component.as_deref(),
         }
     }
 }

@@ -197,6 +197,16 @@ pub(crate) fn read_error(e: BrokerError) -> crate::kv::ReadError {
 pub trait Consumer: Send + Sync {
     /// The next delivery, waiting for one; `None` once the broker closes.
     async fn next(&self) -> Option<Delivery>;
+
+    /// Stop taking the group's deliveries in this process, handing what it
+    /// holds back to the group's other members at once (a host that cannot
+    /// load the app's current deployment), or take them again. A broker
+    /// that serves one host (embedded) has no other member to hand to.
+    fn pause(&self, _paused: bool) {}
+
+    /// Hand back a delivery taken and not handled, for another member (or
+    /// this one, later) to take.
+    fn hand_back(&self, d: Delivery);
 }
 
 /// A message broker backend: its facets. The host holds an

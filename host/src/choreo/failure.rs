@@ -29,11 +29,7 @@ impl Wiring {
             return self.dead_letter(d, class, failure.message.clone(), calls);
         }
         let message = f.to_string();
-        let (b, stats, step_name) = (
-            self.broker.clone(),
-            self.stats.clone(),
-            self.name.clone(),
-        );
+        let (b, stats, step_name) = (self.broker.clone(), self.stats.clone(), self.name.clone());
         self.settle(async move {
             match b.fail(&d, class, &message).await? {
                 Disposition::Retry(after) => {
@@ -89,11 +85,7 @@ impl Wiring {
         message: String,
         calls: Vec<Event>,
     ) {
-        let (b, stats, step) = (
-            self.broker.clone(),
-            self.stats.clone(),
-            self.name.clone(),
-        );
+        let (b, stats, step) = (self.broker.clone(), self.stats.clone(), self.name.clone());
         self.settle(async move {
             let id = b.dead_letter(&d, class, &message).await?;
             StepStats::add(&stats.dead_lettered, 1);

@@ -126,7 +126,9 @@ impl Wiring {
     /// Let the workers take deliveries, or stop them taking any (those in
     /// hand are finished).
     pub fn open(&self, open: bool) {
-        self.gate.send_replace(open);
+        if self.gate.send_replace(open) != open {
+            self.consumer.pause(!open);
+        }
     }
 
     /// Start the step's worker threads; they end when the broker closes.
@@ -163,6 +165,8 @@ impl Wiring {
             });
             match next {
                 None => return,
+                // Taken as the gate closed: for another member of the group.
+                Some(Again::Run { d, runs: 0 }) if !*gate.borrow() => self.consumer.hand_back(d),
                 Some(Again::Run { d, runs }) => self.run(d, runs),
                 Some(Again::Fail { d, failure, calls }) => self.failed(d, failure, calls),
             }
@@ -186,7 +190,10 @@ impl Wiring {
                 // host that holds it).
                 let f = Failure::new(
                     FailureClass::Retry,
-                    format!("deployment {n} of step `{}` is not loaded on this host", self.name),
+                    format!(
+                        "deployment {n} of step `{}` is not loaded on this host",
+                        self.name
+                    ),
                 );
                 return self.failed(d, f, Vec::new());
             }
@@ -263,7 +270,10 @@ impl Wiring {
                     .expect("a call record serialises"),
                     schema: None,
                 };
-                stamped(v, event.caused(&key, &self.source, c.position as usize, out))
+                stamped(
+                    v,
+                    event.caused(&key, &self.source, c.position as usize, out),
+                )
             })
             .collect()
     }
@@ -392,7 +402,12 @@ impl Wiring {
         let records = calls.clone();
         out.extend(calls);
         if !kv.writes.is_empty() {
-            out.push(self.write_record(v, &d.event, protocol::attempt_of(&d.event, d.attempt), &kv));
+            out.push(self.write_record(
+                v,
+                &d.event,
+                protocol::attempt_of(&d.event, d.attempt),
+                &kv,
+            ));
         }
         let commit = Commit {
             ack: Some(d.clone()),
@@ -405,11 +420,7 @@ impl Wiring {
         };
         let permit = self.permit();
         let in_flight = self.in_flight.clone();
-        let (again, stats, name) = (
-            self.again.0.clone(),
-            self.stats.clone(),
-            self.name.clone(),
-        );
+        let (again, stats, name) = (self.again.0.clone(), self.stats.clone(), self.name.clone());
         self.broker.commit_then(
             commit,
             Box::new(move |r| {

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use troupe::contract::StepContract;
 use troupe::text::escape;
 
-use super::flows::client;
 use super::ApiArgs;
+use super::flows::client;
 
 /// Deploy the app's files on its running host, or return to `to`.
 pub(crate) fn deploy(
@@ -27,7 +27,9 @@ pub(crate) fn deploy(
     }
     let (status, v) = match c.deploy(&body) {
         Ok(r) => r,
-        Err(troupe::client::ClientError::Status { status, message, .. }) => {
+        Err(troupe::client::ClientError::Status {
+            status, message, ..
+        }) => {
             bail!("the deploy was not made ({status}): {message}")
         }
         Err(e) => return Err(e.into()),
@@ -65,7 +67,10 @@ pub(crate) fn list(api: &ApiArgs, json: bool) -> Result<()> {
         .flatten()
         .filter_map(Value::as_u64)
         .collect();
-    println!("{:>4}  {:<25} {:<8} {:<7}  steps", "#", "created", "how", "here");
+    println!(
+        "{:>4}  {:<25} {:<8} {:<7}  steps",
+        "#", "created", "how", "here"
+    );
     for d in v["deployments"].as_array().into_iter().flatten() {
         let n = d["number"].as_u64().unwrap_or(0);
         let here = if Some(n) == current {
@@ -81,7 +86,7 @@ pub(crate) fn list(api: &ApiArgs, json: bool) -> Result<()> {
             .flatten()
             .map(|(name, s)| {
                 let digest = s["component"].as_str().unwrap_or_default();
-                format!("{}@{}", escape(name), &digest[..digest.len().min(12)])
+                format!("{}@{}", escape(name), escape(troupe::deploy::short(digest)))
             })
             .collect();
         let how = d["origin"]["how"].as_str().unwrap_or_default();
@@ -107,7 +112,10 @@ pub(crate) fn show(api: &ApiArgs, n: u64, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("deployment {n}");
-    println!("  created   {}", escape(v["created"].as_str().unwrap_or_default()));
+    println!(
+        "  created   {}",
+        escape(v["created"].as_str().unwrap_or_default())
+    );
     println!(
         "  origin    {} on {}",
         escape(v["origin"]["how"].as_str().unwrap_or_default()),
@@ -116,7 +124,10 @@ pub(crate) fn show(api: &ApiArgs, n: u64, json: bool) -> Result<()> {
     if let Some(k) = v["rollback_of"].as_u64() {
         println!("  returns to deployment {k}");
     }
-    println!("  manifest  sha256 {}", escape(v["manifest"].as_str().unwrap_or_default()));
+    println!(
+        "  manifest  sha256 {}",
+        escape(v["manifest"].as_str().unwrap_or_default())
+    );
     for (name, s) in v["steps"].as_object().into_iter().flatten() {
         println!(
             "  step {}  component sha256 {}  contract {}",
@@ -155,9 +166,13 @@ pub(crate) fn gate(
     let next: BTreeMap<String, StepContract> = steps
         .iter()
         .map(|s| {
-            let raw = troupe::contract::json::from_json(&troupe::contract::json::to_json(&s.contract))
-                .expect("a contract reads back");
-            (s.name.clone(), StepContract::compile(raw).expect("it compiled before"))
+            let raw =
+                troupe::contract::json::from_json(&troupe::contract::json::to_json(&s.contract))
+                    .expect("a contract reads back");
+            (
+                s.name.clone(),
+                StepContract::compile(raw).expect("it compiled before"),
+            )
         })
         .collect();
     let (label, what, before) = match a.what.parse::<u64>() {
@@ -179,5 +194,8 @@ pub(crate) fn gate(
             (0, a.what.clone(), c)
         }
     };
-    Ok((what, troupe::deploy::gate(&[(label, &before)], &next, &app.deploy)))
+    Ok((
+        what,
+        troupe::deploy::gate(&[(label, &before)], &next, &app.deploy),
+    ))
 }

@@ -321,8 +321,21 @@ pub(crate) fn trace(dir: &Path, correlation_id: &str, json: bool) -> Result<()> 
         let record = |e: &&Event| e.kind == CALL_EVENT || e.kind == WRITE_EVENT;
         for e in events.iter().filter(under).filter(|e| !record(e)) {
             let by = e.source.rsplit('/').next().unwrap_or(&e.source);
+            // Which deployment and build of the step emitted it.
+            let version = match (
+                e.extensions.get(troupe::protocol::DEPLOYMENT),
+                e.extensions.get(troupe::protocol::COMPONENT),
+            ) {
+                (Some(n), Some(c)) => format!(
+                    " @ deployment {}, component {}",
+                    escape(n),
+                    escape(troupe::deploy::short(c))
+                ),
+                (Some(n), None) => format!(" @ deployment {}", escape(n)),
+                _ => String::new(),
+            };
             println!(
-                "{:indent$}{} {}  (from {}, {})",
+                "{:indent$}{} {}  (from {}{version}, {})",
                 "",
                 escape(&e.kind),
                 escape(&e.id),

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use troupe::text::escape;
 use anyhow::{Context, Result, bail};
 use troupe::runtime::Runtime;
+use troupe::text::escape;
 
 pub(crate) fn new_plugin(name: &str, lang: &str, parent: &Path, json: bool) -> Result<()> {
     let Some(l) = troupe::builder::Lang::parse(lang) else {
@@ -109,7 +109,11 @@ pub(crate) fn build(dirs: Vec<PathBuf>, json: bool) -> Result<()> {
 }
 
 /// `troupe check`; with `against`, the gate too (`cli/deploys.rs`).
-pub(crate) fn check(dir: &Path, json: bool, against: Option<super::deploys::Against>) -> Result<()> {
+pub(crate) fn check(
+    dir: &Path,
+    json: bool,
+    against: Option<super::deploys::Against>,
+) -> Result<()> {
     use troupe::check::Severity;
     let app = super::load_app(dir)?;
     let steps = troupe::host::describe_steps(&app)?;
@@ -180,10 +184,17 @@ pub(crate) fn check(dir: &Path, json: bool, against: Option<super::deploys::Agai
         }
         if let Some((what, breaks)) = &gate {
             if breaks.is_empty() {
-                println!("ok    every changed contract is passive against {}", escape(what));
+                println!(
+                    "ok    every changed contract is passive against {}",
+                    escape(what)
+                );
             }
             for b in breaks {
-                println!("ERROR not passive against {}: {}", escape(what), escape(&b.to_string()));
+                println!(
+                    "ERROR not passive against {}: {}",
+                    escape(what),
+                    escape(&b.to_string())
+                );
             }
         }
     }

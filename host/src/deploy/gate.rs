@@ -99,7 +99,9 @@ fn produced<'a>(c: &'a Contracts, step: &str, kind: &str) -> Option<&'a EventTyp
 /// Whether two declarations of a type describe the same data.
 fn same(a: Option<&EventType>, b: Option<&EventType>) -> bool {
     match (a, b) {
-        (Some(a), Some(b)) => a.version == b.version && a.format == b.format && a.schema == b.schema,
+        (Some(a), Some(b)) => {
+            a.version == b.version && a.format == b.format && a.schema == b.schema
+        }
         _ => false,
     }
 }
@@ -174,7 +176,8 @@ pub fn gate(prior: &[(u64, &Contracts)], next: &Contracts, policy: &Policy) -> V
                     }
                 }
                 for (cn, _) in next.iter() {
-                    let (Some(now), Some(was)) = (consumed(next, cn, kind), consumed(old, cn, kind))
+                    let (Some(now), Some(was)) =
+                        (consumed(next, cn, kind), consumed(old, cn, kind))
                     else {
                         continue;
                     };

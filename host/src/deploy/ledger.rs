@@ -112,8 +112,8 @@ impl Ledger {
             }
         };
         let policy = &content.policy;
-        let transitive = policy.compatibility.transitive()
-            || policy.types.values().any(|m| m.transitive());
+        let transitive =
+            policy.compatibility.transitive() || policy.types.values().any(|m| m.transitive());
         let depth = if transitive { policy.history } else { 1 };
         // A recorded contract that no longer compiles (a host of another
         // version wrote it) cannot be compared: that deployment is passed.

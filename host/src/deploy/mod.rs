@@ -128,10 +128,7 @@ impl Deployment {
 
     /// The component digest of `step` in this deployment.
     pub fn component(&self, step: &str) -> Option<&str> {
-        self.content
-            .steps
-            .get(step)
-            .map(|s| s.component.as_str())
+        self.content.steps.get(step).map(|s| s.component.as_str())
     }
 }
 
@@ -193,7 +190,7 @@ impl Content {
 
 /// The first 12 hex digits of a digest, as shown.
 pub fn short(digest: &str) -> &str {
-    &digest[..digest.len().min(12)]
+    digest.get(..12).unwrap_or(digest)
 }
 
 /// SHA-256, hex.

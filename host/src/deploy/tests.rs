@@ -93,9 +93,11 @@ fn a_breaking_change_is_refused_naming_producer_consumer_type_and_field() {
         Decision::Record(d) if d.number == 1
     ));
     // `b` now requires `amount`, which `a` of deployment 1 may leave out.
-    let Decision::Refused(ledger::Refusal::Breaks(b)) =
-        record(&mut l, content(OPT_INT, REQ_INT, None, Mode::Backward), false)
-    else {
+    let Decision::Refused(ledger::Refusal::Breaks(b)) = record(
+        &mut l,
+        content(OPT_INT, REQ_INT, None, Mode::Backward),
+        false,
+    ) else {
         panic!("refused")
     };
     let text: Vec<String> = b.iter().map(ToString::to_string).collect();
@@ -106,10 +108,17 @@ fn a_breaking_change_is_refused_naming_producer_consumer_type_and_field() {
             && t.contains("/amount")),
         "{text:#?}"
     );
-    assert_eq!(l.current().unwrap().number, 1, "a refused deploy changes nothing");
+    assert_eq!(
+        l.current().unwrap().number,
+        1,
+        "a refused deploy changes nothing"
+    );
     // With --allow-breaking it is recorded, with what was let through.
-    let Decision::Record(d) = record(&mut l, content(OPT_INT, REQ_INT, None, Mode::Backward), true)
-    else {
+    let Decision::Record(d) = record(
+        &mut l,
+        content(OPT_INT, REQ_INT, None, Mode::Backward),
+        true,
+    ) else {
         panic!("recorded")
     };
     assert_eq!(d.number, 2);
@@ -119,14 +128,22 @@ fn a_breaking_change_is_refused_naming_producer_consumer_type_and_field() {
 #[test]
 fn a_passive_change_is_accepted_and_the_same_content_is_no_new_deployment() {
     let mut l = Ledger::default();
-    record(&mut l, content(REQ_INT, REQ_INT, None, Mode::Backward), false);
+    record(
+        &mut l,
+        content(REQ_INT, REQ_INT, None, Mode::Backward),
+        false,
+    );
     // The consumer widens (integer -> number): it reads all it read.
     assert!(matches!(
         record(&mut l, content(REQ_INT, REQ_NUM, None, Mode::Backward), false),
         Decision::Record(d) if d.number == 2
     ));
     assert_eq!(
-        record(&mut l, content(REQ_INT, REQ_NUM, None, Mode::Backward), false),
+        record(
+            &mut l,
+            content(REQ_INT, REQ_NUM, None, Mode::Backward),
+            false
+        ),
         Decision::Unchanged(2)
     );
 }
@@ -134,12 +151,18 @@ fn a_passive_change_is_accepted_and_the_same_content_is_no_new_deployment() {
 #[test]
 fn forward_protects_the_consumers_of_the_last_deployment() {
     let mut l = Ledger::default();
-    record(&mut l, content(REQ_INT, REQ_INT, None, Mode::Forward), false);
+    record(
+        &mut l,
+        content(REQ_INT, REQ_INT, None, Mode::Forward),
+        false,
+    );
     // The producer starts sending numbers: the consumers of deployment 1
     // (still serving its runs) read integers only.
-    let Decision::Refused(ledger::Refusal::Breaks(b)) =
-        record(&mut l, content(REQ_NUM, REQ_NUM, None, Mode::Forward), false)
-    else {
+    let Decision::Refused(ledger::Refusal::Breaks(b)) = record(
+        &mut l,
+        content(REQ_NUM, REQ_NUM, None, Mode::Forward),
+        false,
+    ) else {
         panic!("refused")
     };
     assert!(
@@ -150,7 +173,11 @@ fn forward_protects_the_consumers_of_the_last_deployment() {
     );
     // Backward alone would let it through: the new consumer reads numbers.
     assert!(matches!(
-        record(&mut l, content(REQ_NUM, REQ_NUM, None, Mode::Backward), false),
+        record(
+            &mut l,
+            content(REQ_NUM, REQ_NUM, None, Mode::Backward),
+            false
+        ),
         Decision::Record(_)
     ));
     // None checks nothing against earlier deployments.
@@ -172,9 +199,12 @@ fn transitive_modes_compare_with_older_deployments_too() {
         l.propose(Proposal::Content(c(Mode::Backward)), origin(), false, 0),
         Decision::Record(_)
     ));
-    let Decision::Refused(ledger::Refusal::Breaks(b)) =
-        l.propose(Proposal::Content(c(Mode::BackwardTransitive)), origin(), false, 0)
-    else {
+    let Decision::Refused(ledger::Refusal::Breaks(b)) = l.propose(
+        Proposal::Content(c(Mode::BackwardTransitive)),
+        origin(),
+        false,
+        0,
+    ) else {
         panic!("refused")
     };
     assert!(
@@ -188,7 +218,11 @@ fn transitive_modes_compare_with_older_deployments_too() {
 fn a_rollback_is_a_new_deployment_with_the_old_content_and_passes_the_gate() {
     let min0 = SCHEMAS[4];
     let mut l = Ledger::default();
-    record(&mut l, content(REQ_INT, OPT_INT, None, Mode::Backward), false);
+    record(
+        &mut l,
+        content(REQ_INT, OPT_INT, None, Mode::Backward),
+        false,
+    );
     assert!(matches!(
         record(&mut l, content(min0, OPT_INT, None, Mode::Backward), false),
         Decision::Record(d) if d.number == 2
@@ -205,9 +239,17 @@ fn a_rollback_is_a_new_deployment_with_the_old_content_and_passes_the_gate() {
     // Back to a narrower consumer: what it accepted from outside since
     // (1.5) it would refuse. Refused like any deploy.
     let mut l = Ledger::default();
-    record(&mut l, content(REQ_INT, REQ_INT, None, Mode::Backward), false);
+    record(
+        &mut l,
+        content(REQ_INT, REQ_INT, None, Mode::Backward),
+        false,
+    );
     assert!(matches!(
-        record(&mut l, content(REQ_INT, REQ_NUM, None, Mode::Backward), false),
+        record(
+            &mut l,
+            content(REQ_INT, REQ_NUM, None, Mode::Backward),
+            false
+        ),
         Decision::Record(_)
     ));
     let Decision::Refused(ledger::Refusal::Breaks(b)) =
@@ -305,7 +347,11 @@ fn schema_of(c: &Content, s: &str, consumed: bool) -> Option<String> {
 /// on data.
 fn holds(prior: &[&Content], next: &Content) -> Result<(), String> {
     let mode = next.policy.compatibility;
-    let depth = if mode.transitive() { next.policy.history } else { 1 };
+    let depth = if mode.transitive() {
+        next.policy.history
+    } else {
+        1
+    };
     for old in prior.iter().take(depth) {
         let pairs = |a: &Content, b: &Content| {
             let mut v = Vec::new();

@@ -284,7 +284,9 @@ impl Deployer {
                     }
                     self.store
                         .put_manifest(&c.content.manifest, &c.manifest)
-                        .map_err(|e| DeployError::Invalid(format!("cannot keep troupe.toml: {e}")))?;
+                        .map_err(|e| {
+                            DeployError::Invalid(format!("cannot keep troupe.toml: {e}"))
+                        })?;
                     (Proposal::Content(c.content), c.held)
                 }
             };
@@ -378,10 +380,22 @@ impl Deployer {
 
     /// Load deployment `k` if it is not held (a run is pinned to it).
     pub(crate) async fn ensure_loaded(&self, k: u64) -> Result<(), DeployError> {
-        if self.state.lock().expect("deployer lock").loaded.contains_key(&k) {
+        if self
+            .state
+            .lock()
+            .expect("deployer lock")
+            .loaded
+            .contains_key(&k)
+        {
             return Ok(());
         }
-        let mut d = self.state.lock().expect("deployer lock").ledger.get(k).cloned();
+        let mut d = self
+            .state
+            .lock()
+            .expect("deployer lock")
+            .ledger
+            .get(k)
+            .cloned();
         if d.is_none() {
             let known = self.state.lock().expect("deployer lock").ledger.clone();
             let ledger = read_ledger_from(&*self.broker, &known).await?;
@@ -406,7 +420,10 @@ impl Deployer {
 /// records are numbered 1, 2, ... with no gap: each is written only if its
 /// number is free, the next after the newest). One read per record, so the
 /// runs' rows beside them are never scanned.
-pub(crate) async fn read_ledger_from(broker: &dyn Broker, known: &Ledger) -> Result<Ledger, BrokerError> {
+pub(crate) async fn read_ledger_from(
+    broker: &dyn Broker,
+    known: &Ledger,
+) -> Result<Ledger, BrokerError> {
     let mut l = known.clone();
     let mut n = l.current().map_or(1, |d| d.number + 1);
     while let Some(v) = broker.state_get(&crate::deploy::row(n)).await? {
@@ -445,4 +462,3 @@ pub fn summary(changes: &[String]) -> String {
         changes.join("; ")
     }
 }
-

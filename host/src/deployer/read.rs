@@ -47,8 +47,9 @@ impl Deployer {
         let mut bytes = BTreeMap::new();
         let mut digests = BTreeMap::new();
         for (name, p) in &items {
-            let b = std::fs::read(p)
-                .map_err(|e| DeployError::Invalid(format!("step `{name}`: {}: {e}", p.display())))?;
+            let b = std::fs::read(p).map_err(|e| {
+                DeployError::Invalid(format!("step `{name}`: {}: {e}", p.display()))
+            })?;
             let d = sha256(&b);
             digests.insert(name.clone(), d.clone());
             bytes.insert(d, b);
@@ -63,7 +64,9 @@ impl Deployer {
                 None => to_load.push((name.clone(), p.clone())),
             }
         }
-        for s in load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Invalid(e.to_string()))? {
+        for s in
+            load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Invalid(e.to_string()))?
+        {
             steps.insert(s.sandbox.name.to_string(), Arc::new(s));
         }
         let held = Held {
@@ -71,11 +74,12 @@ impl Deployer {
             app,
             manifest: manifest_digest.clone(),
         };
-        let broken: Vec<String> = crate::check::check(&held.steps.values().cloned().collect::<Vec<_>>())
-            .into_iter()
-            .filter(|f| f.severity == crate::check::Severity::Error)
-            .map(|f| f.message)
-            .collect();
+        let broken: Vec<String> =
+            crate::check::check(&held.steps.values().cloned().collect::<Vec<_>>())
+                .into_iter()
+                .filter(|f| f.severity == crate::check::Severity::Error)
+                .map(|f| f.message)
+                .collect();
         if !broken.is_empty() {
             return Err(DeployError::Wiring(broken));
         }
@@ -87,7 +91,8 @@ impl Deployer {
             .collect();
         for (name, f) in &flows {
             let p = self.dir.join(FLOWS_DIR).join(format!("{name}.toml"));
-            Flow::parse(name, &p, &f.text, &contracts).map_err(|e| DeployError::Invalid(e.to_string()))?;
+            Flow::parse(name, &p, &f.text, &contracts)
+                .map_err(|e| DeployError::Invalid(e.to_string()))?;
         }
         let content = Content {
             manifest: manifest_digest,
@@ -138,9 +143,13 @@ impl Deployer {
         let manifest = match self.store.manifest(&d.content.manifest) {
             Some(m) => m,
             None => {
-                let now = std::fs::read_to_string(self.dir.join(crate::app::MANIFEST)).unwrap_or_default();
+                let now = std::fs::read_to_string(self.dir.join(crate::app::MANIFEST))
+                    .unwrap_or_default();
                 if sha256(now.as_bytes()) != d.content.manifest {
-                    return Err(missing(format!("troupe.toml {}", crate::deploy::short(&d.content.manifest))));
+                    return Err(missing(format!(
+                        "troupe.toml {}",
+                        crate::deploy::short(&d.content.manifest)
+                    )));
                 }
                 now
             }
@@ -175,7 +184,9 @@ impl Deployer {
             };
             to_load.push((name.clone(), path));
         }
-        for s in load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Invalid(e.to_string()))? {
+        for s in
+            load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Invalid(e.to_string()))?
+        {
             steps.insert(s.sandbox.name.to_string(), Arc::new(s));
         }
         Ok(Held {

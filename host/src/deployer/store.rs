@@ -95,7 +95,11 @@ mod tests {
         let p = s.component(&d).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"component");
         std::fs::write(&p, b"tampered").unwrap();
-        assert_eq!(s.component(&d), None, "a file no longer its digest is not used");
+        assert_eq!(
+            s.component(&d),
+            None,
+            "a file no longer its digest is not used"
+        );
         let m = sha256(b"name = \"a\"");
         s.put_manifest(&m, "name = \"a\"").unwrap();
         assert_eq!(s.manifest(&m).as_deref(), Some("name = \"a\""));

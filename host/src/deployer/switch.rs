@@ -129,7 +129,12 @@ impl Deployer {
     pub(super) async fn rewire(&self) -> Result<(), DeployError> {
         let plans = self.plans();
         for p in &plans {
-            let exists = self.wired.lock().expect("wired lock").wirings.contains_key(&p.name);
+            let exists = self
+                .wired
+                .lock()
+                .expect("wired lock")
+                .wirings
+                .contains_key(&p.name);
             if exists {
                 continue;
             }
@@ -145,7 +150,10 @@ impl Deployer {
                 (cfg.retry.clone(), cfg.concurrency())
             };
             let consumer = self.broker.subscribe(&p.name, &p.kinds, retry).await?;
-            let v = p.current.clone().or_else(|| p.held.values().next_back().cloned());
+            let v = p
+                .current
+                .clone()
+                .or_else(|| p.held.values().next_back().cloned());
             let Some(v) = v else { continue };
             if let Some(r) = self.broker.kv_reader() {
                 v.step.sandbox.set_state_reader(r);

@@ -49,11 +49,7 @@ impl Deployer {
         // The newest record past ours (records are numbered 1, 2, ...).
         let mut newest = None;
         let mut n = current + 1;
-        while let Some(v) = self
-            .broker
-            .state_get(&crate::deploy::row(n))
-            .await?
-        {
+        while let Some(v) = self.broker.state_get(&crate::deploy::row(n)).await? {
             match serde_json::from_slice::<crate::deploy::Deployment>(&v) {
                 Ok(d) => newest = Some(d),
                 Err(e) => tracing::error!(deployment = n, "an unreadable deployment record: {e}"),
@@ -67,7 +63,13 @@ impl Deployer {
             }
         } else if unready {
             // Try again: its files may have arrived.
-            let d = self.state.lock().expect("deployer lock").ledger.current().cloned();
+            let d = self
+                .state
+                .lock()
+                .expect("deployer lock")
+                .ledger
+                .current()
+                .cloned();
             if let Some(d) = d.filter(|d| d.number > current) {
                 let _turn = self.turn.lock().await;
                 self.take_up(d).await;
@@ -104,7 +106,10 @@ impl Deployer {
                     .unready
                     .replace(why.clone());
                 if was.as_deref() != Some(why.as_str()) {
-                    tracing::error!(deployment = n, "this host takes no work until it can load the app's current deployment: {why}");
+                    tracing::error!(
+                        deployment = n,
+                        "this host takes no work until it can load the app's current deployment: {why}"
+                    );
                 }
                 self.open(false);
             }

@@ -214,7 +214,8 @@ impl Driver {
             state: vec![(crate::deploy::IN_USE_ROW.to_string(), Some(row))],
             ..Commit::default()
         };
-        self.broker.commit_then(commit, Box::new(|r| log_failure(&r)));
+        self.broker
+            .commit_then(commit, Box::new(|r| log_failure(&r)));
         self.pins.send_replace(pins);
     }
 

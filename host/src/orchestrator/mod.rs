@@ -44,8 +44,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::broker::{Broker, BrokerError};
 pub(crate) use crate::clock::{now_ms, rfc3339};
 use crate::flow::Flow;
-pub use flows::FlowSets;
 use crate::protocol::GROUP;
+pub use flows::FlowSets;
 use run::{RunRecord, RunState, key};
 
 /// The `[orchestrator]` table of `troupe.toml`: how many runs the host
@@ -273,10 +273,7 @@ impl Orchestrator {
             .await
             .ok_or(StartError::Stopped)?;
         if let Err(reason) = checked {
-            return Err(StartError::BadInput {
-                kind,
-                reason,
-            });
+            return Err(StartError::BadInput { kind, reason });
         }
         let (reply, rx) = oneshot::channel();
         let msg = Msg::Start(Starting {

@@ -88,6 +88,9 @@ pub struct StepRecord {
     /// Order of completion (for compensating in reverse).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_seq: Option<u32>,
+    /// The SHA-256 of the component that answered its last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
 }
 
 impl StepRecord {
@@ -105,6 +108,7 @@ impl StepRecord {
             command_id: None,
             deadline_ms: None,
             completed_seq: None,
+            component: None,
         }
     }
 }

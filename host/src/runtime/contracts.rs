@@ -68,4 +68,3 @@ fn stat_key(path: &Path) -> Option<String> {
     h.update(mtime.as_nanos().to_le_bytes());
     Some(format!("stat-{}", hex::encode(&h.finalize()[..16])))
 }
-

@@ -88,6 +88,10 @@ impl Consumer for Group {
     async fn next(&self) -> Option<Delivery> {
         self.rx.recv().await.ok()
     }
+
+    fn hand_back(&self, d: Delivery) {
+        self.push(d);
+    }
 }
 
 /// The embedded broker.

@@ -332,15 +332,21 @@ impl Transport for Nats {
             }
         }
         let (tx, rx) = async_channel::bounded(PULL_BATCH);
+        let paused = watch::Sender::new(false);
         let mut pulls = Vec::new();
         for (subject, deliver_policy) in subjects {
-            pulls.push(i.start_pull(&name, subject, deliver_policy, &tx).await?);
+            pulls.push(
+                i.start_pull(&name, subject, deliver_policy, &tx, paused.subscribe())
+                    .await?,
+            );
         }
         let g = Arc::new(Group {
             retry,
             pulls: std::sync::Mutex::new(pulls),
             tx,
             rx,
+            paused,
+            runtime: tokio::runtime::Handle::current(),
         });
         i.groups
             .write()
@@ -371,7 +377,9 @@ impl Transport for Nats {
         // so), the way a step added to a running app starts.
         for subject in wanted.iter().filter(|s| !have.contains(s)) {
             let from = i.type_start().await?;
-            let p = i.start_pull(&name, subject.clone(), from, &g.tx).await?;
+            let p = i
+                .start_pull(&name, subject.clone(), from, &g.tx, g.paused.subscribe())
+                .await?;
             g.pulls.lock().expect("pulls lock").push(p);
         }
         // Types no longer consumed: stop pulling, and delete the durable

@@ -12,7 +12,7 @@ use async_nats::jetstream::{
     stream::Stream,
 };
 use async_trait::async_trait;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use super::{Inner, NatsAck, PULL_BATCH, codec, nats};
 use crate::broker::{Ack, BrokerError, Consumer, Delivery};
@@ -27,6 +27,11 @@ pub(super) struct Group {
     pub(super) pulls: std::sync::Mutex<Vec<Pull>>,
     pub(super) tx: async_channel::Sender<Delivery>,
     pub(super) rx: async_channel::Receiver<Delivery>,
+    /// While set, the pull tasks take nothing and hand back what they get
+    /// (`Consumer::pause`).
+    pub(super) paused: tokio::sync::watch::Sender<bool>,
+    /// Where handing back runs (it is asked from workers' threads).
+    pub(super) runtime: tokio::runtime::Handle,
 }
 
 /// One durable consumer of a group, and the task that pulls from it.
@@ -42,6 +47,25 @@ impl Consumer for Group {
     async fn next(&self) -> Option<Delivery> {
         self.rx.recv().await.ok()
     }
+
+    fn pause(&self, paused: bool) {
+        self.paused.send_replace(paused);
+        if paused {
+            // What is queued here goes back to the server for the group's
+            // other members.
+            while let Ok(d) = self.rx.try_recv() {
+                self.hand_back(d);
+            }
+        }
+    }
+
+    fn hand_back(&self, d: Delivery) {
+        self.runtime.spawn(async move {
+            if let Some(a) = d.ack.get::<NatsAck>() {
+                let _ = a.acker.ack_with(jetstream::AckKind::Nak(None)).await;
+            }
+        });
+    }
 }
 
 impl Inner {
@@ -53,6 +77,7 @@ impl Inner {
         subject: String,
         from: DeliverPolicy,
         tx: &async_channel::Sender<Delivery>,
+        paused: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Pull, BrokerError> {
         let durable = self.names.consumer(group, &subject);
         let c: PullConsumer = self
@@ -72,7 +97,10 @@ impl Inner {
             .await
             .map_err(|e| nats(format!("consumer {durable} on {subject}: {e}")))?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(self.clone().pull(c, group.clone(), tx.clone(), stopped));
+        tokio::spawn(
+            self.clone()
+                .pull(c, group.clone(), tx.clone(), stopped, paused),
+        );
         Ok(Pull {
             subject,
             durable,
@@ -87,11 +115,22 @@ impl Inner {
         group: Arc<str>,
         tx: async_channel::Sender<Delivery>,
         mut stop: tokio::sync::watch::Receiver<bool>,
+        mut paused: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut closed = self.closed.subscribe();
         loop {
             if *closed.borrow_and_update() || *stop.borrow_and_update() {
                 return;
+            }
+            let now_paused = *paused.borrow_and_update();
+            if now_paused {
+                // Paused: no pull request is out, so the server gives the
+                // group's messages to its other members.
+                tokio::select! {
+                    _ = paused.wait_for(|p| !*p) => continue,
+                    _ = closed.changed() => return,
+                    _ = stop.changed() => return,
+                }
             }
             let mut messages = match consumer
                 .stream()
@@ -115,6 +154,20 @@ impl Inner {
                     m = messages.next() => m,
                     _ = closed.changed() => return,
                     _ = stop.changed() => return,
+                    Ok(()) = paused.changed() => {
+                        let now_paused = *paused.borrow_and_update();
+                        if now_paused {
+                            // Hand back what the pull already brought, and
+                            // end it (its request with it).
+                            while let Some(Some(m)) = messages.next().now_or_never() {
+                                if let Ok(m) = m {
+                                    let _ = m.ack_with(jetstream::AckKind::Nak(None)).await;
+                                }
+                            }
+                            break;
+                        }
+                        continue;
+                    }
                 };
                 let msg = match next {
                     Some(Ok(m)) => m,
@@ -155,7 +208,18 @@ impl Inner {
                             attempt,
                             ack,
                         };
-                        if let Err(async_channel::SendError(d)) = tx.send(d).await {
+                        let back = d.ack.clone();
+                        let sent = tokio::select! {
+                            r = tx.send(d) => r,
+                            // Paused while the queue is full: this one goes back.
+                            () = async { let _ = paused.wait_for(|p| *p).await; } => {
+                                if let Some(a) = back.get::<NatsAck>() {
+                                    let _ = a.acker.ack_with(jetstream::AckKind::Nak(None)).await;
+                                }
+                                continue;
+                            }
+                        };
+                        if let Err(async_channel::SendError(d)) = sent {
                             // Nobody takes the group's deliveries here any
                             // more: hand this one back for another member.
                             if let Some(a) = d.ack.get::<NatsAck>() {

@@ -184,6 +184,14 @@ impl Machine {
         };
         let current = rec.command_id.as_deref() == e.causation_id();
         if current && rec.state == StepState::Dispatched {
+            let component = e.extensions.get(protocol::COMPONENT).cloned();
+            if let Some(rec) = self
+                .runs
+                .get_mut(run_id)
+                .and_then(|r| r.steps.get_mut(&sid))
+            {
+                rec.component = component;
+            }
             match reply {
                 Reply::Completed(output) => match self.record_too_large(run_id, output.as_ref()) {
                     Some(f) => self.step_failed(run_id, &sid, f, t, now),

@@ -3,7 +3,6 @@
 //! duplicates, late deliveries and restarts (`proptest`), checked against
 //! the invariants in `mod.rs`.
 
-
 use serde_json::json;
 
 use super::*;

@@ -10,7 +10,8 @@
 //!
 //! On an event whose data holds `{"emit": [{"kind", "data", "repeat"}]}` it
 //! emits each `data` (JSON) as `kind`, `repeat` times (default once);
-//! otherwise it emits nothing.
+//! otherwise it emits nothing. With `"sleep_ms": N` it first waits N ms (a
+//! step with work in flight).
 use serde_json::Value;
 use troupe_step::{Contract, Emit, Event, EventContract, Guest, StepError, export};
 
@@ -69,6 +70,9 @@ impl Guest for Step {
 
     fn handle(event: Event) -> Result<Vec<Emit>, StepError> {
         let data: Value = serde_json::from_slice(&event.data).unwrap_or(Value::Null);
+        if let Some(ms) = data["sleep_ms"].as_u64() {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         let mut out = Vec::new();
         for e in data["emit"].as_array().into_iter().flatten() {
             let kind = e["kind"].as_str().unwrap_or_default();

@@ -1,0 +1,575 @@
+//! Deployments (docs/deploys.md): a new version deployed while work is in
+//! flight, the gate, rollback, a deploy cut short by SIGKILL, and hosts of
+//! one app on NATS following each other's deploys. What handled each
+//! message is read from the traces (the deployment and component stamped
+//! on every reply and emitted event), never from the host's counters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use troupe::deploy::sha256;
+use troupe::protocol::{COMPONENT, DEPLOYMENT};
+use troupe_tests::process::{HostProcess, troupe_within};
+use troupe_tests::{ApiHost, Backend, TestApp, puppet, replace_file, revision};
+
+const GO: &str = "deploy.go";
+const T: &str = "deploy.t";
+const OPT: &str = r#"{"type":"object","properties":{"amount":{"type":"integer"}}}"#;
+const REQ: &str =
+    r#"{"type":"object","required":["amount"],"properties":{"amount":{"type":"integer"}}}"#;
+
+/// A producer puppet: takes `deploy.go`, emits `deploy.t` under `schema`.
+fn producer(schema: &str) -> PathBuf {
+    puppet(&json!({
+        "consumes": [{"kind": GO, "version": "1.0.0", "schema": "{}"}],
+        "produces": [{"kind": T, "version": "1.0.0", "schema": schema}],
+    }))
+}
+
+/// A consumer puppet: takes `deploy.t` under `schema`, emits nothing.
+fn consumer(schema: &str) -> PathBuf {
+    puppet(&json!({
+        "consumes": [{"kind": T, "version": "1.0.0", "schema": schema}],
+        "produces": [],
+    }))
+}
+
+/// Steps `p` and `c` from the app's own `comp/` folder, which a deploy
+/// replaces; a flow `two` (p, then c) that runs slowly on request.
+const MANIFEST: &str = r#"
+name = "deploys"
+[steps.p]
+component = "comp/p.wasm"
+[steps.c]
+component = "comp/c.wasm"
+"#;
+const FLOW: &str = r#"
+input = "deploy.go"
+timeout_ms = 60000
+[steps.first]
+step = "p"
+timeout_ms = 20000
+[steps.second]
+step = "c"
+input = "first"
+timeout_ms = 20000
+"#;
+
+/// An app of `p` and `c` (as `p` and `c` components) on `b`, with the
+/// flow.
+fn app_of(b: Backend, p: &Path, c: &Path) -> TestApp {
+    let app = TestApp::on(b, MANIFEST);
+    put_files(&app, p, c);
+    app
+}
+
+/// Put the components `p` and `c` in `app`'s files, with the flow.
+fn put_files(app: &TestApp, p: &Path, c: &Path) {
+    let comp = app.path().join("comp");
+    std::fs::create_dir_all(&comp).unwrap();
+    std::fs::create_dir_all(app.path().join("flows")).unwrap();
+    std::fs::write(app.path().join("flows/two.toml"), FLOW).unwrap();
+    replace_file(p, &comp.join("p.wasm"));
+    replace_file(c, &comp.join("c.wasm"));
+}
+
+fn digest(p: &Path) -> String {
+    sha256(&std::fs::read(p).unwrap())
+}
+
+/// `troupe ARGS` in the app's folder (`--app .`): its output, and whether
+/// it succeeded.
+fn troupe(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let out = troupe_within(args, app.path(), &[], Duration::from_secs(120)).expect("it finishes");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The events of `id`'s trace (a cascade or a run), through the API.
+fn trace(client: &troupe::client::Client, id: &str) -> Vec<Value> {
+    client
+        .get(&format!("/v1/traces/{id}"))
+        .expect("a trace")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The step whose worker emitted `e` (`troupe://APP/step/NAME`).
+fn emitter(e: &Value) -> Option<String> {
+    let source = e["source"].as_str()?;
+    Some(source.rsplit_once("/step/")?.1.to_string())
+}
+
+/// Each deployment's component digest of each step, from the API.
+fn components_by_deployment(
+    client: &troupe::client::Client,
+) -> BTreeMap<u64, BTreeMap<String, String>> {
+    let v = client.get("/v1/deployments").expect("the deployments");
+    v["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let steps = d["steps"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(n, s)| (n.clone(), s["component"].as_str().unwrap().to_string()))
+                .collect();
+            (d["number"].as_u64().unwrap(), steps)
+        })
+        .collect()
+}
+
+/// Every event a step emitted in `events` (replies too) carries the
+/// deployment and the component of its step in that deployment, as
+/// recorded; the deployments seen.
+fn check_stamps(
+    events: &[Value],
+    recorded: &BTreeMap<u64, BTreeMap<String, String>>,
+) -> BTreeSet<u64> {
+    let mut seen = BTreeSet::new();
+    for e in events {
+        let Some(step) = emitter(e) else { continue };
+        let n: u64 = e[DEPLOYMENT]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no deployment stamped on {e}"));
+        let component = e[COMPONENT].as_str().expect("a component stamped");
+        assert_eq!(
+            Some(component),
+            recorded[&n].get(&step).map(String::as_str),
+            "{step} emitted {e} with a component that is not deployment {n}'s"
+        );
+        seen.insert(n);
+    }
+    seen
+}
+
+/// The gate and rollback through the CLI, against a running host: a
+/// breaking change refused with its names (and by `troupe check
+/// --against`), a passive one deployed without a restart, then a return
+/// to deployment 1; what handled each event is read from its trace.
+#[test]
+fn a_breaking_deploy_is_refused_by_name_a_passive_one_taken_and_rolled_back() {
+    let (p1, c1) = (producer(OPT), consumer(OPT));
+    let app = app_of(Backend::Embedded, &p1, &c1);
+    let host = HostProcess::start(&app, &[], Duration::from_secs(60));
+    let (ok, text) = troupe(&app, &["deployments", "list"]);
+    assert!(ok && text.contains("current"), "{text}");
+    let go = |n: u64| -> Vec<Value> {
+        let id = host
+            .client
+            .publish(&json!({"type": GO, "source": "t", "id": format!("go-{n}"),
+                "data": {"emit": [{"kind": T, "data": {"amount": n}}]}}))
+            .expect("published");
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = trace(&host.client, &id);
+            if t.iter().any(|e| e["type"] == T) {
+                return t;
+            }
+            assert!(Instant::now() < until, "no {T} for {id}: {t:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let stamp = |t: &[Value]| {
+        let e = t.iter().find(|e| e["type"] == T).unwrap();
+        (
+            e[DEPLOYMENT].as_str().unwrap().to_string(),
+            e[COMPONENT].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(stamp(&go(1)), ("1".into(), digest(&p1)));
+
+    // `c` now requires `amount`: the new `p` always sends it (the files
+    // hold together), but `p` of deployment 1 may leave it out, and `c` of
+    // deployment 1 accepted events without it from outside.
+    replace_file(&producer(REQ), &app.path().join("comp/p.wasm"));
+    replace_file(&consumer(REQ), &app.path().join("comp/c.wasm"));
+    let (ok, text) = troupe(&app, &["check", ".", "--against", "1"]);
+    assert!(!ok, "{text}");
+    let (ok, refused) = troupe(&app, &["deploy"]);
+    assert!(!ok, "{refused}");
+    for name in [T, "`p` (deployment 1)", "`c` (this deploy)", "/amount"] {
+        assert!(refused.contains(name), "{name} in {refused}");
+        assert!(text.contains(name), "{name} in {text}");
+    }
+    let listed = host.client.get("/v1/deployments").unwrap();
+    assert_eq!(
+        listed["deployments"].as_array().unwrap().len(),
+        1,
+        "{listed}"
+    );
+    assert_eq!(stamp(&go(2)), ("1".into(), digest(&p1)), "nothing changed");
+
+    // Passive: `p` promises more (it always sends `amount`); `c` as before.
+    let p2 = producer(REQ);
+    replace_file(&p2, &app.path().join("comp/p.wasm"));
+    replace_file(&c1, &app.path().join("comp/c.wasm"));
+    let (ok, text) = troupe(&app, &["check", ".", "--against", "1"]);
+    assert!(ok, "{text}");
+    let (ok, text) = troupe(&app, &["deploy", "--dry-run"]);
+    assert!(ok && text.contains("would be deployment 2"), "{text}");
+    let (ok, text) = troupe(&app, &["deploy"]);
+    assert!(ok && text.contains("deployment 2 is current"), "{text}");
+    assert!(text.contains("step `p`: component"), "{text}");
+    assert_eq!(stamp(&go(3)), ("2".into(), digest(&p2)));
+    let (ok, text) = troupe(&app, &["deploy"]);
+    assert!(ok && text.contains("nothing to deploy"), "{text}");
+
+    // Back to 1: a deployment of its own, through the same gate.
+    let (ok, text) = troupe(&app, &["deploy", "--to", "1"]);
+    assert!(ok && text.contains("deployment 3 is current"), "{text}");
+    assert_eq!(stamp(&go(4)), ("3".into(), digest(&p1)));
+    let (ok, text) = troupe(&app, &["deployments", "show", "3"]);
+    assert!(ok && text.contains("returns to deployment 1"), "{text}");
+    assert!(text.contains(&digest(&p1)), "{text}");
+    let (ok, text) = troupe(&app, &["deploy", "--to", "9"]);
+    assert!(!ok && text.contains("no deployment 9"), "{text}");
+    assert!(host.dead_letters().is_empty(), "{:?}", host.dead_letters());
+}
+
+/// A host killed at points all through a deploy: what its store holds
+/// afterwards is deployments whole (each record names one version of each
+/// step, numbered without a gap), the component files it kept are each
+/// what their names say, and the restarted host runs exactly its current
+/// deployment's components (read from the stamps on what they emit).
+#[test]
+fn sigkill_during_a_deploy_leaves_the_old_or_the_new_deployment_never_a_mix() {
+    let (p1, c1) = (producer(OPT), consumer(OPT));
+    let app = app_of(Backend::Embedded, &p1, &c1);
+    let mut known = BTreeSet::from([digest(&p1)]);
+    let delays = [0u64, 30, 80, 150, 300, 600];
+    for (i, delay) in delays.iter().enumerate() {
+        let host = HostProcess::start(&app, &[], Duration::from_secs(60));
+        let next = revision(&p1, i as u32 + 2);
+        known.insert(digest(&next));
+        replace_file(&next, &app.path().join("comp/p.wasm"));
+        let client = host.client.clone();
+        let deploying = std::thread::spawn(move || {
+            let _ = client.deploy(&json!({}));
+        });
+        std::thread::sleep(Duration::from_millis(*delay));
+        drop(host); // SIGKILL
+        let _ = deploying.join();
+        // The records, read from the store as the kill left it.
+        let db = rusqlite::Connection::open(app.path().join(".troupe/broker.db")).unwrap();
+        let mut stmt = db
+            .prepare("SELECT key, value FROM state WHERE key LIKE 'deploy/%' ORDER BY key")
+            .unwrap();
+        let rows: Vec<(String, Vec<u8>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (n, (key, value)) in rows.iter().enumerate() {
+            let d: Value = serde_json::from_slice(value).expect("a whole record");
+            assert_eq!(d["number"], n as u64 + 1, "{key}: numbered without a gap");
+            let p = d["steps"]["p"]["component"].as_str().unwrap();
+            assert!(
+                known.contains(p),
+                "{key} names a component never deployed: {p}"
+            );
+            assert_eq!(d["steps"]["c"]["component"].as_str().unwrap(), digest(&c1));
+        }
+        drop(stmt);
+        drop(db);
+        for f in std::fs::read_dir(app.path().join(".troupe/deployments/components")).unwrap() {
+            let f = f.unwrap().path();
+            let name = f.file_name().unwrap().to_string_lossy().to_string();
+            if let Some(d) = name.strip_suffix(".wasm") {
+                assert_eq!(
+                    sha256(&std::fs::read(&f).unwrap()),
+                    d,
+                    "{name} is what it says"
+                );
+            }
+        }
+        // Restarted: the files are deployed (or were), and what runs is
+        // the current deployment's.
+        let host = HostProcess::start(&app, &[], Duration::from_secs(60));
+        let recorded = components_by_deployment(&host.client);
+        let current = host.client.get("/v1/deployments").unwrap()["current"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(recorded[&current]["p"], digest(&next));
+        let id = host
+            .client
+            .publish(&json!({"type": GO, "source": "t", "id": format!("k-{i}"),
+                "data": {"emit": [{"kind": T, "data": {}}]}}))
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(30);
+        let t = loop {
+            let t = trace(&host.client, &id);
+            if t.iter().any(|e| e["type"] == T) {
+                break t;
+            }
+            assert!(Instant::now() < until, "no {T}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(check_stamps(&t, &recorded), BTreeSet::from([current]));
+        drop(host);
+    }
+}
+
+/// Two hosts of one app on NATS. A deploy on one is taken up by the
+/// other; runs started before it stay on their deployment to their end,
+/// whichever host handles their commands; a host that cannot load a
+/// deployment (a component not on its machine) says so in `/readyz` and
+/// takes no work until the component arrives.
+#[test]
+fn hosts_on_nats_follow_each_others_deploys_and_keep_runs_pinned() {
+    let (p1, c1) = (producer(OPT), consumer(OPT));
+    let a = app_of(Backend::Nats, &p1, &c1);
+    let b = TestApp::beside(&a, MANIFEST);
+    put_files(&b, &p1, &c1);
+    let ha = ApiHost::try_start_app(a.app()).expect("host A starts");
+    let hb = ApiHost::try_start_app(b.app()).expect("host B starts");
+    let slow = |n: u64| {
+        json!({"sleep_ms": 700, "n": n,
+               "emit": [{"kind": T, "data": {"amount": n, "sleep_ms": 500}}]})
+    };
+    let before: Vec<String> = (0..8)
+        .map(|n| ha.client.start("two", &slow(n)).expect("a run starts"))
+        .collect();
+    // A new build of `p`, on both machines; deployed on A.
+    let p2 = revision(&p1, 2);
+    replace_file(&p2, &a.path().join("comp/p.wasm"));
+    replace_file(&p2, &b.path().join("comp/p.wasm"));
+    let (status, v) = ha.client.deploy(&json!({})).expect("deployed");
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["deployment"]["number"], 2);
+    troupe_tests::wait_for(Duration::from_secs(10), "B to take up deployment 2", || {
+        let r = hb.client.get("/readyz").ok()?;
+        (r["deployments"]["serving"] == 2).then_some(())
+    });
+    let after: Vec<String> = (10..16)
+        .map(|n| ha.client.start("two", &slow(n)).expect("a run starts"))
+        .collect();
+    let recorded = components_by_deployment(&ha.client);
+    assert_eq!(recorded[&2]["p"], digest(&p2));
+    for (runs, n) in [(&before, 1u64), (&after, 2)] {
+        for id in runs {
+            let run = ha
+                .client
+                .wait(id, Duration::from_secs(60), |_| {})
+                .expect("a status");
+            assert_eq!(run["state"], "completed", "{run}");
+            assert_eq!(run["deployment"], n, "{run}");
+            let t = trace(&ha.client, id);
+            let replies: Vec<Value> = t
+                .iter()
+                .filter(|e| e["type"] == "troupe.step.completed")
+                .cloned()
+                .collect();
+            assert_eq!(replies.len(), 2, "{t:?}");
+            assert_eq!(
+                check_stamps(&replies, &recorded),
+                BTreeSet::from([n]),
+                "run {id}"
+            );
+            assert_eq!(
+                run["steps"]["first"]["component"],
+                recorded[&n]["p"].as_str()
+            );
+        }
+    }
+    // Deployment 3: a build of `p` only on A's machine. B says why it
+    // takes no work, and takes it up once the component is there.
+    let p3 = revision(&p1, 3);
+    replace_file(&p3, &a.path().join("comp/p.wasm"));
+    let (status, _) = ha.client.deploy(&json!({})).expect("deployed");
+    assert_eq!(status, 201);
+    let why =
+        troupe_tests::wait_for(
+            Duration::from_secs(10),
+            "B to say it cannot load 3",
+            || match hb.client.get("/readyz") {
+                Err(troupe::client::ClientError::Status {
+                    status: 503,
+                    message,
+                    ..
+                }) => Some(message),
+                _ => None,
+            },
+        );
+    let short = &digest(&p3)[..12];
+    assert!(why.contains("`p`") && why.contains(short), "{why}");
+    let ids: Vec<String> = (20..24)
+        .map(|n| {
+            ha.client
+                .start(
+                    "two",
+                    &json!({"n": n, "emit": [{"kind": T, "data": {"amount": n}}]}),
+                )
+                .unwrap()
+        })
+        .collect();
+    let handled_by_b = hb.host.as_ref().unwrap().deployer.stats().steps["p"]
+        .snapshot()
+        .handled;
+    for id in &ids {
+        let run = ha.client.wait(id, Duration::from_secs(60), |_| {}).unwrap();
+        assert_eq!(
+            (run["state"].as_str(), run["deployment"].as_u64()),
+            (Some("completed"), Some(3))
+        );
+    }
+    assert_eq!(
+        hb.host.as_ref().unwrap().deployer.stats().steps["p"]
+            .snapshot()
+            .handled,
+        handled_by_b,
+        "B took no work while it could not load the current deployment"
+    );
+    replace_file(&p3, &b.path().join("comp/p.wasm"));
+    troupe_tests::wait_for(Duration::from_secs(15), "B to take up deployment 3", || {
+        let r = hb.client.get("/readyz").ok()?;
+        (r["deployments"]["serving"] == 3).then_some(())
+    });
+}
+
+/// Runs of the orders example, and orders through its cascade, at a
+/// steady rate for 30 s; half-way, a deploy of new builds of the flow's
+/// steps. Nothing is lost, nothing is handled twice, every run ends on the
+/// deployment it started on (each reply in its trace says so), and every
+/// event of the cascade was emitted by the deployment it says.
+fn a_deploy_in_the_middle_of_a_steady_load_loses_nothing(b: Backend) {
+    let app = troupe_tests::example_app_on(b, "orders");
+    let comps = pin_components(&app);
+    let h = ApiHost::try_start_app(app.app()).expect("the example starts");
+    let order = |id: &str| {
+        json!({"order_id": id, "customer": "ada",
+               "lines": [{"sku": "tea", "qty": 1, "price_cents": 450}]})
+    };
+    let start = Instant::now();
+    let mut runs = Vec::new();
+    let mut cascades = Vec::new();
+    let mut deployed = None;
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(30) {
+        if deployed.is_none() && start.elapsed() > Duration::from_secs(15) {
+            for name in [
+                "order-validate",
+                "payment-charge",
+                "shipping-dispatch",
+                "inventory-reserve",
+            ] {
+                let next = revision(&comps[name], 2);
+                replace_file(&next, &comps[name]);
+            }
+            let (status, v) = h.client.deploy(&json!({})).expect("deployed");
+            assert_eq!(status, 201, "{v}");
+            deployed = Some(v["deployment"]["number"].as_u64().unwrap());
+        }
+        let id = format!("o-{i}");
+        runs.push(h.client.start("fulfil", &order(&id)).expect("a run starts"));
+        let e = json!({"type": "order.placed", "source": "t", "id": format!("c-{i}"), "subject": id,
+                       "data": order(&format!("c-{i}"))});
+        cascades.push(h.client.publish(&e).expect("published"));
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deployed = deployed.expect("deployed half-way");
+    let recorded = components_by_deployment(&h.client);
+    let mut on = BTreeMap::<u64, usize>::new();
+    for id in &runs {
+        let run = h
+            .client
+            .wait(id, Duration::from_secs(120), |_| {})
+            .expect("a status");
+        assert_eq!(run["state"], "completed", "{run}");
+        let n = run["deployment"].as_u64().expect("pinned");
+        *on.entry(n).or_default() += 1;
+        for (sid, s) in run["steps"].as_object().unwrap() {
+            assert_eq!(s["attempts"], 1, "{sid} of {id} ran once: {run}");
+        }
+        let t = trace(&h.client, id);
+        let replies: Vec<Value> = t
+            .iter()
+            .filter(|e| e["type"] == "troupe.step.completed")
+            .cloned()
+            .collect();
+        assert_eq!(replies.len(), 4, "{id}: one reply per step: {t:?}");
+        assert_eq!(
+            check_stamps(&replies, &recorded),
+            BTreeSet::from([n]),
+            "run {id}"
+        );
+    }
+    assert!(on.get(&1).is_some_and(|n| *n > 10), "runs on 1: {on:?}");
+    assert!(
+        on.get(&deployed).is_some_and(|n| *n > 10),
+        "runs on {deployed}: {on:?}"
+    );
+    let mut seen = BTreeSet::new();
+    for id in &cascades {
+        let until = Instant::now() + Duration::from_secs(120);
+        let t = loop {
+            let t = trace(&h.client, id);
+            if t.iter().any(|e| e["type"] == "customer.notified") {
+                break t;
+            }
+            assert!(Instant::now() < until, "cascade {id} did not finish: {t:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let ids: BTreeSet<&str> = t.iter().filter_map(|e| e["id"].as_str()).collect();
+        assert_eq!(ids.len(), t.len(), "no event twice in {id}");
+        seen.extend(check_stamps(&t, &recorded));
+    }
+    assert_eq!(seen, BTreeSet::from([1, deployed]), "cascades ran on both");
+    let dead = h.client.get("/v1/dlq").unwrap();
+    assert_eq!(dead, json!([]), "nothing dead-lettered");
+}
+
+troupe_tests::on_each_broker_blocking!(a_deploy_in_the_middle_of_a_steady_load_loses_nothing);
+
+/// Point each `plugin = DIR` step of `app` at a copy of its built
+/// component in the app's `comp/` folder (which a deploy then replaces);
+/// the copies, by step.
+fn pin_components(app: &TestApp) -> BTreeMap<String, PathBuf> {
+    let flows = troupe_tests::repo().join("examples/orders/flows");
+    std::fs::create_dir_all(app.path().join("flows")).unwrap();
+    for f in std::fs::read_dir(flows).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, app.path().join("flows").join(f.file_name().unwrap())).unwrap();
+    }
+    let path = app.path().join("troupe.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let comp = app.path().join("comp");
+    std::fs::create_dir_all(&comp).unwrap();
+    let mut out = BTreeMap::new();
+    let mut step = String::new();
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line
+            .strip_prefix("[steps.")
+            .and_then(|l| l.strip_suffix(']'))
+        {
+            step = name.to_string();
+        }
+        match line
+            .strip_prefix("plugin = \"")
+            .and_then(|l| l.strip_suffix('"'))
+        {
+            Some(dir) => {
+                let built = troupe::builder::prepare(Path::new(dir)).expect("the plugin builds");
+                let to = comp.join(format!("{step}.wasm"));
+                replace_file(&built.component, &to);
+                lines.push(format!("component = \"comp/{step}.wasm\""));
+                out.insert(step.clone(), to);
+            }
+            None => lines.push(line.to_string()),
+        }
+    }
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    out
+}
