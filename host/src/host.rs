@@ -18,7 +18,7 @@ use crate::app::{App, Source};
 use crate::broker::{Broker, BrokerError};
 use crate::builder::{self, BuildError};
 use crate::contract::{StepContract, StepView};
-use crate::deployer::Deployer;
+use crate::deployer::{DeployError, Deployer};
 use crate::flow::Flow;
 use crate::orchestrator::{InputCheck, Orchestrator};
 use crate::runtime::cache::ArtifactCache;
@@ -48,7 +48,7 @@ pub enum HostError {
     #[error("the app's wiring is broken (see `troupe check`):\n  {}", .0.join("\n  "))]
     Wiring(Vec<String>),
     #[error(transparent)]
-    Deploy(crate::deployer::DeployError),
+    Deploy(DeployError),
 }
 
 /// Read and check the app's flows (`APP/flows/*.toml`) against its steps.
@@ -239,14 +239,19 @@ impl Host {
             crate::broker::open(&app.broker, &app.name, &app.state_dir(), &app.retention).await?;
         let deployer = Deployer::boot(&app, runtime.clone(), broker.clone(), opts.allow_breaking)
             .await
-            .map_err(HostError::Deploy)?;
+            .map_err(|e| match e {
+                DeployError::Host(h) => *h,
+                DeployError::Wiring(w) => HostError::Wiring(w),
+                other => HostError::Deploy(other),
+            })?;
         let mut tasks = Tasks::default();
         let flows = deployer.flow_sets();
         let any_flows = flows.by_deployment.values().any(|f| !f.is_empty());
         let orchestrator = if any_flows {
-            let door = deployer.clone();
+            // Weak: the deployer holds the orchestrator.
+            let door = Arc::downgrade(&deployer);
             let check: InputCheck = Arc::new(move |flow: &Flow, input: &serde_json::Value| {
-                let steps = door.door();
+                let steps = door.upgrade().map(|d| d.door()).unwrap_or_default();
                 for s in flow.steps.iter().filter(|s| s.input == crate::flow::INPUT) {
                     if let crate::flow::Action::Command { step } = &s.action
                         && let Some(step) = steps.iter().find(|x| x.name() == step)

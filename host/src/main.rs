@@ -74,6 +74,9 @@ enum Cmd {
     /// switch at message boundaries. Runs in flight finish on their own
     /// deployment.
     Deploy {
+        /// The app directory (default: --app, or here).
+        #[arg(value_name = "APP")]
+        dir: Option<PathBuf>,
         /// Return to deployment N instead (through the same gate).
         #[arg(long, value_name = "N")]
         to: Option<u64>,
@@ -394,11 +397,17 @@ fn run(cli: Cli) -> Result<()> {
             tokio_main(host_run::run_app(&app, opts, json))
         }
         Cmd::Deploy {
+            dir,
             to,
             allow_breaking,
             dry_run,
-            api,
-        } => deploys::deploy(&api, to, allow_breaking, dry_run, json),
+            mut api,
+        } => {
+            if let Some(d) = dir {
+                api.app = d;
+            }
+            deploys::deploy(&api, to, allow_breaking, dry_run, json)
+        }
         Cmd::Deployments { command } => match command {
             DeploymentsCmd::List { api } => deploys::list(&api, json),
             DeploymentsCmd::Show { n, api } => deploys::show(&api, n, json),

@@ -435,6 +435,16 @@ fn hosts_on_nats_follow_each_others_deploys_and_keep_runs_pinned() {
         let r = hb.client.get("/readyz").ok()?;
         (r["deployments"]["serving"] == 3).then_some(())
     });
+    // B restarted on its old files (a rolling restart before they were
+    // updated): they are deployment 1's, and B does not take the app back
+    // to it; it serves deployment 3, whose component it kept.
+    drop(hb);
+    replace_file(&p1, &b.path().join("comp/p.wasm"));
+    let hb = ApiHost::try_start_app(b.app()).expect("host B starts again");
+    let r = hb.client.get("/readyz").expect("B is ready");
+    assert_eq!(r["deployments"]["serving"], 3, "{r}");
+    let listed = ha.client.get("/v1/deployments").unwrap();
+    assert_eq!(listed["deployments"].as_array().unwrap().len(), 3, "{listed}");
 }
 
 /// Runs of the orders example, and orders through its cascade, at a
@@ -572,4 +582,47 @@ fn pin_components(app: &TestApp) -> BTreeMap<String, PathBuf> {
     }
     std::fs::write(&path, lines.join("\n")).unwrap();
     out
+}
+
+/// The current deployment of the host behind `client`, once it is `n`.
+fn current_becomes(client: &troupe::client::Client, n: u64, what: &str) {
+    troupe_tests::wait_for(Duration::from_secs(30), what, || {
+        let v = client.get("/v1/deployments").ok()?;
+        (v["current"] == n).then_some(())
+    });
+}
+
+/// SIGHUP deploys the app's files as they are now; `troupe run --watch`
+/// deploys each change of them, with no command at all.
+#[test]
+fn sighup_and_watch_deploy_what_changed() {
+    let (p1, c1) = (producer(OPT), consumer(OPT));
+    let app = app_of(Backend::Embedded, &p1, &c1);
+    let mut host = HostProcess::start(&app, &[], Duration::from_secs(60));
+    let p2 = revision(&p1, 2);
+    replace_file(&p2, &app.path().join("comp/p.wasm"));
+    host.signal("HUP");
+    current_becomes(&host.client, 2, "SIGHUP to deploy");
+    let d = host.client.get("/v1/deployments/2").unwrap();
+    assert_eq!(d["origin"]["how"], "signal", "{d}");
+    assert_eq!(d["steps"]["p"]["component"], digest(&p2).as_str());
+    host.terminate(Duration::from_secs(30)).expect("it stops");
+
+    let host = HostProcess::start_with(&app, &["--watch"], &[], Duration::from_secs(60));
+    let listed = host.client.get("/v1/deployments").unwrap();
+    assert_eq!(listed["current"], 2, "the files are deployment 2: {listed}");
+    let p3 = revision(&p1, 3);
+    replace_file(&p3, &app.path().join("comp/p.wasm"));
+    current_becomes(&host.client, 3, "--watch to deploy the change");
+    let d = host.client.get("/v1/deployments/3").unwrap();
+    assert_eq!(d["origin"]["how"], "watch", "{d}");
+    // A change the gate refuses is not deployed; the log says why.
+    replace_file(&consumer(REQ), &app.path().join("comp/c.wasm"));
+    replace_file(&producer(REQ), &app.path().join("comp/p.wasm"));
+    troupe_tests::wait_for(Duration::from_secs(30), "the refusal in the log", || {
+        host.log_text().contains("not deployed").then_some(())
+    });
+    assert!(host.log_text().contains("/amount"), "{}", host.log_text());
+    let listed = host.client.get("/v1/deployments").unwrap();
+    assert_eq!(listed["current"], 3, "{listed}");
 }

@@ -30,6 +30,16 @@ impl HostProcess {
     /// Start `troupe run` on `app` with `env` added to its environment, and
     /// wait (up to `within`) until its API answers.
     pub fn start(app: &TestApp, env: &[(&str, &str)], within: Duration) -> HostProcess {
+        Self::start_with(app, &[], env, within)
+    }
+
+    /// [`Self::start`], with `args` after `troupe run APP` (`--watch`).
+    pub fn start_with(
+        app: &TestApp,
+        args: &[&str],
+        env: &[(&str, &str)],
+        within: Duration,
+    ) -> HostProcess {
         let state = app.path().join(troupe::app::STATE_DIR);
         let _ = std::fs::remove_file(state.join("api.json"));
         let log = app.path().join("host.log");
@@ -38,6 +48,7 @@ impl HostProcess {
             .args(["--broker", &broker_arg(app), "run"])
             .arg(app.path())
             .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .envs(env.iter().copied())
             .env_remove("TROUPE_API_TOKEN")
             .stdout(std::fs::File::create(&out).expect("host.out"))
@@ -95,6 +106,11 @@ impl HostProcess {
             .ok()
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_default()
+    }
+
+    /// Send it signal `sig` (`HUP`, `TERM`, ...).
+    pub fn signal(&self, sig: &str) {
+        signal(self.pid(), sig);
     }
 
     /// A field of `/proc/PID/status`, in KiB (`VmRSS`, `VmHWM`).

@@ -139,7 +139,10 @@ fn refusal(e: DeployError) -> ApiError {
         DeployError::Refused(_) | DeployError::Restart(_) => {
             ApiError(StatusCode::CONFLICT, e.to_string())
         }
-        DeployError::Invalid(_) | DeployError::Wiring(_) | DeployError::Missing(_) => {
+        DeployError::Invalid(_)
+        | DeployError::Wiring(_)
+        | DeployError::Missing(_)
+        | DeployError::Host(_) => {
             ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
         }
         DeployError::Broker(b) => b.into(),

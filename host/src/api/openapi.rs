@@ -102,6 +102,21 @@ fn complete(doc: &mut Value) {
                     };
                 }
             }
+            if method == "post" && path == "/v1/deployments" {
+                // Every field is optional, and so is the body.
+                op["requestBody"] = json!({
+                    "required": false,
+                    "description": "Optional: `to` returns to deployment N; `allow_breaking` records what the gate finds instead of refusing; `dry_run` decides only",
+                    "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": false,
+                        "properties": {
+                            "to": {"type": "integer", "minimum": 1},
+                            "allow_breaking": {"type": "boolean"},
+                            "dry_run": {"type": "boolean"}
+                        }
+                    }}}
+                });
+            }
             if method == "post" && path == "/v1/events" {
                 op["requestBody"]["content"] = json!({
                     "application/cloudevents+json": {"schema": {"$ref": "#/components/schemas/CloudEvent"}},

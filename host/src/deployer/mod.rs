@@ -55,6 +55,9 @@ pub enum DeployError {
     /// What it needs is not on this host.
     #[error("{0}")]
     Missing(String),
+    /// A step could not be built or loaded.
+    #[error(transparent)]
+    Host(Box<crate::host::HostError>),
     /// It needs the host restarted.
     #[error("{0}")]
     Restart(String),
@@ -287,6 +290,16 @@ impl Deployer {
                         .map_err(|e| {
                             DeployError::Invalid(format!("cannot keep troupe.toml: {e}"))
                         })?;
+                    // A host started on the files of an earlier deployment
+                    // (a rolling restart before its files were updated)
+                    // does not take the app back: it serves the current
+                    // deployment, or nothing until it can.
+                    if r.how == "start"
+                        && let Some(cur) = ledger.current().filter(|d| d.content != c.content)
+                        && let Some(mine) = ledger.all().rev().find(|d| d.content == c.content)
+                    {
+                        return self.adopt(cur.clone(), mine.clone(), c.held).await;
+                    }
                     (Proposal::Content(c.content), c.held)
                 }
             };
@@ -340,6 +353,48 @@ impl Deployer {
         Err(DeployError::Broker(BrokerError::Store(
             "other hosts kept recording deployments first".into(),
         )))
+    }
+
+    /// Start on the app's current deployment `cur` although this host's
+    /// files are the earlier `mine`: load `cur` (from the store, or files
+    /// that are the same); if that cannot be done, hold `mine` wired but
+    /// take no work, and say why in `/readyz`, until `cur` can be loaded
+    /// (`watch.rs` tries again).
+    async fn adopt(
+        &self,
+        cur: Deployment,
+        mine: Deployment,
+        held: Held,
+    ) -> Result<Outcome, DeployError> {
+        tracing::warn!(
+            "this host's files are deployment {}, and the app's current deployment is {}: \
+             this host serves {} (update its files before its next deploy)",
+            mine.number,
+            cur.number,
+            cur.number
+        );
+        match self.blocking_load(cur.clone()).await {
+            Ok(h) => self.switch(&cur, h).await?,
+            Err(e) => {
+                self.switch(&mine, held).await?;
+                {
+                    let mut st = self.state.lock().expect("deployer lock");
+                    st.unready = Some(e.to_string());
+                    // New runs still start on the app's current deployment.
+                    st.flows.current = cur.number;
+                }
+                self.open(false);
+                tracing::error!(
+                    "this host takes no work until it can load the app's current deployment: {e}"
+                );
+            }
+        }
+        Ok(Outcome {
+            deployment: cur,
+            recorded: false,
+            dry_run: false,
+            changes: Vec::new(),
+        })
     }
 
     /// Write `d`'s record: whether it was written (`false`: another host

@@ -11,7 +11,8 @@ use crate::app::App;
 use crate::contract::StepContract;
 use crate::deploy::{Content, Deployment, FlowVersion, StepVersion, sha256};
 use crate::flow::Flow;
-use crate::host::{FLOWS_DIR, components, load};
+use crate::host::{FLOWS_DIR, HostError, components, load};
+use crate::runtime::RuntimeError;
 use crate::runtime::step::LoadedStep;
 
 /// The app's files, loaded: what a deploy of them would record and run.
@@ -43,12 +44,18 @@ impl Deployer {
             .map_err(|e| DeployError::Invalid(format!("{}: {e}", path.display())))?;
         let app = self.app_at(&self.dir, &manifest)?;
         let manifest_digest = sha256(manifest.as_bytes());
-        let items = components(&app).map_err(|e| DeployError::Invalid(e.to_string()))?;
+        let items = components(&app).map_err(|e| DeployError::Host(Box::new(e)))?;
         let mut bytes = BTreeMap::new();
         let mut digests = BTreeMap::new();
         for (name, p) in &items {
-            let b = std::fs::read(p).map_err(|e| {
-                DeployError::Invalid(format!("step `{name}`: {}: {e}", p.display()))
+            let b = std::fs::read(p).map_err(|source| {
+                DeployError::Host(Box::new(HostError::Load {
+                    step: name.clone(),
+                    error: RuntimeError::Read {
+                        path: p.clone(),
+                        source,
+                    },
+                }))
             })?;
             let d = sha256(&b);
             digests.insert(name.clone(), d.clone());
@@ -65,7 +72,7 @@ impl Deployer {
             }
         }
         for s in
-            load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Invalid(e.to_string()))?
+            load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Host(Box::new(e)))?
         {
             steps.insert(s.sandbox.name.to_string(), Arc::new(s));
         }
@@ -92,7 +99,7 @@ impl Deployer {
         for (name, f) in &flows {
             let p = self.dir.join(FLOWS_DIR).join(format!("{name}.toml"));
             Flow::parse(name, &p, &f.text, &contracts)
-                .map_err(|e| DeployError::Invalid(e.to_string()))?;
+                .map_err(|e| DeployError::Host(Box::new(HostError::Flow(e))))?;
         }
         let content = Content {
             manifest: manifest_digest,
@@ -151,6 +158,7 @@ impl Deployer {
                         crate::deploy::short(&d.content.manifest)
                     )));
                 }
+                let _ = self.store.put_manifest(&d.content.manifest, &now);
                 now
             }
         };
@@ -172,7 +180,14 @@ impl Deployer {
                     // The app's files as they are now may hold it.
                     let here = found_here.get_or_insert_with(|| self.components_here(&app));
                     match here.get(&v.component) {
-                        Some(p) => p.clone(),
+                        Some(p) => {
+                            // Kept: the app's files may change before it is
+                            // needed again (a restart, a rollback).
+                            if let Ok(bytes) = std::fs::read(p) {
+                                let _ = self.store.put_component(&v.component, &bytes);
+                            }
+                            p.clone()
+                        }
                         None => {
                             return Err(missing(format!(
                                 "the component of step `{name}` (sha256 {})",
@@ -185,7 +200,7 @@ impl Deployer {
             to_load.push((name.clone(), path));
         }
         for s in
-            load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Invalid(e.to_string()))?
+            load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Host(Box::new(e)))?
         {
             steps.insert(s.sandbox.name.to_string(), Arc::new(s));
         }

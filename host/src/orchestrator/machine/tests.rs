@@ -9,7 +9,8 @@ use super::*;
 use crate::app::RetryPolicy;
 use crate::event::Emitted;
 use crate::flow::{Compensation, Flow, FlowStep};
-use crate::protocol::{ATTEMPT, completed_reply, failed_reply};
+use crate::orchestrator::FlowSets;
+use crate::protocol::{ATTEMPT, DEPLOYMENT, completed_reply, failed_reply};
 
 mod property;
 
@@ -437,4 +438,96 @@ fn a_command_carries_its_start_by_and_run_for_bounds() {
             "{c:?}"
         );
     }
+}
+
+/// The rows a transition writes, by key.
+fn puts(t: &Transition) -> Vec<(&str, &[u8])> {
+    t.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Put { key, value } => Some((key.as_str(), value.as_slice())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pins_written(t: &Transition) -> Option<Vec<u64>> {
+    puts(t)
+        .into_iter()
+        .find(|(k, _)| *k == crate::deploy::IN_USE_ROW)
+        .map(|(_, v)| serde_json::from_slice(v).unwrap())
+}
+
+/// Drive run `id` to its end, answering each command as it comes.
+fn finish_run(m: &mut Machine, first: Vec<Event>, mut now: u64) -> Transition {
+    let mut queue = first;
+    let mut last = None;
+    while let Some(c) = queue.pop() {
+        now += 10;
+        let t = m.on_event(&done(&c), now).expect("a live run");
+        queue.extend(sends(&t));
+        last = Some(t);
+    }
+    last.expect("a reply")
+}
+
+#[test]
+fn a_run_is_pinned_to_the_deployment_it_started_on_to_its_end() {
+    // Deployment 1: flow `f`. Deployment 2: `f` with `c` run once more at
+    // most, and a different command target for `b`.
+    let mut two = flow();
+    two.steps[1].action = FlowAction::Command {
+        step: "s-b-v2".into(),
+    };
+    let mut sets = FlowSets::one(1, vec![flow()]);
+    let mut m = Machine::new(sets.clone(), SOURCE.into(), None, 1_000);
+    let Started::New(t) = start(&mut m, "r1", None, T0) else {
+        panic!("new")
+    };
+    // The start writes the pins, in its commit.
+    assert_eq!(pins_written(&t), Some(vec![1]));
+    assert_eq!(m.run("r1").unwrap().deployment, Some(1));
+    let r1 = sends(&t);
+    assert!(r1.iter().all(|c| c.extensions[DEPLOYMENT] == "1"));
+    // A deploy: new runs on 2, r1 on 1.
+    sets.insert(2, vec![two]);
+    sets.current = 2;
+    m.set_flows(sets);
+    let Started::New(t) = start(&mut m, "r2", None, T0 + 5) else {
+        panic!("new")
+    };
+    assert_eq!(pins_written(&t), Some(vec![1, 2]));
+    let r2 = sends(&t);
+    assert!(r2.iter().all(|c| c.extensions[DEPLOYMENT] == "2"));
+    let target = |cs: &[Event], sid: &str| {
+        cs.iter()
+            .find(|c| sid_of(c) == sid)
+            .map(|c| c.extensions[crate::event::TARGET].clone())
+    };
+    assert_eq!(target(&r1, "b").as_deref(), Some("s-b"));
+    assert_eq!(target(&r2, "b").as_deref(), Some("s-b-v2"));
+    // r1's next commands still come from deployment 1's flow.
+    let t = finish_run(&mut m, r1, T0 + 10);
+    assert_eq!(ended(&t).unwrap().deployment, Some(1));
+    assert_eq!(pins_written(&t), Some(vec![2]), "1 is no longer pinned");
+    assert_eq!(m.pins(), [2].into());
+    let t = finish_run(&mut m, r2, T0 + 100);
+    assert_eq!(pins_written(&t), Some(vec![]));
+    assert!(m.pins().is_empty());
+}
+
+#[test]
+fn a_reply_records_the_component_that_answered() {
+    let mut m = machine();
+    let Started::New(t) = start(&mut m, "r1", None, T0) else {
+        panic!("new")
+    };
+    let c = sends(&t);
+    let mut reply = done(&c[0]);
+    reply
+        .extensions
+        .insert(protocol::COMPONENT.into(), "ab".repeat(32));
+    m.on_event(&reply, T0 + 5).unwrap();
+    let rec = &m.run("r1").unwrap().steps[sid_of(&c[0])];
+    assert_eq!(rec.component.as_deref(), Some("ab".repeat(32).as_str()));
 }

@@ -13,7 +13,7 @@
 //! prints the shrunk sequence, and proptest keeps it in
 //! `proptest-regressions/` to be run first next time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use proptest::prelude::*;
 
@@ -36,6 +36,9 @@ enum Op {
     Wait(u64),
     /// SIGKILL, down for this long (ms), restart.
     Restart(u64),
+    /// A new deployment: new runs start on it, runs in flight stay on
+    /// theirs.
+    Deploy,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +60,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => any::<usize>().prop_map(|pick| Op::Deliver { pick }),
         3 => prop_oneof![1u64..50, 900u64..1_200].prop_map(Op::Wait),
         1 => prop_oneof![10u64..200, 1_000u64..5_000].prop_map(Op::Restart),
+        1 => Just(Op::Deploy),
     ]
 }
 
@@ -84,12 +88,42 @@ struct World {
     undo_planned: HashMap<String, Vec<(u32, String)>>,
     /// Each active run's state after the last transition the world saw.
     last_state: HashMap<String, RunState>,
+    /// The current deployment, and the one each run started on.
+    deployment: u64,
+    pinned: HashMap<String, u64>,
+    /// Every set of pins the machine wrote, in order.
+    pins_written: Vec<Vec<u64>>,
+}
+
+/// Flow `f` as deployment `n` has it: the same steps, commands addressed
+/// to the deployment's own versions (`s-a@n`, `undo-a@n`).
+fn flow_of(n: u64) -> Flow {
+    let mut f = flow();
+    for s in &mut f.steps {
+        if let FlowAction::Command { step } = &mut s.action {
+            *step = format!("{step}@{n}");
+        }
+        if let Some(c) = &mut s.compensate {
+            c.step = format!("{}@{n}", c.step);
+        }
+    }
+    f
+}
+
+/// Deployments 1 to `n`, new runs on `n`: what a host holds.
+fn flows_upto(n: u64) -> FlowSets {
+    let mut sets = FlowSets::default();
+    for k in 1..=n {
+        sets.insert(k, vec![flow_of(k)]);
+    }
+    sets.current = n;
+    sets
 }
 
 impl World {
     fn new() -> World {
         World {
-            m: machine(),
+            m: Machine::new(flows_upto(1), SOURCE.into(), None, 1_000),
             now: T0,
             timers: Vec::new(),
             in_flight: Vec::new(),
@@ -101,7 +135,21 @@ impl World {
             undo_sent: HashMap::new(),
             undo_planned: HashMap::new(),
             last_state: HashMap::new(),
+            deployment: 1,
+            pinned: HashMap::new(),
+            pins_written: Vec::new(),
         }
+    }
+
+    /// What the machine must say is pinned: the deployments its active
+    /// runs started on.
+    fn model_pins(&self) -> BTreeSet<u64> {
+        self.m.runs.keys().map(|r| self.pinned[r]).collect()
+    }
+
+    fn deploy(&mut self) {
+        self.deployment += 1;
+        self.m.set_flows(flows_upto(self.deployment));
     }
 
     /// Carry out a transition as the driver would, with the Checkpoints
@@ -112,6 +160,17 @@ impl World {
         for a in t.actions {
             match a {
                 Action::Send(e) => {
+                    // Pinned: the run's own deployment, and its flow's
+                    // version of each step.
+                    let n = self.pinned[&t.run];
+                    assert_eq!(e.extensions[DEPLOYMENT], n.to_string(), "{e:?}");
+                    let sid = &e.extensions[FLOW_STEP];
+                    let target = &e.extensions[crate::event::TARGET];
+                    let want = match protocol::undoes(sid) {
+                        Some(orig) => format!("undo-{orig}@{n}"),
+                        None => format!("s-{sid}@{n}"),
+                    };
+                    assert_eq!(target, &want, "run {} on deployment {n}", t.run);
                     let key = (
                         t.run.clone(),
                         e.extensions[FLOW_STEP].clone(),
@@ -131,6 +190,10 @@ impl World {
                     }
                 }
                 Action::Arm { at, sid } => self.timers.push((at, t.run.clone(), sid)),
+                Action::Put { key, value } if key == crate::deploy::IN_USE_ROW => {
+                    self.pins_written
+                        .push(serde_json::from_slice(&value).expect("the pins"));
+                }
                 Action::Checkpoint | Action::Put { .. } => {}
                 Action::End(run) => {
                     self.store.insert(t.run.clone(), *run);
@@ -165,11 +228,19 @@ impl World {
                 self.last_state.remove(&t.run);
             }
         }
+        let pins = self.model_pins();
+        assert_eq!(self.m.pins(), pins, "the machine's pins");
+        if let Some(last) = self.pins_written.last() {
+            // What was written last is what holds now.
+            let last: BTreeSet<u64> = last.iter().copied().collect();
+            assert_eq!(last, pins, "the pins written");
+        }
     }
 
     fn start(&mut self) {
         self.started += 1;
         let id = format!("r{}", self.started);
+        self.pinned.insert(id.clone(), self.deployment);
         if let Started::New(t) = start(&mut self.m, &id, None, self.now) {
             self.apply(t);
         }
@@ -227,7 +298,7 @@ impl World {
     fn restart(&mut self, down: u64) {
         self.now += down;
         self.timers.clear();
-        self.m = machine();
+        self.m = Machine::new(flows_upto(self.deployment), SOURCE.into(), None, 1_000);
         let active: Vec<RunRecord> = self
             .store
             .values()
@@ -242,6 +313,9 @@ impl World {
             let log: Vec<Event> = self.log.clone();
             self.m.replay(&id, &log);
         }
+        // The driver writes the pins whole at recovery (`driver.rs`),
+        // before the recovered runs' transitions.
+        self.pins_written.push(self.m.pins().into_iter().collect());
         for t in self.m.recover(self.now) {
             self.apply(t);
         }
@@ -299,6 +373,7 @@ proptest! {
                 Op::Deliver { pick } => w.deliver(pick),
                 Op::Wait(ms) => w.wait(ms),
                 Op::Restart(down) => w.restart(down),
+                Op::Deploy => w.deploy(),
             }
         }
         w.drain();
@@ -341,5 +416,7 @@ proptest! {
             prop_assert_eq!(&sent[..planned.len()], &planned[..]);
         }
         prop_assert!(w.last_state.is_empty(), "runs the world still sees active");
+        // Nothing is pinned once every run has ended.
+        prop_assert!(w.m.pins().is_empty());
     }
 }
