@@ -303,6 +303,8 @@ fn schemas() -> Value {
                 "time": {"type": "string"},
                 "event_id": {"type": "string"},
                 "event_type": {"type": "string"},
+                "deployment": {"type": "integer", "minimum": 1, "description": "The deployment of the step version that could not handle it"},
+                "component": {"type": "string", "description": "SHA-256 of that version's component"},
                 "event": {"$ref": "#/components/schemas/CloudEvent"}
             }
         },

@@ -17,6 +17,10 @@ pub struct DeadLetter {
     /// When it was dead-lettered, RFC 3339.
     pub time: String,
     pub event: Event,
+    /// The deployment, and the digest of the component, of the step
+    /// version that could not handle it (none when no version ran it).
+    pub deployment: Option<u64>,
+    pub component: Option<String>,
 }
 
 impl DeadLetter {
@@ -32,6 +36,12 @@ impl DeadLetter {
             "event_id": self.event.id,
             "event_type": self.event.kind,
         });
+        if let Some(n) = self.deployment {
+            v["deployment"] = serde_json::json!(n);
+        }
+        if let Some(c) = &self.component {
+            v["component"] = serde_json::json!(c);
+        }
         if with_event {
             v["event"] = self.event.to_json();
         }
@@ -55,6 +65,8 @@ impl DeadLetter {
             time: s("time")?,
             event: Event::from_json(v["event"].clone(), "troupe://dlq")
                 .map_err(|e| format!("`event`: {e}"))?,
+            deployment: v["deployment"].as_u64(),
+            component: v["component"].as_str().map(str::to_string),
         })
     }
 }

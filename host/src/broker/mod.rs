@@ -81,6 +81,9 @@ pub struct Delivery {
     /// 1 for the first delivery, 2 for the first retry, ...
     pub attempt: u32,
     pub(crate) ack: Ack,
+    /// The version of the step that handled it (its deployment and its
+    /// component's digest), set by the worker: a dead letter records it.
+    pub version: Option<(u64, Arc<str>)>,
 }
 
 /// What happened to a failed delivery.

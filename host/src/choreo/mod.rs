@@ -181,7 +181,7 @@ impl Wiring {
     /// Run `d`'s invocation (run number `runs + 1`: a run whose state
     /// commit found what it read changed is run again at once, without
     /// counting against its retry budget, up to [`MAX_RERUNS`] runs).
-    fn run(&self, d: Delivery, runs: u32) {
+    fn run(&self, mut d: Delivery, runs: u32) {
         let v = match self.versions.pick(&d.event) {
             Pick::Version(v) => v,
             Pick::NotHere(n) => {
@@ -209,6 +209,8 @@ impl Wiring {
                 return self.failed(d, f, Vec::new());
             }
         };
+        // Which version handles it, for its dead letter if it comes to that.
+        d.version = Some((v.deployment, v.step.digest.as_str().into()));
         let step = &v.step;
         if runs == 0
             && let Err(v) = step.contract.check_input(&d.event)

@@ -205,6 +205,9 @@ pub(crate) fn dlq(cmd: DlqCmd, json: bool) -> Result<()> {
                 println!("message:  {}", escape(&d.message));
                 println!("attempts: {}", d.attempts);
                 println!("time:     {}", escape(&d.time));
+                if let (Some(n), Some(c)) = (d.deployment, &d.component) {
+                    println!("handled by: deployment {n}, component {}", escape(c));
+                }
                 println!("event:\n{}", serde_json::to_string_pretty(&v["event"])?);
             }
         }

@@ -94,6 +94,7 @@ pub(super) fn apply(
                 && let Some(g) = groups.read().expect("groups lock").get(&delivery.group)
             {
                 let next = Delivery {
+                    version: None,
                     attempt: delivery.attempt + 1,
                     ..delivery
                 };
@@ -107,11 +108,21 @@ pub(super) fn apply(
             attempts,
             class,
             message,
+            version,
             reply,
         } => {
             let id = uuid::Uuid::now_v7().to_string();
             let r = (|| {
-                store::insert_dead_letter(tx, &id, &group, seq, class, &message, attempts)?;
+                store::insert_dead_letter(
+                    tx,
+                    &id,
+                    &group,
+                    seq,
+                    class,
+                    &message,
+                    attempts,
+                    version.as_ref(),
+                )?;
                 if store::delete_delivery(tx, &group, seq)?
                     && let Some(g) = groups.read().expect("groups lock").get(&group)
                 {
@@ -198,6 +209,7 @@ fn fresh_delivery(g: &Arc<Group>, seq: i64, event: &Arc<Event>, fx: &mut Effects
     fx.deliver.push((
         g.clone(),
         Delivery {
+            version: None,
             group: g.name.clone(),
             event: event.clone(),
             attempt: 1,
@@ -226,6 +238,7 @@ fn load(tx: &Transaction, group: Arc<Group>, fx: &mut Effects) -> Result<(), Bro
     let now = now_ms();
     for (seq, attempts, not_before, event) in store::pending(tx, &group.name)? {
         let d = Delivery {
+            version: None,
             group: group.name.clone(),
             event: Arc::new(event),
             attempt: attempts + 1,

@@ -55,7 +55,9 @@ CREATE TABLE IF NOT EXISTS dlq (
     class TEXT NOT NULL,
     message TEXT NOT NULL,
     attempts INTEGER NOT NULL,
-    time TEXT NOT NULL
+    time TEXT NOT NULL,
+    deployment INTEGER,
+    component TEXT
 );
 CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
@@ -145,11 +147,12 @@ fn create_new(state_dir: &Path) -> Result<(), BrokerError> {
     made
 }
 
-/// The schema's version (`PRAGMA user_version`): 3 since retention
+/// The schema's version (`PRAGMA user_version`): 4 since dead letters
+/// say which deployment and component could not handle them; 3 since retention
 /// (`marks`, `ended`, `pruned`, dead letters indexed: [`super::prune`]);
 /// 2 since step state (`kv`, `kv_buckets`: [`super::kv`]); 1 since events
 /// are identified by (id, source); 0 before, when the id alone was unique.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Create the tables, or bring a store written by an earlier version up to
 /// date, in one transaction (so of several connections opening one store,
@@ -187,6 +190,16 @@ fn create(conn: &Connection) -> Result<(), BrokerError> {
             )?;
         }
         super::prune::upgrade(conn)?;
+        // Version 4: a dead letter's deployment and component.
+        let has_deployment = conn
+            .prepare("SELECT 1 FROM pragma_table_info('dlq') WHERE name = 'deployment'")?
+            .exists([])?;
+        if !has_deployment {
+            conn.execute_batch(
+                "ALTER TABLE dlq ADD COLUMN deployment INTEGER;
+                 ALTER TABLE dlq ADD COLUMN component TEXT;",
+            )?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(())
     })();
@@ -385,12 +398,28 @@ pub fn insert_dead_letter(
     class: FailureClass,
     message: &str,
     attempts: u32,
+    version: Option<&(u64, std::sync::Arc<str>)>,
 ) -> Result<(), BrokerError> {
     let time = crate::event::now_rfc3339();
+    let (deployment, component) = match version {
+        Some((n, c)) => (Some(*n as i64), Some(&**c)),
+        None => (None, None),
+    };
     tx.prepare_cached(
-        "INSERT INTO dlq (id, grp, seq, class, message, attempts, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO dlq (id, grp, seq, class, message, attempts, time, deployment, component) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
-    .execute(params![id, group, seq, class.as_str(), message, attempts, time])?;
+    .execute(params![
+        id,
+        group,
+        seq,
+        class.as_str(),
+        message,
+        attempts,
+        time,
+        deployment,
+        component
+    ])?;
     Ok(())
 }
 
@@ -494,7 +523,7 @@ fn row_event_at(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Event> {
 /// Dead letters, oldest first, or one by id.
 pub fn dead_letters(conn: &Connection, id: Option<&str>) -> Result<Vec<DeadLetter>, BrokerError> {
     let sql = format!(
-        "SELECT q.id, q.grp, q.class, q.message, q.attempts, q.time, {EVENT_COLUMNS}
+        "SELECT q.id, q.grp, q.class, q.message, q.attempts, q.time, q.deployment, q.component, {EVENT_COLUMNS}
          FROM dlq q JOIN events e ON e.seq = q.seq {} ORDER BY q.time, q.id",
         if id.is_some() { "WHERE q.id = ?1" } else { "" }
     );
@@ -508,7 +537,9 @@ pub fn dead_letters(conn: &Connection, id: Option<&str>) -> Result<Vec<DeadLette
             message: r.get(3)?,
             attempts: r.get(4)?,
             time: r.get(5)?,
-            event: row_event_at(r, 6)?,
+            deployment: r.get::<_, Option<i64>>(6)?.map(|n| n as u64),
+            component: r.get(7)?,
+            event: row_event_at(r, 8)?,
         })
     };
     let rows = match id {

@@ -156,12 +156,14 @@ impl Transport for Embedded {
             d.attempt,
             crate::text::clean(message, crate::text::MAX_REASON),
         );
+        let version = d.version.clone();
         self.call(|reply| Op::DeadLetter {
             group,
             seq,
             attempts,
             class,
             message,
+            version,
             reply,
         })
         .await

@@ -76,6 +76,7 @@ pub(super) enum Op {
         attempts: u32,
         class: FailureClass,
         message: String,
+        version: Option<(u64, Arc<str>)>,
         reply: Reply<String>,
     },
     Replay {

@@ -35,6 +35,8 @@ impl Inner {
             attempts: d.attempt,
             time: crate::event::now_rfc3339(),
             event: (*d.event).clone(),
+            deployment: d.version.as_ref().map(|v| v.0),
+            component: d.version.as_ref().map(|v| v.1.to_string()),
         };
         let mut record = dl.to_json(true);
         let mut body = serde_json::to_vec(&record).expect("JSON");

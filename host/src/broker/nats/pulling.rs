@@ -203,6 +203,7 @@ impl Inner {
                 match decoded {
                     Ok(event) => {
                         let d = Delivery {
+                            version: None,
                             group: group.clone(),
                             event: Arc::new(event),
                             attempt,
@@ -237,6 +238,7 @@ impl Inner {
                         );
                         e.content_type = "application/octet-stream".into();
                         let d = Delivery {
+                            version: None,
                             group: group.clone(),
                             event: Arc::new(e),
                             attempt,
