@@ -224,6 +224,20 @@ fn a_breaking_deploy_is_refused_by_name_a_passive_one_taken_and_rolled_back() {
     assert_eq!(stamp(&go(3)), ("2".into(), digest(&p2)));
     let (ok, text) = troupe(&app, &["deploy"]);
     assert!(ok && text.contains("nothing to deploy"), "{text}");
+    // A dead letter says which deployment and build could not handle it.
+    host.client
+        .publish(&json!({"type": GO, "source": "t", "id": "bad",
+            "data": {"emit": [{"kind": T, "data": {"amount": "ten"}}]}}))
+        .unwrap();
+    let dead = troupe_tests::wait_for(Duration::from_secs(30), "a dead letter", || {
+        host.dead_letters().into_iter().next()
+    });
+    assert_eq!(dead["class"], "contract", "{dead}");
+    assert_eq!(dead["deployment"], 2, "{dead}");
+    assert_eq!(dead["component"], digest(&p2).as_str(), "{dead}");
+    let id = dead["id"].as_str().unwrap();
+    let (ok, text) = troupe(&app, &["dlq", "show", id]);
+    assert!(ok && text.contains("handled by: deployment 2"), "{text}");
 
     // Back to 1: a deployment of its own, through the same gate.
     let (ok, text) = troupe(&app, &["deploy", "--to", "1"]);
@@ -234,7 +248,7 @@ fn a_breaking_deploy_is_refused_by_name_a_passive_one_taken_and_rolled_back() {
     assert!(text.contains(&digest(&p1)), "{text}");
     let (ok, text) = troupe(&app, &["deploy", "--to", "9"]);
     assert!(!ok && text.contains("no deployment 9"), "{text}");
-    assert!(host.dead_letters().is_empty(), "{:?}", host.dead_letters());
+    assert_eq!(host.dead_letters().len(), 1, "{:?}", host.dead_letters());
 }
 
 /// A host killed at points all through a deploy: what its store holds
@@ -444,7 +458,11 @@ fn hosts_on_nats_follow_each_others_deploys_and_keep_runs_pinned() {
     let r = hb.client.get("/readyz").expect("B is ready");
     assert_eq!(r["deployments"]["serving"], 3, "{r}");
     let listed = ha.client.get("/v1/deployments").unwrap();
-    assert_eq!(listed["deployments"].as_array().unwrap().len(), 3, "{listed}");
+    assert_eq!(
+        listed["deployments"].as_array().unwrap().len(),
+        3,
+        "{listed}"
+    );
 }
 
 /// Runs of the orders example, and orders through its cascade, at a

@@ -71,9 +71,7 @@ impl Deployer {
                 None => to_load.push((name.clone(), p.clone())),
             }
         }
-        for s in
-            load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Host(Box::new(e)))?
-        {
+        for s in load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Host(Box::new(e)))? {
             steps.insert(s.sandbox.name.to_string(), Arc::new(s));
         }
         let held = Held {
@@ -199,9 +197,7 @@ impl Deployer {
             };
             to_load.push((name.clone(), path));
         }
-        for s in
-            load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Host(Box::new(e)))?
-        {
+        for s in load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Host(Box::new(e)))? {
             steps.insert(s.sandbox.name.to_string(), Arc::new(s));
         }
         Ok(Held {

@@ -113,16 +113,16 @@ pub(super) fn apply(
         } => {
             let id = uuid::Uuid::now_v7().to_string();
             let r = (|| {
-                store::insert_dead_letter(
-                    tx,
-                    &id,
-                    &group,
+                let dl = store::NewDeadLetter {
+                    id: &id,
+                    group: &group,
                     seq,
                     class,
-                    &message,
+                    message: &message,
                     attempts,
-                    version.as_ref(),
-                )?;
+                    version: version.as_ref(),
+                };
+                store::insert_dead_letter(tx, &dl)?;
                 if store::delete_delivery(tx, &group, seq)?
                     && let Some(g) = groups.read().expect("groups lock").get(&group)
                 {

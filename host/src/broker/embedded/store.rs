@@ -390,18 +390,22 @@ pub fn delete_delivery(tx: &Transaction, group: &str, seq: i64) -> Result<bool, 
     Ok(n == 1)
 }
 
-pub fn insert_dead_letter(
-    tx: &Transaction,
-    id: &str,
-    group: &str,
-    seq: i64,
-    class: FailureClass,
-    message: &str,
-    attempts: u32,
-    version: Option<&(u64, std::sync::Arc<str>)>,
-) -> Result<(), BrokerError> {
+/// A dead letter to write: the event (by sequence number) of group
+/// `group`, why, after how many attempts, and the step version that could
+/// not handle it.
+pub struct NewDeadLetter<'a> {
+    pub id: &'a str,
+    pub group: &'a str,
+    pub seq: i64,
+    pub class: FailureClass,
+    pub message: &'a str,
+    pub attempts: u32,
+    pub version: Option<&'a (u64, std::sync::Arc<str>)>,
+}
+
+pub fn insert_dead_letter(tx: &Transaction, d: &NewDeadLetter<'_>) -> Result<(), BrokerError> {
     let time = crate::event::now_rfc3339();
-    let (deployment, component) = match version {
+    let (deployment, component) = match d.version {
         Some((n, c)) => (Some(*n as i64), Some(&**c)),
         None => (None, None),
     };
@@ -410,12 +414,12 @@ pub fn insert_dead_letter(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
-        id,
-        group,
-        seq,
-        class.as_str(),
-        message,
-        attempts,
+        d.id,
+        d.group,
+        d.seq,
+        d.class.as_str(),
+        d.message,
+        d.attempts,
         time,
         deployment,
         component
