@@ -8,7 +8,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState, RawBody};
@@ -70,17 +69,58 @@ pub(super) async fn show(
 
 /// What `POST /v1/deployments` takes (every field optional; an empty body
 /// deploys the app's files).
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 struct Ask {
     /// Return to this deployment instead.
     to: Option<u64>,
     /// Record what the gate finds instead of refusing.
-    #[serde(default)]
     allow_breaking: bool,
     /// Decide only: record and switch nothing.
-    #[serde(default)]
     dry_run: bool,
+}
+
+impl Ask {
+    /// Read the body as its OpenAPI schema says: an object of `to` (an
+    /// integer, `1.0` too, at least 1), `allow_breaking` and `dry_run`
+    /// (booleans), each optional, nothing else, and no `null`s.
+    fn read(body: &[u8]) -> Result<Ask, String> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Ask::default());
+        }
+        let v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let Value::Object(m) = v else {
+            return Err("it must be a JSON object".into());
+        };
+        let mut ask = Ask::default();
+        for (k, v) in m {
+            match (k.as_str(), v) {
+                ("to", Value::Number(n)) => {
+                    let whole = n.as_u64().or_else(|| {
+                        n.as_f64()
+                            .filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f < u64::MAX as f64)
+                            .map(|f| f as u64)
+                    });
+                    match whole {
+                        Some(n) if n >= 1 => ask.to = Some(n),
+                        _ => return Err(format!("`to` must be a deployment number, not {n}")),
+                    }
+                }
+                ("allow_breaking", Value::Bool(b)) => ask.allow_breaking = b,
+                ("dry_run", Value::Bool(b)) => ask.dry_run = b,
+                ("to", _) => return Err("`to` must be a deployment number".into()),
+                ("allow_breaking" | "dry_run", _) => {
+                    return Err(format!("`{k}` must be true or false"));
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown field {:?}: expected `to`, `allow_breaking` or `dry_run`",
+                        crate::text::clean(&k, 80)
+                    ));
+                }
+            }
+        }
+        Ok(ask)
+    }
 }
 
 /// Deploy the app's files as they are now on this host (or, with `to`,
@@ -100,12 +140,8 @@ pub(super) async fn deploy(
     State(s): State<ApiState>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let ask: Ask = if body.iter().all(u8::is_ascii_whitespace) {
-        Ask::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the body: {e}")))?
-    };
+    let ask = Ask::read(&body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the body: {e}")))?;
     let request = Request {
         how: "api".into(),
         to: ask.to,
@@ -167,4 +203,33 @@ pub(super) fn metrics(d: &Deployer) -> String {
         u8::from(d.unready().is_none())
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ask;
+
+    #[test]
+    fn the_body_is_read_as_its_schema_says() {
+        let ok = |b: &str| Ask::read(b.as_bytes()).unwrap();
+        assert_eq!(ok("").to, None);
+        assert_eq!(ok(" {} ").to, None);
+        assert_eq!(ok(r#"{"to": 3}"#).to, Some(3));
+        assert_eq!(ok(r#"{"to": 3.0}"#).to, Some(3), "an integer, as JSON Schema counts them");
+        let a = ok(r#"{"allow_breaking": true, "dry_run": true}"#);
+        assert!(a.allow_breaking && a.dry_run);
+        for bad in [
+            r#"{"to": null}"#,
+            r#"{"to": 0}"#,
+            r#"{"to": -1}"#,
+            r#"{"to": 1.5}"#,
+            r#"{"to": "1"}"#,
+            r#"{"dry_run": null}"#,
+            r#"{"force": true}"#,
+            "[]",
+            "1",
+        ] {
+            assert!(Ask::read(bad.as_bytes()).is_err(), "{bad} is refused");
+        }
+    }
 }
