@@ -215,7 +215,11 @@ mod tests {
         assert_eq!(ok("").to, None);
         assert_eq!(ok(" {} ").to, None);
         assert_eq!(ok(r#"{"to": 3}"#).to, Some(3));
-        assert_eq!(ok(r#"{"to": 3.0}"#).to, Some(3), "an integer, as JSON Schema counts them");
+        assert_eq!(
+            ok(r#"{"to": 3.0}"#).to,
+            Some(3),
+            "an integer, as JSON Schema counts them"
+        );
         let a = ok(r#"{"allow_breaking": true, "dry_run": true}"#);
         assert!(a.allow_breaking && a.dry_run);
         for bad in [
