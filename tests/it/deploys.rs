@@ -101,6 +101,14 @@ fn trace(client: &troupe::client::Client, id: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The replies in run `id`'s trace: what each step answered its commands.
+fn replies(client: &troupe::client::Client, id: &str) -> Vec<Value> {
+    trace(client, id)
+        .into_iter()
+        .filter(|e| e["type"] == "troupe.step.completed")
+        .collect()
+}
+
 /// The step whose worker emitted `e` (`troupe://APP/step/NAME`).
 fn emitter(e: &Value) -> Option<String> {
     let source = e["source"].as_str()?;
@@ -378,13 +386,8 @@ fn hosts_on_nats_follow_each_others_deploys_and_keep_runs_pinned() {
                 .expect("a status");
             assert_eq!(run["state"], "completed", "{run}");
             assert_eq!(run["deployment"], n, "{run}");
-            let t = trace(&ha.client, id);
-            let replies: Vec<Value> = t
-                .iter()
-                .filter(|e| e["type"] == "troupe.step.completed")
-                .cloned()
-                .collect();
-            assert_eq!(replies.len(), 2, "{t:?}");
+            let replies = replies(&ha.client, id);
+            assert_eq!(replies.len(), 2, "{replies:?}");
             assert_eq!(
                 check_stamps(&replies, &recorded),
                 BTreeSet::from([n]),
@@ -520,13 +523,8 @@ fn a_deploy_in_the_middle_of_a_steady_load_loses_nothing(b: Backend) {
         for (sid, s) in run["steps"].as_object().unwrap() {
             assert_eq!(s["attempts"], 1, "{sid} of {id} ran once: {run}");
         }
-        let t = trace(&h.client, id);
-        let replies: Vec<Value> = t
-            .iter()
-            .filter(|e| e["type"] == "troupe.step.completed")
-            .cloned()
-            .collect();
-        assert_eq!(replies.len(), 4, "{id}: one reply per step: {t:?}");
+        let replies = replies(&h.client, id);
+        assert_eq!(replies.len(), 4, "{id}: one reply per step: {replies:?}");
         assert_eq!(
             check_stamps(&replies, &recorded),
             BTreeSet::from([n]),

@@ -382,7 +382,7 @@ mod tests {
              INSERT INTO state VALUES ('run/r2', x'7b7d');
              INSERT INTO ended VALUES ('run/r2', {t0});
              INSERT INTO deliveries VALUES ('g', 5, 0, 0);
-             INSERT INTO dlq VALUES ('d6', 'g', 6, 'rejected', 'no', 1, '{}');
+             INSERT INTO dlq (id, grp, seq, class, message, attempts, time) VALUES ('d6', 'g', 6, 'rejected', 'no', 1, '{}');
              INSERT INTO marks VALUES (6, {t0});",
             micros(t0)
         ))

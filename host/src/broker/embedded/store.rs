@@ -626,6 +626,54 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A store of schema 3 (dead letters without their deployment) is
+    /// brought to 4: its dead letters read back with none, and new ones
+    /// keep theirs.
+    #[test]
+    fn a_version_3_store_gains_the_deployment_of_dead_letters() {
+        let dir = std::env::temp_dir().join(format!("troupe-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let c = Connection::open(dir.join(DB_FILE)).unwrap();
+            c.execute_batch(&SCHEMA.replace(
+                "    time TEXT NOT NULL,\n    deployment INTEGER,\n    component TEXT\n",
+                "    time TEXT NOT NULL\n",
+            ))
+            .unwrap();
+            c.execute_batch(super::super::kv::SCHEMA).unwrap();
+            c.execute_batch(
+                "INSERT INTO events VALUES (7, '42', 'k', 'urn:a', NULL, 't', 'application/json', NULL, x'7b7d', '{}', '42');
+                 INSERT INTO dlq VALUES ('d7', 'g', 7, 'rejected', 'no', 1, 't');
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        }
+        let mut c = open(&dir).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let old = dead_letters(&c, None).unwrap();
+        assert_eq!((old.len(), old[0].deployment), (1, None));
+        let tx = c.transaction().unwrap();
+        let version = (3, std::sync::Arc::from("ab"));
+        let d = NewDeadLetter {
+            id: "d8",
+            group: "g",
+            seq: 7,
+            class: FailureClass::Trap,
+            message: "it trapped",
+            attempts: 2,
+            version: Some(&version),
+        };
+        insert_dead_letter(&tx, &d).unwrap();
+        tx.commit().unwrap();
+        let new = dead_letters(&c, Some("d8")).unwrap();
+        assert_eq!(new[0].deployment, Some(3));
+        assert_eq!(new[0].component.as_deref(), Some("ab"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A store written when the id alone was unique (schema version 0) is
     /// brought up to date on open: its events and their sequence numbers
     /// are kept, and an event with a known id from another source is
