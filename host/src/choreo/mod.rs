@@ -41,8 +41,10 @@ use crate::stats::StepStats;
 use crate::world;
 
 mod failure;
+mod records;
 pub mod versions;
 
+use records::{stamped, stamped_for};
 pub use versions::{Pick, Version, Versions};
 
 /// Broker calls a step's workers may have outstanding at once.
@@ -243,64 +245,6 @@ impl Wiring {
         }
     }
 
-    /// The `troupe.http.call` events recording `calls`, made while handling
-    /// `event` (delivery `attempt`); their ids are the same if the outcome
-    /// is committed twice.
-    fn call_events(
-        &self,
-        v: &Version,
-        event: &Event,
-        attempt: u32,
-        calls: Vec<CallRecord>,
-    ) -> Vec<Event> {
-        if calls.is_empty() {
-            return Vec::new();
-        }
-        let key = format!("{}/http/{attempt}", self.name);
-        calls
-            .into_iter()
-            .map(|c| {
-                let out = Emitted {
-                    kind: CALL_EVENT.into(),
-                    subject: Some(self.name.to_string()),
-                    content_type: Some(JSON.into()),
-                    data: serde_json::to_vec(&serde_json::json!({
-                        "step": &*self.name,
-                        "attempt": attempt,
-                        "call": c,
-                    }))
-                    .expect("a call record serialises"),
-                    schema: None,
-                };
-                stamped(
-                    v,
-                    event.caused(&key, &self.source, c.position as usize, out),
-                )
-            })
-            .collect()
-    }
-
-    /// The `troupe.kv.write` record of what handling `event` wrote (keys,
-    /// not values), committed with the writes.
-    fn write_record(&self, v: &Version, event: &Event, attempt: u32, kv: &Writes) -> Event {
-        let (written, more) = kv.written();
-        let out = Emitted {
-            kind: WRITE_EVENT.into(),
-            subject: Some(self.name.to_string()),
-            content_type: Some(JSON.into()),
-            data: serde_json::to_vec(&serde_json::json!({
-                "step": &*self.name,
-                "attempt": attempt,
-                "written": written,
-                "more": more,
-            }))
-            .expect("a write record serialises"),
-            schema: None,
-        };
-        let key = format!("{}/kv/{attempt}", self.name);
-        stamped(v, event.caused(&key, &self.source, 0, out))
-    }
-
     /// The guest returned `emits`: gate them, stamp them, and commit them
     /// with the ack (or, for a command, reply with them) and the state it
     /// wrote (run number `runs + 1`).
@@ -498,26 +442,6 @@ impl Wiring {
             }
             drop(permit);
         });
-    }
-}
-
-/// `e`, stamped with the deployment and component of the version `v` that
-/// emitted it.
-fn stamped(v: &Version, mut e: Event) -> Event {
-    e.extensions
-        .insert(protocol::DEPLOYMENT.into(), v.deployment.to_string());
-    e.extensions
-        .insert(protocol::COMPONENT.into(), v.step.digest.clone());
-    e
-}
-
-/// The stamp of what the host emits for `cause` when no version handled
-/// it (a failure before or instead of the guest's run): the version that
-/// would, if this host holds one.
-fn stamped_for(versions: &Versions, cause: &Event, e: Event) -> Event {
-    match versions.pick(cause) {
-        Pick::Version(v) => stamped(&v, e),
-        _ => e,
     }
 }
 

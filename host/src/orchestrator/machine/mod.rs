@@ -33,13 +33,14 @@
 
 mod command;
 mod failure;
+mod pins;
 mod recovery;
 mod start;
 #[cfg(test)]
 mod tests;
 mod transition;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -103,51 +104,6 @@ impl Machine {
         self.pin(run.deployment);
         if let Some(old) = self.runs.insert(run.id.clone(), run) {
             self.unpin(old.deployment);
-        }
-    }
-
-    /// A deploy: new runs start on `flows.current` from now on; runs in
-    /// flight keep the flows of their own deployments (which `flows` must
-    /// still hold).
-    pub fn set_flows(&mut self, flows: FlowSets) {
-        self.flows = flows;
-    }
-
-    /// The deployments active runs are pinned to.
-    pub fn pins(&self) -> BTreeSet<u64> {
-        self.pinned.keys().copied().collect()
-    }
-
-    /// Count a run pinned to `d`; whether the set of pins grew.
-    fn pin(&mut self, d: Option<u64>) -> bool {
-        let Some(d) = d else { return false };
-        let n = self.pinned.entry(d).or_default();
-        *n += 1;
-        *n == 1
-    }
-
-    /// Count a run pinned to `d` gone; whether the set of pins shrank.
-    fn unpin(&mut self, d: Option<u64>) -> bool {
-        let Some(d) = d else { return false };
-        match self.pinned.get_mut(&d) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                self.pinned.remove(&d);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// The state row that says which deployments runs are pinned to, as
-    /// of now: written in the commit that changes the set.
-    fn pins_row(&self) -> Action {
-        Action::Put {
-            key: crate::deploy::IN_USE_ROW.to_string(),
-            value: serde_json::to_vec(&self.pins()).expect("a set of numbers serialises"),
         }
     }
 
