@@ -107,7 +107,8 @@ fn main() {
         for i in 0..total {
             let due = t0 + period * i as u32;
             tokio::time::sleep_until(due.into()).await;
-            if deploying.is_none() && due - t0 >= Duration::from_secs(seconds / 2) {
+            if swap.is_none() && deploying.is_none() && due - t0 >= Duration::from_secs(seconds / 2)
+            {
                 new_builds(&files, 2);
                 let d = deployer.clone();
                 deploying = Some(tokio::spawn(async move {
@@ -169,8 +170,8 @@ fn main() {
             println!(
                 "  {what:<34} {:>5} runs  p50 {:>8}  p99 {:>8}  max {:>8}",
                 v.len(),
-                ms(pct(v, 50.0)),
-                ms(pct(v, 99.0)),
+                ms(pct(v, 0.5)),
+                ms(pct(v, 0.99)),
                 ms(*v.last().unwrap_or(&Duration::ZERO))
             );
         };
@@ -179,7 +180,7 @@ fn main() {
         line("started in the 2 s around the switch", &around);
         println!(
             "  p99 around the switch / steady p99: {:.2}",
-            pct(&around, 99.0).as_secs_f64() / pct(&steady, 99.0).as_secs_f64()
+            pct(&around, 0.99).as_secs_f64() / pct(&steady, 0.99).as_secs_f64()
         );
 
         // Memory: runs of `wait` hold the current deployment (2) while 3
