@@ -1,28 +1,23 @@
 //! A running app: steps loaded, broker open, workers wired.
 //!
-//! [`load_steps`] turns an app's step table into loaded steps (building
-//! plugin sources, compiling components in parallel through the artifact
-//! cache, reading contracts). [`describe_steps`] gives only their
-//! contracts, from the contract cache when it can, instantiating no guest
-//! it has described before (`check`, `docs`, `graph`, `publish`). [`Host::start`] opens the broker, subscribes
-//! each step to what it consumes, starts the workers, and only then lets
-//! the broker take events queued from outside, so nothing is routed before
+//! [`Host::start`] opens the broker, deploys the app's files (loaded
+//! through `crate::loader`, which this module re-exports), subscribes each
+//! step to what it consumes, starts the workers, and only then lets the
+//! broker take events queued from outside, so nothing is routed before
 //! every step is listening.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::{App, Source};
+use crate::app::App;
 use crate::broker::{Broker, BrokerError};
-use crate::builder::{self, BuildError};
-use crate::contract::{StepContract, StepView};
+use crate::contract::StepView;
 use crate::deployer::{DeployError, Deployer};
 use crate::flow::Flow;
+pub use crate::loader::{
+    Described, FLOWS_DIR, LoadError, describe_steps, http_imports, load_flows, load_steps,
+};
 use crate::orchestrator::{InputCheck, Orchestrator};
-use crate::runtime::cache::ArtifactCache;
-use crate::runtime::contracts::ContractCache;
 use crate::runtime::step::LoadedStep;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::shutdown::Tasks;
@@ -33,168 +28,22 @@ use crate::stats::Stats;
 pub enum HostError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("step `{step}`: {error}")]
-    Build { step: String, error: BuildError },
-    #[error("step `{step}`: {error}")]
-    Load { step: String, error: RuntimeError },
-    #[error("secrets: {0}")]
-    Secrets(String),
+    /// A step or a flow could not be built or loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
     #[error("cannot start worker threads: {0}")]
     Threads(std::io::Error),
-    #[error(transparent)]
-    Flow(#[from] crate::flow::FlowError),
     #[error("the app's wiring is broken (see `troupe check`):\n  {}", .0.join("\n  "))]
     Wiring(Vec<String>),
     #[error(transparent)]
     Deploy(DeployError),
 }
 
-/// Read and check the app's flows (`APP/flows/*.toml`) against its steps.
-pub fn load_flows(app: &App, steps: &[impl StepView]) -> Result<Vec<Flow>, HostError> {
-    let contracts: HashMap<String, &StepContract> = steps
-        .iter()
-        .map(|s| (s.name().to_string(), s.contract()))
-        .collect();
-    Ok(Flow::load_dir(&app.dir.join(FLOWS_DIR), &contracts)?)
-}
-
 /// How long shutdown lets steps finish the message in hand before it cuts
 /// them short.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// The folder of an app's flow files.
-pub const FLOWS_DIR: &str = "flows";
-
-/// The component of each step of `app`, built if its sources changed
-/// since its last build (`builder::prepare`).
-pub(crate) fn components(app: &App) -> Result<Vec<(String, PathBuf)>, HostError> {
-    let mut items = Vec::new();
-    for (name, cfg) in &app.steps {
-        let path = match cfg.source() {
-            Source::Component(p) => p,
-            Source::Plugin(dir) => {
-                builder::prepare(&dir)
-                    .map_err(|error| HostError::Build {
-                        step: name.clone(),
-                        error,
-                    })?
-                    .component
-            }
-        };
-        items.push((name.clone(), path));
-    }
-    Ok(items)
-}
-
-/// For each step of `app`, whether its component imports
-/// `wasi:http/outgoing-handler` (read from the component, built if its
-/// sources changed, not compiled).
-pub fn http_imports(app: &App) -> Result<BTreeMap<String, bool>, HostError> {
-    let mut out = BTreeMap::new();
-    for (name, path) in components(app)? {
-        let bytes = std::fs::read(&path).map_err(|source| HostError::Load {
-            step: name.clone(),
-            error: RuntimeError::Read { path, source },
-        })?;
-        let imports = crate::runtime::outbound::imports_http(&bytes).unwrap_or(false);
-        out.insert(name, imports);
-    }
-    Ok(out)
-}
-
-/// Build, compile and load `items` (step name, component) of `app`; each
-/// contract is remembered in the contract cache.
-pub(crate) fn load(
-    rt: &Runtime,
-    app: &App,
-    items: &[(String, PathBuf)],
-) -> Result<Vec<LoadedStep>, HostError> {
-    let cache_dir = app.state_dir().join("cache");
-    let cache = ArtifactCache::new(rt.engine(), &cache_dir);
-    let contracts = ContractCache::new(&cache_dir);
-    let secrets = app.secrets().map_err(HostError::Secrets)?;
-    let loaded = cache.load_all(rt.engine(), items);
-    let mut steps = Vec::new();
-    for ((name, path), component) in items.iter().zip(loaded) {
-        let component = component.map_err(|error| HostError::Load {
-            step: name.clone(),
-            error,
-        })?;
-        let cfg = &app.steps[name];
-        let mut step = LoadedStep::load(rt, name, &component.component, cfg.sandbox(&secrets))
-            .map_err(|error| HostError::Load {
-                step: name.clone(),
-                error,
-            })?;
-        step.choreography = cfg.choreography;
-        step.digest = component.hash.clone();
-        contracts.put(path, &component.hash, &step.contract);
-        steps.push(step);
-    }
-    Ok(steps)
-}
-
-/// Build, compile and load every step of `app`.
-pub fn load_steps(rt: &Runtime, app: &App) -> Result<Vec<Arc<LoadedStep>>, HostError> {
-    let items = components(app)?;
-    Ok(load(rt, app, &items)?.into_iter().map(Arc::new).collect())
-}
-
-/// A step known by its contract alone (see [`describe_steps`]).
-pub struct Described {
-    pub name: String,
-    pub contract: StepContract,
-    pub choreography: bool,
-}
-
-impl StepView for Described {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn contract(&self) -> &StepContract {
-        &self.contract
-    }
-    fn choreography(&self) -> bool {
-        self.choreography
-    }
-}
-
-/// The contract of every step of `app`: from the contract cache for a
-/// component described before, else by loading the step (which fills the
-/// cache). No guest runs for a step whose component is unchanged.
-pub fn describe_steps(app: &App) -> Result<Vec<Described>, HostError> {
-    let items = components(app)?;
-    let cache = ContractCache::new(app.state_dir().join("cache"));
-    let mut known = HashMap::new();
-    let mut unknown = Vec::new();
-    for (name, path) in &items {
-        let compiled = cache
-            .get(path)
-            .and_then(|raw| StepContract::compile(raw).ok());
-        match compiled {
-            Some(c) => {
-                known.insert(name.clone(), c);
-            }
-            None => unknown.push((name.clone(), path.clone())),
-        }
-    }
-    if !unknown.is_empty() {
-        let rt = Runtime::new()?;
-        for step in load(&rt, app, &unknown)? {
-            known.insert(step.sandbox.name.to_string(), step.contract);
-        }
-    }
-    Ok(items
-        .into_iter()
-        .map(|(name, _)| Described {
-            contract: known.remove(&name).expect("every step is described"),
-            choreography: app.steps[&name].choreography,
-            name,
-        })
-        .collect())
-}
 
 /// A running app.
 pub struct Host {
@@ -240,7 +89,7 @@ impl Host {
         let deployer = Deployer::boot(&app, runtime.clone(), broker.clone(), opts.allow_breaking)
             .await
             .map_err(|e| match e {
-                DeployError::Host(h) => *h,
+                DeployError::Load(l) => HostError::Load(*l),
                 DeployError::Wiring(w) => HostError::Wiring(w),
                 other => HostError::Deploy(other),
             })?;

@@ -58,6 +58,7 @@ pub mod graph;
 pub mod host;
 pub mod ingress;
 pub mod kv;
+pub mod loader;
 pub mod orchestrator;
 pub mod protocol;
 pub mod retry;

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use troupe::host::{Host, HostError};
+use troupe::host::{Host, HostError, LoadError};
 use troupe::protocol::FailureClass;
 use troupe::runtime::RuntimeError;
 use troupe_tests::{TestApp, data, event, eventually, guest, step};
@@ -201,10 +201,10 @@ async fn broken_components_are_refused_with_a_clear_error() {
     assert!(
         matches!(
             e,
-            HostError::Load {
+            HostError::Load(LoadError::Load {
                 error: RuntimeError::Read { .. },
                 ..
-            }
+            })
         ),
         "{e}"
     );
@@ -216,10 +216,10 @@ async fn broken_components_are_refused_with_a_clear_error() {
     assert!(
         matches!(
             e,
-            HostError::Load {
+            HostError::Load(LoadError::Load {
                 error: RuntimeError::Compile { .. },
                 ..
-            }
+            })
         ),
         "{e}"
     );
@@ -242,10 +242,10 @@ async fn broken_components_are_refused_with_a_clear_error() {
     assert!(
         matches!(
             e,
-            HostError::Load {
+            HostError::Load(LoadError::Load {
                 error: RuntimeError::World { .. },
                 ..
-            }
+            })
         ),
         "{e}"
     );

@@ -178,7 +178,7 @@ fn refusal(e: DeployError) -> ApiError {
         DeployError::Invalid(_)
         | DeployError::Wiring(_)
         | DeployError::Missing(_)
-        | DeployError::Host(_) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        | DeployError::Load(_) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         DeployError::Broker(b) => b.into(),
     }
 }

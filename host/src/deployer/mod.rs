@@ -57,9 +57,9 @@ pub enum DeployError {
     /// What it needs is not on this host.
     #[error("{0}")]
     Missing(String),
-    /// A step could not be built or loaded.
+    /// A step or a flow could not be built or loaded.
     #[error(transparent)]
-    Host(Box<crate::host::HostError>),
+    Load(Box<crate::loader::LoadError>),
     /// It needs the host restarted.
     #[error("{0}")]
     Restart(String),

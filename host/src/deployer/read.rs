@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::contract::StepContract;
 use crate::deploy::{Content, Deployment, FlowVersion, StepVersion, sha256};
 use crate::flow::Flow;
-use crate::host::{FLOWS_DIR, HostError, components, load};
+use crate::loader::{FLOWS_DIR, LoadError, components, load};
 use crate::runtime::RuntimeError;
 use crate::runtime::step::LoadedStep;
 
@@ -44,12 +44,12 @@ impl Deployer {
             .map_err(|e| DeployError::Invalid(format!("{}: {e}", path.display())))?;
         let app = self.app_at(&self.dir, &manifest)?;
         let manifest_digest = sha256(manifest.as_bytes());
-        let items = components(&app).map_err(|e| DeployError::Host(Box::new(e)))?;
+        let items = components(&app).map_err(|e| DeployError::Load(Box::new(e)))?;
         let mut bytes = BTreeMap::new();
         let mut digests = BTreeMap::new();
         for (name, p) in &items {
             let b = std::fs::read(p).map_err(|source| {
-                DeployError::Host(Box::new(HostError::Load {
+                DeployError::Load(Box::new(LoadError::Load {
                     step: name.clone(),
                     error: RuntimeError::Read {
                         path: p.clone(),
@@ -71,7 +71,7 @@ impl Deployer {
                 None => to_load.push((name.clone(), p.clone())),
             }
         }
-        for s in load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Host(Box::new(e)))? {
+        for s in load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Load(Box::new(e)))? {
             steps.insert(s.sandbox.name.to_string(), Arc::new(s));
         }
         let held = Held {
@@ -97,7 +97,7 @@ impl Deployer {
         for (name, f) in &flows {
             let p = self.dir.join(FLOWS_DIR).join(format!("{name}.toml"));
             Flow::parse(name, &p, &f.text, &contracts)
-                .map_err(|e| DeployError::Host(Box::new(HostError::Flow(e))))?;
+                .map_err(|e| DeployError::Load(Box::new(LoadError::Flow(e))))?;
         }
         let content = Content {
             manifest: manifest_digest,
@@ -197,7 +197,7 @@ impl Deployer {
             };
             to_load.push((name.clone(), path));
         }
-        for s in load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Host(Box::new(e)))? {
+        for s in load(&self.runtime, &app, &to_load).map_err(|e| DeployError::Load(Box::new(e)))? {
             steps.insert(s.sandbox.name.to_string(), Arc::new(s));
         }
         Ok(Held {
