@@ -133,7 +133,7 @@ impl Ask {
         (status = 201, description = "Deployed: the new deployment is current (`deployment`, `changes`)"),
         (status = 400, description = "The body is not what this takes"),
         (status = 404, description = "`to` names no deployment"),
-        (status = 409, description = "Refused by the gate: `breaks` names each type, producer, consumer and field; or it needs a restart"),
+        (status = 409, description = "Refused by the gate: `error` says why in words, and `breaks` lists each (`type`, `mode`, `producer` and `consumer` with their `step` and `deployment`, the `problem` naming the field)"),
         (status = 422, description = "The app's files do not make an app (a manifest, a build, a flow, the wiring), or what the deployment needs is not on this host"),
     ))]
 pub(super) async fn deploy(
@@ -164,6 +164,12 @@ pub(super) async fn deploy(
             });
             Ok((status, Json(body)).into_response())
         }
+        Err(DeployError::Refused(Refusal::Breaks(breaks))) => {
+            // The gate's findings, as data too: what a CI job reads.
+            let message = DeployError::Refused(Refusal::Breaks(breaks.clone())).to_string();
+            let body = json!({ "error": message, "breaks": breaks });
+            Ok((StatusCode::CONFLICT, Json(body)).into_response())
+        }
         Err(e) => Err(refusal(e)),
     }
 }
@@ -172,7 +178,7 @@ pub(super) async fn deploy(
 fn refusal(e: DeployError) -> ApiError {
     match e {
         DeployError::Refused(Refusal::Unknown(_)) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
-        DeployError::Refused(_) | DeployError::Restart(_) => {
+        DeployError::Refused(_) => {
             ApiError(StatusCode::CONFLICT, e.to_string())
         }
         DeployError::Invalid(_)

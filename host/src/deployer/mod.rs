@@ -60,9 +60,6 @@ pub enum DeployError {
     /// A step or a flow could not be built or loaded.
     #[error(transparent)]
     Load(Box<crate::loader::LoadError>),
-    /// It needs the host restarted.
-    #[error("{0}")]
-    Restart(String),
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
 }
