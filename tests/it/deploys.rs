@@ -91,6 +91,15 @@ fn troupe(app: &TestApp, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The base URL of the API of the host serving `app` (`.troupe/api.json`).
+fn api_url(app: &TestApp) -> String {
+    let v: Value = serde_json::from_str(
+        &std::fs::read_to_string(app.path().join(".troupe/api.json")).unwrap(),
+    )
+    .unwrap();
+    v["url"].as_str().unwrap().to_string()
+}
+
 /// The events of `id`'s trace (a cascade or a run), through the API.
 fn trace(client: &troupe::client::Client, id: &str) -> Vec<Value> {
     client
@@ -215,6 +224,28 @@ fn a_breaking_deploy_is_refused_by_name_a_passive_one_taken_and_rolled_back() {
         listed["deployments"].as_array().unwrap().len(),
         1,
         "{listed}"
+    );
+    // Over HTTP the findings are data too.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let token = std::fs::read_to_string(app.path().join(".troupe/api-token")).unwrap();
+    let mut r = agent
+        .post(format!("{}/v1/deployments", api_url(&app)))
+        .header("Authorization", format!("Bearer {}", token.trim()))
+        .send_empty()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert!(
+        v["breaks"].as_array().unwrap().iter().any(|b| b["type"] == T
+            && b["mode"] == "backward"
+            && b["producer"]["step"] == "p"
+            && b["producer"]["deployment"] == 1
+            && b["consumer"]["step"] == "c"
+            && b["problem"].as_str().unwrap().contains("/amount")),
+        "{v}"
     );
     assert_eq!(stamp(&go(2)), ("1".into(), digest(&p1)), "nothing changed");
 
