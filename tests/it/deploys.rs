@@ -239,12 +239,16 @@ fn a_breaking_deploy_is_refused_by_name_a_passive_one_taken_and_rolled_back() {
     assert_eq!(r.status().as_u16(), 409);
     let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
     assert!(
-        v["breaks"].as_array().unwrap().iter().any(|b| b["type"] == T
-            && b["mode"] == "backward"
-            && b["producer"]["step"] == "p"
-            && b["producer"]["deployment"] == 1
-            && b["consumer"]["step"] == "c"
-            && b["problem"].as_str().unwrap().contains("/amount")),
+        v["breaks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["type"] == T
+                && b["mode"] == "backward"
+                && b["producer"]["step"] == "p"
+                && b["producer"]["deployment"] == 1
+                && b["consumer"]["step"] == "c"
+                && b["problem"].as_str().unwrap().contains("/amount")),
         "{v}"
     );
     assert_eq!(stamp(&go(2)), ("1".into(), digest(&p1)), "nothing changed");

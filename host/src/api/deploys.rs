@@ -178,9 +178,7 @@ pub(super) async fn deploy(
 fn refusal(e: DeployError) -> ApiError {
     match e {
         DeployError::Refused(Refusal::Unknown(_)) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
-        DeployError::Refused(_) => {
-            ApiError(StatusCode::CONFLICT, e.to_string())
-        }
+        DeployError::Refused(_) => ApiError(StatusCode::CONFLICT, e.to_string()),
         DeployError::Invalid(_)
         | DeployError::Wiring(_)
         | DeployError::Missing(_)
