@@ -219,6 +219,16 @@ fn a_breaking_deploy_is_refused_by_name_a_passive_one_taken_and_rolled_back() {
         assert!(refused.contains(name), "{name} in {refused}");
         assert!(text.contains(name), "{name} in {text}");
     }
+    // CI with no host: against a checkout of what is deployed.
+    let deployed = app_of(Backend::Embedded, &p1, &c1);
+    let dir = deployed.path().display().to_string();
+    let (ok, text) = troupe(&app, &["check", ".", "--against", &dir]);
+    assert!(!ok, "{text}");
+    for name in [T, "`p` (as deployed)", "`c` (this deploy)", "/amount"] {
+        assert!(text.contains(name), "{name} in {text}");
+    }
+    let (ok, text) = troupe(&deployed, &["check", ".", "--against", &dir]);
+    assert!(ok && text.contains("passive against"), "{text}");
     let listed = host.client.get("/v1/deployments").unwrap();
     assert_eq!(
         listed["deployments"].as_array().unwrap().len(),
