@@ -25,8 +25,33 @@ pub fn epoch_ms(time: &str) -> Option<u64> {
         .map(|d| d.as_millis() as u64)
 }
 
+/// A point in time as an operator writes one (`--since 1h`, `since=...`):
+/// an RFC 3339 time, or a duration (`90s`, `15m`, `1h`, `2d`) before
+/// `now`. Epoch ms.
+pub fn parse_when(text: &str, now: u64) -> Result<u64, String> {
+    if let Some(t) = epoch_ms(text) {
+        return Ok(t);
+    }
+    match humantime::parse_duration(text) {
+        Ok(d) => Ok(now.saturating_sub(d.as_millis() as u64)),
+        Err(_) => Err(format!(
+            "{:?} is neither an RFC 3339 time (2026-12-07T03:00:00Z) nor a duration before now \
+             (90s, 15m, 1h, 2d)",
+            crate::text::clean(text, 80)
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_when_is_a_time_or_a_duration_before_now() {
+        let now = 1_796_130_256_949;
+        assert_eq!(super::parse_when("1h", now), Ok(now - 3_600_000));
+        assert_eq!(super::parse_when(&super::rfc3339(now - 5), now), Ok(now - 5));
+        assert!(super::parse_when("soon", now).unwrap_err().contains("neither"));
+    }
+
     #[test]
     fn times_read_back_to_the_millisecond() {
         let t = 1_796_130_256_949;

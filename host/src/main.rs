@@ -111,6 +111,9 @@ enum Cmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Find runs (newest first; --flow, --status, --since, --until,
+    /// --key), count them, cancel one, redrive one.
+    Runs(cli::runs::RunsArgs),
     /// The aggregated status of a run.
     Status {
         /// The run id (what `start` printed).
@@ -420,6 +423,7 @@ fn run(cli: Cli) -> Result<()> {
             api,
         } => flows::start(&flow, &input, idempotency_key.as_deref(), wait, &api, json),
         Cmd::Status { run, watch, api } => flows::status(&run, watch, &api, json),
+        Cmd::Runs(args) => cli::runs::runs(args, json),
         Cmd::Publish {
             app,
             kind,

@@ -24,6 +24,7 @@ mod outbound;
 mod queued;
 mod restart;
 mod retention;
+mod runs;
 mod sandbox;
 mod scale_out;
 mod state;

@@ -519,6 +519,38 @@ impl ApiHost {
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.runtime.block_on(f)
     }
+
+    /// A request with the token, whatever its status: (status, JSON body).
+    pub fn raw(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
+        raw(&self.url, &self.token, method, path, body)
+    }
+}
+
+/// A request to the API at `base` with `token`, whatever its status:
+/// (status, JSON body, or the text as a JSON string).
+pub fn raw(
+    base: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{base}{path}");
+    let auth = format!("Bearer {token}");
+    let r = match (method, body) {
+        ("POST", Some(b)) => agent.post(&url).header("Authorization", &auth).send_json(b),
+        ("POST", None) => agent.post(&url).header("Authorization", &auth).send_empty(),
+        _ => agent.get(&url).header("Authorization", &auth).call(),
+    };
+    let mut r = r.expect("the API answers");
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, v)
 }
 
 impl Drop for ApiHost {

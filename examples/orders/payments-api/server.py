@@ -10,8 +10,15 @@ shaped like the APIs it stands for:
   charged again; the stored charge is answered with 200 and
   `Idempotent-Replayed: true`. (Troupe puts the same key on every redelivery
   of an event, so a redelivered order is charged once.)
-- `GET /v1/charges` (key required) lists the charges.
-- `GET /stats` counts requests, charges and replays (no key: it holds none).
+- `POST /v1/refunds` with `{"charge_id", "amount_cents"}` pays a charge
+  back: 201 with `{"id": "re_N", ...}`; 404 for a charge it never made; a
+  charge is refunded once (a second refund of it, under another key, is
+  answered with the first and `Idempotent-Replayed: true`). The same
+  `Idempotency-Key` rules as charges.
+- `GET /v1/charges` (key required) lists the charges, `GET /v1/refunds` the
+  refunds.
+- `GET /stats` counts requests, charges, refunds and replays (no key: it
+  holds none).
 - `POST /control` tells it to misbehave, for demos and tests:
   `{"fail": N}` answers the next N charges 503 without charging;
   `{"fail_after_charge": N}` charges the next N, then answers 503 as if the
@@ -38,6 +45,8 @@ class Ledger:
     def __init__(self):
         self.lock = threading.Lock()
         self.charges = []
+        self.refunds = []
+        self.refunded = {}
         self.by_key = {}
         self.requests = 0
         self.replays = 0
@@ -97,13 +106,23 @@ class Handler(BaseHTTPRequestHandler):
         ledger = self.server.ledger
         if self.path == "/stats":
             with ledger.lock:
-                stats = {"requests": ledger.requests, "charges": len(ledger.charges), "replays": ledger.replays}
+                stats = {
+                    "requests": ledger.requests,
+                    "charges": len(ledger.charges),
+                    "refunds": len(ledger.refunds),
+                    "replays": ledger.replays,
+                }
             return self.answer(200, stats)
         if self.path == "/v1/charges":
             if not self.authorised():
                 return
             with ledger.lock:
                 return self.answer(200, {"charges": list(ledger.charges)})
+        if self.path == "/v1/refunds":
+            if not self.authorised():
+                return
+            with ledger.lock:
+                return self.answer(200, {"refunds": list(ledger.refunds)})
         self.answer(404, {"error": f"no {self.path}"})
 
     def do_POST(self):
@@ -116,6 +135,8 @@ class Handler(BaseHTTPRequestHandler):
                     if k in told:
                         setattr(ledger, k, int(told[k]))
             return self.answer(200, {"ok": True})
+        if self.path == "/v1/refunds":
+            return self.refund(req)
         if self.path != "/v1/charges":
             return self.answer(404, {"error": f"no {self.path}"})
         with ledger.lock:
@@ -152,6 +173,42 @@ class Handler(BaseHTTPRequestHandler):
         if lost:
             return self.answer(503, {"error": "the answer was lost on the way (the charge was made)"})
         self.answer(201, charge)
+
+
+    def refund(self, req):
+        ledger = self.server.ledger
+        with ledger.lock:
+            ledger.requests += 1
+        if not self.authorised():
+            return
+        if not isinstance(req, dict) or not isinstance(req.get("charge_id"), str):
+            return self.answer(400, {"error": "body must be JSON with a charge_id"})
+        key = self.headers.get("idempotency-key")
+        with ledger.lock:
+            if key and key in ledger.by_key:
+                ledger.replays += 1
+                return self.answer(200, ledger.by_key[key], [("idempotent-replayed", "true")])
+            if ledger.fail > 0:
+                ledger.fail -= 1
+                return self.answer(503, {"error": "the provider is unavailable; try again"})
+            charge = next((c for c in ledger.charges if c["id"] == req["charge_id"]), None)
+            if charge is None:
+                return self.answer(404, {"error": f"no charge {req['charge_id']}"})
+            done = ledger.refunded.get(charge["id"])
+            if done is not None:
+                ledger.replays += 1
+                return self.answer(200, done, [("idempotent-replayed", "true")])
+            refund = {
+                "id": f"re_{len(ledger.refunds) + 1}",
+                "charge_id": charge["id"],
+                "order_id": charge["order_id"],
+                "amount_cents": charge["amount_cents"],
+            }
+            ledger.refunds.append(refund)
+            ledger.refunded[charge["id"]] = refund
+            if key:
+                ledger.by_key[key] = refund
+        self.answer(201, refund)
 
 
 def main():

@@ -4,6 +4,8 @@
 //! |---|---|
 //! | `POST /v1/flows/{flow}/runs` | start a run; `202` with its id and a `Location` to poll |
 //! | `GET /v1/runs/{id}` | the run's aggregated status |
+//! | `GET /v1/runs`, `GET /v1/runs/counts` | find runs (filters, cursor), counts per flow and state |
+//! | `POST /v1/runs/{id}/cancel`, `POST /v1/runs/{id}/redrive` | cancel a run, run a failed one again |
 //! | `POST /v1/events` | publish events into the choreography (CloudEvents HTTP binding: structured, binary or batch) |
 //! | `GET /v1/dlq`, `GET /v1/dlq/{id}`, `POST /v1/dlq/{id}/replay` | dead letters |
 //! | `GET /v1/traces/{correlation_id}` | every event of a cascade or run |
@@ -29,7 +31,7 @@ use serde_json::{Value, json};
 
 use crate::broker::{Broker, BrokerError, ErrorKind};
 use crate::event::Event;
-use crate::orchestrator::{Orchestrator, StartError};
+use crate::orchestrator::Orchestrator;
 use crate::runtime::step::LoadedStep;
 use crate::stats::Stats;
 
@@ -39,6 +41,7 @@ mod health;
 pub mod kv;
 pub mod metrics;
 mod openapi;
+mod runs;
 pub mod status;
 
 pub use openapi::openapi_json;
@@ -133,8 +136,12 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
 /// `/readyz`.
 pub fn router(state: ApiState) -> Router {
     let guarded = Router::new()
-        .route("/v1/flows/{flow}/runs", post(start_run))
-        .route("/v1/runs/{id}", get(run_status))
+        .route("/v1/flows/{flow}/runs", post(runs::start_run))
+        .route("/v1/runs", get(runs::list))
+        .route("/v1/runs/counts", get(runs::counts))
+        .route("/v1/runs/{id}", get(runs::run_status))
+        .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/runs/{id}/redrive", post(runs::redrive))
         .route("/v1/events", post(publish))
         .route("/v1/dlq", get(dlq_list))
         .route("/v1/dlq/{id}", get(dlq_show))
@@ -198,114 +205,6 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Seconds a producer refused for `max_active_runs` is told to wait.
 pub const RETRY_AFTER: &str = "1";
-
-/// Start a run of a flow; the body is the input event's data.
-#[utoipa::path(post, path = "/v1/flows/{flow}/runs",
-    params(
-        ("flow" = String, Path, description = "The flow's name (its file name under flows/)"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes the start idempotent: the same key for the same flow within 24 hours returns the run it started (200) instead of starting another. 1 to 255 printable ASCII characters"),
-    ),
-    request_body(content = Object, description = "The data of the run's input event"),
-    responses(
-        (status = 200, description = "Already started with this `Idempotency-Key` (within 24 hours): that run's `run_id`, and `Location` of its status; nothing is started"),
-        (status = 202, description = "Started: `run_id`, and `Location` of its status"),
-        (status = 400, description = "The body is not JSON, or the Idempotency-Key is not 1 to 255 printable ASCII characters"),
-        (status = 404, description = "No such flow"),
-        (status = 413, description = "The input is larger than a run's record may hold on this broker"),
-        (status = 422, description = "The input breaks the contract of the flow's first step, or checking it ran out of the contract's budget"),
-        (status = 503, description = "Not now: `max_active_runs` runs are active (with `Retry-After`), or this host stands by"),
-    ))]
-async fn start_run(
-    State(s): State<ApiState>,
-    Path(flow): Path<String>,
-    headers: HeaderMap,
-    Body(input): Body,
-) -> Result<Response, ApiError> {
-    let Some(o) = &s.orchestrator else {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no flow named {flow:?}: the app has no flows"),
-        ));
-    };
-    let key = match headers.get(IDEMPOTENCY_KEY).map(HeaderValue::to_str) {
-        None => None,
-        Some(Ok(k)) => Some(k),
-        Some(Err(_)) => {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                "the Idempotency-Key header is not printable ASCII".into(),
-            ));
-        }
-    };
-    match o.start(&flow, input, key).await {
-        Ok((id, new)) => {
-            let location = format!("/v1/runs/{id}");
-            let status = if new {
-                StatusCode::ACCEPTED
-            } else {
-                StatusCode::OK
-            };
-            let mut r = (
-                status,
-                Json(json!({ "run_id": id, "status_url": location })),
-            )
-                .into_response();
-            r.headers_mut().insert(
-                header::LOCATION,
-                HeaderValue::from_str(&location).expect("an ASCII path"),
-            );
-            Ok(r)
-        }
-        Err(e @ StartError::BadKey(_)) => Err(ApiError(StatusCode::BAD_REQUEST, e.to_string())),
-        Err(e @ StartError::UnknownFlow(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
-        Err(e @ StartError::TooLarge { .. }) => {
-            Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
-        }
-        Err(e @ StartError::BadInput { .. }) => {
-            Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
-        }
-        Err(e @ StartError::Busy { .. }) => {
-            let mut r = ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
-            Ok(r)
-        }
-        Err(StartError::Broker(e)) => Err(e.into()),
-        Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
-    }
-}
-
-/// The aggregated status of a run: its state, and each step's state,
-/// attempts, timings, output and errors.
-#[utoipa::path(get, path = "/v1/runs/{id}",
-    params(("id" = String, Path, description = "The run id")),
-    responses((status = 200, description = "The run's status"), (status = 404, description = "No such run")))]
-async fn run_status(
-    State(s): State<ApiState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let run = match &s.orchestrator {
-        Some(o) => o.status(&id).await?,
-        None => None,
-    };
-    let Some(run) = run else {
-        // The note is a courtesy: a store that cannot say still answers 404.
-        let note = s
-            .broker
-            .horizon()
-            .await
-            .map(|h| h.runs_note())
-            .unwrap_or_default();
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no run {id:?}{note}"),
-        ));
-    };
-    let status = status::RunStatus::from(&run);
-    Ok(Json(
-        serde_json::to_value(status).expect("a status serialises"),
-    ))
-}
 
 /// Publish events into the choreography, in any of the CloudEvents HTTP
 /// binding's modes (`event::http`): one event (structured or binary) or a
@@ -531,6 +430,20 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
             load.limit,
             load.refused()
         ));
+        // Counted by the run index; a store slow to answer leaves them out
+        // rather than hold the scrape.
+        let wait = std::time::Duration::from_secs(2);
+        if let Ok(Ok(counts)) = tokio::time::timeout(wait, o.counts()).await {
+            out.push_str(
+                "# HELP troupe_runs Runs stored, by flow and state\n# TYPE troupe_runs gauge\n",
+            );
+            for c in counts {
+                out.push_str(&format!(
+                    "troupe_runs{{flow=\"{}\",state=\"{}\"}} {}\n",
+                    c.flow, c.state, c.count
+                ));
+            }
+        }
         let standing = o.standing();
         out.push_str(&format!(
             "# HELP troupe_orchestrator_driving 1 while this host drives the app's flows (holds the orchestrator lease), 0 while it stands by

@@ -14,7 +14,7 @@ use utoipa::OpenApi;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Troupe", description = "Run event-driven microservices out of sandboxed WebAssembly steps."),
-    paths(super::start_run, super::run_status, super::publish, super::dlq_list, super::dlq_show, super::dlq_replay, super::trace, super::kv::bucket, super::kv::entry, super::deploys::list, super::deploys::show, super::deploys::deploy, super::healthz, super::health::readyz, super::metrics, super::openapi),
+    paths(super::runs::start_run, super::runs::run_status, super::runs::list, super::runs::counts, super::runs::cancel, super::runs::redrive, super::publish, super::dlq_list, super::dlq_show, super::dlq_replay, super::trace, super::kv::bucket, super::kv::entry, super::deploys::list, super::deploys::show, super::deploys::deploy, super::healthz, super::health::readyz, super::metrics, super::openapi),
     modifiers(&Bearer)
 )]
 struct ApiDoc;
@@ -86,8 +86,9 @@ fn complete(doc: &mut Value) {
                     // Not ready says why in the same shape.
                     responses["503"]["content"] = json!({ ct: {"schema": schema.clone()} });
                 }
-                if path == "/v1/flows/{flow}/runs" {
-                    // An idempotent start answered with the run it started.
+                if path == "/v1/flows/{flow}/runs" || path == "/v1/runs/{id}/cancel" {
+                    // An idempotent start answered with the run it started;
+                    // a cancel that is done.
                     responses["200"]["content"] = json!({ ct: {"schema": schema} });
                 }
             }
@@ -101,6 +102,23 @@ fn complete(doc: &mut Value) {
                         _ => json!({"type": "string", "minLength": 1, "maxLength": 4096}),
                     };
                 }
+            }
+            if method == "post" && (path.ends_with("/cancel") || path.ends_with("/redrive")) {
+                op["requestBody"] = json!({
+                    "required": false,
+                    "description": "Optional: who asks (`by`, default `api`) and why (`reason`), kept on the run",
+                    "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": false,
+                        "properties": {"by": {"type": "string"}, "reason": {"type": "string"}}
+                    }}}
+                });
+                op["responses"]["409"]["content"] = json!({"application/json": {"schema": {
+                    "type": "object", "required": ["error", "state", "run"],
+                    "properties": {
+                        "error": {"type": "string"}, "state": {"type": "string"},
+                        "run": {"$ref": "#/components/schemas/Run"}
+                    }
+                }}});
             }
             if method == "post" && path == "/v1/deployments" {
                 // Every field is optional, and so is the body.
@@ -139,6 +157,24 @@ fn success_schema(method: &str, path: &str) -> Option<Value> {
             "properties": {"run_id": {"type": "string"}, "status_url": {"type": "string"}}
         }),
         ("get", "/v1/runs/{id}") => r("Run"),
+        ("post", "/v1/runs/{id}/cancel") | ("post", "/v1/runs/{id}/redrive") => r("Run"),
+        ("get", "/v1/runs") => json!({
+            "type": "object", "required": ["runs"],
+            "properties": {
+                "runs": {"type": "array", "items": r("RunSummary")},
+                "next_cursor": {"type": "string", "description": "The cursor of the next page, while there is one"}
+            }
+        }),
+        ("get", "/v1/runs/counts") => json!({
+            "type": "object", "required": ["counts", "total"],
+            "properties": {
+                "counts": {"type": "array", "items": {
+                    "type": "object", "required": ["flow", "state", "count"],
+                    "properties": {"flow": {"type": "string"}, "state": {"type": "string"}, "count": {"type": "integer", "minimum": 0}}
+                }},
+                "total": {"type": "integer", "minimum": 0}
+            }
+        }),
         ("get", "/v1/deployments") => json!({
             "type": "object", "required": ["deployments", "current", "loaded"],
             "properties": {
@@ -308,6 +344,25 @@ fn schemas() -> Value {
                 "event": {"$ref": "#/components/schemas/CloudEvent"}
             }
         },
+        "Operated": {
+            "type": "object", "required": ["by", "at", "event"],
+            "description": "What an operator did to a run: who, why, when, and the id of the control event that asked",
+            "properties": {
+                "by": {"type": "string"}, "reason": {"type": "string"},
+                "at": {"type": "string"}, "event": {"type": "string"}
+            }
+        },
+        "RunSummary": {
+            "type": "object", "required": ["id", "flow", "state", "created", "updated"],
+            "properties": {
+                "id": {"type": "string"}, "flow": {"type": "string"},
+                "state": {"type": "string", "enum": ["running", "compensating", "completed", "compensated", "failed", "timed_out", "cancelled"]},
+                "created": {"type": "string"}, "updated": {"type": "string"},
+                "deployment": {"type": "integer", "minimum": 1},
+                "key": {"type": "string"},
+                "error": {"type": "string", "description": "Why it failed, cut to 300 bytes"}
+            }
+        },
         "Run": {
             "type": "object",
             "required": ["id", "flow", "state", "input", "created", "updated", "steps"],
@@ -315,13 +370,15 @@ fn schemas() -> Value {
                 "id": {"type": "string"},
                 "flow": {"type": "string"},
                 "deployment": {"type": "integer", "minimum": 1, "description": "The deployment the run started on: its flow and steps, to its end"},
-                "state": {"type": "string", "enum": ["running", "compensating", "completed", "compensated", "failed", "timed_out"]},
+                "state": {"type": "string", "enum": ["running", "compensating", "completed", "compensated", "failed", "timed_out", "cancelled"]},
                 "input": {},
                 "created": {"type": "string"},
                 "updated": {"type": "string"},
                 "finished": {"type": "string"},
                 "duration_ms": {"type": "integer", "minimum": 0},
                 "error": {"type": "string"},
+                "cancelled": {"$ref": "#/components/schemas/Operated"},
+                "redrives": {"type": "array", "items": {"$ref": "#/components/schemas/Operated"}},
                 "steps": {"type": "object", "additionalProperties": {
                     "type": "object", "required": ["state", "attempts"],
                     "properties": {

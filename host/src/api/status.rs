@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::orchestrator::run::{RunRecord, RunState, StepRecord, StepState};
+use crate::orchestrator::run::{Operated, RunRecord, RunState, StepRecord, StepState};
 
 /// A run's status.
 #[derive(Serialize)]
@@ -34,6 +34,12 @@ pub struct RunStatus<'a> {
     error: Option<&'a str>,
     /// Flow steps by id; compensations as `ID~undo`.
     steps: BTreeMap<&'a str, StepStatus<'a>>,
+    /// Who cancelled it, why, when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancelled: Option<&'a Operated>,
+    /// Each redrive, oldest first.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    redrives: &'a [Operated],
 }
 
 /// A flow step's status.
@@ -80,6 +86,8 @@ impl<'a> From<&'a RunRecord> for RunStatus<'a> {
                 .iter()
                 .map(|(id, s)| (id.as_str(), StepStatus::from(s)))
                 .collect(),
+            cancelled: r.cancelled.as_ref(),
+            redrives: &r.redrives,
         }
     }
 }

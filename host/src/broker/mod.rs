@@ -32,6 +32,7 @@ mod error;
 mod health;
 pub mod nats;
 pub mod retention;
+pub mod runs;
 mod url;
 
 pub use dead_letter::DeadLetter;
@@ -178,6 +179,12 @@ pub struct Commit {
     /// something that ended with it, a run: kept for `[retention] runs`
     /// from now, then pruned.
     pub ended: Vec<String>,
+    /// State rows named `ended` by an earlier commit that record
+    /// something going on again (a redriven run): no longer pruned.
+    pub reopened: Vec<String>,
+    /// The run index's entries of runs whose record this commit writes
+    /// ([`runs`]).
+    pub runs: Vec<runs::RunEntry>,
 }
 
 /// An invocation's state changes, for its commit.
@@ -364,6 +371,13 @@ pub trait RunState: Send + Sync {
         Ok(true)
     }
 
+    /// A page of the runs `query` asks for, newest first, from the run
+    /// index ([`runs`]): never a scan of every run.
+    async fn runs_list(&self, query: &runs::RunQuery) -> Result<runs::RunPage, BrokerError>;
+
+    /// How many runs of each flow are in each state.
+    async fn runs_counts(&self) -> Result<Vec<runs::RunCount>, BrokerError>;
+
     /// Steps' buckets, as their invocations read them (see [`crate::kv`]),
     /// for a host that runs steps (on NATS, it takes part in applying the
     /// app's state commits from then on); `None` where this broker keeps
@@ -501,4 +515,10 @@ pub const RUN_ROW: &str = "run/";
 /// The `state` of a run record that has ended, for stores written before
 /// [`Commit::ended`] (the orchestrator's `RunState::is_final`, checked
 /// against this list by its tests).
-pub const ENDED_RUN_STATES: &[&str] = &["completed", "compensated", "failed", "timed_out"];
+pub const ENDED_RUN_STATES: &[&str] = &[
+    "completed",
+    "compensated",
+    "failed",
+    "timed_out",
+    "cancelled",
+];

@@ -5,6 +5,7 @@ pub mod events;
 pub mod flows;
 pub mod plugins;
 pub mod run;
+pub mod runs;
 pub mod state;
 pub mod store;
 

@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use super::flows::FlowSets;
 use super::machine::{Action, Machine, Start, Started, Transition};
+use super::control::{self, Ask, Control};
 use super::run::{RunRecord, RunState, key};
 use super::timers::Timers;
 use super::{Inbox, Msg, StartError, Starting, now_ms};
@@ -46,6 +47,12 @@ pub(super) enum Settled {
     Resynced { run: String },
     /// A run's start could not be stored (its producer was told).
     StartFailed { run: String },
+    /// An ended run's record, read for a redrive (`None`: no such run).
+    Loaded {
+        delivery: Delivery,
+        ask: Ask,
+        run: Option<Box<RunRecord>>,
+    },
 }
 
 /// The first wait before a run whose commit failed is written again; it
@@ -273,6 +280,38 @@ impl Driver {
     }
 
     fn on_delivery(&mut self, d: Delivery) {
+        // A redrive of a run that ended: its record is read first (from
+        // memory if its final record is still being written).
+        if let Some(Control::Redrive(ask)) = control::read(&d.event) {
+            let id = crate::protocol::run_of(&d.event).to_string();
+            if self.machine.run(&id).is_none() {
+                match self.ending.get(&id) {
+                    Some(run) => {
+                        let run = Box::new(run.clone());
+                        self.redrive(d, ask, Some(run));
+                    }
+                    None => {
+                        let (broker, tell) = (self.broker.clone(), self.settled.clone());
+                        tokio::spawn(async move {
+                            let run = match broker.state_get(&key(&id)).await {
+                                Ok(v) => v.and_then(|v| serde_json::from_slice(&v).ok()),
+                                Err(e) => {
+                                    // Delivered again after the backoff.
+                                    tracing::warn!(run = %id, "cannot read the run to redrive: {e}");
+                                    return;
+                                }
+                            };
+                            let _ = tell.send(Settled::Loaded {
+                                delivery: d,
+                                ask,
+                                run,
+                            });
+                        });
+                    }
+                }
+                return;
+            }
+        }
         match self.machine.on_event(&d.event, now_ms()) {
             Some(t) => self.commit(Some(d), t, None),
             // A reply for a finished run (a late answer or a duplicate), or
@@ -284,6 +323,35 @@ impl Driver {
                 },
                 Box::new(|r| log_failure(&r)),
             ),
+        }
+    }
+
+    /// Redrive `run` as delivery `d` asks, or only ack it if the run
+    /// cannot be (the API said why before it sent the request; a copy
+    /// delivered again finds it done).
+    fn redrive(&mut self, d: Delivery, ask: Ask, run: Option<Box<RunRecord>>) {
+        let id = crate::protocol::run_of(&d.event).to_string();
+        let outcome = match run {
+            _ if self.machine.run(&id).is_some() => Err("it is running".to_string()),
+            None => Err("no such run".to_string()),
+            Some(run) => self.machine.redrive(*run, ask, &d.event.id, now_ms()),
+        };
+        match outcome {
+            Ok(t) => {
+                tracing::info!(run = %id, "redriven");
+                // It goes on: no final record of it is to be written again.
+                self.ending.remove(&id);
+                self.resync.remove(&id);
+                self.commit(Some(d), t, None);
+            }
+            Err(why) => {
+                tracing::info!(run = %id, "not redriven: {why}");
+                let ack = Commit {
+                    ack: Some(d),
+                    ..Commit::default()
+                };
+                self.broker.commit_then(ack, Box::new(|r| log_failure(&r)));
+            }
         }
     }
 
@@ -324,6 +392,11 @@ impl Driver {
                 self.ending.remove(&run);
                 self.resync.remove(&run);
             }
+            Settled::Loaded {
+                delivery,
+                ask,
+                run,
+            } => self.redrive(delivery, ask, run),
         }
     }
 
@@ -347,10 +420,10 @@ impl Driver {
                 r.0 = u64::MAX;
             }
             let t = match self.ending.get(&run) {
-                Some(ended) => Some(Transition {
-                    run: run.clone(),
-                    actions: vec![Action::End(Box::new(ended.clone()))],
-                }),
+                Some(ended) => Some(Transition::of(
+                    &run,
+                    vec![Action::End(Box::new(ended.clone()))],
+                )),
                 None => self.machine.resync(&run, now),
             };
             let Some(t) = t else {
@@ -379,7 +452,9 @@ impl Driver {
     /// asks for it, the run ended, or the journal takes every transition.
     fn commit(&mut self, ack: Option<Delivery>, t: Transition, then: Option<crate::broker::Then>) {
         let write = t.checkpoint() || self.journal == Journal::EveryTransition;
-        let Transition { run: id, actions } = t;
+        let Transition {
+            run: id, actions, ..
+        } = t;
         let mut commit = Commit {
             ack,
             ..Commit::default()
@@ -394,6 +469,14 @@ impl Driver {
                         .arm(at, &id, &sid, |at, run, sid| machine.live(at, run, sid));
                 }
                 Action::Checkpoint => {}
+                Action::Reopen => {
+                    commit.reopened.push(key(&id));
+                    if let Some(run) = self.machine.run(&id)
+                        && let Some(k) = &run.key
+                    {
+                        commit.reopened.push(super::machine::key_row(&run.flow, k));
+                    }
+                }
                 Action::Put { key, value } => {
                     if key == crate::deploy::IN_USE_ROW {
                         self.pins.send_replace(self.machine.pins());
@@ -403,6 +486,7 @@ impl Driver {
                 Action::End(run) => {
                     tracing::debug!(run = %id, flow = %run.flow, state = ?run.state, "run finished");
                     commit.state.push((key(&id), Some(record(&run))));
+                    commit.runs.push(run.entry());
                     // Kept for `[retention] runs`, with the row of the
                     // idempotency key that started it.
                     commit.ended.push(key(&id));
@@ -419,6 +503,7 @@ impl Driver {
             && let Some(run) = self.machine.run(&id)
         {
             commit.state.push((key(&id), Some(record(run))));
+            commit.runs.push(run.entry());
         }
         // A transition the log alone explains (a reply's, without a
         // record) sends commands that can be derived again from the

@@ -26,10 +26,12 @@
 //! and the broker drops those it already has, so a step sees a command
 //! twice only as at-least-once delivery allows, with the same id.
 
+pub mod control;
 mod driver;
 pub mod flows;
 pub mod lease;
 mod machine;
+mod operate;
 pub mod run;
 mod timers;
 
@@ -46,6 +48,7 @@ pub(crate) use crate::clock::{now_ms, rfc3339};
 use crate::flow::Flow;
 use crate::protocol::GROUP;
 pub use flows::FlowSets;
+pub use operate::{ControlError, Controlled, state_name};
 use run::{RunRecord, RunState, key};
 
 /// The `[orchestrator]` table of `troupe.toml`: how many runs the host
@@ -159,6 +162,8 @@ pub struct Orchestrator {
     check_input: InputCheck,
     load: Arc<Load>,
     standing: Arc<lease::Shared>,
+    /// The app's name (the source of the control events it sends).
+    app: String,
 }
 
 /// How busy the driver is: what `/metrics` shows of it, and the limit it
@@ -237,6 +242,7 @@ impl Orchestrator {
             check_input,
             load,
             standing,
+            app: app.to_string(),
         })
     }
 

@@ -23,6 +23,8 @@ pub enum RunState {
     Failed,
     /// Ran past the flow's timeout (after compensating).
     TimedOut,
+    /// Cancelled by an operator (after compensating what completed).
+    Cancelled,
 }
 
 impl RunState {
@@ -156,6 +158,43 @@ pub struct RunRecord {
     /// The `Idempotency-Key` the run was started with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Who cancelled it, why and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<Operated>,
+    /// Each redrive, oldest first: the steps that failed ran again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redrives: Vec<Operated>,
+}
+
+/// What an operator did to a run: who, why, when, and the id of the
+/// control event that asked (a copy delivered again does nothing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Operated {
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub at: String,
+    pub event: String,
+}
+
+impl RunRecord {
+    /// What the run index keeps of the run ([`crate::broker::runs`]).
+    pub fn entry(&self) -> crate::broker::runs::RunEntry {
+        let name = serde_json::to_value(self.state).expect("a state serialises");
+        crate::broker::runs::RunEntry {
+            id: self.id.clone(),
+            flow: self.flow.clone(),
+            state: name.as_str().unwrap_or_default().to_string(),
+            created_ms: self.created_ms,
+            updated_ms: crate::clock::epoch_ms(&self.updated).unwrap_or(self.created_ms),
+            deployment: self.deployment,
+            key: self.key.clone(),
+            error: self
+                .error
+                .as_deref()
+                .map(|e| crate::text::clean(e, crate::broker::runs::MAX_ERROR)),
+        }
+    }
 }
 
 /// The state-row key of a run.
@@ -178,6 +217,7 @@ mod tests {
             RunState::Compensated,
             RunState::Failed,
             RunState::TimedOut,
+            RunState::Cancelled,
         ];
         let mut finals: Vec<String> = all
             .iter()

@@ -25,6 +25,7 @@ mod health;
 pub mod kv;
 mod offline;
 mod prune;
+mod runs;
 mod store;
 mod transport;
 mod writer;
@@ -346,6 +347,8 @@ impl Publish for Embedded {
             kv: None,
             early: false,
             ended: Vec::new(),
+            runs: Vec::new(),
+            reopened: Vec::new(),
             reply,
         })
         .await
@@ -362,6 +365,18 @@ impl RunState for Embedded {
     async fn state_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BrokerError> {
         let prefix = prefix.to_string();
         self.read(move |c| store::scan_state(c, &prefix)).await
+    }
+
+    async fn runs_list(
+        &self,
+        query: &crate::broker::runs::RunQuery,
+    ) -> Result<crate::broker::runs::RunPage, BrokerError> {
+        let query = query.clone();
+        self.read(move |c| runs::query(c, &query)).await
+    }
+
+    async fn runs_counts(&self) -> Result<Vec<crate::broker::runs::RunCount>, BrokerError> {
+        self.read(runs::counts).await
     }
 
     async fn state_create(&self, key: &str, value: Vec<u8>) -> Result<bool, BrokerError> {

@@ -142,6 +142,9 @@ pub(super) fn batch(
     for key in &ended {
         tx.prepare_cached("DELETE FROM state WHERE key = ?1")?
             .execute([key])?;
+        if let Some(id) = key.strip_prefix(RUN_ROW) {
+            super::runs::forget(tx, id)?;
+        }
         tx.prepare_cached("DELETE FROM ended WHERE key = ?1")?
             .execute([key])?;
     }
@@ -287,6 +290,16 @@ pub(super) fn probe(tx: &Transaction, now: i64) -> Result<(), BrokerError> {
         "INSERT OR REPLACE INTO pruned (what, before_ms, count, capped) VALUES ('probe', ?1, 0, 0)",
     )?
     .execute([now])?;
+    Ok(())
+}
+
+/// Records that ended and go on again (`Commit::reopened`: a redriven
+/// run) are no longer pruned.
+pub(super) fn reopen(tx: &Transaction, keys: &[String]) -> Result<(), BrokerError> {
+    for key in keys {
+        tx.prepare_cached("DELETE FROM ended WHERE key = ?1")?
+            .execute([key])?;
+    }
     Ok(())
 }
 

@@ -147,12 +147,13 @@ fn create_new(state_dir: &Path) -> Result<(), BrokerError> {
     made
 }
 
-/// The schema's version (`PRAGMA user_version`): 4 since dead letters
+/// The schema's version (`PRAGMA user_version`): 5 since the run index
+/// (`runs`, `run_counts`: [`super::runs`]); 4 since dead letters
 /// say which deployment and component could not handle them; 3 since retention
 /// (`marks`, `ended`, `pruned`, dead letters indexed: [`super::prune`]);
 /// 2 since step state (`kv`, `kv_buckets`: [`super::kv`]); 1 since events
 /// are identified by (id, source); 0 before, when the id alone was unique.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Create the tables, or bring a store written by an earlier version up to
 /// date, in one transaction (so of several connections opening one store,
@@ -184,6 +185,7 @@ fn create(conn: &Connection) -> Result<(), BrokerError> {
         }
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(super::kv::SCHEMA)?;
+        conn.execute_batch(super::runs::SCHEMA)?;
         if old_events {
             conn.execute_batch(
                 "INSERT INTO events SELECT * FROM events_v0; DROP TABLE events_v0;",
@@ -200,6 +202,7 @@ fn create(conn: &Connection) -> Result<(), BrokerError> {
                  ALTER TABLE dlq ADD COLUMN component TEXT;",
             )?;
         }
+        super::runs::upgrade(conn)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(())
     })();

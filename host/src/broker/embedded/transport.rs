@@ -105,6 +105,8 @@ impl Transport for Embedded {
             kv: c.kv.map(Box::new),
             early: c.early,
             ended: c.ended,
+            runs: c.runs,
+            reopened: c.reopened,
             reply: then,
         };
         // If the writer is gone, the delivery stays unsettled on disk and is

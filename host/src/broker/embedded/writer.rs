@@ -62,6 +62,10 @@ pub(super) enum Op {
         /// State rows that record something ended
         /// ([`crate::broker::Commit::ended`]).
         ended: Vec<String>,
+        /// Run index entries ([`crate::broker::Commit::runs`]).
+        runs: Vec<crate::broker::runs::RunEntry>,
+        /// Ended records that go on again ([`crate::broker::Commit::reopened`]).
+        reopened: Vec<String>,
         reply: Reply<()>,
     },
     Retry {

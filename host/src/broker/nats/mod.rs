@@ -46,6 +46,7 @@ mod prune;
 mod publish;
 mod pulling;
 mod rows;
+mod runs;
 mod seal;
 mod start;
 mod state;
@@ -164,6 +165,8 @@ struct Inner {
     kv: Arc<state::Kv>,
     /// Whether the server takes writes (`/readyz`).
     writes: Arc<crate::broker::health::Writes>,
+    /// This host's copy of the run index (`runs.rs`).
+    runs: runs::Follower,
 }
 
 /// The NATS JetStream broker.
@@ -256,6 +259,7 @@ impl Nats {
                 commits,
                 kv,
                 writes: Default::default(),
+                runs: Default::default(),
             }),
         };
         tokio::spawn(broker.inner.publisher.clone().commits(rx));
@@ -269,6 +273,19 @@ impl Nats {
 }
 
 impl Inner {
+    /// The run index, loaded (`runs.rs`).
+    async fn run_index(&self) -> Result<&runs::Follower, BrokerError> {
+        self.runs
+            .ready(|| runs::Source {
+                stream: self.state_stream.clone(),
+                prefix: format!("$KV.{}.", self.names.state_bucket()),
+                state: self.state.clone(),
+                closed: self.closed.subscribe(),
+            })
+            .await?;
+        Ok(&self.runs)
+    }
+
     async fn publish(&self, events: &[Event]) -> Result<(), BrokerError> {
         let r = async { stored(self.publisher.send(events, &[]).await?).await }.await;
         publish::note(&self.writes, &r, None);

@@ -41,7 +41,7 @@ use crate::broker::{BrokerError, Horizon};
 /// The app's `[retention]`, as other apps of the namespace read it.
 const RETENTION_KEY: &str = "app/retention";
 /// What this app's pruners have pruned (a [`Pruned`]).
-const PRUNED_KEY: &str = "app/pruned";
+pub(super) const PRUNED_KEY: &str = "app/pruned";
 /// Ended runs' markers taken per tick.
 const RUNS_BATCH: usize = 1000;
 /// Purges of ended runs' rows in flight at once.
@@ -358,9 +358,18 @@ impl Inner {
             return Ok(None);
         };
         let stream = &self.state_stream;
+        // A deleted marker: the run went on again (a redrive); its rows
+        // stay. A run's index entry goes with its record.
         let rows: Vec<String> = due
             .iter()
-            .map(|m| format!("{prefix}{}", &m.subject[markers.len() - 1..]))
+            .filter(|m| !m.deleted)
+            .flat_map(|m| {
+                let key = &m.subject[markers.len() - 1..];
+                let entry = key
+                    .strip_prefix(crate::broker::RUN_ROW)
+                    .map(|id| format!("{prefix}{}", super::runs::entry_key(id)));
+                std::iter::once(format!("{prefix}{key}")).chain(entry)
+            })
             .collect();
         let purged: Vec<Result<_, _>> = futures_util::stream::iter(rows)
             .map(|row| {
@@ -374,9 +383,8 @@ impl Inner {
             r.map_err(nats)?;
         }
         purge_below(stream, &markers, last_seq + 1).await?;
-        self.pruned
-            .records
-            .fetch_add(due.len() as u64, Ordering::Relaxed);
+        let gone = due.iter().filter(|m| !m.deleted).count();
+        self.pruned.records.fetch_add(gone as u64, Ordering::Relaxed);
         Ok(Some(last_time))
     }
 

@@ -141,13 +141,25 @@ impl Publisher {
         while let Some((c, then)) = rx.recv().await {
             // A run that ends leaves a marker beside its rows, written
             // with them: retention finds ended runs by it (`prune.rs`).
+            // A run's index entry is a row beside its record (`runs.rs`).
+            // A redriven run's marker is deleted: it goes on.
             let mut state = std::borrow::Cow::Borrowed(&c.state);
-            if !c.ended.is_empty() {
-                let markers = c
-                    .ended
-                    .iter()
-                    .map(|k| (format!("{ENDED_MARKER}{k}"), Some(Vec::new())));
-                state.to_mut().extend(markers);
+            if !c.ended.is_empty() || !c.runs.is_empty() || !c.reopened.is_empty() {
+                let rows = state.to_mut();
+                rows.extend(c.runs.iter().map(|e| {
+                    let entry = serde_json::to_vec(e).expect("an index entry serialises");
+                    (super::runs::entry_key(&e.id), Some(entry))
+                }));
+                rows.extend(
+                    c.reopened
+                        .iter()
+                        .map(|k| (format!("{ENDED_MARKER}{k}"), None)),
+                );
+                rows.extend(
+                    c.ended
+                        .iter()
+                        .map(|k| (format!("{ENDED_MARKER}{k}"), Some(Vec::new()))),
+                );
             }
             match self.send(&c.events, &state).await {
                 Err(e) => then(Err(e)),

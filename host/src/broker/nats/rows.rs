@@ -53,6 +53,17 @@ impl RunState for Nats {
         Ok(out)
     }
 
+    async fn runs_list(
+        &self,
+        query: &crate::broker::runs::RunQuery,
+    ) -> Result<crate::broker::runs::RunPage, BrokerError> {
+        Ok(self.inner.run_index().await?.query(query))
+    }
+
+    async fn runs_counts(&self) -> Result<Vec<crate::broker::runs::RunCount>, BrokerError> {
+        Ok(self.inner.run_index().await?.counts())
+    }
+
     async fn state_create(&self, key: &str, value: Vec<u8>) -> Result<bool, BrokerError> {
         use kv::CreateErrorKind;
         match self.inner.state.create(key, value.into()).await {

@@ -41,7 +41,12 @@ impl Machine {
                 None => b"null".to_vec(),
             }
         };
-        let id = derived_id(run_id, &format!("{sid}/{attempt}"));
+        // A redriven run's attempts start again from 1: its redrive count
+        // keeps their ids apart from the first ones'.
+        let id = match run.redrives.len() {
+            0 => derived_id(run_id, &format!("{sid}/{attempt}")),
+            n => derived_id(run_id, &format!("{sid}/r{n}/{attempt}")),
+        };
         let mut extensions = std::collections::BTreeMap::new();
         extensions.insert(TRACEPARENT.to_string(), traceparent(run_id, &id));
         extensions.insert(CORRELATION_ID.to_string(), run_id.to_string());

@@ -125,7 +125,9 @@ impl Machine {
             .steps
             .values()
             .any(|r| r.state == StepState::CompensationFailed);
-        let end = if run.timed_out {
+        let end = if run.cancelled.is_some() {
+            RunState::Cancelled
+        } else if run.timed_out {
             RunState::TimedOut
         } else if undone && !failed_undo {
             RunState::Compensated

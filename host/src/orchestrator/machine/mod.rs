@@ -32,6 +32,7 @@
 //!   and the run's deadline is always armed while it runs.
 
 mod command;
+mod control;
 mod failure;
 mod pins;
 mod recovery;
@@ -53,8 +54,10 @@ use crate::app::RetryPolicy;
 use crate::clock::epoch_ms;
 use crate::event::Event;
 use crate::flow::{Action as FlowAction, Flow, FlowStep, INPUT};
+use crate::orchestrator::control::{self as ctl, Control};
 use crate::protocol::{self, FLOW_STEP, Failure, FailureClass, Reply};
 
+pub(crate) use control::redrivable;
 pub(crate) use start::{KeyRow, key_row};
 pub(crate) use transition::{Action, Start, Started, Transition};
 
@@ -124,7 +127,13 @@ impl Machine {
         if !self.runs.contains_key(&run_id) {
             return None;
         }
-        let mut t = Transition::new(&run_id);
+        match ctl::read(e) {
+            Some(Control::Cancel(ask)) => return self.cancel(&run_id, ask, &e.id, now),
+            // An active run has nothing to redrive.
+            Some(Control::Redrive(_)) => return None,
+            None => {}
+        }
+        let mut t = self.begin(&run_id);
         match protocol::read_reply(e) {
             Some(reply) => self.on_reply(&run_id, e, reply, &mut t, now),
             None => self.on_awaited(&run_id, e, &mut t, now),
@@ -155,21 +164,28 @@ impl Machine {
                 },
                 Reply::Failed(f) => self.step_failed(run_id, &sid, f, t, now),
             }
-        } else if !current && matches!(reply, Reply::Completed(_)) {
+        } else if matches!(reply, Reply::Completed(_))
+            && (!current || rec.state == StepState::Cancelled)
+        {
             // A completion from an attempt that was superseded (it timed
-            // out, and a later attempt was sent): refused, and said.
+            // out, and a later attempt was sent; or the run was cancelled
+            // while it ran): refused, and said.
             let attempt = e
                 .extensions
                 .get(protocol::ATTEMPT)
                 .map_or("an earlier attempt".to_string(), |a| format!("attempt {a}"));
+            let after = if current {
+                "the run was cancelled"
+            } else {
+                "it was superseded"
+            };
             let rec = self
                 .runs
                 .get_mut(run_id)
                 .and_then(|r| r.steps.get_mut(&sid))
                 .expect("present");
             let note = format!(
-                "{attempt} completed after it was superseded: its reply was refused (what it did \
-                 stands)"
+                "{attempt} completed after {after}: its reply was refused (what it did stands)"
             );
             // Once: the reply may be delivered again, or replayed from the
             // log after a restart.
@@ -233,7 +249,7 @@ impl Machine {
         if !self.live(at, run_id, sid) {
             return None;
         }
-        let mut t = Transition::new(run_id);
+        let mut t = self.begin(run_id);
         t.actions.push(Action::Checkpoint);
         let run = self.runs.get_mut(run_id).expect("live");
         if sid.is_empty() {
@@ -383,6 +399,9 @@ impl Machine {
         match run.state {
             RunState::Running => self.advance(run_id, t, now),
             RunState::Compensating => {
+                if run.cancelled.is_some() && protocol::undoes(sid).is_none() {
+                    rec.reason = Some("completed after the run was cancelled".into());
+                }
                 if let Some(orig) = protocol::undoes(sid) {
                     if let Some(r) = run.steps.get_mut(orig) {
                         r.state = StepState::Compensated;
@@ -401,11 +420,22 @@ impl Machine {
         }
     }
 
-    /// Close a transition: stamp the run's record, and if the run ended,
-    /// hand its final record over.
+    /// A transition of run `run_id`, which notes the run's state now.
+    fn begin(&self, run_id: &str) -> Transition {
+        let mut t = Transition::new(run_id);
+        t.was = self.runs.get(run_id).map(|r| r.state);
+        t
+    }
+
+    /// Close a transition: stamp the run's record (written if the run's
+    /// state changed), and if the run ended, hand its final record over.
     fn settle(&mut self, t: &mut Transition, now: u64) {
         let id = t.run.clone();
         self.touch(&id, now);
+        let now_in = self.runs.get(&id).map(|r| r.state);
+        if t.was.is_some() && now_in != t.was && !t.checkpoint() {
+            t.actions.push(Action::Checkpoint);
+        }
         if self.runs.get(&id).is_some_and(|r| r.state.is_final()) {
             let run = self.runs.remove(&id).expect("present");
             if let Some(k) = &run.key {

@@ -30,10 +30,7 @@ impl Machine {
                 // at recovery.
                 let end = t.actions.into_iter().find(|a| matches!(a, Action::End(_)));
                 if let Some(end) = end {
-                    self.replayed_ends.push(Transition {
-                        run: run_id.to_string(),
-                        actions: vec![end],
-                    });
+                    self.replayed_ends.push(Transition::of(run_id, vec![end]));
                 }
             }
             replies += 1;

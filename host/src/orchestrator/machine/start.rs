@@ -60,6 +60,8 @@ impl Machine {
             timed_out: false,
             completions: 0,
             key: s.key.clone(),
+            cancelled: None,
+            redrives: Vec::new(),
         };
         let mut t = Transition::new(&s.id);
         t.actions.push(Action::Checkpoint);

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::event::Event;
-use crate::orchestrator::run::RunRecord;
+use crate::orchestrator::run::{RunRecord, RunState};
 
 /// What a transition asks of the driver.
 #[derive(Debug)]
@@ -23,6 +23,9 @@ pub(crate) enum Action {
     Put { key: String, value: Vec<u8> },
     /// The run ended: its final record (no longer held by the machine).
     End(Box<RunRecord>),
+    /// The run had ended and goes on (a redrive): its record, and the
+    /// row of the key that started it, are no longer to be pruned.
+    Reopen,
 }
 
 /// One decision: what happened to one run.
@@ -30,6 +33,10 @@ pub(crate) enum Action {
 pub(crate) struct Transition {
     pub run: String,
     pub actions: Vec<Action>,
+    /// The run's state before the transition, when it was taken: a
+    /// transition that changes it writes the record (the run index lists
+    /// runs by state).
+    pub(super) was: Option<RunState>,
 }
 
 impl Transition {
@@ -37,6 +44,15 @@ impl Transition {
         Transition {
             run: run.to_string(),
             actions: Vec::new(),
+            was: None,
+        }
+    }
+
+    /// A transition of run `run` made of `actions`.
+    pub fn of(run: &str, actions: Vec<Action>) -> Transition {
+        Transition {
+            actions,
+            ..Transition::new(run)
         }
     }
 

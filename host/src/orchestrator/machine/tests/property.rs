@@ -39,6 +39,13 @@ enum Op {
     /// A new deployment: new runs start on it, runs in flight stay on
     /// theirs.
     Deploy,
+    /// An operator cancels the active run at this index (modulo); the
+    /// control event waits among the replies, and with `twice` a copy of
+    /// it too.
+    Cancel { pick: usize, twice: bool },
+    /// An operator redrives the ended run at this index (modulo), if it
+    /// can be; the same control event is then delivered again.
+    Redrive { pick: usize },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +68,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => prop_oneof![1u64..50, 900u64..1_200].prop_map(Op::Wait),
         1 => prop_oneof![10u64..200, 1_000u64..5_000].prop_map(Op::Restart),
         1 => Just(Op::Deploy),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(pick, twice)| Op::Cancel { pick, twice }),
+        1 => any::<usize>().prop_map(|pick| Op::Redrive { pick }),
     ]
 }
 
@@ -79,8 +88,13 @@ struct World {
     /// The run records written (the last one of each run).
     store: HashMap<String, RunRecord>,
     started: usize,
-    /// Every command id sent for (run, flow step, attempt).
-    ids: HashMap<(String, String, String), HashSet<String>>,
+    /// Every command id sent for (run, flow step, attempt, redrives).
+    ids: HashMap<(String, String, String, usize), HashSet<String>>,
+    /// Runs a cancel reached while they were running: they end
+    /// `cancelled`.
+    cancelled: HashSet<String>,
+    /// How many times each run was redriven.
+    redriven: HashMap<String, usize>,
     /// Per run: the compensations in the order they were first sent, and
     /// the steps to undo (completion order, flow step) as they stood when
     /// the run began to compensate.
@@ -138,6 +152,8 @@ impl World {
             deployment: 1,
             pinned: HashMap::new(),
             pins_written: Vec::new(),
+            cancelled: HashSet::new(),
+            redriven: HashMap::new(),
         }
     }
 
@@ -175,6 +191,7 @@ impl World {
                         t.run.clone(),
                         e.extensions[FLOW_STEP].clone(),
                         e.extensions[ATTEMPT].clone(),
+                        self.redriven.get(&t.run).copied().unwrap_or(0),
                     );
                     self.ids.entry(key).or_default().insert(e.id.clone());
                     let sid = e.extensions[FLOW_STEP].clone();
@@ -194,7 +211,7 @@ impl World {
                     self.pins_written
                         .push(serde_json::from_slice(&value).expect("the pins"));
                 }
-                Action::Checkpoint | Action::Put { .. } => {}
+                Action::Checkpoint | Action::Reopen | Action::Put { .. } => {}
                 Action::End(run) => {
                     self.store.insert(t.run.clone(), *run);
                 }
@@ -270,8 +287,64 @@ impl World {
         let mut e = self.replies.remove(pick % self.replies.len());
         e.time = rfc3339(self.now);
         self.log.push(e.clone());
+        let run = protocol::run_of(&e).to_string();
+        if matches!(ctl::read(&e), Some(Control::Cancel(_)))
+            && self.m.run(&run).is_some_and(|r| r.state == RunState::Running)
+        {
+            self.cancelled.insert(run);
+        }
         if let Some(t) = self.m.on_event(&e, self.now) {
             self.apply(t);
+        }
+    }
+
+    fn cancel(&mut self, pick: usize, twice: bool) {
+        let mut active: Vec<String> = self.m.runs.keys().cloned().collect();
+        if active.is_empty() {
+            return;
+        }
+        active.sort();
+        let run = &active[pick % active.len()];
+        let ask = ctl::Ask {
+            by: "ops".into(),
+            reason: None,
+        };
+        let e = ctl::event(run, SOURCE, &Control::Cancel(ask));
+        self.replies.push(e.clone());
+        if twice {
+            self.replies.push(e);
+        }
+    }
+
+    fn redrive(&mut self, pick: usize) {
+        let mut ended: Vec<&RunRecord> = self
+            .store
+            .values()
+            .filter(|r| matches!(r.state, RunState::Failed | RunState::TimedOut))
+            .filter(|r| self.m.run(&r.id).is_none())
+            .collect();
+        if ended.is_empty() {
+            return;
+        }
+        ended.sort_by(|a, b| a.id.cmp(&b.id));
+        let run = ended[pick % ended.len()].clone();
+        let ask = ctl::Ask {
+            by: "ops".into(),
+            reason: None,
+        };
+        let event = format!("redrive-{}-{}", run.id, run.redrives.len());
+        let can = redrivable(&run, &self.m.flows).is_ok();
+        match self.m.redrive(run.clone(), ask.clone(), &event, self.now) {
+            Ok(t) => {
+                assert!(can, "redriven though not redrivable: {run:?}");
+                *self.redriven.entry(run.id.clone()).or_default() += 1;
+                self.pinned.insert(run.id.clone(), self.deployment);
+                self.apply(t);
+                // The same event again (delivered twice): nothing.
+                let again = self.store[&run.id].clone();
+                assert!(self.m.redrive(again, ask, &event, self.now).is_err());
+            }
+            Err(_) => assert!(!can, "not redriven though redrivable: {run:?}"),
         }
     }
 
@@ -374,6 +447,8 @@ proptest! {
                 Op::Wait(ms) => w.wait(ms),
                 Op::Restart(down) => w.restart(down),
                 Op::Deploy => w.deploy(),
+                Op::Cancel { pick, twice } => w.cancel(pick, twice),
+                Op::Redrive { pick } => w.redrive(pick),
             }
         }
         w.drain();
@@ -416,6 +491,25 @@ proptest! {
             prop_assert_eq!(&sent[..planned.len()], &planned[..]);
         }
         prop_assert!(w.last_state.is_empty(), "runs the world still sees active");
+        // A cancel that reached a running run ends it cancelled, with no
+        // step left waiting; what completed with a compensation was undone
+        // unless undoing it failed.
+        for id in &w.cancelled {
+            let run = &w.store[id];
+            prop_assert_eq!(run.state, RunState::Cancelled, "{:?}", run);
+            prop_assert!(run.cancelled.is_some());
+            for (sid, rec) in &run.steps {
+                let undoable = flow().step(sid).is_some_and(|s| s.compensate.is_some());
+                prop_assert!(
+                    !(undoable && rec.state == StepState::Completed),
+                    "{} {} completed and not undone in a cancelled run", id, sid
+                );
+            }
+        }
+        // A redriven run ran again: it is recorded, once per redrive.
+        for (id, n) in &w.redriven {
+            prop_assert_eq!(w.store[id].redrives.len(), *n);
+        }
         // Nothing is pinned once every run has ended.
         prop_assert!(w.m.pins().is_empty());
     }

@@ -1,0 +1,128 @@
+//! An operator's control of a run (cancel, redrive, a signal), as an event
+//! addressed to the orchestrator's consumer group, in the run's
+//! correlation.
+//!
+//! **Control goes through the broker, not to the driver's memory.** Any
+//! host of the app takes it (the one driving the flows consumes it), a
+//! host killed after the API answered has it still, and the transition it
+//! causes is one commit with its ack, like a reply's. Its id is recorded
+//! on the run with what it did, so a copy delivered again does nothing.
+//! Producers cannot send one: the orchestrator's group is addressed by a
+//! host-owned extension (`troupeto`), which the door refuses.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::event::{CORRELATION_ID, Event, TARGET};
+use crate::protocol::{GROUP, RUN};
+
+/// Type: cancel the run.
+pub const CANCEL: &str = "troupe.run.cancel";
+/// Type: run a failed or timed-out run again from the steps that failed.
+pub const REDRIVE: &str = "troupe.run.redrive";
+
+/// What an operator asks of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ask {
+    /// Who asks (free text: a user, a tool).
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The most bytes of `by` and of `reason` kept.
+pub const MAX_TEXT: usize = 1_000;
+
+impl Ask {
+    /// From an API body: `by` and `reason`, each optional, text, cut to
+    /// [`MAX_TEXT`]; `default_by` when `by` is not given.
+    pub fn from_body(body: &Value, default_by: &str) -> Result<Ask, String> {
+        if !(body.is_object() || body.is_null()) {
+            return Err("the body must be a JSON object (or empty)".into());
+        }
+        let text = |k: &str| match &body[k] {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(crate::text::clean(s, MAX_TEXT))),
+            _ => Err(format!("`{k}` must be a string")),
+        };
+        if let Some(o) = body.as_object()
+            && let Some(k) = o.keys().find(|k| !["by", "reason"].contains(&k.as_str()))
+        {
+            return Err(format!(
+                "unknown field {:?} (the body may have `by` and `reason`)",
+                crate::text::clean(k, 80)
+            ));
+        }
+        Ok(Ask {
+            by: text("by")?.unwrap_or_else(|| default_by.to_string()),
+            reason: text("reason")?,
+        })
+    }
+}
+
+/// A control of a run, as the machine reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    Cancel(Ask),
+    Redrive(Ask),
+}
+
+/// The event that asks for `control` of run `run`, from `source`.
+pub fn event(run: &str, source: &str, control: &Control) -> Event {
+    let (kind, ask) = match control {
+        Control::Cancel(a) => (CANCEL, a),
+        Control::Redrive(a) => (REDRIVE, a),
+    };
+    let data = serde_json::to_vec(ask).expect("an ask serialises");
+    let mut e = Event::new(kind, source, data);
+    e.subject = Some(run.to_string());
+    for (k, v) in [(TARGET, GROUP), (RUN, run), (CORRELATION_ID, run)] {
+        e.extensions.insert(k.to_string(), v.to_string());
+    }
+    e
+}
+
+/// The control `e` asks for, if it is one (addressed to the orchestrator,
+/// of a known type, readable).
+pub fn read(e: &Event) -> Option<Control> {
+    if e.extensions.get(TARGET).map(String::as_str) != Some(GROUP) {
+        return None;
+    }
+    let ask = || serde_json::from_slice::<Ask>(&e.data).ok();
+    match e.kind.as_str() {
+        CANCEL => Some(Control::Cancel(ask()?)),
+        REDRIVE => Some(Control::Redrive(ask()?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_reads_back_as_sent_and_nothing_else_reads_as_one() {
+        let ask = Ask {
+            by: "ops".into(),
+            reason: Some("stuck".into()),
+        };
+        for c in [Control::Cancel(ask.clone()), Control::Redrive(ask.clone())] {
+            let e = event("r1", "troupe://app/api", &c);
+            assert_eq!(read(&e), Some(c));
+            assert_eq!(crate::protocol::run_of(&e), "r1");
+            let mut stray = e.clone();
+            stray.extensions.remove(TARGET);
+            assert_eq!(read(&stray), None);
+        }
+    }
+
+    #[test]
+    fn a_body_is_by_and_reason_or_a_clear_refusal() {
+        let a = Ask::from_body(&serde_json::json!({"reason": "why"}), "api").unwrap();
+        assert_eq!((a.by.as_str(), a.reason.as_deref()), ("api", Some("why")));
+        assert_eq!(Ask::from_body(&Value::Null, "api").unwrap().by, "api");
+        assert!(Ask::from_body(&serde_json::json!({"x": 1}), "api").unwrap_err().contains("\"x\""));
+        assert!(Ask::from_body(&serde_json::json!({"by": 1}), "api").unwrap_err().contains("`by`"));
+        assert!(Ask::from_body(&serde_json::json!([1]), "api").is_err());
+    }
+}
