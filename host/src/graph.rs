@@ -100,7 +100,10 @@ fn build(steps: &[impl StepView], flows: &[Flow]) -> Graph {
             .iter()
             .map(|s| Node {
                 id: id(&prefix, &s.id),
-                label: s.id.clone(),
+                label: match &s.action {
+                    Action::Signal { name, .. } => format!("{} (signal {name})", s.id),
+                    _ => s.id.clone(),
+                },
                 kind: Kind::FlowStep,
             })
             .collect();
@@ -114,6 +117,8 @@ fn build(steps: &[impl StepView], flows: &[Flow]) -> Graph {
             let target = match &s.action {
                 Action::Command { step } => id("s", step),
                 Action::Hybrid { kind, .. } => id("e", kind),
+                // Waits for the outside, not for a step or an event.
+                Action::Signal { .. } => continue,
             };
             g.edges.push((me, target, true));
         }

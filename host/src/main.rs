@@ -248,8 +248,10 @@ pub(crate) struct ApiArgs {
 
 #[derive(Subcommand)]
 pub(crate) enum DlqCmd {
-    /// List dead letters, oldest first.
+    /// List dead letters, oldest first; with filters, those they pick.
     List {
+        #[command(flatten)]
+        filters: cli::dlq::Filters,
         /// The app directory.
         #[arg(long, default_value = ".")]
         app: PathBuf,
@@ -260,11 +262,30 @@ pub(crate) enum DlqCmd {
         #[arg(long, default_value = ".")]
         app: PathBuf,
     },
-    /// Deliver a dead letter to its step again (with a fresh retry budget).
+    /// Deliver dead letters to their steps again (with a fresh retry
+    /// budget): one by id (from the app directory), or every one the
+    /// filters pick (through the running host, a batch at a time:
+    /// resumable; --dry-run says how many today's consumers would refuse,
+    /// and why).
     Replay {
-        id: String,
-        #[arg(long, default_value = ".")]
-        app: PathBuf,
+        /// The dead letter (without it: the filters, or --all).
+        id: Option<String>,
+        #[command(flatten)]
+        filters: cli::dlq::Filters,
+        #[command(flatten)]
+        bulk: cli::dlq::BulkArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove the dead letters the filters pick (or --all) without
+    /// delivering them, through the running host.
+    Purge {
+        #[command(flatten)]
+        filters: cli::dlq::Filters,
+        #[command(flatten)]
+        bulk: cli::dlq::BulkArgs,
+        #[command(flatten)]
+        api: ApiArgs,
     },
 }
 

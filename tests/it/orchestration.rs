@@ -659,6 +659,24 @@ fn malformed_flow_files_are_refused_with_the_line() {
             "the output of `a` has no field `totl_cents`",
         ),
         (
+            "a signal's schema that is no schema",
+            "input = \"order.placed\"\n[steps.a]\nstep = \"order-validate\"\n\n[steps.ok]\nawait = { signal = \"approve\", schema = { type = 5 } }\n",
+            ":5:",
+            "the schema of signal \"approve\"",
+        ),
+        (
+            "one signal for two steps",
+            "input = \"order.placed\"\n[steps.a]\nawait = { signal = \"go\" }\n[steps.b]\nawait = { signal = \"go\" }\n",
+            ":4:",
+            "awaits signal \"go\" too",
+        ),
+        (
+            "a condition on a field the signal's schema does not have",
+            "input = \"order.placed\"\n[steps.a]\nstep = \"order-validate\"\n[steps.ok]\nawait = { signal = \"approve\", schema = { type = \"object\", properties = { approved = { type = \"boolean\" } } } }\n[steps.b]\nstep = \"payment-charge\"\ninput = \"a\"\nwhen = \"ok.aproved == true\"\n",
+            ":9:",
+            "no field `aproved`",
+        ),
+        (
             "a condition that can never hold",
             "input = \"order.placed\"\n[steps.a]\nstep = \"order-validate\"\n\n[steps.b]\nstep = \"payment-charge\"\ninput = \"a\"\nwhen = 'a.total_cents == \"big\"'\n",
             ":8:",

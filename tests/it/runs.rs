@@ -15,6 +15,7 @@ on_each_broker_blocking!(
     runs_are_found_by_each_filter_a_page_at_a_time,
     a_cancel_supersedes_what_runs_and_undoes_what_completed,
     a_failed_run_is_redriven_from_the_step_that_failed,
+    a_signal_reaches_the_step_that_awaits_it_now_or_later,
 );
 
 /// The ids of a page (or of a whole list).
@@ -420,4 +421,95 @@ fn a_failed_run_is_redriven_from_the_step_that_failed(b: Backend) {
     assert_eq!(run["redrives"][0]["by"], "cli-user");
     let charged: BTreeSet<u64> = [payments.stats()["charges"].as_u64().unwrap()].into();
     assert_eq!(charged, BTreeSet::from([2]));
+}
+
+/// Validate, then a review and an approval (signals, in that order), then
+/// charge if approved.
+const APPROVE: &str = r#"
+input = "order.placed"
+timeout_ms = 30000
+
+[steps.validate]
+step = "order-validate"
+
+[steps.review]
+await = { signal = "review" }
+after = ["validate"]
+timeout_ms = 20000
+
+[steps.approval]
+await = { signal = "approve", schema = { type = "object", required = ["approved"], properties = { approved = { type = "boolean" } } }, timeout_ms = 20000 }
+after = ["review"]
+
+[steps.charge]
+step = "payment-charge"
+input = "validate"
+after = ["approval"]
+when = "approval.approved == true"
+"#;
+
+fn a_signal_reaches_the_step_that_awaits_it_now_or_later(b: Backend) {
+    let app = app(b, &[("approve", APPROVE)]);
+    let h = ApiHost::start(&app);
+    let id = h.client.start("approve", &order("o-s", "ada")).unwrap();
+    wait_for(Duration::from_secs(20), "the review awaited", || {
+        let run = h.client.status(&id).unwrap();
+        (state(&run, "review") == "dispatched").then_some(())
+    });
+    let signal = |name: &str, data: Value| {
+        h.raw("POST", &format!("/v1/runs/{id}/signals/{name}?by=alice"), Some(&data))
+    };
+    // What breaks the flow's schema for it: 422, saying where.
+    let (status, v) = signal("approve", json!({"approved": "yes"}));
+    assert_eq!(status, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("/approved"), "{v}");
+    // What no step awaits: 409, naming those it awaits.
+    let (status, v) = signal("reject", json!({}));
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("it awaits: review, approve")
+        || v["error"].as_str().unwrap().contains("it awaits: approve, review"), "{v}");
+    // The approval before the review: kept for its step.
+    let (status, run) = signal("approve", json!({"approved": true}));
+    assert_eq!(status, 202, "{run}");
+    assert_eq!(run["signals"][0]["state"], "kept", "{run:#}");
+    assert_eq!(run["signals"][0]["step"], "approval");
+    assert_eq!(run["signals"][0]["by"], "alice");
+    assert_eq!(state(&run, "approval"), "pending");
+    let (status, v) = signal("approve", json!({"approved": false}));
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("already kept"), "{v}");
+    // The review, through the CLI: the approval takes the kept signal at
+    // once, and the charge runs.
+    let (ok, text) = cli(&h, &app, &["runs", "signal", &id, "review", "--data", "{\"by\": \"bob\"}", "--by", "bob"]);
+    assert!(ok && text.contains("signal review delivered"), "{text}");
+    let run = h.client.wait(&id, Duration::from_secs(30), |_| {}).unwrap();
+    assert_eq!(run["state"], "completed", "{run:#}");
+    assert_eq!(run["steps"]["approval"]["output"], json!({"approved": true}));
+    assert_eq!(run["steps"]["approval"]["output_type"], "troupe.signal.approve");
+    assert_eq!(state(&run, "charge"), "completed");
+    let signals = run["signals"].as_array().unwrap();
+    assert_eq!(signals.len(), 2, "{run:#}");
+    assert!(signals.iter().all(|s| s["state"] == "delivered"), "{run:#}");
+    // The run ended: 409.
+    let (status, v) = signal("approve", json!({"approved": true}));
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("already ended"), "{v}");
+
+    // Not approved: the charge is skipped, and says why.
+    let id2 = h.client.start("approve", &order("o-n", "ada")).unwrap();
+    wait_for(Duration::from_secs(20), "the review awaited", || {
+        let run = h.client.status(&id2).unwrap();
+        (state(&run, "review") == "dispatched").then_some(())
+    });
+    for (name, data) in [("review", json!(null)), ("approve", json!({"approved": false}))] {
+        let (status, v) = h.raw("POST", &format!("/v1/runs/{id2}/signals/{name}"), Some(&data));
+        assert_eq!(status, 202, "{v}");
+    }
+    let run = h.client.wait(&id2, Duration::from_secs(30), |_| {}).unwrap();
+    assert_eq!(run["state"], "completed", "{run:#}");
+    assert_eq!(state(&run, "charge"), "skipped");
+    assert!(run["steps"]["charge"]["reason"].as_str().unwrap().contains("approval.approved"), "{run:#}");
+    // A signal to a run that does not exist.
+    let (status, _) = h.raw("POST", "/v1/runs/nope/signals/approve", Some(&json!({})));
+    assert_eq!(status, 404);
 }

@@ -6,8 +6,10 @@
 //! | `GET /v1/runs/{id}` | the run's aggregated status |
 //! | `GET /v1/runs`, `GET /v1/runs/counts` | find runs (filters, cursor), counts per flow and state |
 //! | `POST /v1/runs/{id}/cancel`, `POST /v1/runs/{id}/redrive` | cancel a run, run a failed one again |
+//! | `POST /v1/runs/{id}/signals/{name}` | a signal for the flow step that awaits it |
 //! | `POST /v1/events` | publish events into the choreography (CloudEvents HTTP binding: structured, binary or batch) |
-//! | `GET /v1/dlq`, `GET /v1/dlq/{id}`, `POST /v1/dlq/{id}/replay` | dead letters |
+//! | `GET /v1/dlq`, `GET /v1/dlq/{id}`, `POST /v1/dlq/{id}/replay` | dead letters (filtered), one, replay one |
+//! | `POST /v1/dlq/replay`, `POST /v1/dlq/purge` | replay or purge the dead letters a filter picks (a dry run first) |
 //! | `GET /v1/traces/{correlation_id}` | every event of a cascade or run |
 //! | `GET /v1/kv/{bucket}`, `GET /v1/kv/{bucket}/{key}` | steps' buckets, read-only |
 //! | `GET /v1/deployments`, `GET /v1/deployments/{n}`, `POST /v1/deployments` | deployments: list, show, deploy (or roll back) |
@@ -37,6 +39,7 @@ use crate::stats::Stats;
 
 mod auth;
 mod deploys;
+mod dlq;
 mod health;
 pub mod kv;
 pub mod metrics;
@@ -142,10 +145,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/runs/{id}", get(runs::run_status))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/runs/{id}/redrive", post(runs::redrive))
+        .route("/v1/runs/{id}/signals/{name}", post(runs::signal))
         .route("/v1/events", post(publish))
-        .route("/v1/dlq", get(dlq_list))
-        .route("/v1/dlq/{id}", get(dlq_show))
-        .route("/v1/dlq/{id}/replay", post(dlq_replay))
+        .route("/v1/dlq", get(dlq::list))
+        .route("/v1/dlq/replay", post(dlq::replay_many))
+        .route("/v1/dlq/purge", post(dlq::purge_many))
+        .route("/v1/dlq/{id}", get(dlq::show))
+        .route("/v1/dlq/{id}/replay", post(dlq::replay))
         .route("/v1/traces/{correlation_id}", get(trace))
         .route("/v1/deployments", get(deploys::list).post(deploys::deploy))
         .route("/v1/deployments/{n}", get(deploys::show))
@@ -289,38 +295,6 @@ fn check_incoming(steps: &[Arc<LoadedStep>], event: &Event) -> Result<(), ApiErr
         };
         ApiError(status, r.to_string())
     })
-}
-
-/// Dead letters, oldest first.
-#[utoipa::path(get, path = "/v1/dlq", responses((status = 200, description = "The dead letters")))]
-async fn dlq_list(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let list = s.broker.dlq_list().await?;
-    Ok(Json(Value::Array(
-        list.iter().map(|d| d.to_json(false)).collect(),
-    )))
-}
-
-/// One dead letter, with its original event.
-#[utoipa::path(get, path = "/v1/dlq/{id}",
-    params(("id" = String, Path, description = "The dead letter's id")),
-    responses((status = 200, description = "The dead letter"), (status = 404, description = "No such dead letter")))]
-async fn dlq_show(
-    State(s): State<ApiState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(s.broker.dlq_get(&id).await?.to_json(true)))
-}
-
-/// Deliver a dead letter to its step again, with a fresh retry budget.
-#[utoipa::path(post, path = "/v1/dlq/{id}/replay",
-    params(("id" = String, Path, description = "The dead letter's id")),
-    responses((status = 202, description = "Replayed"), (status = 404, description = "No such dead letter")))]
-async fn dlq_replay(
-    State(s): State<ApiState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    s.broker.dlq_replay(&id).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "replayed": id }))).into_response())
 }
 
 /// Every event of a cascade or a run, in the order they were published,

@@ -14,7 +14,7 @@ use utoipa::OpenApi;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Troupe", description = "Run event-driven microservices out of sandboxed WebAssembly steps."),
-    paths(super::runs::start_run, super::runs::run_status, super::runs::list, super::runs::counts, super::runs::cancel, super::runs::redrive, super::publish, super::dlq_list, super::dlq_show, super::dlq_replay, super::trace, super::kv::bucket, super::kv::entry, super::deploys::list, super::deploys::show, super::deploys::deploy, super::healthz, super::health::readyz, super::metrics, super::openapi),
+    paths(super::runs::start_run, super::runs::run_status, super::runs::list, super::runs::counts, super::runs::cancel, super::runs::redrive, super::runs::signal, super::publish, super::dlq::list, super::dlq::show, super::dlq::replay, super::dlq::replay_many, super::dlq::purge_many, super::trace, super::kv::bucket, super::kv::entry, super::deploys::list, super::deploys::show, super::deploys::deploy, super::healthz, super::health::readyz, super::metrics, super::openapi),
     modifiers(&Bearer)
 )]
 struct ApiDoc;
@@ -77,6 +77,7 @@ fn complete(doc: &mut Value) {
             }
             if let Some(schema) = success_schema(method, path) {
                 let (status, ct) = match (method.as_str(), path.as_str()) {
+                    ("post", "/v1/dlq/replay" | "/v1/dlq/purge") => ("200", "application/json"),
                     ("post", _) => ("202", "application/json"),
                     (_, "/metrics") => ("200", "text/plain"),
                     _ => ("200", "application/json"),
@@ -101,6 +102,44 @@ fn complete(doc: &mut Value) {
                         }),
                         _ => json!({"type": "string", "minLength": 1, "maxLength": 4096}),
                     };
+                }
+            }
+            if method == "post" && (path == "/v1/dlq/replay" || path == "/v1/dlq/purge") {
+                let when = json!({"type": "string", "description": "RFC 3339, or a duration before now (15m, 1h, 2d)"});
+                op["requestBody"] = json!({
+                    "required": true,
+                    "description": "Which dead letters (at least one filter, or `all`), and how",
+                    "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": false,
+                        "properties": {
+                            "step": {"type": "string"},
+                            "class": {"type": "string", "enum": ["rejected", "contract", "retry", "trap", "limit", "timeout"]},
+                            "type": {"type": "string"},
+                            "since": when.clone(), "until": when,
+                            "limit": {"type": "integer", "minimum": 1},
+                            "dry_run": {"type": "boolean"},
+                            "all": {"type": "boolean"}
+                        }
+                    }}}
+                });
+            }
+            if method == "post" && path.ends_with("/signals/{name}") {
+                op["requestBody"] = json!({
+                    "required": false,
+                    "description": "The signal's data: any JSON the schema the flow declares for the signal accepts (empty: null)",
+                    "content": {"application/json": {"schema": {}}}
+                });
+                op["responses"]["409"]["content"] = json!({"application/json": {"schema": {
+                    "type": "object", "required": ["error", "state", "run"],
+                    "properties": {
+                        "error": {"type": "string"}, "state": {"type": "string"},
+                        "run": {"$ref": "#/components/schemas/Run"}
+                    }
+                }}});
+                for p in op["parameters"].as_array_mut().into_iter().flatten() {
+                    if p["name"] == "name" {
+                        p["schema"] = json!({"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,63}$"});
+                    }
                 }
             }
             if method == "post" && (path.ends_with("/cancel") || path.ends_with("/redrive")) {
@@ -157,7 +196,9 @@ fn success_schema(method: &str, path: &str) -> Option<Value> {
             "properties": {"run_id": {"type": "string"}, "status_url": {"type": "string"}}
         }),
         ("get", "/v1/runs/{id}") => r("Run"),
-        ("post", "/v1/runs/{id}/cancel") | ("post", "/v1/runs/{id}/redrive") => r("Run"),
+        ("post", "/v1/runs/{id}/cancel")
+        | ("post", "/v1/runs/{id}/redrive")
+        | ("post", "/v1/runs/{id}/signals/{name}") => r("Run"),
         ("get", "/v1/runs") => json!({
             "type": "object", "required": ["runs"],
             "properties": {
@@ -204,6 +245,32 @@ fn success_schema(method: &str, path: &str) -> Option<Value> {
         }),
         ("get", "/v1/dlq") => json!({"type": "array", "items": r("DeadLetter")}),
         ("get", "/v1/dlq/{id}") => r("DeadLetter"),
+        ("post", "/v1/dlq/replay") => json!({
+            "type": "object", "required": ["dry_run", "matched", "replayed", "more", "refused", "reasons"],
+            "properties": {
+                "dry_run": {"type": "boolean"},
+                "matched": {"type": "integer", "minimum": 0},
+                "replayed": {"type": "integer", "minimum": 0, "description": "Replayed (in a dry run: would be)"},
+                "more": {"type": "boolean", "description": "`limit` left some of those matched for the next batch"},
+                "refused": {"type": "integer", "minimum": 0, "description": "Left in the DLQ: today's consumer would refuse them"},
+                "reasons": {"type": "array", "items": {
+                    "type": "object", "required": ["reason", "count", "examples"],
+                    "properties": {
+                        "reason": {"type": "string"}, "count": {"type": "integer", "minimum": 1},
+                        "examples": {"type": "array", "items": {"type": "string"}}
+                    }
+                }}
+            }
+        }),
+        ("post", "/v1/dlq/purge") => json!({
+            "type": "object", "required": ["dry_run", "matched", "purged", "more"],
+            "properties": {
+                "dry_run": {"type": "boolean"},
+                "matched": {"type": "integer", "minimum": 0},
+                "purged": {"type": "integer", "minimum": 0},
+                "more": {"type": "boolean"}
+            }
+        }),
         ("post", "/v1/dlq/{id}/replay") => json!({
             "type": "object", "required": ["replayed"], "properties": {"replayed": {"type": "string"}}
         }),
@@ -379,6 +446,16 @@ fn schemas() -> Value {
                 "error": {"type": "string"},
                 "cancelled": {"$ref": "#/components/schemas/Operated"},
                 "redrives": {"type": "array", "items": {"$ref": "#/components/schemas/Operated"}},
+                "signals": {"type": "array", "items": {
+                    "type": "object", "required": ["name", "data", "by", "at", "event", "state"],
+                    "properties": {
+                        "name": {"type": "string"}, "data": {}, "by": {"type": "string"},
+                        "at": {"type": "string"}, "event": {"type": "string"},
+                        "step": {"type": "string"},
+                        "state": {"type": "string", "enum": ["delivered", "kept", "ignored"]},
+                        "note": {"type": "string"}
+                    }
+                }},
                 "steps": {"type": "object", "additionalProperties": {
                     "type": "object", "required": ["state", "attempts"],
                     "properties": {

@@ -1,6 +1,6 @@
 //! Runs over HTTP: start one, its status, find them (`GET /v1/runs`, with
 //! filters and a cursor, from the broker's run index), counts, and an
-//! operator's cancel and redrive.
+//! operator's cancel, redrive and signals.
 
 use std::collections::HashMap;
 
@@ -203,9 +203,66 @@ pub(super) async fn redrive(
     let o = orchestrator(&s)?;
     let ask = ask(body)?;
     let answer = controlled(&s, &id, o.redrive(&id, ask).await).await?;
+    Ok(accepted(answer))
+}
+
+/// Send a signal to a run, for the flow step that awaits it (`await = {
+/// signal = NAME }`): the body is the signal's data, checked against the
+/// schema the flow declares for it; it becomes the step's output. A
+/// signal for a step the run has not reached yet is kept until it does.
+#[utoipa::path(post, path = "/v1/runs/{id}/signals/{name}",
+    params(
+        ("id" = String, Path, description = "The run id"),
+        ("name" = String, Path, description = "The signal's name, as the flow's `await = { signal = ... }` says"),
+        ("by" = Option<String>, Query, description = "Who sends it (kept with the run; default `api`)"),
+    ),
+    request_body(content = Object, description = "The signal's data (any JSON the flow's schema for it accepts)"),
+    responses(
+        (status = 202, description = "Delivered to the waiting step, or kept for it: the run's status (its `signals`)"),
+        (status = 400, description = "The body is not JSON"),
+        (status = 404, description = "No such run"),
+        (status = 409, description = "Nothing will wait for it: the run ended, no step awaits it, or its step received one already or will not wait (`error`, and the run's `state`)"),
+        (status = 422, description = "The data breaks the schema the flow declares for the signal"),
+    ))]
+pub(super) async fn signal(
+    State(s): State<ApiState>,
+    Path((id, name)): Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let o = orchestrator(&s)?;
+    let data: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not valid JSON: {e}"),
+            )
+        })?
+    };
+    if let Some(k) = params.keys().find(|k| k.as_str() != "by") {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("unknown parameter {:?} (a signal takes `by`)", crate::text::clean(k, 80)),
+        ));
+    }
+    let by = params
+        .get("by")
+        .map(|b| crate::text::clean(b, crate::orchestrator::control::MAX_TEXT))
+        .unwrap_or_else(|| "api".into());
+    let answer = controlled(&s, &id, o.signal(&id, &name, data, &by).await).await?;
+    Ok(accepted(answer))
+}
+
+/// A success as `202` (what was asked is under way, or done); a refusal
+/// as it is.
+fn accepted(answer: Response) -> Response {
     let (mut parts, body) = answer.into_parts();
-    parts.status = StatusCode::ACCEPTED;
-    Ok(Response::from_parts(parts, body))
+    if parts.status.is_success() {
+        parts.status = StatusCode::ACCEPTED;
+    }
+    Response::from_parts(parts, body)
 }
 
 fn orchestrator(s: &ApiState) -> Result<&Orchestrator, ApiError> {
@@ -251,6 +308,7 @@ async fn controlled(
             });
             Ok((StatusCode::CONFLICT, Json(body)).into_response())
         }
+        Err(ControlError::Invalid(why)) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, why)),
         Err(ControlError::Broker(e)) => Err(e.into()),
     }
 }

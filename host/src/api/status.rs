@@ -10,7 +10,9 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::orchestrator::run::{Operated, RunRecord, RunState, StepRecord, StepState};
+use crate::orchestrator::run::{
+    Operated, RunRecord, RunState, SignalRecord, StepRecord, StepState,
+};
 
 /// A run's status.
 #[derive(Serialize)]
@@ -40,6 +42,9 @@ pub struct RunStatus<'a> {
     /// Each redrive, oldest first.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     redrives: &'a [Operated],
+    /// The signals sent to it, and what became of each.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    signals: &'a [SignalRecord],
 }
 
 /// A flow step's status.
@@ -88,6 +93,7 @@ impl<'a> From<&'a RunRecord> for RunStatus<'a> {
                 .collect(),
             cancelled: r.cancelled.as_ref(),
             redrives: &r.redrives,
+            signals: &r.signals,
         }
     }
 }

@@ -70,3 +70,34 @@ impl DeadLetter {
         })
     }
 }
+
+/// Which dead letters a bulk operation (or a list) takes: each field, when
+/// set, must match.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DlqFilter {
+    /// The step (consumer group) that could not handle them.
+    pub step: Option<String>,
+    pub class: Option<FailureClass>,
+    /// The event type.
+    pub kind: Option<String>,
+    /// Dead-lettered at or after (epoch ms).
+    pub since_ms: Option<u64>,
+    /// Dead-lettered before (epoch ms).
+    pub until_ms: Option<u64>,
+}
+
+impl DlqFilter {
+    /// Whether no field is set (every dead letter matches).
+    pub fn is_empty(&self) -> bool {
+        *self == DlqFilter::default()
+    }
+
+    pub fn matches(&self, d: &DeadLetter) -> bool {
+        let at = crate::clock::epoch_ms(&d.time);
+        self.step.as_ref().is_none_or(|s| *s == d.step)
+            && self.class.is_none_or(|c| c == d.class)
+            && self.kind.as_ref().is_none_or(|k| *k == d.event.kind)
+            && self.since_ms.is_none_or(|t| at.is_some_and(|a| a >= t))
+            && self.until_ms.is_none_or(|t| at.is_some_and(|a| a < t))
+    }
+}

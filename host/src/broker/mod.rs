@@ -35,7 +35,7 @@ pub mod retention;
 pub mod runs;
 mod url;
 
-pub use dead_letter::DeadLetter;
+pub use dead_letter::{DeadLetter, DlqFilter};
 pub use error::{BrokerError, ErrorKind};
 
 pub use health::{Failing, Health, LOW_DISK};
@@ -400,6 +400,9 @@ pub trait DeadLetters: Send + Sync {
     /// Deliver a dead letter to its step again, with a fresh retry budget,
     /// and remove it from the DLQ.
     async fn dlq_replay(&self, id: &str) -> Result<(), BrokerError>;
+
+    /// Remove a dead letter from the DLQ without delivering it.
+    async fn dlq_purge(&self, id: &str) -> Result<(), BrokerError>;
 }
 
 /// Steps' buckets as an operator sees them (`troupe kv`, `GET /v1/kv`):

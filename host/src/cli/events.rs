@@ -177,9 +177,11 @@ pub(crate) fn check_against_consumers(
 
 pub(crate) fn dlq(cmd: DlqCmd, json: bool) -> Result<()> {
     match cmd {
-        DlqCmd::List { app } => {
+        DlqCmd::List { filters, app } => {
+            let filter = filters.filter()?;
             let app = load_app(&app)?;
-            let dead = Events::of(&app)?.dead_letters(None)?;
+            let mut dead = Events::of(&app)?.dead_letters(None)?;
+            dead.retain(|d| filter.matches(d));
             if json {
                 let v: Vec<_> = dead.iter().map(|d| d.to_json(false)).collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -211,14 +213,31 @@ pub(crate) fn dlq(cmd: DlqCmd, json: bool) -> Result<()> {
                 println!("event:\n{}", serde_json::to_string_pretty(&v["event"])?);
             }
         }
-        DlqCmd::Replay { id, app } => {
-            let app = load_app(&app)?;
+        DlqCmd::Replay {
+            id: None,
+            filters,
+            bulk,
+            api,
+        } => super::dlq::bulk("replay", &filters, &bulk, &api, json)?,
+        DlqCmd::Replay {
+            id: Some(id),
+            filters,
+            bulk,
+            api,
+        } => {
+            if !filters.filter()?.is_empty() || bulk.all || bulk.dry_run {
+                bail!("give a dead letter's id, or filters (or --all), not both");
+            }
+            let app = load_app(&api.app)?;
             let what = Events::of(&app)?.replay(&id)?;
             if json {
                 println!("{}", serde_json::json!({ "replayed": id }));
             } else {
                 println!("replay of {id} {what}");
             }
+        }
+        DlqCmd::Purge { filters, bulk, api } => {
+            super::dlq::bulk("purge", &filters, &bulk, &api, json)?
         }
     }
     Ok(())

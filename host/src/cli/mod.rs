@@ -1,6 +1,7 @@
 //! The subcommands of the `troupe` binary, by what they work on.
 
 pub mod deploys;
+pub mod dlq;
 pub mod events;
 pub mod flows;
 pub mod plugins;

@@ -71,6 +71,20 @@ pub(crate) enum RunsCmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Send a signal to a run, for the flow step that awaits it
+    /// (`await = { signal = NAME }`); its data becomes the step's output.
+    Signal {
+        run: String,
+        /// The signal's name.
+        name: String,
+        /// Its data, JSON (checked against the flow's schema for it).
+        #[arg(long, default_value = "null")]
+        data: String,
+        #[arg(long)]
+        by: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Run a failed or timed-out run again from the steps that failed (on
     /// the current deployment; completed steps keep their outputs).
     Redrive {
@@ -100,7 +114,54 @@ pub(crate) fn runs(args: RunsArgs, json: bool) -> Result<()> {
             by,
             api,
         }) => control(&api, &run, "redrive", reason, by, json),
+        Some(RunsCmd::Signal {
+            run,
+            name,
+            data,
+            by,
+            api,
+        }) => signal(&api, &run, &name, &data, by, json),
     }
+}
+
+fn signal(
+    api: &ApiArgs,
+    run: &str,
+    name: &str,
+    data: &str,
+    by: Option<String>,
+    json: bool,
+) -> Result<()> {
+    let data: serde_json::Value =
+        serde_json::from_str(data).map_err(|e| anyhow::anyhow!("--data is not valid JSON: {e}"))?;
+    let c = client(api)?;
+    let by = who(by);
+    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, QUERY).to_string();
+    let path = format!("/v1/runs/{}/signals/{}?by={}", enc(run), enc(name), enc(&by));
+    let (_, v) = c.post(&path, Some(&data))?;
+    if json {
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    let sent = v["signals"]
+        .as_array()
+        .and_then(|s| s.iter().rev().find(|s| s["name"] == name));
+    match sent {
+        Some(s) => println!(
+            "signal {} {} (step {})",
+            escape(name),
+            escape(s["state"].as_str().unwrap_or("?")),
+            escape(s["step"].as_str().unwrap_or("?"))
+        ),
+        None => println!("signal {} sent; not yet taken by the run", escape(name)),
+    }
+    print_run(&v, false)
+}
+
+/// Who asks: `--by`, else `$USER`, else `cli`.
+fn who(by: Option<String>) -> String {
+    by.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "cli".into())
 }
 
 fn list(f: &Filters, json: bool) -> Result<()> {
@@ -205,9 +266,7 @@ fn control(
     json: bool,
 ) -> Result<()> {
     let c = client(api)?;
-    let by = by
-        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| "cli".into());
+    let by = who(by);
     let mut body = serde_json::json!({ "by": by });
     if let Some(r) = reason {
         body["reason"] = r.into();

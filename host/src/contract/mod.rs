@@ -444,23 +444,7 @@ fn check_data(
 }
 
 fn check_value(t: &EventType, direction: Direction, value: &Value) -> Result<(), Violation> {
-    let checked = budget::within(budget::CHECK_BUDGET, || {
-        if t.validator.is_valid(value) {
-            return None;
-        }
-        let errors: Vec<String> = t
-            .validator
-            .iter_errors(value)
-            .take(5)
-            .map(|e| {
-                let path = e.instance_path.to_string();
-                let e = text::clean(&e.to_string(), 300);
-                format!("{}: {e}", if path.is_empty() { "/" } else { &path })
-            })
-            .collect();
-        Some(errors.join("; "))
-    });
-    match checked {
+    match schema_errors(&t.validator, value) {
         Some(None) => Ok(()),
         Some(Some(errors)) => Err(Violation::Schema {
             direction,
@@ -473,6 +457,38 @@ fn check_value(t: &EventType, direction: Direction, value: &Value) -> Result<(),
             kind: t.kind.clone(),
             version: t.version.clone(),
         }),
+    }
+}
+
+/// What `validator` finds wrong with `value`, within the check budget:
+/// `Some(None)` nothing, `Some(Some(errors))` the first few problems (each
+/// with where in the data), `None` that checking ran out of its budget.
+fn schema_errors(validator: &jsonschema::Validator, value: &Value) -> Option<Option<String>> {
+    budget::within(budget::CHECK_BUDGET, || {
+        if validator.is_valid(value) {
+            return None;
+        }
+        let errors: Vec<String> = validator
+            .iter_errors(value)
+            .take(5)
+            .map(|e| {
+                let path = e.instance_path.to_string();
+                let e = text::clean(&e.to_string(), 300);
+                format!("{}: {e}", if path.is_empty() { "/" } else { &path })
+            })
+            .collect();
+        Some(errors.join("; "))
+    })
+}
+
+/// Check `value` against a schema compiled with [`compile_schema`], within
+/// the check budget: the first few problems (each with where in the data),
+/// or that checking ran out of its budget.
+pub fn check_schema(validator: &jsonschema::Validator, value: &Value) -> Result<(), String> {
+    match schema_errors(validator, value) {
+        Some(None) => Ok(()),
+        Some(Some(errors)) => Err(errors),
+        None => Err("checking it ran out of the schema's budget".into()),
     }
 }
 

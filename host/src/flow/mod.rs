@@ -26,9 +26,11 @@ use crate::retry::RetryPolicy;
 
 mod condition;
 mod order;
+pub mod signal;
 
 use condition::parse_condition;
 pub use condition::{Condition, Op};
+pub use signal::SignalSchema;
 use order::{check_condition, describe_source, topo_order};
 
 /// The flow input pseudo-step.
@@ -57,7 +59,7 @@ struct StepFile {
     step: Option<Spanned<String>>,
     publish: Option<String>,
     #[serde(rename = "await")]
-    wait_for: Option<String>,
+    wait_for: Option<AwaitFile>,
     fail_on: Option<String>,
     input: Option<String>,
     #[serde(default)]
@@ -67,6 +69,23 @@ struct StepFile {
     queue_timeout_ms: Option<u64>,
     retry: Option<RetryPolicy>,
     compensate: Option<CompensateFile>,
+}
+
+/// `await = "TYPE"` (a hybrid step, with `publish`) or `await = { signal
+/// = "NAME", schema = {...}, timeout_ms = N }` (a signal step).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum AwaitFile {
+    Kind(String),
+    Signal(SignalFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalFile {
+    signal: String,
+    schema: Option<toml::Value>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +107,10 @@ pub enum Action {
         done: String,
         failed: Option<String>,
     },
+    /// Wait for signal `name` to the run (`POST
+    /// /v1/runs/{id}/signals/{name}`); its data, checked against `schema`,
+    /// is the step's output.
+    Signal { name: String, schema: SignalSchema },
 }
 
 /// A compensation: run `step` with the output of `input` (default: the
@@ -151,6 +174,44 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|b| *b == b'\n')
         .count()
         + 1
+}
+
+/// The action of signal step `id` (`await = { signal = ... }`), checked;
+/// `signals` is the names awaited so far (one step per name).
+fn signal_step(
+    id: &str,
+    s: &StepFile,
+    sig: &SignalFile,
+    signals: &mut HashMap<String, String>,
+) -> Result<Action, String> {
+    let name = &sig.signal;
+    if !signal::is_signal_name(name) {
+        return Err(format!(
+            "step {id:?}: {name:?} is not a signal name (1 to 64 lowercase letters, digits, \
+             `-` and `_`, starting with a letter)"
+        ));
+    }
+    if let Some(other) = signals.insert(name.clone(), id.to_string()) {
+        return Err(format!(
+            "step {id:?}: step {other:?} awaits signal {name:?} too; a signal goes to one step"
+        ));
+    }
+    if s.input.is_some() || s.fail_on.is_some() || s.compensate.is_some() {
+        return Err(format!(
+            "step {id:?}: a signal step takes no `input`, `fail_on` or `compensate` (it sends \
+             nothing; use `after` to order it)"
+        ));
+    }
+    let schema = match &sig.schema {
+        None => serde_json::json!({}),
+        Some(t) => serde_json::to_value(t).map_err(|e| format!("step {id:?}: `schema`: {e}"))?,
+    };
+    let schema = SignalSchema::compile(schema)
+        .map_err(|e| format!("step {id:?}: the schema of signal {name:?}: {e}"))?;
+    Ok(Action::Signal {
+        name: name.clone(),
+        schema,
+    })
 }
 
 impl Flow {
@@ -226,6 +287,8 @@ impl Flow {
             ));
         }
         let mut out: HashMap<String, FlowStep> = HashMap::new();
+        // Signal names awaited, by the step that awaits each.
+        let mut signals: HashMap<String, String> = HashMap::new();
         for (id, spanned) in &file.steps {
             let line = line_of(text, spanned.span().start);
             let s = spanned.get_ref();
@@ -251,16 +314,20 @@ impl Flow {
                     }
                     Action::Command { step: step.clone() }
                 }
-                (None, Some(kind), Some(done)) => Action::Hybrid {
+                (None, Some(kind), Some(AwaitFile::Kind(done))) => Action::Hybrid {
                     kind: kind.clone(),
                     done: done.clone(),
                     failed: s.fail_on.clone(),
                 },
+                (None, None, Some(AwaitFile::Signal(sig))) => {
+                    signal_step(id, s, sig, &mut signals).map_err(|m| err(line, m))?
+                }
                 _ => {
                     return Err(err(
                         line,
                         format!(
-                            "step {id:?}: give either `step` (a command) or `publish` and `await` (a hybrid step)"
+                            "step {id:?}: give either `step` (a command), `publish` and `await` \
+                             (a hybrid step), or `await = {{ signal = \"NAME\" }}` (a signal step)"
                         ),
                     ));
                 }
@@ -274,17 +341,27 @@ impl Flow {
                     ));
                 }
                 (Action::Command { .. }, Some(q)) => q,
-                (Action::Hybrid { .. }, None) => 0,
-                (Action::Hybrid { .. }, Some(_)) => {
+                (_, None) => 0,
+                (_, Some(_)) => {
                     return Err(err(
                         line,
                         format!(
-                            "step {id:?}: `queue_timeout_ms` is for commands; a hybrid step \
-                             sends none (its `timeout_ms` runs until the awaited event)"
+                            "step {id:?}: `queue_timeout_ms` is for commands; a hybrid or \
+                             signal step sends none (its `timeout_ms` runs until what it awaits)"
                         ),
                     ));
                 }
             };
+            let signal_timeout = match &s.wait_for {
+                Some(AwaitFile::Signal(sig)) => sig.timeout_ms,
+                _ => None,
+            };
+            if signal_timeout.is_some() && s.timeout_ms.is_some() {
+                return Err(err(
+                    line,
+                    format!("step {id:?}: give `timeout_ms` once (in `await`, or beside it)"),
+                ));
+            }
             let input = s.input.clone().unwrap_or_else(|| INPUT.to_string());
             let mut after = s.after.clone();
             if input != INPUT {
@@ -312,6 +389,7 @@ impl Flow {
                     input: input.clone().unwrap_or_else(|| id.clone()),
                 },
             });
+            let waits_signal = matches!(action, Action::Signal { .. });
             out.insert(
                 id.clone(),
                 FlowStep {
@@ -321,10 +399,14 @@ impl Flow {
                     after,
                     when_line: when.as_ref().map_or(line, |(_, at)| *at),
                     when: when.map(|(c, _)| c),
-                    timeout_ms: s.timeout_ms.unwrap_or(DEFAULT_STEP_TIMEOUT_MS),
+                    timeout_ms: s
+                        .timeout_ms
+                        .or(signal_timeout)
+                        .unwrap_or(DEFAULT_STEP_TIMEOUT_MS),
                     queue_timeout_ms,
+                    // A signal step that timed out has nothing to try again.
                     retry: s.retry.clone().unwrap_or(RetryPolicy {
-                        max_attempts: 3,
+                        max_attempts: if waits_signal { 1 } else { 3 },
                         backoff_ms: 100,
                         max_backoff_ms: 5_000,
                     }),
@@ -420,6 +502,9 @@ impl Flow {
                     s.input_kind = kind.clone();
                     s.output_kind = Some(done.clone());
                 }
+                // Its output is the signal's data: for `when`, not an
+                // event another step takes as its input.
+                Action::Signal { .. } => {}
             }
             if let Some(c) = &s.when {
                 check_condition(c, &steps, contracts)
@@ -464,5 +549,24 @@ impl Flow {
     /// The flow step `id`.
     pub fn step(&self, id: &str) -> Option<&FlowStep> {
         self.steps.iter().find(|s| s.id == id)
+    }
+
+    /// The step that awaits signal `name`, and the signal's schema.
+    pub fn signal(&self, name: &str) -> Option<(&FlowStep, &SignalSchema)> {
+        self.steps.iter().find_map(|s| match &s.action {
+            Action::Signal { name: n, schema } if n == name => Some((s, schema)),
+            _ => None,
+        })
+    }
+
+    /// The names of the signals its steps await.
+    pub fn signals(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Signal { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 }

@@ -17,6 +17,9 @@ pub(super) fn check_condition(
     let Some(from) = done.iter().find(|x| x.id == c.step) else {
         return Ok(());
     };
+    if let Action::Signal { schema, .. } = &from.action {
+        return c.check(&schema.schema);
+    }
     let Some(kind) = &from.output_kind else {
         return Ok(());
     };
@@ -24,7 +27,9 @@ pub(super) fn check_condition(
     // step's, the awaited type as whichever step of the app produces it.
     let produced = match &from.action {
         Action::Command { step } => contracts[step].produced(kind),
-        Action::Hybrid { .. } => contracts.values().find_map(|k| k.produced(kind)),
+        Action::Hybrid { .. } | Action::Signal { .. } => {
+            contracts.values().find_map(|k| k.produced(kind))
+        }
     };
     let Some(t) = produced else {
         return Ok(());

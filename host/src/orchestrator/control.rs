@@ -20,6 +20,8 @@ use crate::protocol::{GROUP, RUN};
 pub const CANCEL: &str = "troupe.run.cancel";
 /// Type: run a failed or timed-out run again from the steps that failed.
 pub const REDRIVE: &str = "troupe.run.redrive";
+/// Type: a signal to the run, for the step that awaits it.
+pub const SIGNAL: &str = "troupe.run.signal";
 
 /// What an operator asks of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,20 +62,31 @@ impl Ask {
     }
 }
 
+/// A signal to a run: its name, its data (checked against the schema the
+/// flow declares for it before it is sent), and who sent it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signal {
+    pub name: String,
+    pub by: String,
+    pub data: Value,
+}
+
 /// A control of a run, as the machine reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Control {
     Cancel(Ask),
     Redrive(Ask),
+    Signal(Signal),
 }
 
 /// The event that asks for `control` of run `run`, from `source`.
 pub fn event(run: &str, source: &str, control: &Control) -> Event {
-    let (kind, ask) = match control {
-        Control::Cancel(a) => (CANCEL, a),
-        Control::Redrive(a) => (REDRIVE, a),
+    let (kind, data) = match control {
+        Control::Cancel(a) => (CANCEL, serde_json::to_vec(a)),
+        Control::Redrive(a) => (REDRIVE, serde_json::to_vec(a)),
+        Control::Signal(s) => (SIGNAL, serde_json::to_vec(s)),
     };
-    let data = serde_json::to_vec(ask).expect("an ask serialises");
+    let data = data.expect("a control serialises");
     let mut e = Event::new(kind, source, data);
     e.subject = Some(run.to_string());
     for (k, v) in [(TARGET, GROUP), (RUN, run), (CORRELATION_ID, run)] {
@@ -92,6 +105,7 @@ pub fn read(e: &Event) -> Option<Control> {
     match e.kind.as_str() {
         CANCEL => Some(Control::Cancel(ask()?)),
         REDRIVE => Some(Control::Redrive(ask()?)),
+        SIGNAL => serde_json::from_slice(&e.data).ok().map(Control::Signal),
         _ => None,
     }
 }
@@ -106,7 +120,16 @@ mod tests {
             by: "ops".into(),
             reason: Some("stuck".into()),
         };
-        for c in [Control::Cancel(ask.clone()), Control::Redrive(ask.clone())] {
+        let signal = Signal {
+            name: "approve".into(),
+            by: "ops".into(),
+            data: serde_json::json!({"approved": true}),
+        };
+        for c in [
+            Control::Cancel(ask.clone()),
+            Control::Redrive(ask.clone()),
+            Control::Signal(signal),
+        ] {
             let e = event("r1", "troupe://app/api", &c);
             assert_eq!(read(&e), Some(c));
             assert_eq!(crate::protocol::run_of(&e), "r1");

@@ -60,7 +60,7 @@ impl FlowSets {
                     v.extend(failed.clone());
                     v
                 }
-                Action::Command { .. } => Vec::new(),
+                Action::Command { .. } | Action::Signal { .. } => Vec::new(),
             })
             .collect();
         out.sort();

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::control::{self, Ask, Control};
-use super::run::{RunRecord, RunState};
+use super::run::{RunRecord, RunState, SignalState, StepState};
 use super::{Orchestrator, now_ms};
 use crate::broker::BrokerError;
 use crate::broker::runs::{RunCount, RunPage, RunQuery};
@@ -25,6 +25,9 @@ pub enum ControlError {
     /// It is in a state that does not allow it: the run as it is, and why.
     #[error("{why}")]
     Conflict { run: Box<RunRecord>, why: String },
+    /// What was sent breaks what the flow declares (a signal's schema).
+    #[error("{0}")]
+    Invalid(String),
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
 }
@@ -104,18 +107,102 @@ impl Orchestrator {
         Ok(Controlled { run, done })
     }
 
+    /// Send signal `name` with `data` to run `id`, for the step that
+    /// awaits it (now, or once the run reaches it). Refused at once when
+    /// nothing will wait for it, or the data breaks the schema the flow
+    /// declares for it.
+    pub async fn signal(
+        &self,
+        id: &str,
+        name: &str,
+        data: serde_json::Value,
+        by: &str,
+    ) -> Result<Controlled, ControlError> {
+        let run = self.found(id).await?;
+        if run.state.is_final() {
+            let why = format!("the run already ended: {}", state_name(run.state));
+            return Err(conflict(run, why));
+        }
+        let flow = self.flows.borrow().flow(run.deployment, &run.flow).cloned();
+        let Some(flow) = flow else {
+            let why = format!("this host does not hold the run's flow {:?}", run.flow);
+            return Err(conflict(run, why));
+        };
+        let Some((step, schema)) = flow.signal(name) else {
+            let awaited = flow.signals();
+            let why = format!(
+                "no step of flow {:?} awaits signal {name:?} ({})",
+                flow.name,
+                if awaited.is_empty() {
+                    "it awaits none".to_string()
+                } else {
+                    format!("it awaits: {}", awaited.join(", "))
+                }
+            );
+            return Err(conflict(run, why));
+        };
+        let step = step.id.clone();
+        let kept = run
+            .signals
+            .iter()
+            .any(|s| s.name == name && s.state == SignalState::Kept);
+        match run.steps.get(&step).map(|r| r.state) {
+            Some(StepState::Pending) if kept => {
+                let why = format!("a signal {name:?} is already kept for step {step:?}");
+                return Err(conflict(run, why));
+            }
+            Some(StepState::Pending | StepState::Dispatched) if run.state == RunState::Running => {}
+            Some(StepState::Completed) => {
+                let why = format!("step {step:?} already received signal {name:?}");
+                return Err(conflict(run, why));
+            }
+            other => {
+                let state = other.map_or("missing".to_string(), |s| {
+                    serde_json::to_value(s)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                });
+                let why = format!(
+                    "step {step:?} will not wait for signal {name:?}: the step is {state}, the \
+                     run {}",
+                    state_name(run.state)
+                );
+                return Err(conflict(run, why));
+            }
+        }
+        if let Err(e) = schema.check(&data) {
+            return Err(ControlError::Invalid(format!(
+                "the data of signal {name:?} breaks the schema flow {:?} declares for it: {e}",
+                flow.name
+            )));
+        }
+        let signal = control::Signal {
+            name: name.to_string(),
+            by: by.to_string(),
+            data,
+        };
+        let event = self.send(id, Control::Signal(signal)).await?;
+        let run = self
+            .wait(id, |r| r.signals.iter().any(|s| s.event == event))
+            .await?;
+        let done = run.signals.iter().any(|s| s.event == event);
+        Ok(Controlled { run, done })
+    }
+
     async fn found(&self, id: &str) -> Result<RunRecord, ControlError> {
         self.status(id)
             .await?
             .ok_or_else(|| ControlError::NotFound(id.to_string()))
     }
 
-    /// Send control `c` of run `id`, durably.
-    async fn send(&self, id: &str, c: Control) -> Result<(), BrokerError> {
+    /// Send control `c` of run `id`, durably; the id of its event.
+    async fn send(&self, id: &str, c: Control) -> Result<String, BrokerError> {
         let source = crate::event::source(&self.app, "api");
-        self.broker
-            .publish(vec![control::event(id, &source, &c)])
-            .await
+        let e = control::event(id, &source, &c);
+        let sent = e.id.clone();
+        self.broker.publish(vec![e]).await?;
+        Ok(sent)
     }
 
     /// The run's status once `done` holds of it, or as it is after

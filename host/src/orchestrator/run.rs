@@ -164,6 +164,42 @@ pub struct RunRecord {
     /// Each redrive, oldest first: the steps that failed ran again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redrives: Vec<Operated>,
+    /// The signals sent to the run, in the order they reached it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<SignalRecord>,
+}
+
+/// A signal sent to a run, kept with it: what it carried and what became
+/// of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalRecord {
+    pub name: String,
+    pub data: Value,
+    pub by: String,
+    pub at: String,
+    /// The id of the control event that carried it.
+    pub event: String,
+    /// The step that awaits it, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    pub state: SignalState,
+    /// Why it was ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What became of a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalState {
+    /// Its step waited for it: the signal's data is the step's output.
+    Delivered,
+    /// Its step has not been reached: kept until it is.
+    Kept,
+    /// Nothing waits for it (the step received one, was skipped, or
+    /// ended otherwise; the API refuses such a signal before it is sent,
+    /// so this is a signal that lost a race).
+    Ignored,
 }
 
 /// What an operator did to a run: who, why, when, and the id of the

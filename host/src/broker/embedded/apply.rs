@@ -144,6 +144,10 @@ pub(super) fn apply(
             let r = replay(tx, &id, groups, fx);
             answer(fx, reply, r);
         }
+        Op::Purge { id, reply } => {
+            let r = store::take_dead_letter(tx, &id).map(|_| ());
+            answer(fx, reply, r);
+        }
         Op::Load { group, reply } => {
             let r = load(tx, group, fx);
             answer(fx, reply, r);
@@ -163,6 +167,7 @@ pub(super) fn refuse(op: Op, damage: &str) {
         Op::Commit { reply, .. }
         | Op::Retry { reply, .. }
         | Op::Replay { reply, .. }
+        | Op::Purge { reply, .. }
         | Op::Load { reply, .. }
         | Op::Ready { reply } => reply(Err(err())),
         Op::DeadLetter { reply, .. } => reply(Err(err())),
@@ -283,6 +288,7 @@ pub(super) fn take_inbox(
             })
             .and_then(|e| publish(tx, vec![e], routes, groups, fx)),
         "replay" => replay(tx, body, groups, fx),
+        "purge" => store::take_dead_letter(tx, body).map(|_| ()),
         other => Err(BrokerError::BadInput(format!("unknown inbox op {other:?}"))),
     };
     if let Err(e) = r {

@@ -426,6 +426,11 @@ impl DeadLetters for Embedded {
         let id = id.to_string();
         self.call(|reply| Op::Replay { id, reply }).await
     }
+
+    async fn dlq_purge(&self, id: &str) -> Result<(), BrokerError> {
+        let id = id.to_string();
+        self.call(|reply| Op::Purge { id, reply }).await
+    }
 }
 
 #[async_trait]

@@ -78,6 +78,12 @@ impl DeadLetters for Offline {
         self.dlq_get(id).await?;
         store::queue(&self.state_dir, &[("replay", id.to_string())])
     }
+
+    /// Queue the removal of dead letter `id` for the host.
+    async fn dlq_purge(&self, id: &str) -> Result<(), BrokerError> {
+        self.dlq_get(id).await?;
+        store::queue(&self.state_dir, &[("purge", id.to_string())])
+    }
 }
 
 #[async_trait]

@@ -87,6 +87,11 @@ pub(super) enum Op {
         id: String,
         reply: Reply<()>,
     },
+    /// Remove a dead letter without delivering it.
+    Purge {
+        id: String,
+        reply: Reply<()>,
+    },
     /// Load a group's unsettled deliveries from disk into its queue.
     Load {
         group: Arc<Group>,

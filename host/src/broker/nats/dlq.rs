@@ -169,4 +169,13 @@ impl DeadLetters for Nats {
         i.dlq.purge().filter(data).await.map_err(nats)?;
         Ok(())
     }
+
+    async fn dlq_purge(&self, id: &str) -> Result<(), BrokerError> {
+        let i = &self.inner;
+        let (_, seq) = i.dead_letter_entry(id).await?;
+        i.dlq.delete_message(seq).await.map_err(nats)?;
+        let data = data_subject(&i.names.dlq_subject(id));
+        i.dlq.purge().filter(data).await.map_err(nats)?;
+        Ok(())
+    }
 }

@@ -29,6 +29,7 @@ impl Machine {
                 let target = match &s.action {
                     Action::Command { step } => Some(step.clone()),
                     Action::Hybrid { .. } => None,
+                    Action::Signal { .. } => return None,
                 };
                 (s.input.clone(), s.input_kind.clone(), target)
             }

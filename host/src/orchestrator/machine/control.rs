@@ -4,11 +4,13 @@
 use std::sync::Arc;
 
 use super::{Action, Machine, Transition, key_row};
-use crate::flow::Flow;
-use crate::orchestrator::control::Ask;
+use crate::flow::{Flow, signal};
+use crate::orchestrator::control::{Ask, Signal};
 use crate::orchestrator::flows::FlowSets;
 use crate::orchestrator::rfc3339;
-use crate::orchestrator::run::{Operated, RunRecord, RunState, StepRecord, StepState};
+use crate::orchestrator::run::{
+    Operated, RunRecord, RunState, SignalRecord, SignalState, StepRecord, StepState,
+};
 use crate::protocol;
 
 impl Machine {
@@ -177,4 +179,94 @@ pub fn redrivable(run: &RunRecord, flows: &FlowSets) -> Result<Arc<Flow>, String
         ));
     }
     Ok(flow.clone())
+}
+
+impl Machine {
+    /// A signal to active run `run_id` (control event `event`): the step
+    /// that awaits it takes its data as its output if it waits now; one
+    /// not yet reached keeps it until it is. Recorded with the run either
+    /// way (ignored, and why, if nothing waits for it). `None` for a copy
+    /// of a signal already recorded.
+    pub(super) fn signal(
+        &mut self,
+        run_id: &str,
+        sig: Signal,
+        event: &str,
+        now: u64,
+    ) -> Option<Transition> {
+        let flow = self.flow_of(run_id)?;
+        let run = self.runs.get_mut(run_id)?;
+        if run.signals.iter().any(|s| s.event == event) {
+            return None;
+        }
+        let mut t = Transition::new(run_id);
+        t.was = Some(run.state);
+        t.actions.push(Action::Checkpoint);
+        let awaiting = flow.signal(&sig.name).map(|(s, _)| s.id.clone());
+        let (state, note) = match &awaiting {
+            None => (SignalState::Ignored, Some("no step of the flow awaits it".into())),
+            Some(sid) => match run.steps.get(sid).map(|r| r.state) {
+                _ if run.state != RunState::Running => (
+                    SignalState::Ignored,
+                    Some("the run is being undone".to_string()),
+                ),
+                Some(StepState::Dispatched) => (SignalState::Delivered, None),
+                Some(StepState::Pending)
+                    if !run.signals.iter().any(|s| {
+                        s.name == sig.name && s.state == SignalState::Kept
+                    }) =>
+                {
+                    (SignalState::Kept, None)
+                }
+                Some(StepState::Pending) => (
+                    SignalState::Ignored,
+                    Some(format!("a signal {:?} is already kept for it", sig.name)),
+                ),
+                Some(other) => (
+                    SignalState::Ignored,
+                    Some(format!("the step is {other:?}, not waiting").to_lowercase()),
+                ),
+            },
+        };
+        run.signals.push(SignalRecord {
+            name: sig.name.clone(),
+            data: sig.data.clone(),
+            by: sig.by,
+            at: rfc3339(now),
+            event: event.to_string(),
+            step: awaiting.clone(),
+            state,
+            note,
+        });
+        if let (SignalState::Delivered, Some(sid)) = (state, awaiting) {
+            let data = raw(&sig.data);
+            self.step_done(run_id, &sid, Some((signal::output_type(&sig.name), data)), &mut t, now);
+        }
+        self.settle(&mut t, now);
+        Some(t)
+    }
+
+    /// Signal step `sid` was just dispatched: if a signal for it is kept,
+    /// it takes it now.
+    pub(super) fn take_kept_signal(&mut self, run_id: &str, sid: &str, t: &mut Transition, now: u64) {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        let Some(kept) = run
+            .signals
+            .iter_mut()
+            .find(|s| s.step.as_deref() == Some(sid) && s.state == SignalState::Kept)
+        else {
+            return;
+        };
+        kept.state = SignalState::Delivered;
+        let (name, data) = (kept.name.clone(), raw(&kept.data));
+        t.actions.push(Action::Checkpoint);
+        self.step_done(run_id, sid, Some((signal::output_type(&name), data)), t, now);
+    }
+}
+
+/// `value` as the raw JSON a step's output is kept as.
+fn raw(value: &serde_json::Value) -> Box<serde_json::value::RawValue> {
+    serde_json::value::to_raw_value(value).expect("JSON serialises")
 }

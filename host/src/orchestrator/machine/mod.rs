@@ -131,6 +131,7 @@ impl Machine {
             Some(Control::Cancel(ask)) => return self.cancel(&run_id, ask, &e.id, now),
             // An active run has nothing to redrive.
             Some(Control::Redrive(_)) => return None,
+            Some(Control::Signal(sig)) => return self.signal(&run_id, sig, &e.id, now),
             None => {}
         }
         let mut t = self.begin(&run_id);
@@ -318,6 +319,9 @@ impl Machine {
             }
             t.send(e);
         }
+        // A signal step sends nothing: it waits for its signal, which may
+        // have come already.
+        self.take_kept_signal(run_id, sid, t, now);
     }
 
     /// Dispatch every step whose dependencies are settled; finish the run

@@ -62,6 +62,7 @@ impl Machine {
             key: s.key.clone(),
             cancelled: None,
             redrives: Vec::new(),
+            signals: Vec::new(),
         };
         let mut t = Transition::new(&s.id);
         t.actions.push(Action::Checkpoint);

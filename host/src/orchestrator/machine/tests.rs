@@ -12,6 +12,7 @@ use crate::flow::{Compensation, Flow, FlowStep};
 use crate::orchestrator::FlowSets;
 use crate::protocol::{ATTEMPT, DEPLOYMENT, completed_reply, failed_reply};
 
+mod operator;
 mod property;
 
 /// The fake clock's start (epoch ms).
