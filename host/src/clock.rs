@@ -48,8 +48,15 @@ mod tests {
     fn a_when_is_a_time_or_a_duration_before_now() {
         let now = 1_796_130_256_949;
         assert_eq!(super::parse_when("1h", now), Ok(now - 3_600_000));
-        assert_eq!(super::parse_when(&super::rfc3339(now - 5), now), Ok(now - 5));
-        assert!(super::parse_when("soon", now).unwrap_err().contains("neither"));
+        assert_eq!(
+            super::parse_when(&super::rfc3339(now - 5), now),
+            Ok(now - 5)
+        );
+        assert!(
+            super::parse_when("soon", now)
+                .unwrap_err()
+                .contains("neither")
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ fn ids(v: &Value) -> Vec<String> {
 
 /// `troupe ARGS` against host `h` (its URL and token): (success, stdout
 /// and stderr).
-fn cli(h: &ApiHost, app: &TestApp, args: &[&str]) -> (bool, String) {
+pub(crate) fn cli(h: &ApiHost, app: &TestApp, args: &[&str]) -> (bool, String) {
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--api", &h.url]);
     let out = troupe_within(
@@ -69,7 +69,10 @@ fn runs_are_found_by_each_filter_a_page_at_a_time(b: Backend) {
         .client
         .start_keyed("fulfil", &order("o-k", "ada"), Some("order-o-k"))
         .unwrap();
-    let keyed = h.client.wait(&keyed, Duration::from_secs(30), |_| {}).unwrap();
+    let keyed = h
+        .client
+        .wait(&keyed, Duration::from_secs(30), |_| {})
+        .unwrap();
     started.push(keyed.clone());
     let newest_first: Vec<String> = started
         .iter()
@@ -104,10 +107,7 @@ fn runs_are_found_by_each_filter_a_page_at_a_time(b: Backend) {
             .contains("mallory may not have it"),
         "{compensated}"
     );
-    assert_eq!(
-        list("flow=fulfil&status=completed"),
-        of(&[0, 2, 3, 5, 6])
-    );
+    assert_eq!(list("flow=fulfil&status=completed"), of(&[0, 2, 3, 5, 6]));
     assert_eq!(list("key=order-o-k"), of(&[6]));
     assert_eq!(list("flow=nope"), Vec::<String>::new());
     assert_eq!(list("status=running"), Vec::<String>::new());
@@ -117,10 +117,7 @@ fn runs_are_found_by_each_filter_a_page_at_a_time(b: Backend) {
     let t = percent(created);
     assert_eq!(list(&format!("since={t}")), of(&[3, 4, 5, 6]));
     assert_eq!(list(&format!("until={t}")), of(&[0, 1, 2]));
-    assert_eq!(
-        list(&format!("until={t}&status=compensated")),
-        of(&[1])
-    );
+    assert_eq!(list(&format!("until={t}&status=compensated")), of(&[1]));
 
     // Pages of two, with a run started between the first page and the
     // next: the pages after it are the runs older than the first page,
@@ -189,7 +186,10 @@ fn runs_are_found_by_each_filter_a_page_at_a_time(b: Backend) {
             .find(|c| c["flow"] == "fulfil" && c["state"] == s)
             .map(|c| c["count"].as_u64().unwrap())
     };
-    assert_eq!((count("completed"), count("compensated")), (Some(6), Some(2)));
+    assert_eq!(
+        (count("completed"), count("compensated")),
+        (Some(6), Some(2))
+    );
     let metrics = metrics(&h);
     assert!(
         metrics.contains("troupe_runs{flow=\"fulfil\",state=\"compensated\"} 2"),
@@ -214,7 +214,10 @@ fn runs_are_found_by_each_filter_a_page_at_a_time(b: Backend) {
     let (ok, text) = cli(&h, &app, &["runs", "--limit", "3"]);
     assert!(ok && text.contains("more: --cursor "), "{text}");
     let (ok, text) = cli(&h, &app, &["runs", "counts"]);
-    assert!(ok && text.contains("compensated") && text.contains("total 8"), "{text}");
+    assert!(
+        ok && text.contains("compensated") && text.contains("total 8"),
+        "{text}"
+    );
     let (ok, text) = cli(&h, &app, &["runs", "--status", "nope"]);
     assert!(!ok && text.contains("`status`"), "{text}");
 }
@@ -317,13 +320,20 @@ fn a_cancel_supersedes_what_runs_and_undoes_what_completed(b: Backend) {
     let (status, v) = h.raw("POST", &format!("/v1/runs/{done_id}/cancel"), None);
     assert_eq!(status, 409, "{v}");
     assert_eq!(v["state"], "completed");
-    assert!(v["error"].as_str().unwrap().contains("already ended"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("already ended"),
+        "{v}"
+    );
     let (ok, text) = cli(&h, &app, &["runs", "cancel", done_id]);
     assert!(!ok && text.contains("already ended: completed"), "{text}");
     // No such run; a body that is not {by, reason}.
     let (status, v) = h.raw("POST", "/v1/runs/nope/cancel", None);
     assert_eq!(status, 404, "{v}");
-    let (status, v) = h.raw("POST", &format!("/v1/runs/{done_id}/cancel"), Some(&json!({"x": 1})));
+    let (status, v) = h.raw(
+        "POST",
+        &format!("/v1/runs/{done_id}/cancel"),
+        Some(&json!({"x": 1})),
+    );
     assert_eq!(status, 400, "{v}");
 }
 
@@ -380,13 +390,23 @@ fn a_failed_run_is_redriven_from_the_step_that_failed(b: Backend) {
     // completed kept its output and ran once.
     assert_eq!(run["steps"]["charge"]["attempts"], 1, "{run:#}");
     assert_eq!(run["steps"]["validate"]["attempts"], 1);
-    assert_eq!(run["steps"]["validate"]["output"], failed["steps"]["validate"]["output"]);
-    assert_eq!(run["steps"]["validate"]["finished"], failed["steps"]["validate"]["finished"]);
+    assert_eq!(
+        run["steps"]["validate"]["output"],
+        failed["steps"]["validate"]["output"]
+    );
+    assert_eq!(
+        run["steps"]["validate"]["finished"],
+        failed["steps"]["validate"]["finished"]
+    );
     assert_eq!(state(&run, "ship"), "completed");
     assert_eq!(run["redrives"][0]["by"], "ops");
     assert_eq!(run["redrives"][0]["reason"], "provider back");
     let errors = run["steps"]["charge"]["errors"].as_array().unwrap();
-    assert_eq!(errors.len(), 2, "the first attempts' errors are kept: {run:#}");
+    assert_eq!(
+        errors.len(),
+        2,
+        "the first attempts' errors are kept: {run:#}"
+    );
     assert_eq!(payments.stats()["charges"], 1, "charged once");
     wait_for(Duration::from_secs(10), "listed as completed", || {
         let v = h.client.get("/v1/runs?status=failed").unwrap();
@@ -457,7 +477,11 @@ fn a_signal_reaches_the_step_that_awaits_it_now_or_later(b: Backend) {
         (state(&run, "review") == "dispatched").then_some(())
     });
     let signal = |name: &str, data: Value| {
-        h.raw("POST", &format!("/v1/runs/{id}/signals/{name}?by=alice"), Some(&data))
+        h.raw(
+            "POST",
+            &format!("/v1/runs/{id}/signals/{name}?by=alice"),
+            Some(&data),
+        )
     };
     // What breaks the flow's schema for it: 422, saying where.
     let (status, v) = signal("approve", json!({"approved": "yes"}));
@@ -466,8 +490,17 @@ fn a_signal_reaches_the_step_that_awaits_it_now_or_later(b: Backend) {
     // What no step awaits: 409, naming those it awaits.
     let (status, v) = signal("reject", json!({}));
     assert_eq!(status, 409, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("it awaits: review, approve")
-        || v["error"].as_str().unwrap().contains("it awaits: approve, review"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("it awaits: review, approve")
+            || v["error"]
+                .as_str()
+                .unwrap()
+                .contains("it awaits: approve, review"),
+        "{v}"
+    );
     // The approval before the review: kept for its step.
     let (status, run) = signal("approve", json!({"approved": true}));
     assert_eq!(status, 202, "{run}");
@@ -480,12 +513,31 @@ fn a_signal_reaches_the_step_that_awaits_it_now_or_later(b: Backend) {
     assert!(v["error"].as_str().unwrap().contains("already kept"), "{v}");
     // The review, through the CLI: the approval takes the kept signal at
     // once, and the charge runs.
-    let (ok, text) = cli(&h, &app, &["runs", "signal", &id, "review", "--data", "{\"by\": \"bob\"}", "--by", "bob"]);
+    let (ok, text) = cli(
+        &h,
+        &app,
+        &[
+            "runs",
+            "signal",
+            &id,
+            "review",
+            "--data",
+            "{\"by\": \"bob\"}",
+            "--by",
+            "bob",
+        ],
+    );
     assert!(ok && text.contains("signal review delivered"), "{text}");
     let run = h.client.wait(&id, Duration::from_secs(30), |_| {}).unwrap();
     assert_eq!(run["state"], "completed", "{run:#}");
-    assert_eq!(run["steps"]["approval"]["output"], json!({"approved": true}));
-    assert_eq!(run["steps"]["approval"]["output_type"], "troupe.signal.approve");
+    assert_eq!(
+        run["steps"]["approval"]["output"],
+        json!({"approved": true})
+    );
+    assert_eq!(
+        run["steps"]["approval"]["output_type"],
+        "troupe.signal.approve"
+    );
     assert_eq!(state(&run, "charge"), "completed");
     let signals = run["signals"].as_array().unwrap();
     assert_eq!(signals.len(), 2, "{run:#}");
@@ -493,7 +545,10 @@ fn a_signal_reaches_the_step_that_awaits_it_now_or_later(b: Backend) {
     // The run ended: 409.
     let (status, v) = signal("approve", json!({"approved": true}));
     assert_eq!(status, 409, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("already ended"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("already ended"),
+        "{v}"
+    );
 
     // Not approved: the charge is skipped, and says why.
     let id2 = h.client.start("approve", &order("o-n", "ada")).unwrap();
@@ -501,14 +556,30 @@ fn a_signal_reaches_the_step_that_awaits_it_now_or_later(b: Backend) {
         let run = h.client.status(&id2).unwrap();
         (state(&run, "review") == "dispatched").then_some(())
     });
-    for (name, data) in [("review", json!(null)), ("approve", json!({"approved": false}))] {
-        let (status, v) = h.raw("POST", &format!("/v1/runs/{id2}/signals/{name}"), Some(&data));
+    for (name, data) in [
+        ("review", json!(null)),
+        ("approve", json!({"approved": false})),
+    ] {
+        let (status, v) = h.raw(
+            "POST",
+            &format!("/v1/runs/{id2}/signals/{name}"),
+            Some(&data),
+        );
         assert_eq!(status, 202, "{v}");
     }
-    let run = h.client.wait(&id2, Duration::from_secs(30), |_| {}).unwrap();
+    let run = h
+        .client
+        .wait(&id2, Duration::from_secs(30), |_| {})
+        .unwrap();
     assert_eq!(run["state"], "completed", "{run:#}");
     assert_eq!(state(&run, "charge"), "skipped");
-    assert!(run["steps"]["charge"]["reason"].as_str().unwrap().contains("approval.approved"), "{run:#}");
+    assert!(
+        run["steps"]["charge"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("approval.approved"),
+        "{run:#}"
+    );
     // A signal to a run that does not exist.
     let (status, _) = h.raw("POST", "/v1/runs/nope/signals/approve", Some(&json!({})));
     assert_eq!(status, 404);

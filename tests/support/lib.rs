@@ -521,7 +521,12 @@ impl ApiHost {
     }
 
     /// A request with the token, whatever its status: (status, JSON body).
-    pub fn raw(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         raw(&self.url, &self.token, method, path, body)
     }
 }

@@ -203,11 +203,14 @@ async fn bulk(s: &ApiState, body: &[u8], op: Bulk) -> Result<Json<Value>, ApiErr
 
 /// Why today's consumer would refuse dead letter `d` at once, if it would:
 /// the step is gone, or its contract refuses the event.
-fn refusal(steps: &[std::sync::Arc<crate::runtime::step::LoadedStep>], d: &DeadLetter) -> Result<(), String> {
+fn refusal(
+    steps: &[std::sync::Arc<crate::runtime::step::LoadedStep>],
+    d: &DeadLetter,
+) -> Result<(), String> {
     if d.step == crate::protocol::GROUP {
         return Ok(());
     }
-    let Some(step) = steps.iter().find(|s| s.sandbox.name == d.step) else {
+    let Some(step) = steps.iter().find(|s| *s.sandbox.name == *d.step) else {
         return Err(format!("the app has no step {:?} now", d.step));
     };
     step.contract
@@ -243,9 +246,9 @@ fn filter(v: &Value, also: &[&str]) -> Result<(DlqFilter, Option<usize>), String
         return Err("the body must be a JSON object".into());
     }
     if let Some(o) = v.as_object()
-        && let Some(k) = o
-            .keys()
-            .find(|k| !FILTERS.contains(&k.as_str()) && k.as_str() != "limit" && !also.contains(&k.as_str()))
+        && let Some(k) = o.keys().find(|k| {
+            !FILTERS.contains(&k.as_str()) && k.as_str() != "limit" && !also.contains(&k.as_str())
+        })
     {
         return Err(format!(
             "unknown field {:?} (filters: {}, limit)",

@@ -138,7 +138,8 @@ fn complete(doc: &mut Value) {
                 }}});
                 for p in op["parameters"].as_array_mut().into_iter().flatten() {
                     if p["name"] == "name" {
-                        p["schema"] = json!({"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,63}$"});
+                        p["schema"] =
+                            json!({"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,63}$"});
                     }
                 }
             }
@@ -328,6 +329,84 @@ fn set(keys: &[&str]) -> Value {
 }
 
 fn schemas() -> Value {
+    let mut all = base_schemas();
+    let runs = run_schemas();
+    if let (Some(all), Some(runs)) = (all.as_object_mut(), runs.as_object()) {
+        all.extend(runs.clone());
+    }
+    all
+}
+
+/// The schemas of runs: a run's status, a run in a list, an operator's
+/// action on one.
+fn run_schemas() -> Value {
+    json!({
+        "Operated": {
+            "type": "object", "required": ["by", "at", "event"],
+            "description": "What an operator did to a run: who, why, when, and the id of the control event that asked",
+            "properties": {
+                "by": {"type": "string"}, "reason": {"type": "string"},
+                "at": {"type": "string"}, "event": {"type": "string"}
+            }
+        },
+        "RunSummary": {
+            "type": "object", "required": ["id", "flow", "state", "created", "updated"],
+            "properties": {
+                "id": {"type": "string"}, "flow": {"type": "string"},
+                "state": {"type": "string", "enum": ["running", "compensating", "completed", "compensated", "failed", "timed_out", "cancelled"]},
+                "created": {"type": "string"}, "updated": {"type": "string"},
+                "deployment": {"type": "integer", "minimum": 1},
+                "key": {"type": "string"},
+                "error": {"type": "string", "description": "Why it failed, cut to 300 bytes"}
+            }
+        },
+        "Run": {
+            "type": "object",
+            "required": ["id", "flow", "state", "input", "created", "updated", "steps"],
+            "properties": {
+                "id": {"type": "string"},
+                "flow": {"type": "string"},
+                "deployment": {"type": "integer", "minimum": 1, "description": "The deployment the run started on: its flow and steps, to its end"},
+                "state": {"type": "string", "enum": ["running", "compensating", "completed", "compensated", "failed", "timed_out", "cancelled"]},
+                "input": {},
+                "created": {"type": "string"},
+                "updated": {"type": "string"},
+                "finished": {"type": "string"},
+                "duration_ms": {"type": "integer", "minimum": 0},
+                "error": {"type": "string"},
+                "cancelled": {"$ref": "#/components/schemas/Operated"},
+                "redrives": {"type": "array", "items": {"$ref": "#/components/schemas/Operated"}},
+                "signals": {"type": "array", "items": {
+                    "type": "object", "required": ["name", "data", "by", "at", "event", "state"],
+                    "properties": {
+                        "name": {"type": "string"}, "data": {}, "by": {"type": "string"},
+                        "at": {"type": "string"}, "event": {"type": "string"},
+                        "step": {"type": "string"},
+                        "state": {"type": "string", "enum": ["delivered", "kept", "ignored"]},
+                        "note": {"type": "string"}
+                    }
+                }},
+                "steps": {"type": "object", "additionalProperties": {
+                    "type": "object", "required": ["state", "attempts"],
+                    "properties": {
+                        "state": {"type": "string"},
+                        "attempts": {"type": "integer", "minimum": 0},
+                        "started": {"type": "string"},
+                        "finished": {"type": "string"},
+                        "duration_ms": {"type": "integer", "minimum": 0},
+                        "output_type": {"type": "string"},
+                        "output": {},
+                        "errors": {"type": "array", "items": {"type": "string"}},
+                        "reason": {"type": "string"},
+                        "component": {"type": "string", "description": "SHA-256 of the component that answered its last attempt"}
+                    }
+                }}
+            }
+        }
+    })
+}
+
+fn base_schemas() -> Value {
     // Set by the host only, and never both.
     let forbidden: Vec<Value> = ["troupeto", "trouperun", "troupestep", "troupeattempt"]
         .iter()
@@ -411,67 +490,5 @@ fn schemas() -> Value {
                 "event": {"$ref": "#/components/schemas/CloudEvent"}
             }
         },
-        "Operated": {
-            "type": "object", "required": ["by", "at", "event"],
-            "description": "What an operator did to a run: who, why, when, and the id of the control event that asked",
-            "properties": {
-                "by": {"type": "string"}, "reason": {"type": "string"},
-                "at": {"type": "string"}, "event": {"type": "string"}
-            }
-        },
-        "RunSummary": {
-            "type": "object", "required": ["id", "flow", "state", "created", "updated"],
-            "properties": {
-                "id": {"type": "string"}, "flow": {"type": "string"},
-                "state": {"type": "string", "enum": ["running", "compensating", "completed", "compensated", "failed", "timed_out", "cancelled"]},
-                "created": {"type": "string"}, "updated": {"type": "string"},
-                "deployment": {"type": "integer", "minimum": 1},
-                "key": {"type": "string"},
-                "error": {"type": "string", "description": "Why it failed, cut to 300 bytes"}
-            }
-        },
-        "Run": {
-            "type": "object",
-            "required": ["id", "flow", "state", "input", "created", "updated", "steps"],
-            "properties": {
-                "id": {"type": "string"},
-                "flow": {"type": "string"},
-                "deployment": {"type": "integer", "minimum": 1, "description": "The deployment the run started on: its flow and steps, to its end"},
-                "state": {"type": "string", "enum": ["running", "compensating", "completed", "compensated", "failed", "timed_out", "cancelled"]},
-                "input": {},
-                "created": {"type": "string"},
-                "updated": {"type": "string"},
-                "finished": {"type": "string"},
-                "duration_ms": {"type": "integer", "minimum": 0},
-                "error": {"type": "string"},
-                "cancelled": {"$ref": "#/components/schemas/Operated"},
-                "redrives": {"type": "array", "items": {"$ref": "#/components/schemas/Operated"}},
-                "signals": {"type": "array", "items": {
-                    "type": "object", "required": ["name", "data", "by", "at", "event", "state"],
-                    "properties": {
-                        "name": {"type": "string"}, "data": {}, "by": {"type": "string"},
-                        "at": {"type": "string"}, "event": {"type": "string"},
-                        "step": {"type": "string"},
-                        "state": {"type": "string", "enum": ["delivered", "kept", "ignored"]},
-                        "note": {"type": "string"}
-                    }
-                }},
-                "steps": {"type": "object", "additionalProperties": {
-                    "type": "object", "required": ["state", "attempts"],
-                    "properties": {
-                        "state": {"type": "string"},
-                        "attempts": {"type": "integer", "minimum": 0},
-                        "started": {"type": "string"},
-                        "finished": {"type": "string"},
-                        "duration_ms": {"type": "integer", "minimum": 0},
-                        "output_type": {"type": "string"},
-                        "output": {},
-                        "errors": {"type": "array", "items": {"type": "string"}},
-                        "reason": {"type": "string"},
-                        "component": {"type": "string", "description": "SHA-256 of the component that answered its last attempt"}
-                    }
-                }}
-            }
-        }
     })
 }

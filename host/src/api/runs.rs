@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState, Body, IDEMPOTENCY_KEY, RETRY_AFTER, RawBody, status};
@@ -244,7 +244,10 @@ pub(super) async fn signal(
     if let Some(k) = params.keys().find(|k| k.as_str() != "by") {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            format!("unknown parameter {:?} (a signal takes `by`)", crate::text::clean(k, 80)),
+            format!(
+                "unknown parameter {:?} (a signal takes `by`)",
+                crate::text::clean(k, 80)
+            ),
         ));
     }
     let by = params
@@ -277,7 +280,8 @@ fn ask(body: axum::body::Bytes) -> Result<Ask, ApiError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not valid JSON: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| bad(format!("the body is not valid JSON: {e}")))?
     };
     Ask::from_body(&body, "api").map_err(bad)
 }

@@ -57,7 +57,9 @@ impl Filters {
         let now = troupe::clock::now_ms();
         let when = |k: &str, v: &Option<String>| -> Result<Option<u64>> {
             v.as_deref()
-                .map(|t| troupe::clock::parse_when(t, now).map_err(|e| anyhow::anyhow!("--{k}: {e}")))
+                .map(|t| {
+                    troupe::clock::parse_when(t, now).map_err(|e| anyhow::anyhow!("--{k}: {e}"))
+                })
                 .transpose()
         };
         let class = match &self.class {
@@ -118,25 +120,30 @@ pub(crate) fn bulk(
     if !bulk.dry_run {
         body["limit"] = json!(bulk.batch);
     }
-    let done_key = if verb == "replay" { "replayed" } else { "purged" };
-    let (mut done, mut refused) = (0u64, 0u64);
-    let mut reasons: Vec<Value> = Vec::new();
+    let done_key = if verb == "replay" {
+        "replayed"
+    } else {
+        "purged"
+    };
+    let mut done = 0u64;
     let mut total = None;
-    loop {
+    // The last batch looked at every dead letter still there: its refusals
+    // are the ones left.
+    let (refused, reasons) = loop {
         let (_, v) = c.post(&format!("/v1/dlq/{verb}"), Some(&body))?;
         let n = v[done_key].as_u64().unwrap_or(0);
         done += n;
-        refused = v["refused"].as_u64().unwrap_or(0);
-        reasons = v["reasons"].as_array().cloned().unwrap_or_default();
+        let refused = v["refused"].as_u64().unwrap_or(0);
+        let reasons = v["reasons"].as_array().cloned().unwrap_or_default();
         let matched = v["matched"].as_u64().unwrap_or(0);
         let total = *total.get_or_insert(matched.saturating_sub(refused));
         if !bulk.dry_run && !json {
             eprintln!("{done_key} {done} of {total}");
         }
         if bulk.dry_run || !v["more"].as_bool().unwrap_or(false) || n == 0 {
-            break;
+            break (refused, reasons);
         }
-    }
+    };
     if json {
         println!(
             "{}",

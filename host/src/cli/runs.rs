@@ -137,7 +137,12 @@ fn signal(
     let c = client(api)?;
     let by = who(by);
     let enc = |s: &str| percent_encoding::utf8_percent_encode(s, QUERY).to_string();
-    let path = format!("/v1/runs/{}/signals/{}?by={}", enc(run), enc(name), enc(&by));
+    let path = format!(
+        "/v1/runs/{}/signals/{}?by={}",
+        enc(run),
+        enc(name),
+        enc(&by)
+    );
     let (_, v) = c.post(&path, Some(&data))?;
     if json {
         println!("{}", serde_json::to_string(&v)?);

@@ -30,8 +30,8 @@ pub mod signal;
 
 use condition::parse_condition;
 pub use condition::{Condition, Op};
-pub use signal::SignalSchema;
 use order::{check_condition, describe_source, topo_order};
+pub use signal::SignalSchema;
 
 /// The flow input pseudo-step.
 pub const INPUT: &str = "input";

@@ -68,7 +68,9 @@ mod tests {
         }))
         .unwrap();
         assert!(s.check(&serde_json::json!({"approved": true})).is_ok());
-        let e = s.check(&serde_json::json!({"approved": "yes"})).unwrap_err();
+        let e = s
+            .check(&serde_json::json!({"approved": "yes"}))
+            .unwrap_err();
         assert!(e.contains("/approved"), "{e}");
         assert!(SignalSchema::compile(serde_json::json!({"type": 5})).is_err());
         assert!(is_signal_name("approve") && is_signal_name("ok_2"));

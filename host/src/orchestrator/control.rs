@@ -144,8 +144,16 @@ mod tests {
         let a = Ask::from_body(&serde_json::json!({"reason": "why"}), "api").unwrap();
         assert_eq!((a.by.as_str(), a.reason.as_deref()), ("api", Some("why")));
         assert_eq!(Ask::from_body(&Value::Null, "api").unwrap().by, "api");
-        assert!(Ask::from_body(&serde_json::json!({"x": 1}), "api").unwrap_err().contains("\"x\""));
-        assert!(Ask::from_body(&serde_json::json!({"by": 1}), "api").unwrap_err().contains("`by`"));
+        assert!(
+            Ask::from_body(&serde_json::json!({"x": 1}), "api")
+                .unwrap_err()
+                .contains("\"x\"")
+        );
+        assert!(
+            Ask::from_body(&serde_json::json!({"by": 1}), "api")
+                .unwrap_err()
+                .contains("`by`")
+        );
         assert!(Ask::from_body(&serde_json::json!([1]), "api").is_err());
     }
 }

@@ -25,9 +25,9 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use super::control::{self, Ask, Control};
 use super::flows::FlowSets;
 use super::machine::{Action, Machine, Start, Started, Transition};
-use super::control::{self, Ask, Control};
 use super::run::{RunRecord, RunState, key};
 use super::timers::Timers;
 use super::{Inbox, Msg, StartError, Starting, now_ms};
@@ -392,11 +392,7 @@ impl Driver {
                 self.ending.remove(&run);
                 self.resync.remove(&run);
             }
-            Settled::Loaded {
-                delivery,
-                ask,
-                run,
-            } => self.redrive(delivery, ask, run),
+            Settled::Loaded { delivery, ask, run } => self.redrive(delivery, ask, run),
         }
     }
 

@@ -38,9 +38,7 @@ CREATE TABLE IF NOT EXISTS run_counts (
 /// Bring a store written before the index up to date: an entry for every
 /// run's record (one pass, once), and the counts.
 pub(super) fn upgrade(conn: &Connection) -> Result<(), BrokerError> {
-    let filled: bool = conn
-        .prepare("SELECT 1 FROM runs LIMIT 1")?
-        .exists([])?;
+    let filled: bool = conn.prepare("SELECT 1 FROM runs LIMIT 1")?.exists([])?;
     if filled {
         return Ok(());
     }
@@ -164,7 +162,8 @@ pub(super) fn query(conn: &Connection, q: &RunQuery) -> Result<RunPage, BrokerEr
 
 /// How many runs of each flow are in each state.
 pub(super) fn counts(conn: &Connection) -> Result<Vec<RunCount>, BrokerError> {
-    let mut stmt = conn.prepare_cached("SELECT flow, state, n FROM run_counts ORDER BY flow, state")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT flow, state, n FROM run_counts ORDER BY flow, state")?;
     let counts = stmt
         .query_map([], |r| {
             Ok(RunCount {
@@ -195,12 +194,34 @@ mod tests {
         let s = |v: &str| Some(v.to_string());
         let queries = [
             RunQuery::default(),
-            RunQuery { flow: s("f"), ..RunQuery::default() },
-            RunQuery { state: s("failed"), ..RunQuery::default() },
-            RunQuery { flow: s("f"), state: s("failed"), ..RunQuery::default() },
-            RunQuery { key: s("k"), ..RunQuery::default() },
-            RunQuery { since_ms: Some(1), until_ms: Some(2), after: s("x"), ..RunQuery::default() },
-            RunQuery { flow: s("f"), since_ms: Some(1), ..RunQuery::default() },
+            RunQuery {
+                flow: s("f"),
+                ..RunQuery::default()
+            },
+            RunQuery {
+                state: s("failed"),
+                ..RunQuery::default()
+            },
+            RunQuery {
+                flow: s("f"),
+                state: s("failed"),
+                ..RunQuery::default()
+            },
+            RunQuery {
+                key: s("k"),
+                ..RunQuery::default()
+            },
+            RunQuery {
+                since_ms: Some(1),
+                until_ms: Some(2),
+                after: s("x"),
+                ..RunQuery::default()
+            },
+            RunQuery {
+                flow: s("f"),
+                since_ms: Some(1),
+                ..RunQuery::default()
+            },
         ];
         for q in queries {
             let (sql, args) = sql(&q);

@@ -384,7 +384,9 @@ impl Inner {
         }
         purge_below(stream, &markers, last_seq + 1).await?;
         let gone = due.iter().filter(|m| !m.deleted).count();
-        self.pruned.records.fetch_add(gone as u64, Ordering::Relaxed);
+        self.pruned
+            .records
+            .fetch_add(gone as u64, Ordering::Relaxed);
         Ok(Some(last_time))
     }
 

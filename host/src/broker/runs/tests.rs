@@ -7,7 +7,8 @@ use super::*;
 
 /// A UUID v7 as the orchestrator draws one, at `ms`.
 fn v7(ms: u64, rand: u64) -> String {
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+    let ts =
+        uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
     let mut id = *uuid::Uuid::new_v7(ts).as_bytes();
     id[8..16].copy_from_slice(&rand.to_be_bytes());
     id[8] = (id[8] & 0x3f) | 0x80;
@@ -150,9 +151,15 @@ fn ended_runs_older_than_the_horizon_are_forgotten_and_no_others() {
     index.put(entry(1_000, 1, 0, 1, None));
     index.put(entry(2_000, 1, 0, 2, None));
     index.put(entry(500, 1, 0, 0, None));
-    assert_eq!(index.forget_ended_before(&["completed", "failed"], 1_500), 1);
+    assert_eq!(
+        index.forget_ended_before(&["completed", "failed"], 1_500),
+        1
+    );
     let left: Vec<String> = index
-        .query(&RunQuery { limit: 10, ..RunQuery::default() })
+        .query(&RunQuery {
+            limit: 10,
+            ..RunQuery::default()
+        })
         .runs
         .into_iter()
         .map(|e| e.state)

@@ -167,10 +167,7 @@ pub fn redrivable(run: &RunRecord, flows: &FlowSets) -> Result<Arc<Flow>, String
         ));
     }
     let Some(flow) = flows.flow(None, &run.flow) else {
-        return Err(format!(
-            "the current deployment has no flow {:?}",
-            run.flow
-        ));
+        return Err(format!("the current deployment has no flow {:?}", run.flow));
     };
     if let Some(gone) = run.steps.keys().find(|id| flow.step(id).is_none()) {
         return Err(format!(
@@ -204,7 +201,10 @@ impl Machine {
         t.actions.push(Action::Checkpoint);
         let awaiting = flow.signal(&sig.name).map(|(s, _)| s.id.clone());
         let (state, note) = match &awaiting {
-            None => (SignalState::Ignored, Some("no step of the flow awaits it".into())),
+            None => (
+                SignalState::Ignored,
+                Some("no step of the flow awaits it".into()),
+            ),
             Some(sid) => match run.steps.get(sid).map(|r| r.state) {
                 _ if run.state != RunState::Running => (
                     SignalState::Ignored,
@@ -212,9 +212,10 @@ impl Machine {
                 ),
                 Some(StepState::Dispatched) => (SignalState::Delivered, None),
                 Some(StepState::Pending)
-                    if !run.signals.iter().any(|s| {
-                        s.name == sig.name && s.state == SignalState::Kept
-                    }) =>
+                    if !run
+                        .signals
+                        .iter()
+                        .any(|s| s.name == sig.name && s.state == SignalState::Kept) =>
                 {
                     (SignalState::Kept, None)
                 }
@@ -225,6 +226,10 @@ impl Machine {
                 Some(other) => (
                     SignalState::Ignored,
                     Some(format!("the step is {other:?}, not waiting").to_lowercase()),
+                ),
+                None => (
+                    SignalState::Ignored,
+                    Some("the run has no such step".into()),
                 ),
             },
         };
@@ -240,7 +245,13 @@ impl Machine {
         });
         if let (SignalState::Delivered, Some(sid)) = (state, awaiting) {
             let data = raw(&sig.data);
-            self.step_done(run_id, &sid, Some((signal::output_type(&sig.name), data)), &mut t, now);
+            self.step_done(
+                run_id,
+                &sid,
+                Some((signal::output_type(&sig.name), data)),
+                &mut t,
+                now,
+            );
         }
         self.settle(&mut t, now);
         Some(t)
@@ -248,7 +259,13 @@ impl Machine {
 
     /// Signal step `sid` was just dispatched: if a signal for it is kept,
     /// it takes it now.
-    pub(super) fn take_kept_signal(&mut self, run_id: &str, sid: &str, t: &mut Transition, now: u64) {
+    pub(super) fn take_kept_signal(
+        &mut self,
+        run_id: &str,
+        sid: &str,
+        t: &mut Transition,
+        now: u64,
+    ) {
         let Some(run) = self.runs.get_mut(run_id) else {
             return;
         };
@@ -262,7 +279,13 @@ impl Machine {
         kept.state = SignalState::Delivered;
         let (name, data) = (kept.name.clone(), raw(&kept.data));
         t.actions.push(Action::Checkpoint);
-        self.step_done(run_id, sid, Some((signal::output_type(&name), data)), t, now);
+        self.step_done(
+            run_id,
+            sid,
+            Some((signal::output_type(&name), data)),
+            t,
+            now,
+        );
     }
 }
 

@@ -27,7 +27,9 @@ fn a_cancel_undoes_what_completed_waits_for_what_can_be_undone_and_supersedes_th
     let b = first.iter().find(|e| sid_of(e) == "b").unwrap();
     m.on_event(&done(a), T0 + 5).unwrap();
     // `b` (undoable) is in flight when the cancel comes.
-    let t = m.on_event(&control("r1", Control::Cancel(ask())), T0 + 10).unwrap();
+    let t = m
+        .on_event(&control("r1", Control::Cancel(ask())), T0 + 10)
+        .unwrap();
     assert!(t.checkpoint());
     let run = m.run("r1").unwrap();
     assert_eq!(run.state, RunState::Compensating);
@@ -37,10 +39,19 @@ fn a_cancel_undoes_what_completed_waits_for_what_can_be_undone_and_supersedes_th
     let undo_a: Vec<Event> = sends(&t);
     assert_eq!(undo_a.iter().map(sid_of).collect::<Vec<_>>(), ["a~undo"]);
     // A copy of the cancel: nothing.
-    assert!(m.on_event(&control("r1", Control::Cancel(ask())), T0 + 11).is_none());
+    assert!(
+        m.on_event(&control("r1", Control::Cancel(ask())), T0 + 11)
+            .is_none()
+    );
     // `b` completes: it is undone too, then the run ends cancelled.
     let t = m.on_event(&done(b), T0 + 20).unwrap();
-    assert!(m.run("r1").unwrap().steps["b"].reason.as_deref().unwrap().contains("after the run was cancelled"));
+    assert!(
+        m.run("r1").unwrap().steps["b"]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("after the run was cancelled")
+    );
     let mut undos: Vec<Event> = sends(&t);
     undos.extend(undo_a);
     let mut end = None;
@@ -58,7 +69,12 @@ fn a_cancel_undoes_what_completed_waits_for_what_can_be_undone_and_supersedes_th
     assert_eq!(end.state, RunState::Cancelled);
     assert_eq!(end.steps["a"].state, StepState::Compensated);
     assert_eq!(end.steps["b"].state, StepState::Compensated);
-    assert!(end.error.as_deref().unwrap().contains("cancelled by ops: why"));
+    assert!(
+        end.error
+            .as_deref()
+            .unwrap()
+            .contains("cancelled by ops: why")
+    );
 }
 
 /// `a` then `s` (awaits signal `go`, its data `{"ok": boolean}`) then `c`
@@ -67,7 +83,10 @@ fn signal_flow() -> Flow {
     let mut s = fstep("s", INPUT, None, 1);
     s.action = FlowAction::Signal {
         name: "go".into(),
-        schema: SignalSchema::compile(json!({"type": "object", "properties": {"ok": {"type": "boolean"}}})).unwrap(),
+        schema: SignalSchema::compile(
+            json!({"type": "object", "properties": {"ok": {"type": "boolean"}}}),
+        )
+        .unwrap(),
     };
     s.after = vec!["a".into()];
     s.output_kind = None;
@@ -90,7 +109,7 @@ fn signal_flow() -> Flow {
     }
 }
 
-fn go(data: serde_json::Value) -> Control {
+fn go(data: Value) -> Control {
     Control::Signal(Signal {
         name: "go".into(),
         by: "ops".into(),
@@ -100,7 +119,12 @@ fn go(data: serde_json::Value) -> Control {
 
 #[test]
 fn a_signal_before_its_step_is_kept_and_taken_when_the_run_gets_there() {
-    let mut m = Machine::new(FlowSets::one(1, vec![signal_flow()]), SOURCE.into(), None, 1_000);
+    let mut m = Machine::new(
+        FlowSets::one(1, vec![signal_flow()]),
+        SOURCE.into(),
+        None,
+        1_000,
+    );
     let Started::New(t) = start(&mut m, "r1", None, T0) else {
         panic!("new")
     };
@@ -116,14 +140,21 @@ fn a_signal_before_its_step_is_kept_and_taken_when_the_run_gets_there() {
     assert!(m.on_event(&early, T0 + 2).is_none());
     assert_eq!(m.run("r1").unwrap().signals.len(), 1);
     // Another, while one is kept: ignored, and said.
-    m.on_event(&control("r1", go(json!({"ok": false}))), T0 + 3).unwrap();
+    m.on_event(&control("r1", go(json!({"ok": false}))), T0 + 3)
+        .unwrap();
     assert_eq!(m.run("r1").unwrap().signals[1].state, SignalState::Ignored);
     // `a` completes: `s` takes the kept signal at once, and `c` runs.
     let t = m.on_event(&done(&a), T0 + 10).unwrap();
     let run = m.run("r1").unwrap();
     assert_eq!(run.steps["s"].state, StepState::Completed);
-    assert_eq!(run.steps["s"].output.as_ref().unwrap().get(), r#"{"ok":true}"#);
-    assert_eq!(run.steps["s"].output_type.as_deref(), Some("troupe.signal.go"));
+    assert_eq!(
+        run.steps["s"].output.as_ref().unwrap().get(),
+        r#"{"ok":true}"#
+    );
+    assert_eq!(
+        run.steps["s"].output_type.as_deref(),
+        Some("troupe.signal.go")
+    );
     assert_eq!(run.signals[0].state, SignalState::Delivered);
     assert_eq!(sends(&t).iter().map(sid_of).collect::<Vec<_>>(), ["c"]);
     assert!(t.checkpoint());
@@ -131,7 +162,12 @@ fn a_signal_before_its_step_is_kept_and_taken_when_the_run_gets_there() {
 
 #[test]
 fn a_signal_to_a_waiting_step_is_its_output_and_a_later_one_is_ignored() {
-    let mut m = Machine::new(FlowSets::one(1, vec![signal_flow()]), SOURCE.into(), None, 1_000);
+    let mut m = Machine::new(
+        FlowSets::one(1, vec![signal_flow()]),
+        SOURCE.into(),
+        None,
+        1_000,
+    );
     let Started::New(t) = start(&mut m, "r1", None, T0) else {
         panic!("new")
     };
@@ -139,7 +175,9 @@ fn a_signal_to_a_waiting_step_is_its_output_and_a_later_one_is_ignored() {
     let t = m.on_event(&done(&a), T0 + 10).unwrap();
     assert!(sends(&t).is_empty(), "a signal step sends nothing");
     assert_eq!(m.run("r1").unwrap().steps["s"].state, StepState::Dispatched);
-    let t = m.on_event(&control("r1", go(json!({"ok": false}))), T0 + 20).unwrap();
+    let t = m
+        .on_event(&control("r1", go(json!({"ok": false}))), T0 + 20)
+        .unwrap();
     // `c`'s condition is false: skipped, and the run ends.
     let end = ended(&t).expect("the run ended");
     assert_eq!(end.state, RunState::Completed);
@@ -149,14 +187,23 @@ fn a_signal_to_a_waiting_step_is_its_output_and_a_later_one_is_ignored() {
 
 #[test]
 fn a_signal_step_that_waits_past_its_timeout_fails_the_run() {
-    let mut m = Machine::new(FlowSets::one(1, vec![signal_flow()]), SOURCE.into(), None, 1_000);
+    let mut m = Machine::new(
+        FlowSets::one(1, vec![signal_flow()]),
+        SOURCE.into(),
+        None,
+        1_000,
+    );
     let Started::New(t) = start(&mut m, "r1", None, T0) else {
         panic!("new")
     };
     let a = sends(&t).remove(0);
     m.on_event(&done(&a), T0 + 10).unwrap();
     let at = m.run("r1").unwrap().steps["s"].deadline_ms.unwrap();
-    assert_eq!(at, T0 + 10 + 1_000, "its timeout_ms, no queue and no reply grace");
+    assert_eq!(
+        at,
+        T0 + 10 + 1_000,
+        "its timeout_ms, no queue and no reply grace"
+    );
     let t = m.on_timer(at, "r1", "s", at).unwrap();
     let end = ended(&t).expect("the run ended");
     assert_eq!(end.steps["s"].state, StepState::TimedOut);
@@ -165,15 +212,24 @@ fn a_signal_step_that_waits_past_its_timeout_fails_the_run() {
 
 #[test]
 fn a_redriven_run_sends_its_failed_step_again_under_new_ids_from_attempt_one() {
-    let mut m = Machine::new(FlowSets::one(1, vec![signal_flow()]), SOURCE.into(), None, 1_000);
+    let mut m = Machine::new(
+        FlowSets::one(1, vec![signal_flow()]),
+        SOURCE.into(),
+        None,
+        1_000,
+    );
     let Started::New(t) = start(&mut m, "r1", None, T0) else {
         panic!("new")
     };
     let a = sends(&t).remove(0);
-    let t = m.on_event(&failed(&a, FailureClass::Rejected, "no"), T0 + 5).unwrap();
+    let t = m
+        .on_event(&failed(&a, FailureClass::Rejected, "no"), T0 + 5)
+        .unwrap();
     let failed_run = ended(&t).expect("ended").clone();
     assert_eq!(failed_run.state, RunState::Failed);
-    let mut t = m.redrive(failed_run.clone(), ask(), "ctl-1", T0 + 100).unwrap();
+    let mut t = m
+        .redrive(failed_run.clone(), ask(), "ctl-1", T0 + 100)
+        .unwrap();
     assert!(t.actions.iter().any(|a| matches!(a, Action::Reopen)));
     let again = sends(&t).remove(0);
     assert_eq!(sid_of(&again), "a");
@@ -184,14 +240,23 @@ fn a_redriven_run_sends_its_failed_step_again_under_new_ids_from_attempt_one() {
     assert_eq!(run.steps["a"].errors.len(), 1, "the earlier error is kept");
     assert_eq!(run.redrives[0].event, "ctl-1");
     // The same redrive again, or a redrive of an active run: refused.
-    assert!(m.redrive(failed_run.clone(), ask(), "ctl-1", T0 + 101).is_err());
+    assert!(
+        m.redrive(failed_run.clone(), ask(), "ctl-1", T0 + 101)
+            .is_err()
+    );
     t.actions.clear();
     let t = m.on_event(&done(&again), T0 + 110).unwrap();
-    assert_eq!(m.run("r1").unwrap().steps["s"].state, StepState::Dispatched, "{t:?}");
+    assert_eq!(
+        m.run("r1").unwrap().steps["s"].state,
+        StepState::Dispatched,
+        "{t:?}"
+    );
     // A compensated run is not redriven.
     let mut compensated = failed_run;
     compensated.state = RunState::Compensated;
     compensated.id = "r2".into();
-    let why = m.redrive(compensated, ask(), "ctl-2", T0 + 200).unwrap_err();
+    let why = m
+        .redrive(compensated, ask(), "ctl-2", T0 + 200)
+        .unwrap_err();
     assert!(why.contains("compensated"), "{why}");
 }

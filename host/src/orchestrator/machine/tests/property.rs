@@ -42,10 +42,15 @@ enum Op {
     /// An operator cancels the active run at this index (modulo); the
     /// control event waits among the replies, and with `twice` a copy of
     /// it too.
-    Cancel { pick: usize, twice: bool },
+    Cancel {
+        pick: usize,
+        twice: bool,
+    },
     /// An operator redrives the ended run at this index (modulo), if it
     /// can be; the same control event is then delivered again.
-    Redrive { pick: usize },
+    Redrive {
+        pick: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -289,7 +294,10 @@ impl World {
         self.log.push(e.clone());
         let run = protocol::run_of(&e).to_string();
         if matches!(ctl::read(&e), Some(Control::Cancel(_)))
-            && self.m.run(&run).is_some_and(|r| r.state == RunState::Running)
+            && self
+                .m
+                .run(&run)
+                .is_some_and(|r| r.state == RunState::Running)
         {
             self.cancelled.insert(run);
         }
