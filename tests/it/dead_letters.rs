@@ -76,7 +76,7 @@ fn dead_letters_are_filtered_replayed_and_purged_in_bulk(b: Backend) {
             .all(|d| d["step"] == "payment-charge")
     );
     assert_eq!(ids(&list("step=inventory-reserve")).len(), 2);
-    assert_eq!(ids(&list("class=contract&step=payment-charge")).len(), 1);
+    assert_eq!(ids(&list("class=contract&step=payment-charge")).len(), 2);
     assert_eq!(ids(&list("type=order.validated")).len(), 7);
     assert_eq!(ids(&list("since=1h")).len(), 7);
     assert_eq!(ids(&list("until=1h")).len(), 0);

@@ -339,9 +339,9 @@ fn a_cancel_supersedes_what_runs_and_undoes_what_completed(b: Backend) {
 
 /// Validate, charge (twice at most), ship: no compensations, so a run
 /// whose charge fails for good ends `failed` with validate's output kept.
-const PAY: &str = r#"
+pub(crate) const PAY: &str = r#"
 input = "order.placed"
-timeout_ms = 20000
+timeout_ms = 60000
 
 [steps.validate]
 step = "order-validate"

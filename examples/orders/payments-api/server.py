@@ -150,12 +150,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(400, {"error": "body must be JSON with a non-negative integer amount_cents"})
         key = self.headers.get("idempotency-key")
         with ledger.lock:
-            if key and key in ledger.by_key:
-                ledger.replays += 1
-                return self.answer(200, ledger.by_key[key], [("idempotent-replayed", "true")])
-            if ledger.fail > 0:
-                ledger.fail -= 1
-                return self.answer(503, {"error": "the provider is unavailable; try again"})
+            if self.answered_before(key):
+                return
             if req.get("customer") == "mallory":
                 return self.answer(402, {"error": "card declined"})
             charge = {
@@ -175,6 +171,20 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(201, charge)
 
 
+    def answered_before(self, key):
+        """With the ledger locked: answer a request whose key was seen (the
+        stored answer, replayed) or one told to fail (503); whether it did."""
+        ledger = self.server.ledger
+        if key and key in ledger.by_key:
+            ledger.replays += 1
+            self.answer(200, ledger.by_key[key], [("idempotent-replayed", "true")])
+            return True
+        if ledger.fail > 0:
+            ledger.fail -= 1
+            self.answer(503, {"error": "the provider is unavailable; try again"})
+            return True
+        return False
+
     def refund(self, req):
         ledger = self.server.ledger
         with ledger.lock:
@@ -185,12 +195,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(400, {"error": "body must be JSON with a charge_id"})
         key = self.headers.get("idempotency-key")
         with ledger.lock:
-            if key and key in ledger.by_key:
-                ledger.replays += 1
-                return self.answer(200, ledger.by_key[key], [("idempotent-replayed", "true")])
-            if ledger.fail > 0:
-                ledger.fail -= 1
-                return self.answer(503, {"error": "the provider is unavailable; try again"})
+            if self.answered_before(key):
+                return
             charge = next((c for c in ledger.charges if c["id"] == req["charge_id"]), None)
             if charge is None:
                 return self.answer(404, {"error": f"no charge {req['charge_id']}"})

@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiState, RawBody};
+use super::{ApiError, ApiState, RawBody, json_or_null};
 use crate::broker::{DeadLetter, DlqFilter};
 use crate::protocol::FailureClass;
 
@@ -122,11 +122,7 @@ enum Bulk {
 
 async fn bulk(s: &ApiState, body: &[u8], op: Bulk) -> Result<Json<Value>, ApiError> {
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
-    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else {
-        serde_json::from_slice(body).map_err(|e| bad(format!("the body is not valid JSON: {e}")))?
-    };
+    let body = json_or_null(body)?;
     let (filter, limit) = filter(&body, &["dry_run", "all"]).map_err(bad)?;
     let flag = |k: &str| match &body[k] {
         Value::Null => Ok(false),

@@ -116,6 +116,20 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for RawBody {
     }
 }
 
+/// A body that is optional JSON: `null` when empty, a JSON 400 when it is
+/// not JSON.
+fn json_or_null(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
 /// A JSON body, with a JSON 400 for anything that is not JSON.
 struct Body(Value);
 

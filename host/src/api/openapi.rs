@@ -123,12 +123,8 @@ fn complete(doc: &mut Value) {
                     }}}
                 });
             }
-            if method == "post" && path.ends_with("/signals/{name}") {
-                op["requestBody"] = json!({
-                    "required": false,
-                    "description": "The signal's data: any JSON the schema the flow declares for the signal accepts (empty: null)",
-                    "content": {"application/json": {"schema": {}}}
-                });
+            if method == "post" && path.starts_with("/v1/runs/{id}/") {
+                // A refusal says the run's state, with the run.
                 op["responses"]["409"]["content"] = json!({"application/json": {"schema": {
                     "type": "object", "required": ["error", "state", "run"],
                     "properties": {
@@ -136,6 +132,13 @@ fn complete(doc: &mut Value) {
                         "run": {"$ref": "#/components/schemas/Run"}
                     }
                 }}});
+            }
+            if method == "post" && path.ends_with("/signals/{name}") {
+                op["requestBody"] = json!({
+                    "required": false,
+                    "description": "The signal's data: any JSON the schema the flow declares for the signal accepts (empty: null)",
+                    "content": {"application/json": {"schema": {}}}
+                });
                 for p in op["parameters"].as_array_mut().into_iter().flatten() {
                     if p["name"] == "name" {
                         p["schema"] =
@@ -152,13 +155,6 @@ fn complete(doc: &mut Value) {
                         "properties": {"by": {"type": "string"}, "reason": {"type": "string"}}
                     }}}
                 });
-                op["responses"]["409"]["content"] = json!({"application/json": {"schema": {
-                    "type": "object", "required": ["error", "state", "run"],
-                    "properties": {
-                        "error": {"type": "string"}, "state": {"type": "string"},
-                        "run": {"$ref": "#/components/schemas/Run"}
-                    }
-                }}});
             }
             if method == "post" && path == "/v1/deployments" {
                 // Every field is optional, and so is the body.

@@ -10,7 +10,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiState, Body, IDEMPOTENCY_KEY, RETRY_AFTER, RawBody, status};
+use super::{
+    ApiError, ApiState, Body, IDEMPOTENCY_KEY, RETRY_AFTER, RawBody, json_or_null, status,
+};
 use crate::broker::runs::{DEFAULT_LIMIT, MAX_LIMIT, RunEntry, RunQuery};
 use crate::orchestrator::control::Ask;
 use crate::orchestrator::run::RunState;
@@ -231,16 +233,7 @@ pub(super) async fn signal(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let o = orchestrator(&s)?;
-    let data: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not valid JSON: {e}"),
-            )
-        })?
-    };
+    let data = json_or_null(&body)?;
     if let Some(k) = params.keys().find(|k| k.as_str() != "by") {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -276,14 +269,8 @@ fn orchestrator(s: &ApiState) -> Result<&Orchestrator, ApiError> {
 
 /// Who asks and why, from an optional JSON body.
 fn ask(body: axum::body::Bytes) -> Result<Ask, ApiError> {
-    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| bad(format!("the body is not valid JSON: {e}")))?
-    };
-    Ask::from_body(&body, "api").map_err(bad)
+    let body = json_or_null(&body)?;
+    Ask::from_body(&body, "api").map_err(|m| ApiError(StatusCode::BAD_REQUEST, m))
 }
 
 /// The answer to a cancel or a redrive: the run's status, `200` when done,

@@ -25,9 +25,17 @@ impl Machine {
         now: u64,
     ) {
         let policy = self.retry_of(run_id, sid);
+        let undoable = self
+            .flow_of(run_id)
+            .is_some_and(|f| f.step(sid).is_some_and(|s| s.compensate.is_some()));
         let run = self.runs.get_mut(run_id).expect("live");
-        // A step of a run that is already being undone is not tried again.
-        let forward_in_vain = run.state != RunState::Running && protocol::undoes(sid).is_none();
+        // A step of a run that is already being undone is not tried again,
+        // but for one with a compensation whose attempt timed out: what it
+        // did is not known, and must be learnt to be undone (its attempt
+        // again, under the same idempotency keys, finds out).
+        let unknown = failure.class == FailureClass::Timeout && undoable;
+        let forward_in_vain =
+            run.state != RunState::Running && protocol::undoes(sid).is_none() && !unknown;
         let rec = run.steps.get_mut(sid).expect("step");
         rec.errors
             .push(format!("attempt {}: {failure}", rec.attempts));

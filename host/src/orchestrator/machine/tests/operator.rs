@@ -260,3 +260,33 @@ fn a_redriven_run_sends_its_failed_step_again_under_new_ids_from_attempt_one() {
         .unwrap_err();
     assert!(why.contains("compensated"), "{why}");
 }
+
+#[test]
+fn a_step_with_a_compensation_that_times_out_while_undone_is_tried_again_to_be_undone() {
+    let mut f = flow();
+    f.steps[1].retry.max_attempts = 2; // `b`, undone by `undo-b`
+    let mut m = Machine::new(FlowSets::one(1, vec![f]), SOURCE.into(), None, 1_000);
+    let Started::New(t) = start(&mut m, "r1", None, T0) else {
+        panic!("new")
+    };
+    let first = sends(&t);
+    let a = first.iter().find(|e| sid_of(e) == "a").unwrap();
+    m.on_event(&failed(a, FailureClass::Rejected, "no"), T0 + 5)
+        .unwrap();
+    // `b` was in flight; its attempt times out: what it did is unknown.
+    let at = m.run("r1").unwrap().steps["b"].deadline_ms.unwrap();
+    m.on_timer(at, "r1", "b", at).unwrap();
+    let rec = &m.run("r1").unwrap().steps["b"];
+    assert_eq!(rec.state, StepState::Backoff, "tried again: {rec:?}");
+    let retry_at = rec.deadline_ms.unwrap();
+    let t = m.on_timer(retry_at, "r1", "b", retry_at).unwrap();
+    let again = sends(&t).remove(0);
+    assert_eq!(again.extensions[ATTEMPT], "2");
+    // It did what it did: now it is undone, and the run ends.
+    let t = m.on_event(&done(&again), retry_at + 5).unwrap();
+    let undo = sends(&t).remove(0);
+    assert_eq!(sid_of(&undo), "b~undo");
+    let t = m.on_event(&done(&undo), retry_at + 10).unwrap();
+    let end = ended(&t).expect("ended");
+    assert_eq!(end.steps["b"].state, StepState::Compensated);
+}
