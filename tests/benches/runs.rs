@@ -14,8 +14,9 @@
 //!    three-step flow makes (its start: the record, a key row, the first
 //!    command; its end: the record), committed with and without the
 //!    index entries that go with the records, `BENCH_COST_RUNS` runs
-//!    (default 20,000) per side, interleaved in rounds: the writer's time
-//!    per run, each way.
+//!    (default 40,000) per side, interleaved in `BENCH_COST_ROUNDS` rounds
+//!    (default 8): the time per run, each way, and the median of the
+//!    rounds' differences (a shared VM's speed drifts).
 //!
 //! Run: `cargo bench -p troupe-tests --bench runs`.
 
@@ -197,8 +198,8 @@ async fn listing(b: &Arc<dyn Broker>, ids: &[String], pages: usize) {
         times.sort();
         println!(
             "{name:<24} {:>10} {:>10} {:>8.1}",
-            ms(pct(&times, 50.0)),
-            ms(pct(&times, 99.0)),
+            ms(pct(&times, 0.50)),
+            ms(pct(&times, 0.99)),
             got as f64 / pages as f64
         );
     }
@@ -251,12 +252,13 @@ async fn cost(runs: u64) {
     )
     .await
     .unwrap();
-    let mut with = Duration::ZERO;
-    let mut without = Duration::ZERO;
-    let rounds = 4;
+    let rounds = env("BENCH_COST_ROUNDS", 8);
     let per = runs / rounds;
     let mut i = 10_000_000;
+    // Per round: the time per run without, and with, the index.
+    let mut pairs: Vec<(f64, f64)> = Vec::new();
     for _ in 0..rounds {
+        let mut pair = (0.0, 0.0);
         for index in [false, true] {
             let t = Instant::now();
             // In flight at once, as the driver pipelines them.
@@ -282,22 +284,31 @@ async fn cost(runs: u64) {
             for w in waits {
                 w.await.unwrap().unwrap();
             }
-            let spent = t.elapsed();
+            let us = t.elapsed().as_secs_f64() * 1e6 / per as f64;
             if index {
-                with += spent;
+                pair.1 = us;
             } else {
-                without += spent;
+                pair.0 = us;
             }
         }
+        pairs.push(pair);
     }
-    let per_run = |d: Duration| d.as_secs_f64() * 1e6 / (per * rounds) as f64;
+    let mut extra: Vec<f64> = pairs.iter().map(|(a, b)| b - a).collect();
+    extra.sort_by(f64::total_cmp);
+    let mut ratio: Vec<f64> = pairs.iter().map(|(a, b)| b / a).collect();
+    ratio.sort_by(f64::total_cmp);
+    let median = |v: &[f64]| v[v.len() / 2];
+    let mut without: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+    without.sort_by(f64::total_cmp);
     println!(
-        "the writes of one run (start + end), {} runs a side: without the index {:.1} µs, with it {:.1} µs: +{:.1} µs per run ({:+.1}%)",
-        per * rounds,
-        per_run(without),
-        per_run(with),
-        per_run(with) - per_run(without),
-        (with.as_secs_f64() / without.as_secs_f64() - 1.0) * 100.0
+        "the writes of one run (start + end), {per} runs a side in each of {rounds} rounds: \
+         without the index {:.1} µs (median), with it +{:.1} µs per run (median of the \
+         rounds; {:.1} to {:.1}), x{:.2}",
+        median(&without),
+        median(&extra),
+        extra[0],
+        extra[extra.len() - 1],
+        median(&ratio),
     );
 }
 
@@ -332,7 +343,7 @@ fn main() {
             let _ = troupe::broker::nats::purge_namespace(&troupe_tests::nats_server(), &ns).await;
         } else {
             println!("\n== the index's cost per run (embedded)");
-            cost(env("BENCH_COST_RUNS", 20_000)).await;
+            cost(env("BENCH_COST_RUNS", 40_000)).await;
         }
     });
 }

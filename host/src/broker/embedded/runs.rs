@@ -63,9 +63,13 @@ pub(super) fn upgrade(conn: &Connection) -> Result<(), BrokerError> {
 /// Write run `e`'s entry in place of the one it had, and move its count.
 pub(super) fn put(tx: &Transaction, e: &RunEntry) -> Result<(), BrokerError> {
     let old = was(tx, &e.id)?;
+    // An update in place (a run's flow, key and start never change): only
+    // the indexes of what changed are written.
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO runs (id, flow, state, created_ms, updated_ms, deployment, key, error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO runs (id, flow, state, created_ms, updated_ms, deployment, key, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms,
+           deployment = excluded.deployment, error = excluded.error",
     )?
     .execute(params![
         e.id,
@@ -109,10 +113,6 @@ fn count(tx: &Transaction, flow: &str, state: &str, by: i64) -> Result<(), Broke
          ON CONFLICT (flow, state) DO UPDATE SET n = n + excluded.n",
     )?
     .execute(params![flow, state, by])?;
-    if by < 0 {
-        tx.prepare_cached("DELETE FROM run_counts WHERE flow = ?1 AND state = ?2 AND n <= 0")?
-            .execute(params![flow, state])?;
-    }
     Ok(())
 }
 
@@ -162,8 +162,10 @@ pub(super) fn query(conn: &Connection, q: &RunQuery) -> Result<RunPage, BrokerEr
 
 /// How many runs of each flow are in each state.
 pub(super) fn counts(conn: &Connection) -> Result<Vec<RunCount>, BrokerError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT flow, state, n FROM run_counts ORDER BY flow, state")?;
+    // A count that went to zero stays as a row (deleting it would cost
+    // a statement more each time a run leaves a state).
+    let mut stmt = conn
+        .prepare_cached("SELECT flow, state, n FROM run_counts WHERE n > 0 ORDER BY flow, state")?;
     let counts = stmt
         .query_map([], |r| {
             Ok(RunCount {
