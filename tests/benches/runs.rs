@@ -21,7 +21,7 @@
 //! Run: `cargo bench -p troupe-tests --bench runs`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use troupe::broker::runs::{RunEntry, RunQuery};
 use troupe::broker::{Broker, BrokerUrl, Commit};
@@ -59,7 +59,7 @@ fn entry(i: u64) -> RunEntry {
         created_ms: ms,
         updated_ms: ms + 50,
         deployment: Some(1),
-        key: (i % 10 == 0).then(|| format!("order-{i}")),
+        key: i.is_multiple_of(10).then(|| format!("order-{i}")),
         error: (state == "failed").then(|| "step charge failed: retry: provider down".to_string()),
     }
 }

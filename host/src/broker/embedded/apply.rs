@@ -28,9 +28,7 @@ pub(super) fn apply(
             state,
             kv,
             early,
-            ended,
             runs,
-            reopened,
             reply,
         } => {
             // A commit with state is all or nothing within the group's
@@ -58,14 +56,12 @@ pub(super) fn apply(
                 for (key, value) in &state {
                     store::put_state(tx, key, value.as_deref())?;
                 }
-                if !reopened.is_empty() {
-                    prune::reopen(tx, &reopened)?;
-                }
-                if !ended.is_empty() {
-                    prune::mark_ended(tx, &ended, now_ms())?;
-                }
-                for run in &runs {
-                    super::runs::put(tx, run)?;
+                if let Some(r) = &runs {
+                    prune::reopen(tx, &r.reopened)?;
+                    prune::mark_ended(tx, &r.ended, now_ms())?;
+                    for run in &r.entries {
+                        super::runs::put(tx, run)?;
+                    }
                 }
                 let first = fx.deliver.len();
                 publish(tx, events, routes, groups, fx)?;

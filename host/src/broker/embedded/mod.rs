@@ -346,9 +346,7 @@ impl Publish for Embedded {
             state: Vec::new(),
             kv: None,
             early: false,
-            ended: Vec::new(),
-            runs: Vec::new(),
-            reopened: Vec::new(),
+            runs: None,
             reply,
         })
         .await

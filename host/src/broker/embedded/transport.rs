@@ -76,7 +76,8 @@ impl Transport for Embedded {
         self.call(|reply| Op::Ready { reply }).await
     }
 
-    fn commit_then(&self, c: Commit, then: Then) {
+    fn commit_then(&self, mut c: Commit, then: Then) {
+        let runs = super::writer::RunWrites::of(&mut c);
         let ack = match &c.ack {
             None => None,
             Some(d) => match seq(d) {
@@ -104,9 +105,7 @@ impl Transport for Embedded {
             state: c.state,
             kv: c.kv.map(Box::new),
             early: c.early,
-            ended: c.ended,
-            runs: c.runs,
-            reopened: c.reopened,
+            runs,
             reply: then,
         };
         // If the writer is gone, the delivery stays unsettled on disk and is

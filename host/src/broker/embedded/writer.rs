@@ -46,6 +46,32 @@ const INBOX_POLL: Duration = Duration::from_millis(20);
 /// writer thread: it must not block.
 pub(super) type Reply<T> = Box<dyn FnOnce(Result<T, BrokerError>) + Send>;
 
+/// What a commit says of runs.
+#[derive(Default)]
+pub(super) struct RunWrites {
+    /// State rows that record something ended
+    /// ([`crate::broker::Commit::ended`]).
+    pub ended: Vec<String>,
+    /// Ended records that go on again ([`crate::broker::Commit::reopened`]).
+    pub reopened: Vec<String>,
+    /// Run index entries ([`crate::broker::Commit::runs`]).
+    pub entries: Vec<crate::broker::runs::RunEntry>,
+}
+
+impl RunWrites {
+    /// Those of `c`, if it has any.
+    pub(super) fn of(c: &mut crate::broker::Commit) -> Option<Box<RunWrites>> {
+        if c.ended.is_empty() && c.reopened.is_empty() && c.runs.is_empty() {
+            return None;
+        }
+        Some(Box::new(RunWrites {
+            ended: std::mem::take(&mut c.ended),
+            reopened: std::mem::take(&mut c.reopened),
+            entries: std::mem::take(&mut c.runs),
+        }))
+    }
+}
+
 /// A change to the broker's state.
 pub(super) enum Op {
     /// Settle a delivery (if any), publish events and write state rows,
@@ -59,13 +85,9 @@ pub(super) enum Op {
         /// Deliver the events once written, before they are durable
         /// ([`crate::broker::Commit::early`]).
         early: bool,
-        /// State rows that record something ended
-        /// ([`crate::broker::Commit::ended`]).
-        ended: Vec<String>,
-        /// Run index entries ([`crate::broker::Commit::runs`]).
-        runs: Vec<crate::broker::runs::RunEntry>,
-        /// Ended records that go on again ([`crate::broker::Commit::reopened`]).
-        reopened: Vec<String>,
+        /// What the commit says of runs, when it says anything (most
+        /// commits, a step's, do not).
+        runs: Option<Box<RunWrites>>,
         reply: Reply<()>,
     },
     Retry {

@@ -93,6 +93,10 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// The stream's deduplication window for `Nats-Msg-Id`.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// The state row where retention records what it pruned (`prune.rs`;
+/// the run index forgets the pruned runs by it, `runs.rs`).
+const PRUNED_KEY: &str = "app/pruned";
+
 /// The state row beside a run's that says it ended (`prune.rs`):
 /// `_ended.KEY`, one per row named in [`Commit::ended`].
 const ENDED_MARKER: &str = "_ended.";

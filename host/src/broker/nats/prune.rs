@@ -33,6 +33,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::PRUNED_KEY;
 use super::pulling::first_from;
 use super::{Inner, nats};
 use crate::broker::retention::Retention;
@@ -40,8 +41,6 @@ use crate::broker::{BrokerError, Horizon};
 
 /// The app's `[retention]`, as other apps of the namespace read it.
 const RETENTION_KEY: &str = "app/retention";
-/// What this app's pruners have pruned (a [`Pruned`]).
-pub(super) const PRUNED_KEY: &str = "app/pruned";
 /// Ended runs' markers taken per tick.
 const RUNS_BATCH: usize = 1000;
 /// Purges of ended runs' rows in flight at once.

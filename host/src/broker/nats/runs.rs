@@ -178,7 +178,7 @@ async fn follow_once(shared: &Shared, source: &mut Source) -> Result<(), BrokerE
 /// Forget the ended runs retention pruned: those last updated before the
 /// horizon the pruner recorded.
 async fn forget_pruned(shared: &Shared, state: &async_nats::jetstream::kv::Store) {
-    let Ok(Some(v)) = state.get(super::prune::PRUNED_KEY).await else {
+    let Ok(Some(v)) = state.get(super::PRUNED_KEY).await else {
         return;
     };
     let before = serde_json::from_slice::<serde_json::Value>(&v)
