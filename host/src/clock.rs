@@ -26,21 +26,36 @@ pub fn epoch_ms(time: &str) -> Option<u64> {
 }
 
 /// A point in time as an operator writes one (`--since 1h`, `since=...`):
-/// an RFC 3339 time, or a duration (`90s`, `15m`, `1h`, `2d`) before
-/// `now`. Epoch ms.
+/// an RFC 3339 time, or a duration before `now`: a number of 1 to 6
+/// digits and a unit, `ms`, `s`, `m`, `h`, `d` or `w` (`90s`, `15m`, `2d`;
+/// [`WHEN_PATTERN`] says the same for the OpenAPI document). Epoch ms.
 pub fn parse_when(text: &str, now: u64) -> Result<u64, String> {
-    if let Some(t) = epoch_ms(text) {
-        return Ok(t);
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(text, rfc3339) {
+        return Ok(u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0));
     }
-    match humantime::parse_duration(text) {
-        Ok(d) => Ok(now.saturating_sub(d.as_millis() as u64)),
-        Err(_) => Err(format!(
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let unit_ms = match &text[digits..] {
+        "ms" => Some(1),
+        "s" => Some(1_000),
+        "m" => Some(60_000),
+        "h" => Some(3_600_000),
+        "d" => Some(86_400_000),
+        "w" => Some(604_800_000),
+        _ => None,
+    };
+    match (text[..digits].parse::<u64>(), unit_ms) {
+        (Ok(n), Some(unit)) if (1..=6).contains(&digits) => Ok(now.saturating_sub(n * unit)),
+        _ => Err(format!(
             "{:?} is neither an RFC 3339 time (2026-12-07T03:00:00Z) nor a duration before now \
-             (90s, 15m, 1h, 2d)",
+             (90s, 15m, 1h, 2d: 1 to 6 digits and ms, s, m, h, d or w)",
             crate::text::clean(text, 80)
         )),
     }
 }
+
+/// What [`parse_when`] takes as a duration, as a regular expression.
+pub const WHEN_PATTERN: &str = "^[0-9]{1,6}(ms|s|m|h|d|w)$";
 
 #[cfg(test)]
 mod tests {

@@ -23,6 +23,9 @@ use super::{ApiError, ApiState, RawBody, json_or_null};
 use crate::broker::{DeadLetter, DlqFilter};
 use crate::protocol::FailureClass;
 
+/// The most a list or a bulk operation's batch takes.
+pub(super) const MAX_LIMIT: u64 = 1_000_000;
+
 /// The filters a list and the bulk forms take.
 const FILTERS: [&str; 5] = ["step", "class", "type", "since", "until"];
 
@@ -34,7 +37,7 @@ const FILTERS: [&str; 5] = ["step", "class", "type", "since", "until"];
         ("type" = Option<String>, Query, description = "Only events of this type"),
         ("since" = Option<String>, Query, description = "Dead-lettered at or after: RFC 3339, or a duration before now (15m, 1h, 2d)"),
         ("until" = Option<String>, Query, description = "Dead-lettered before (the same forms)"),
-        ("limit" = Option<u32>, Query, minimum = 1, description = "At most this many, the oldest"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000000, description = "At most this many, the oldest"),
     ),
     responses((status = 200, description = "The dead letters"), (status = 400, description = "A filter that is not one, or not valid")))]
 pub(super) async fn list(
@@ -255,7 +258,7 @@ fn filter(v: &Value, also: &[&str]) -> Result<(DlqFilter, Option<usize>), String
     let text = |k: &str| -> Result<Option<String>, String> {
         match &v[k] {
             Value::Null => Ok(None),
-            Value::String(s) if s.is_empty() => Ok(None),
+            Value::String(s) if s.is_empty() => Err(format!("`{k}` must not be empty")),
             Value::String(s) => Ok(Some(s.clone())),
             _ => Err(format!("`{k}` must be a string")),
         }
@@ -278,8 +281,8 @@ fn filter(v: &Value, also: &[&str]) -> Result<(DlqFilter, Option<usize>), String
     let limit = match &v["limit"] {
         Value::Null => None,
         l => match l.as_u64() {
-            Some(n) if n >= 1 => Some(n as usize),
-            _ => return Err("`limit` must be a number, 1 or more".into()),
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => Some(n as usize),
+            _ => return Err(format!("`limit` must be a number from 1 to {MAX_LIMIT}")),
         },
     };
     Ok((

@@ -104,22 +104,41 @@ fn complete(doc: &mut Value) {
                     };
                 }
             }
+            if method == "get" && (path == "/v1/runs" || path == "/v1/dlq") {
+                // What each filter takes, exactly as the handler reads it.
+                for p in op["parameters"].as_array_mut().into_iter().flatten() {
+                    let schema = match p["name"].as_str() {
+                        Some("since" | "until") => when(),
+                        Some("status") => json!({"type": "string", "enum": RUN_STATES}),
+                        Some("class") => json!({"type": "string", "enum": CLASSES}),
+                        Some("cursor") => json!({"type": "string", "pattern": "^[0-9a-fA-F-]{36}$"}),
+                        Some("step" | "type") => json!({"type": "string", "minLength": 1}),
+                        _ => continue,
+                    };
+                    p["schema"] = schema;
+                }
+            }
             if method == "post" && (path == "/v1/dlq/replay" || path == "/v1/dlq/purge") {
-                let when = json!({"type": "string", "description": "RFC 3339, or a duration before now (15m, 1h, 2d)"});
+                let when = when();
+                let one = |k: &str| json!({"required": [k]});
                 op["requestBody"] = json!({
                     "required": true,
                     "description": "Which dead letters (at least one filter, or `all`), and how",
                     "content": {"application/json": {"schema": {
                         "type": "object", "additionalProperties": false,
                         "properties": {
-                            "step": {"type": "string"},
-                            "class": {"type": "string", "enum": ["rejected", "contract", "retry", "trap", "limit", "timeout"]},
-                            "type": {"type": "string"},
+                            "step": {"type": "string", "minLength": 1},
+                            "class": {"type": "string", "enum": CLASSES},
+                            "type": {"type": "string", "minLength": 1},
                             "since": when.clone(), "until": when,
-                            "limit": {"type": "integer", "minimum": 1},
+                            "limit": {"type": "integer", "minimum": 1, "maximum": super::dlq::MAX_LIMIT},
                             "dry_run": {"type": "boolean"},
                             "all": {"type": "boolean"}
-                        }
+                        },
+                        "anyOf": [
+                            one("step"), one("class"), one("type"), one("since"), one("until"),
+                            {"required": ["all"], "properties": {"all": {"const": true}}}
+                        ]
                     }}}
                 });
             }
@@ -182,6 +201,30 @@ fn complete(doc: &mut Value) {
             }
         }
     }
+}
+
+/// The states of a run, as the API names them.
+const RUN_STATES: [&str; 7] = [
+    "running",
+    "compensating",
+    "completed",
+    "compensated",
+    "failed",
+    "timed_out",
+    "cancelled",
+];
+
+/// The failure classes, as the API names them.
+const CLASSES: [&str; 6] = ["rejected", "contract", "retry", "trap", "limit", "timeout"];
+
+/// A point in time as filters take it (`clock::parse_when`): RFC 3339, or
+/// a duration before now.
+fn when() -> Value {
+    json!({
+        "type": "string",
+        "description": "RFC 3339, or a duration before now: 1 to 6 digits and ms, s, m, h, d or w (15m, 1h, 2d)",
+        "anyOf": [{"format": "date-time"}, {"pattern": crate::clock::WHEN_PATTERN}]
+    })
 }
 
 /// The schema of an operation's success body.
@@ -349,7 +392,7 @@ fn run_schemas() -> Value {
             "type": "object", "required": ["id", "flow", "state", "created", "updated"],
             "properties": {
                 "id": {"type": "string"}, "flow": {"type": "string"},
-                "state": {"type": "string", "enum": ["running", "compensating", "completed", "compensated", "failed", "timed_out", "cancelled"]},
+                "state": {"type": "string", "enum": RUN_STATES},
                 "created": {"type": "string"}, "updated": {"type": "string"},
                 "deployment": {"type": "integer", "minimum": 1},
                 "key": {"type": "string"},
@@ -363,7 +406,7 @@ fn run_schemas() -> Value {
                 "id": {"type": "string"},
                 "flow": {"type": "string"},
                 "deployment": {"type": "integer", "minimum": 1, "description": "The deployment the run started on: its flow and steps, to its end"},
-                "state": {"type": "string", "enum": ["running", "compensating", "completed", "compensated", "failed", "timed_out", "cancelled"]},
+                "state": {"type": "string", "enum": RUN_STATES},
                 "input": {},
                 "created": {"type": "string"},
                 "updated": {"type": "string"},
@@ -475,7 +518,7 @@ fn base_schemas() -> Value {
             "properties": {
                 "id": {"type": "string"},
                 "step": {"type": "string"},
-                "class": {"type": "string", "enum": ["rejected", "contract", "retry", "trap", "limit", "timeout"]},
+                "class": {"type": "string", "enum": CLASSES},
                 "message": {"type": "string"},
                 "attempts": {"type": "integer", "minimum": 0},
                 "time": {"type": "string"},
