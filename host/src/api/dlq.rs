@@ -49,7 +49,13 @@ pub(super) async fn list(
         .iter()
         .map(|(k, v)| {
             let v = match k.as_str() {
-                "limit" => v.parse::<u64>().map(Value::from).unwrap_or(json!(v)),
+                // A whole number, `88` or `88.0`.
+                "limit" => v
+                    .strip_suffix(".0")
+                    .unwrap_or(v)
+                    .parse::<u64>()
+                    .map(Value::from)
+                    .unwrap_or(json!(v)),
                 _ => json!(v),
             };
             (k.clone(), v)
@@ -127,10 +133,10 @@ async fn bulk(s: &ApiState, body: &[u8], op: Bulk) -> Result<Json<Value>, ApiErr
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
     let body = json_or_null(body)?;
     let (filter, limit) = filter(&body, &["dry_run", "all"]).map_err(bad)?;
-    let flag = |k: &str| match &body[k] {
-        Value::Null => Ok(false),
-        Value::Bool(b) => Ok(*b),
-        _ => Err(bad(format!("`{k}` must be true or false"))),
+    let flag = |k: &str| match body.get(k) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(bad(format!("`{k}` must be true or false"))),
     };
     let (dry_run, all) = (flag("dry_run")?, flag("all")?);
     if filter.is_empty() && !all {
@@ -256,11 +262,11 @@ fn filter(v: &Value, also: &[&str]) -> Result<(DlqFilter, Option<usize>), String
         ));
     }
     let text = |k: &str| -> Result<Option<String>, String> {
-        match &v[k] {
-            Value::Null => Ok(None),
-            Value::String(s) if s.is_empty() => Err(format!("`{k}` must not be empty")),
-            Value::String(s) => Ok(Some(s.clone())),
-            _ => Err(format!("`{k}` must be a string")),
+        match v.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Err(format!("`{k}` must not be empty")),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("`{k}` must be a string")),
         }
     };
     let now = crate::clock::now_ms();
@@ -278,11 +284,18 @@ fn filter(v: &Value, also: &[&str]) -> Result<(DlqFilter, Option<usize>), String
             )
         })?),
     };
-    let limit = match &v["limit"] {
-        Value::Null => None,
-        l => match l.as_u64() {
-            Some(n) if (1..=MAX_LIMIT).contains(&n) => Some(n as usize),
-            _ => return Err(format!("`limit` must be a number from 1 to {MAX_LIMIT}")),
+    // A whole number, however it is written (`88.0` is one).
+    let limit = match v.get("limit") {
+        None => None,
+        Some(l) => match l.as_f64() {
+            Some(n) if n.fract() == 0.0 && (1.0..=MAX_LIMIT as f64).contains(&n) => {
+                Some(n as usize)
+            }
+            _ => {
+                return Err(format!(
+                    "`limit` must be a whole number from 1 to {MAX_LIMIT}"
+                ));
+            }
         },
     };
     Ok((

@@ -111,7 +111,9 @@ fn complete(doc: &mut Value) {
                         Some("since" | "until") => when(),
                         Some("status") => json!({"type": "string", "enum": RUN_STATES}),
                         Some("class") => json!({"type": "string", "enum": CLASSES}),
-                        Some("cursor") => json!({"type": "string", "pattern": "^[0-9a-fA-F-]{36}$"}),
+                        Some("cursor") => {
+                            json!({"type": "string", "pattern": "^[0-9a-fA-F-]{36}$"})
+                        }
                         Some("step" | "type") => json!({"type": "string", "minLength": 1}),
                         _ => continue,
                     };

@@ -346,7 +346,8 @@ pub(crate) fn query(params: &HashMap<String, String>) -> Result<RunQuery, String
     };
     let limit = match text("limit") {
         None => DEFAULT_LIMIT,
-        Some(v) => match v.parse::<usize>() {
+        // A whole number, `50` or `50.0`.
+        Some(v) => match v.strip_suffix(".0").unwrap_or(&v).parse::<usize>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
             _ => {
                 return Err(format!(
