@@ -487,6 +487,10 @@ fn a_signal_reaches_the_step_that_awaits_it_now_or_later(b: Backend) {
     let (status, v) = signal("approve", json!({"approved": "yes"}));
     assert_eq!(status, 422, "{v}");
     assert!(v["error"].as_str().unwrap().contains("/approved"), "{v}");
+    // More than a run may keep: 413.
+    let big = json!({"approved": true, "note": "x".repeat(70_000)});
+    let (status, v) = signal("approve", big);
+    assert_eq!(status, 413, "{v}");
     // What no step awaits: 409, naming those it awaits.
     let (status, v) = signal("reject", json!({}));
     assert_eq!(status, 409, "{v}");

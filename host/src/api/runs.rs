@@ -224,6 +224,7 @@ pub(super) async fn redrive(
         (status = 400, description = "The body is not JSON"),
         (status = 404, description = "No such run"),
         (status = 409, description = "Nothing will wait for it: the run ended, no step awaits it, or its step received one already or will not wait (`error`, and the run's `state`)"),
+        (status = 413, description = "The data is more than 64 KiB (as JSON)"),
         (status = 422, description = "The data breaks the schema the flow declares for the signal"),
     ))]
 pub(super) async fn signal(
@@ -300,6 +301,7 @@ async fn controlled(
             Ok((StatusCode::CONFLICT, Json(body)).into_response())
         }
         Err(ControlError::Invalid(why)) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, why)),
+        Err(ControlError::TooLarge(why)) => Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, why)),
         Err(ControlError::Broker(e)) => Err(e.into()),
     }
 }

@@ -447,7 +447,10 @@ impl Driver {
     /// commands, its state rows, and the run's record if the transition
     /// asks for it, the run ended, or the journal takes every transition.
     fn commit(&mut self, ack: Option<Delivery>, t: Transition, then: Option<crate::broker::Then>) {
-        let write = t.checkpoint() || self.journal == Journal::EveryTransition;
+        // The run index follows the record's checkpoints (a start, a
+        // change of state, an end, ...), not every record NATS writes.
+        let checkpoint = t.checkpoint();
+        let write = checkpoint || self.journal == Journal::EveryTransition;
         let Transition {
             run: id, actions, ..
         } = t;
@@ -499,7 +502,9 @@ impl Driver {
             && let Some(run) = self.machine.run(&id)
         {
             commit.state.push((key(&id), Some(record(run))));
-            commit.runs.push(run.entry());
+            if checkpoint {
+                commit.runs.push(run.entry());
+            }
         }
         // A transition the log alone explains (a reply's, without a
         // record) sends commands that can be derived again from the

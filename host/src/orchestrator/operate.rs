@@ -17,6 +17,9 @@ use crate::broker::runs::{RunCount, RunPage, RunQuery};
 /// answers that it was asked (and is on its way).
 const SETTLE_WAIT: Duration = Duration::from_secs(3);
 
+/// The most bytes of data (as JSON) a signal carries.
+pub const MAX_SIGNAL_BYTES: usize = 64 * 1024;
+
 /// Why a run could not be controlled.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -28,6 +31,9 @@ pub enum ControlError {
     /// What was sent breaks what the flow declares (a signal's schema).
     #[error("{0}")]
     Invalid(String),
+    /// What was sent is larger than a run may keep.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
 }
@@ -170,6 +176,15 @@ impl Orchestrator {
                 );
                 return Err(conflict(run, why));
             }
+        }
+        // Kept with the run (its record, and the step's output): bounded,
+        // so a signal can never grow a record past what the broker stores.
+        let size = serde_json::to_vec(&data).map_or(usize::MAX, |v| v.len());
+        if size > MAX_SIGNAL_BYTES {
+            return Err(ControlError::TooLarge(format!(
+                "the data of signal {name:?} is {size} bytes; a signal carries at most \
+                 {MAX_SIGNAL_BYTES}"
+            )));
         }
         if let Err(e) = schema.check(&data) {
             return Err(ControlError::Invalid(format!(
