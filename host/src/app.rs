@@ -68,6 +68,8 @@ pub struct App {
     pub retention: Retention,
     /// The `[deploy]` table: each event type's compatibility mode.
     pub deploy: crate::deploy::Policy,
+    /// The `[telemetry]` table: where spans and metrics are exported.
+    pub telemetry: crate::telemetry::config::Telemetry,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +87,8 @@ struct Manifest {
     retention: RetentionTable,
     #[serde(default)]
     deploy: crate::deploy::Policy,
+    #[serde(default)]
+    telemetry: crate::telemetry::config::TelemetryTable,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +245,10 @@ impl App {
             path: path.to_path_buf(),
             message,
         })?;
+        let telemetry = manifest.telemetry.check().map_err(|m| AppError::Parse {
+            path: path.to_path_buf(),
+            message: format!("[telemetry] {m}"),
+        })?;
         Ok(App {
             dir: dir.to_path_buf(),
             name,
@@ -250,6 +258,7 @@ impl App {
             secrets: manifest.secrets,
             retention,
             deploy: manifest.deploy,
+            telemetry,
         })
     }
 

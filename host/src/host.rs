@@ -22,6 +22,7 @@ use crate::runtime::step::LoadedStep;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::shutdown::Tasks;
 use crate::stats::Stats;
+use crate::telemetry::Telemetry;
 
 /// Why an app could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,8 @@ pub enum HostError {
     Wiring(Vec<String>),
     #[error(transparent)]
     Deploy(DeployError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 /// How long shutdown lets steps finish the message in hand before it cuts
@@ -57,6 +60,8 @@ pub struct Host {
     /// The host's tasks (the orchestrator's, the HTTP server's), stopped
     /// and awaited by [`Host::shutdown`].
     pub tasks: Tasks,
+    /// Where spans and metrics are exported (if anywhere).
+    pub telemetry: Telemetry,
     _runtime: Arc<Runtime>,
 }
 
@@ -84,15 +89,29 @@ impl Host {
     /// input from outside.
     pub async fn start_with(app: App, opts: Options) -> Result<Host, HostError> {
         let runtime = Arc::new(Runtime::new()?);
+        let telemetry = match app
+            .telemetry
+            .resolve(&app.name, |k| std::env::var(k).ok())
+            .map_err(crate::telemetry::TelemetryError::new)?
+        {
+            Some(settings) => Telemetry::start(settings)?,
+            None => Telemetry::off(),
+        };
         let broker =
             crate::broker::open(&app.broker, &app.name, &app.state_dir(), &app.retention).await?;
-        let deployer = Deployer::boot(&app, runtime.clone(), broker.clone(), opts.allow_breaking)
-            .await
-            .map_err(|e| match e {
-                DeployError::Load(l) => HostError::Load(*l),
-                DeployError::Wiring(w) => HostError::Wiring(w),
-                other => HostError::Deploy(other),
-            })?;
+        let deployer = Deployer::boot(
+            &app,
+            runtime.clone(),
+            broker.clone(),
+            opts.allow_breaking,
+            telemetry.clone(),
+        )
+        .await
+        .map_err(|e| match e {
+            DeployError::Load(l) => HostError::Load(*l),
+            DeployError::Wiring(w) => HostError::Wiring(w),
+            other => HostError::Deploy(other),
+        })?;
         let mut tasks = Tasks::default();
         let flows = deployer.flow_sets();
         let any_flows = flows.by_deployment.values().any(|f| !f.is_empty());
@@ -119,6 +138,7 @@ impl Host {
                 &app.name,
                 &app.orchestrator,
                 &mut tasks,
+                telemetry.clone(),
             )
             .await?;
             deployer.set_orchestrator(o.clone());
@@ -130,6 +150,14 @@ impl Host {
         broker.ready().await?;
         deployer.follow(&mut tasks);
         let stats = deployer.stats();
+        let (observed, runs) = (Arc::downgrade(&deployer), orchestrator.clone());
+        telemetry.observe(move || crate::telemetry::Observed {
+            steps: observed
+                .upgrade()
+                .map(|d| d.stats().snapshot())
+                .unwrap_or_default(),
+            runs_active: runs.as_ref().map(|o| o.load().active() as u64),
+        });
         tracing::info!(app = %app.name, steps = stats.steps.len(), deployment = deployer.current(), "running");
         Ok(Host {
             app,
@@ -138,6 +166,7 @@ impl Host {
             stats,
             deployer,
             tasks,
+            telemetry,
             _runtime: runtime,
         })
     }
@@ -156,6 +185,7 @@ impl Host {
             stats: self.stats.clone(),
             app: self.app.name.clone(),
             token: token.into(),
+            telemetry: self.telemetry.clone(),
         }
     }
 
@@ -191,5 +221,9 @@ impl Host {
         self.deployer
             .stop_workers(SHUTDOWN_GRACE, &self._runtime)
             .await;
+        // What the workers' last deliveries made, exported before the
+        // process ends (within the exporters' own bound).
+        let telemetry = self.telemetry.clone();
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     }
 }

@@ -66,6 +66,7 @@ pub mod runtime;
 pub mod scaffold;
 pub mod shutdown;
 pub mod stats;
+pub mod telemetry;
 pub mod text;
 pub mod world;
 

@@ -32,3 +32,4 @@ mod scale_out;
 mod state;
 mod state_limits;
 mod store_faults;
+mod telemetry;

@@ -448,9 +448,15 @@ pub fn example_app(name: &str) -> TestApp {
 
 /// The same, on `backend`.
 pub fn example_app_on(backend: Backend, name: &str) -> TestApp {
+    example_app_with(backend, name, "")
+}
+
+/// The same, with `extra` (tables) at the end of its `troupe.toml`.
+pub fn example_app_with(backend: Backend, name: &str, extra: &str) -> TestApp {
     let dir = repo().join("examples").join(name);
     let manifest =
         std::fs::read_to_string(dir.join("troupe.toml")).expect("the example's troupe.toml");
+    let manifest = format!("{manifest}\n{extra}");
     let plugins = format!("\"{}/", repo().join("plugins").display());
     let mut manifest = manifest
         .replace("\"../../plugins/", &plugins)
@@ -569,6 +575,7 @@ pub mod bench;
 pub mod cpu;
 pub mod forge;
 pub mod nats;
+pub mod otlp;
 pub mod payments;
 pub mod process;
 pub mod upstream;

@@ -53,6 +53,22 @@ impl PaymentsApi {
             .expect("JSON stats")
     }
 
+    /// The charges made, as the provider lists them (with the key the
+    /// example ships).
+    pub fn charges(&self) -> Vec<Value> {
+        let key =
+            std::fs::read_to_string(crate::repo().join("examples/orders/payments-api/dev.key"))
+                .expect("the example's key");
+        let v: Value = ureq::get(format!("{}/v1/charges", self.url))
+            .header("Authorization", &format!("Bearer {}", key.trim()))
+            .call()
+            .expect("GET /v1/charges")
+            .body_mut()
+            .read_json()
+            .expect("JSON charges");
+        v["charges"].as_array().cloned().unwrap_or_default()
+    }
+
     /// Tell the service to misbehave (see its `POST /control`).
     pub fn control(&self, told: Value) {
         ureq::post(format!("{}/control", self.url))

@@ -159,6 +159,8 @@ class Handler(BaseHTTPRequestHandler):
                 "order_id": req.get("order_id"),
                 "customer": req.get("customer"),
                 "amount_cents": req["amount_cents"],
+                # The caller's W3C trace context, as a provider's logs keep it.
+                "traceparent": self.headers.get("traceparent"),
             }
             ledger.charges.append(charge)
             if key:

@@ -46,6 +46,7 @@ pub mod metrics;
 mod openapi;
 mod runs;
 pub mod status;
+mod traced;
 
 pub use openapi::openapi_json;
 
@@ -60,6 +61,8 @@ pub struct ApiState {
     pub stats: Arc<Stats>,
     pub app: String,
     pub token: Arc<str>,
+    /// Where the requests' spans go (if anywhere).
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// An error answer.
@@ -183,6 +186,10 @@ pub fn router(state: ApiState) -> Router {
         .merge(guarded)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            traced::layer,
+        ))
         .with_state(state)
 }
 
@@ -241,6 +248,7 @@ pub const RETRY_AFTER: &str = "1";
     ))]
 async fn publish(
     State(s): State<ApiState>,
+    parent: Option<axum::Extension<traced::Parent>>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
@@ -287,8 +295,23 @@ async fn publish(
         )
     })?;
     checked?;
+    let mut events = events;
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-    s.broker.publish(events).await?;
+    let parent = parent.map(|axum::Extension(p)| p).unwrap_or_default();
+    let producers: Vec<_> = match s.telemetry.tracing() {
+        true => events
+            .iter()
+            .map(crate::telemetry::spans::trace_of)
+            .collect(),
+        false => Vec::new(),
+    };
+    traced::place(&mut events, parent, &s.telemetry);
+    let spans = traced::published(&events, &producers, parent);
+    let start = std::time::SystemTime::now();
+    let stored = s.broker.publish(events).await;
+    let error = stored.as_ref().err().map(ToString::to_string);
+    s.telemetry.export(traced::ended(spans, start, error));
+    stored?;
     let answer = if batch {
         json!({ "ids": ids })
     } else {

@@ -36,6 +36,7 @@ use crate::orchestrator::{ControlError, Orchestrator, StartError};
     ))]
 pub(super) async fn start_run(
     State(s): State<ApiState>,
+    parent: Option<axum::Extension<super::traced::Parent>>,
     Path(flow): Path<String>,
     headers: HeaderMap,
     Body(input): Body,
@@ -56,7 +57,8 @@ pub(super) async fn start_run(
             ));
         }
     };
-    match o.start(&flow, input, key).await {
+    let parent = parent.and_then(|axum::Extension(p)| p.0);
+    match o.start_in(&flow, input, key, parent).await {
         Ok((id, new)) => {
             let location = format!("/v1/runs/{id}");
             let status = if new {

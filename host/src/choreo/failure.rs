@@ -22,6 +22,7 @@ impl Wiring {
                 d,
                 events,
                 "cannot reply to the orchestrator (the command will be redelivered)",
+                None,
             );
         }
         let class = failure.class;
@@ -59,7 +60,14 @@ impl Wiring {
 
     /// Ack `d` and publish `events` as one commit, without waiting for it;
     /// a failure is logged with `failed` (the delivery stays unsettled).
-    pub(super) fn commit_ack(&self, d: Delivery, events: Vec<Event>, failed: &'static str) {
+    /// The delivery's spans end when the commit does.
+    pub(super) fn commit_ack(
+        &self,
+        d: Delivery,
+        events: Vec<Event>,
+        failed: &'static str,
+        mut traced: Option<Traced>,
+    ) {
         let permit = self.permit();
         let step = self.name.clone();
         let commit = Commit {
@@ -72,7 +80,11 @@ impl Wiring {
             Box::new(move |r| {
                 if let Err(e) = r {
                     tracing::error!(step = %step, "{failed}: {e}");
+                    if let Some(t) = &mut traced {
+                        t.failed("unavailable", &e.to_string());
+                    }
                 }
+                drop(traced);
                 drop(permit);
             }),
         );

@@ -25,7 +25,7 @@
 //! (a crash in between loses the record, never the call's effect).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
@@ -38,13 +38,16 @@ use crate::protocol::{self, FailureClass};
 use crate::runtime::outbound::calls::{CALL_EVENT, CallRecord};
 use crate::runtime::step::Failure;
 use crate::stats::StepStats;
+use crate::telemetry::Telemetry;
 use crate::world;
 
 mod failure;
 mod records;
+mod traced;
 pub mod versions;
 
 use records::{stamped, stamped_for};
+use traced::Traced;
 pub use versions::{Pick, Version, Versions};
 
 /// Broker calls a step's workers may have outstanding at once.
@@ -70,6 +73,8 @@ pub struct Wiring {
     /// `source` of the host's own events (alerts).
     pub host_source: String,
     pub runtime: Handle,
+    /// Where the spans of each delivery go (if anywhere).
+    pub telemetry: Telemetry,
     /// Worker threads.
     concurrency: usize,
     unsettled: Arc<Semaphore>,
@@ -107,6 +112,7 @@ impl Wiring {
         stats: Arc<StepStats>,
         app: &str,
         runtime: Handle,
+        telemetry: Telemetry,
     ) -> Wiring {
         Wiring {
             source: crate::event::source(app, &format!("step/{name}")),
@@ -117,6 +123,7 @@ impl Wiring {
             broker,
             stats,
             runtime,
+            telemetry,
             concurrency,
             unsettled: Arc::new(Semaphore::new(MAX_UNSETTLED)),
             again: async_channel::unbounded(),
@@ -214,12 +221,24 @@ impl Wiring {
         // Which version handles it, for its dead letter if it comes to that.
         d.version = Some((v.deployment, v.step.digest.as_str().into()));
         let step = &v.step;
+        let attempt = protocol::attempt_of(&d.event, d.attempt);
+        let mut traced = self.telemetry.tracing().then(|| {
+            Traced::begin(
+                &self.telemetry,
+                &d.event,
+                &self.name,
+                attempt,
+                SystemTime::now(),
+            )
+        });
         if runs == 0
             && let Err(v) = step.contract.check_input(&d.event)
         {
+            if let Some(t) = &mut traced {
+                t.failed(FailureClass::Contract.as_str(), &v.to_string());
+            }
             return self.violation(d, v, None, Vec::new());
         }
-        let attempt = protocol::attempt_of(&d.event, d.attempt);
         // A command is started by its bound or not at all (the orchestrator
         // has given up on it, or soon will, and may have sent the next
         // attempt), and runs for its flow step's time at most.
@@ -232,15 +251,35 @@ impl Wiring {
                      ms: not run",
                     now - start_by
                 );
+                if let Some(t) = &mut traced {
+                    t.failed(FailureClass::Timeout.as_str(), &waited);
+                }
                 return self.failed(d, Failure::new(FailureClass::Timeout, waited), Vec::new());
             }
         }
         let start = Instant::now();
+        let started = traced.is_some().then(SystemTime::now);
         let handled = step.handle_within(&d.event, attempt, bounds.map(|(_, run)| run));
         StepStats::add(&self.stats.guest_micros, start.elapsed().as_micros() as u64);
+        if let (Some(t), Some(started)) = (&mut traced, started) {
+            let failure = match &handled.result {
+                Err(Failure::Failed(f)) => Some(f),
+                _ => None,
+            };
+            let version = (v.deployment, step.digest.as_str());
+            t.invoked(
+                &d.event,
+                &self.name,
+                attempt,
+                version,
+                started,
+                &handled.calls,
+                failure,
+            );
+        }
         let calls = self.call_events(&v, &d.event, attempt, handled.calls);
         match handled.result {
-            Ok(emits) => self.completed(d, &v, emits, calls, start, handled.kv, runs),
+            Ok(emits) => self.completed(d, &v, emits, calls, start, handled.kv, runs, traced),
             Err(f) => self.failed(d, f, calls),
         }
     }
@@ -258,6 +297,7 @@ impl Wiring {
         start: Instant,
         kv: Writes,
         runs: u32,
+        mut traced: Option<Traced>,
     ) {
         let step = &v.step;
         let mut checked = Vec::with_capacity(emits.len());
@@ -272,6 +312,9 @@ impl Wiring {
                     // The output itself, for `dlq show` (cleaned and cut:
                     // it is the guest's).
                     let rejected = crate::text::clean(&String::from_utf8_lossy(&e.data), 2048);
+                    if let Some(t) = &mut traced {
+                        t.failed(FailureClass::Contract.as_str(), &v.to_string());
+                    }
                     return self.violation(d, v, Some(rejected), calls);
                 }
             };
@@ -313,7 +356,13 @@ impl Wiring {
             .map(|e| self.broker.check_size(e))
             .find(Result::is_err)
         {
+            if let Some(t) = &mut traced {
+                t.failed(FailureClass::Limit.as_str(), &e.to_string());
+            }
             return self.failed(d, Failure::new(FailureClass::Limit, e.to_string()), calls);
+        }
+        if let Some(t) = &mut traced {
+            t.published(&out);
         }
         let failed = if protocol::is_command(&d.event) {
             "cannot reply to the orchestrator (the command will be redelivered)"
@@ -326,7 +375,7 @@ impl Wiring {
             // The reply (or the outputs) first: the records follow in the
             // same commit.
             out.extend(calls);
-            return self.commit_ack(d, out, failed);
+            return self.commit_ack(d, out, failed, traced);
         }
         // With state: an invocation that read what a commit in flight
         // writes would be refused; it waits for that commit and runs again.
@@ -367,10 +416,22 @@ impl Wiring {
         let permit = self.permit();
         let in_flight = self.in_flight.clone();
         let (again, stats, name) = (self.again.0.clone(), self.stats.clone(), self.name.clone());
+        let writes = commit.kv.as_ref().map_or(0, |k| k.writes.writes.len());
+        let sent = traced.is_some().then(SystemTime::now);
         self.broker.commit_then(
             commit,
             Box::new(move |r| {
                 in_flight.release(claimed);
+                if let (Some(t), Some(sent)) = (&mut traced, sent) {
+                    let verdict = match &r {
+                        Ok(()) => Ok(()),
+                        Err(BrokerError::Refused(Refused::Conflict(_))) => Err("conflict"),
+                        Err(BrokerError::Refused(Refused::Quota(_))) => Err("quota"),
+                        Err(_) => Err("unavailable"),
+                    };
+                    t.committed(&name, writes, sent, verdict);
+                }
+                drop(traced);
                 let back = match r {
                     Ok(()) => {
                         StepStats::add(&stats.handled, 1);

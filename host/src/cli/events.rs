@@ -93,8 +93,9 @@ pub(crate) fn publish(
                 let at = || format!("{}:{}", f.display(), n + 1);
                 let v: serde_json::Value =
                     serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
-                let e = Event::from_json(v, &source)
+                let mut e = Event::from_json(v, &source)
                     .with_context(|| format!("{}: not an event", at()))?;
+                e.ensure_trace();
                 // The envelope here; the contracts below, for every event.
                 let none: &[troupe::host::Described] = &[];
                 if let Err(r) = troupe::ingress::check(&e, none) {

@@ -144,6 +144,8 @@ pub struct Deployer {
     /// Each step's counters (a step added by a deploy too).
     stats: Mutex<BTreeMap<String, Arc<StepStats>>>,
     this: std::sync::Weak<Deployer>,
+    /// Where the workers' spans go.
+    telemetry: crate::telemetry::Telemetry,
 }
 
 impl Deployer {
@@ -156,6 +158,7 @@ impl Deployer {
         runtime: Arc<Runtime>,
         broker: Arc<dyn Broker>,
         allow_breaking: bool,
+        telemetry: crate::telemetry::Telemetry,
     ) -> Result<Arc<Deployer>, DeployError> {
         let d = Arc::new_cyclic(|this| Deployer {
             dir: app.dir.clone(),
@@ -181,6 +184,7 @@ impl Deployer {
             this: this.clone(),
             runtime,
             broker,
+            telemetry,
         });
         let request = Request {
             how: "start".into(),

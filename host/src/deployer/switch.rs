@@ -172,6 +172,7 @@ impl Deployer {
                 stats,
                 &self.app_name,
                 self.handle.clone(),
+                self.telemetry.clone(),
             ));
             let mut wired = self.wired.lock().expect("wired lock");
             if wired.started {

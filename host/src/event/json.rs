@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::{CORRELATION_ID, Event, is_json_type};
+use super::{CORRELATION_ID, Event, TRACEPARENT, is_json_type};
 
 /// The CloudEvents JSON form, written straight from the event: JSON data
 /// is copied as it is (no `Value` is built), anything else goes in
@@ -239,6 +239,10 @@ impl Event {
             (None, None) => Vec::new(),
         };
         let mut event = Event::new(&kind, source.as_deref().unwrap_or(default_source), data);
+        // The trace is the producer's, if it set one; else whoever takes the
+        // event in places it (`Event::ensure_trace`, or the API in the
+        // request's trace).
+        event.extensions.remove(TRACEPARENT);
         if let Some(id) = id {
             event.extensions.insert(CORRELATION_ID.into(), id.clone());
             event.id = id;

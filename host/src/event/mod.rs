@@ -88,6 +88,14 @@ impl Event {
         }
     }
 
+    /// Give the event a `traceparent` (a new trace) unless it carries one.
+    pub fn ensure_trace(&mut self) {
+        if !self.extensions.contains_key(TRACEPARENT) {
+            self.extensions
+                .insert(TRACEPARENT.to_string(), new_traceparent(None));
+        }
+    }
+
     /// The first attribute whose value holds a control character (which
     /// CloudEvents attributes may not), if any.
     pub fn control_attribute(&self) -> Option<&str> {

@@ -94,6 +94,8 @@ pub(super) struct Driver {
     /// The deployments active runs are pinned to, for this host's
     /// deployer.
     pins: Arc<watch::Sender<BTreeSet<u64>>>,
+    /// Where the runs' spans go (if anywhere).
+    telemetry: crate::telemetry::Telemetry,
 }
 
 impl Driver {
@@ -119,8 +121,14 @@ impl Driver {
             load,
             flows,
             pins,
+            telemetry: crate::telemetry::Telemetry::off(),
         };
         (driver, rx)
+    }
+
+    /// Export the runs' spans to `telemetry`.
+    pub(super) fn export_to(&mut self, telemetry: crate::telemetry::Telemetry) {
+        self.telemetry = telemetry;
     }
 
     /// Runs the machine holds.
@@ -241,6 +249,7 @@ impl Driver {
             flow,
             input,
             key,
+            trace,
             reply,
         } = s;
         let start = Start {
@@ -248,6 +257,7 @@ impl Driver {
             flow,
             input,
             key,
+            trace,
         };
         match self.machine.start(start, now_ms()) {
             Ok(Started::New(t)) => {
@@ -511,6 +521,11 @@ impl Driver {
         // durable reply: they may go out before their own commit is
         // durable (`Commit::early`), which saves the steps a sync.
         commit.early = self.journal == Journal::Checkpoints && commit.state.is_empty();
+        if self.telemetry.tracing()
+            && let Some(run) = self.ending.get(&id).or_else(|| self.machine.run(&id))
+        {
+            super::traced::export(&self.telemetry, run, &commit.events, ended.is_some());
+        }
         let tell = self.settled.clone();
         let then: crate::broker::Then = match (ended, then) {
             (Some(state), then) => Box::new(move |r| {

@@ -88,6 +88,8 @@ pub(super) struct Lead {
     pub holder: String,
     pub load: Arc<super::Load>,
     pub standing: Arc<Shared>,
+    /// Where the runs' spans go.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl Lead {
@@ -173,7 +175,7 @@ impl Lead {
                 Err(e) => tracing::error!("unreadable run record: {e}"),
             }
         }
-        let (driver, ended) = Driver::new(
+        let (mut driver, ended) = Driver::new(
             machine,
             self.broker.clone(),
             journal,
@@ -182,6 +184,7 @@ impl Lead {
             self.flows.clone(),
             self.pins.clone(),
         );
+        driver.export_to(self.telemetry.clone());
         Ok((driver, ended, consumer))
     }
 

@@ -34,6 +34,7 @@ mod machine;
 mod operate;
 pub mod run;
 mod timers;
+mod traced;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -124,6 +125,7 @@ struct Starting {
     flow: String,
     input: Value,
     key: Option<String>,
+    trace: Option<String>,
     reply: driver::StartReply,
 }
 
@@ -203,6 +205,7 @@ impl Orchestrator {
         app: &str,
         config: &OrchestratorConfig,
         tasks: &mut crate::shutdown::Tasks,
+        telemetry: crate::telemetry::Telemetry,
     ) -> Result<Orchestrator, BrokerError> {
         let flows = Arc::new(watch::Sender::new(flows));
         let pins = Arc::new(watch::Sender::new(BTreeSet::new()));
@@ -223,6 +226,7 @@ impl Orchestrator {
             holder: lease::holder(),
             load: load.clone(),
             standing: standing.clone(),
+            telemetry,
         }
         .start(
             Inbox {
@@ -257,6 +261,18 @@ impl Orchestrator {
         input: Value,
         key: Option<&str>,
     ) -> Result<(String, bool), StartError> {
+        self.start_in(flow, input, key, None).await
+    }
+
+    /// The same, as part of the trace `parent` (the span of the request
+    /// that asks): the run's spans and commands join that trace.
+    pub async fn start_in(
+        &self,
+        flow: &str,
+        input: Value,
+        key: Option<&str>,
+        parent: Option<crate::telemetry::TraceContext>,
+    ) -> Result<(String, bool), StartError> {
         let Some(f) = self.flows.borrow().flow(None, flow).cloned() else {
             return Err(StartError::UnknownFlow(flow.to_string()));
         };
@@ -286,6 +302,7 @@ impl Orchestrator {
             flow: flow.to_string(),
             input,
             key: key.map(str::to_string),
+            trace: parent.map(|p| p.header()),
             reply,
         });
         self.tx.send(msg).await.map_err(|_| StartError::Stopped)?;

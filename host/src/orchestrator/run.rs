@@ -167,6 +167,11 @@ pub struct RunRecord {
     /// The signals sent to the run, in the order they reached it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signals: Vec<SignalRecord>,
+    /// The `traceparent` of what started the run (the start request's
+    /// span), when it came with one: the run is a span of that trace, and
+    /// its commands carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// A signal sent to a run, kept with it: what it carried and what became

@@ -49,7 +49,10 @@ impl Machine {
             n => derived_id(run_id, &format!("{sid}/r{n}/{attempt}")),
         };
         let mut extensions = std::collections::BTreeMap::new();
-        extensions.insert(TRACEPARENT.to_string(), traceparent(run_id, &id));
+        extensions.insert(
+            TRACEPARENT.to_string(),
+            traceparent(run_id, run.trace.as_deref(), &id),
+        );
         extensions.insert(CORRELATION_ID.to_string(), run_id.to_string());
         extensions.insert(RUN.to_string(), run_id.to_string());
         extensions.insert(FLOW_STEP.to_string(), sid.to_string());
@@ -81,12 +84,17 @@ impl Machine {
     }
 }
 
-/// The W3C `traceparent` of a command: the run is the trace (its UUID's
-/// 32 hex digits), the command a span (the hash half of its id). Derived,
-/// not drawn, so a command sent again after a crash carries the same one.
-fn traceparent(run_id: &str, command_id: &str) -> String {
+/// The W3C `traceparent` of a command: the run's trace (that of the
+/// request that started it, `parent`, else the run's UUID's 32 hex
+/// digits), the command a span (the hash half of its id). Derived, not
+/// drawn, so a command sent again after a crash carries the same one.
+fn traceparent(run_id: &str, parent: Option<&str>, command_id: &str) -> String {
+    let parent = parent.and_then(crate::telemetry::TraceContext::parse);
     let (trace, span) = match (Uuid::try_parse(run_id), Uuid::try_parse(command_id)) {
-        (Ok(run), Ok(command)) => (run.as_u128(), command.as_u64_pair().1),
+        (Ok(run), Ok(command)) => (
+            parent.map_or(run.as_u128(), |p| p.trace),
+            command.as_u64_pair().1.max(1),
+        ),
         _ => (Uuid::new_v4().as_u128(), Uuid::new_v4().as_u64_pair().0),
     };
     format!("00-{trace:032x}-{span:016x}-01")
@@ -100,9 +108,10 @@ mod tests {
     fn a_reply_carries_the_outputs_type_schema_and_data_in_the_runs_trace() {
         let run = "01937d6c-8f2a-7b3c-9d4e-5f6a7b8c9d0e";
         let mut command = Event::new("order.placed", "troupe://shop/orchestrator", b"{}".to_vec());
-        command
-            .extensions
-            .insert(TRACEPARENT.into(), super::traceparent(run, &command.id));
+        command.extensions.insert(
+            TRACEPARENT.into(),
+            super::traceparent(run, None, &command.id),
+        );
         command
             .extensions
             .insert(crate::protocol::RUN.into(), run.into());
@@ -149,11 +158,22 @@ mod tests {
         let run = "01937d6c-8f2a-7b3c-9d4e-5f6a7b8c9d0e";
         let command = "a1b2c3d4-e5f6-5789-8abc-def012345678";
         assert_eq!(
-            super::traceparent(run, command),
+            super::traceparent(run, None, command),
             "00-01937d6c8f2a7b3c9d4e5f6a7b8c9d0e-8abcdef012345678-01"
         );
+        // Started within a trace: the command is a span of that trace.
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            super::traceparent(run, Some(parent), command),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-8abcdef012345678-01"
+        );
+        // A malformed parent is no parent.
+        assert_eq!(
+            super::traceparent(run, Some("00-zz-00f067aa0ba902b7-01"), command),
+            super::traceparent(run, None, command)
+        );
         // Not UUIDs (never the case for the driver's ids): still well formed.
-        let t = super::traceparent("run", "command");
+        let t = super::traceparent("run", None, "command");
         assert_eq!(t.len(), 55, "{t}");
         assert!(t.starts_with("00-") && t.ends_with("-01"), "{t}");
     }

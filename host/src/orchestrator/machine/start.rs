@@ -63,6 +63,7 @@ impl Machine {
             cancelled: None,
             redrives: Vec::new(),
             signals: Vec::new(),
+            trace: s.trace.clone(),
         };
         let mut t = Transition::new(&s.id);
         t.actions.push(Action::Checkpoint);

@@ -82,6 +82,7 @@ fn start(m: &mut Machine, id: &str, key: Option<&str>, now: u64) -> Started {
         flow: "f".into(),
         input: json!({"order_id": id}),
         key: key.map(str::to_string),
+        trace: None,
     };
     m.start(s, now).expect("a start")
 }

@@ -87,6 +87,8 @@ pub(crate) struct Start {
     pub input: Value,
     /// The producer's `Idempotency-Key`.
     pub key: Option<String>,
+    /// The `traceparent` of the request that asked.
+    pub trace: Option<String>,
 }
 
 /// What a start came to.

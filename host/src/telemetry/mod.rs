@@ -1,0 +1,244 @@
+//! Telemetry: the spans of the host's work and its counters, exported to
+//! OpenTelemetry over OTLP (gRPC or HTTP/protobuf), and the W3C trace
+//! context every event, run and outbound call carries.
+//!
+//! Off by default (`config.rs` says when it is on). **Off, it costs one
+//! branch per place that would make a span**: [`Telemetry`] is an
+//! `Option`, and no span is built, no clock read, no attribute allocated
+//! behind a `None`. On, spans are data (`spans.rs`: kinds, names, ids,
+//! attributes) handed to the SDK's batch processor, which exports them
+//! from a thread of its own and drops what does not fit its queue rather
+//! than wait: **telemetry never holds up a delivery or a commit**.
+//!
+//! The trace context itself (`context.rs`) is not telemetry's to turn
+//! off: an event from outside gets a `traceparent` (the producer's
+//! trace, or a new one) whatever is exported, so every event of a cascade,
+//! every command of a run, and every call out carries the same trace id.
+
+pub mod config;
+pub mod context;
+mod http_client;
+mod metrics;
+pub mod spans;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use opentelemetry::InstrumentationScope;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SpanProcessor};
+
+pub use config::{Protocol, Resolved};
+pub use context::TraceContext;
+pub use metrics::Observed;
+pub use spans::Span;
+
+/// How long an export may take before it is given up.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Spans held for export when the environment does not say
+/// (`OTEL_BSP_MAX_QUEUE_SIZE`): a second of a busy host's work.
+const QUEUE: usize = 1 << 16;
+/// The longest a span waits for its batch (`OTEL_BSP_SCHEDULE_DELAY`).
+const DELAY: Duration = Duration::from_millis(500);
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry: {0}")]
+pub struct TelemetryError(String);
+
+impl TelemetryError {
+    pub fn new(message: String) -> TelemetryError {
+        TelemetryError(message)
+    }
+}
+
+/// The host's exporters, or nothing. Cloning shares them.
+#[derive(Clone, Default)]
+pub struct Telemetry(Option<Arc<Exporting>>);
+
+struct Exporting {
+    settings: Resolved,
+    spans: Option<BatchSpanProcessor>,
+    meters: Option<SdkMeterProvider>,
+    scope: InstrumentationScope,
+    /// What the metrics read, once the host has it.
+    observed: Arc<OnceLock<metrics::Source>>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            None => f.write_str("Telemetry(off)"),
+            Some(e) => write!(f, "Telemetry({:?})", e.settings),
+        }
+    }
+}
+
+impl Telemetry {
+    /// No export.
+    pub fn off() -> Telemetry {
+        Telemetry(None)
+    }
+
+    /// Start exporting as `settings` say (from [`config::Telemetry::resolve`]).
+    /// Must be called within the tokio runtime (gRPC's channel lives
+    /// on it).
+    pub fn start(settings: Resolved) -> Result<Telemetry, TelemetryError> {
+        let resource = Resource::builder()
+            .with_service_name(settings.service_name.clone())
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .build();
+        let scope = InstrumentationScope::builder("troupe")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        let spans = if settings.traces {
+            let exporter = span_exporter(&settings)?;
+            let mut batch = BatchConfigBuilder::default();
+            if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+                batch = batch.with_max_queue_size(QUEUE);
+            }
+            if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
+                batch = batch.with_scheduled_delay(DELAY);
+            }
+            let mut p = BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch.build())
+                .build();
+            p.set_resource(&resource);
+            Some(p)
+        } else {
+            None
+        };
+        let observed = Arc::new(OnceLock::new());
+        let meters = if settings.metrics {
+            let exporter = metric_exporter(&settings)?;
+            Some(metrics::provider(
+                exporter,
+                resource,
+                settings.metrics_interval,
+                observed.clone(),
+            ))
+        } else {
+            None
+        };
+        tracing::info!(
+            protocol = settings.protocol.name(),
+            endpoint = settings.endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_*)"),
+            service = %settings.service_name,
+            traces = settings.traces,
+            metrics = settings.metrics,
+            "exporting telemetry"
+        );
+        Ok(Telemetry(Some(Arc::new(Exporting {
+            settings,
+            spans,
+            meters,
+            scope,
+            observed,
+        }))))
+    }
+
+    /// Whether spans are exported: the one test before any span is made.
+    #[inline]
+    pub fn tracing(&self) -> bool {
+        self.0.as_ref().is_some_and(|e| e.spans.is_some())
+    }
+
+    /// Hand finished spans to the exporter (nothing when off).
+    pub fn export(&self, spans: impl IntoIterator<Item = Span>) {
+        if let Some(e) = &self.0
+            && let Some(p) = &e.spans
+        {
+            for s in spans {
+                p.on_end(s.into_data(&e.scope));
+            }
+        }
+    }
+
+    /// What the exported metrics read from (the host's counters), once
+    /// the host has them; later calls are ignored.
+    pub fn observe(&self, source: impl Fn() -> Observed + Send + Sync + 'static) {
+        if let Some(e) = &self.0 {
+            let _ = e.observed.set(Arc::new(source));
+        }
+    }
+
+    /// Export what is held and stop. Blocks (on the exporters' threads'
+    /// answer): call it off the async runtime's workers.
+    pub fn shutdown(&self) {
+        let Some(e) = &self.0 else { return };
+        if let Some(p) = &e.spans
+            && let Err(err) = p.shutdown_with_timeout(EXPORT_TIMEOUT)
+        {
+            tracing::warn!("telemetry: spans not all exported at shutdown: {err}");
+        }
+        if let Some(m) = &e.meters
+            && let Err(err) = m.shutdown_with_timeout(EXPORT_TIMEOUT)
+        {
+            tracing::warn!("telemetry: metrics not exported at shutdown: {err}");
+        }
+    }
+}
+
+fn metadata(s: &Resolved) -> opentelemetry_otlp::tonic_types::metadata::MetadataMap {
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &s.headers {
+        // Checked when the table was read.
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            headers.insert(k, v);
+        }
+    }
+    opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers)
+}
+
+/// An OTLP exporter of one signal (`SpanExporter` or `MetricExporter`,
+/// sent to `/v1/SIGNAL` over HTTP) as the settings say: the endpoint and
+/// headers the table gives, the rest from `OTEL_EXPORTER_OTLP_*`.
+macro_rules! exporter {
+    ($kind:ty, $signal:literal, $s:expr) => {{
+        let s: &Resolved = $s;
+        let b = <$kind>::builder();
+        match s.protocol {
+            Protocol::Grpc => {
+                let mut b = b.with_tonic().with_timeout(EXPORT_TIMEOUT);
+                if let Some(url) = s.url($signal) {
+                    b = b.with_endpoint(url);
+                }
+                if !s.headers.is_empty() {
+                    b = b.with_metadata(metadata(s));
+                }
+                b.build()
+            }
+            Protocol::HttpProtobuf => {
+                let mut b = b
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_http_client(http_client::Ureq::new(EXPORT_TIMEOUT))
+                    .with_timeout(EXPORT_TIMEOUT);
+                if let Some(url) = s.url($signal) {
+                    b = b.with_endpoint(url);
+                }
+                if !s.headers.is_empty() {
+                    b = b.with_headers(s.headers.clone().into_iter().collect());
+                }
+                b.build()
+            }
+        }
+        .map_err(|e| TelemetryError(format!("cannot build the {} exporter: {e}", $signal)))
+    }};
+}
+
+fn span_exporter(s: &Resolved) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    exporter!(opentelemetry_otlp::SpanExporter, "traces", s)
+}
+
+fn metric_exporter(s: &Resolved) -> Result<opentelemetry_otlp::MetricExporter, TelemetryError> {
+    exporter!(opentelemetry_otlp::MetricExporter, "metrics", s)
+}
