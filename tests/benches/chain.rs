@@ -17,6 +17,12 @@
 //!
 //! Run: `cargo bench -p troupe-tests --bench chain` (set `BENCH_ORDERS` to
 //! change N, default 20000; `BENCH_MODES=reuse` for one mode).
+//!
+//! `BENCH_TELEMETRY=1`: instead, the cost of OpenTelemetry export. The
+//! chain (reused instances) with export off, and on to a real OTLP
+//! receiver on loopback in this process (`support/otlp.rs`) over gRPC and
+//! over HTTP/protobuf, in alternating rounds (`BENCH_ROUNDS`, default 3):
+//! throughput of each, the ratio to off, and the spans received.
 
 use std::time::Instant;
 
@@ -114,6 +120,79 @@ async fn baseline(instances: &str, n: usize) {
     );
 }
 
+/// Export off, over gRPC, over HTTP, and over gRPC with one trace in
+/// ten sampled: throughput side by side.
+fn telemetry(rt: &tokio::runtime::Runtime, n: usize, rounds: usize) {
+    use troupe_tests::otlp::Receiver;
+    // (label, protocol, sample ratio), throughputs, spans per order.
+    type Config = (&'static str, &'static str, f64);
+    let configs: [Config; 4] = [
+        ("off", "", 0.0),
+        ("grpc", "grpc", 1.0),
+        ("http/protobuf", "http/protobuf", 1.0),
+        ("grpc, 10% sampled", "grpc", 0.1),
+    ];
+    let mut results: Vec<(Config, Vec<f64>, f64)> =
+        configs.iter().map(|c| (*c, vec![], 0.0)).collect();
+    let only = std::env::var("BENCH_TELEMETRY").unwrap_or_default();
+    for round in 0..rounds {
+        for ((how, protocol, ratio), runs, spans) in results.iter_mut() {
+            if configs.iter().any(|c| c.0 == only) && only != *how {
+                continue;
+            }
+            let receiver = match *protocol {
+                "grpc" => Some(Receiver::counting_grpc()),
+                "http/protobuf" => Some(Receiver::counting_http()),
+                _ => None,
+            };
+            let table = receiver.as_ref().map_or(String::new(), |r| {
+                format!(
+                    "[telemetry]\nendpoint = \"{}\"\nprotocol = \"{protocol}\"\nsample_ratio = {ratio}\n",
+                    r.url
+                )
+            });
+            let manifest = bench::order_manifest("instances = \"reuse\"") + &table;
+            let app = TestApp::new(&manifest);
+            let (m, orders) = rt.block_on(async {
+                let host = app.start().await;
+                let m = bench::choreography(&host, n, "order.shipped", order).await;
+                let orders = host.stats.snapshot()["order-validate"].handled;
+                host.shutdown().await;
+                println!("round {round}: {how}: {} (per order, under load)", m.cpu);
+                (m.per_second, orders)
+            });
+            if let Some(r) = &receiver {
+                let total: u64 = r.counted().values().sum();
+                println!(
+                    "round {round}: {how}: {total} spans received for {orders} orders, in {} requests",
+                    r.requests()
+                );
+                *spans += total as f64 / orders.max(1) as f64 / rounds as f64;
+            }
+            println!("round {round}: {how}: {m:.0} orders/s");
+            runs.push(m);
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let off = median(&results[0].1);
+    println!("\n## OpenTelemetry export, {n} orders per run, median of {rounds} rounds");
+    for ((how, ..), runs, spans) in &results {
+        let m = median(runs);
+        let received = match *spans > 0.0 {
+            true => format!(", {spans:.2} spans received per order"),
+            false => String::new(),
+        };
+        println!(
+            "{how:>18}: {m:.0} orders/s ({:+.1}% against off){received}",
+            (m / off - 1.0) * 100.0
+        );
+    }
+}
+
 fn main() {
     let n: usize = std::env::var("BENCH_ORDERS")
         .ok()
@@ -127,6 +206,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::var_os("BENCH_TELEMETRY").is_some() {
+        let rounds = std::env::var("BENCH_ROUNDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3);
+        return telemetry(&rt, n, rounds);
+    }
     rt.block_on(async {
         let modes = std::env::var("BENCH_MODES").unwrap_or_else(|_| "fresh,reuse".into());
         for mode in modes.split(',') {

@@ -11,6 +11,7 @@ mod choreography;
 mod cli;
 mod cloudevents;
 mod conformance;
+mod console;
 mod contracts;
 mod crash;
 mod dead_letters;

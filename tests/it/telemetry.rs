@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use troupe_tests::otlp::{self, Got, Receiver};
-use troupe_tests::{ApiHost, Backend, TestApp, example_app_with, wait_for};
+use troupe_tests::{ApiHost, TestApp, orders_with_flows, wait_for};
 
 /// The producer's context: the trace everything below joins.
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -27,19 +27,8 @@ fn telemetry(r: &Receiver, protocol: &str) -> String {
     )
 }
 
-/// The orders example with `extra` tables, and its flows.
 fn orders(extra: &str) -> TestApp {
-    let app = example_app_with(Backend::Embedded, "orders", extra);
-    let flows = app.path().join("flows");
-    std::fs::create_dir_all(&flows).unwrap();
-    for f in ["fulfil.toml", "deliver.toml"] {
-        std::fs::copy(
-            troupe_tests::repo().join("examples/orders/flows").join(f),
-            flows.join(f),
-        )
-        .unwrap();
-    }
-    app
+    orders_with_flows(extra)
 }
 
 fn order(id: &str) -> Value {

@@ -16,13 +16,14 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(10);
 
 /// The classes of threads, by name prefix (Linux cuts names at 15 bytes).
-const CLASSES: [(&str, &str); 6] = [
+const CLASSES: [(&str, &str); 7] = [
     ("step-", "guests"),
     ("troupe-broker", "broker writer"),
     ("troupe-checkpoi", "WAL checkpoint"),
     ("troupe-sync", "WAL sync"),
     ("tokio-rt-worker", "async runtime"),
     ("troupe-epoch", "epoch ticker"),
+    ("OpenTelemetry.T", "span export"),
 ];
 
 /// CPU time used so far, by class, and by a local nats-server.

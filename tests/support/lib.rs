@@ -471,6 +471,18 @@ pub fn example_app_with(backend: Backend, name: &str, extra: &str) -> TestApp {
     app
 }
 
+/// The orders example (as [`example_app_with`]) with its flows.
+pub fn orders_with_flows(extra: &str) -> TestApp {
+    let app = example_app_with(Backend::Embedded, "orders", extra);
+    let flows = app.path().join("flows");
+    std::fs::create_dir_all(&flows).unwrap();
+    for f in ["fulfil.toml", "deliver.toml"] {
+        let from = repo().join("examples/orders/flows").join(f);
+        std::fs::copy(from, flows.join(f)).unwrap();
+    }
+    app
+}
+
 /// A host running in this process with its HTTP API on a free port, and a
 /// client for it. For tests that talk HTTP like a producer would.
 pub struct ApiHost {
@@ -572,6 +584,7 @@ impl Drop for ApiHost {
     }
 }
 pub mod bench;
+pub mod browser;
 pub mod cpu;
 pub mod forge;
 pub mod nats;

@@ -58,6 +58,10 @@ impl Got {
 
 #[derive(Default)]
 struct Kept {
+    /// Count only (a bench's receiver): spans are decoded, counted by
+    /// name, and dropped.
+    counting: bool,
+    counted: Mutex<BTreeMap<String, u64>>,
     spans: Mutex<Vec<Got>>,
     metrics: Mutex<BTreeSet<String>>,
     requests: Mutex<u64>,
@@ -66,6 +70,18 @@ struct Kept {
 impl Kept {
     fn traces(&self, r: ExportTraceServiceRequest) {
         *self.requests.lock().unwrap() += 1;
+        if self.counting {
+            let mut counted = self.counted.lock().unwrap();
+            for s in r
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .flat_map(|ss| &ss.spans)
+            {
+                *counted.entry(s.name.clone()).or_default() += 1;
+            }
+            return;
+        }
         let mut out = self.spans.lock().unwrap();
         for rs in r.resource_spans {
             let service = rs
@@ -172,8 +188,29 @@ impl Receiver {
 
     /// OTLP over gRPC.
     pub fn grpc() -> Receiver {
+        Self::grpc_with(Kept::default())
+    }
+
+    /// OTLP over gRPC, counting spans by name rather than keeping them.
+    pub fn counting_grpc() -> Receiver {
+        Self::grpc_with(Kept {
+            counting: true,
+            ..Kept::default()
+        })
+    }
+
+    /// OTLP over HTTP/protobuf, counting spans by name rather than
+    /// keeping them.
+    pub fn counting_http() -> Receiver {
+        Self::http_with(Kept {
+            counting: true,
+            ..Kept::default()
+        })
+    }
+
+    fn grpc_with(kept: Kept) -> Receiver {
         let runtime = Self::runtime();
-        let kept = Arc::new(Kept::default());
+        let kept = Arc::new(kept);
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("a port");
@@ -193,10 +230,14 @@ impl Receiver {
 
     /// OTLP over HTTP with protobuf bodies.
     pub fn http() -> Receiver {
+        Self::http_with(Kept::default())
+    }
+
+    fn http_with(kept: Kept) -> Receiver {
         use axum::body::Bytes;
         use axum::routing::post;
         let runtime = Self::runtime();
-        let kept = Arc::new(Kept::default());
+        let kept = Arc::new(kept);
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("a port");
@@ -244,6 +285,11 @@ impl Receiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Got> {
         self.kept.spans.lock().unwrap().clone()
+    }
+
+    /// Spans counted by name (a counting receiver).
+    pub fn counted(&self) -> BTreeMap<String, u64> {
+        self.kept.counted.lock().unwrap().clone()
     }
 
     /// The names of the metrics received so far.

@@ -1,5 +1,6 @@
 //! The API's bearer token: every route but `/healthz` and `/readyz` needs
-//! `Authorization: Bearer <token>`.
+//! `Authorization: Bearer <token>`, or the console's session cookie with
+//! the console's header (`console.rs` says why both).
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -18,14 +19,9 @@ pub(super) async fn auth(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    let ok = given.is_some_and(|t| {
-        // Compare in time independent of where the first difference is.
-        t.len() == s.token.len()
-            && t.bytes()
-                .zip(s.token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
+    let ok = given.is_some_and(|t| token_matches(&s.token, t))
+        || (headers.contains_key(super::console::HEADER)
+            && super::console::session_ok(&s, &headers));
     if !ok {
         let mut r = ApiError(
             StatusCode::UNAUTHORIZED,
@@ -37,6 +33,17 @@ pub(super) async fn auth(
         return r;
     }
     next.run(req).await
+}
+
+/// Whether `given` is `token`, compared in time independent of where the
+/// first difference is.
+pub(super) fn token_matches(token: &str, given: &str) -> bool {
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// The token of an `Authorization` value of the Bearer scheme: the

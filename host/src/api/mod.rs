@@ -17,6 +17,8 @@
 //! | `GET /readyz` | readiness, with the reasons when not ready (no token needed) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /v1/openapi.json` | this API, as OpenAPI 3.1, generated from the handlers |
+//! | `GET /v1/app` | the app as the console draws it: steps, wiring, flows, buckets, counters |
+//! | `GET /ui` | the web console (`console/`: the token once, then a cookie) |
 //!
 //! **Every route but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`.**
 //! Errors are JSON: `{"error": "..."}` with a 4xx or 5xx status.
@@ -37,7 +39,9 @@ use crate::orchestrator::Orchestrator;
 use crate::runtime::step::LoadedStep;
 use crate::stats::Stats;
 
+mod app;
 mod auth;
+pub mod console;
 mod deploys;
 mod dlq;
 mod health;
@@ -176,6 +180,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/kv/{bucket}/{key}", get(kv::entry))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/app", get(app::app))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::auth,
@@ -184,6 +189,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(health::readyz))
         .merge(guarded)
+        .merge(console::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
         .layer(axum::middleware::map_response(json_errors))
         .layer(axum::middleware::from_fn_with_state(
@@ -197,11 +203,11 @@ pub fn router(state: ApiState) -> Router {
 /// the route does not take, a path that does not decode) gets its text as
 /// `{"error": ...}`, its status and headers (`Allow`) kept.
 async fn json_errors(r: Response) -> Response {
-    let is_json = r
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(r.status().is_client_error() || r.status().is_server_error()) || is_json {
+    // JSON already, or a page of the console (its sign-in form says why).
+    let own = r.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+    });
+    if !(r.status().is_client_error() || r.status().is_server_error()) || own {
         return r;
     }
     let (mut parts, body) = r.into_parts();

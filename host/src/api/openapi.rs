@@ -14,7 +14,7 @@ use utoipa::OpenApi;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Troupe", description = "Run event-driven microservices out of sandboxed WebAssembly steps."),
-    paths(super::runs::start_run, super::runs::run_status, super::runs::list, super::runs::counts, super::runs::cancel, super::runs::redrive, super::runs::signal, super::publish, super::dlq::list, super::dlq::show, super::dlq::replay, super::dlq::replay_many, super::dlq::purge_many, super::trace, super::kv::bucket, super::kv::entry, super::deploys::list, super::deploys::show, super::deploys::deploy, super::healthz, super::health::readyz, super::metrics, super::openapi),
+    paths(super::runs::start_run, super::runs::run_status, super::runs::list, super::runs::counts, super::runs::cancel, super::runs::redrive, super::runs::signal, super::publish, super::dlq::list, super::dlq::show, super::dlq::replay, super::dlq::replay_many, super::dlq::purge_many, super::trace, super::kv::bucket, super::kv::entry, super::deploys::list, super::deploys::show, super::deploys::deploy, super::healthz, super::health::readyz, super::metrics, super::openapi, super::app::app),
     modifiers(&Bearer)
 )]
 struct ApiDoc;

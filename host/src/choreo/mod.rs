@@ -222,7 +222,10 @@ impl Wiring {
         d.version = Some((v.deployment, v.step.digest.as_str().into()));
         let step = &v.step;
         let attempt = protocol::attempt_of(&d.event, d.attempt);
-        let mut traced = self.telemetry.tracing().then(|| {
+        let sampled = self.telemetry.tracing()
+            && crate::telemetry::spans::trace_of(&d.event)
+                .is_none_or(|c| self.telemetry.samples(c.trace));
+        let mut traced = sampled.then(|| {
             Traced::begin(
                 &self.telemetry,
                 &d.event,

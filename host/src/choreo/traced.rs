@@ -3,6 +3,7 @@
 //! (the guard is dropped: after the worker hands off its settlement, or,
 //! for a state commit, when its verdict comes).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::event::Event;
@@ -23,7 +24,7 @@ impl Traced {
     pub fn begin(
         telemetry: &Telemetry,
         event: &Event,
-        step: &str,
+        step: &Arc<str>,
         attempt: u32,
         taken: SystemTime,
     ) -> Traced {
@@ -42,7 +43,7 @@ impl Traced {
     pub fn invoked(
         &mut self,
         event: &Event,
-        step: &str,
+        step: &Arc<str>,
         attempt: u32,
         (deployment, digest): (u64, &str),
         start: SystemTime,
@@ -99,7 +100,7 @@ impl Traced {
     /// `verdict` is `committed`, or why not.
     pub fn committed(
         &mut self,
-        step: &str,
+        step: &Arc<str>,
         writes: usize,
         start: SystemTime,
         verdict: Result<(), &str>,

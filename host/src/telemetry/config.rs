@@ -54,6 +54,7 @@ pub struct Telemetry {
     pub metrics: bool,
     pub metrics_interval: Duration,
     pub headers: BTreeMap<String, String>,
+    pub sample_ratio: Option<f64>,
 }
 
 /// The table as written.
@@ -69,6 +70,7 @@ pub struct TelemetryTable {
     metrics_interval: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    sample_ratio: Option<f64>,
 }
 
 /// The shortest interval between metric exports.
@@ -112,6 +114,11 @@ impl TelemetryTable {
         {
             return Err("service_name: it is empty".into());
         }
+        if let Some(r) = self.sample_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(format!("sample_ratio: {r} is not between 0 and 1"));
+        }
         Ok(Telemetry {
             enabled: self.enabled,
             endpoint: self.endpoint,
@@ -121,6 +128,7 @@ impl TelemetryTable {
             metrics: self.metrics.unwrap_or(true),
             metrics_interval,
             headers: self.headers,
+            sample_ratio: self.sample_ratio,
         })
     }
 }
@@ -172,6 +180,10 @@ impl Telemetry {
                 None => Protocol::Grpc,
             },
         };
+        let sample_ratio = match self.sample_ratio {
+            Some(r) => r,
+            None => sampler(set("OTEL_TRACES_SAMPLER"), set("OTEL_TRACES_SAMPLER_ARG"))?,
+        };
         let service_name = self
             .service_name
             .clone()
@@ -185,6 +197,7 @@ impl Telemetry {
             metrics: self.metrics,
             metrics_interval: self.metrics_interval,
             headers: self.headers.clone(),
+            sample_ratio,
         }))
     }
 }
@@ -201,6 +214,8 @@ pub struct Resolved {
     pub metrics: bool,
     pub metrics_interval: Duration,
     pub headers: BTreeMap<String, String>,
+    /// The share of traces whose spans are exported, 0 to 1.
+    pub sample_ratio: f64,
 }
 
 impl Resolved {
@@ -212,6 +227,34 @@ impl Resolved {
             Protocol::Grpc => base.to_string(),
             Protocol::HttpProtobuf => format!("{}/v1/{signal}", base.trim_end_matches('/')),
         })
+    }
+}
+
+/// The share of traces `OTEL_TRACES_SAMPLER` (and its argument) asks
+/// for. Troupe decides by trace id (a trace is exported whole or not at
+/// all, on every host), so the parent-based samplers are read as their
+/// ratio.
+fn sampler(name: Option<String>, arg: Option<String>) -> Result<f64, String> {
+    let ratio = || -> Result<f64, String> {
+        match arg.as_deref().map(str::trim) {
+            None => Ok(1.0),
+            Some(a) => a
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| {
+                    format!("OTEL_TRACES_SAMPLER_ARG: `{a}` is not a ratio between 0 and 1")
+                }),
+        }
+    };
+    match name.as_deref().map(str::trim) {
+        None | Some("always_on" | "parentbased_always_on") => Ok(1.0),
+        Some("always_off" | "parentbased_always_off") => Ok(0.0),
+        Some("traceidratio" | "parentbased_traceidratio") => ratio(),
+        Some(other) => Err(format!(
+            "OTEL_TRACES_SAMPLER: `{other}` is not a sampler Troupe knows (always_on, always_off, \
+             traceidratio, or their parentbased_ forms)"
+        )),
     }
 }
 
@@ -277,6 +320,27 @@ mod tests {
         assert_eq!(r.protocol, Protocol::HttpProtobuf);
         assert_eq!(r.service_name, "orders");
         assert_eq!(r.url("traces").unwrap(), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(r.sample_ratio, 1.0);
+        let sampled = |k: &str| match k {
+            "OTEL_TRACES_SAMPLER" => Some("parentbased_traceidratio".into()),
+            "OTEL_TRACES_SAMPLER_ARG" => Some("0.25".into()),
+            _ => None,
+        };
+        assert_eq!(
+            t.resolve("shop", sampled).unwrap().unwrap().sample_ratio,
+            0.25
+        );
+        let t2 = table("endpoint = \"http://c:4317\"\nsample_ratio = 0.5").unwrap();
+        assert_eq!(
+            t2.resolve("shop", sampled).unwrap().unwrap().sample_ratio,
+            0.5
+        );
+        let odd = |k: &str| (k == "OTEL_TRACES_SAMPLER").then(|| "jaeger_remote".into());
+        assert!(
+            t.resolve("shop", odd)
+                .unwrap_err()
+                .contains("jaeger_remote")
+        );
         let bad = |k: &str| (k == "OTEL_EXPORTER_OTLP_PROTOCOL").then(|| "http/json".into());
         let t = table("endpoint = \"http://c:4317\"").unwrap();
         assert!(t.resolve("shop", bad).unwrap_err().contains("http/json"));
@@ -292,6 +356,7 @@ mod tests {
             ("metrics_interval = \"soon\"", "metrics_interval"),
             ("headers = { \"a b\" = \"x\" }", "headers"),
             ("service_name = \" \"", "service_name"),
+            ("sample_ratio = 1.5", "sample_ratio"),
         ] {
             let e = table(text).unwrap_err();
             assert!(e.starts_with(field), "{text}: {e}");

@@ -42,6 +42,9 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const QUEUE: usize = 1 << 16;
 /// The longest a span waits for its batch (`OTEL_BSP_SCHEDULE_DELAY`).
 const DELAY: Duration = Duration::from_millis(500);
+/// Spans per export (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`): a busy host sends
+/// fewer, larger requests.
+const BATCH: usize = 2048;
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +108,9 @@ impl Telemetry {
             if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
                 batch = batch.with_scheduled_delay(DELAY);
             }
+            if std::env::var_os("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
+                batch = batch.with_max_export_batch_size(BATCH);
+            }
             let mut p = BatchSpanProcessor::builder(exporter)
                 .with_batch_config(batch.build())
                 .build();
@@ -148,12 +154,24 @@ impl Telemetry {
         self.0.as_ref().is_some_and(|e| e.spans.is_some())
     }
 
-    /// Hand finished spans to the exporter (nothing when off).
+    /// Whether the spans of trace `trace` are exported: tracing, and the
+    /// trace among the `sample_ratio` kept. Decided by the trace id alone
+    /// (as OpenTelemetry's `TraceIdRatioBased`), so every host and step
+    /// decides the same for one trace.
+    #[inline]
+    pub fn samples(&self, trace: u128) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|e| e.spans.is_some() && kept(trace, e.settings.sample_ratio))
+    }
+
+    /// Hand finished spans to the exporter (nothing when off; the spans
+    /// of traces not sampled are dropped).
     pub fn export(&self, spans: impl IntoIterator<Item = Span>) {
         if let Some(e) = &self.0
             && let Some(p) = &e.spans
         {
-            for s in spans {
+            for s in spans.into_iter().filter(|s| self.samples(s.ctx.trace)) {
                 p.on_end(s.into_data(&e.scope));
             }
         }
@@ -241,4 +259,40 @@ fn span_exporter(s: &Resolved) -> Result<opentelemetry_otlp::SpanExporter, Telem
 
 fn metric_exporter(s: &Resolved) -> Result<opentelemetry_otlp::MetricExporter, TelemetryError> {
     exporter!(opentelemetry_otlp::MetricExporter, "metrics", s)
+}
+
+/// Whether trace `trace` is among the `ratio` of traces kept: a mix of
+/// all its bits (splitmix64's finaliser) below the ratio's share of
+/// 2^64. Mixed, not read raw: the ids Troupe draws are UUIDs, whose
+/// version and variant bits are fixed, and any host decides the same for
+/// one trace.
+fn kept(trace: u128, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let mut z = (trace as u64) ^ ((trace >> 64) as u64);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z as f64) < ratio * 18_446_744_073_709_551_616.0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_ratio_keeps_that_share_of_traces_and_decides_the_same_each_time() {
+        let traces: Vec<u128> = (0..20_000)
+            .map(|_| super::TraceContext::root().trace)
+            .collect();
+        for ratio in [0.0, 0.1, 0.5, 1.0] {
+            let kept = traces.iter().filter(|t| super::kept(**t, ratio)).count();
+            let share = kept as f64 / traces.len() as f64;
+            assert!((share - ratio).abs() < 0.02, "{ratio}: kept {share}");
+        }
+        assert!(
+            traces
+                .iter()
+                .all(|t| super::kept(*t, 0.3) == super::kept(*t, 0.3))
+        );
+    }
 }

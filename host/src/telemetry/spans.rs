@@ -67,7 +67,8 @@ impl Span {
             name,
             start: SystemTime::UNIX_EPOCH,
             end: SystemTime::UNIX_EPOCH,
-            attributes: Vec::new(),
+            // Enough for the most any kind has: one allocation per span.
+            attributes: Vec::with_capacity(12),
             links: Vec::new(),
             error: None,
         }
@@ -161,8 +162,9 @@ pub fn server(ctx: TraceContext, caller: Option<TraceContext>, method: &str, rou
         .attr("http.route", route.to_string())
 }
 
-/// The CloudEvents and messaging attributes every span about one event
-/// carries.
+/// The messaging and CloudEvents attributes every span about one event
+/// carries (the event's id and type are `messaging.message.id` and
+/// `messaging.destination.name`: not repeated as `cloudevents.*`).
 fn about(mut s: Span, e: &Event) -> Span {
     s.attributes.extend([
         KeyValue::new("messaging.system", SYSTEM),
@@ -173,9 +175,7 @@ fn about(mut s: Span, e: &Event) -> Span {
             e.correlation_id().to_string(),
         ),
         KeyValue::new("messaging.message.body.size", e.data.len() as i64),
-        KeyValue::new("cloudevents.event_id", e.id.clone()),
         KeyValue::new("cloudevents.event_source", e.source.clone()),
-        KeyValue::new("cloudevents.event_type", e.kind.clone()),
     ]);
     if let Some(subject) = &e.subject {
         s.attributes
@@ -220,7 +220,7 @@ pub fn send(e: &Event, run: &RunTrace, sid: &str) -> Option<Span> {
 /// The delivery of `e` to `step`'s consumer group, handled on this host:
 /// a child of the event's publication, and linked to it (the convention's
 /// link from a message's creation to its processing).
-pub fn process(e: &Event, step: &str, attempt: u32) -> Span {
+pub fn process(e: &Event, step: &std::sync::Arc<str>, attempt: u32) -> Span {
     let creation = trace_of(e);
     let ctx = creation.map_or_else(TraceContext::root, |c| c.child());
     let mut s = Span::new(
@@ -231,22 +231,27 @@ pub fn process(e: &Event, step: &str, attempt: u32) -> Span {
     )
     .attr("messaging.operation.name", "process")
     .attr("messaging.operation.type", "process")
-    .attr("messaging.consumer.group.name", step.to_string())
-    .attr("troupe.step", step.to_string())
+    .attr("messaging.consumer.group.name", step.clone())
     .attr("troupe.attempt", attempt as i64);
     s.links.extend(creation);
     about(s, e)
 }
 
 /// The guest's invocation under the delivery's span `process`.
-pub fn invoke(process: &Span, step: &str, attempt: u32, digest: &str, deployment: u64) -> Span {
+pub fn invoke(
+    process: &Span,
+    step: &std::sync::Arc<str>,
+    attempt: u32,
+    digest: &str,
+    deployment: u64,
+) -> Span {
     Span::new(
         process.ctx.child(),
         Some((process.ctx.span, false)),
         SpanKind::Internal,
         format!("invoke {step}"),
     )
-    .attr("troupe.step", step.to_string())
+    .attr("troupe.step", step.clone())
     .attr("troupe.attempt", attempt as i64)
     .attr("troupe.component.digest", digest.to_string())
     .attr("troupe.deployment", deployment as i64)
@@ -285,14 +290,14 @@ pub fn client(
 }
 
 /// A step's state commit under the delivery's span.
-pub fn commit(process: &Span, step: &str, writes: usize) -> Span {
+pub fn commit(process: &Span, step: &std::sync::Arc<str>, writes: usize) -> Span {
     Span::new(
         process.ctx.child(),
         Some((process.ctx.span, false)),
         SpanKind::Internal,
         "commit state".to_string(),
     )
-    .attr("troupe.step", step.to_string())
+    .attr("troupe.step", step.clone())
     .attr("troupe.state.writes", writes as i64)
 }
 
