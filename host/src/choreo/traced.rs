@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 use crate::event::Event;
 use crate::runtime::outbound::calls::CallRecord;
 use crate::runtime::outbound::key;
+use opentelemetry::trace::SpanKind;
+
 use crate::telemetry::{Span, Telemetry, spans};
 
 /// A delivery's `process` span, its `invoke` span, and what they caused.
@@ -69,8 +71,7 @@ impl Traced {
                     SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
                 });
                 let end = at + Duration::from_micros(c.duration_us);
-                self.more
-                    .push(spans::client(&invoke, span, c).during(at, end));
+                self.more.push(client(&invoke, span, c).during(at, end));
             }
         }
         self.invoke = Some(invoke);
@@ -125,4 +126,32 @@ impl Drop for Traced {
             .chain(std::mem::take(&mut self.more));
         self.telemetry.export(all);
     }
+}
+
+/// An outbound HTTP call a guest made during `invoke`, whose
+/// `traceparent` named span `span`.
+fn client(invoke: &Span, span: u64, call: &CallRecord) -> Span {
+    let mut s = Span::new(
+        invoke.ctx.with_span(span),
+        Some((invoke.ctx.span, false)),
+        SpanKind::Client,
+        call.method.clone(),
+    )
+    .attr("http.request.method", call.method.clone())
+    .attr("server.address", call.host.clone())
+    .attr("server.port", call.port as i64)
+    .attr(
+        "url.full",
+        format!("{}://{}:{}{}", call.scheme, call.host, call.port, call.path),
+    );
+    if let Some(status) = call.status {
+        s = s.attr("http.response.status_code", status as i64);
+        if status >= 500 {
+            s = s.failed(&status.to_string(), format!("status {status}"));
+        }
+    }
+    if let Some(e) = &call.error {
+        s = s.failed(e, e.clone());
+    }
+    s
 }

@@ -22,9 +22,11 @@
 //!       └─ commit state (internal)
 //! ```
 //!
-//! and of one run: `run FLOW` (from the start's request), `step ID` per
-//! flow step, `send TYPE` per command (whose worker's `process` span is
-//! its child, as above).
+//! A run's spans (`run FLOW` from the start's request, `step ID` per flow
+//! step, `send TYPE` per command, whose worker's `process` span is its
+//! child) are made from its record by `orchestrator/traced.rs`, an
+//! outbound call's (`client`) from its record by `choreo/traced.rs`, with
+//! [`Span::new`] and [`about`].
 
 use std::borrow::Cow;
 use std::time::SystemTime;
@@ -35,7 +37,7 @@ use opentelemetry::trace::{
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
-use super::context::{TraceContext, derived_span};
+use super::context::TraceContext;
 use crate::event::Event;
 
 /// `messaging.system`: Troupe is the messaging system.
@@ -59,7 +61,14 @@ pub struct Span {
 }
 
 impl Span {
-    fn new(ctx: TraceContext, parent: Option<(u64, bool)>, kind: SpanKind, name: String) -> Span {
+    /// A span of `ctx` under `parent` (its span id, and whether it was
+    /// made elsewhere), not yet timed.
+    pub fn new(
+        ctx: TraceContext,
+        parent: Option<(u64, bool)>,
+        kind: SpanKind,
+        name: String,
+    ) -> Span {
         Span {
             ctx,
             parent,
@@ -165,7 +174,7 @@ pub fn server(ctx: TraceContext, caller: Option<TraceContext>, method: &str, rou
 /// The messaging and CloudEvents attributes every span about one event
 /// carries (the event's id and type are `messaging.message.id` and
 /// `messaging.destination.name`: not repeated as `cloudevents.*`).
-fn about(mut s: Span, e: &Event) -> Span {
+pub fn about(mut s: Span, e: &Event) -> Span {
     s.attributes.extend([
         KeyValue::new("messaging.system", SYSTEM),
         KeyValue::new("messaging.destination.name", e.kind.clone()),
@@ -197,23 +206,6 @@ pub fn publish(e: &Event, parent: Option<u64>) -> Option<Span> {
     )
     .attr("messaging.operation.name", "publish")
     .attr("messaging.operation.type", "send");
-    Some(about(s, e))
-}
-
-/// An orchestrator's command (or a hybrid step's event) sent for flow
-/// step `sid` of run `run`: a child of the step's span.
-pub fn send(e: &Event, run: &RunTrace, sid: &str) -> Option<Span> {
-    let ctx = trace_of(e)?;
-    let s = Span::new(
-        ctx,
-        Some((run.step_span(sid), false)),
-        SpanKind::Producer,
-        format!("send {}", e.kind),
-    )
-    .attr("messaging.operation.name", "send")
-    .attr("messaging.operation.type", "send")
-    .attr("troupe.run.id", run.id.clone())
-    .attr("troupe.flow.step", sid.to_string());
     Some(about(s, e))
 }
 
@@ -257,38 +249,6 @@ pub fn invoke(
     .attr("troupe.deployment", deployment as i64)
 }
 
-/// An outbound HTTP call a guest made during `invoke`, whose
-/// `traceparent` named span `span`.
-pub fn client(
-    invoke: &Span,
-    span: u64,
-    call: &crate::runtime::outbound::calls::CallRecord,
-) -> Span {
-    let mut s = Span::new(
-        invoke.ctx.with_span(span),
-        Some((invoke.ctx.span, false)),
-        SpanKind::Client,
-        call.method.clone(),
-    )
-    .attr("http.request.method", call.method.clone())
-    .attr("server.address", call.host.clone())
-    .attr("server.port", call.port as i64)
-    .attr(
-        "url.full",
-        format!("{}://{}:{}{}", call.scheme, call.host, call.port, call.path),
-    );
-    if let Some(status) = call.status {
-        s = s.attr("http.response.status_code", status as i64);
-        if status >= 500 {
-            s = s.failed(&status.to_string(), format!("status {status}"));
-        }
-    }
-    if let Some(e) = &call.error {
-        s = s.failed(e, e.clone());
-    }
-    s
-}
-
 /// A step's state commit under the delivery's span.
 pub fn commit(process: &Span, step: &std::sync::Arc<str>, writes: usize) -> Span {
     Span::new(
@@ -299,123 +259,6 @@ pub fn commit(process: &Span, step: &std::sync::Arc<str>, writes: usize) -> Span
     )
     .attr("troupe.step", step.clone())
     .attr("troupe.state.writes", writes as i64)
-}
-
-/// A run's place in its trace: the trace (the start request's, or one of
-/// its own) and the span of the request that started it.
-#[derive(Debug, Clone)]
-pub struct RunTrace {
-    pub id: String,
-    pub trace: u128,
-    pub parent: Option<u64>,
-    /// Redrives so far: a redriven step's span is a new one.
-    pub redrives: usize,
-}
-
-impl RunTrace {
-    /// The trace of `run`: the one its start carried (`parent`, a
-    /// `traceparent`), else the run's id as a trace id.
-    pub fn of(run: &str, parent: Option<&str>, redrives: usize) -> RunTrace {
-        let parent = parent.and_then(TraceContext::parse);
-        let trace = match parent {
-            Some(p) => p.trace,
-            None => uuid::Uuid::try_parse(run)
-                .map(|u| u.as_u128())
-                .unwrap_or_else(|_| derived_span(&[run]) as u128)
-                .max(1),
-        };
-        RunTrace {
-            id: run.to_string(),
-            trace,
-            parent: parent.map(|p| p.span),
-            redrives,
-        }
-    }
-
-    /// The run's own span.
-    pub fn span(&self) -> u64 {
-        derived_span(&["run", &self.id])
-    }
-
-    /// Flow step `sid`'s span (a new one after each redrive).
-    pub fn step_span(&self, sid: &str) -> u64 {
-        derived_span(&["step", &self.id, sid, &self.redrives.to_string()])
-    }
-
-    fn ctx(&self, span: u64) -> TraceContext {
-        TraceContext {
-            trace: self.trace,
-            span,
-            sampled: true,
-        }
-    }
-}
-
-/// The spans of a run that ended: the run's, and each flow step's that
-/// ran, from its record (times, attempts, errors, outcome).
-pub fn run(t: &RunTrace, r: &crate::orchestrator::run::RunRecord, end: SystemTime) -> Vec<Span> {
-    use crate::clock::epoch_ms;
-    let at = |ms: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    let state = serde_json::to_value(r.state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    let mut run = Span::new(
-        t.ctx(t.span()),
-        t.parent.map(|p| (p, true)),
-        SpanKind::Internal,
-        format!("run {}", r.flow),
-    )
-    .during(at(r.created_ms), end)
-    .attr("troupe.run.id", r.id.clone())
-    .attr("troupe.flow", r.flow.clone())
-    .attr("troupe.run.state", state.clone())
-    .attr("troupe.run.redrives", r.redrives.len() as i64);
-    if let Some(d) = r.deployment {
-        run = run.attr("troupe.deployment", d as i64);
-    }
-    if !matches!(r.state, crate::orchestrator::run::RunState::Completed) {
-        run = run.failed(&state, r.error.clone().unwrap_or_else(|| state.clone()));
-    }
-    let mut out = vec![run];
-    for (sid, s) in &r.steps {
-        let Some(started) = s.started.as_deref().and_then(epoch_ms) else {
-            continue;
-        };
-        let finished = s.finished.as_deref().and_then(epoch_ms).map_or(end, at);
-        let step_state = serde_json::to_value(s.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let mut span = Span::new(
-            t.ctx(t.step_span(sid)),
-            Some((t.span(), false)),
-            SpanKind::Internal,
-            format!("step {sid}"),
-        )
-        .during(at(started), finished)
-        .attr("troupe.run.id", r.id.clone())
-        .attr("troupe.flow.step", sid.clone())
-        .attr("troupe.step.state", step_state.clone())
-        .attr("troupe.attempts", s.attempts as i64);
-        if let Some(c) = &s.component {
-            span = span.attr("troupe.component.digest", c.clone());
-        }
-        use crate::orchestrator::run::StepState as S;
-        if matches!(
-            s.state,
-            S::Failed | S::TimedOut | S::CompensationFailed | S::Cancelled
-        ) {
-            let last = s
-                .errors
-                .last()
-                .cloned()
-                .unwrap_or_else(|| step_state.clone());
-            span = span.failed(&step_state, last);
-        }
-        out.push(span);
-    }
-    out
 }
 
 /// The trace context an event carries, if well formed.
