@@ -64,6 +64,19 @@ fn one<'a>(spans: &'a [Got], what: &str, pick: impl Fn(&Got) -> bool) -> &'a Got
     }
 }
 
+/// Every span of `spans` has its parent among them, but `root`.
+fn parents_all_there(spans: &[Got], root: &Got) {
+    let ids = by_id(spans);
+    for s in spans.iter().filter(|s| s.span != root.span) {
+        let parent = s.parent.as_str();
+        assert!(
+            ids.contains_key(parent),
+            "{}: parent {parent} missing",
+            s.name
+        );
+    }
+}
+
 fn by_id(spans: &[Got]) -> BTreeMap<&str, &Got> {
     spans.iter().map(|s| (s.span.as_str(), s)).collect()
 }
@@ -198,16 +211,7 @@ fn one_orders_cascade_is_one_trace_with_the_right_parents_and_links() {
 
     // Every span of the trace has its parent in the trace, but the
     // request's (the producer's own span).
-    for s in &ours {
-        if s.span != server.span {
-            assert!(
-                ids.contains_key(s.parent.as_str()),
-                "{}: parent {} missing",
-                s.name,
-                s.parent
-            );
-        }
-    }
+    parents_all_there(&ours, server);
     // And metrics came the same way.
     wait_for(
         Duration::from_secs(15),
@@ -233,7 +237,6 @@ fn a_runs_spans_form_its_trace_over_grpc() {
         s.iter().any(|x| x.name == "run fulfil")
     });
     let ours: Vec<Got> = spans.into_iter().filter(|s| s.trace == TRACE).collect();
-    let ids = by_id(&ours);
     let server = one(&ours, "the start", |s| {
         s.name == "POST /v1/flows/{flow}/runs"
     });
@@ -265,16 +268,7 @@ fn a_runs_spans_form_its_trace_over_grpc() {
             "{sid}: no invocation"
         );
     }
-    for s in &ours {
-        if s.span != server.span {
-            assert!(
-                ids.contains_key(s.parent.as_str()),
-                "{}: parent {} missing",
-                s.name,
-                s.parent
-            );
-        }
-    }
+    parents_all_there(&ours, server);
     wait_for(Duration::from_secs(15), "metrics over gRPC", || {
         let m = receiver.metric_names();
         (m.contains("troupe.step.handled") && m.contains("troupe.runs.active")).then_some(())

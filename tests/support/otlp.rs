@@ -247,31 +247,19 @@ impl Receiver {
             .route(
                 "/v1/traces",
                 post(move |body: Bytes| async move {
-                    match ExportTraceServiceRequest::decode(body) {
-                        Ok(r) => {
-                            t.traces(r);
-                            (
-                                axum::http::StatusCode::OK,
-                                ExportTraceServiceResponse::default().encode_to_vec(),
-                            )
-                        }
-                        Err(_) => (axum::http::StatusCode::BAD_REQUEST, Vec::new()),
-                    }
+                    answer(body, |r: ExportTraceServiceRequest| {
+                        t.traces(r);
+                        ExportTraceServiceResponse::default()
+                    })
                 }),
             )
             .route(
                 "/v1/metrics",
                 post(move |body: Bytes| async move {
-                    match ExportMetricsServiceRequest::decode(body) {
-                        Ok(r) => {
-                            m.metrics(r);
-                            (
-                                axum::http::StatusCode::OK,
-                                ExportMetricsServiceResponse::default().encode_to_vec(),
-                            )
-                        }
-                        Err(_) => (axum::http::StatusCode::BAD_REQUEST, Vec::new()),
-                    }
+                    answer(body, |r: ExportMetricsServiceRequest| {
+                        m.metrics(r);
+                        ExportMetricsServiceResponse::default()
+                    })
                 }),
             );
         runtime.spawn(async move { axum::serve(listener, app).await });
@@ -328,6 +316,18 @@ impl Drop for Receiver {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// An OTLP/HTTP answer: `body` decoded as `Req` and kept by `keep`
+/// (`200` with its response, encoded), or a `400`.
+fn answer<Req: Message + Default, Res: Message>(
+    body: axum::body::Bytes,
+    keep: impl FnOnce(Req) -> Res,
+) -> (axum::http::StatusCode, Vec<u8>) {
+    match Req::decode(body) {
+        Ok(r) => (axum::http::StatusCode::OK, keep(r).encode_to_vec()),
+        Err(_) => (axum::http::StatusCode::BAD_REQUEST, Vec::new()),
     }
 }
 
