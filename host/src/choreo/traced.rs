@@ -54,6 +54,10 @@ impl Traced {
     ) {
         let mut invoke = spans::invoke(&self.process, step, attempt, digest, deployment)
             .during(start, SystemTime::now());
+        if let Some(f) = failure {
+            // The delivery failed with its invocation.
+            self.process.fail(f.class.as_str(), f.message.clone());
+        }
         invoke = match failure {
             None => invoke.attr("troupe.outcome", "ok"),
             Some(f) => invoke

@@ -9,7 +9,7 @@ use crate::orchestrator::run::RunRecord;
 use crate::protocol::FLOW_STEP;
 use opentelemetry::trace::SpanKind;
 
-use crate::telemetry::context::{TraceContext, derived_span};
+use crate::telemetry::context::{TraceContext, derived_span, run_trace};
 use crate::telemetry::spans::{about, trace_of};
 use crate::telemetry::{Span, Telemetry};
 
@@ -63,18 +63,10 @@ impl RunTrace {
     /// The trace of `run`: the one its start carried (`parent`, a
     /// `traceparent`), else the run's id as a trace id.
     fn of(run: &str, parent: Option<&str>, redrives: usize) -> RunTrace {
-        let parent = parent.and_then(TraceContext::parse);
-        let trace = match parent {
-            Some(p) => p.trace,
-            None => uuid::Uuid::try_parse(run)
-                .map(|u| u.as_u128())
-                .unwrap_or_else(|_| derived_span(&[run]) as u128)
-                .max(1),
-        };
         RunTrace {
             id: run.to_string(),
-            trace,
-            parent: parent.map(|p| p.span),
+            trace: run_trace(run, parent),
+            parent: parent.and_then(TraceContext::parse).map(|p| p.span),
             redrives,
         }
     }

@@ -90,6 +90,19 @@ pub fn new_span() -> u64 {
     Uuid::new_v4().as_u64_pair().0.max(1)
 }
 
+/// The trace of run `run`: that of the request that started it (`parent`,
+/// a `traceparent`), else the run's id (a UUID) as the trace id; one
+/// derived from the id for anything else.
+pub fn run_trace(run: &str, parent: Option<&str>) -> u128 {
+    match parent.and_then(TraceContext::parse) {
+        Some(p) => p.trace,
+        None => Uuid::try_parse(run)
+            .map(|u| u.as_u128())
+            .unwrap_or_else(|_| derived_span(&[run]) as u128)
+            .max(1),
+    }
+}
+
 /// A span id derived from `parts` (the same parts, the same id): the
 /// spans of a run and its steps, named before they end.
 pub fn derived_span(parts: &[&str]) -> u64 {

@@ -289,10 +289,13 @@ mod tests {
             let share = kept as f64 / traces.len() as f64;
             assert!((share - ratio).abs() < 0.02, "{ratio}: kept {share}");
         }
+        // A trace kept at a ratio is kept at every larger one: raising the
+        // ratio on some hosts first never splits a trace the others keep.
         assert!(
             traces
                 .iter()
-                .all(|t| super::kept(*t, 0.3) == super::kept(*t, 0.3))
+                .filter(|t| super::kept(**t, 0.3))
+                .all(|t| super::kept(*t, 0.5))
         );
     }
 }

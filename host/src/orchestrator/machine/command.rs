@@ -89,13 +89,10 @@ impl Machine {
 /// digits), the command a span (the hash half of its id). Derived, not
 /// drawn, so a command sent again after a crash carries the same one.
 fn traceparent(run_id: &str, parent: Option<&str>, command_id: &str) -> String {
-    let parent = parent.and_then(crate::telemetry::TraceContext::parse);
-    let (trace, span) = match (Uuid::try_parse(run_id), Uuid::try_parse(command_id)) {
-        (Ok(run), Ok(command)) => (
-            parent.map_or(run.as_u128(), |p| p.trace),
-            command.as_u64_pair().1.max(1),
-        ),
-        _ => (Uuid::new_v4().as_u128(), Uuid::new_v4().as_u64_pair().0),
+    let trace = crate::telemetry::context::run_trace(run_id, parent);
+    let span = match Uuid::try_parse(command_id) {
+        Ok(command) => command.as_u64_pair().1.max(1),
+        Err(_) => crate::telemetry::context::derived_span(&[command_id]),
     };
     format!("00-{trace:032x}-{span:016x}-01")
 }
