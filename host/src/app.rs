@@ -70,6 +70,8 @@ pub struct App {
     pub deploy: crate::deploy::Policy,
     /// The `[telemetry]` table: where spans and metrics are exported.
     pub telemetry: crate::telemetry::config::Telemetry,
+    /// The `[schedules.NAME]` tables, in the order of their names.
+    pub schedules: Vec<crate::schedule::Schedule>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +91,8 @@ struct Manifest {
     deploy: crate::deploy::Policy,
     #[serde(default)]
     telemetry: crate::telemetry::config::TelemetryTable,
+    #[serde(default)]
+    schedules: BTreeMap<String, crate::schedule::config::ScheduleTable>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +238,15 @@ impl App {
                 ),
             });
         }
+        if orchestrator.park_after_ms < crate::orchestrator::MIN_PARK_AFTER_MS {
+            return Err(AppError::Parse {
+                path: path.to_path_buf(),
+                message: format!(
+                    "[orchestrator] park_after_ms must be at least {}",
+                    crate::orchestrator::MIN_PARK_AFTER_MS
+                ),
+            });
+        }
         let retention = manifest
             .retention
             .check()
@@ -249,7 +262,14 @@ impl App {
             path: path.to_path_buf(),
             message: format!("[telemetry] {m}"),
         })?;
+        let schedules = crate::schedule::config::check(manifest.schedules).map_err(|message| {
+            AppError::Parse {
+                path: path.to_path_buf(),
+                message,
+            }
+        })?;
         Ok(App {
+            schedules,
             dir: dir.to_path_buf(),
             name,
             steps,

@@ -11,7 +11,7 @@
 use std::fmt::Write;
 
 use crate::contract::StepView;
-use crate::flow::{Action, Flow};
+use crate::flow::{Action, Flow, Wake};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +102,15 @@ fn build(steps: &[impl StepView], flows: &[Flow]) -> Graph {
                 id: id(&prefix, &s.id),
                 label: match &s.action {
                     Action::Signal { name, .. } => format!("{} (signal {name})", s.id),
-                    _ => s.id.clone(),
+                    Action::Sleep(Wake::After(ms)) => format!("{} (sleep {ms} ms)", s.id),
+                    Action::Sleep(Wake::Until(p)) => format!("{} (sleep until {})", s.id, p.text),
+                    _ => match &s.fan {
+                        Some(f) => format!(
+                            "{} (for each {}, {} at once)",
+                            s.id, f.over.text, f.max_parallel
+                        ),
+                        None => s.id.clone(),
+                    },
                 },
                 kind: Kind::FlowStep,
             })
@@ -118,7 +126,7 @@ fn build(steps: &[impl StepView], flows: &[Flow]) -> Graph {
                 Action::Command { step } => id("s", step),
                 Action::Hybrid { kind, .. } => id("e", kind),
                 // Waits for the outside, not for a step or an event.
-                Action::Signal { .. } => continue,
+                Action::Signal { .. } | Action::Sleep(_) => continue,
             };
             g.edges.push((me, target, true));
         }

@@ -62,6 +62,8 @@ pub struct Host {
     pub tasks: Tasks,
     /// Where spans and metrics are exported (if anywhere).
     pub telemetry: Telemetry,
+    /// The app's schedules (ticked while this host drives the flows).
+    pub schedules: Option<crate::schedule::Schedules>,
     _runtime: Arc<Runtime>,
 }
 
@@ -120,10 +122,8 @@ impl Host {
             let door = Arc::downgrade(&deployer);
             let check: InputCheck = Arc::new(move |flow: &Flow, input: &serde_json::Value| {
                 let steps = door.upgrade().map(|d| d.door()).unwrap_or_default();
-                for s in flow.steps.iter().filter(|s| s.input == crate::flow::INPUT) {
-                    if let crate::flow::Action::Command { step } = &s.action
-                        && let Some(step) = steps.iter().find(|x| x.name() == step)
-                    {
+                for name in flow.input_takers() {
+                    if let Some(step) = steps.iter().find(|x| x.name() == name) {
                         step.contract
                             .check_input_value(&flow.input, input)
                             .map_err(|v| v.to_string())?;
@@ -146,6 +146,16 @@ impl Host {
         } else {
             None
         };
+        let schedules = orchestrator.as_ref().map(|o| {
+            let s = crate::schedule::spawn(
+                app.schedules.clone(),
+                o.clone(),
+                broker.clone(),
+                &mut tasks,
+            );
+            deployer.set_schedules(s.clone());
+            s
+        });
         deployer.start_workers().map_err(HostError::Threads)?;
         broker.ready().await?;
         deployer.follow(&mut tasks);
@@ -167,6 +177,7 @@ impl Host {
             deployer,
             tasks,
             telemetry,
+            schedules,
             _runtime: runtime,
         })
     }
@@ -186,6 +197,7 @@ impl Host {
             app: self.app.name.clone(),
             token: token.into(),
             telemetry: self.telemetry.clone(),
+            schedules: self.schedules.clone(),
         }
     }
 

@@ -64,6 +64,7 @@ pub mod protocol;
 pub mod retry;
 pub mod runtime;
 pub mod scaffold;
+pub mod schedule;
 pub mod shutdown;
 pub mod stats;
 pub mod telemetry;

@@ -31,15 +31,64 @@ pub enum LoadError {
     Secrets(String),
     #[error(transparent)]
     Flow(#[from] crate::flow::FlowError),
+    #[error("{path}: [schedules.{schedule}] {message}")]
+    Schedule {
+        path: PathBuf,
+        schedule: String,
+        message: String,
+    },
 }
 
-/// Read and check the app's flows (`APP/flows/*.toml`) against its steps.
+/// Read and check the app's flows (`APP/flows/*.toml`) against its steps,
+/// and its schedules against them.
 pub fn load_flows(app: &App, steps: &[impl StepView]) -> Result<Vec<Flow>, LoadError> {
     let contracts: HashMap<String, &StepContract> = steps
         .iter()
         .map(|s| (s.name().to_string(), s.contract()))
         .collect();
-    Ok(Flow::load_dir(&app.dir.join(FLOWS_DIR), &contracts)?)
+    let flows = Flow::load_dir(&app.dir.join(FLOWS_DIR), &contracts)?;
+    check_schedules(app, &flows, &contracts)?;
+    Ok(flows)
+}
+
+/// Each schedule of `app` names one of `flows`, and its input is one the
+/// flow's first steps take.
+pub(crate) fn check_schedules(
+    app: &App,
+    flows: &[Flow],
+    contracts: &HashMap<String, &StepContract>,
+) -> Result<(), LoadError> {
+    for s in &app.schedules {
+        let bad = |message: String| LoadError::Schedule {
+            path: app.dir.join(crate::app::MANIFEST),
+            schedule: s.name.clone(),
+            message,
+        };
+        let Some(f) = flows.iter().find(|f| f.name == s.flow) else {
+            let mut names: Vec<&str> = flows.iter().map(|f| f.name.as_str()).collect();
+            names.sort();
+            return Err(bad(format!(
+                "flow {:?}: the app has no such flow (it has: {})",
+                s.flow,
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )));
+        };
+        for step in f.input_takers() {
+            if let Some(c) = contracts.get(step) {
+                c.check_input_value(&f.input, &s.input).map_err(|v| {
+                    bad(format!(
+                        "input: not a valid {} for step {step}: {v}",
+                        f.input
+                    ))
+                })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The folder of an app's flow files.

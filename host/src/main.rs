@@ -114,6 +114,10 @@ enum Cmd {
     /// Find runs (newest first; --flow, --status, --since, --until,
     /// --key), count them, cancel one, redrive one.
     Runs(cli::runs::RunsArgs),
+    /// The app's schedules (`[schedules.NAME]`): list them with their next
+    /// ticks, pause, resume, trigger one now.
+    #[command(subcommand)]
+    Schedules(cli::schedules::SchedulesCmd),
     /// The aggregated status of a run.
     Status {
         /// The run id (what `start` printed).
@@ -445,6 +449,7 @@ fn run(cli: Cli) -> Result<()> {
         } => flows::start(&flow, &input, idempotency_key.as_deref(), wait, &api, json),
         Cmd::Status { run, watch, api } => flows::status(&run, watch, &api, json),
         Cmd::Runs(args) => cli::runs::runs(args, json),
+        Cmd::Schedules(cmd) => cli::schedules::schedules(cmd, json),
         Cmd::Publish {
             app,
             kind,

@@ -363,9 +363,24 @@ pub fn undoes(id: &str) -> Option<&str> {
     id.strip_suffix(UNDO)
 }
 
-/// The flow step `id` is, or compensates.
+/// The flow step `id` is, or compensates (of an element of a for-each
+/// step: that step).
 pub fn base_step(id: &str) -> &str {
-    undoes(id).unwrap_or(id)
+    let id = undoes(id).unwrap_or(id);
+    element_of(id).map_or(id, |(step, _)| step)
+}
+
+/// The id of element `i` of for-each step `step`: `step[i]`.
+pub fn element_id(step: &str, i: u32) -> String {
+    format!("{step}[{i}]")
+}
+
+/// The for-each step and the index of element `id`, if it is one.
+pub fn element_of(id: &str) -> Option<(&str, u32)> {
+    let inner = id.strip_suffix(']')?;
+    let open = inner.rfind('[')?;
+    let i = inner[open + 1..].parse().ok()?;
+    Some((&inner[..open], i))
 }
 
 #[cfg(test)]

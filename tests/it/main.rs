@@ -34,3 +34,4 @@ mod state;
 mod state_limits;
 mod store_faults;
 mod telemetry;
+mod waits;

@@ -451,11 +451,51 @@ pub fn example_app_on(backend: Backend, name: &str) -> TestApp {
     example_app_with(backend, name, "")
 }
 
-/// The same, with `extra` (tables) at the end of its `troupe.toml`.
+/// The same, with `extra` (tables) at the end of its `troupe.toml`. The
+/// example's `[schedules]` are left out (they name flows the test may not
+/// copy, and would start runs on their own): see [`example_app_scheduled`].
 pub fn example_app_with(backend: Backend, name: &str, extra: &str) -> TestApp {
+    example_app_as(backend, name, extra, false)
+}
+
+/// The example app as it is, `[schedules]` and every flow of it included.
+pub fn example_app_scheduled(backend: Backend, name: &str, extra: &str) -> TestApp {
+    let app = example_app_as(backend, name, extra, true);
+    let from = repo().join("examples").join(name).join("flows");
+    let flows = app.path().join("flows");
+    std::fs::create_dir_all(&flows).unwrap();
+    for f in std::fs::read_dir(&from).into_iter().flatten().flatten() {
+        std::fs::copy(f.path(), flows.join(f.file_name())).unwrap();
+    }
+    app
+}
+
+/// `manifest` without its `[schedules.NAME]` tables.
+pub fn without_schedules(manifest: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in manifest.lines() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            skipping = t.starts_with("[schedules.") || t.starts_with("[schedules]");
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn example_app_as(backend: Backend, name: &str, extra: &str, schedules: bool) -> TestApp {
     let dir = repo().join("examples").join(name);
     let manifest =
         std::fs::read_to_string(dir.join("troupe.toml")).expect("the example's troupe.toml");
+    let manifest = if schedules {
+        manifest
+    } else {
+        without_schedules(&manifest)
+    };
     let manifest = format!("{manifest}\n{extra}");
     let plugins = format!("\"{}/", repo().join("plugins").display());
     let mut manifest = manifest

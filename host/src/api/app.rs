@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, ApiState};
 use crate::contract::StepView;
-use crate::flow::Action;
+use crate::flow::{Action, Wake};
 
 /// The app: steps, flows, buckets and counters.
 #[utoipa::path(get, path = "/v1/app",
@@ -71,6 +71,8 @@ fn flow(f: &crate::flow::Flow) -> Value {
                     ("hybrid", json!({"publish": kind, "await": done}))
                 }
                 Action::Signal { name, .. } => ("signal", json!(name)),
+                Action::Sleep(Wake::After(ms)) => ("sleep", json!({"sleep_ms": ms})),
+                Action::Sleep(Wake::Until(p)) => ("sleep", json!({"until": p.text})),
             };
             json!({
                 "id": s.id,
@@ -79,6 +81,10 @@ fn flow(f: &crate::flow::Flow) -> Value {
                 "input": s.input,
                 "after": s.after,
                 "compensate": s.compensate.as_ref().map(|c| &c.step),
+                "for_each": s.fan.as_ref().map(|f| json!({
+                    "over": f.over.text,
+                    "max_parallel": f.max_parallel,
+                })),
             })
         })
         .collect();

@@ -49,6 +49,7 @@ pub mod kv;
 pub mod metrics;
 mod openapi;
 mod runs;
+mod schedules;
 pub mod status;
 mod traced;
 
@@ -67,6 +68,8 @@ pub struct ApiState {
     pub token: Arc<str>,
     /// Where the requests' spans go (if anywhere).
     pub telemetry: crate::telemetry::Telemetry,
+    /// The app's schedules (`None` when it has no flows).
+    pub schedules: Option<crate::schedule::Schedules>,
 }
 
 /// An error answer.
@@ -167,6 +170,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/runs/{id}/redrive", post(runs::redrive))
         .route("/v1/runs/{id}/signals/{name}", post(runs::signal))
+        .route("/v1/schedules", get(schedules::list))
+        .route("/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/v1/schedules/{name}/resume", post(schedules::resume))
+        .route("/v1/schedules/{name}/trigger", post(schedules::trigger))
         .route("/v1/events", post(publish))
         .route("/v1/dlq", get(dlq::list))
         .route("/v1/dlq/replay", post(dlq::replay_many))
@@ -442,10 +449,12 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
         out.push_str(&format!(
             "# HELP troupe_runs_active Runs started and not yet ended\n# TYPE troupe_runs_active gauge\ntroupe_runs_active {}\n\
              # HELP troupe_runs_max_active The most runs active at once ([orchestrator] max_active_runs)\n# TYPE troupe_runs_max_active gauge\ntroupe_runs_max_active {}\n\
-             # HELP troupe_runs_refused_total Starts refused because max_active_runs runs were active\n# TYPE troupe_runs_refused_total counter\ntroupe_runs_refused_total {}\n",
+             # HELP troupe_runs_refused_total Starts refused because max_active_runs runs were active\n# TYPE troupe_runs_refused_total counter\ntroupe_runs_refused_total {}\n\
+             # HELP troupe_runs_parked Runs asleep and parked in the store until they wake (not in troupe_runs_active)\n# TYPE troupe_runs_parked gauge\ntroupe_runs_parked {}\n",
             load.active(),
             load.limit,
-            load.refused()
+            load.refused(),
+            load.parked()
         ));
         // Counted by the run index; a store slow to answer leaves them out
         // rather than hold the scrape.

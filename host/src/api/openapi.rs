@@ -14,7 +14,7 @@ use utoipa::OpenApi;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Troupe", description = "Run event-driven microservices out of sandboxed WebAssembly steps."),
-    paths(super::runs::start_run, super::runs::run_status, super::runs::list, super::runs::counts, super::runs::cancel, super::runs::redrive, super::runs::signal, super::publish, super::dlq::list, super::dlq::show, super::dlq::replay, super::dlq::replay_many, super::dlq::purge_many, super::trace, super::kv::bucket, super::kv::entry, super::deploys::list, super::deploys::show, super::deploys::deploy, super::healthz, super::health::readyz, super::metrics, super::openapi, super::app::app),
+    paths(super::runs::start_run, super::runs::run_status, super::runs::list, super::runs::counts, super::runs::cancel, super::runs::redrive, super::runs::signal, super::publish, super::dlq::list, super::dlq::show, super::dlq::replay, super::dlq::replay_many, super::dlq::purge_many, super::trace, super::kv::bucket, super::kv::entry, super::deploys::list, super::deploys::show, super::deploys::deploy, super::healthz, super::health::readyz, super::metrics, super::openapi, super::app::app, super::schedules::list, super::schedules::pause, super::schedules::resume, super::schedules::trigger),
     modifiers(&Bearer)
 )]
 struct ApiDoc;
@@ -77,7 +77,13 @@ fn complete(doc: &mut Value) {
             }
             if let Some(schema) = success_schema(method, path) {
                 let (status, ct) = match (method.as_str(), path.as_str()) {
-                    ("post", "/v1/dlq/replay" | "/v1/dlq/purge") => ("200", "application/json"),
+                    (
+                        "post",
+                        "/v1/dlq/replay"
+                        | "/v1/dlq/purge"
+                        | "/v1/schedules/{name}/pause"
+                        | "/v1/schedules/{name}/resume",
+                    ) => ("200", "application/json"),
                     ("post", _) => ("202", "application/json"),
                     (_, "/metrics") => ("200", "text/plain"),
                     _ => ("200", "application/json"),
@@ -233,11 +239,16 @@ fn when() -> Value {
 fn success_schema(method: &str, path: &str) -> Option<Value> {
     let r = |name: &str| json!({"$ref": format!("#/components/schemas/{name}")});
     Some(match (method, path) {
-        ("post", "/v1/flows/{flow}/runs") => json!({
+        ("post", "/v1/flows/{flow}/runs" | "/v1/schedules/{name}/trigger") => json!({
             "type": "object", "required": ["run_id", "status_url"],
             "properties": {"run_id": {"type": "string"}, "status_url": {"type": "string"}}
         }),
         ("get", "/v1/runs/{id}") => r("Run"),
+        ("get", "/v1/schedules") => json!({
+            "type": "object", "required": ["schedules"],
+            "properties": {"schedules": {"type": "array", "items": r("Schedule")}}
+        }),
+        ("post", "/v1/schedules/{name}/pause" | "/v1/schedules/{name}/resume") => r("Schedule"),
         ("post", "/v1/runs/{id}/cancel")
         | ("post", "/v1/runs/{id}/redrive")
         | ("post", "/v1/runs/{id}/signals/{name}") => r("Run"),
@@ -371,11 +382,64 @@ fn set(keys: &[&str]) -> Value {
 
 fn schemas() -> Value {
     let mut all = base_schemas();
-    let runs = run_schemas();
-    if let (Some(all), Some(runs)) = (all.as_object_mut(), runs.as_object()) {
-        all.extend(runs.clone());
+    for more in [run_schemas(), schedule_schemas()] {
+        if let (Some(all), Some(more)) = (all.as_object_mut(), more.as_object()) {
+            all.extend(more.clone());
+        }
     }
     all
+}
+
+/// The schemas of a schedule as `GET /v1/schedules` lists it, and of a
+/// run's step in its status.
+fn schedule_schemas() -> Value {
+    json!({
+        "RunStep": {
+                    "type": "object", "required": ["state", "attempts"],
+                    "properties": {
+                        "state": {"type": "string"},
+                        "attempts": {"type": "integer", "minimum": 0},
+                        "started": {"type": "string"},
+                        "finished": {"type": "string"},
+                        "duration_ms": {"type": "integer", "minimum": 0},
+                        "output_type": {"type": "string"},
+                        "output": {},
+                        "errors": {"type": "array", "items": {"type": "string"}},
+                        "reason": {"type": "string"},
+                        "component": {"type": "string", "description": "SHA-256 of the component that answered its last attempt"},
+                        "wakes": {"type": "string", "description": "A sleeping step: when it wakes (RFC 3339)"},
+                        "elements": {
+                            "type": "object", "required": ["total", "sent", "settled", "failed"],
+                            "description": "A for-each step: its elements (each one is a step of its own, `ID[i]`)",
+                            "properties": {
+                                "total": {"type": "integer", "minimum": 0},
+                                "sent": {"type": "integer", "minimum": 0},
+                                "settled": {"type": "integer", "minimum": 0},
+                                "failed": {"type": "integer", "minimum": 0}
+                            }
+                        }
+                    }
+                },
+        "Schedule": {
+            "type": "object",
+            "required": ["name", "flow", "when", "overlap", "catch_up", "input", "paused", "started", "skipped", "missed", "next"],
+            "properties": {
+                "name": {"type": "string"}, "flow": {"type": "string"},
+                "when": {"type": "string", "description": "`cron \"PATTERN\"` or `every DURATION`"},
+                "overlap": {"type": "string", "enum": ["skip", "allow"]},
+                "catch_up": {"type": "string", "enum": ["none", "one"]},
+                "input": {},
+                "paused": {"type": "boolean"},
+                "paused_by": {"type": "string"}, "paused_reason": {"type": "string"},
+                "last_tick": {"type": "string"}, "last_run": {"type": "string"},
+                "started": {"type": "integer", "minimum": 0},
+                "skipped": {"type": "integer", "minimum": 0, "description": "Ticks skipped because the last run still ran"},
+                "missed": {"type": "integer", "minimum": 0, "description": "Ticks that passed while no host drove the flows"},
+                "last_error": {"type": "string"},
+                "next": {"type": "array", "items": {"type": "string"}, "description": "The next ticks (none while paused)"}
+            }
+        }
+    })
 }
 
 /// The schemas of runs: a run's status, a run in a list, an operator's
@@ -427,21 +491,7 @@ fn run_schemas() -> Value {
                         "note": {"type": "string"}
                     }
                 }},
-                "steps": {"type": "object", "additionalProperties": {
-                    "type": "object", "required": ["state", "attempts"],
-                    "properties": {
-                        "state": {"type": "string"},
-                        "attempts": {"type": "integer", "minimum": 0},
-                        "started": {"type": "string"},
-                        "finished": {"type": "string"},
-                        "duration_ms": {"type": "integer", "minimum": 0},
-                        "output_type": {"type": "string"},
-                        "output": {},
-                        "errors": {"type": "array", "items": {"type": "string"}},
-                        "reason": {"type": "string"},
-                        "component": {"type": "string", "description": "SHA-256 of the component that answered its last attempt"}
-                    }
-                }}
+                "steps": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/RunStep"}}
             }
         }
     })

@@ -10,9 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{
-    ApiError, ApiState, Body, IDEMPOTENCY_KEY, RETRY_AFTER, RawBody, json_or_null, status,
-};
+use super::{ApiError, ApiState, Body, IDEMPOTENCY_KEY, RawBody, json_or_null, status};
 use crate::broker::runs::{DEFAULT_LIMIT, MAX_LIMIT, RunEntry, RunQuery};
 use crate::orchestrator::control::Ask;
 use crate::orchestrator::run::RunState;
@@ -77,22 +75,23 @@ pub(super) async fn start_run(
             );
             Ok(r)
         }
-        Err(e @ StartError::BadKey(_)) => Err(ApiError(StatusCode::BAD_REQUEST, e.to_string())),
-        Err(e @ StartError::UnknownFlow(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
-        Err(e @ StartError::TooLarge { .. }) => {
-            Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
-        }
-        Err(e @ StartError::BadInput { .. }) => {
-            Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
-        }
-        Err(e @ StartError::Busy { .. }) => {
-            let mut r = ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
-            Ok(r)
-        }
-        Err(StartError::Broker(e)) => Err(e.into()),
-        Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        Err(e) => Err(start_failed(e)),
+    }
+}
+
+/// The answer to a start that failed.
+pub(super) fn start_failed(e: StartError) -> ApiError {
+    let code = match &e {
+        StartError::BadKey(_) => StatusCode::BAD_REQUEST,
+        StartError::UnknownFlow(_) => StatusCode::NOT_FOUND,
+        StartError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        StartError::BadInput { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        // Busy (with Retry-After, as every 503), stopped, standing by.
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    match e {
+        StartError::Broker(b) => b.into(),
+        e => ApiError(code, e.to_string()),
     }
 }
 

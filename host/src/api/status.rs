@@ -11,7 +11,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::orchestrator::run::{
-    Operated, RunRecord, RunState, SignalRecord, StepRecord, StepState,
+    Elements, Operated, RunRecord, RunState, SignalRecord, StepRecord, StepState,
 };
 
 /// A run's status.
@@ -71,6 +71,12 @@ pub struct StepStatus<'a> {
     /// The SHA-256 of the component that answered its last attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
     component: Option<&'a str>,
+    /// A sleeping step: when it wakes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wakes: Option<String>,
+    /// A for-each step: how many elements, and how far they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    elements: Option<&'a Elements>,
 }
 
 impl<'a> From<&'a RunRecord> for RunStatus<'a> {
@@ -111,6 +117,11 @@ impl<'a> From<&'a StepRecord> for StepStatus<'a> {
             errors: &s.errors,
             reason: s.reason.as_deref(),
             component: s.component.as_deref(),
+            wakes: s
+                .deadline_ms
+                .filter(|_| s.state == StepState::Sleeping)
+                .map(crate::clock::rfc3339),
+            elements: s.elements.as_ref(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod flows;
 pub mod plugins;
 pub mod run;
 pub mod runs;
+pub mod schedules;
 pub mod state;
 pub mod store;
 

@@ -164,7 +164,7 @@ fn signal(
 }
 
 /// Who asks: `--by`, else `$USER`, else `cli`.
-fn who(by: Option<String>) -> String {
+pub(crate) fn who(by: Option<String>) -> String {
     by.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
         .unwrap_or_else(|| "cli".into())
 }
@@ -223,7 +223,7 @@ fn list(f: &Filters, json: bool) -> Result<()> {
 }
 
 /// What a query value may hold as it is.
-const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+pub(crate) const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'_')
     .remove(b'.');

@@ -140,6 +140,8 @@ pub struct Deployer {
     /// outside against.
     door: RwLock<Arc<Vec<Arc<LoadedStep>>>>,
     orchestrator: OnceLock<Orchestrator>,
+    /// The schedules this host ticks, told of every deploy's.
+    schedules: OnceLock<crate::schedule::Schedules>,
     wired: Mutex<Wired>,
     /// Each step's counters (a step added by a deploy too).
     stats: Mutex<BTreeMap<String, Arc<StepStats>>>,
@@ -179,6 +181,7 @@ impl Deployer {
             }),
             door: RwLock::default(),
             orchestrator: OnceLock::new(),
+            schedules: OnceLock::new(),
             wired: Mutex::default(),
             stats: Mutex::default(),
             this: this.clone(),
@@ -219,6 +222,11 @@ impl Deployer {
             w.workers.extend(wiring.spawn()?);
         }
         Ok(())
+    }
+
+    /// The schedules this host ticks: each deploy's replace them.
+    pub fn set_schedules(&self, s: crate::schedule::Schedules) {
+        let _ = self.schedules.set(s);
     }
 
     /// The orchestrator this host runs, told of every deploy from now on.

@@ -94,11 +94,16 @@ impl Deployer {
             .iter()
             .map(|(n, s)| (n.clone(), &s.contract))
             .collect();
+        let mut parsed = Vec::new();
         for (name, f) in &flows {
             let p = self.dir.join(FLOWS_DIR).join(format!("{name}.toml"));
-            Flow::parse(name, &p, &f.text, &contracts)
-                .map_err(|e| DeployError::Load(Box::new(LoadError::Flow(e))))?;
+            parsed.push(
+                Flow::parse(name, &p, &f.text, &contracts)
+                    .map_err(|e| DeployError::Load(Box::new(LoadError::Flow(e))))?,
+            );
         }
+        crate::loader::check_schedules(&held.app, &parsed, &contracts)
+            .map_err(|e| DeployError::Load(Box::new(e)))?;
         let content = Content {
             manifest: manifest_digest,
             steps: held

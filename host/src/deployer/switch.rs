@@ -202,6 +202,12 @@ impl Deployer {
             o.set_flows(flows);
             self.broker.route(crate::protocol::GROUP, &awaited).await?;
         }
+        if let Some(s) = self.schedules.get() {
+            let st = self.state.lock().expect("deployer lock");
+            if let Some(held) = st.loaded.get(&st.current) {
+                s.set(held.app.schedules.clone());
+            }
+        }
         Ok(())
     }
 

@@ -5,6 +5,8 @@
 
 use serde_json::Value;
 
+use super::path::{FieldPath, types_of};
+
 /// A comparison in a `when` condition.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -43,39 +45,15 @@ impl Condition {
                 self.value
             ));
         }
-        let mut cur = resolve(schema, schema);
-        for (i, seg) in self.path.iter().enumerate() {
-            if ["allOf", "anyOf", "oneOf"]
-                .iter()
-                .any(|k| cur.get(k).is_some())
-            {
-                return Ok(());
-            }
-            let Some(props) = cur.get("properties").and_then(Value::as_object) else {
-                return Ok(());
-            };
-            match props.get(seg) {
-                Some(sub) => cur = resolve(schema, sub),
-                None => {
-                    let mut known: Vec<&str> = props.keys().map(String::as_str).collect();
-                    known.sort();
-                    let at = if i == 0 {
-                        format!("the output of `{}`", self.step)
-                    } else {
-                        format!("`{}.{}`", self.step, self.path[..i].join("."))
-                    };
-                    return Err(format!(
-                        "{at} has no field `{seg}` (its schema declares: {})",
-                        known.join(", ")
-                    ));
-                }
-            }
-        }
-        let types: Vec<&str> = match cur.get("type") {
-            Some(Value::String(t)) => vec![t.as_str()],
-            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
+        let at = FieldPath {
+            step: self.step.clone(),
+            path: self.path.clone(),
+            text: field.clone(),
         };
+        let Some(cur) = at.schema_in(schema)? else {
+            return Ok(());
+        };
+        let types = types_of(cur);
         if ordering {
             if !types.is_empty() && !types.iter().any(|t| matches!(*t, "number" | "integer")) {
                 return Err(format!(
@@ -157,20 +135,6 @@ impl Condition {
             _ => false,
         }
     }
-}
-
-/// Follow a local `$ref` (`#/...`) of `root`, a few levels deep.
-fn resolve<'a>(root: &'a Value, mut s: &'a Value) -> &'a Value {
-    for _ in 0..16 {
-        match s.get("$ref").and_then(Value::as_str) {
-            Some(r) if r.starts_with('#') => match root.pointer(&r[1..]) {
-                Some(target) => s = target,
-                None => return s,
-            },
-            _ => return s,
-        }
-    }
-    s
 }
 
 /// Whether `v` is of JSON Schema type `t`.

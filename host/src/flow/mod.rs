@@ -15,23 +15,28 @@
 //! steps that do not run before, and cycles are errors that name the file
 //! and the line.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-use serde::Deserialize;
-use toml::Spanned;
 
 use crate::contract::{StepContract, is_kind};
 use crate::retry::RetryPolicy;
 
 mod condition;
+mod fan;
+mod file;
 mod order;
+mod path;
 pub mod signal;
+mod sleep;
+mod step;
 
-use condition::parse_condition;
 pub use condition::{Condition, Op};
+pub use fan::{Fan, Tolerance};
+use file::FlowFile;
 use order::{check_condition, describe_source, topo_order};
+pub use path::FieldPath;
 pub use signal::SignalSchema;
+pub use sleep::Wake;
 
 /// The flow input pseudo-step.
 pub const INPUT: &str = "input";
@@ -43,56 +48,6 @@ pub struct FlowError {
     pub path: PathBuf,
     pub line: usize,
     pub message: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FlowFile {
-    input: Spanned<String>,
-    timeout_ms: Option<u64>,
-    steps: BTreeMap<String, Spanned<StepFile>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StepFile {
-    step: Option<Spanned<String>>,
-    publish: Option<String>,
-    #[serde(rename = "await")]
-    wait_for: Option<AwaitFile>,
-    fail_on: Option<String>,
-    input: Option<String>,
-    #[serde(default)]
-    after: Vec<String>,
-    when: Option<Spanned<String>>,
-    timeout_ms: Option<u64>,
-    queue_timeout_ms: Option<u64>,
-    retry: Option<RetryPolicy>,
-    compensate: Option<CompensateFile>,
-}
-
-/// `await = "TYPE"` (a hybrid step, with `publish`) or `await = { signal
-/// = "NAME", schema = {...}, timeout_ms = N }` (a signal step).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum AwaitFile {
-    Kind(String),
-    Signal(SignalFile),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignalFile {
-    signal: String,
-    schema: Option<toml::Value>,
-    timeout_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum CompensateFile {
-    Step(String),
-    Full { step: String, input: Option<String> },
 }
 
 /// What a flow step does.
@@ -111,6 +66,9 @@ pub enum Action {
     /// /v1/runs/{id}/signals/{name}`); its data, checked against `schema`,
     /// is the step's output.
     Signal { name: String, schema: SignalSchema },
+    /// Wait for time to pass (`sleep_ms`) or until a time (`until`); sends
+    /// nothing, outputs nothing.
+    Sleep(Wake),
 }
 
 /// A compensation: run `step` with the output of `input` (default: the
@@ -141,6 +99,8 @@ pub struct FlowStep {
     pub queue_timeout_ms: u64,
     pub retry: RetryPolicy,
     pub compensate: Option<Compensation>,
+    /// `for_each`: one command per element of an array, not one command.
+    pub fan: Option<Fan>,
     /// The event type this flow step outputs (what the next steps get).
     pub output_kind: Option<String>,
     /// The event type of the command it sends (its input).
@@ -174,44 +134,6 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|b| *b == b'\n')
         .count()
         + 1
-}
-
-/// The action of signal step `id` (`await = { signal = ... }`), checked;
-/// `signals` is the names awaited so far (one step per name).
-fn signal_step(
-    id: &str,
-    s: &StepFile,
-    sig: &SignalFile,
-    signals: &mut HashMap<String, String>,
-) -> Result<Action, String> {
-    let name = &sig.signal;
-    if !signal::is_signal_name(name) {
-        return Err(format!(
-            "step {id:?}: {name:?} is not a signal name (1 to 64 lowercase letters, digits, \
-             `-` and `_`, starting with a letter)"
-        ));
-    }
-    if let Some(other) = signals.insert(name.clone(), id.to_string()) {
-        return Err(format!(
-            "step {id:?}: step {other:?} awaits signal {name:?} too; a signal goes to one step"
-        ));
-    }
-    if s.input.is_some() || s.fail_on.is_some() || s.compensate.is_some() {
-        return Err(format!(
-            "step {id:?}: a signal step takes no `input`, `fail_on` or `compensate` (it sends \
-             nothing; use `after` to order it)"
-        ));
-    }
-    let schema = match &sig.schema {
-        None => serde_json::json!({}),
-        Some(t) => serde_json::to_value(t).map_err(|e| format!("step {id:?}: `schema`: {e}"))?,
-    };
-    let schema = SignalSchema::compile(schema)
-        .map_err(|e| format!("step {id:?}: the schema of signal {name:?}: {e}"))?;
-    Ok(Action::Signal {
-        name: name.clone(),
-        schema,
-    })
 }
 
 impl Flow {
@@ -291,131 +213,9 @@ impl Flow {
         let mut signals: HashMap<String, String> = HashMap::new();
         for (id, spanned) in &file.steps {
             let line = line_of(text, spanned.span().start);
-            let s = spanned.get_ref();
-            if id == INPUT {
-                return Err(err(
-                    line,
-                    "`input` is reserved for the run's input; name the step otherwise".into(),
-                ));
-            }
-            let action = match (&s.step, &s.publish, &s.wait_for) {
-                (Some(spanned), None, None) => {
-                    let step = spanned.get_ref();
-                    if !contracts.contains_key(step) {
-                        let mut known: Vec<&str> = contracts.keys().map(String::as_str).collect();
-                        known.sort();
-                        return Err(err(
-                            line_of(text, spanned.span().start),
-                            format!(
-                                "step {id:?}: the app has no step {step:?} (it has: {})",
-                                known.join(", ")
-                            ),
-                        ));
-                    }
-                    Action::Command { step: step.clone() }
-                }
-                (None, Some(kind), Some(AwaitFile::Kind(done))) => Action::Hybrid {
-                    kind: kind.clone(),
-                    done: done.clone(),
-                    failed: s.fail_on.clone(),
-                },
-                (None, None, Some(AwaitFile::Signal(sig))) => {
-                    signal_step(id, s, sig, &mut signals).map_err(|m| err(line, m))?
-                }
-                _ => {
-                    return Err(err(
-                        line,
-                        format!(
-                            "step {id:?}: give either `step` (a command), `publish` and `await` \
-                             (a hybrid step), or `await = {{ signal = \"NAME\" }}` (a signal step)"
-                        ),
-                    ));
-                }
-            };
-            let queue_timeout_ms = match (&action, s.queue_timeout_ms) {
-                (Action::Command { .. }, None) => DEFAULT_QUEUE_TIMEOUT_MS,
-                (Action::Command { .. }, Some(0)) => {
-                    return Err(err(
-                        line,
-                        format!("step {id:?}: `queue_timeout_ms` must be at least 1"),
-                    ));
-                }
-                (Action::Command { .. }, Some(q)) => q,
-                (_, None) => 0,
-                (_, Some(_)) => {
-                    return Err(err(
-                        line,
-                        format!(
-                            "step {id:?}: `queue_timeout_ms` is for commands; a hybrid or \
-                             signal step sends none (its `timeout_ms` runs until what it awaits)"
-                        ),
-                    ));
-                }
-            };
-            let signal_timeout = match &s.wait_for {
-                Some(AwaitFile::Signal(sig)) => sig.timeout_ms,
-                _ => None,
-            };
-            if signal_timeout.is_some() && s.timeout_ms.is_some() {
-                return Err(err(
-                    line,
-                    format!("step {id:?}: give `timeout_ms` once (in `await`, or beside it)"),
-                ));
-            }
-            let input = s.input.clone().unwrap_or_else(|| INPUT.to_string());
-            let mut after = s.after.clone();
-            if input != INPUT {
-                after.push(input.clone());
-            }
-            let when = match &s.when {
-                Some(w) => {
-                    let at = line_of(text, w.span().start);
-                    let c = parse_condition(w.get_ref())
-                        .map_err(|m| err(at, format!("step {id:?}: `when`: {m}")))?;
-                    after.push(c.step.clone());
-                    Some((c, at))
-                }
-                None => None,
-            };
-            after.sort();
-            after.dedup();
-            let compensate = s.compensate.as_ref().map(|c| match c {
-                CompensateFile::Step(step) => Compensation {
-                    step: step.clone(),
-                    input: id.clone(),
-                },
-                CompensateFile::Full { step, input } => Compensation {
-                    step: step.clone(),
-                    input: input.clone().unwrap_or_else(|| id.clone()),
-                },
-            });
-            let waits_signal = matches!(action, Action::Signal { .. });
-            out.insert(
-                id.clone(),
-                FlowStep {
-                    id: id.clone(),
-                    action,
-                    input,
-                    after,
-                    when_line: when.as_ref().map_or(line, |(_, at)| *at),
-                    when: when.map(|(c, _)| c),
-                    timeout_ms: s
-                        .timeout_ms
-                        .or(signal_timeout)
-                        .unwrap_or(DEFAULT_STEP_TIMEOUT_MS),
-                    queue_timeout_ms,
-                    // A signal step that timed out has nothing to try again.
-                    retry: s.retry.clone().unwrap_or(RetryPolicy {
-                        max_attempts: if waits_signal { 1 } else { 3 },
-                        backoff_ms: 100,
-                        max_backoff_ms: 5_000,
-                    }),
-                    compensate,
-                    output_kind: None,
-                    input_kind: String::new(),
-                    line,
-                },
-            );
+            let step = step::read(id, spanned.get_ref(), line, text, contracts, &mut signals)
+                .map_err(|(line, m)| err(line, m))?;
+            out.insert(id.clone(), step);
         }
         // Every reference names a flow step.
         for s in out.values() {
@@ -471,6 +271,17 @@ impl Flow {
                     .and_then(|x| x.output_kind.clone())
             };
             match &s.action {
+                Action::Command { step } if s.fan.is_some() => {
+                    let c = contracts[step];
+                    let fan = s.fan.as_ref().expect("matched");
+                    let kind = fan::element_kind(&s, fan, c, &steps, contracts, &input_kind)
+                        .map_err(|m| err(s.line, m))?;
+                    s.input_kind = kind;
+                    let output = c.produces.first().map(|t| t.kind.clone());
+                    if let Some(fan) = &mut s.fan {
+                        fan.output = output;
+                    }
+                }
                 Action::Command { step } => {
                     let c = contracts[step];
                     let Some(kind) = upstream.filter(|k| c.consumed_kinds().contains(k)) else {
@@ -505,6 +316,11 @@ impl Flow {
                 // Its output is the signal's data: for `when`, not an
                 // event another step takes as its input.
                 Action::Signal { .. } => {}
+                Action::Sleep(wake) => {
+                    let timeout = file.timeout_ms.unwrap_or(DEFAULT_RUN_TIMEOUT_MS);
+                    sleep::check(&s, wake, timeout, &steps, contracts, &input_kind)
+                        .map_err(|m| err(s.line, m))?;
+                }
             }
             if let Some(c) = &s.when {
                 check_condition(c, &steps, contracts)
@@ -514,7 +330,11 @@ impl Flow {
                 let kind = if c.input == INPUT {
                     Some(input_kind.clone())
                 } else if c.input == s.id {
-                    s.output_kind.clone()
+                    // A for-each step's elements are undone one by one.
+                    match &s.fan {
+                        Some(f) => f.output.clone(),
+                        None => s.output_kind.clone(),
+                    }
                 } else {
                     steps
                         .iter()
@@ -549,6 +369,15 @@ impl Flow {
     /// The flow step `id`.
     pub fn step(&self, id: &str) -> Option<&FlowStep> {
         self.steps.iter().find(|s| s.id == id)
+    }
+
+    /// The steps of the app whose commands take the run's input whole:
+    /// what a run's input must be valid for.
+    pub fn input_takers(&self) -> impl Iterator<Item = &str> {
+        self.steps.iter().filter_map(|s| match &s.action {
+            Action::Command { step } if s.input == INPUT && s.fan.is_none() => Some(step.as_str()),
+            _ => None,
+        })
     }
 
     /// The step that awaits signal `name`, and the signal's schema.

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use serde_json::{Value, json};
+
 use super::{Action, Condition, FlowStep, INPUT};
 use crate::contract::StepContract;
 
@@ -14,46 +16,86 @@ pub(super) fn check_condition(
     done: &[FlowStep],
     contracts: &HashMap<String, &StepContract>,
 ) -> Result<(), String> {
-    let Some(from) = done.iter().find(|x| x.id == c.step) else {
-        return Ok(());
-    };
-    if let Action::Signal { schema, .. } = &from.action {
-        return c.check(&schema.schema);
+    match output_schema(&c.step, done, contracts, None)? {
+        Some(schema) => c.check(&schema),
+        None => Ok(()),
     }
-    let Some(kind) = &from.output_kind else {
-        return Ok(());
-    };
-    // A command's output is its step's first produced type; a hybrid
-    // step's, the awaited type as whichever step of the app produces it.
-    let produced = match &from.action {
-        Action::Command { step } => contracts[step].produced(kind),
-        Action::Hybrid { .. } | Action::Signal { .. } => {
-            contracts.values().find_map(|k| k.produced(kind))
+}
+
+/// The JSON Schema of what a path starting at `id` looks into: the output
+/// of flow step `id` (among `done`), or with `id` = `input`, the run's
+/// input (of type `input_kind`, as the app's steps declare it). `None`
+/// when no schema says (a step that outputs nothing declared). `Err` when
+/// the output is not JSON, so has no fields to look into.
+pub(super) fn output_schema(
+    id: &str,
+    done: &[FlowStep],
+    contracts: &HashMap<String, &StepContract>,
+    input_kind: Option<&str>,
+) -> Result<Option<Value>, String> {
+    let (kind, t) = if id == INPUT {
+        let Some(kind) = input_kind else {
+            return Ok(None);
+        };
+        let t = contracts
+            .values()
+            .find_map(|c| c.consumes.iter().find(|t| t.kind == kind).cloned());
+        (kind.to_string(), t)
+    } else {
+        let Some(from) = done.iter().find(|x| x.id == id) else {
+            return Ok(None);
+        };
+        match &from.action {
+            Action::Signal { schema, .. } => return Ok(Some(schema.schema.clone())),
+            // A for-each step's output: the array of its step's outputs.
+            Action::Command { step } if from.fan.is_some() => {
+                let items = from
+                    .fan
+                    .as_ref()
+                    .and_then(|f| f.output.as_ref())
+                    .and_then(|k| contracts[step].produced(k))
+                    .map_or(json!({}), |t| t.schema.clone());
+                return Ok(Some(json!({"type": "array", "items": items})));
+            }
+            _ => {}
         }
+        let Some(kind) = &from.output_kind else {
+            return Ok(None);
+        };
+        // A command's output is its step's first produced type; a hybrid
+        // step's, the awaited type as whichever step of the app produces it.
+        let t = match &from.action {
+            Action::Command { step } => contracts[step].produced(kind).cloned(),
+            _ => contracts.values().find_map(|k| k.produced(kind).cloned()),
+        };
+        (kind.clone(), t)
     };
-    let Some(t) = produced else {
-        return Ok(());
+    let Some(t) = t else {
+        return Ok(None);
     };
     if let crate::contract::DataFormat::Other { media_type, .. } = &t.format {
         return Err(format!(
-            "the output of {:?} ({kind}) is {media_type}, not JSON: a condition cannot look into its fields",
-            c.step
+            "the output of {id:?} ({kind}) is {media_type}, not JSON: nothing can look into its fields",
         ));
     }
-    c.check(&t.schema)
+    Ok(Some(t.schema.clone()))
 }
 
 pub(super) fn describe_source(input: &str, steps: &[FlowStep], input_kind: &str) -> String {
     if input == INPUT {
         return format!("the run's input, {input_kind}");
     }
-    match steps
-        .iter()
-        .find(|s| s.id == input)
-        .and_then(|s| s.output_kind.clone())
-    {
-        Some(k) => format!("the output of {input:?}, {k}"),
-        None => format!("the output of {input:?}, which emits nothing"),
+    let from = steps.iter().find(|s| s.id == input);
+    match from.map(|s| (&s.action, s.fan.is_some(), &s.output_kind)) {
+        Some((Action::Sleep(_), _, _)) => format!(
+            "{input:?}, a sleep step, which outputs nothing (to wait for it, put it in `after`)"
+        ),
+        Some((_, true, _)) => format!(
+            "the output of {input:?}, the array of its elements' outputs, which a step takes \
+             one by one (`for_each = \"{input}\"`), not whole"
+        ),
+        Some((_, _, Some(k))) => format!("the output of {input:?}, {k}"),
+        _ => format!("the output of {input:?}, which emits nothing"),
     }
 }
 

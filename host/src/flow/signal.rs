@@ -5,7 +5,12 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use serde_json::Value;
+
+use super::Action;
+use super::file::{SignalFile, StepFile};
 
 /// A signal's name: what `await = { signal = ... }` and the API's path say.
 pub fn is_signal_name(s: &str) -> bool {
@@ -54,6 +59,44 @@ impl PartialEq for SignalSchema {
 /// The output type a signal step's record shows: `troupe.signal.NAME`.
 pub fn output_type(name: &str) -> String {
     format!("troupe.signal.{name}")
+}
+
+/// The action of signal step `id` (`await = { signal = ... }`), checked;
+/// `signals` is the names awaited so far (one step per name).
+pub(super) fn signal_step(
+    id: &str,
+    s: &StepFile,
+    sig: &SignalFile,
+    signals: &mut HashMap<String, String>,
+) -> Result<Action, String> {
+    let name = &sig.signal;
+    if !is_signal_name(name) {
+        return Err(format!(
+            "step {id:?}: {name:?} is not a signal name (1 to 64 lowercase letters, digits, \
+             `-` and `_`, starting with a letter)"
+        ));
+    }
+    if let Some(other) = signals.insert(name.clone(), id.to_string()) {
+        return Err(format!(
+            "step {id:?}: step {other:?} awaits signal {name:?} too; a signal goes to one step"
+        ));
+    }
+    if s.input.is_some() || s.fail_on.is_some() || s.compensate.is_some() {
+        return Err(format!(
+            "step {id:?}: a signal step takes no `input`, `fail_on` or `compensate` (it sends \
+             nothing; use `after` to order it)"
+        ));
+    }
+    let schema = match &sig.schema {
+        None => serde_json::json!({}),
+        Some(t) => serde_json::to_value(t).map_err(|e| format!("step {id:?}: `schema`: {e}"))?,
+    };
+    let schema = SignalSchema::compile(schema)
+        .map_err(|e| format!("step {id:?}: the schema of signal {name:?}: {e}"))?;
+    Ok(Action::Signal {
+        name: name.clone(),
+        schema,
+    })
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ impl FlowSets {
                     v.extend(failed.clone());
                     v
                 }
-                Action::Command { .. } | Action::Signal { .. } => Vec::new(),
+                Action::Command { .. } | Action::Signal { .. } | Action::Sleep(_) => Vec::new(),
             })
             .collect();
         out.sort();

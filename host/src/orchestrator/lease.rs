@@ -160,11 +160,17 @@ impl Lead {
             self.broker.max_state_bytes(),
             self.load.limit,
         );
+        machine.set_park_after(self.load.park_after_ms);
         for (_, v) in self.broker.state_scan("run/").await? {
             match serde_json::from_slice::<RunRecord>(&v) {
                 Ok(r) if !r.state.is_final() => {
                     let id = r.id.clone();
                     machine.load(r);
+                    // Asleep until later: let go of at once (see
+                    // `machine/park.rs`).
+                    if machine.park_loaded(&id, super::now_ms()) {
+                        continue;
+                    }
                     if journal == Journal::Checkpoints {
                         let log = self.broker.trace(&id).await?;
                         let replies = machine.replay(&id, &log);

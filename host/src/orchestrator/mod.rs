@@ -50,6 +50,8 @@ use crate::flow::Flow;
 use crate::protocol::GROUP;
 pub use flows::FlowSets;
 pub use operate::{ControlError, Controlled, state_name};
+/// The least `[orchestrator] park_after_ms`.
+pub const MIN_PARK_AFTER_MS: u64 = 1_000;
 use run::{RunRecord, RunState, key};
 
 /// The `[orchestrator]` table of `troupe.toml`: how many runs the host
@@ -62,6 +64,10 @@ pub struct OrchestratorConfig {
     /// producer faster than the steps meets back-pressure instead of
     /// growing the host's memory and every run's latency.
     pub max_active_runs: usize,
+    /// A run whose every waiting step sleeps until at least this far
+    /// ahead is parked: written to the store and let go of until it wakes
+    /// (`machine/park.rs`). At least 1000.
+    pub park_after_ms: u64,
 }
 
 /// The most `max_active_runs` may be.
@@ -71,6 +77,7 @@ impl Default for OrchestratorConfig {
     fn default() -> Self {
         OrchestratorConfig {
             max_active_runs: 10_000,
+            park_after_ms: machine::PARK_AFTER_MS,
         }
     }
 }
@@ -174,8 +181,13 @@ pub struct Orchestrator {
 pub struct Load {
     /// The most runs active at once (`[orchestrator] max_active_runs`).
     pub limit: usize,
+    /// `[orchestrator] park_after_ms`.
+    pub park_after_ms: u64,
     /// Runs active now, as of the driver's last wake-up.
     pub active: AtomicUsize,
+    /// Runs asleep and let go of (in the store until they wake): not
+    /// counted in `active`, nor against the limit.
+    pub parked: AtomicUsize,
     /// Starts refused because `limit` runs were active.
     pub refused: AtomicU64,
 }
@@ -183,6 +195,10 @@ pub struct Load {
 impl Load {
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
     }
 
     pub fn refused(&self) -> u64 {
@@ -214,6 +230,7 @@ impl Orchestrator {
         let (finished, _) = tokio::sync::broadcast::channel(4096);
         let load = Arc::new(Load {
             limit: config.max_active_runs,
+            park_after_ms: config.park_after_ms,
             ..Load::default()
         });
         let standing = Arc::new(lease::Shared::default());

@@ -44,6 +44,8 @@ pub enum StepState {
     Dispatched,
     /// Failed and waiting for its next attempt.
     Backoff,
+    /// A sleep step, until its `deadline_ms`.
+    Sleeping,
     Completed,
     /// Its condition did not hold, or its input was skipped.
     Skipped,
@@ -93,6 +95,21 @@ pub struct StepRecord {
     /// The SHA-256 of the component that answered its last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub component: Option<String>,
+    /// A for-each step's elements (each one is a record of its own,
+    /// `ID[i]`): how many, and how far they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elements: Option<Elements>,
+}
+
+/// How far a for-each step's elements are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Elements {
+    pub total: u32,
+    /// Elements sent (the next to send is this one).
+    pub sent: u32,
+    /// Elements that completed or failed for good.
+    pub settled: u32,
+    pub failed: u32,
 }
 
 impl StepRecord {
@@ -111,6 +128,7 @@ impl StepRecord {
             deadline_ms: None,
             completed_seq: None,
             component: None,
+            elements: None,
         }
     }
 }

@@ -99,7 +99,7 @@ async function appPage() {
         h("p", { class: "note" }, `input ${f.input}; times out after ${ms(f.timeout_ms)}. `, h("a", { href: `#/runs${query({ flow: f.name })}` }, "Its runs")),
         table(`The steps of flow ${f.name}, in the order they may run`, ["step", "does", "input", "after", "compensation"],
           f.steps.map((s) => h("tr", {}, h("td", {}, h("code", {}, s.id)),
-            h("td", {}, s.kind === "command" ? `command to ${s.target}` : s.kind === "hybrid" ? `publish ${s.target.publish}, await ${s.target.await}` : `await signal ${s.target}`),
+            h("td", {}, does(s)),
             h("td", {}, s.input), h("td", {}, s.after.join(", ")), h("td", {}, s.compensate || ""))))))
     : [h("p", { class: "note" }, "No flows.")];
   const render = (a) => counts.replaceChildren(table(`Steps of deployment ${a.deployment}, with live counters`,
@@ -127,6 +127,16 @@ async function appPage() {
 function countsLine(s) {
   const c = s.counters || {};
   return `${c.handled || 0} handled · ${c.dead_lettered || 0} dead`;
+}
+
+/** What a flow step does, in words. */
+function does(s) {
+  if (s.kind === "command") {
+    return s.for_each ? `command to ${s.target} for each of ${s.for_each.over}, ${s.for_each.max_parallel} at once` : `command to ${s.target}`;
+  }
+  if (s.kind === "hybrid") return `publish ${s.target.publish}, await ${s.target.await}`;
+  if (s.kind === "sleep") return s.target.sleep_ms !== undefined ? `sleep ${ms(s.target.sleep_ms)}` : `sleep until ${s.target.until}`;
+  return `await signal ${s.target}`;
 }
 
 /** The steps as boxes in columns (a step after every step whose output it
@@ -241,7 +251,10 @@ async function runPage(id) {
     return h("tr", { class: sid.includes("~undo") ? "undo" : null },
       h("th", { scope: "row" }, h("code", {}, sid), sid.includes("~undo") ? h("span", { class: "note" }, " compensation") : ""),
       h("td", {}, badge(s.state)), num(s.attempts), h("td", {}, ms(s.duration_ms)), h("td", { class: "bar" }, bar),
-      h("td", {}, s.errors && s.errors.length ? h("ul", { class: "errors" }, s.errors.map((e) => h("li", {}, e))) : (s.reason || "")));
+      h("td", {}, s.errors && s.errors.length ? h("ul", { class: "errors" }, s.errors.map((e) => h("li", {}, e)))
+        : s.wakes ? `wakes ${when(s.wakes)}`
+        : s.elements ? `${s.elements.settled} of ${s.elements.total} elements settled, ${s.elements.failed} failed`
+        : (s.reason || "")));
   });
   const status = h("div", {});
   const act = (label, path, cls) => h("button", { type: "button", class: cls, onclick: async (ev) => {

@@ -207,29 +207,32 @@ impl Nats {
         let max_payload = client.server_info().max_payload;
         let js = jetstream::new(client.clone());
         let names = Names::new(ns, app);
-        let events = js
-            .get_or_create_stream(stream::Config {
+        let events = open_stream(
+            &js,
+            stream::Config {
                 name: names.events_stream(),
                 subjects: vec![format!("{ns}.ev.>"), format!("{ns}.to.>")],
                 storage: stream::StorageType::File,
                 duplicate_window: DUPLICATE_WINDOW,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| nats(format!("stream {}: {e}", names.events_stream())))?;
-        let dlq = js
-            .get_or_create_stream(stream::Config {
+            },
+        )
+        .await
+        .map_err(|e| nats(format!("stream {}: {e}", names.events_stream())))?;
+        let dlq = open_stream(
+            &js,
+            stream::Config {
                 name: names.dlq_stream(),
                 subjects: vec![format!("{ns}.dlq.>")],
                 storage: stream::StorageType::File,
                 duplicate_window: DUPLICATE_WINDOW,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| nats(format!("stream {}: {e}", names.dlq_stream())))?;
+            },
+        )
+        .await
+        .map_err(|e| nats(format!("stream {}: {e}", names.dlq_stream())))?;
         let bucket = names.state_bucket();
-        let state_stream = js
-            .get_or_create_stream(kv_stream(&bucket))
+        let state_stream = open_stream(&js, kv_stream(&bucket))
             .await
             .map_err(|e| nats(format!("bucket {bucket}: {e}")))?;
         let state = js
@@ -571,4 +574,32 @@ impl Traces for Nats {
     async fn horizon(&self) -> Result<super::Horizon, BrokerError> {
         self.inner.horizon().await
     }
+}
+
+/// Get or create a stream. A server error (a `500`: the server could not
+/// create the stream's store) is tried again a few times, after a short
+/// wait: nats-server 2.9 can fail to create the first stream of an account
+/// while the last one is being deleted (its store directory goes with it),
+/// and succeeds a moment later.
+async fn open_stream(
+    js: &Context,
+    config: stream::Config,
+) -> Result<Stream, jetstream::context::CreateStreamError> {
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..5 {
+        match js.get_or_create_stream(config.clone()).await {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::CreateStreamErrorKind::JetStream(j) if j.code() >= 500
+                ) =>
+            {
+                tracing::warn!(stream = %config.name, "NATS could not create the stream (tried again shortly): {e}");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            r => return r,
+        }
+    }
+    js.get_or_create_stream(config).await
 }

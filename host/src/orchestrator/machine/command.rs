@@ -14,32 +14,40 @@ impl Machine {
     pub(super) fn command(&self, run_id: &str, sid: &str, attempt: u32, now: u64) -> Option<Event> {
         let run = self.runs.get(run_id)?;
         let flow = self.flows.flow(run.deployment, &run.flow)?;
-        let (input_from, kind, target) = match protocol::undoes(sid) {
+        let (data, kind, target) = match protocol::undoes(sid) {
             Some(orig) => {
-                let c = flow.step(orig)?.compensate.clone()?;
-                let kind = if c.input == INPUT {
+                let c = flow.step(protocol::base_step(orig))?.compensate.clone()?;
+                // The compensated step's own output: of an element, the
+                // element's.
+                let from = if c.input == protocol::base_step(orig) {
+                    orig
+                } else {
+                    c.input.as_str()
+                };
+                let kind = if from == INPUT {
                     flow.input.clone()
                 } else {
-                    run.steps.get(&c.input)?.output_type.clone()?
+                    run.steps.get(from)?.output_type.clone()?
                 };
-                (c.input, kind, Some(c.step))
+                (self.output_of(run_id, from)?, kind, Some(c.step))
             }
             None => {
-                let s = flow.step(sid)?;
+                let s = flow.step(protocol::base_step(sid))?;
                 let target = match &s.action {
+                    // A for-each step sends its elements, not itself.
+                    Action::Command { .. } if s.fan.is_some() && sid == s.id => return None,
                     Action::Command { step } => Some(step.clone()),
                     Action::Hybrid { .. } => None,
-                    Action::Signal { .. } => return None,
+                    Action::Signal { .. } | Action::Sleep(_) => return None,
                 };
-                (s.input.clone(), s.input_kind.clone(), target)
-            }
-        };
-        let data = if input_from == INPUT {
-            serde_json::to_vec(&run.input).expect("JSON")
-        } else {
-            match &run.steps.get(&input_from)?.output {
-                Some(raw) => raw.get().as_bytes().to_vec(),
-                None => b"null".to_vec(),
+                let data = match (protocol::element_of(sid), &s.fan) {
+                    (Some((_, i)), Some(fan)) => {
+                        let items = self.value_at(run_id, &fan.over)?;
+                        serde_json::to_vec(items.get(i as usize)?).expect("JSON")
+                    }
+                    _ => self.output_of(run_id, &s.input)?,
+                };
+                (data, s.input_kind.clone(), target)
             }
         };
         // A redriven run's attempts start again from 1: its redrive count
@@ -80,6 +88,21 @@ impl Machine {
             data,
             extensions,
             typed: Default::default(),
+        })
+    }
+}
+
+impl Machine {
+    /// The JSON text of what `from` holds: the run's input, or a flow
+    /// step's output (`null` if it output nothing).
+    fn output_of(&self, run_id: &str, from: &str) -> Option<Vec<u8>> {
+        let run = self.runs.get(run_id)?;
+        if from == INPUT {
+            return Some(serde_json::to_vec(&run.input).expect("JSON"));
+        }
+        Some(match &run.steps.get(from)?.output {
+            Some(raw) => raw.get().as_bytes().to_vec(),
+            None => b"null".to_vec(),
         })
     }
 }

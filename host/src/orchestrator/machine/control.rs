@@ -52,11 +52,7 @@ impl Machine {
             event: event.to_string(),
         });
         let flow = self.flows.flow(run.deployment, &run.flow).cloned();
-        let undoable = |sid: &str| {
-            flow.as_ref()
-                .and_then(|f| f.step(sid))
-                .is_some_and(|s| s.compensate.is_some())
-        };
+        let undoable = |sid: &str| flow.as_ref().is_some_and(|f| super::undoable(f, sid));
         for (sid, rec) in run.steps.iter_mut() {
             if rec.state == StepState::Dispatched && !undoable(sid) {
                 rec.state = StepState::Cancelled;

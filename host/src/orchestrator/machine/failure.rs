@@ -25,9 +25,7 @@ impl Machine {
         now: u64,
     ) {
         let policy = self.retry_of(run_id, sid);
-        let undoable = self
-            .flow_of(run_id)
-            .is_some_and(|f| f.step(sid).is_some_and(|s| s.compensate.is_some()));
+        let undoable = self.undoable(run_id, sid);
         let run = self.runs.get_mut(run_id).expect("live");
         // A step of a run that is already being undone is not tried again,
         // but for one with a compensation whose attempt timed out: what it
@@ -64,6 +62,12 @@ impl Machine {
             self.next_undo(run_id, t, now);
             return;
         }
+        if let Some((parent, i)) = protocol::element_of(sid)
+            && run.state == RunState::Running
+        {
+            let parent = parent.to_string();
+            return self.element_settled(run_id, &parent, Some((i, &failure)), t, now);
+        }
         self.fail_run(run_id, format!("step {sid} failed: {failure}"), t, now);
     }
 
@@ -80,9 +84,23 @@ impl Machine {
         run.error = Some(error);
         run.state = RunState::Compensating;
         for rec in run.steps.values_mut() {
-            if matches!(rec.state, StepState::Pending | StepState::Backoff) {
+            if matches!(
+                rec.state,
+                StepState::Pending | StepState::Backoff | StepState::Sleeping
+            ) {
                 rec.state = StepState::Cancelled;
                 rec.deadline_ms = None;
+            }
+            // A for-each step sends no more elements; those in flight are
+            // waited for as any step in flight.
+            if rec.state == StepState::Dispatched
+                && let Some(e) = rec.elements
+            {
+                rec.state = StepState::Cancelled;
+                rec.reason = Some(format!(
+                    "the run failed with {} of its {} elements settled ({} sent)",
+                    e.settled, e.total, e.sent
+                ));
             }
         }
         let mut done: Vec<(u32, String)> = run
@@ -90,10 +108,7 @@ impl Machine {
             .iter()
             .filter(|(id, r)| {
                 r.state == StepState::Completed
-                    && flow
-                        .as_ref()
-                        .and_then(|f| f.step(id))
-                        .is_some_and(|s| s.compensate.is_some())
+                    && flow.as_ref().is_some_and(|f| super::undoable(f, id))
             })
             .map(|(id, r)| (r.completed_seq.unwrap_or(0), id.clone()))
             .collect();

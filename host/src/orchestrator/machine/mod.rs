@@ -34,8 +34,11 @@
 mod command;
 mod control;
 mod failure;
+mod fan;
+mod park;
 mod pins;
 mod recovery;
+mod reply;
 mod start;
 #[cfg(test)]
 mod tests;
@@ -55,9 +58,10 @@ use crate::clock::epoch_ms;
 use crate::event::Event;
 use crate::flow::{Action as FlowAction, Flow, FlowStep, INPUT};
 use crate::orchestrator::control::{self as ctl, Control};
-use crate::protocol::{self, FLOW_STEP, Failure, FailureClass, Reply};
+use crate::protocol::{self, Failure, FailureClass};
 
 pub(crate) use control::redrivable;
+pub(crate) use park::PARK_AFTER_MS;
 pub(crate) use start::{KeyRow, key_row};
 pub(crate) use transition::{Action, Start, Started, Transition};
 
@@ -78,6 +82,13 @@ pub(crate) struct Machine {
     keys: HashMap<String, String>,
     /// Runs [`Self::replay`] ended, whose final records are still to write.
     replayed_ends: Vec<Transition>,
+    /// Runs let go of while they sleep (`park.rs`), by id.
+    parked: HashMap<String, park::Parked>,
+    /// Runs whose park is being committed: the token of the latest.
+    parking: HashMap<String, u64>,
+    park_tokens: u64,
+    /// The least time to a wake-up for which a run is parked, ms.
+    park_after: u64,
 }
 
 impl Machine {
@@ -96,6 +107,10 @@ impl Machine {
             limit,
             keys: HashMap::new(),
             replayed_ends: Vec::new(),
+            parked: HashMap::new(),
+            parking: HashMap::new(),
+            park_tokens: 0,
+            park_after: PARK_AFTER_MS,
         }
     }
 
@@ -143,111 +158,29 @@ impl Machine {
         Some(t)
     }
 
-    fn on_reply(&mut self, run_id: &str, e: &Event, reply: Reply, t: &mut Transition, now: u64) {
-        let sid = e.extensions.get(FLOW_STEP).cloned().unwrap_or_default();
-        let Some(rec) = self.runs[run_id].steps.get(&sid) else {
-            return;
-        };
-        let current = rec.command_id.as_deref() == e.causation_id();
-        if current && rec.state == StepState::Dispatched {
-            let component = e.extensions.get(protocol::COMPONENT).cloned();
-            if let Some(rec) = self
-                .runs
-                .get_mut(run_id)
-                .and_then(|r| r.steps.get_mut(&sid))
-            {
-                rec.component = component;
-            }
-            match reply {
-                Reply::Completed(output) => match self.record_too_large(run_id, output.as_ref()) {
-                    Some(f) => self.step_failed(run_id, &sid, f, t, now),
-                    None => self.step_done(run_id, &sid, output, t, now),
-                },
-                Reply::Failed(f) => self.step_failed(run_id, &sid, f, t, now),
-            }
-        } else if matches!(reply, Reply::Completed(_))
-            && (!current || rec.state == StepState::Cancelled)
-        {
-            // A completion from an attempt that was superseded (it timed
-            // out, and a later attempt was sent; or the run was cancelled
-            // while it ran): refused, and said.
-            let attempt = e
-                .extensions
-                .get(protocol::ATTEMPT)
-                .map_or("an earlier attempt".to_string(), |a| format!("attempt {a}"));
-            let after = if current {
-                "the run was cancelled"
-            } else {
-                "it was superseded"
-            };
-            let rec = self
-                .runs
-                .get_mut(run_id)
-                .and_then(|r| r.steps.get_mut(&sid))
-                .expect("present");
-            let note = format!(
-                "{attempt} completed after {after}: its reply was refused (what it did stands)"
-            );
-            // Once: the reply may be delivered again, or replayed from the
-            // log after a restart.
-            if !rec.errors.contains(&note) {
-                rec.errors.push(note);
-                t.actions.push(Action::Checkpoint);
-            }
-        }
-    }
-
-    /// An awaited choreography event for a hybrid step.
-    fn on_awaited(&mut self, run_id: &str, e: &Event, t: &mut Transition, now: u64) {
-        let Some(flow) = self.flow_of(run_id) else {
-            return;
-        };
-        let kind = e.kind.as_str();
-        let run = &self.runs[run_id];
-        let waiting = flow.steps.iter().find(|s| {
-            matches!(&s.action, FlowAction::Hybrid { done, failed, .. } if done == kind || failed.as_deref() == Some(kind))
-                && run.steps[&s.id].state == StepState::Dispatched
-        });
-        let Some(s) = waiting else { return };
-        let FlowAction::Hybrid { done, .. } = &s.action else {
-            unreachable!("found as hybrid")
-        };
-        // The event settled a step: not a reply, so the log alone does not
-        // explain it; the record is written.
-        t.actions.push(Action::Checkpoint);
-        if kind == done {
-            let data = serde_json::from_slice::<Box<RawValue>>(&e.data)
-                .ok()
-                .filter(|_| e.is_json())
-                .unwrap_or_else(protocol::null);
-            self.step_done(run_id, &s.id, Some((e.kind.clone(), data)), t, now);
-        } else {
-            let msg =
-                crate::text::message(&format!("{kind}: {}", String::from_utf8_lossy(&e.data)));
-            let f = Failure::new(FailureClass::Rejected, msg);
-            self.step_failed(run_id, &s.id, f, t, now);
-        }
-    }
-
     /// Whether the timer (`at`, `run_id`, `sid`) still acts: the run's
     /// deadline while it runs, or the timeout or backoff of a step's
     /// current attempt.
     pub fn live(&self, at: u64, run_id: &str, sid: &str) -> bool {
         let Some(run) = self.runs.get(run_id) else {
-            return false;
+            // A parked run's read-back.
+            return self.read_back_at(run_id) == Some(at);
         };
         if sid.is_empty() {
             return at == run.deadline_ms && run.state == RunState::Running;
         }
         run.steps.get(sid).is_some_and(|r| {
             r.deadline_ms == Some(at)
-                && matches!(r.state, StepState::Dispatched | StepState::Backoff)
+                && matches!(
+                    r.state,
+                    StepState::Dispatched | StepState::Backoff | StepState::Sleeping
+                )
         })
     }
 
     /// A timer came due at `now`. `None` if what it guarded settled first.
     pub fn on_timer(&mut self, at: u64, run_id: &str, sid: &str, now: u64) -> Option<Transition> {
-        if !self.live(at, run_id, sid) {
+        if !self.live(at, run_id, sid) || self.is_parked(run_id) {
             return None;
         }
         let mut t = self.begin(run_id);
@@ -265,6 +198,8 @@ impl Machine {
             self.fail_run(run_id, format!("run timed out after {ms} ms"), &mut t, now);
         } else if run.steps[sid].state == StepState::Backoff {
             self.dispatch(run_id, sid, &mut t, now);
+        } else if run.steps[sid].state == StepState::Sleeping {
+            self.step_done(run_id, sid, None, &mut t, now);
         } else {
             let (queue, run) = bounds_of(self.flow_of(run_id).as_deref(), sid);
             let why = if queue == 0 {
@@ -292,15 +227,34 @@ impl Machine {
             .cloned()
     }
 
+    /// Whether `sid` (a flow step or an element of one) is undone by a
+    /// compensation once it completed: a for-each step is undone element
+    /// by element, not as a whole.
+    fn undoable(&self, run_id: &str, sid: &str) -> bool {
+        self.flow_of(run_id).is_some_and(|f| undoable(&f, sid))
+    }
+
     fn retry_of(&self, run_id: &str, sid: &str) -> RetryPolicy {
         self.flow_of(run_id)
             .and_then(|f| f.step(protocol::base_step(sid)).map(|s| s.retry.clone()))
             .unwrap_or_default()
     }
 
-    /// Send attempt `attempts + 1` of flow step `sid`.
+    /// Send attempt `attempts + 1` of flow step `sid` (reach it, if it is
+    /// a sleep or a for-each step).
     fn dispatch(&mut self, run_id: &str, sid: &str, t: &mut Transition, now: u64) {
-        let timeout = timeout_of(self.flow_of(run_id).as_deref(), sid);
+        let flow = self.flow_of(run_id);
+        match flow.as_ref().and_then(|f| f.step(sid)) {
+            Some(s) if s.fan.is_some() => {
+                return self.fan_out(run_id, sid, s.fan.as_ref().expect("matched"), t, now);
+            }
+            Some(FlowStep {
+                action: FlowAction::Sleep(wake),
+                ..
+            }) => return self.sleep(run_id, sid, wake, t, now),
+            _ => {}
+        }
+        let timeout = timeout_of(flow.as_deref(), sid);
         let Some(run) = self.runs.get_mut(run_id) else {
             return;
         };
@@ -367,11 +321,14 @@ impl Machine {
                 break;
             }
         }
+        // A for-each step settles for its elements (some may have failed
+        // within its tolerance).
         let run = self.runs.get_mut(run_id).expect("live");
         let done = run
             .steps
-            .values()
-            .all(|r| matches!(r.state, StepState::Completed | StepState::Skipped));
+            .iter()
+            .filter(|(id, _)| protocol::element_of(id).is_none())
+            .all(|(_, r)| matches!(r.state, StepState::Completed | StepState::Skipped));
         if done {
             finish(run, RunState::Completed, now);
         }
@@ -400,8 +357,12 @@ impl Machine {
             rec.output_type = Some(kind);
             rec.output = Some(data);
         }
+        let element = protocol::element_of(sid).map(|(parent, _)| parent.to_string());
         match run.state {
-            RunState::Running => self.advance(run_id, t, now),
+            RunState::Running => match element {
+                Some(parent) => self.element_settled(run_id, &parent, None, t, now),
+                None => self.advance(run_id, t, now),
+            },
             RunState::Compensating => {
                 if run.cancelled.is_some() && protocol::undoes(sid).is_none() {
                     rec.reason = Some("completed after the run was cancelled".into());
@@ -410,10 +371,7 @@ impl Machine {
                     if let Some(r) = run.steps.get_mut(orig) {
                         r.state = StepState::Compensated;
                     }
-                } else if self
-                    .flow_of(run_id)
-                    .is_some_and(|f| f.step(sid).is_some_and(|s| s.compensate.is_some()))
-                {
+                } else if self.undoable(run_id, sid) {
                     // It finished after the run began to fail: undo it too.
                     let run = self.runs.get_mut(run_id).expect("live");
                     run.undo.push(sid.to_string());
@@ -449,6 +407,8 @@ impl Machine {
                 t.actions.push(self.pins_row());
             }
             t.actions.push(Action::End(Box::new(run)));
+        } else if self.runs.contains_key(&id) {
+            self.park_if_idle(t, now);
         }
     }
 
@@ -457,6 +417,17 @@ impl Machine {
             run.updated = rfc3339(now);
         }
     }
+}
+
+/// Whether `sid` of `flow` is undone once it completed (see
+/// [`Machine::undoable`]).
+pub(super) fn undoable(flow: &Flow, sid: &str) -> bool {
+    if protocol::undoes(sid).is_some() {
+        return false; // a compensation is not undone
+    }
+    let whole_fan = protocol::element_of(sid).is_none();
+    flow.step(protocol::base_step(sid))
+        .is_some_and(|s| s.compensate.is_some() && !(whole_fan && s.fan.is_some()))
 }
 
 /// How long an attempt of flow step `sid` (or of the compensation of the

@@ -73,6 +73,7 @@ impl Machine {
                 }
             }
             self.touch(&id, now);
+            self.park_if_idle(&mut t, now);
             out.push(t);
         }
         out
@@ -99,12 +100,14 @@ impl Machine {
                 t.send(e);
             }
         }
+        self.park_if_idle(&mut t, now);
         Some(t)
     }
 
     /// Drop run `run_id`, whose start could not be stored (its producer
     /// was told so, and may start it again).
     pub fn forget(&mut self, run_id: &str) {
+        self.parking.remove(run_id);
         if let Some(run) = self.runs.remove(run_id) {
             if let Some(k) = &run.key {
                 self.keys.remove(&key_row(&run.flow, k));

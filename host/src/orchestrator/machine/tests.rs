@@ -10,8 +10,9 @@ use crate::app::RetryPolicy;
 use crate::event::Emitted;
 use crate::flow::{Compensation, Flow, FlowStep};
 use crate::orchestrator::FlowSets;
-use crate::protocol::{ATTEMPT, DEPLOYMENT, completed_reply, failed_reply};
+use crate::protocol::{ATTEMPT, DEPLOYMENT, FLOW_STEP, completed_reply, failed_reply};
 
+mod fan;
 mod operator;
 mod property;
 
@@ -44,6 +45,7 @@ fn fstep(id: &str, input: &str, compensate: Option<&str>, max_attempts: u32) -> 
             step: c.into(),
             input: id.into(),
         }),
+        fan: None,
         output_kind: Some(format!("{id}.done")),
         input_kind: if input == INPUT {
             "order.placed".into()
@@ -80,7 +82,7 @@ fn start(m: &mut Machine, id: &str, key: Option<&str>, now: u64) -> Started {
     let s = Start {
         id: id.into(),
         flow: "f".into(),
-        input: json!({"order_id": id}),
+        input: json!({"order_id": id, "lines": [1, 2, 3]}),
         key: key.map(str::to_string),
         trace: None,
     };

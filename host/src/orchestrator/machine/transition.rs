@@ -23,6 +23,9 @@ pub(crate) enum Action {
     Put { key: String, value: Vec<u8> },
     /// The run ended: its final record (no longer held by the machine).
     End(Box<RunRecord>),
+    /// Once this commit is durable, hand `token` back to the machine
+    /// ([`super::Machine::evict`]): the run sleeps, and may be let go of.
+    Park { token: u64 },
     /// The run had ended and goes on (a redrive): its record, and the
     /// row of the key that started it, are no longer to be pruned.
     Reopen,

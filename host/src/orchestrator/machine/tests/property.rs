@@ -114,10 +114,33 @@ struct World {
     pins_written: Vec<Vec<u64>>,
 }
 
+/// The flow the sequences run: `flow()`, with a sleep `w` after `a` that
+/// `c` waits for too (long enough for the run to be parked), and a for-each step `d` over the input's three
+/// lines, two at a time, one failure tolerated, each element undone.
+fn pflow() -> Flow {
+    let mut f = flow();
+    for s in &mut f.steps {
+        if s.id == "c" {
+            s.after.push("w".into());
+        }
+    }
+    f.steps.insert(
+        1,
+        fan::sleep_step("w", crate::flow::Wake::After(3_000), &["a"]),
+    );
+    f.steps.push(fan::for_each(
+        "d",
+        "input.lines",
+        2,
+        crate::flow::Tolerance::Count(1),
+    ));
+    f
+}
+
 /// Flow `f` as deployment `n` has it: the same steps, commands addressed
 /// to the deployment's own versions (`s-a@n`, `undo-a@n`).
 fn flow_of(n: u64) -> Flow {
-    let mut f = flow();
+    let mut f = pflow();
     for s in &mut f.steps {
         if let FlowAction::Command { step } = &mut s.action {
             *step = format!("{step}@{n}");
@@ -165,7 +188,35 @@ impl World {
     /// What the machine must say is pinned: the deployments its active
     /// runs started on.
     fn model_pins(&self) -> BTreeSet<u64> {
-        self.m.runs.keys().map(|r| self.pinned[r]).collect()
+        self.m
+            .runs
+            .keys()
+            .chain(self.m.parked.keys())
+            .map(|r| self.pinned[r])
+            .collect()
+    }
+
+    /// The active runs, held or parked.
+    fn active(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .m
+            .runs
+            .keys()
+            .chain(self.m.parked.keys())
+            .cloned()
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Read parked run `run` back from the store, as the driver does.
+    fn read_back(&mut self, run: &str) {
+        let stored = self.store[run].clone();
+        let stored: RunRecord =
+            serde_json::from_slice(&serde_json::to_vec(&stored).unwrap()).unwrap();
+        if let Some(t) = self.m.unpark(stored) {
+            self.apply(t);
+        }
     }
 
     fn deploy(&mut self) {
@@ -178,6 +229,7 @@ impl World {
     fn apply(&mut self, t: Transition) {
         let was = self.last_state.get(&t.run).copied();
         let write = t.checkpoint();
+        let mut parks = Vec::new();
         for a in t.actions {
             match a {
                 Action::Send(e) => {
@@ -188,8 +240,8 @@ impl World {
                     let sid = &e.extensions[FLOW_STEP];
                     let target = &e.extensions[crate::event::TARGET];
                     let want = match protocol::undoes(sid) {
-                        Some(orig) => format!("undo-{orig}@{n}"),
-                        None => format!("s-{sid}@{n}"),
+                        Some(orig) => format!("undo-{}@{n}", protocol::base_step(orig)),
+                        None => format!("s-{}@{n}", protocol::base_step(sid)),
                     };
                     assert_eq!(target, &want, "run {} on deployment {n}", t.run);
                     let key = (
@@ -216,6 +268,7 @@ impl World {
                     self.pins_written
                         .push(serde_json::from_slice(&value).expect("the pins"));
                 }
+                Action::Park { token } => parks.push(token),
                 Action::Checkpoint | Action::Reopen | Action::Put { .. } => {}
                 Action::End(run) => {
                     self.store.insert(t.run.clone(), *run);
@@ -231,14 +284,11 @@ impl World {
                     // What is to be undone: every completed step with a
                     // compensation (the first one's is already sent, so it
                     // is not in `run.undo` any more), latest first.
-                    let f = flow();
+                    let f = pflow();
                     let mut planned: Vec<(u32, String)> = run
                         .steps
                         .iter()
-                        .filter(|(id, r)| {
-                            r.state == StepState::Completed
-                                && f.step(id).is_some_and(|s| s.compensate.is_some())
-                        })
+                        .filter(|(id, r)| r.state == StepState::Completed && undoable(&f, id))
                         .map(|(id, r)| (r.completed_seq.unwrap_or(0), id.clone()))
                         .collect();
                     planned.sort_by_key(|p| std::cmp::Reverse(p.0));
@@ -248,6 +298,14 @@ impl World {
             }
             None => {
                 self.last_state.remove(&t.run);
+            }
+        }
+        // The park's commit is durable as soon as it is made here.
+        for token in parks {
+            assert!(write, "a park comes with its record");
+            if self.m.evict(&t.run, token) {
+                let at = self.m.read_back_at(&t.run).expect("parked");
+                self.timers.push((at, t.run.clone(), String::new()));
             }
         }
         let pins = self.model_pins();
@@ -293,6 +351,10 @@ impl World {
         e.time = rfc3339(self.now);
         self.log.push(e.clone());
         let run = protocol::run_of(&e).to_string();
+        // A control event for a parked run waits for it to be read back.
+        if ctl::read(&e).is_some() && self.m.is_parked(&run) {
+            self.read_back(&run);
+        }
         if matches!(ctl::read(&e), Some(Control::Cancel(_)))
             && self
                 .m
@@ -307,11 +369,10 @@ impl World {
     }
 
     fn cancel(&mut self, pick: usize, twice: bool) {
-        let mut active: Vec<String> = self.m.runs.keys().cloned().collect();
+        let active = self.active();
         if active.is_empty() {
             return;
         }
-        active.sort();
         let run = &active[pick % active.len()];
         let ask = ctl::Ask {
             by: "ops".into(),
@@ -368,6 +429,10 @@ impl World {
                 return;
             };
             let (at, run, sid) = self.timers.remove(pos);
+            if self.m.live(at, &run, &sid) && self.m.is_parked(&run) {
+                self.read_back(&run);
+                continue;
+            }
             if let Some(t) = self.m.on_timer(at, &run, &sid, self.now) {
                 self.apply(t);
             }
@@ -391,8 +456,17 @@ impl World {
             // As stored: through JSON.
             let r = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
             self.m.load(r);
+            // As the driver does: a run stored asleep, with nothing in
+            // flight (so nothing in the log to replay onto it), is parked
+            // at once.
+            if self.m.park_loaded(&id, self.now) {
+                continue;
+            }
             let log: Vec<Event> = self.log.clone();
             self.m.replay(&id, &log);
+        }
+        for (id, at) in self.m.read_backs() {
+            self.timers.push((at, id, String::new()));
         }
         // The driver writes the pins whole at recovery (`driver.rs`),
         // before the recovered runs' transitions.
@@ -406,7 +480,7 @@ impl World {
     /// is active. Steps now always complete (compensations too).
     fn drain(&mut self) {
         for _ in 0..10_000 {
-            if self.m.active() == 0 {
+            if self.active().is_empty() {
                 return;
             }
             while !self.in_flight.is_empty() {
@@ -415,13 +489,13 @@ impl World {
             while !self.replies.is_empty() {
                 self.deliver(0);
             }
-            if self.m.active() > 0 {
+            if !self.active().is_empty() {
                 let next = self.timers.iter().map(|t| t.0).min().unwrap_or(self.now);
                 self.now = self.now.max(next);
                 self.fire();
             }
         }
-        panic!("runs still active after draining: {:?}", self.m.runs.keys());
+        panic!("runs still active after draining: {:?}", self.active());
     }
 }
 
@@ -473,16 +547,31 @@ proptest! {
                 if let Some(ms) = rec.duration_ms {
                     prop_assert!(ms <= end - T0, "{} {}: {} ms", run.id, sid, ms);
                 }
-                let max = flow().step(protocol::base_step(sid)).map_or(1, |s| s.retry.max_attempts);
+                let max = pflow().step(protocol::base_step(sid)).map_or(1, |s| s.retry.max_attempts);
                 prop_assert!(rec.attempts <= max, "{} {}: {} attempts", run.id, sid, rec.attempts);
                 prop_assert!(
-                    !matches!(rec.state, StepState::Dispatched | StepState::Backoff | StepState::Pending)
+                    !matches!(
+                        rec.state,
+                        StepState::Dispatched | StepState::Backoff | StepState::Pending | StepState::Sleeping
+                    )
                         || run.state != RunState::Completed,
                     "{} {} left {:?}", run.id, sid, rec.state
                 );
             }
             if run.state == RunState::Completed {
                 prop_assert!(run.steps.keys().all(|s| protocol::undoes(s).is_none()));
+                // The sleep slept its time, restarts or not; the for-each
+                // step settled each of its three lines once, within its
+                // tolerance, and output one value per line.
+                prop_assert!(run.steps["w"].duration_ms >= Some(3_000), "{:?}", run.steps["w"]);
+                let d = &run.steps["d"];
+                let e = d.elements.expect("the elements of d");
+                prop_assert_eq!((e.total, e.sent, e.settled), (3, 3, 3));
+                prop_assert!(e.failed <= 1, "{:?}", e);
+                let out: Vec<Value> =
+                    serde_json::from_str(d.output.as_ref().expect("an output").get()).unwrap();
+                prop_assert_eq!(out.len(), 3);
+                prop_assert_eq!(out.iter().filter(|v| v.is_null()).count() as u32, e.failed);
             }
         }
         // No attempt was ever sent under two command ids.
@@ -507,7 +596,7 @@ proptest! {
             prop_assert_eq!(run.state, RunState::Cancelled, "{:?}", run);
             prop_assert!(run.cancelled.is_some());
             for (sid, rec) in &run.steps {
-                let undoable = flow().step(sid).is_some_and(|s| s.compensate.is_some());
+                let undoable = undoable(&pflow(), sid);
                 prop_assert!(
                     !(undoable && rec.state == StepState::Completed),
                     "{} {} completed and not undone in a cancelled run", id, sid

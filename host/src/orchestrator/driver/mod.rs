@@ -30,8 +30,13 @@ use super::flows::FlowSets;
 use super::machine::{Action, Machine, Start, Started, Transition};
 use super::run::{RunRecord, RunState, key};
 use super::timers::Timers;
+
+mod commit;
+mod parked;
+
 use super::{Inbox, Msg, StartError, Starting, now_ms};
 use crate::broker::{Broker, BrokerError, Commit, Consumer, Delivery};
+use commit::log_failure;
 
 /// What became of a commit, when the driver must act on it.
 pub(super) enum Settled {
@@ -52,6 +57,13 @@ pub(super) enum Settled {
         delivery: Delivery,
         ask: Ask,
         run: Option<Box<RunRecord>>,
+    },
+    /// A park's commit is durable: the run may be let go of.
+    Parked { run: String, token: u64 },
+    /// A parked run's record, read back (`Ok(None)`: not in the store).
+    ReadBack {
+        run: String,
+        record: Result<Option<Box<RunRecord>>, String>,
     },
 }
 
@@ -96,6 +108,12 @@ pub(super) struct Driver {
     pins: Arc<watch::Sender<BTreeSet<u64>>>,
     /// Where the runs' spans go (if anywhere).
     telemetry: crate::telemetry::Telemetry,
+    /// Parked runs being read back.
+    reading: std::collections::HashSet<String>,
+    /// Control events that wait for a parked run to be read back, in
+    /// the order they came.
+    held: HashMap<String, Vec<Delivery>>,
+    read_backs: Arc<tokio::sync::Semaphore>,
 }
 
 impl Driver {
@@ -122,6 +140,9 @@ impl Driver {
             flows,
             pins,
             telemetry: crate::telemetry::Telemetry::off(),
+            reading: Default::default(),
+            held: HashMap::new(),
+            read_backs: Arc::new(tokio::sync::Semaphore::new(parked::READ_BACKS)),
         };
         (driver, rx)
     }
@@ -154,6 +175,9 @@ impl Driver {
             self.load
                 .active
                 .store(self.machine.active(), Ordering::Relaxed);
+            self.load
+                .parked
+                .store(self.machine.parked(), Ordering::Relaxed);
             let next = self
                 .timers
                 .next_at()
@@ -220,6 +244,18 @@ impl Driver {
         for t in self.machine.recover(now_ms()) {
             tracing::info!(run = %t.run, resent = t.sends().count(), "resuming run");
             self.commit(None, t, None);
+        }
+        let parked = self.machine.read_backs();
+        if !parked.is_empty() {
+            tracing::info!(
+                runs = parked.len(),
+                "sleeping runs left parked in the store"
+            );
+        }
+        for (run, at) in parked {
+            let machine = &self.machine;
+            self.timers
+                .arm(at, &run, "", |at, run, sid| machine.live(at, run, sid));
         }
         // Which deployments the runs are pinned to, as found: the row the
         // runs' commits keep, written whole once (it may lag a crash).
@@ -290,9 +326,17 @@ impl Driver {
     }
 
     fn on_delivery(&mut self, d: Delivery) {
+        let ctl = control::read(&d.event);
+        // A cancel or a signal for a parked run: it is read back first.
+        if ctl.is_some() {
+            let id = crate::protocol::run_of(&d.event).to_string();
+            if self.machine.is_parked(&id) {
+                return self.read_back(id, Some(d));
+            }
+        }
         // A redrive of a run that ended: its record is read first (from
         // memory if its final record is still being written).
-        if let Some(Control::Redrive(ask)) = control::read(&d.event) {
+        if let Some(Control::Redrive(ask)) = ctl {
             let id = crate::protocol::run_of(&d.event).to_string();
             if self.machine.run(&id).is_none() {
                 match self.ending.get(&id) {
@@ -368,6 +412,12 @@ impl Driver {
     fn on_timers(&mut self) {
         let now = now_ms();
         while let Some((at, run, sid)) = self.timers.pop_due(now) {
+            if self.machine.is_parked(&run) {
+                if self.machine.live(at, &run, &sid) {
+                    self.read_back(run, None);
+                }
+                continue;
+            }
             if let Some(t) = self.machine.on_timer(at, &run, &sid, now) {
                 self.commit(None, t, None);
             }
@@ -403,6 +453,16 @@ impl Driver {
                 self.resync.remove(&run);
             }
             Settled::Loaded { delivery, ask, run } => self.redrive(delivery, ask, run),
+            Settled::Parked { run, token } => {
+                if self.machine.evict(&run, token)
+                    && let Some(at) = self.machine.read_back_at(&run)
+                {
+                    let machine = &self.machine;
+                    self.timers
+                        .arm(at, &run, "", |at, run, sid| machine.live(at, run, sid));
+                }
+            }
+            Settled::ReadBack { run, record } => self.on_read_back(run, record),
         }
     }
 
@@ -451,111 +511,6 @@ impl Driver {
             };
             self.commit(None, t, then);
         }
-    }
-
-    /// Carry out transition `t` as one commit with the ack `ack`: its
-    /// commands, its state rows, and the run's record if the transition
-    /// asks for it, the run ended, or the journal takes every transition.
-    fn commit(&mut self, ack: Option<Delivery>, t: Transition, then: Option<crate::broker::Then>) {
-        // The run index follows the record's checkpoints (a start, a
-        // change of state, an end, ...), not every record NATS writes.
-        let checkpoint = t.checkpoint();
-        let write = checkpoint || self.journal == Journal::EveryTransition;
-        let Transition {
-            run: id, actions, ..
-        } = t;
-        let mut commit = Commit {
-            ack,
-            ..Commit::default()
-        };
-        let mut ended = None;
-        for a in actions {
-            match a {
-                Action::Send(e) => commit.events.push(e),
-                Action::Arm { at, sid } => {
-                    let machine = &self.machine;
-                    self.timers
-                        .arm(at, &id, &sid, |at, run, sid| machine.live(at, run, sid));
-                }
-                Action::Checkpoint => {}
-                Action::Reopen => {
-                    commit.reopened.push(key(&id));
-                    if let Some(run) = self.machine.run(&id)
-                        && let Some(k) = &run.key
-                    {
-                        commit.reopened.push(super::machine::key_row(&run.flow, k));
-                    }
-                }
-                Action::Put { key, value } => {
-                    if key == crate::deploy::IN_USE_ROW {
-                        self.pins.send_replace(self.machine.pins());
-                    }
-                    commit.state.push((key, Some(value)))
-                }
-                Action::End(run) => {
-                    tracing::debug!(run = %id, flow = %run.flow, state = ?run.state, "run finished");
-                    commit.state.push((key(&id), Some(record(&run))));
-                    commit.runs.push(run.entry());
-                    // Kept for `[retention] runs`, with the row of the
-                    // idempotency key that started it.
-                    commit.ended.push(key(&id));
-                    if let Some(k) = &run.key {
-                        commit.ended.push(super::machine::key_row(&run.flow, k));
-                    }
-                    ended = Some(run.state);
-                    self.ending.insert(id.clone(), *run);
-                }
-            }
-        }
-        if ended.is_none()
-            && write
-            && let Some(run) = self.machine.run(&id)
-        {
-            commit.state.push((key(&id), Some(record(run))));
-            if checkpoint {
-                commit.runs.push(run.entry());
-            }
-        }
-        // A transition the log alone explains (a reply's, without a
-        // record) sends commands that can be derived again from the
-        // durable reply: they may go out before their own commit is
-        // durable (`Commit::early`), which saves the steps a sync.
-        commit.early = self.journal == Journal::Checkpoints && commit.state.is_empty();
-        if self.telemetry.tracing()
-            && let Some(run) = self.ending.get(&id).or_else(|| self.machine.run(&id))
-        {
-            super::traced::export(&self.telemetry, run, &commit.events, ended.is_some());
-        }
-        let tell = self.settled.clone();
-        let then: crate::broker::Then = match (ended, then) {
-            (Some(state), then) => Box::new(move |r| {
-                log_failure(&r);
-                let run = id;
-                let stored = r.is_ok();
-                let _ = tell.send(Settled::Ended { run, state, stored });
-                if let Some(then) = then {
-                    then(r);
-                }
-            }),
-            (None, Some(then)) => then,
-            (None, None) => Box::new(move |r| {
-                log_failure(&r);
-                if r.is_err() {
-                    let _ = tell.send(Settled::Failed { run: id });
-                }
-            }),
-        };
-        self.broker.commit_then(commit, then);
-    }
-}
-
-fn record(run: &RunRecord) -> Vec<u8> {
-    serde_json::to_vec(run).expect("a run serialises")
-}
-
-fn log_failure(r: &Result<(), BrokerError>) {
-    if let Err(e) = r {
-        tracing::warn!("orchestrator commit failed (the run is written again shortly): {e}");
     }
 }
 
