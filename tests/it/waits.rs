@@ -86,7 +86,11 @@ fn commands(host: &HostProcess, id: &str) -> BTreeMap<(String, String), BTreeSet
         .into_iter()
         .flatten()
     {
+        // A command: addressed to a step (a reply, to the orchestrator,
+        // is of a `troupe.` type).
+        let reply = e["type"].as_str().is_none_or(|t| t.starts_with("troupe."));
         if e["troupeto"].is_string()
+            && !reply
             && let (Some(step), Some(attempt)) =
                 (e["troupestep"].as_str(), e["troupeattempt"].as_str())
         {
@@ -121,8 +125,12 @@ fn sleeping_runs_are_parked_and_wake_once_across_a_sigkill(b: Backend) {
     assert!(run["steps"]["nap"]["wakes"].is_string(), "{run:#}");
     drop(host); // SIGKILL while they sleep
     let host = HostProcess::start(&app, &[], STARTUP);
-    // Taken up parked, not held; a cancel reaches one of them.
-    assert_eq!(gauge(&host, "troupe_runs_parked"), 12);
+    // Taken up parked, not held (on NATS, once the lease of the host
+    // killed has run out); a cancel reaches one of them.
+    wait_for(Duration::from_secs(30), "the runs taken up parked", || {
+        (gauge(&host, "troupe_runs_parked") == 12).then_some(())
+    });
+    assert_eq!(gauge(&host, "troupe_runs_active"), 0);
     let (status, v) = host
         .client
         .post(
@@ -391,7 +399,10 @@ fn bad_sleeps_for_eaches_and_schedules_are_refused_before_a_host_starts() {
         } else {
             vec![("broken", text.as_str())]
         };
-        let app = app(Backend::Embedded, extra, &flows);
+        let app = app(Backend::Embedded, "", &flows);
+        let manifest = app.path().join("troupe.toml");
+        let text_now = std::fs::read_to_string(&manifest).unwrap();
+        std::fs::write(&manifest, format!("{text_now}\n{extra}")).unwrap();
         let checked = troupe_within(
             &["check", app.path().to_str().unwrap()],
             app.path(),
@@ -411,10 +422,15 @@ fn bad_sleeps_for_eaches_and_schedules_are_refused_before_a_host_starts() {
         if !text.is_empty() {
             assert!(said.contains("broken.toml:"), "{what}: where: {said}");
         }
-        let err = ApiHost::try_start(&app)
-            .err()
-            .unwrap_or_else(|| panic!("{what}: accepted"))
-            .to_string();
+        // A host refuses it too: the manifest when it loads, or the flows
+        // and schedules when it starts.
+        let err = match troupe::app::App::load(app.path()) {
+            Err(e) => e.to_string(),
+            Ok(_) => ApiHost::try_start(&app)
+                .err()
+                .unwrap_or_else(|| panic!("{what}: accepted"))
+                .to_string(),
+        };
         assert!(err.contains(message), "{what}: {err}");
     }
 }
