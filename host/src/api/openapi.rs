@@ -432,6 +432,7 @@ fn schedule_schemas() -> Value {
                 "paused": {"type": "boolean"},
                 "paused_by": {"type": "string"}, "paused_reason": {"type": "string"},
                 "last_tick": {"type": "string"}, "last_run": {"type": "string"},
+                "since": {"type": "string", "description": "When a host first ticked it"},
                 "started": {"type": "integer", "minimum": 0},
                 "skipped": {"type": "integer", "minimum": 0, "description": "Ticks skipped because the last run still ran"},
                 "missed": {"type": "integer", "minimum": 0, "description": "Ticks that passed while no host drove the flows"},

@@ -63,7 +63,9 @@ impl FieldPath {
                 None => {
                     let mut known: Vec<&str> = props.keys().map(String::as_str).collect();
                     known.sort();
-                    let at = if i == 0 {
+                    let at = if i == 0 && self.step == super::INPUT {
+                        "the run's input".to_string()
+                    } else if i == 0 {
                         format!("the output of `{}`", self.step)
                     } else {
                         format!("`{}.{}`", self.step, self.path[..i].join("."))

@@ -75,6 +75,9 @@ pub struct ScheduleView {
     pub paused_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_tick: Option<String>,
+    /// When a host first ticked it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_run: Option<String>,
     pub started: u64,
@@ -253,7 +256,11 @@ impl Schedules {
             let pause: Pause = self.read(&pause_row(&s.name)).await?;
             let mut next = Vec::new();
             if !pause.paused {
-                let mut t = state.last_tick_ms.unwrap_or(0).max(now_ms());
+                let mut t = state
+                    .last_tick_ms
+                    .or(state.seen_ms)
+                    .unwrap_or(0)
+                    .max(now_ms());
                 for _ in 0..3 {
                     match s.when.next_after(t) {
                         Some(n) => {
@@ -275,6 +282,7 @@ impl Schedules {
                 paused_by: pause.paused.then(|| pause.by.clone()).flatten(),
                 paused_reason: pause.paused.then(|| pause.reason.clone()).flatten(),
                 last_tick: state.last_tick_ms.map(rfc3339),
+                since: state.seen_ms.map(rfc3339),
                 last_run: state.last_run,
                 started: state.started,
                 skipped: state.skipped,

@@ -27,10 +27,12 @@ const COUNT_AT_MOST: u64 = 100_000;
 /// that drives the flows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TickState {
-    /// The last tick decided (started, skipped or missed), or when the
-    /// schedule was first seen or last resumed: the next tick is after it.
+    /// The last tick decided (started, skipped or missed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_tick_ms: Option<u64>,
+    /// When the schedule was first seen: its first tick is after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_ms: Option<u64>,
     /// The run the last started tick started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<String>,
@@ -98,13 +100,13 @@ pub fn plan(s: &Schedule, state: &TickState, pause: &Pause, now: u64, last_activ
     }
     // From the last tick decided, or from when the schedule was first
     // seen or resumed (what passed before is not the schedule's).
-    let since = match state.last_tick_ms {
-        Some(t) => t.max(pause.at_ms),
-        None => now.max(pause.at_ms),
+    let since = match (state.last_tick_ms, state.seen_ms) {
+        (Some(t), _) | (None, Some(t)) => t.max(pause.at_ms),
+        (None, None) => {
+            next_state.seen_ms = Some(now);
+            now.max(pause.at_ms)
+        }
     };
-    if state.last_tick_ms != Some(since) {
-        next_state.last_tick_ms = Some(since);
-    }
     let (Some(first), Some(latest)) = (s.when.next_after(since), s.when.latest_by(now)) else {
         return Plan {
             decision: Decision::Idle,
@@ -192,7 +194,10 @@ mod tests {
             false,
         );
         assert_eq!(p.decision, Decision::Idle, "nothing before it was seen");
-        assert_eq!(p.state.last_tick_ms, Some(T0 + 3_000));
+        assert_eq!(
+            (p.state.seen_ms, p.state.last_tick_ms),
+            (Some(T0 + 3_000), None)
+        );
         assert_eq!(p.next, Some(T0 + 10_000));
         let p = plan(&s, &p.state, &Pause::default(), T0 + 10_002, false);
         assert_eq!(
@@ -300,13 +305,14 @@ mod tests {
                 let p = plan(&s, &state, &Pause::default(), now, false);
                 if let Decision::Start { tick, key } = &p.decision {
                     prop_assert!(started.last().is_none_or(|l| tick > l), "{:?} after {:?}", tick, started);
-                    prop_assert!(*tick <= now && state.last_tick_ms.is_some_and(|l| *tick > l));
+                    let since = state.last_tick_ms.or(state.seen_ms);
+                prop_assert!(*tick <= now && since.is_some_and(|l| *tick > l));
                     prop_assert_eq!(tick % ms, 0);
                     prop_assert_eq!(key, &tick_key("audit", *tick));
                     started.push(*tick);
                 }
                 if let Some(latest) = s.when.latest_by(now)
-                    && state.last_tick_ms.is_some_and(|l| latest > l)
+                    && state.last_tick_ms.or(state.seen_ms).is_some_and(|l| latest > l)
                 {
                     let started_latest = matches!(p.decision, Decision::Start { tick, .. } if tick == latest);
                     prop_assert!(started_latest, "{:?} at {}", p.decision, now);

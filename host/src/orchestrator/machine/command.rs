@@ -41,9 +41,9 @@ impl Machine {
                     Action::Signal { .. } | Action::Sleep(_) => return None,
                 };
                 let data = match (protocol::element_of(sid), &s.fan) {
-                    (Some((_, i)), Some(fan)) => {
-                        let items = self.value_at(run_id, &fan.over)?;
-                        serde_json::to_vec(items.get(i as usize)?).expect("JSON")
+                    (Some((parent, i)), Some(fan)) => {
+                        let items = self.elements_of(run_id, parent, fan)?;
+                        items.get(i as usize)?.get().as_bytes().to_vec()
                     }
                     _ => self.output_of(run_id, &s.input)?,
                 };

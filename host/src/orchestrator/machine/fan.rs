@@ -3,6 +3,8 @@
 //! at most `max_parallel` in flight) and a sleep step (a timer, and
 //! nothing sent). Part of [`Machine`].
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -23,6 +25,40 @@ impl Machine {
         let raw = run.steps.get(&p.step)?.output.as_ref()?;
         let data: Value = serde_json::from_str(raw.get()).ok()?;
         p.get(&data).cloned()
+    }
+
+    /// The elements of for-each step `sid` of run `run_id`, each as its
+    /// JSON text: read from what the run holds once, then kept until the
+    /// run is let go of (so sending element `i` does not parse the whole
+    /// array again).
+    pub(super) fn elements_of(
+        &self,
+        run_id: &str,
+        sid: &str,
+        fan: &Fan,
+    ) -> Option<Arc<Vec<Box<RawValue>>>> {
+        if let Some(items) = self.fan_items.borrow().get(run_id).and_then(|r| r.get(sid)) {
+            return Some(items.clone());
+        }
+        let Value::Array(items) = self.value_at(run_id, &fan.over)? else {
+            return None;
+        };
+        let items: Vec<Box<RawValue>> = items
+            .iter()
+            .map(|v| serde_json::value::to_raw_value(v).expect("JSON"))
+            .collect();
+        let items = Arc::new(items);
+        self.fan_items
+            .borrow_mut()
+            .entry(run_id.to_string())
+            .or_default()
+            .insert(sid.to_string(), items.clone());
+        Some(items)
+    }
+
+    /// Forget the elements kept for run `run_id` (it ended or was let go).
+    pub(super) fn drop_elements(&self, run_id: &str) {
+        self.fan_items.borrow_mut().remove(run_id);
     }
 
     /// Mark `sid` reached at `now`, as its first attempt.
@@ -167,6 +203,9 @@ impl Machine {
             rec.finished = Some(rfc3339(now));
             rec.errors.push(f.to_string());
             return self.fail_run(run_id, format!("step {sid} failed: {f}"), t, now);
+        }
+        if let Some(r) = self.fan_items.borrow_mut().get_mut(run_id) {
+            r.remove(sid);
         }
         self.step_mut(run_id, sid).output = Some(all);
         self.step_done(run_id, sid, None, t, now);

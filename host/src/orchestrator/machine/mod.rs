@@ -89,6 +89,9 @@ pub(crate) struct Machine {
     park_tokens: u64,
     /// The least time to a wake-up for which a run is parked, ms.
     park_after: u64,
+    /// The elements of for-each steps in flight, by run and flow step, as
+    /// read once from the run (`fan.rs`).
+    fan_items: std::cell::RefCell<HashMap<String, HashMap<String, Arc<Vec<Box<RawValue>>>>>>,
 }
 
 impl Machine {
@@ -111,6 +114,7 @@ impl Machine {
             parking: HashMap::new(),
             park_tokens: 0,
             park_after: PARK_AFTER_MS,
+            fan_items: Default::default(),
         }
     }
 
@@ -399,6 +403,7 @@ impl Machine {
             t.actions.push(Action::Checkpoint);
         }
         if self.runs.get(&id).is_some_and(|r| r.state.is_final()) {
+            self.drop_elements(&id);
             let run = self.runs.remove(&id).expect("present");
             if let Some(k) = &run.key {
                 self.keys.remove(&key_row(&run.flow, k));

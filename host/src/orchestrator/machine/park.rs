@@ -105,6 +105,7 @@ impl Machine {
             return false;
         };
         let run = self.runs.remove(run_id).expect("idle, so held");
+        self.drop_elements(run_id);
         if let Some(k) = &run.key {
             // Its start is durable: the key's row answers for it.
             self.keys.remove(&super::key_row(&run.flow, k));

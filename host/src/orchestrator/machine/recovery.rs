@@ -108,6 +108,7 @@ impl Machine {
     /// was told so, and may start it again).
     pub fn forget(&mut self, run_id: &str) {
         self.parking.remove(run_id);
+        self.drop_elements(run_id);
         if let Some(run) = self.runs.remove(run_id) {
             if let Some(k) = &run.key {
                 self.keys.remove(&key_row(&run.flow, k));
