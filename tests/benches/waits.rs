@@ -214,7 +214,9 @@ fn main() {
         return;
     }
     if want("sleep") {
-        println!("sleeping runs (sleep until one time, then one command), durable embedded broker:");
+        println!(
+            "sleeping runs (sleep until one time, then one command), durable embedded broker:"
+        );
         for mode in ["parked", "held"] {
             let status = std::process::Command::new(std::env::current_exe().unwrap())
                 .env("BENCH_SLEEP_MODE", mode)

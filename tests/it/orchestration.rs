@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use troupe_tests::process::troupe_within;
+use troupe_tests::process::troupe_check;
 use troupe_tests::{
     ApiHost, Backend, TestApp, guest, on_each_broker_blocking, plugin, plugin_steps, step,
 };
@@ -686,20 +686,9 @@ fn malformed_flow_files_are_refused_with_the_line() {
     for (what, text, line, message) in bad {
         let app = app(Backend::Embedded, &[("broken", text)]);
         // `troupe check` says the same, before anything runs.
-        let checked = troupe_within(
-            &["check", app.path().to_str().unwrap()],
-            app.path(),
-            &[],
-            Duration::from_secs(120),
-        )
-        .expect("check ends");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&checked.stdout),
-            String::from_utf8_lossy(&checked.stderr)
-        );
+        let (passed, said) = troupe_check(app.path());
         assert!(
-            !checked.status.success() && said.contains(line) && said.contains(message),
+            !passed && said.contains(line) && said.contains(message),
             "{what}: troupe check: {said}"
         );
         let err = ApiHost::try_start(&app)

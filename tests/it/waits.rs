@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use troupe_tests::process::{HostProcess, troupe_within};
+use troupe_tests::process::{HostProcess, troupe_check};
 use troupe_tests::{
     ApiHost, Backend, TestApp, example_app_scheduled, on_each_broker_blocking, wait_for,
 };
@@ -73,6 +73,18 @@ fn gauge(host: &HostProcess, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} in {text}"))
+}
+
+/// Schedule `name` as `GET /v1/schedules` shows it.
+fn schedule(host: &HostProcess, name: &str) -> Value {
+    let all = host.client.get("/v1/schedules").unwrap();
+    all["schedules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("schedule {name} in {all}"))
 }
 
 /// The commands the orchestrator sent for run `id`, by flow step and
@@ -259,14 +271,7 @@ fn a_schedule_starts_one_run_per_tick_across_a_sigkill(b: Backend) {
         .unwrap();
     assert_eq!(status, 202, "{v}");
     let run = v["run_id"].as_str().unwrap().to_string();
-    let all = host.client.get("/v1/schedules").unwrap();
-    let often = all["schedules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "often")
-        .cloned()
-        .unwrap();
+    let often = schedule(&host, "often");
     assert_eq!(often["paused"], true, "{often:#}");
     assert_eq!(often["next"], json!([]), "no next tick while paused");
     host.client
@@ -293,14 +298,7 @@ fn a_schedule_starts_one_run_per_tick_across_a_sigkill(b: Backend) {
         assert_eq!(ms % 2_000, 0, "{tick}");
     }
     assert!(ticks.len() >= 6, "{ticks:?}");
-    let view = host.client.get("/v1/schedules").unwrap();
-    let often = view["schedules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "often")
-        .cloned()
-        .unwrap();
+    let often = schedule(&host, "often");
     // Counted by the host that started each: a start whose count was
     // lost to the kill is not counted again.
     let started = often["started"].as_u64().unwrap();
@@ -403,20 +401,9 @@ fn bad_sleeps_for_eaches_and_schedules_are_refused_before_a_host_starts() {
         let manifest = app.path().join("troupe.toml");
         let text_now = std::fs::read_to_string(&manifest).unwrap();
         std::fs::write(&manifest, format!("{text_now}\n{extra}")).unwrap();
-        let checked = troupe_within(
-            &["check", app.path().to_str().unwrap()],
-            app.path(),
-            &[],
-            Duration::from_secs(120),
-        )
-        .expect("check ends");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&checked.stdout),
-            String::from_utf8_lossy(&checked.stderr)
-        );
+        let (passed, said) = troupe_check(app.path());
         assert!(
-            !checked.status.success() && said.contains(message),
+            !passed && said.contains(message),
             "{what}: troupe check: {said}"
         );
         if !text.is_empty() {

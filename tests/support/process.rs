@@ -189,3 +189,21 @@ pub fn troupe_within(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `troupe check APP`: whether it passed, and what it said (stdout, then
+/// stderr).
+pub fn troupe_check(app: &Path) -> (bool, String) {
+    let out = troupe_within(
+        &["check", app.to_str().expect("a UTF-8 path")],
+        app,
+        &[],
+        Duration::from_secs(120),
+    )
+    .expect("troupe check ends");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}

@@ -14,6 +14,10 @@ use crate::orchestrator::rfc3339;
 use crate::orchestrator::run::{Elements, StepRecord, StepState};
 use crate::protocol::{self, Failure, FailureClass};
 
+/// The elements of a run's for-each steps in flight, by flow step, each
+/// as its JSON text.
+pub(super) type Items = std::collections::HashMap<String, Arc<Vec<Box<RawValue>>>>;
+
 impl Machine {
     /// The value at path `p` in what run `run_id` holds: its input, or the
     /// output of a flow step.

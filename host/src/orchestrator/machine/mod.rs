@@ -91,7 +91,7 @@ pub(crate) struct Machine {
     park_after: u64,
     /// The elements of for-each steps in flight, by run and flow step, as
     /// read once from the run (`fan.rs`).
-    fan_items: std::cell::RefCell<HashMap<String, HashMap<String, Arc<Vec<Box<RawValue>>>>>>,
+    fan_items: std::cell::RefCell<HashMap<String, fan::Items>>,
 }
 
 impl Machine {
