@@ -28,8 +28,8 @@ use super::flows::FlowSets;
 use super::machine::Machine;
 use super::run::{RunRecord, RunState};
 use super::{GROUP, Inbox, Msg, StartError, Starting};
-use crate::app::RetryPolicy;
 use crate::broker::{Broker, BrokerError, Consumer};
+use crate::retry::RetryPolicy;
 use crate::shutdown::{Shutdown, Tasks};
 
 /// The lease's name in the app's state.

@@ -11,7 +11,7 @@
 //! is [`crate::protocol`]. The decisions are `machine/`: pure transitions
 //! that take (state, input, now) and return actions, tested with a fake
 //! clock and by property. One task carries them out for every active run
-//! ([`Orchestrator::spawn`], `driver.rs`). Each
+//! ([`Orchestrator::spawn`], `driver/`). Each
 //! transition (a run started, a reply, a timer) becomes one broker commit:
 //! the reply's ack, the commands it sends and the run's new record, so a
 //! crash never records an effect without its cause. Where the broker's log

@@ -7,7 +7,7 @@
 //! end). The machine performs no I/O and reads no clock: the time is an
 //! argument, so its tests drive it with a fake clock (`tests.rs`), and
 //! replaying a run's replies after a crash is the same code fed the
-//! replies' own times. The driver (`../driver.rs`) carries the actions out,
+//! replies' own times. The driver (`../driver/`) carries the actions out,
 //! one broker commit per transition.
 //!
 //! Invariants (tested in `tests.rs`, by example and by property):
@@ -53,12 +53,12 @@ use serde_json::value::RawValue;
 use super::flows::FlowSets;
 use super::rfc3339;
 use super::run::{RunRecord, RunState, StepState};
-use crate::app::RetryPolicy;
 use crate::clock::epoch_ms;
 use crate::event::Event;
 use crate::flow::{Action as FlowAction, Flow, FlowStep, INPUT};
 use crate::orchestrator::control::{self as ctl, Control};
 use crate::protocol::{self, Failure, FailureClass};
+use crate::retry::RetryPolicy;
 
 pub(crate) use control::redrivable;
 pub(crate) use park::PARK_AFTER_MS;

@@ -6,11 +6,11 @@
 use serde_json::json;
 
 use super::*;
-use crate::app::RetryPolicy;
 use crate::event::Emitted;
 use crate::flow::{Compensation, Flow, FlowStep};
 use crate::orchestrator::FlowSets;
 use crate::protocol::{ATTEMPT, DEPLOYMENT, FLOW_STEP, completed_reply, failed_reply};
+use crate::retry::RetryPolicy;
 
 mod fan;
 mod operator;
