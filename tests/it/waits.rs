@@ -257,8 +257,20 @@ fn a_schedule_starts_one_run_per_tick_across_a_sigkill(b: Backend) {
         (v["paused"].clone(), v["paused_by"].clone()),
         (json!(true), json!("ops"))
     );
-    std::thread::sleep(Duration::from_millis(500));
-    let paused_at = runs_of(&host).len();
+    // A tick decided just before the pause may still be starting its run
+    // (a start can take a while on a loaded machine): let it land first.
+    let mut paused_at = runs_of(&host).len();
+    wait_for(
+        Duration::from_secs(30),
+        "the last tick's run landed",
+        || {
+            std::thread::sleep(Duration::from_secs(3));
+            let now = runs_of(&host).len();
+            let settled = now == paused_at;
+            paused_at = now;
+            settled.then_some(())
+        },
+    );
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(
         runs_of(&host).len(),
