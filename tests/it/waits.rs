@@ -92,12 +92,7 @@ fn schedule(host: &HostProcess, name: &str) -> Value {
 fn commands(host: &HostProcess, id: &str) -> BTreeMap<(String, String), BTreeSet<String>> {
     let trace = host.client.get(&format!("/v1/traces/{id}")).unwrap();
     let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    for e in trace["events"]
-        .as_array()
-        .or(trace.as_array())
-        .into_iter()
-        .flatten()
-    {
+    for e in trace.as_array().into_iter().flatten() {
         // A command: addressed to a step (a reply, to the orchestrator,
         // is of a `troupe.` type).
         let reply = e["type"].as_str().is_none_or(|t| t.starts_with("troupe."));
@@ -375,6 +370,14 @@ fn bad_sleeps_for_eaches_and_schedules_are_refused_before_a_host_starts() {
             ),
             "",
             "which a step takes one by one",
+        ),
+        (
+            "a timeout of more than ten years",
+            "input = \"order.placed\"\ntimeout_ms = 9223372036854775807\n\
+             [steps.a]\nstep = \"order-validate\"\n"
+                .to_string(),
+            "",
+            "more than the longest a flow may wait",
         ),
         (
             "a bracket in a step's id",

@@ -45,38 +45,45 @@ pub(super) async fn start_run(
             format!("no flow named {flow:?}: the app has no flows"),
         ));
     };
-    let key = match headers.get(IDEMPOTENCY_KEY).map(HeaderValue::to_str) {
-        None => None,
-        Some(Ok(k)) => Some(k),
-        Some(Err(_)) => {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                "the Idempotency-Key header is not printable ASCII".into(),
-            ));
-        }
-    };
+    let key = idempotency_key(&headers)?;
     let parent = parent.and_then(|axum::Extension(p)| p.0);
     match o.start_in(&flow, input, key, parent).await {
-        Ok((id, new)) => {
-            let location = format!("/v1/runs/{id}");
-            let status = if new {
-                StatusCode::ACCEPTED
-            } else {
-                StatusCode::OK
-            };
-            let mut r = (
-                status,
-                Json(json!({ "run_id": id, "status_url": location })),
-            )
-                .into_response();
-            r.headers_mut().insert(
-                header::LOCATION,
-                HeaderValue::from_str(&location).expect("an ASCII path"),
-            );
-            Ok(r)
-        }
+        Ok((id, new)) => Ok(started(&id, new)),
         Err(e) => Err(start_failed(e)),
     }
+}
+
+/// The `Idempotency-Key` header, if given.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get(IDEMPOTENCY_KEY).map(HeaderValue::to_str) {
+        None => Ok(None),
+        Some(Ok(k)) => Ok(Some(k)),
+        Some(Err(_)) => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "the Idempotency-Key header is not printable ASCII".into(),
+        )),
+    }
+}
+
+/// The answer to a start: `202` for a new run (`200` for one an
+/// idempotency key started before), its id and where its status is.
+pub(super) fn started(id: &str, new: bool) -> Response {
+    let location = format!("/v1/runs/{id}");
+    let status = if new {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let mut r = (
+        status,
+        Json(json!({ "run_id": id, "status_url": location })),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("an ASCII path"),
+    );
+    r
 }
 
 /// The answer to a start that failed.

@@ -3,11 +3,11 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiState, IDEMPOTENCY_KEY, RawBody, json_or_null};
+use super::{ApiError, ApiState, RawBody, json_or_null};
 use crate::orchestrator::control::Ask;
 use crate::schedule::{ScheduleError, Schedules};
 
@@ -107,9 +107,9 @@ pub(super) async fn trigger(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key = match headers.get(IDEMPOTENCY_KEY).map(HeaderValue::to_str) {
+    let key = match super::runs::idempotency_key(&headers)? {
         None => uuid::Uuid::now_v7().to_string(),
-        Some(Ok(k)) if !k.is_empty() && k.len() <= 160 => k.to_string(),
+        Some(k) if !k.is_empty() && k.len() <= 160 => k.to_string(),
         Some(_) => {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,
@@ -118,15 +118,5 @@ pub(super) async fn trigger(
         }
     };
     let run = schedules(&s)?.trigger(&name, &key).await?;
-    let location = format!("/v1/runs/{run}");
-    let mut r = (
-        StatusCode::ACCEPTED,
-        Json(json!({ "run_id": run, "status_url": location })),
-    )
-        .into_response();
-    r.headers_mut().insert(
-        header::LOCATION,
-        HeaderValue::from_str(&location).expect("an ASCII path"),
-    );
-    Ok(r)
+    Ok(super::runs::started(&run, true))
 }

@@ -127,6 +127,18 @@ pub const DEFAULT_STEP_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 30_000;
 /// The default time a run may take, ms.
 pub const DEFAULT_RUN_TIMEOUT_MS: u64 = 60_000;
+/// The longest any `timeout_ms` may be: ten years, ms.
+pub const MAX_TIMEOUT_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+
+/// `Err` naming `field` if `ms` is longer than [`MAX_TIMEOUT_MS`].
+fn within_max(field: &str, ms: Option<u64>) -> Result<(), String> {
+    match ms {
+        Some(ms) if ms > MAX_TIMEOUT_MS => Err(format!(
+            "`{field}` is {ms} ms, more than the longest a flow may wait ({MAX_TIMEOUT_MS} ms, ten years)"
+        )),
+        _ => Ok(()),
+    }
+}
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
@@ -202,6 +214,7 @@ impl Flow {
                 format!("`input` {input_kind:?} is not an event type"),
             ));
         }
+        within_max("timeout_ms", file.timeout_ms).map_err(|m| err(1, m))?;
         if file.steps.is_empty() {
             return Err(err(
                 1,

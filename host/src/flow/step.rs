@@ -102,6 +102,12 @@ pub(super) fn read(
         Some(AwaitFile::Signal(sig)) => sig.timeout_ms,
         _ => None,
     };
+    for (field, ms) in [
+        ("timeout_ms", s.timeout_ms.or(signal_timeout)),
+        ("queue_timeout_ms", s.queue_timeout_ms),
+    ] {
+        super::within_max(field, ms).map_err(|m| (line, format!("step {id:?}: {m}")))?;
+    }
     if signal_timeout.is_some() && s.timeout_ms.is_some() {
         return Err((
             line,

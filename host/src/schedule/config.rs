@@ -131,9 +131,18 @@ pub(crate) fn check(tables: BTreeMap<String, ScheduleTable>) -> Result<Vec<Sched
                 ));
             }
             let when = match (&t.cron, &t.every) {
-                (Some(c), None) => croner::Cron::from_str(c)
-                    .map(|cron| When::Cron(Box::new(cron), c.clone()))
-                    .map_err(|e| bad(format!("cron {c:?}: {e}")))?,
+                (Some(c), None) => {
+                    let when = croner::Cron::from_str(c)
+                        .map(|cron| When::Cron(Box::new(cron), c.clone()))
+                        .map_err(|e| bad(format!("cron {c:?}: {e}")))?;
+                    // A pattern no date matches (30 February) would never tick.
+                    if when.next_after(crate::clock::now_ms()).is_none() {
+                        return Err(bad(format!(
+                            "cron {c:?} matches no time: it would never tick"
+                        )));
+                    }
+                    when
+                }
                 (None, Some(e)) => {
                     let ms = humantime::parse_duration(e)
                         .map_err(|err| {
@@ -208,6 +217,14 @@ mod tests {
     fn bad_schedules_say_what_is_wrong() {
         let e = one("[schedules.x]\nflow = \"f\"\ncron = \"61 * * * *\"\n").unwrap_err();
         assert!(e.contains("[schedules.x] cron \"61 * * * *\""), "{e}");
+        let t = std::time::Instant::now();
+        let e = one("[schedules.x]\nflow = \"f\"\ncron = \"0 0 30 2 *\"\n").unwrap_err();
+        assert!(e.contains("matches no time"), "{e}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            t.elapsed()
+        );
         let e = one("[schedules.x]\nflow = \"f\"\n").unwrap_err();
         assert!(e.contains("give `cron` or `every`"), "{e}");
         let e = one("[schedules.x]\nflow = \"f\"\nevery = \"100ms\"\n").unwrap_err();

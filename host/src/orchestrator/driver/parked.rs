@@ -25,9 +25,14 @@ impl Driver {
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             let record = match broker.state_get(&key(&run)).await {
-                Ok(Some(v)) => serde_json::from_slice::<RunRecord>(&v)
-                    .map(|r| Some(Box::new(r)))
-                    .map_err(|e| format!("its record is unreadable: {e}")),
+                // Unreadable is not a store that failed: trying again
+                // would not help (it is logged and the run let go of).
+                Ok(Some(v)) => Ok(serde_json::from_slice::<RunRecord>(&v)
+                    .inspect_err(
+                        |e| tracing::error!(run = %run, "a parked run's record is unreadable: {e}"),
+                    )
+                    .ok()
+                    .map(Box::new)),
                 Ok(None) => Ok(None),
                 Err(e) => Err(e.to_string()),
             };
@@ -59,7 +64,7 @@ impl Driver {
                 tracing::error!(
                     run = %run,
                     found = ?r.map(|r| r.state),
-                    "a parked run is no longer active in the store: it is not waited for"
+                    "a parked run is not active in the store (or unreadable): it is not waited for"
                 );
                 self.machine.forget_parked(&run);
             }

@@ -14,6 +14,10 @@ use crate::orchestrator::rfc3339;
 use crate::orchestrator::run::{Elements, StepRecord, StepState};
 use crate::protocol::{self, Failure, FailureClass};
 
+/// The most elements a for-each step takes: each is a step record of the
+/// run (a few hundred bytes, in memory while the run is active).
+pub const MAX_ELEMENTS: usize = 100_000;
+
 /// The elements of a run's for-each steps in flight, by flow step, each
 /// as its JSON text.
 pub(super) type Items = std::collections::HashMap<String, Arc<Vec<Box<RawValue>>>>;
@@ -47,6 +51,11 @@ impl Machine {
         let Value::Array(items) = self.value_at(run_id, &fan.over)? else {
             return None;
         };
+        Some(self.keep_elements(run_id, sid, &items))
+    }
+
+    /// Keep `items`, the elements of for-each step `sid` of run `run_id`.
+    fn keep_elements(&self, run_id: &str, sid: &str, items: &[Value]) -> Arc<Vec<Box<RawValue>>> {
         let items: Vec<Box<RawValue>> = items
             .iter()
             .map(|v| serde_json::value::to_raw_value(v).expect("JSON"))
@@ -57,7 +66,7 @@ impl Machine {
             .entry(run_id.to_string())
             .or_default()
             .insert(sid.to_string(), items.clone());
-        Some(items)
+        items
     }
 
     /// Forget the elements kept for run `run_id` (it ended or was let go).
@@ -113,8 +122,24 @@ impl Machine {
         now: u64,
     ) {
         self.reach(run_id, sid, now);
+        // Read once: the elements are kept for their commands.
         let total = match self.value_at(run_id, &fan.over) {
-            Some(Value::Array(items)) => u32::try_from(items.len()).ok(),
+            Some(Value::Array(items)) if items.len() <= MAX_ELEMENTS => {
+                self.keep_elements(run_id, sid, &items).len() as u32
+            }
+            Some(Value::Array(items)) => {
+                let f = Failure::new(
+                    // The same input fails the same way: not tried again.
+                    FailureClass::Rejected,
+                    format!(
+                        "`for_each`: `{}` has {} elements, more than a for-each step takes \
+                         ({MAX_ELEMENTS}): each is a step of the run's record",
+                        fan.over.text,
+                        items.len()
+                    ),
+                );
+                return self.step_failed(run_id, sid, f, t, now);
+            }
             Some(other) => {
                 let shown = crate::text::clean(&other.to_string(), 200);
                 let f = Failure::new(
@@ -130,13 +155,6 @@ impl Machine {
                 );
                 return self.step_failed(run_id, sid, f, t, now);
             }
-        };
-        let Some(total) = total else {
-            let f = Failure::new(
-                FailureClass::Limit,
-                "`for_each`: too many elements".to_string(),
-            );
-            return self.step_failed(run_id, sid, f, t, now);
         };
         let rec = self.step_mut(run_id, sid);
         rec.state = StepState::Dispatched;

@@ -404,6 +404,7 @@ impl Machine {
         }
         if self.runs.get(&id).is_some_and(|r| r.state.is_final()) {
             self.drop_elements(&id);
+            self.parking.remove(&id);
             let run = self.runs.remove(&id).expect("present");
             if let Some(k) = &run.key {
                 self.keys.remove(&key_row(&run.flow, k));

@@ -49,7 +49,7 @@ impl Machine {
             finished: None,
             duration_ms: None,
             error: None,
-            deadline_ms: now + f.timeout_ms,
+            deadline_ms: now.saturating_add(f.timeout_ms),
             created_ms: now,
             steps: f
                 .steps

@@ -277,6 +277,21 @@ fn for_each_over_nothing_completes_and_over_no_array_fails() {
         run.error.as_deref().unwrap().contains("not an array"),
         "{run:?}"
     );
+    // More elements than a step takes: failed before any is sent.
+    let many = vec![0; super::super::fan::MAX_ELEMENTS + 1];
+    let t = start_with(&mut m, "r3", json!({ "lines": many }));
+    assert!(sends(&t).is_empty());
+    let run = ended(&t).unwrap();
+    assert_eq!(run.steps["d"].state, StepState::Failed);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap()
+            .contains("100001 elements, more than"),
+        "{:?}",
+        run.error
+    );
+    assert_eq!(run.steps.len(), 1, "no element record");
 }
 
 #[test]
