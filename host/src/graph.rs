@@ -104,6 +104,7 @@ fn build(steps: &[impl StepView], flows: &[Flow]) -> Graph {
                     Action::Signal { name, .. } => format!("{} (signal {name})", s.id),
                     Action::Sleep(Wake::After(ms)) => format!("{} (sleep {ms} ms)", s.id),
                     Action::Sleep(Wake::Until(p)) => format!("{} (sleep until {})", s.id, p.text),
+                    Action::Child { flow } => format!("{} (runs flow {flow})", s.id),
                     _ => match &s.fan {
                         Some(f) => format!(
                             "{} (for each {}, {} at once)",
@@ -125,6 +126,17 @@ fn build(steps: &[impl StepView], flows: &[Flow]) -> Graph {
             let target = match &s.action {
                 Action::Command { step } => id("s", step),
                 Action::Hybrid { kind, .. } => id("e", kind),
+                // Into the child flow: to each of its first steps.
+                Action::Child { flow } => {
+                    let callee = flows.iter().find(|c| &c.name == flow);
+                    let prefix = format!("f_{flow}");
+                    for first in callee.iter().flat_map(|c| &c.steps) {
+                        if first.after.is_empty() {
+                            g.edges.push((me.clone(), id(&prefix, &first.id), true));
+                        }
+                    }
+                    continue;
+                }
                 // Waits for the outside, not for a step or an event.
                 Action::Signal { .. } | Action::Sleep(_) => continue,
             };

@@ -7,6 +7,7 @@
 //!
 //! Run one module with `cargo test --release -p troupe-tests --test it -- MODULE::`.
 
+mod child_flows;
 mod choreography;
 mod cli;
 mod cloudevents;

@@ -73,6 +73,7 @@ fn flow(f: &crate::flow::Flow) -> Value {
                 Action::Signal { name, .. } => ("signal", json!(name)),
                 Action::Sleep(Wake::After(ms)) => ("sleep", json!({"sleep_ms": ms})),
                 Action::Sleep(Wake::Until(p)) => ("sleep", json!({"until": p.text})),
+                Action::Child { flow } => ("flow", json!(flow)),
             };
             json!({
                 "id": s.id,

@@ -408,6 +408,7 @@ fn schedule_schemas() -> Value {
                         "reason": {"type": "string"},
                         "component": {"type": "string", "description": "SHA-256 of the component that answered its last attempt"},
                         "wakes": {"type": "string", "description": "A sleeping step: when it wakes (RFC 3339)"},
+                        "child": {"type": "string", "description": "A child flow step: the id of the run its current attempt started"},
                         "elements": {
                             "type": "object", "required": ["total", "sent", "settled", "failed"],
                             "description": "A for-each step: its elements (each one is a step of its own, `ID[i]`)",
@@ -492,7 +493,12 @@ fn run_schemas() -> Value {
                         "note": {"type": "string"}
                     }
                 }},
-                "steps": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/RunStep"}}
+                "steps": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/RunStep"}},
+                "parent": {
+                    "type": "object", "required": ["run", "step"],
+                    "description": "A child run: the run whose flow step started it",
+                    "properties": {"run": {"type": "string"}, "step": {"type": "string"}}
+                }
             }
         }
     })

@@ -45,6 +45,16 @@ pub struct RunStatus<'a> {
     /// The signals sent to it, and what became of each.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     signals: &'a [SignalRecord],
+    /// A child run: the run whose step started it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: Option<ParentStatus<'a>>,
+}
+
+/// The run a child run was started by, and its flow step.
+#[derive(Serialize)]
+pub struct ParentStatus<'a> {
+    run: &'a str,
+    step: &'a str,
 }
 
 /// A flow step's status.
@@ -77,6 +87,9 @@ pub struct StepStatus<'a> {
     /// A for-each step: how many elements, and how far they are.
     #[serde(skip_serializing_if = "Option::is_none")]
     elements: Option<&'a Elements>,
+    /// A child flow step: the run its current attempt started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    child: Option<&'a str>,
 }
 
 impl<'a> From<&'a RunRecord> for RunStatus<'a> {
@@ -100,6 +113,11 @@ impl<'a> From<&'a RunRecord> for RunStatus<'a> {
             cancelled: r.cancelled.as_ref(),
             redrives: &r.redrives,
             signals: &r.signals,
+            parent: r.parent.as_ref().map(|p| ParentStatus {
+                run: &p.run,
+                // The step that started it, also once it is undone.
+                step: crate::protocol::undoes(&p.step).unwrap_or(&p.step),
+            }),
         }
     }
 }
@@ -122,6 +140,7 @@ impl<'a> From<&'a StepRecord> for StepStatus<'a> {
                 .filter(|_| s.state == StepState::Sleeping)
                 .map(crate::clock::rfc3339),
             elements: s.elements.as_ref(),
+            child: s.child.as_deref(),
         }
     }
 }

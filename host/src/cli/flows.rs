@@ -123,6 +123,13 @@ pub(crate) fn print_run(run: &serde_json::Value, json: bool) -> Result<()> {
     if let Some(e) = run["error"].as_str() {
         println!("  error: {}", escape(e));
     }
+    if run["parent"].is_object() {
+        println!(
+            "  child of run {} (its step {})",
+            s(&run["parent"]["run"]),
+            s(&run["parent"]["step"])
+        );
+    }
     // In the order the steps started (the flow's order, parallel steps by
     // time, compensations after); those that never started last.
     let mut steps: Vec<_> = run["steps"].as_object().into_iter().flatten().collect();
@@ -145,6 +152,9 @@ pub(crate) fn print_run(run: &serde_json::Value, json: bool) -> Result<()> {
                 .and_then(|e| e.last())
                 .map(|e| format!("  last error: {}", s(e)))
                 .or_else(|| st["reason"].as_str().map(|r| format!("  {}", escape(r))))
+                .or_else(|| st["child"]
+                    .as_str()
+                    .map(|c| format!("  child run {}", escape(c))))
                 .unwrap_or_default()
         );
     }

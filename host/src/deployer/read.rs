@@ -10,7 +10,7 @@ use super::{DeployError, Deployer, Held};
 use crate::app::App;
 use crate::contract::StepContract;
 use crate::deploy::{Content, Deployment, FlowVersion, StepVersion, sha256};
-use crate::flow::Flow;
+use crate::flow::{Flow, FlowText};
 use crate::loader::{FLOWS_DIR, LoadError, components, load};
 use crate::runtime::RuntimeError;
 use crate::runtime::step::LoadedStep;
@@ -94,14 +94,8 @@ impl Deployer {
             .iter()
             .map(|(n, s)| (n.clone(), &s.contract))
             .collect();
-        let mut parsed = Vec::new();
-        for (name, f) in &flows {
-            let p = self.dir.join(FLOWS_DIR).join(format!("{name}.toml"));
-            parsed.push(
-                Flow::parse(name, &p, &f.text, &contracts)
-                    .map_err(|e| DeployError::Load(Box::new(LoadError::Flow(e))))?,
-            );
-        }
+        let parsed = Flow::parse_all(&texts(&self.dir, &flows), &contracts)
+            .map_err(|e| DeployError::Load(Box::new(LoadError::Flow(e))))?;
         crate::loader::check_schedules(&held.app, &parsed, &contracts)
             .map_err(|e| DeployError::Load(Box::new(e)))?;
         let content = Content {
@@ -251,12 +245,17 @@ pub(super) fn flows_of(d: &Deployment, dir: &Path) -> Result<Vec<Flow>, String> 
     let contracts = d.contracts().map_err(|(s, e)| format!("step `{s}`: {e}"))?;
     let by_name: HashMap<String, &StepContract> =
         contracts.iter().map(|(n, c)| (n.clone(), c)).collect();
-    d.content
-        .flows
+    Flow::parse_all(&texts(dir, &d.content.flows), &by_name).map_err(|e| e.to_string())
+}
+
+/// Flow files as [`Flow::parse_all`] reads them, from their recorded text.
+fn texts(dir: &Path, flows: &BTreeMap<String, FlowVersion>) -> Vec<FlowText> {
+    flows
         .iter()
-        .map(|(name, f)| {
-            let p = dir.join(FLOWS_DIR).join(format!("{name}.toml"));
-            Flow::parse(name, &p, &f.text, &by_name).map_err(|e| e.to_string())
+        .map(|(name, f)| FlowText {
+            name: name.clone(),
+            path: dir.join(FLOWS_DIR).join(format!("{name}.toml")),
+            text: f.text.clone(),
         })
         .collect()
 }

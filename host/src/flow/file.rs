@@ -13,6 +13,9 @@ use crate::retry::RetryPolicy;
 pub(super) struct FlowFile {
     pub input: Spanned<String>,
     pub timeout_ms: Option<u64>,
+    /// The step whose output is a run's output (what a child step of
+    /// another flow gets).
+    pub output: Option<Spanned<String>>,
     pub steps: BTreeMap<String, Spanned<StepFile>>,
 }
 
@@ -20,6 +23,8 @@ pub(super) struct FlowFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct StepFile {
     pub step: Option<Spanned<String>>,
+    /// A child flow step: start a run of this flow of the app.
+    pub flow: Option<Spanned<String>>,
     pub publish: Option<String>,
     #[serde(rename = "await")]
     pub wait_for: Option<AwaitFile>,

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::contract::{StepContract, is_kind};
 use crate::retry::RetryPolicy;
 
+mod child;
 mod condition;
 mod fan;
 mod file;
@@ -30,6 +31,7 @@ pub mod signal;
 mod sleep;
 mod step;
 
+pub use child::{CHILD_GRACE_MS, FlowText};
 pub use condition::{Condition, Op};
 pub use fan::{Fan, Tolerance};
 use file::FlowFile;
@@ -69,6 +71,9 @@ pub enum Action {
     /// Wait for time to pass (`sleep_ms`) or until a time (`until`); sends
     /// nothing, outputs nothing.
     Sleep(Wake),
+    /// Start a run of flow `flow` of the app with the step's input, and
+    /// take that run's output.
+    Child { flow: String },
 }
 
 /// A compensation: run `step` with the output of `input` (default: the
@@ -118,6 +123,9 @@ pub struct Flow {
     pub timeout_ms: u64,
     /// Flow steps in an order where every step comes after its dependencies.
     pub steps: Vec<FlowStep>,
+    /// The flow step whose output is a run's output (`output`, else the
+    /// one last step; `None` when there are several).
+    pub output: Option<String>,
 }
 
 /// The default time a flow step may take, ms.
@@ -138,6 +146,28 @@ fn within_max(field: &str, ms: Option<u64>) -> Result<(), String> {
         )),
         _ => Ok(()),
     }
+}
+
+/// A flow file's TOML, read into its shapes (not yet checked).
+fn read_file(path: &Path, text: &str) -> Result<FlowFile, FlowError> {
+    toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(0, |s| line_of(text, s.start));
+        let source = text
+            .lines()
+            .nth(line.saturating_sub(1))
+            .unwrap_or("")
+            .trim();
+        let message = if source.is_empty() {
+            e.message().to_string()
+        } else {
+            format!("{} (in `{source}`)", e.message())
+        };
+        FlowError {
+            path: path.to_path_buf(),
+            line,
+            message,
+        }
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -163,51 +193,50 @@ impl Flow {
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
             .collect();
         paths.sort();
-        paths.iter().map(|p| Flow::load(p, steps)).collect()
+        let mut files = Vec::new();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).map_err(|e| FlowError {
+                path: path.clone(),
+                line: 0,
+                message: e.to_string(),
+            })?;
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            files.push(FlowText { name, path, text });
+        }
+        Flow::parse_all(&files, steps)
     }
 
-    /// Read and check one flow file.
-    pub fn load(path: &Path, steps: &HashMap<String, &StepContract>) -> Result<Flow, FlowError> {
-        let text = std::fs::read_to_string(path).map_err(|e| FlowError {
-            path: path.to_path_buf(),
-            line: 0,
-            message: e.to_string(),
-        })?;
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Flow::parse(&name, path, &text, steps)
-    }
-
-    /// Check a flow given as text.
+    /// Check a flow given as text, on its own (a child flow step in it
+    /// names a flow it does not know: [`Flow::parse_all`] reads an app's).
     pub fn parse(
         name: &str,
         path: &Path,
         text: &str,
         contracts: &HashMap<String, &StepContract>,
     ) -> Result<Flow, FlowError> {
+        Flow::parse_with(name, path, text, contracts, &HashMap::new())
+    }
+
+    /// Check a flow given as text; `flows` are those its child steps may
+    /// call, already checked.
+    fn parse_with(
+        name: &str,
+        path: &Path,
+        text: &str,
+        contracts: &HashMap<String, &StepContract>,
+        flows: &HashMap<String, Flow>,
+    ) -> Result<Flow, FlowError> {
         let err = |line: usize, message: String| FlowError {
             path: path.to_path_buf(),
             line,
             message,
         };
-        let file: FlowFile = toml::from_str(text).map_err(|e| {
-            let line = e.span().map_or(0, |s| line_of(text, s.start));
-            let source = text
-                .lines()
-                .nth(line.saturating_sub(1))
-                .unwrap_or("")
-                .trim();
-            let message = if source.is_empty() {
-                e.message().to_string()
-            } else {
-                format!("{} (in `{source}`)", e.message())
-            };
-            err(line, message)
-        })?;
+        let file = read_file(path, text)?;
         let input_line = line_of(text, file.input.span().start);
-        let input_kind = file.input.into_inner();
+        let input_kind = file.input.get_ref().clone();
         if !is_kind(&input_kind) {
             return Err(err(
                 input_line,
@@ -264,7 +293,11 @@ impl Flow {
                 }
             }
         }
-        let order = topo_order(&out).map_err(|cycle| {
+        let deps: HashMap<String, Vec<String>> = out
+            .iter()
+            .map(|(id, s)| (id.clone(), s.after.clone()))
+            .collect();
+        let order = topo_order(&deps).map_err(|cycle| {
             let line = out[&cycle[0]].line;
             err(
                 line,
@@ -326,6 +359,22 @@ impl Flow {
                     s.input_kind = kind.clone();
                     s.output_kind = Some(done.clone());
                 }
+                Action::Child { flow } => {
+                    let Some(callee) = flows.get(flow) else {
+                        return Err(err(
+                            s.line,
+                            format!(
+                                "step {:?}: flow {flow:?} is not known here (a flow's child \
+                                 steps are checked with the app's other flows)",
+                                s.id
+                            ),
+                        ));
+                    };
+                    let describe = || describe_source(&s.input, &steps, &input_kind);
+                    let described = describe();
+                    child::wire(&mut s, callee, upstream, || described.clone())
+                        .map_err(|m| err(s.line, m))?;
+                }
                 // Its output is the signal's data: for `when`, not an
                 // event another step takes as its input.
                 Action::Signal { .. } => {}
@@ -370,12 +419,14 @@ impl Flow {
             }
             steps.push(s);
         }
+        let output = child::output_of(&file, text, &steps).map_err(|(l, m)| err(l, m))?;
         Ok(Flow {
             name: name.to_string(),
             path: path.to_path_buf(),
             input: input_kind,
             timeout_ms: file.timeout_ms.unwrap_or(DEFAULT_RUN_TIMEOUT_MS),
             steps,
+            output,
         })
     }
 

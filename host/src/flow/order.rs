@@ -99,11 +99,11 @@ pub(super) fn describe_source(input: &str, steps: &[FlowStep], input_kind: &str)
     }
 }
 
-/// Ids in dependency order, or a cycle.
-pub(super) fn topo_order(steps: &HashMap<String, FlowStep>) -> Result<Vec<String>, Vec<String>> {
+/// Ids in dependency order (`deps`: each id's dependencies), or a cycle.
+pub(super) fn topo_order(deps: &HashMap<String, Vec<String>>) -> Result<Vec<String>, Vec<String>> {
     fn visit(
         id: &str,
-        steps: &HashMap<String, FlowStep>,
+        steps: &HashMap<String, Vec<String>>,
         state: &mut HashMap<String, u8>,
         stack: &mut Vec<String>,
         out: &mut Vec<String>,
@@ -120,7 +120,7 @@ pub(super) fn topo_order(steps: &HashMap<String, FlowStep>) -> Result<Vec<String
         }
         state.insert(id.to_string(), 1);
         stack.push(id.to_string());
-        for dep in &steps[id].after {
+        for dep in &steps[id] {
             visit(dep, steps, state, stack, out)?;
         }
         stack.pop();
@@ -128,11 +128,11 @@ pub(super) fn topo_order(steps: &HashMap<String, FlowStep>) -> Result<Vec<String
         out.push(id.to_string());
         Ok(())
     }
-    let mut ids: Vec<&String> = steps.keys().collect();
+    let mut ids: Vec<&String> = deps.keys().collect();
     ids.sort();
     let (mut state, mut out) = (HashMap::new(), Vec::new());
     for id in ids {
-        visit(id, steps, &mut state, &mut Vec::new(), &mut out)?;
+        visit(id, deps, &mut state, &mut Vec::new(), &mut out)?;
     }
     Ok(out)
 }

@@ -61,6 +61,7 @@ pub(super) fn action(id: &str, s: &StepFile) -> Result<Action, String> {
         ("retry", s.retry.is_some()),
         ("compensate", s.compensate.is_some()),
         ("for_each", s.for_each.is_some()),
+        ("flow", s.flow.is_some()),
     ];
     if let Some((field, _)) = others.iter().find(|(_, given)| *given) {
         return Err(format!(

@@ -10,7 +10,7 @@ use super::condition::parse_condition;
 use super::file::{AwaitFile, CompensateFile, StepFile};
 use super::{
     Action, Compensation, DEFAULT_QUEUE_TIMEOUT_MS, DEFAULT_STEP_TIMEOUT_MS, FlowStep, INPUT, Wake,
-    fan, line_of, signal, sleep,
+    child, fan, line_of, signal, sleep,
 };
 use crate::contract::StepContract;
 use crate::retry::RetryPolicy;
@@ -44,6 +44,10 @@ pub(super) fn read(
     let sleeps = s.sleep_ms.is_some() || s.until.is_some();
     let action = match (&s.step, &s.publish, &s.wait_for) {
         _ if sleeps => sleep::action(id, s).map_err(|m| (line, m))?,
+        _ if s.flow.is_some() => {
+            let callee = s.flow.as_ref().expect("matched").get_ref();
+            child::action(id, s, callee).map_err(|m| (line, m))?
+        }
         (Some(spanned), None, None) => {
             let step = spanned.get_ref();
             if !contracts.contains_key(step) {
@@ -73,7 +77,8 @@ pub(super) fn read(
                 format!(
                     "step {id:?}: give either `step` (a command), `publish` and `await` \
                          (a hybrid step), `await = {{ signal = \"NAME\" }}` (a signal \
-                         step), or `sleep_ms` or `until` (a sleep step)"
+                         step), `sleep_ms` or `until` (a sleep step), or `flow` (a child flow \
+                         step)"
                 ),
             ));
         }
@@ -148,7 +153,15 @@ pub(super) fn read(
             input: input.clone().unwrap_or_else(|| id.to_string()),
         },
     });
-    let waits_signal = matches!(action, Action::Signal { .. });
+    // A signal step that timed out has nothing to try again; a child
+    // run retried itself what it could.
+    let once = matches!(action, Action::Signal { .. } | Action::Child { .. });
+    // A child step's timeout is its child flow's, unless given (see
+    // `child::wire`).
+    let default_timeout = match action {
+        Action::Child { .. } => 0,
+        _ => DEFAULT_STEP_TIMEOUT_MS,
+    };
     Ok(FlowStep {
         id: id.to_string(),
         action,
@@ -156,14 +169,10 @@ pub(super) fn read(
         after,
         when_line: when.as_ref().map_or(line, |(_, at)| *at),
         when: when.map(|(c, _)| c),
-        timeout_ms: s
-            .timeout_ms
-            .or(signal_timeout)
-            .unwrap_or(DEFAULT_STEP_TIMEOUT_MS),
+        timeout_ms: s.timeout_ms.or(signal_timeout).unwrap_or(default_timeout),
         queue_timeout_ms,
-        // A signal step that timed out has nothing to try again.
         retry: s.retry.clone().unwrap_or(RetryPolicy {
-            max_attempts: if waits_signal { 1 } else { 3 },
+            max_attempts: if once { 1 } else { 3 },
             backoff_ms: 100,
             max_backoff_ms: 5_000,
         }),

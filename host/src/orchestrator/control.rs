@@ -22,6 +22,11 @@ pub const CANCEL: &str = "troupe.run.cancel";
 pub const REDRIVE: &str = "troupe.run.redrive";
 /// Type: a signal to the run, for the step that awaits it.
 pub const SIGNAL: &str = "troupe.run.signal";
+/// Type: start a child run (sent by its parent's flow step, not by an
+/// operator; the event's id is the child run's id).
+pub const CHILD: &str = "troupe.run.child";
+/// Type: undo a child run that completed (its parent is compensated).
+pub const COMPENSATE: &str = "troupe.run.compensate";
 
 /// What an operator asks of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,12 +76,27 @@ pub struct Signal {
     pub data: Value,
 }
 
+/// A child run to start: its flow (on its parent's deployment), its
+/// input, and the parent it answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Child {
+    pub flow: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<u64>,
+    pub input: Value,
+    pub parent: crate::orchestrator::run::Parent,
+}
+
 /// A control of a run, as the machine reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Control {
     Cancel(Ask),
     Redrive(Ask),
     Signal(Signal),
+    /// Start this child run.
+    Child(Box<Child>),
+    /// Undo this completed child run, and answer this parent.
+    Compensate(crate::orchestrator::run::Parent),
 }
 
 /// The event that asks for `control` of run `run`, from `source`.
@@ -85,6 +105,8 @@ pub fn event(run: &str, source: &str, control: &Control) -> Event {
         Control::Cancel(a) => (CANCEL, serde_json::to_vec(a)),
         Control::Redrive(a) => (REDRIVE, serde_json::to_vec(a)),
         Control::Signal(s) => (SIGNAL, serde_json::to_vec(s)),
+        Control::Child(c) => (CHILD, serde_json::to_vec(c)),
+        Control::Compensate(p) => (COMPENSATE, serde_json::to_vec(p)),
     };
     let data = data.expect("a control serialises");
     let mut e = Event::new(kind, source, data);
@@ -106,6 +128,10 @@ pub fn read(e: &Event) -> Option<Control> {
         CANCEL => Some(Control::Cancel(ask()?)),
         REDRIVE => Some(Control::Redrive(ask()?)),
         SIGNAL => serde_json::from_slice(&e.data).ok().map(Control::Signal),
+        CHILD => serde_json::from_slice(&e.data).ok().map(Control::Child),
+        COMPENSATE => serde_json::from_slice(&e.data)
+            .ok()
+            .map(Control::Compensate),
         _ => None,
     }
 }
@@ -125,10 +151,23 @@ mod tests {
             by: "ops".into(),
             data: serde_json::json!({"approved": true}),
         };
+        let parent = crate::orchestrator::run::Parent {
+            run: "r0".into(),
+            step: "pack".into(),
+            attempt: 1,
+            command: "c1".into(),
+        };
         for c in [
             Control::Cancel(ask.clone()),
             Control::Redrive(ask.clone()),
             Control::Signal(signal),
+            Control::Child(Box::new(Child {
+                flow: "pack".into(),
+                deployment: Some(2),
+                input: serde_json::json!({"order_id": "o1"}),
+                parent: parent.clone(),
+            })),
+            Control::Compensate(parent),
         ] {
             let e = event("r1", "troupe://app/api", &c);
             assert_eq!(read(&e), Some(c));

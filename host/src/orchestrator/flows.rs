@@ -60,7 +60,10 @@ impl FlowSets {
                     v.extend(failed.clone());
                     v
                 }
-                Action::Command { .. } | Action::Signal { .. } | Action::Sleep(_) => Vec::new(),
+                Action::Command { .. }
+                | Action::Signal { .. }
+                | Action::Sleep(_)
+                | Action::Child { .. } => Vec::new(),
             })
             .collect();
         out.sort();

@@ -99,6 +99,9 @@ pub struct StepRecord {
     /// `ID[i]`): how many, and how far they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elements: Option<Elements>,
+    /// A child flow step: the run its current attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<String>,
 }
 
 /// How far a for-each step's elements are.
@@ -129,6 +132,7 @@ impl StepRecord {
             completed_seq: None,
             component: None,
             elements: None,
+            child: None,
         }
     }
 }
@@ -190,6 +194,23 @@ pub struct RunRecord {
     /// its commands carry it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
+    /// A child run: the run whose flow step started it, and what its end
+    /// answers there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
+}
+
+/// The run a child run answers: its end is a reply to the event that
+/// started it, or (once the parent undoes it) to the one that asked for
+/// its compensation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parent {
+    pub run: String,
+    /// The parent's flow step (`ID~undo` once it is being undone).
+    pub step: String,
+    pub attempt: u32,
+    /// The id of the event the child's end answers.
+    pub command: String,
 }
 
 /// A signal sent to a run, kept with it: what it carried and what became

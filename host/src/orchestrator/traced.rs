@@ -20,6 +20,8 @@ pub(super) fn export(telemetry: &Telemetry, run: &RunRecord, sent: &[Event], end
     let t = RunTrace::of(&run.id, run.trace.as_deref(), run.redrives.len());
     let mut out: Vec<Span> = sent
         .iter()
+        // (A child run's reply to its parent is no send of its own.)
+        .filter(|e| !crate::protocol::is_reply(e))
         .filter_map(|e| {
             let sid = e.extensions.get(FLOW_STEP)?;
             send(e, &t, sid).map(|s| s.during(now, now))

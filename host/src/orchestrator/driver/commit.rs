@@ -66,6 +66,8 @@ impl Driver {
                             .ended
                             .push(super::super::machine::key_row(&run.flow, k));
                     }
+                    // A child run answers its parent.
+                    commit.events.extend(self.machine.end_reply(&run));
                     ended = Some(run.state);
                     self.ending.insert(id.clone(), *run);
                 }

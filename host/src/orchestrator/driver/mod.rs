@@ -31,6 +31,7 @@ use super::machine::{Action, Machine, Start, Started, Transition};
 use super::run::{RunRecord, RunState, key};
 use super::timers::Timers;
 
+mod child;
 mod commit;
 mod parked;
 
@@ -52,10 +53,11 @@ pub(super) enum Settled {
     Resynced { run: String },
     /// A run's start could not be stored (its producer was told).
     StartFailed { run: String },
-    /// An ended run's record, read for a redrive (`None`: no such run).
+    /// A run's record, read for a control of a run the machine does not
+    /// hold (`None`: no such run).
     Loaded {
         delivery: Delivery,
-        ask: Ask,
+        control: Control,
         run: Option<Box<RunRecord>>,
     },
     /// A park's commit is durable: the run may be let go of.
@@ -294,6 +296,8 @@ impl Driver {
             input,
             key,
             trace,
+            parent: None,
+            deployment: None,
         };
         match self.machine.start(start, now_ms()) {
             Ok(Started::New(t)) => {
@@ -334,15 +338,16 @@ impl Driver {
                 return self.read_back(id, Some(d));
             }
         }
-        // A redrive of a run that ended: its record is read first (from
-        // memory if its final record is still being written).
-        if let Some(Control::Redrive(ask)) = ctl {
+        // A redrive of a run that ended, a child run to start or to undo:
+        // its record is read first (from memory if its final record is
+        // still being written).
+        if let Some(c @ (Control::Redrive(_) | Control::Child(_) | Control::Compensate(_))) = ctl {
             let id = crate::protocol::run_of(&d.event).to_string();
             if self.machine.run(&id).is_none() {
                 match self.ending.get(&id) {
                     Some(run) => {
                         let run = Box::new(run.clone());
-                        self.redrive(d, ask, Some(run));
+                        self.on_loaded(d, c, Some(run));
                     }
                     None => {
                         let (broker, tell) = (self.broker.clone(), self.settled.clone());
@@ -351,13 +356,13 @@ impl Driver {
                                 Ok(v) => v.and_then(|v| serde_json::from_slice(&v).ok()),
                                 Err(e) => {
                                     // Delivered again after the backoff.
-                                    tracing::warn!(run = %id, "cannot read the run to redrive: {e}");
+                                    tracing::warn!(run = %id, "cannot read the run: {e}");
                                     return;
                                 }
                             };
                             let _ = tell.send(Settled::Loaded {
                                 delivery: d,
-                                ask,
+                                control: c,
                                 run,
                             });
                         });
@@ -378,6 +383,28 @@ impl Driver {
                 Box::new(|r| log_failure(&r)),
             ),
         }
+    }
+
+    /// A control of run `run` (as stored; not held by the machine).
+    fn on_loaded(&mut self, d: Delivery, control: Control, run: Option<Box<RunRecord>>) {
+        match control {
+            Control::Redrive(ask) => self.redrive(d, ask, run),
+            Control::Child(c) => self.start_child(d, *c, run),
+            Control::Compensate(p) => self.compensate(d, p, run),
+            // Only the three above are read first.
+            Control::Cancel(_) | Control::Signal(_) => self.ack(d, Vec::new()),
+        }
+    }
+
+    /// Ack `d` with `events` (answers), in one commit.
+    fn ack(&mut self, d: Delivery, events: Vec<crate::event::Event>) {
+        let commit = Commit {
+            ack: Some(d),
+            events,
+            ..Commit::default()
+        };
+        self.broker
+            .commit_then(commit, Box::new(|r| log_failure(&r)));
     }
 
     /// Redrive `run` as delivery `d` asks, or only ack it if the run
@@ -452,7 +479,11 @@ impl Driver {
                 self.ending.remove(&run);
                 self.resync.remove(&run);
             }
-            Settled::Loaded { delivery, ask, run } => self.redrive(delivery, ask, run),
+            Settled::Loaded {
+                delivery,
+                control,
+                run,
+            } => self.on_loaded(delivery, control, run),
             Settled::Parked { run, token } => {
                 if self.machine.evict(&run, token)
                     && let Some(at) = self.machine.read_back_at(&run)

@@ -7,6 +7,7 @@ use super::Machine;
 use crate::event::{CORRELATION_ID, Event, JSON, TARGET, TRACEPARENT, derived_id};
 use crate::flow::{Action, INPUT};
 use crate::orchestrator::rfc3339;
+use crate::orchestrator::run::RunRecord;
 use crate::protocol::{self, ATTEMPT, DEPLOYMENT, FLOW_STEP, RUN, RUN_FOR, START_BY};
 
 impl Machine {
@@ -14,6 +15,10 @@ impl Machine {
     pub(super) fn command(&self, run_id: &str, sid: &str, attempt: u32, now: u64) -> Option<Event> {
         let run = self.runs.get(run_id)?;
         let flow = self.flows.flow(run.deployment, &run.flow)?;
+        let id = command_id(run, sid, attempt);
+        if super::child::is_child(flow, protocol::base_step(sid)) {
+            return self.child_command(run, flow, sid, attempt, id, now);
+        }
         let (data, kind, target) = match protocol::undoes(sid) {
             Some(orig) => {
                 let c = flow.step(protocol::base_step(orig))?.compensate.clone()?;
@@ -38,7 +43,10 @@ impl Machine {
                     Action::Command { .. } if s.fan.is_some() && sid == s.id => return None,
                     Action::Command { step } => Some(step.clone()),
                     Action::Hybrid { .. } => None,
-                    Action::Signal { .. } | Action::Sleep(_) => return None,
+                    // (A child step's start is `child_command`'s.)
+                    Action::Signal { .. } | Action::Sleep(_) | Action::Child { .. } => {
+                        return None;
+                    }
                 };
                 let data = match (protocol::element_of(sid), &s.fan) {
                     (Some((parent, i)), Some(fan)) => {
@@ -49,12 +57,6 @@ impl Machine {
                 };
                 (data, s.input_kind.clone(), target)
             }
-        };
-        // A redriven run's attempts start again from 1: its redrive count
-        // keeps their ids apart from the first ones'.
-        let id = match run.redrives.len() {
-            0 => derived_id(run_id, &format!("{sid}/{attempt}")),
-            n => derived_id(run_id, &format!("{sid}/r{n}/{attempt}")),
         };
         let mut extensions = std::collections::BTreeMap::new();
         extensions.insert(
@@ -95,7 +97,7 @@ impl Machine {
 impl Machine {
     /// The JSON text of what `from` holds: the run's input, or a flow
     /// step's output (`null` if it output nothing).
-    fn output_of(&self, run_id: &str, from: &str) -> Option<Vec<u8>> {
+    pub(super) fn output_of(&self, run_id: &str, from: &str) -> Option<Vec<u8>> {
         let run = self.runs.get(run_id)?;
         if from == INPUT {
             return Some(serde_json::to_vec(&run.input).expect("JSON"));
@@ -107,11 +109,21 @@ impl Machine {
     }
 }
 
+/// The id of attempt `attempt` of flow step `sid` of `run`. A redriven
+/// run's attempts start again from 1: its redrive count keeps their ids
+/// apart from the first ones'.
+fn command_id(run: &RunRecord, sid: &str, attempt: u32) -> String {
+    match run.redrives.len() {
+        0 => derived_id(&run.id, &format!("{sid}/{attempt}")),
+        n => derived_id(&run.id, &format!("{sid}/r{n}/{attempt}")),
+    }
+}
+
 /// The W3C `traceparent` of a command: the run's trace (that of the
 /// request that started it, `parent`, else the run's UUID's 32 hex
 /// digits), the command a span (the hash half of its id). Derived, not
 /// drawn, so a command sent again after a crash carries the same one.
-fn traceparent(run_id: &str, parent: Option<&str>, command_id: &str) -> String {
+pub(super) fn traceparent(run_id: &str, parent: Option<&str>, command_id: &str) -> String {
     let trace = crate::telemetry::context::run_trace(run_id, parent);
     let span = match Uuid::try_parse(command_id) {
         Ok(command) => command.as_u64_pair().1.max(1),

@@ -26,12 +26,15 @@ impl Machine {
     ) {
         let policy = self.retry_of(run_id, sid);
         let undoable = self.undoable(run_id, sid);
+        // (A child run's attempt that timed out was cancelled: it undoes
+        // itself.)
+        let unknown =
+            failure.class == FailureClass::Timeout && undoable && !self.is_child(run_id, sid);
         let run = self.runs.get_mut(run_id).expect("live");
         // A step of a run that is already being undone is not tried again,
         // but for one with a compensation whose attempt timed out: what it
         // did is not known, and must be learnt to be undone (its attempt
         // again, under the same idempotency keys, finds out).
-        let unknown = failure.class == FailureClass::Timeout && undoable;
         let forward_in_vain =
             run.state != RunState::Running && protocol::undoes(sid).is_none() && !unknown;
         let rec = run.steps.get_mut(sid).expect("step");
@@ -75,12 +78,13 @@ impl Machine {
     /// completed, in reverse order of completion.
     pub(super) fn fail_run(&mut self, run_id: &str, error: String, t: &mut Transition, now: u64) {
         let flow = self.flow_of(run_id);
-        let run = self.runs.get_mut(run_id).expect("live");
-        if run.state != RunState::Running {
+        if self.runs[run_id].state != RunState::Running {
             // Already undoing: a step that was still in flight failed too;
             // the run may be able to end now.
             return self.next_undo(run_id, t, now);
         }
+        self.cancel_children(run_id, &error, t);
+        let run = self.runs.get_mut(run_id).expect("live");
         run.error = Some(error);
         run.state = RunState::Compensating;
         for rec in run.steps.values_mut() {

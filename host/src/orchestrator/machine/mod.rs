@@ -31,6 +31,7 @@
 //! - Every run ends: each step either replies or times out, a backoff ends,
 //!   and the run's deadline is always armed while it runs.
 
+mod child;
 mod command;
 mod control;
 mod failure;
@@ -148,8 +149,12 @@ impl Machine {
         }
         match ctl::read(e) {
             Some(Control::Cancel(ask)) => return self.cancel(&run_id, ask, &e.id, now),
-            // An active run has nothing to redrive.
-            Some(Control::Redrive(_)) => return None,
+            // An active run has nothing to redrive; a copy of its start
+            // starts nothing; it has not completed, so there is nothing
+            // to undo yet.
+            Some(Control::Redrive(_) | Control::Child(_) | Control::Compensate(_)) => {
+                return None;
+            }
             Some(Control::Signal(sig)) => return self.signal(&run_id, sig, &e.id, now),
             None => {}
         }
@@ -189,9 +194,12 @@ impl Machine {
         }
         let mut t = self.begin(run_id);
         t.actions.push(Action::Checkpoint);
-        let run = self.runs.get_mut(run_id).expect("live");
+        let run = &self.runs[run_id];
+        let state = run.steps.get(sid).map(|r| r.state);
         if sid.is_empty() {
             let ms = run.deadline_ms - run.created_ms;
+            self.cancel_children(run_id, &format!("the run timed out after {ms} ms"), &mut t);
+            let run = self.runs.get_mut(run_id).expect("live");
             run.timed_out = true;
             for rec in run.steps.values_mut() {
                 if rec.state == StepState::Dispatched {
@@ -200,11 +208,18 @@ impl Machine {
                 }
             }
             self.fail_run(run_id, format!("run timed out after {ms} ms"), &mut t, now);
-        } else if run.steps[sid].state == StepState::Backoff {
+        } else if state == Some(StepState::Backoff) {
             self.dispatch(run_id, sid, &mut t, now);
-        } else if run.steps[sid].state == StepState::Sleeping {
+        } else if state == Some(StepState::Sleeping) {
             self.step_done(run_id, sid, None, &mut t, now);
         } else {
+            if let Some(child) = run.steps[sid].child.clone()
+                && self.is_child(run_id, sid)
+                && protocol::undoes(sid).is_none()
+            {
+                // Superseded: the step is tried again, or fails.
+                t.send(self.cancel_child(run_id, &child, "its step timed out"));
+            }
             let (queue, run) = bounds_of(self.flow_of(run_id).as_deref(), sid);
             let why = if queue == 0 {
                 format!("no reply within {run} ms")
@@ -271,9 +286,14 @@ impl Machine {
         rec.deadline_ms = Some(now + timeout);
         let attempt = rec.attempts;
         t.arm(now + timeout, sid);
+        let child = self.is_child(run_id, sid) && protocol::undoes(sid).is_none();
         if let Some(e) = self.command(run_id, sid, attempt, now) {
             if let Some(rec) = self.runs.get_mut(run_id).and_then(|r| r.steps.get_mut(sid)) {
                 rec.command_id = Some(e.id.clone());
+                // The child run's id is its start's.
+                if child {
+                    rec.child = Some(e.id.clone());
+                }
             }
             t.send(e);
         }
@@ -432,8 +452,11 @@ pub(super) fn undoable(flow: &Flow, sid: &str) -> bool {
         return false; // a compensation is not undone
     }
     let whole_fan = protocol::element_of(sid).is_none();
-    flow.step(protocol::base_step(sid))
-        .is_some_and(|s| s.compensate.is_some() && !(whole_fan && s.fan.is_some()))
+    // A child run undoes itself, with its own compensations.
+    flow.step(protocol::base_step(sid)).is_some_and(|s| {
+        (s.compensate.is_some() && !(whole_fan && s.fan.is_some()))
+            || matches!(s.action, FlowAction::Child { .. })
+    })
 }
 
 /// How long an attempt of flow step `sid` (or of the compensation of the

@@ -17,9 +17,19 @@ impl Machine {
 
     /// Start a run.
     pub fn start(&mut self, s: Start, now: u64) -> Result<Started, StartError> {
-        let Some(f) = self.flows.flow(None, &s.flow).cloned() else {
+        // A child run starts on its parent's deployment.
+        let deployment = s
+            .parent
+            .as_ref()
+            .and(s.deployment)
+            .filter(|d| self.flows.flow(Some(*d), &s.flow).is_some())
+            .unwrap_or(self.flows.current);
+        let Some(f) = self.flows.flow(Some(deployment), &s.flow).cloned() else {
             return Err(StartError::UnknownFlow(s.flow));
         };
+        if self.runs.contains_key(&s.id) {
+            return Ok(Started::Existing(s.id));
+        }
         if let Some(k) = &s.key
             && let Some(id) = self.keyed(&s.flow, k)
         {
@@ -34,10 +44,11 @@ impl Machine {
         }
         // Back-pressure, not a queue: beyond the limit a good start is
         // refused at once (the API answers 503 with Retry-After).
-        if self.runs.len() >= self.limit {
+        // A child run is not refused: its parent, admitted, waits for it.
+        if self.runs.len() >= self.limit && s.parent.is_none() {
             return Err(StartError::Busy { limit: self.limit });
         }
-        let deployment = Some(self.flows.current);
+        let deployment = Some(deployment);
         let run = RunRecord {
             id: s.id.clone(),
             flow: s.flow.clone(),
@@ -64,6 +75,7 @@ impl Machine {
             redrives: Vec::new(),
             signals: Vec::new(),
             trace: s.trace.clone(),
+            parent: s.parent.clone(),
         };
         let mut t = Transition::new(&s.id);
         t.actions.push(Action::Checkpoint);

@@ -12,6 +12,7 @@ use crate::orchestrator::FlowSets;
 use crate::protocol::{ATTEMPT, DEPLOYMENT, FLOW_STEP, completed_reply, failed_reply};
 use crate::retry::RetryPolicy;
 
+mod child;
 mod fan;
 mod operator;
 mod property;
@@ -71,6 +72,7 @@ fn flow() -> Flow {
             fstep("b", INPUT, Some("undo-b"), 1),
             c,
         ],
+        output: Some("c".into()),
     }
 }
 
@@ -85,6 +87,8 @@ fn start(m: &mut Machine, id: &str, key: Option<&str>, now: u64) -> Started {
         input: json!({"order_id": id, "lines": [1, 2, 3]}),
         key: key.map(str::to_string),
         trace: None,
+        parent: None,
+        deployment: None,
     };
     m.start(s, now).expect("a start")
 }

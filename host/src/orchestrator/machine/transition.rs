@@ -92,6 +92,10 @@ pub(crate) struct Start {
     pub key: Option<String>,
     /// The `traceparent` of the request that asked.
     pub trace: Option<String>,
+    /// A child run: the parent it answers.
+    pub parent: Option<crate::orchestrator::run::Parent>,
+    /// A child run: its parent's deployment (the current one otherwise).
+    pub deployment: Option<u64>,
 }
 
 /// What a start came to.

@@ -35,6 +35,7 @@ fn machine_of(steps: Vec<FlowStep>) -> Machine {
         input: "order.placed".into(),
         timeout_ms: 3_600_000,
         steps,
+        output: None,
     };
     Machine::new(FlowSets::one(1, vec![f]), SOURCE.into(), None, 1_000)
 }
@@ -46,6 +47,8 @@ fn start_with(m: &mut Machine, id: &str, input: Value) -> Transition {
         input,
         key: None,
         trace: None,
+        parent: None,
+        deployment: None,
     };
     match m.start(s, T0).expect("a start") {
         Started::New(t) => t,

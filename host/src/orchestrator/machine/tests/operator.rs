@@ -106,6 +106,7 @@ fn signal_flow() -> Flow {
         input: "order.placed".into(),
         timeout_ms: 60_000,
         steps: vec![fstep("a", INPUT, None, 1), s, c],
+        output: Some("c".into()),
     }
 }
 

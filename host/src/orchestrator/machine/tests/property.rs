@@ -18,6 +18,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use proptest::prelude::*;
 
 use super::*;
+use crate::orchestrator::run::Parent;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -112,22 +113,32 @@ struct World {
     pinned: HashMap<String, u64>,
     /// Every set of pins the machine wrote, in order.
     pins_written: Vec<Vec<u64>>,
+    /// Child runs started.
+    children: HashSet<String>,
+    /// Answers sent again (each under a fresh id, as the driver does).
+    again: usize,
 }
 
 /// The flow the sequences run: `flow()`, with a sleep `w` after `a` that
-/// `c` waits for too (long enough for the run to be parked), and a for-each step `d` over the input's three
-/// lines, two at a time, one failure tolerated, each element undone.
+/// `c` waits for too (long enough for the run to be parked), a child step
+/// `k` after `a` that `c` waits for too (a run of flow `kid`, tried
+/// twice), and a for-each step `d` over the input's three lines, two at a
+/// time, one failure tolerated, each element undone.
 fn pflow() -> Flow {
     let mut f = flow();
     for s in &mut f.steps {
         if s.id == "c" {
             s.after.push("w".into());
+            s.after.push("k".into());
         }
     }
     f.steps.insert(
         1,
         fan::sleep_step("w", crate::flow::Wake::After(3_000), &["a"]),
     );
+    let mut k = fstep("k", "a", None, 2);
+    k.action = FlowAction::Child { flow: "kid".into() };
+    f.steps.insert(2, k);
     f.steps.push(fan::for_each(
         "d",
         "input.lines",
@@ -137,10 +148,29 @@ fn pflow() -> Flow {
     f
 }
 
-/// Flow `f` as deployment `n` has it: the same steps, commands addressed
-/// to the deployment's own versions (`s-a@n`, `undo-a@n`).
-fn flow_of(n: u64) -> Flow {
-    let mut f = pflow();
+/// The child flow `k` runs: one step `kx`, undone by `undo-kx`, which
+/// times out sooner than its parent's step gives up on it now and then.
+fn kid() -> Flow {
+    Flow {
+        name: "kid".into(),
+        path: "flows/kid.toml".into(),
+        input: "a.done".into(),
+        timeout_ms: 1_500,
+        steps: vec![fstep("kx", INPUT, Some("undo-kx"), 2)],
+        output: Some("kx".into()),
+    }
+}
+
+/// The flow named `name` (its shape: the same on every deployment).
+fn named(name: &str) -> Flow {
+    if name == "kid" { kid() } else { pflow() }
+}
+
+/// Flow `f` (`kid` with `kid`) as deployment `n` has it: the same steps,
+/// commands addressed to the deployment's own versions (`s-a@n`,
+/// `undo-a@n`).
+fn flow_of(n: u64, name: &str) -> Flow {
+    let mut f = named(name);
     for s in &mut f.steps {
         if let FlowAction::Command { step } = &mut s.action {
             *step = format!("{step}@{n}");
@@ -156,7 +186,7 @@ fn flow_of(n: u64) -> Flow {
 fn flows_upto(n: u64) -> FlowSets {
     let mut sets = FlowSets::default();
     for k in 1..=n {
-        sets.insert(k, vec![flow_of(k)]);
+        sets.insert(k, vec![flow_of(k, "f"), flow_of(k, "kid")]);
     }
     sets.current = n;
     sets
@@ -182,6 +212,8 @@ impl World {
             pins_written: Vec::new(),
             cancelled: HashSet::new(),
             redriven: HashMap::new(),
+            children: HashSet::new(),
+            again: 0,
         }
     }
 
@@ -232,6 +264,15 @@ impl World {
         let mut parks = Vec::new();
         for a in t.actions {
             match a {
+                Action::Send(e) if ctl::read(&e).is_some() => {
+                    // To the orchestrator: a child's start or its
+                    // compensation (one id per attempt, like a command),
+                    // or a parent's cancel of its child.
+                    if !matches!(ctl::read(&e), Some(Control::Cancel(_))) {
+                        self.note_sent(&t.run, &e);
+                    }
+                    self.replies.push(e);
+                }
                 Action::Send(e) => {
                     // Pinned: the run's own deployment, and its flow's
                     // version of each step.
@@ -244,21 +285,7 @@ impl World {
                         None => format!("s-{}@{n}", protocol::base_step(sid)),
                     };
                     assert_eq!(target, &want, "run {} on deployment {n}", t.run);
-                    let key = (
-                        t.run.clone(),
-                        e.extensions[FLOW_STEP].clone(),
-                        e.extensions[ATTEMPT].clone(),
-                        self.redriven.get(&t.run).copied().unwrap_or(0),
-                    );
-                    self.ids.entry(key).or_default().insert(e.id.clone());
-                    let sid = e.extensions[FLOW_STEP].clone();
-                    if protocol::undoes(&sid).is_some() && e.extensions[ATTEMPT] == "1" {
-                        // Sent again at recovery: the same command.
-                        let sent = self.undo_sent.entry(t.run.clone()).or_default();
-                        if !sent.contains(&sid) {
-                            sent.push(sid);
-                        }
-                    }
+                    self.note_sent(&t.run, &e);
                     if !self.in_flight.iter().any(|c| c.id == e.id) {
                         self.in_flight.push(e);
                     }
@@ -271,6 +298,8 @@ impl World {
                 Action::Park { token } => parks.push(token),
                 Action::Checkpoint | Action::Reopen | Action::Put { .. } => {}
                 Action::End(run) => {
+                    // A child's end answers its parent, in its commit.
+                    self.replies.extend(self.m.end_reply(&run));
                     self.store.insert(t.run.clone(), *run);
                 }
             }
@@ -284,7 +313,7 @@ impl World {
                     // What is to be undone: every completed step with a
                     // compensation (the first one's is already sent, so it
                     // is not in `run.undo` any more), latest first.
-                    let f = pflow();
+                    let f = named(&run.flow);
                     let mut planned: Vec<(u32, String)> = run
                         .steps
                         .iter()
@@ -314,6 +343,80 @@ impl World {
             // What was written last is what holds now.
             let last: BTreeSet<u64> = last.iter().copied().collect();
             assert_eq!(last, pins, "the pins written");
+        }
+    }
+
+    /// Note command `e` of run `run`: its id for (run, step, attempt,
+    /// redrives), and a compensation's first attempt in the order sent.
+    fn note_sent(&mut self, run: &str, e: &Event) {
+        let key = (
+            run.to_string(),
+            e.extensions[FLOW_STEP].clone(),
+            e.extensions[ATTEMPT].clone(),
+            self.redriven.get(run).copied().unwrap_or(0),
+        );
+        self.ids.entry(key).or_default().insert(e.id.clone());
+        let sid = e.extensions[FLOW_STEP].clone();
+        if protocol::undoes(&sid).is_some() && e.extensions[ATTEMPT] == "1" {
+            // Sent again at recovery: the same command.
+            let sent = self.undo_sent.entry(run.to_string()).or_default();
+            if !sent.contains(&sid) {
+                sent.push(sid);
+            }
+        }
+    }
+
+    /// An answer sent again, as the driver does: under a fresh id.
+    fn answer_again(&mut self, mut reply: Event) {
+        self.again += 1;
+        reply.id = format!("again-{}", self.again);
+        self.replies.push(reply);
+    }
+
+    /// A child's start `e` reaches the orchestrator, the child not held:
+    /// as the driver does once it read the child's record.
+    fn start_child(&mut self, e: &Event, c: ctl::Child) {
+        let id = protocol::run_of(e).to_string();
+        if let Some(stored) = self.store.get(&id) {
+            assert!(stored.state.is_final(), "a stored child not held is ended");
+            if stored.parent.as_ref().is_some_and(|p| p.command == e.id) {
+                let reply = self.m.end_reply(stored).expect("a child answers");
+                self.answer_again(reply);
+            }
+            return;
+        }
+        self.started += 1;
+        self.children.insert(id.clone());
+        self.pinned
+            .insert(id.clone(), c.deployment.expect("a parent's deployment"));
+        let s = Start {
+            id,
+            flow: c.flow,
+            input: c.input,
+            key: None,
+            trace: None,
+            parent: Some(c.parent),
+            deployment: c.deployment,
+        };
+        match self.m.start(s, self.now) {
+            Ok(Started::New(t)) => self.apply(t),
+            other => panic!("a child starts: {other:?}"),
+        }
+    }
+
+    /// A parent's compensation `p` of its ended child reaches the
+    /// orchestrator.
+    fn compensate_child(&mut self, e: &Event, p: Parent) {
+        let id = protocol::run_of(e);
+        let stored = self
+            .store
+            .get(id)
+            .cloned()
+            .expect("a child undone was started");
+        match self.m.compensate(stored, p, self.now) {
+            Ok(t) => self.apply(t),
+            Err(Some(reply)) => self.answer_again(*reply),
+            Err(None) => {}
         }
     }
 
@@ -354,6 +457,12 @@ impl World {
         // A control event for a parked run waits for it to be read back.
         if ctl::read(&e).is_some() && self.m.is_parked(&run) {
             self.read_back(&run);
+        }
+        let held = self.m.run(&run).is_some() || self.m.is_parked(&run);
+        match ctl::read(&e) {
+            Some(Control::Child(c)) if !held => return self.start_child(&e, *c),
+            Some(Control::Compensate(p)) if !held => return self.compensate_child(&e, p),
+            _ => {}
         }
         if matches!(ctl::read(&e), Some(Control::Cancel(_)))
             && self
@@ -547,7 +656,7 @@ proptest! {
                 if let Some(ms) = rec.duration_ms {
                     prop_assert!(ms <= end - T0, "{} {}: {} ms", run.id, sid, ms);
                 }
-                let max = pflow().step(protocol::base_step(sid)).map_or(1, |s| s.retry.max_attempts);
+                let max = named(&run.flow).step(protocol::base_step(sid)).map_or(1, |s| s.retry.max_attempts);
                 prop_assert!(rec.attempts <= max, "{} {}: {} attempts", run.id, sid, rec.attempts);
                 prop_assert!(
                     !matches!(
@@ -558,7 +667,7 @@ proptest! {
                     "{} {} left {:?}", run.id, sid, rec.state
                 );
             }
-            if run.state == RunState::Completed {
+            if run.state == RunState::Completed && run.flow == "f" {
                 prop_assert!(run.steps.keys().all(|s| protocol::undoes(s).is_none()));
                 // The sleep slept its time, restarts or not; the for-each
                 // step settled each of its three lines once, within its
@@ -596,12 +705,42 @@ proptest! {
             prop_assert_eq!(run.state, RunState::Cancelled, "{:?}", run);
             prop_assert!(run.cancelled.is_some());
             for (sid, rec) in &run.steps {
-                let undoable = undoable(&pflow(), sid);
+                let undoable = undoable(&named(&run.flow), sid);
                 prop_assert!(
                     !(undoable && rec.state == StepState::Completed),
                     "{} {} completed and not undone in a cancelled run", id, sid
                 );
             }
+        }
+        // A parent's child step that completed took its child's output,
+        // and a child step undone had its child undo itself; every child
+        // answers the parent (and step) that started it.
+        for run in w.store.values().filter(|r| r.flow == "f") {
+            let k = &run.steps["k"];
+            let child = k.child.as_ref().map(|c| &w.store[c]);
+            match (k.state, child) {
+                (StepState::Completed, Some(c)) => {
+                    prop_assert_eq!(c.state, RunState::Completed, "{:?}", c);
+                    prop_assert_eq!(
+                        k.output.as_ref().map(|o| o.get()),
+                        c.steps["kx"].output.as_ref().map(|o| o.get())
+                    );
+                }
+                (StepState::Compensated, Some(c)) => {
+                    prop_assert_eq!(c.state, RunState::Compensated, "{:?}", c);
+                    prop_assert_eq!(c.steps["kx"].state, StepState::Compensated);
+                }
+                (StepState::Completed | StepState::Compensated, None) => {
+                    prop_assert!(false, "{} k {:?} without a child", run.id, k.state);
+                }
+                _ => {}
+            }
+        }
+        for id in &w.children {
+            let c = &w.store[id];
+            let p = c.parent.as_ref().expect("a child has a parent");
+            prop_assert!(w.store.contains_key(&p.run));
+            prop_assert_eq!(protocol::base_step(&p.step), "k");
         }
         // A redriven run ran again: it is recorded, once per redrive.
         for (id, n) in &w.redriven {
