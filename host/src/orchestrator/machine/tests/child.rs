@@ -41,8 +41,8 @@ fn machine() -> Machine {
     Machine::new(flows(), SOURCE.into(), None, 1_000)
 }
 
-/// Start parent `r1` and complete `a`: the transition that starts `k`.
-fn to_child(m: &mut Machine) -> Event {
+/// Start parent `r1`: its first transition.
+fn start_parent(m: &mut Machine) -> Transition {
     let s = Start {
         id: "r1".into(),
         flow: "p".into(),
@@ -52,9 +52,15 @@ fn to_child(m: &mut Machine) -> Event {
         parent: None,
         deployment: None,
     };
-    let Ok(Started::New(t)) = m.start(s, T0) else {
-        panic!("new")
-    };
+    match m.start(s, T0) {
+        Ok(Started::New(t)) => t,
+        _ => panic!("new"),
+    }
+}
+
+/// Start parent `r1` and complete `a`: the transition that starts `k`.
+fn to_child(m: &mut Machine) -> Event {
+    let t = start_parent(m);
     let a = sends(&t).remove(0);
     let out = Emitted {
         kind: "a.done".into(),
@@ -304,19 +310,7 @@ fn a_failed_parent_cancels_its_running_child() {
     let c = (**sets.flow(None, "c").unwrap()).clone();
     sets = FlowSets::one(1, vec![p, c]);
     let mut m = Machine::new(sets, SOURCE.into(), None, 1_000);
-    let s = Start {
-        id: "r1".into(),
-        flow: "p".into(),
-        input: json!({}),
-        key: None,
-        trace: None,
-        parent: None,
-        deployment: None,
-    };
-    let Ok(Started::New(t)) = m.start(s, T0) else {
-        panic!("new")
-    };
-    let first = sends(&t);
+    let first = sends(&start_parent(&mut m));
     let a = first.iter().find(|e| sid_of(e) == "a").unwrap();
     let b = first.iter().find(|e| sid_of(e) == "b").unwrap();
     let t = m.on_event(&done(a), T0 + 5).unwrap();
