@@ -230,6 +230,12 @@ pub fn open_writer(state_dir: &Path) -> Result<Connection, BrokerError> {
     check(&conn, false).map_err(|e| damaged_at(state_dir, e))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
+    // The savepoint of each commit in a group keeps the pages it changes
+    // in a sub-journal: in memory, not in a temporary file (what a crash
+    // would find there is an unfinished transaction, which the WAL never
+    // made durable). With the file, writing it was 2.8% of a state
+    // chain's CPU; in memory the chain runs 26-31% faster (docs/state.md).
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     // A WAL that grew in a burst is cut back once checkpointed.
     conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
     Ok(conn)
