@@ -27,25 +27,21 @@ impl Driver {
             };
             return self.ack(d, answer.into_iter().collect());
         }
-        let start = Start {
-            id: id.clone(),
-            flow: c.flow,
-            input: c.input,
-            key: None,
-            trace: d.event.extensions.get(TRACEPARENT).cloned(),
-            parent: Some(c.parent.clone()),
-            deployment: c.deployment,
-        };
-        match self.machine.start(start, now_ms()) {
+        let parent = c.parent.clone();
+        let trace = d.event.extensions.get(TRACEPARENT).cloned();
+        match self
+            .machine
+            .start(Start::child(id.clone(), c, trace), now_ms())
+        {
             Ok(Started::New(t)) => {
-                tracing::debug!(run = %id, parent = %c.parent.run, "child run started");
+                tracing::debug!(run = %id, parent = %parent.run, "child run started");
                 self.commit(Some(d), t, None);
             }
             Ok(Started::Existing(_)) => self.ack(d, Vec::new()),
             Err(e) => {
-                tracing::warn!(run = %id, parent = %c.parent.run, "child run not started: {e}");
+                tracing::warn!(run = %id, parent = %parent.run, "child run not started: {e}");
                 let why = format!("the child run could not start: {e}");
-                let answer = self.machine.refuse_child(&c.parent, why);
+                let answer = self.machine.refuse_child(&parent, why);
                 self.ack(d, vec![answer]);
             }
         }

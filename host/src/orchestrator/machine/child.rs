@@ -216,8 +216,16 @@ impl Machine {
         if run.parent.as_ref() == Some(&p) {
             return Err(self.end_reply(&run).map(Box::new));
         }
-        let flow = self.flows.flow(run.deployment, &run.flow).cloned();
-        let undoable = |sid: &str| flow.as_ref().is_some_and(|f| super::undoable(f, sid));
+        let Some(flow) = self.flows.flow(run.deployment, &run.flow).cloned() else {
+            // Not "nothing to undo": what it would undo is not known here.
+            let why = format!(
+                "child run {}: its flow {:?} (deployment {:?}) is not loaded here, so its steps \
+                 cannot be undone",
+                run.id, run.flow, run.deployment
+            );
+            return Err(Some(Box::new(self.refuse_child(&p, why))));
+        };
+        let undoable = |sid: &str| super::undoable(&flow, sid);
         let to_undo = run.state == RunState::Completed
             && run
                 .steps
@@ -225,9 +233,9 @@ impl Machine {
                 .any(|(sid, r)| r.state == StepState::Completed && undoable(sid));
         let by = p.run.clone();
         run.parent = Some(p);
-        let (Some(flow), true) = (flow, to_undo) else {
+        if !to_undo {
             return Err(self.end_reply(&run).map(Box::new));
-        };
+        }
         let id = run.id.clone();
         let mut t = Transition::new(&id);
         t.was = Some(run.state);

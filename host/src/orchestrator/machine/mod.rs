@@ -286,7 +286,9 @@ impl Machine {
         rec.deadline_ms = Some(now + timeout);
         let attempt = rec.attempts;
         t.arm(now + timeout, sid);
-        let child = self.is_child(run_id, sid) && protocol::undoes(sid).is_none();
+        // (The flow read above: no second lookup on the commands' path.)
+        let child = protocol::undoes(sid).is_none()
+            && flow.as_ref().is_some_and(|f| child::is_child(f, sid));
         if let Some(e) = self.command(run_id, sid, attempt, now) {
             if let Some(rec) = self.runs.get_mut(run_id).and_then(|r| r.steps.get_mut(sid)) {
                 rec.command_id = Some(e.id.clone());

@@ -27,7 +27,8 @@ impl Machine {
         let Some(f) = self.flows.flow(Some(deployment), &s.flow).cloned() else {
             return Err(StartError::UnknownFlow(s.flow));
         };
-        if self.runs.contains_key(&s.id) {
+        // A run of this id, held or parked (a copy of a child's start).
+        if self.runs.contains_key(&s.id) || self.parked.contains_key(&s.id) {
             return Ok(Started::Existing(s.id));
         }
         if let Some(k) = &s.key

@@ -98,6 +98,26 @@ pub(crate) struct Start {
     pub deployment: Option<u64>,
 }
 
+impl Start {
+    /// The start of child run `id` that control `c` asks for, in the
+    /// trace `trace` (the start event's).
+    pub fn child(
+        id: String,
+        c: crate::orchestrator::control::Child,
+        trace: Option<String>,
+    ) -> Start {
+        Start {
+            id,
+            flow: c.flow,
+            input: c.input,
+            key: None,
+            trace,
+            parent: Some(c.parent),
+            deployment: c.deployment,
+        }
+    }
+}
+
 /// What a start came to.
 #[derive(Debug)]
 pub(crate) enum Started {

@@ -82,15 +82,7 @@ fn start_child(m: &mut Machine, e: &Event, now: u64) -> Transition {
     let Some(Control::Child(c)) = ctl::read(e) else {
         panic!("a child start: {e:?}")
     };
-    let s = Start {
-        id: protocol::run_of(e).to_string(),
-        flow: c.flow,
-        input: c.input,
-        key: None,
-        trace: None,
-        parent: Some(c.parent),
-        deployment: c.deployment,
-    };
+    let s = Start::child(protocol::run_of(e).to_string(), *c, None);
     match m.start(s, now).expect("a start") {
         Started::New(t) => t,
         Started::Existing(id) => panic!("{id} exists"),
@@ -327,4 +319,28 @@ fn a_failed_parent_cancels_its_running_child() {
     };
     assert_eq!(ask.by, "run r1");
     assert!(ask.reason.unwrap().contains("step b failed"));
+}
+
+#[test]
+fn a_child_whose_flow_is_not_loaded_is_not_said_to_be_undone() {
+    let mut m = machine();
+    let start = to_child(&mut m);
+    let t = start_child(&mut m, &start, T0 + 20);
+    let child = finish_child(&mut m, t, T0 + 30);
+    // A machine without flow `c` (the child's deployment is gone).
+    let p = (**flows().flow(None, "p").unwrap()).clone();
+    let mut other = Machine::new(FlowSets::one(1, vec![p]), SOURCE.into(), None, 1_000);
+    let link = Parent {
+        run: "r1".into(),
+        step: "k~undo".into(),
+        attempt: 1,
+        command: "undo-1".into(),
+    };
+    let Err(Some(reply)) = other.compensate(child, link, T0 + 40) else {
+        panic!("answered at once")
+    };
+    let Some(protocol::Reply::Failed(f)) = protocol::read_reply(&reply) else {
+        panic!("a failure, not a completion: {reply:?}")
+    };
+    assert!(f.message.contains("cannot be undone"), "{f}");
 }

@@ -389,15 +389,7 @@ impl World {
         self.children.insert(id.clone());
         self.pinned
             .insert(id.clone(), c.deployment.expect("a parent's deployment"));
-        let s = Start {
-            id,
-            flow: c.flow,
-            input: c.input,
-            key: None,
-            trace: None,
-            parent: Some(c.parent),
-            deployment: c.deployment,
-        };
+        let s = Start::child(id, c, None);
         match self.m.start(s, self.now) {
             Ok(Started::New(t)) => self.apply(t),
             other => panic!("a child starts: {other:?}"),
