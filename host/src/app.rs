@@ -72,7 +72,18 @@ pub struct App {
     pub telemetry: crate::telemetry::config::Telemetry,
     /// The `[schedules.NAME]` tables, in the order of their names.
     pub schedules: Vec<crate::schedule::Schedule>,
+    /// Where compiled components are kept: `TROUPE_CACHE_DIR` if set,
+    /// else `.troupe/cache` (see [`CACHE_DIR_VAR`]).
+    pub cache_dir: PathBuf,
 }
+
+/// The environment variable naming a directory of compiled components
+/// that several apps (or several checkouts of one, in CI) share. Artifacts
+/// are named by the component's SHA-256 and the engine's settings, and
+/// written whole, so apps and hosts sharing the directory never load
+/// another's code by mistake; the directory must be writable by Troupe
+/// alone, as an app's `.troupe` is.
+pub const CACHE_DIR_VAR: &str = "TROUPE_CACHE_DIR";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -279,6 +290,9 @@ impl App {
             retention,
             deploy: manifest.deploy,
             telemetry,
+            cache_dir: std::env::var_os(CACHE_DIR_VAR)
+                .filter(|d| !d.is_empty())
+                .map_or_else(|| dir.join(STATE_DIR).join("cache"), PathBuf::from),
         })
     }
 

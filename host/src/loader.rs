@@ -138,9 +138,8 @@ pub(crate) fn load(
     app: &App,
     items: &[(String, PathBuf)],
 ) -> Result<Vec<LoadedStep>, LoadError> {
-    let cache_dir = app.state_dir().join("cache");
-    let cache = ArtifactCache::new(rt.engine(), &cache_dir);
-    let contracts = ContractCache::new(&cache_dir);
+    let cache = ArtifactCache::new(rt.engine(), &app.cache_dir);
+    let contracts = ContractCache::new(app.state_dir().join("cache"));
     let secrets = app.secrets().map_err(LoadError::Secrets)?;
     let loaded = cache.load_all(rt.engine(), items);
     let mut steps = Vec::new();

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use troupe::conformance::{Rule, check};
 use troupe::runtime::Runtime;
-use troupe_tests::{build, repo, troupe_bin};
+use troupe_tests::{CompileCache, build, repo, troupe_bin};
 
 fn cases() -> Vec<(String, PathBuf, BTreeSet<String>)> {
     let root = repo().join("tests/conformance");
@@ -41,7 +41,7 @@ fn cases() -> Vec<(String, PathBuf, BTreeSet<String>)> {
 #[test]
 fn each_case_fails_exactly_the_rules_it_expects() {
     let rt = Runtime::new().unwrap();
-    let cache = tempfile::tempdir().unwrap();
+    let cache = CompileCache::new();
     let cases = cases();
     assert!(cases.len() >= Rule::ALL.len());
     for (name, dir, expected) in &cases {
@@ -67,7 +67,7 @@ fn every_rule_has_a_case_that_breaks_it() {
 #[test]
 fn every_shipped_plugin_conforms() {
     let rt = Runtime::new().unwrap();
-    let cache = tempfile::tempdir().unwrap();
+    let cache = CompileCache::new();
     let mut checked = 0;
     for e in std::fs::read_dir(repo().join("plugins")).unwrap() {
         let dir = e.unwrap().path();
@@ -86,7 +86,7 @@ fn every_shipped_plugin_conforms() {
 #[test]
 fn a_step_whose_data_is_text_conforms_on_text_samples() {
     let rt = Runtime::new().unwrap();
-    let cache = tempfile::tempdir().unwrap();
+    let cache = CompileCache::new();
     let report = check(&rt, &troupe_tests::guest("shout"), cache.path()).unwrap();
     assert!(report.passed(), "{:#?}", report.checks);
     let samples = report

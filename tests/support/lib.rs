@@ -43,7 +43,14 @@ fn cargo() -> Command {
             "CARGO_CRATE_",
             "CARGO_BIN_",
         ];
-        let named = ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"];
+        // RUSTC_BOOTSTRAP (for `-Z unstable-options --report-time`) would make
+        // cargo build everything again.
+        let named = [
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "OUT_DIR",
+            "RUSTC_BOOTSTRAP",
+        ];
         if prefixes.iter().any(|p| k.starts_with(p)) || named.contains(&&*k) {
             cargo.env_remove(&*k);
         }
@@ -427,6 +434,43 @@ pub fn data(e: &Event) -> serde_json::Value {
     serde_json::from_slice(&e.data).expect("JSON data")
 }
 
+/// Where a test that compiles components itself keeps them: the directory
+/// the whole suite shares (`TROUPE_CACHE_DIR`, set by `scripts/test`), else
+/// one of the test's own.
+pub struct CompileCache {
+    path: PathBuf,
+    /// The test's own directory, removed when dropped.
+    _own: Option<tempfile::TempDir>,
+}
+
+impl CompileCache {
+    pub fn new() -> CompileCache {
+        match std::env::var_os(troupe::app::CACHE_DIR_VAR).filter(|d| !d.is_empty()) {
+            Some(d) => CompileCache {
+                path: PathBuf::from(d),
+                _own: None,
+            },
+            None => {
+                let own = tempfile::tempdir().expect("a temp dir");
+                CompileCache {
+                    path: own.path().to_path_buf(),
+                    _own: Some(own),
+                }
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Default for CompileCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Build a plugin directory (any language) with `troupe::builder`; builds
 /// are serialised within a test binary (two tests may build one plugin).
 pub fn build(dir: &Path) -> PathBuf {
@@ -508,7 +552,20 @@ fn example_app_as(backend: Backend, name: &str, extra: &str, schedules: bool) ->
     });
     let mut app = TestApp::on(backend, &manifest);
     app.payments = payments;
+    build_plugins(&app);
     app
+}
+
+/// Build every plugin of `app` now, so that a host started on it (in this
+/// process or as a `troupe run` process) only loads them: the first build
+/// of the example's plugins on a fresh clone takes minutes, which a test
+/// must not count as the host's start.
+pub fn build_plugins(app: &TestApp) {
+    for step in App::load(app.path()).expect("the app loads").steps.values() {
+        if let troupe::app::Source::Plugin(dir) = step.source() {
+            build(&dir);
+        }
+    }
 }
 
 /// The orders example (as [`example_app_with`]) with its flows.
