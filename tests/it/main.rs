@@ -32,6 +32,7 @@ mod runs;
 mod sandbox;
 mod scale_out;
 mod state;
+mod state_applier;
 mod state_limits;
 mod store_faults;
 mod telemetry;

@@ -110,5 +110,11 @@ pub(super) fn metrics(h: &Health) -> String {
         "Ended runs' records (and their idempotency keys) pruned by [retention]",
         Some(h.pruned_records),
     );
+    series(
+        "troupe_state_applier",
+        "gauge",
+        "1 while this host applies the app's state commits (NATS: one host of the app at a time), else 0",
+        h.state_applier.map(u64::from),
+    );
     out
 }

@@ -29,6 +29,11 @@ pub struct Health {
     /// Free bytes on the file system the store is on (embedded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub free_disk_bytes: Option<u64>,
+    /// Whether this host applies the app's state commits now (NATS: the
+    /// holder of the applier's lease; `None` on the embedded broker, whose
+    /// one host always does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_applier: Option<bool>,
     /// Commits that failed since the host started.
     pub failed_commits: u64,
     /// What retention pruned since the host started.

@@ -536,6 +536,7 @@ impl Transport for Nats {
             pruned_dead_letters: n(&self.inner.pruned.dead_letters),
             pruned_records: n(&self.inner.pruned.records),
             store_bytes: Some(n(&self.inner.pruned.store_bytes)).filter(|&b| b > 0),
+            state_applier: Some(self.inner.kv.leading()),
             ..super::Health::default()
         }
     }

@@ -1,24 +1,46 @@
-//! The applier: takes the app's log entries one at a time, in order,
-//! decides each (a duplicate, refused, or committed) and writes what a
-//! committed one changes (step 2 in `mod.rs`). Every host of the app that
-//! runs steps runs one; the log's consumer hands each entry to one of them.
+//! One batch of the commit log, applied (step 2 in `mod.rs`): every entry
+//! decided in log order (a duplicate, refused, or committed) against the
+//! state the entries before it left, then what the batch changes written:
+//! the verdicts, then the entries and totals, then the applied index. The
+//! leader that calls it, and the lease that makes it the only one, are
+//! `lead.rs`.
+//!
+//! A batch costs about four round trips to the server however many entries
+//! it holds (the subjects it needs and does not know yet, its verdicts,
+//! its writes, the index), where each entry used to cost four.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{
-    AckKind,
-    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
-};
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::super::nats;
-use super::{APPLY_WAIT, Current, Kv, LogEntry, Totals, Verdict, totals_of};
+use super::{Current, Kv, LogEntry, Totals, Verdict, totals_of};
 use crate::broker::BrokerError;
 use crate::kv::{Refused, Writes, check};
+
+/// Subjects read at once.
+const READ_AHEAD: usize = 64;
+/// A cache larger than this is dropped and read again as needed.
+const MAX_CACHED: usize = 200_000;
+
+/// The last message of each subject the leader has read or written: the
+/// server's state as of the applied index. While a batch is decided it
+/// also holds what the batch's earlier entries wrote (with the subject's
+/// sequence before the batch, for the compare-and-set that writes it).
+#[derive(Default)]
+pub(super) struct Cache(HashMap<String, Current>);
+
+/// What a batch writes to a subject: the value (`None`: a deletion
+/// marker) and the version it carries.
+type Staged = HashMap<String, (Option<Bytes>, u64)>;
+
+/// An invocation's verdict as read (`None`: none yet), and its subject's
+/// last sequence.
+type Decided = (Option<Verdict>, u64);
 
 impl Kv {
     /// Start this host's applier, once; `true` if this call started it.
@@ -44,161 +66,226 @@ impl Kv {
         }
     }
 
-    async fn apply_loop(self: Arc<Self>) {
-        let mut stop = self.stop.subscribe();
-        loop {
-            if *stop.borrow_and_update() {
-                return;
-            }
-            let consumer: PullConsumer = match self
-                .log
-                .get_or_create_consumer(
-                    "apply",
-                    pull::Config {
-                        durable_name: Some("apply".into()),
-                        ack_policy: AckPolicy::Explicit,
-                        ack_wait: APPLY_WAIT,
-                        deliver_policy: DeliverPolicy::All,
-                        max_ack_pending: 1,
-                        ..Default::default()
-                    },
-                )
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("cannot take state commits from NATS ({e}); retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = stop.changed() => return,
-                    }
-                }
-            };
-            // The consumer hands out one entry at a time whatever the batch
-            // (`max_ack_pending`); the batch only keeps a pull request
-            // open. At a batch of one, async-nats can miss that its request
-            // was answered and wait out the request's expiry with entries
-            // waiting (it did, for 35 s at a time under load).
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(8)
-                .expires(super::super::PULL_EXPIRES)
-                .messages()
-                .await;
-            let mut messages = match messages {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!("cannot take state commits from NATS ({e}); retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = stop.changed() => return,
-                    }
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    m = messages.next() => m,
-                    _ = stop.changed() => return,
-                };
-                let m = match next {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        tracing::debug!("NATS state commits: {e}");
-                        continue;
-                    }
-                    None => break,
-                };
-                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-                match serde_json::from_slice::<LogEntry>(&m.payload) {
-                    Err(e) => {
-                        tracing::error!("state commit #{seq} is unreadable, skipped: {e}");
-                        let _ = m.ack().await;
-                    }
-                    Ok(entry) => match self.apply(seq, &entry).await {
-                        Ok(v) => {
-                            // Not waited for: a lost ack only has the entry
-                            // come again, and it is decided already.
-                            if let Err(e) = m.ack().await {
-                                tracing::warn!("acking state commit #{seq}: {e}");
-                            }
-                            let body = serde_json::to_vec(&v).expect("JSON");
-                            let _ = self.client.publish(entry.reply, body.into()).await;
-                        }
-                        Err(e) => {
-                            // Taken again shortly (by this host or another).
-                            tracing::warn!("applying state commit #{seq}: {e}");
-                            let again = AckKind::Nak(Some(Duration::from_millis(200)));
-                            let _ = m.ack_with(again).await;
-                        }
-                    },
-                }
-            }
+    /// Apply a batch of log entries (`None`: unreadable, skipped): decide
+    /// each in log order, write what the batch changes, then the applied
+    /// index (whose last sequence was `index`); the index's new sequence.
+    /// `Ok(None)`: another leader wrote first (a verdict, or the index),
+    /// so this host no longer applies; it starts again from the index.
+    pub(super) async fn apply_batch(
+        &self,
+        entries: Vec<(u64, Option<LogEntry>)>,
+        cache: &mut Cache,
+        index: u64,
+    ) -> Result<Option<u64>, BrokerError> {
+        let Some(last) = entries.last().map(|(seq, _)| *seq) else {
+            return Ok(Some(index));
+        };
+        if cache.0.len() > MAX_CACHED {
+            cache.0.clear();
         }
-    }
-
-    /// Decide log entry `seq` and, committed, write it (step 2 above).
-    ///
-    /// Four round trips to the server when nothing races: everything the
-    /// decision needs is read at once (the verdict, the entries read and
-    /// written, the buckets' totals), the verdict is written, then the
-    /// entries and totals, each a compare-and-set on the sequence read in
-    /// the first round; then the log entry is acked (by the caller).
-    async fn apply(&self, seq: u64, e: &LogEntry) -> Result<Verdict, BrokerError> {
-        let writes = decode_writes(e)?;
-        loop {
-            let (verdict, seen) =
-                futures_util::future::try_join(self.verdict(&e.k), self.seen(e, &writes)).await?;
-            let (old, verdict_seq) = verdict;
-            // Decided before: this very entry (an applier cut short, whose
+        let entries: Vec<(u64, LogEntry, Writes)> = entries
+            .into_iter()
+            .filter_map(|(seq, e)| {
+                let e = e?;
+                match decode_writes(&e) {
+                    Ok(w) => Some((seq, e, w)),
+                    Err(err) => {
+                        tracing::error!("state commit #{seq} is unreadable, skipped: {err}");
+                        None
+                    }
+                }
+            })
+            .collect();
+        // What deciding them needs and the cache does not hold, and each
+        // invocation's verdict, read at once.
+        let mut wanted = HashSet::new();
+        for (_, e, w) in &entries {
+            wanted.extend(self.subjects(e, w).filter(|s| !cache.0.contains_key(s)));
+        }
+        let read: Vec<(String, Result<Current, BrokerError>)> = futures_util::stream::iter(wanted)
+            .map(|s| async move {
+                let c = self.current(&s).await;
+                (s, c)
+            })
+            .buffer_unordered(READ_AHEAD)
+            .collect()
+            .await;
+        for (s, c) in read {
+            cache.0.insert(s, c?);
+        }
+        let ks: HashSet<String> = entries.iter().map(|(_, e, _)| e.k.clone()).collect();
+        let read: Vec<(String, Result<Decided, BrokerError>)> = futures_util::stream::iter(ks)
+            .map(|k| async move {
+                let v = self.verdict(&k).await;
+                (k, v)
+            })
+            .buffer_unordered(READ_AHEAD)
+            .collect()
+            .await;
+        let mut decided = HashMap::new();
+        for (k, v) in read {
+            decided.insert(k, v?);
+        }
+        // Each entry decided against what the entries before it left.
+        let mut verdicts: HashMap<String, (Verdict, u64)> = HashMap::new();
+        let mut staged = Staged::new();
+        let mut replies = Vec::new();
+        for (seq, e, w) in &entries {
+            let (old, at) = decided.get(&e.k).cloned().unwrap_or((None, 0));
+            // Decided before: this very entry (by a leader cut short, whose
             // writes are finished here), or an earlier entry of the same
             // invocation that committed (this one is a duplicate).
-            if let Some(v) = old.filter(|v| v.seq == seq || v.refused.is_none()) {
-                if v.seq == seq && v.refused.is_none() {
-                    self.finish(seq, &writes, &v.totals, &Seen::new()).await?;
+            if let Some(v) = old.filter(|v| v.seq == *seq || v.refused.is_none()) {
+                if v.seq == *seq && v.refused.is_none() {
+                    self.stage(*seq, w, &v.totals, cache, &mut staged);
                 }
-                return Ok(v);
+                replies.push((e.reply.clone(), v));
+                continue;
             }
-            let v = self.judge(seq, e, &writes, &seen);
-            let body = Bytes::from(serde_json::to_vec(&v).expect("JSON"));
-            if !self
-                .put_if(&self.verdict_subject(&e.k), Some(body), seq, verdict_seq)
-                .await?
-            {
-                continue; // another applier got there: look again
-            }
+            let v = self.judge(*seq, e, w, &cache.0);
             if v.refused.is_none() {
-                self.finish(seq, &writes, &v.totals, &seen).await?;
+                self.stage(*seq, w, &v.totals, cache, &mut staged);
             }
-            return Ok(v);
+            decided.insert(e.k.clone(), (Some(v.clone()), at));
+            // Of two entries of one invocation in a batch, the verdict on
+            // the later is the one stored (the earlier was refused).
+            verdicts.insert(e.k.clone(), (v.clone(), at));
+            replies.push((e.reply.clone(), v));
         }
+        // The verdicts first: once one is stored, whoever applies next
+        // finishes its entry's writes rather than deciding it again.
+        let stored = futures_util::future::try_join_all(verdicts.iter().map(|(k, (v, at))| {
+            let body = Bytes::from(serde_json::to_vec(v).expect("JSON"));
+            async move {
+                self.put_if(&self.verdict_subject(k), Some(body), v.seq, *at)
+                    .await
+            }
+        }))
+        .await?;
+        if stored.iter().any(Option::is_none) {
+            cache.0.clear();
+            return Ok(None);
+        }
+        // Then the entries and totals, each on the sequence it had before
+        // the batch: one that moved since (written by another leader) is
+        // read again and written only if it does not carry this version or
+        // a later one.
+        let written = futures_util::future::try_join_all(staged.into_iter().map(
+            |(subject, (value, version))| {
+                let before = cache.0.get(&subject).map_or(0, |c| c.seq);
+                async move {
+                    let seq = self
+                        .put_if(&subject, value.clone(), version, before)
+                        .await?;
+                    if seq.is_none() {
+                        self.write_over(&subject, value, version).await?;
+                    }
+                    Ok::<_, BrokerError>((subject, seq))
+                }
+            },
+        ))
+        .await?;
+        for (subject, seq) in written {
+            match seq {
+                Some(seq) => {
+                    if let Some(c) = cache.0.get_mut(&subject) {
+                        c.seq = seq;
+                    }
+                }
+                None => {
+                    cache.0.remove(&subject);
+                }
+            }
+        }
+        // The batch's writes are stored: the invoking hosts may publish.
+        for (reply, v) in replies {
+            let body = serde_json::to_vec(&v).expect("JSON");
+            let _ = self.client.publish(reply, body.into()).await;
+        }
+        let index = self.put_applied(last, index).await?;
+        if index.is_none() {
+            cache.0.clear();
+        }
+        Ok(index)
     }
 
-    /// The last message of every subject deciding `e` needs, read at once:
-    /// the entries it read and writes, and the totals of the buckets it
-    /// listed and writes.
-    async fn seen(&self, e: &LogEntry, writes: &Writes) -> Result<Seen, BrokerError> {
-        let mut subjects: Vec<String> = e
-            .reads
+    /// The subjects deciding `e` reads: the entries it read and writes,
+    /// and the totals of the buckets it listed and writes.
+    fn subjects<'a>(&'a self, e: &'a LogEntry, w: &'a Writes) -> impl Iterator<Item = String> + 'a {
+        e.reads
             .iter()
             .map(|(b, k, _)| self.entry_subject(b, k))
             .chain(
-                writes
-                    .writes
+                w.writes
                     .iter()
                     .flat_map(|(b, k, _)| [self.entry_subject(b, k), self.totals_subject(b)]),
             )
             .chain(e.lists.iter().map(|(b, _)| self.totals_subject(b)))
-            .collect();
-        subjects.sort();
-        subjects.dedup();
-        let read =
-            futures_util::future::try_join_all(subjects.iter().map(|s| self.current(s))).await?;
-        Ok(subjects.into_iter().zip(read).collect())
     }
 
+    /// Put the writes of committed entry `seq` (and the buckets' `totals`
+    /// after it) in the batch, and in the cache for the entries after it:
+    /// each unless the subject carries version `seq` or a later one
+    /// already (written by a leader cut short).
+    fn stage(
+        &self,
+        seq: u64,
+        w: &Writes,
+        totals: &BTreeMap<String, Totals>,
+        cache: &mut Cache,
+        staged: &mut Staged,
+    ) {
+        let entries = w
+            .writes
+            .iter()
+            .map(|(b, k, v)| (self.entry_subject(b, k), v.clone().map(Bytes::from)));
+        let totals = totals.iter().map(|(b, t)| {
+            let body = Bytes::from(serde_json::to_vec(t).expect("JSON"));
+            (self.totals_subject(b), Some(body))
+        });
+        for (subject, value) in entries.chain(totals) {
+            let Some(c) = cache.0.get_mut(&subject) else {
+                continue; // never: read before the batch was decided
+            };
+            if c.stamp >= seq {
+                continue;
+            }
+            c.version = if value.is_some() { seq } else { 0 };
+            c.stamp = seq;
+            c.value.clone_from(&value);
+            staged.insert(subject, (value, seq));
+        }
+    }
+
+    /// Write `value` with `version` on `subject` unless it carries that
+    /// version or a later one, whatever its last sequence.
+    async fn write_over(
+        &self,
+        subject: &str,
+        value: Option<Bytes>,
+        version: u64,
+    ) -> Result<(), BrokerError> {
+        loop {
+            let c = self.current(subject).await?;
+            if c.stamp >= version
+                || self
+                    .put_if(subject, value.clone(), version, c.seq)
+                    .await?
+                    .is_some()
+            {
+                return Ok(());
+            }
+        }
+    }
     /// The verdict on `e`, from what was `seen`: refused, or committed
     /// with the buckets' totals after it.
-    fn judge(&self, seq: u64, e: &LogEntry, writes: &Writes, seen: &Seen) -> Verdict {
+    fn judge(
+        &self,
+        seq: u64,
+        e: &LogEntry,
+        writes: &Writes,
+        seen: &HashMap<String, Current>,
+    ) -> Verdict {
         let refused = |r: Refused| Verdict {
             k: e.k.clone(),
             seq,
@@ -246,52 +333,7 @@ impl Kv {
             refused: None,
         }
     }
-
-    /// Write the entries and totals of committed log entry `seq`, each
-    /// unless already written (by an applier cut short before): what
-    /// carries version `seq` or later is. A subject in `seen` is first
-    /// written on the sequence seen there; one that moved since is read
-    /// again.
-    async fn finish(
-        &self,
-        seq: u64,
-        writes: &Writes,
-        totals: &BTreeMap<String, Totals>,
-        seen: &Seen,
-    ) -> Result<(), BrokerError> {
-        let mut todo: Vec<(String, Option<Bytes>)> = writes
-            .writes
-            .iter()
-            .map(|(b, k, v)| (self.entry_subject(b, k), v.clone().map(Bytes::from)))
-            .collect();
-        for (b, t) in totals {
-            todo.push((
-                self.totals_subject(b),
-                Some(serde_json::to_vec(t).expect("JSON").into()),
-            ));
-        }
-        let done = futures_util::future::try_join_all(todo.iter().map(|(subject, value)| async {
-            if let Some(c) = seen.get(subject)
-                && self.put_if(subject, value.clone(), seq, c.seq).await?
-            {
-                return Ok(());
-            }
-            loop {
-                let c = self.current(subject).await?;
-                if c.stamp >= seq {
-                    return Ok::<_, BrokerError>(());
-                }
-                if self.put_if(subject, value.clone(), seq, c.seq).await? {
-                    return Ok(());
-                }
-            }
-        }));
-        done.await.map(|_| ())
-    }
 }
-
-/// Subjects' last messages, read before deciding a log entry.
-type Seen = HashMap<String, Current>;
 
 fn decode_writes(e: &LogEntry) -> Result<Writes, BrokerError> {
     let writes = e

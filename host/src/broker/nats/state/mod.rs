@@ -1,5 +1,5 @@
 //! Step state on NATS: buckets kept in a key-value stream, written only
-//! by an applier that takes commits one at a time from a log.
+//! by the applier, which takes commits from a log in order.
 //!
 //! NATS cannot store several messages atomically, so a commit with state
 //! is made in steps, each safe to cut short (see ARCHITECTURE.md, "step
@@ -9,39 +9,44 @@
 //!    (stream `NS_KVLOG_APP`): the invocation's key `K` (its group and its
 //!    event's identity), the versions it read, its writes and its outputs.
 //!    One message, so it is stored whole or not at all.
-//! 2. The **applier** (one durable consumer with one message in flight, so
-//!    the app's hosts apply entries one at a time, in log order) checks
-//!    the entry: if `K` already has a committed verdict, the entry is a
-//!    duplicate (a redelivered event run again) and nothing is applied;
-//!    otherwise the versions read must be current and the quotas hold. It
-//!    writes the **verdict** `_tx.K` first, then the entries, each stamped
-//!    with the log entry's sequence as its version, then acks the log
-//!    entry and tells the invoking host.
+//! 2. The **applier** (one host of the app at a time, the holder of its
+//!    lease: `lead.rs`) reads the log in order from its applied index and
+//!    takes what is waiting in batches (`apply.rs`). It decides each entry
+//!    against the state the entries before it left: if `K` already has a
+//!    committed verdict, the entry is a duplicate (a redelivered event run
+//!    again) and nothing is applied; otherwise the versions read must be
+//!    current and the quotas hold. It writes the batch's **verdicts**
+//!    `_tx.K` first, then the entries (each stamped with its log entry's
+//!    sequence as its version) and the buckets' totals, tells the
+//!    invoking hosts, then moves the **applied index** `_ap.0` past the
+//!    batch.
 //! 3. The invoking host publishes the outputs of the committed entry (its
 //!    own, or the duplicate's original, read back from the log) and acks
 //!    its delivery.
 //!
-//! A crash after 1 redelivers the log entry to the applier (and the event
-//! to a step, whose new entry is then a duplicate); a crash inside 2
-//! leaves a verdict whose writes are finished when the entry comes again
-//! (an entry whose version is at least the log entry's is already
-//! written); a crash inside 3 redelivers the event, whose entry is a
-//! duplicate, and the original outputs are published again (the server
-//! drops copies within its duplicate window). So each event's writes are
-//! applied once, and its outputs published at least once. Every write is
-//! a compare-and-set on the subject's last sequence, so an applier that
-//! lost its message to another (the ack wait passed) cannot overwrite
-//! what the other applied after it.
+//! A crash after 1 leaves the entry in the log for the applier (and the
+//! event redelivered to a step, whose new entry is then a duplicate); a
+//! crash inside 2 leaves verdicts whose writes the next applier finishes
+//! when it reads their entries again from the applied index (an entry
+//! whose version is at least the log entry's is already written), and
+//! entries not decided, which it decides the same way; a crash inside 3
+//! redelivers the event, whose entry is a duplicate, and the original
+//! outputs are published again (the server drops copies within its
+//! duplicate window). So each event's writes are applied once, and its
+//! outputs published at least once. Every write is a compare-and-set on
+//! the subject's last sequence, so an applier that lost its lease cannot
+//! overwrite what the next one applied.
 //!
 //! Here: the types, the streams, and reads and compare-and-set writes of
 //! subjects; `commit.rs` is the invoking host's side (steps 1 and 3),
-//! `apply.rs` the applier (step 2), `retain.rs` the pruning of what the
-//! log leaves behind.
+//! `lead.rs` and `apply.rs` the applier (step 2), `retain.rs` the pruning
+//! of what the log leaves behind.
 //!
 //! Subjects of the key-value stream `KV_NS_APP_kv`: `$KV.B.BUCKET.KEY64`
 //! (an entry; the key in unpadded URL-safe base64), `$KV.B._b.BUCKET` (a
-//! bucket's version and totals), `$KV.B._tx.K` (a verdict), where `B` is
-//! `NS_APP_kv`. A deleted entry is a `KV-Operation: DEL` marker.
+//! bucket's version and totals), `$KV.B._tx.K` (a verdict), `$KV.B._ap.0`
+//! (the applied index), `$KV.B._lease.0` (the applier's lease), where `B`
+//! is `NS_APP_kv`. A deleted entry is a `KV-Operation: DEL` marker.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -63,6 +68,7 @@ use tokio::sync::{oneshot, watch};
 
 mod apply;
 mod commit;
+mod lead;
 mod retain;
 
 use super::{Names, nats, pulling::scan};
@@ -71,18 +77,16 @@ use crate::kv::{ReadError, Refused, Version};
 
 /// The header that carries an entry's version (its log entry's sequence).
 const VERSION: &str = "Troupe-Version";
-/// How long the applier may hold a log entry before another host gets it.
-const APPLY_WAIT: Duration = Duration::from_secs(5);
 /// How often a host waiting for a verdict looks for it itself, in case
 /// the applier's word was lost.
 const VERDICT_POLL: Duration = Duration::from_secs(1);
 /// How long a host waits for a verdict before it leaves the delivery to
 /// be delivered again (no applier is running, or the server is away).
 const VERDICT_GIVE_UP: Duration = Duration::from_secs(20);
-/// How many of this host's commits may wait in the log at once. The
-/// applier takes a few hundred a second: a longer queue would only make
-/// each commit wait past [`VERDICT_GIVE_UP`], and its delivery be run
-/// again for nothing. Commits beyond it wait their turn on this host.
+/// How many of this host's commits may wait in the log at once: a longer
+/// queue would only make each commit wait past [`VERDICT_GIVE_UP`] when
+/// the applier is slow (the server busy), and its delivery be run again
+/// for nothing. Commits beyond it wait their turn on this host.
 const MAX_DECIDING: usize = 256;
 /// Room kept in a log entry for its headers.
 const LOG_HEADROOM: usize = 1024;
@@ -147,6 +151,10 @@ pub(super) struct Kv {
     log_subject: String,
     /// This host's subject for verdicts.
     inbox: String,
+    /// This host, as the holder of the applier's lease.
+    id: String,
+    /// Whether this host applies now (holds the lease and reads the log).
+    leading: std::sync::atomic::AtomicBool,
     max_payload: usize,
     waiting: Mutex<HashMap<String, oneshot::Sender<Verdict>>>,
     /// One permit per commit in the log and not yet decided.
@@ -198,6 +206,8 @@ impl Kv {
             prefix: format!("$KV.{bucket}"),
             log_subject: names.kvlog_subject(),
             inbox,
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            leading: Default::default(),
             max_payload,
             waiting: Mutex::default(),
             deciding: tokio::sync::Semaphore::new(MAX_DECIDING),
@@ -265,14 +275,15 @@ impl Kv {
     }
 
     /// Publish `value` (`None`: a deletion marker) on `subject` if its last
-    /// message is still `last`; `Ok(false)` if it is not.
+    /// message is still `last`: the new message's sequence, or `None` if
+    /// the subject moved on.
     async fn put_if(
         &self,
         subject: &str,
         value: Option<Bytes>,
         version: Version,
         last: u64,
-    ) -> Result<bool, BrokerError> {
+    ) -> Result<Option<u64>, BrokerError> {
         let mut h = HeaderMap::new();
         h.insert(VERSION, version.to_string().as_str());
         if value.is_none() {
@@ -288,8 +299,8 @@ impl Kv {
             .await
             .map_err(nats)?;
         match ack.await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
+            Ok(ack) => Ok(Some(ack.sequence)),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
             Err(e) => Err(nats(format!("writing {subject}: {e}"))),
         }
     }

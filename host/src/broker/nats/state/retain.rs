@@ -5,7 +5,8 @@
 //! again (a duplicate must find it); the broker's pruner says until when
 //! that is (`before`: every event stored before it has been settled by
 //! every consumer, and `[retention] events` has passed). A log entry is
-//! needed until the applier has settled it and while a verdict names it
+//! needed until it is applied (below the applied index, `lead.rs`) and
+//! while a verdict names it
 //! (a duplicate's outputs are read back from it). A deleted entry's
 //! marker only matters to an applier that could still write the entry,
 //! one holding a log entry from before `before`: there is none.
@@ -18,7 +19,7 @@ use time::OffsetDateTime;
 use super::{Kv, Verdict};
 use crate::broker::BrokerError;
 use crate::broker::nats::nats;
-use crate::broker::nats::prune::{floor, purge_below};
+use crate::broker::nats::prune::purge_below;
 use crate::broker::nats::pulling::{first_from, first_message, oldest};
 
 /// Markers looked at per pass.
@@ -51,11 +52,12 @@ impl Kv {
         .await?
         .map_or(data_last + 1, |(seq, _)| seq);
         purge_below(&self.data, &verdicts, kept).await?;
-        // Log entries the applier settled that no verdict left names.
-        let Ok(applier) = self.log.consumer_info("apply").await else {
-            return Ok(()); // no applier has run yet
+        // Log entries applied (below the applied index) that no verdict
+        // left names.
+        let Some(applied) = self.applied().await?.0 else {
+            return Ok(()); // no applier has recorded its progress yet
         };
-        let mut upto = floor(&[applier], log.state.last_sequence);
+        let mut upto = applied + 1;
         let first_verdict = first_message(&self.data, &verdicts, DeliverPolicy::All, false).await?;
         if let Some(v) =
             first_verdict.and_then(|m| serde_json::from_slice::<Verdict>(&m.payload).ok())
