@@ -26,7 +26,12 @@ use troupe_tests::{
 const ORDERS: usize = 3000;
 const RUNS: usize = 200;
 const HOSTS: usize = 3;
-const FLOW: &str = "input = \"order.placed\"\n\n[steps.validate]\nstep = \"order-validate\"\n\n[steps.charge]\nstep = \"payment-charge\"\ninput = \"validate\"\n\n[steps.ship]\nstep = \"shipping-dispatch\"\ninput = \"charge\"\n";
+/// A run's time limit is generous: a run acknowledged just before the kill
+/// waits for the lease to pass (up to 8 s) and for the commands the dead
+/// host held to come back (the 30 s ack wait), behind the cascades'
+/// backlog; on a machine busy with other tests that passed the default
+/// 60 s once (the point here is that every run completes, not how fast).
+const FLOW: &str = "input = \"order.placed\"\ntimeout_ms = 150000\n\n[steps.validate]\nstep = \"order-validate\"\n\n[steps.charge]\nstep = \"payment-charge\"\ninput = \"validate\"\n\n[steps.ship]\nstep = \"shipping-dispatch\"\ninput = \"charge\"\n";
 
 /// A host process, killed when dropped (also when the test fails).
 struct HostProcess(Option<Child>);
