@@ -610,6 +610,33 @@ async fn a_c_step_keeps_state_too() {
     host.shutdown().await;
 }
 
+/// `n` events (JSON lines for `troupe publish --file`) for a `keeper`
+/// step of role `main`: each takes one unit from `stock`/`count` and sets
+/// `stock`/`done/o-NNNN`.
+pub(crate) fn taking_orders(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let ops = json!({"main": {"ops": [
+                {"op": "take", "bucket": "stock", "key": "count", "qty": 1},
+                set("stock", &format!("done/o-{i:04}"), "1"),
+            ]}});
+            format!("{}\n", json!({"type": "test.kv", "data": ops}))
+        })
+        .collect()
+}
+
+/// How many of [`taking_orders`] are done, from `troupe --json kv list
+/// stock`.
+pub(crate) fn orders_done(listing: &str) -> usize {
+    let v: Value = serde_json::from_str(listing).unwrap();
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k.as_str().unwrap().starts_with("done/"))
+        .count()
+}
+
 /// SIGKILL `troupe run` at random moments while 2,000 orders each take
 /// one unit from a counter and mark themselves done in the same bucket:
 /// afterwards every order is done, and the counter is the initial count
@@ -627,27 +654,9 @@ fn sigkill_at_random_points_loses_no_write_and_applies_none_twice(b: Backend) {
         &app,
         &["kv", "put", "stock", "count", &STOCK.to_string()],
     ));
-    let lines: String = (0..ORDERS)
-        .map(|i| {
-            let ops = json!({"main": {"ops": [
-                {"op": "take", "bucket": "stock", "key": "count", "qty": 1},
-                set("stock", &format!("done/o-{i:04}"), "1"),
-            ]}});
-            format!("{}\n", json!({"type": "test.kv", "data": ops}))
-        })
-        .collect();
-    std::fs::write(dir.join("orders.jsonl"), lines).unwrap();
+    std::fs::write(dir.join("orders.jsonl"), taking_orders(ORDERS)).unwrap();
     ok(&cli(&app, &["publish", ".", "--file", "orders.jsonl"]));
-    let done = || {
-        let out = ok(&cli(&app, &["--json", "kv", "list", "stock"]));
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|k| k.as_str().unwrap().starts_with("done/"))
-            .count()
-    };
+    let done = || orders_done(&ok(&cli(&app, &["--json", "kv", "list", "stock"])));
     // A seed printed, so a failing run can be told apart.
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

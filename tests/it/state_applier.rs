@@ -7,12 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use troupe_tests::process::HostProcess;
 use troupe_tests::{Backend, TestApp, wait_for};
 
 use super::cli::ok;
-use super::state::{keeper, set};
+use super::state::{keeper, orders_done, taking_orders};
 
 const STOCK: u64 = 10_000;
 const ORDERS: usize = 3_000;
@@ -54,27 +53,9 @@ fn the_host_that_applies_state_on_nats_is_killed_and_nothing_is_lost_or_doubled(
     });
     let (applier, other) = if first_applies { (a, b) } else { (b, a) };
 
-    let lines: String = (0..ORDERS)
-        .map(|i| {
-            let ops = json!({"main": {"ops": [
-                {"op": "take", "bucket": "stock", "key": "count", "qty": 1},
-                set("stock", &format!("done/o-{i:04}"), "1"),
-            ]}});
-            format!("{}\n", json!({"type": "test.kv", "data": ops}))
-        })
-        .collect();
-    std::fs::write(first.path().join("orders.jsonl"), lines).unwrap();
+    std::fs::write(first.path().join("orders.jsonl"), taking_orders(ORDERS)).unwrap();
     cli(&first, &["publish", ".", "--file", "orders.jsonl"]);
-    let done = || {
-        let v: Value =
-            serde_json::from_str(&cli(&first, &["--json", "kv", "list", "stock"])).unwrap();
-        v["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|k| k.as_str().unwrap().starts_with("done/"))
-            .count()
-    };
+    let done = || orders_done(&cli(&first, &["--json", "kv", "list", "stock"]));
     let at_kill = wait_for(
         Duration::from_secs(120),
         "a sixth of the orders done",

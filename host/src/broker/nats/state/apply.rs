@@ -102,30 +102,14 @@ impl Kv {
         for (_, e, w) in &entries {
             wanted.extend(self.subjects(e, w).filter(|s| !cache.0.contains_key(s)));
         }
-        let read: Vec<(String, Result<Current, BrokerError>)> = futures_util::stream::iter(wanted)
-            .map(|s| async move {
-                let c = self.current(&s).await;
-                (s, c)
-            })
-            .buffer_unordered(READ_AHEAD)
-            .collect()
-            .await;
-        for (s, c) in read {
-            cache.0.insert(s, c?);
-        }
+        let read = read_all(wanted, |s| async move { self.current(&s).await }).await?;
+        cache.0.extend(read);
         let ks: HashSet<String> = entries.iter().map(|(_, e, _)| e.k.clone()).collect();
-        let read: Vec<(String, Result<Decided, BrokerError>)> = futures_util::stream::iter(ks)
-            .map(|k| async move {
-                let v = self.verdict(&k).await;
-                (k, v)
-            })
-            .buffer_unordered(READ_AHEAD)
-            .collect()
-            .await;
-        let mut decided = HashMap::new();
-        for (k, v) in read {
-            decided.insert(k, v?);
-        }
+        let mut decided: HashMap<String, Decided> =
+            read_all(ks, |k| async move { self.verdict(&k).await })
+                .await?
+                .into_iter()
+                .collect();
         // Each entry decided against what the entries before it left.
         let mut verdicts: HashMap<String, (Verdict, u64)> = HashMap::new();
         let mut staged = Staged::new();
@@ -333,6 +317,28 @@ impl Kv {
             refused: None,
         }
     }
+}
+
+/// `read(key)` for every key, [`READ_AHEAD`] at a time: each key with
+/// what was read, or the first error.
+async fn read_all<T, F>(
+    keys: HashSet<String>,
+    read: impl Fn(String) -> F,
+) -> Result<Vec<(String, T)>, BrokerError>
+where
+    F: Future<Output = Result<T, BrokerError>>,
+{
+    let read = &read;
+    futures_util::stream::iter(keys)
+        .map(|k| async move {
+            let v = read(k.clone()).await?;
+            Ok((k, v))
+        })
+        .buffer_unordered(READ_AHEAD)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
 }
 
 fn decode_writes(e: &LogEntry) -> Result<Writes, BrokerError> {
