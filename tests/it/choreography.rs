@@ -24,6 +24,7 @@ on_each_broker!(
     output_that_breaks_the_contract_is_dead_lettered_and_not_published,
     a_dead_letter_replayed_after_the_fault_is_fixed_completes,
     text_data_is_checked_against_its_declared_media_type,
+    a_batch_larger_than_the_clients_acks_in_flight_is_published,
 );
 
 fn orders_app(b: Backend, extra: &str) -> TestApp {
@@ -414,4 +415,25 @@ async fn text_data_is_checked_against_its_declared_media_type(b: Backend) {
         "{messages:?}"
     );
     host.shutdown().await;
+}
+
+/// One publish of more events than the NATS client keeps acks in flight
+/// for (5,000): it used to wait forever for a permit that only its own
+/// unawaited acks held (`troupe publish --file` of 20,000 lines hung).
+async fn a_batch_larger_than_the_clients_acks_in_flight_is_published(b: Backend) {
+    let app = orders_app(b, "");
+    let host = app.start().await;
+    let events: Vec<_> = (0..12_000)
+        .map(|i| event("bulk.loaded", json!({"i": i})))
+        .collect();
+    let first = events[0].id.clone();
+    let last = events[11_999].id.clone();
+    tokio::time::timeout(Duration::from_secs(120), host.broker.publish(events))
+        .await
+        .expect("published within 120 s")
+        .unwrap();
+    for id in [first, last] {
+        let trace = host.broker.trace(&id).await.unwrap();
+        assert_eq!(trace.len(), 1, "event {id} stored once");
+    }
 }

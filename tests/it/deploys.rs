@@ -588,7 +588,9 @@ fn a_deploy_in_the_middle_of_a_steady_load_loses_nothing(b: Backend) {
             assert!(
                 s["attempts"] == 1
                     || (s["attempts"].as_u64() == Some(errors.len() as u64 + 1)
-                        && errors.iter().all(|e| e.as_str().is_some_and(|e| e.contains(": timeout: ")))),
+                        && errors
+                            .iter()
+                            .all(|e| e.as_str().is_some_and(|e| e.contains(": timeout: ")))),
                 "{sid} of {id} ran once, or again after a timeout: {run}"
             );
         }

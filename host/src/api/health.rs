@@ -113,8 +113,14 @@ pub(super) fn metrics(h: &Health) -> String {
     series(
         "troupe_state_applier",
         "gauge",
-        "1 while this host applies the app's state commits (NATS: one host of the app at a time), else 0",
+        "1 while this host applies any of the app's state commits (NATS: it leads a state partition), else 0",
         h.state_applier.map(u64::from),
+    );
+    series(
+        "troupe_state_partitions",
+        "gauge",
+        "How many of the app's 16 state partitions this host leads (NATS)",
+        h.state_partitions.map(u64::from),
     );
     out
 }

@@ -29,11 +29,14 @@ pub struct Health {
     /// Free bytes on the file system the store is on (embedded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub free_disk_bytes: Option<u64>,
-    /// Whether this host applies the app's state commits now (NATS: the
-    /// holder of the applier's lease; `None` on the embedded broker, whose
-    /// one host always does).
+    /// Whether this host applies any of the app's state commits now
+    /// (NATS: it leads at least one state partition; `None` on the
+    /// embedded broker, whose one host always does).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_applier: Option<bool>,
+    /// How many of the app's state partitions this host leads (NATS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_partitions: Option<u32>,
     /// Commits that failed since the host started.
     pub failed_commits: u64,
     /// What retention pruned since the host started.

@@ -200,6 +200,11 @@ pub enum Conflict {
     },
     #[error("bucket {bucket} changed after its keys were listed")]
     Bucket { bucket: String },
+    /// Another run of the same invocation (its event delivered again) is
+    /// being decided: NATS, where two partitions' leaders could otherwise
+    /// decide both.
+    #[error("another run of this invocation (state commit #{seq}) is being decided")]
+    Invocation { seq: Version },
 }
 
 /// Why a commit's writes were not applied (nor anything else of the

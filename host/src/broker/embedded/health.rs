@@ -88,6 +88,7 @@ impl Health {
             store_bytes: Some(get(&self.store_bytes)),
             free_disk_bytes: (free > 0).then_some(free),
             state_applier: None,
+            state_partitions: None,
             failed_commits: self.writes.failed_commits(),
             pruned_events: get(&self.pruned_events),
             pruned_dead_letters: get(&self.pruned_dead_letters),

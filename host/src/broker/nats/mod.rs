@@ -537,6 +537,7 @@ impl Transport for Nats {
             pruned_records: n(&self.inner.pruned.records),
             store_bytes: Some(n(&self.inner.pruned.store_bytes)).filter(|&b| b > 0),
             state_applier: Some(self.inner.kv.leading()),
+            state_partitions: Some(self.inner.kv.partitions_led()),
             ..super::Health::default()
         }
     }

@@ -11,6 +11,12 @@ use crate::broker::{BrokerError, Commit};
 use crate::event::{Event, TARGET};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 
+/// The most acks one [`Publisher::send`] holds before it waits for them.
+/// The client lends at most 5,000 permits to acks not yet awaited and
+/// makes a publish wait for one: a send holding that many itself would
+/// wait forever.
+const ACK_WINDOW: usize = 1000;
+
 /// Wait until the server has stored every message sent.
 pub(super) async fn stored(acks: Vec<(String, PublishAckFuture)>) -> Result<(), BrokerError> {
     for (subject, a) in acks {
@@ -93,7 +99,8 @@ pub(super) struct Publisher {
 
 impl Publisher {
     /// Hand `events` and `state` rows to the client in order; the futures
-    /// resolve once the server has stored each.
+    /// resolve once the server has stored each (of a long batch, those
+    /// before the last [`ACK_WINDOW`] are awaited here).
     pub(super) async fn send(
         &self,
         events: &[Event],
@@ -116,6 +123,9 @@ impl Publisher {
                 )
                 .await;
             acks.push((subject, ack.map_err(refused)?));
+            if acks.len() >= ACK_WINDOW {
+                stored(std::mem::take(&mut acks)).await?;
+            }
         }
         // State rows are key-value entries: a message on `$KV.BUCKET.KEY`.
         for (key, value) in state {
@@ -126,6 +136,9 @@ impl Publisher {
             };
             let ack = self.js.send_publish(subject.clone(), p).await;
             acks.push((subject, ack.map_err(refused)?));
+            if acks.len() >= ACK_WINDOW {
+                stored(std::mem::take(&mut acks)).await?;
+            }
         }
         Ok(acks)
     }

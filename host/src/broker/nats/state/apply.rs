@@ -9,7 +9,7 @@
 //! it holds (the subjects it needs and does not know yet, its verdicts,
 //! its writes, the index), where each entry used to cost four.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +18,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::super::nats;
+use super::lead::Leader;
+use super::part::{PARTITIONS, partition, totals_key};
 use super::{Current, Kv, LogEntry, Totals, Verdict, totals_of};
 use crate::broker::BrokerError;
-use crate::kv::{Refused, Writes, check};
+use crate::kv::{Conflict, Refused, Writes, check};
 
 /// Subjects read at once.
 const READ_AHEAD: usize = 64;
@@ -33,6 +35,13 @@ const MAX_CACHED: usize = 200_000;
 /// sequence before the batch, for the compare-and-set that writes it).
 #[derive(Default)]
 pub(super) struct Cache(HashMap<String, Current>);
+
+impl Cache {
+    /// Forget everything: read again as needed.
+    pub(super) fn clear(&mut self) {
+        self.0.clear();
+    }
+}
 
 /// What a batch writes to a subject: the value (`None`: a deletion
 /// marker) and the version it carries.
@@ -66,41 +75,48 @@ impl Kv {
         }
     }
 
-    /// Apply a batch of log entries (`None`: unreadable, skipped): decide
-    /// each in log order, write what the batch changes, then the applied
-    /// index (whose last sequence was `index`); the index's new sequence.
-    /// `Ok(None)`: another leader wrote first (a verdict, or the index),
-    /// so this host no longer applies; it starts again from the index.
+    /// Apply a batch of the log entries of `leader`'s partitions: decide
+    /// each in log order, then write what the batch changes. `false`:
+    /// another leader wrote first (a verdict), so this host no longer
+    /// applies; it starts again from its partitions' indexes.
     pub(super) async fn apply_batch(
         &self,
-        entries: Vec<(u64, Option<LogEntry>)>,
-        cache: &mut Cache,
-        index: u64,
-    ) -> Result<Option<u64>, BrokerError> {
-        let Some(last) = entries.last().map(|(seq, _)| *seq) else {
-            return Ok(Some(index));
-        };
+        entries: Vec<(u64, LogEntry)>,
+        leader: &mut Leader<'_>,
+    ) -> Result<bool, BrokerError> {
+        if entries.is_empty() {
+            return Ok(true);
+        }
+        let cache = &mut leader.cache;
         if cache.0.len() > MAX_CACHED {
             cache.0.clear();
         }
         let entries: Vec<(u64, LogEntry, Writes)> = entries
             .into_iter()
-            .filter_map(|(seq, e)| {
-                let e = e?;
-                match decode_writes(&e) {
-                    Ok(w) => Some((seq, e, w)),
-                    Err(err) => {
-                        tracing::error!("state commit #{seq} is unreadable, skipped: {err}");
-                        None
-                    }
+            .filter_map(|(seq, e)| match decode_writes(&e) {
+                Ok(w) => Some((seq, e, w)),
+                Err(err) => {
+                    tracing::error!("state commit #{seq} is unreadable, skipped: {err}");
+                    None
                 }
             })
             .collect();
         // What deciding them needs and the cache does not hold, and each
-        // invocation's verdict, read at once.
+        // invocation's verdict, read at once. Subjects of partitions led
+        // elsewhere (another partition's totals, for a quota; anything of
+        // an entry that crosses partitions) are read every time, and
+        // dropped after the batch.
         let mut wanted = HashSet::new();
+        let mut foreign = HashSet::new();
         for (_, e, w) in &entries {
-            wanted.extend(self.subjects(e, w).filter(|s| !cache.0.contains_key(s)));
+            for (subject, n) in self.subjects(e, w) {
+                if leader.mine & 1 << n == 0 {
+                    foreign.insert(subject.clone());
+                    wanted.insert(subject);
+                } else if !cache.0.contains_key(&subject) {
+                    wanted.insert(subject);
+                }
+            }
         }
         let read = read_all(wanted, |s| async move { self.current(&s).await }).await?;
         cache.0.extend(read);
@@ -119,11 +135,26 @@ impl Kv {
             // Decided before: this very entry (by a leader cut short, whose
             // writes are finished here), or an earlier entry of the same
             // invocation that committed (this one is a duplicate).
-            if let Some(v) = old.filter(|v| v.seq == *seq || v.refused.is_none()) {
+            if let Some(v) = old
+                .as_ref()
+                .filter(|v| v.seq == *seq || v.refused.is_none())
+            {
                 if v.seq == *seq && v.refused.is_none() {
                     self.stage(*seq, w, &v.totals, cache, &mut staged);
                 }
-                replies.push((e.reply.clone(), v));
+                replies.push((e.reply.clone(), v.clone()));
+                continue;
+            }
+            // An earlier entry of the same invocation that another leader
+            // decides, and whose verdict is not in yet: this one is
+            // refused, unrecorded, and runs again (a duplicate, once the
+            // other is decided).
+            if let Some(&other) = leader.others.get(&e.k)
+                && other < *seq
+                && old.as_ref().is_none_or(|v| v.seq < other)
+            {
+                let refused = Conflict::Invocation { seq: other };
+                replies.push((e.reply.clone(), Verdict::refused(e, *seq, refused.into())));
                 continue;
             }
             let v = self.judge(*seq, e, w, &cache.0);
@@ -148,7 +179,7 @@ impl Kv {
         .await?;
         if stored.iter().any(Option::is_none) {
             cache.0.clear();
-            return Ok(None);
+            return Ok(false);
         }
         // Then the entries and totals, each on the sequence it had before
         // the batch: one that moved since (written by another leader) is
@@ -181,30 +212,40 @@ impl Kv {
                 }
             }
         }
+        for subject in foreign {
+            cache.0.remove(&subject);
+        }
         // The batch's writes are stored: the invoking hosts may publish.
         for (reply, v) in replies {
             let body = serde_json::to_vec(&v).expect("JSON");
             let _ = self.client.publish(reply, body.into()).await;
         }
-        let index = self.put_applied(last, index).await?;
-        if index.is_none() {
-            cache.0.clear();
-        }
-        Ok(index)
+        Ok(true)
     }
 
-    /// The subjects deciding `e` reads: the entries it read and writes,
-    /// and the totals of the buckets it listed and writes.
-    fn subjects<'a>(&'a self, e: &'a LogEntry, w: &'a Writes) -> impl Iterator<Item = String> + 'a {
+    /// The subjects deciding `e` reads, each with its partition: the
+    /// entries it read and writes, and every partition's totals of the
+    /// buckets it listed and writes.
+    fn subjects<'a>(
+        &'a self,
+        e: &'a LogEntry,
+        w: &'a Writes,
+    ) -> impl Iterator<Item = (String, usize)> + 'a {
+        let totals = move |b: &'a str| (0..PARTITIONS).map(move |n| (self.totals_subject(b, n), n));
         e.reads
             .iter()
-            .map(|(b, k, _)| self.entry_subject(b, k))
+            .map(|(b, k, _)| (self.entry_subject(b, k), partition(b, k)))
             .chain(
                 w.writes
                     .iter()
-                    .flat_map(|(b, k, _)| [self.entry_subject(b, k), self.totals_subject(b)]),
+                    .map(|(b, k, _)| (self.entry_subject(b, k), partition(b, k))),
             )
-            .chain(e.lists.iter().map(|(b, _)| self.totals_subject(b)))
+            .chain(
+                w.writes
+                    .iter()
+                    .flat_map(move |(b, _, _)| totals(b.as_str())),
+            )
+            .chain(e.lists.iter().flat_map(move |(b, _)| totals(b.as_str())))
     }
 
     /// Put the writes of committed entry `seq` (and the buckets' `totals`
@@ -223,9 +264,9 @@ impl Kv {
             .writes
             .iter()
             .map(|(b, k, v)| (self.entry_subject(b, k), v.clone().map(Bytes::from)));
-        let totals = totals.iter().map(|(b, t)| {
+        let totals = totals.iter().map(|(key, t)| {
             let body = Bytes::from(serde_json::to_vec(t).expect("JSON"));
-            (self.totals_subject(b), Some(body))
+            (self.totals_subject_of(key), Some(body))
         });
         for (subject, value) in entries.chain(totals) {
             let Some(c) = cache.0.get_mut(&subject) else {
@@ -262,7 +303,7 @@ impl Kv {
         }
     }
     /// The verdict on `e`, from what was `seen`: refused, or committed
-    /// with the buckets' totals after it.
+    /// with the buckets' totals after it (per partition).
     fn judge(
         &self,
         seq: u64,
@@ -270,23 +311,26 @@ impl Kv {
         writes: &Writes,
         seen: &HashMap<String, Current>,
     ) -> Verdict {
-        let refused = |r: Refused| Verdict {
-            k: e.k.clone(),
-            seq,
-            totals: BTreeMap::new(),
-            refused: Some(r),
-        };
         let key = |b: &str, k: &str| &seen[&self.entry_subject(b, k)];
-        let bucket = |b: &str| &seen[&self.totals_subject(b)];
-        if let Err(c) = check(writes, |b, k| key(b, k).version, |b| bucket(b).version) {
-            return refused(c.into());
+        let part = |b: &str, n: usize| &seen[&self.totals_subject(b, n)];
+        // A bucket's version: the last commit that wrote it, in any
+        // partition.
+        let bucket_version = |b: &str| {
+            (0..PARTITIONS)
+                .map(|n| part(b, n).version)
+                .max()
+                .unwrap_or(0)
+        };
+        if let Err(c) = check(writes, |b, k| key(b, k).version, bucket_version) {
+            return Verdict::refused(e, seq, c.into());
         }
-        // The buckets' totals after the writes.
-        let mut totals = BTreeMap::<String, Totals>::new();
+        // The totals of the partitions written, after the writes.
+        let mut changed = BTreeMap::<(String, usize), Totals>::new();
         for (b, k, v) in &writes.writes {
-            let t = totals
-                .entry(b.clone())
-                .or_insert_with(|| totals_of(bucket(b)));
+            let n = partition(b, k);
+            let t = changed
+                .entry((b.clone(), n))
+                .or_insert_with(|| totals_of(part(b, n)));
             if let Some(old) = &key(b, k).value {
                 t.keys -= 1;
                 t.bytes -= (k.len() + old.len()) as i64;
@@ -296,24 +340,47 @@ impl Kv {
                 t.bytes += (k.len() + v.len()) as i64;
             }
         }
-        for (b, t) in &totals {
-            if t.keys as u64 > e.max_keys {
-                return refused(Refused::Quota(format!(
-                    "bucket {b} would hold {} keys, over its limit of {}",
-                    t.keys, e.max_keys
-                )));
+        // Each bucket written, over all its partitions.
+        let buckets: BTreeSet<&String> = changed.keys().map(|(b, _)| b).collect();
+        for b in buckets {
+            let t = (0..PARTITIONS).fold(Totals::default(), |sum, n| {
+                let t = changed
+                    .get(&(b.clone(), n))
+                    .copied()
+                    .unwrap_or_else(|| totals_of(part(b, n)));
+                Totals {
+                    keys: sum.keys + t.keys,
+                    bytes: sum.bytes + t.bytes,
+                }
+            });
+            if t.keys > 0 && t.keys as u64 > e.max_keys {
+                return Verdict::refused(
+                    e,
+                    seq,
+                    Refused::Quota(format!(
+                        "bucket {b} would hold {} keys, over its limit of {}",
+                        t.keys, e.max_keys
+                    )),
+                );
             }
-            if t.bytes as u64 > e.max_bucket_bytes {
-                return refused(Refused::Quota(format!(
-                    "bucket {b} would hold {} bytes, over its limit of {}",
-                    t.bytes, e.max_bucket_bytes
-                )));
+            if t.bytes > 0 && t.bytes as u64 > e.max_bucket_bytes {
+                return Verdict::refused(
+                    e,
+                    seq,
+                    Refused::Quota(format!(
+                        "bucket {b} would hold {} bytes, over its limit of {}",
+                        t.bytes, e.max_bucket_bytes
+                    )),
+                );
             }
         }
         Verdict {
             k: e.k.clone(),
             seq,
-            totals,
+            totals: changed
+                .into_iter()
+                .map(|((b, n), t)| (totals_key(&b, n), t))
+                .collect(),
             refused: None,
         }
     }

@@ -1,175 +1,132 @@
-//! Who applies the app's state commits: one host at a time, the holder of
-//! the applier's lease, reading the commit log in order from the last
-//! entry applied (step 2 in `mod.rs`; the batch itself is `apply.rs`).
+//! A host leading partitions of the app's step state (step 2 in `mod.rs`):
+//! it reads the whole commit log in order and applies the entries of the
+//! partitions it leads (`lease.rs` says which), in batches (`apply.rs`).
 //!
-//! Every host of the app that runs steps runs [`Kv::apply_loop`]: it tries
-//! for the lease (`$KV.B._lease.0`, taken and renewed by compare-and-set
-//! on the subject's last sequence) every [`LEASE_RENEW`]; the holder reads
-//! the log with an ordered consumer from the applied index
-//! (`$KV.B._ap.0`: the last log sequence whose writes are all stored),
-//! takes what is waiting in batches and applies them. A holder that cannot
-//! renew stops applying [`LEASE_MARGIN`] before its lease could run out;
-//! a host that stops releases the lease, so another takes over at once
-//! rather than after [`LEASE_TTL`].
+//! Every host of the app that runs steps runs [`Kv::apply_loop`]. A
+//! leader reads the log with an ordered consumer from the lowest applied
+//! index of all partitions, so it sees every entry not yet applied, and
+//! sorts each:
+//! - an entry of partitions it leads only: decided and applied here, in
+//!   batches, against what the entries before it left;
+//! - an entry of partitions led elsewhere only: skipped, its invocation's
+//!   key noted (below);
+//! - an entry that crosses into partitions led elsewhere: a **barrier**.
+//!   Each leader of one of its partitions applies everything before it,
+//!   records its index just below it and stops there. The leader of its
+//!   lowest partition (its home) waits until every other partition's
+//!   index has reached it, decides it against the server's state (nothing
+//!   else writes those partitions meanwhile), writes it in every
+//!   partition and moves its own index past it; the others wait for that,
+//!   drop what they cached and go on. Every leader reads the log in the
+//!   same order and a wait at sequence `S` only waits for leaders reaching
+//!   `S`, so no cycle of waits can form.
+//!
+//! Two entries of one invocation (an event delivered again, whose run
+//! touched other keys) may fall in partitions of different leaders. An
+//! entry whose invocation has an earlier entry elsewhere in the log, not
+//! yet decided as far as its verdict says, is refused without a verdict
+//! (`apply.rs`): its invocation runs again, and is a duplicate once the
+//! first is decided. So two leaders never decide one invocation at once.
 //!
 //! **Nothing a leader holds in memory is needed by the next one**: its
-//! cache of subjects is the server's state as of its applied index plus
-//! what it wrote itself, and a leader that takes over starts from the
-//! applied index, where an entry decided by the last leader has its
-//! verdict and its writes are finished, and an entry not decided is
-//! decided again, the same way (a decision depends only on the state the
-//! entries before it left, and on the entry).
+//! cache is the server's state as of its indexes plus what it wrote, and a
+//! leader that takes a partition over starts from the partition's index,
+//! where an entry already decided has its verdict and its writes are
+//! finished, and an entry not decided is decided again.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
-use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::super::nats;
 use super::apply::Cache;
+use super::lease::{ANNOUNCE_AFTER, Held, Index, LEASE_RENEW};
+use super::part::{Mask, PARTITIONS, each, home};
 use super::{Kv, LogEntry};
 use crate::broker::BrokerError;
 
-/// How long the applier's lease lasts unless renewed.
-const LEASE_TTL: Duration = Duration::from_secs(6);
-/// How often the holder renews it, and the other hosts try for it.
-const LEASE_RENEW: Duration = Duration::from_secs(2);
-/// How long before its lease could run out a holder that could not renew
-/// stops applying (the hosts' clocks may differ by this much).
-const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// The most log entries applied in one batch, and their most bytes.
 const MAX_BATCH: usize = 512;
 const MAX_BATCH_BYTES: usize = 16 << 20;
-
-/// The applier's lease, as stored.
-#[derive(Debug, Serialize, Deserialize)]
-struct Lease {
-    holder: String,
-    until_ms: u64,
-}
-
-/// The applied index, as stored.
-#[derive(Debug, Serialize, Deserialize)]
-struct Applied {
-    seq: u64,
-}
+/// How often a leader stopped at a barrier looks at the other
+/// partitions' indexes if it hears of no index written.
+const BARRIER_POLL: Duration = Duration::from_millis(100);
 
 /// Why a leader stopped leading.
-enum Ended {
+pub(super) enum Ended {
     /// Asked to stop.
     Stopped,
-    /// Its lease was lost, or another leader wrote: the other host applies.
+    /// Its leases were lost, or another leader wrote.
     Lost,
+    /// It leads other partitions now: it starts again with them.
+    Moved(Held),
+}
+
+/// A leader's state while it leads the partitions `mine`.
+pub(super) struct Leader<'a> {
+    pub(super) kv: &'a Kv,
+    pub(super) mine: Mask,
+    /// The applied index of each partition this leader leads.
+    pub(super) index: Vec<Index>,
+    /// Invocations with an entry in the log that another leader decides:
+    /// the latest such entry's sequence.
+    pub(super) others: HashMap<String, u64>,
+    pub(super) cache: Cache,
+    /// Per partition: the last entry read that touches it, and the last
+    /// such entry that another leader decides.
+    touched: Vec<u64>,
+    theirs: Vec<u64>,
+    /// The last log sequence up to which this leader's partitions are
+    /// applied (their indexes may be written behind it).
+    at: u64,
+    until: Instant,
+    renew: Instant,
+    /// When this host's applier started (`lease.rs`: [`ANNOUNCE_AFTER`]).
+    since: Instant,
+    stop: &'a mut watch::Receiver<bool>,
 }
 
 impl Kv {
-    fn lease_subject(&self) -> String {
-        format!("{}._lease.0", self.prefix)
-    }
-
-    fn applied_subject(&self) -> String {
-        format!("{}._ap.0", self.prefix)
-    }
-
-    /// The last log sequence applied (`None`: no entry yet, or a log
-    /// applied before there was an index), and the index's own sequence.
-    pub(super) async fn applied(&self) -> Result<(Option<u64>, u64), BrokerError> {
-        let c = self.current(&self.applied_subject()).await?;
-        let applied = c
-            .value
-            .as_ref()
-            .and_then(|v| serde_json::from_slice::<Applied>(v).ok())
-            .map(|a| a.seq);
-        Ok((applied, c.seq))
-    }
-
-    /// Record `seq` as the last log sequence applied, if the index's last
-    /// sequence is still `index`; the index's new sequence (`None`: another
-    /// leader wrote it).
-    pub(super) async fn put_applied(
-        &self,
-        seq: u64,
-        index: u64,
-    ) -> Result<Option<u64>, BrokerError> {
-        let body = Bytes::from(serde_json::to_vec(&Applied { seq }).expect("JSON"));
-        self.put_if(&self.applied_subject(), Some(body), 0, index)
-            .await
-    }
-
-    /// Take or renew the applier's lease: until when this host may apply
-    /// (`None`: another host holds it).
-    async fn hold(&self) -> Result<Option<Instant>, BrokerError> {
-        let subject = self.lease_subject();
-        let c = self.current(&subject).await?;
-        let now = crate::clock::now_ms();
-        let held = c
-            .value
-            .as_ref()
-            .and_then(|v| serde_json::from_slice::<Lease>(v).ok());
-        if let Some(l) = held
-            && l.holder != self.id
-            && l.until_ms >= now
-        {
-            return Ok(None);
-        }
-        let asked = Instant::now();
-        let lease = Lease {
-            holder: self.id.clone(),
-            until_ms: now + LEASE_TTL.as_millis() as u64,
-        };
-        let body = Bytes::from(serde_json::to_vec(&lease).expect("JSON"));
-        Ok(self
-            .put_if(&subject, Some(body), 0, c.seq)
-            .await?
-            .map(|_| asked + LEASE_TTL - LEASE_MARGIN))
-    }
-
-    /// Let the lease go, if it is this host's: the next host takes it
-    /// without waiting for it to run out.
-    async fn release(&self) {
-        let subject = self.lease_subject();
-        let Ok(c) = self.current(&subject).await else {
-            return;
-        };
-        let ours = c
-            .value
-            .as_ref()
-            .and_then(|v| serde_json::from_slice::<Lease>(v).ok())
-            .is_some_and(|l| l.holder == self.id);
-        if ours {
-            let lease = Lease {
-                holder: self.id.clone(),
-                until_ms: 0,
-            };
-            let body = Bytes::from(serde_json::to_vec(&lease).expect("JSON"));
-            let _ = self.put_if(&subject, Some(body), 0, c.seq).await;
-        }
-    }
-
-    /// Try for the lease, and apply while it is this host's, until stopped.
+    /// Take partitions, and apply them while this host holds them, until
+    /// stopped.
     pub(super) async fn apply_loop(self: std::sync::Arc<Self>) {
         let mut stop = self.stop.subscribe();
+        let mut next = None;
+        let since = Instant::now();
         loop {
             if *stop.borrow_and_update() {
                 break;
             }
-            match self.hold().await {
-                Ok(Some(until)) => match self.leading_while(self.lead(until, &mut stop)).await {
-                    Ok(Ended::Stopped) => break,
-                    Ok(Ended::Lost) => {
-                        tracing::info!("another host applies the state commits now");
+            let held = match next.take() {
+                Some(h) => Ok(h),
+                None => self.hold(since.elapsed() >= ANNOUNCE_AFTER).await,
+            };
+            match held {
+                Ok(h) if h.mine != 0 => {
+                    self.leading.store(h.mine, Ordering::Relaxed);
+                    let r = self.lead(h, since, &mut stop).await;
+                    self.leading.store(0, Ordering::Relaxed);
+                    match r {
+                        Ok(Ended::Stopped) => break,
+                        Ok(Ended::Moved(h)) => {
+                            next = Some(h);
+                            continue;
+                        }
+                        Ok(Ended::Lost) => {
+                            tracing::info!("other hosts apply this host's state partitions now");
+                        }
+                        Err(e) => tracing::warn!(
+                            "applying state commits: {e}; starting again from the last one applied"
+                        ),
                     }
-                    Err(e) => tracing::warn!(
-                        "applying state commits: {e}; starting again from the last one applied"
-                    ),
-                },
-                Ok(None) => {}
-                Err(e) => tracing::warn!("cannot take the state applier's lease ({e}); retrying"),
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot take state partitions' leases ({e}); retrying"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(LEASE_RENEW) => {}
@@ -179,33 +136,31 @@ impl Kv {
         self.release().await;
     }
 
-    /// Whether this host applies the app's state commits now.
+    /// Whether this host applies any of the app's state partitions now.
     pub(in crate::broker::nats) fn leading(&self) -> bool {
-        self.leading.load(Ordering::Relaxed)
+        self.leading.load(Ordering::Relaxed) != 0
     }
 
-    /// `f`, with [`Self::leading`] true while it runs.
-    async fn leading_while<T>(&self, f: impl Future<Output = T>) -> T {
-        self.leading.store(true, Ordering::Relaxed);
-        let r = f.await;
-        self.leading.store(false, Ordering::Relaxed);
-        r
+    /// How many of the app's state partitions this host applies now.
+    pub(in crate::broker::nats) fn partitions_led(&self) -> u32 {
+        self.leading.load(Ordering::Relaxed).count_ones()
     }
 
-    /// Apply the log from the applied index on, in batches, while the
-    /// lease (held until `until`) is renewed.
+    /// Apply the log, from the lowest applied index on, for the
+    /// partitions `held`, while their leases are renewed.
     async fn lead(
         &self,
-        mut until: Instant,
+        held: Held,
+        since: Instant,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Ended, BrokerError> {
         // The applier of earlier versions: a durable consumer, gone now.
         let _ = self.log.delete_consumer("apply").await;
-        let (applied, mut index) = self.applied().await?;
-        let from = match applied {
-            Some(seq) => seq + 1,
-            // Entries already applied are found decided, and their writes
-            // finished: reading them again changes nothing.
+        let index = self.applied_all().await?;
+        let from = match index.iter().map(|i| i.seq).collect::<Option<Vec<_>>>() {
+            Some(seqs) => seqs.into_iter().min().unwrap_or(0) + 1,
+            // A partition with no index yet: its entries already applied
+            // are found decided, and their writes finished.
             None => {
                 let info = self.log.get_info().await.map_err(nats)?;
                 info.state.first_sequence.max(1)
@@ -227,25 +182,31 @@ impl Kv {
             .messages()
             .await
             .map_err(|e| nats(format!("reading the state commit log: {e}")))?;
-        let mut cache = Cache::default();
-        let mut renew = Instant::now() + LEASE_RENEW;
+        let mut leader = Leader {
+            kv: self,
+            mine: held.mine,
+            index,
+            others: HashMap::new(),
+            cache: Cache::default(),
+            touched: vec![0; PARTITIONS],
+            theirs: vec![0; PARTITIONS],
+            at: from - 1,
+            until: held.until,
+            renew: Instant::now() + LEASE_RENEW,
+            since,
+            stop,
+        };
         loop {
-            if Instant::now() >= renew {
-                match self.hold().await {
-                    Ok(Some(u)) => until = u,
-                    Ok(None) => return Ok(Ended::Lost),
-                    // Kept while it lasts: renewing is tried again below.
-                    Err(e) => tracing::warn!("renewing the state applier's lease: {e}"),
-                }
-                renew = Instant::now() + LEASE_RENEW;
-            }
-            if Instant::now() >= until {
-                return Ok(Ended::Lost);
+            if let Some(end) = leader.turn().await? {
+                return Ok(end);
             }
             let first = tokio::select! {
                 m = messages.next() => m,
-                _ = tokio::time::sleep_until(renew) => continue,
-                _ = stop.changed() => return Ok(Ended::Stopped),
+                _ = tokio::time::sleep_until(leader.renew) => continue,
+                _ = leader.stop.changed() => {
+                    let _ = leader.record(leader.mine, leader.at).await;
+                    return Ok(Ended::Stopped);
+                }
             };
             let mut batch = vec![match first {
                 Some(Ok(m)) => m,
@@ -277,12 +238,200 @@ impl Kv {
                     (seq, entry)
                 })
                 .collect();
-            if Instant::now() >= until {
-                return Ok(Ended::Lost);
+            if let Some(end) = leader.take(entries).await? {
+                return Ok(end);
             }
-            match self.apply_batch(entries, &mut cache, index).await? {
-                Some(i) => index = i,
-                None => return Ok(Ended::Lost),
+        }
+    }
+}
+
+impl Leader<'_> {
+    /// Renew the leases when it is time (and record how far this leader
+    /// applied); `Some` when this leader must stop.
+    async fn turn(&mut self) -> Result<Option<Ended>, BrokerError> {
+        if Instant::now() >= self.renew {
+            self.record(self.mine, self.at).await?;
+            match self.kv.hold(self.since.elapsed() >= ANNOUNCE_AFTER).await {
+                Ok(h) if h.mine == self.mine => self.until = h.until,
+                Ok(h) => return Ok(Some(Ended::Moved(h))),
+                // Kept while they last: renewing is tried again below.
+                Err(e) => tracing::warn!("renewing state partitions' leases: {e}"),
+            }
+            // Entries of others' partitions below every index are decided.
+            let index = self.kv.applied_all().await?;
+            let low = index.iter().map(|i| i.seq).min().flatten().unwrap_or(0);
+            self.others.retain(|_, seq| *seq > low);
+            self.renew = Instant::now() + LEASE_RENEW;
+        }
+        if Instant::now() >= self.until {
+            return Ok(Some(Ended::Lost));
+        }
+        Ok(None)
+    }
+
+    /// Move the indexes of partitions `m` (of this leader's) up to `seq`.
+    async fn record(&mut self, m: Mask, seq: u64) -> Result<(), BrokerError> {
+        let behind: Vec<usize> = each(m & self.mine)
+            .filter(|&n| self.index[n].seq.is_none_or(|a| a < seq))
+            .collect();
+        let kv = self.kv;
+        let index = &self.index;
+        let written = futures_util::future::try_join_all(behind.iter().map(|&n| async move {
+            Ok::<_, BrokerError>((n, kv.put_applied(n, seq, index[n]).await?))
+        }))
+        .await?;
+        for (n, w) in written {
+            match w {
+                Some(i) => self.index[n] = i,
+                None => {
+                    return Err(nats(format!(
+                        "another host moved state partition {n}'s index"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sort a batch of log entries (`None`: unreadable, skipped) and apply
+    /// what is this leader's; `Some` when it must stop.
+    async fn take(
+        &mut self,
+        entries: Vec<(u64, Option<LogEntry>)>,
+    ) -> Result<Option<Ended>, BrokerError> {
+        let Some(last) = entries.last().map(|(seq, _)| *seq) else {
+            return Ok(None);
+        };
+        let mut pending = Vec::new();
+        let mut crossing = false;
+        for (seq, e) in entries {
+            let Some(e) = e else { continue };
+            let m = e.partitions();
+            let ours = m & self.mine;
+            let homed = self.mine & 1 << home(m) != 0;
+            if ours == 0 || (m & !self.mine != 0 && !homed) {
+                self.others.insert(e.k.clone(), seq);
+            }
+            // Applied already (read again from a lower partition's index).
+            let applied = each(ours).all(|n| self.index[n].seq.is_some_and(|a| seq <= a));
+            if ours != 0 && !applied && m & !self.mine != 0 {
+                // It crosses into partitions led elsewhere: a barrier.
+                if !self.apply(std::mem::take(&mut pending)).await? {
+                    return Ok(Some(Ended::Lost));
+                }
+                let end = if homed {
+                    self.home_of(seq, m).await?
+                } else {
+                    self.stop_at(seq, m).await?
+                };
+                if let Some(end) = end {
+                    return Ok(Some(end));
+                }
+                crossing |= homed;
+            }
+            self.note(seq, m, ours != 0 && (m & !self.mine == 0 || homed));
+            if ours != 0 && !applied && (m & !self.mine == 0 || homed) {
+                pending.push((seq, e));
+            }
+        }
+        if !self.apply(pending).await? {
+            return Ok(Some(Ended::Lost));
+        }
+        self.at = last;
+        // Leaders stopped at an entry this one decided go on once its
+        // index passes it; other indexes are written at the next turn (a
+        // leader that takes a partition over reads at most a turn's
+        // entries again).
+        if crossing {
+            self.publish(last).await?;
+        }
+        Ok(None)
+    }
+
+    /// Apply `pending` (entries this leader decides, in log order).
+    async fn apply(&mut self, pending: Vec<(u64, LogEntry)>) -> Result<bool, BrokerError> {
+        let kv = self.kv;
+        kv.apply_batch(pending, self).await
+    }
+
+    /// Entry `seq`, touching partitions `m`, was read: whether this leader
+    /// decides it.
+    fn note(&mut self, seq: u64, m: Mask, decides: bool) {
+        for n in each(m) {
+            self.touched[n] = seq;
+            if !decides {
+                self.theirs[n] = seq;
+            }
+        }
+    }
+
+    /// Record every partition of this leader's with entries since its
+    /// index as applied up to `seq` (all its entries up to `seq` are).
+    async fn publish(&mut self, seq: u64) -> Result<(), BrokerError> {
+        let behind = each(self.mine)
+            .filter(|&n| self.index[n].seq.unwrap_or(0) < self.touched[n])
+            .fold(0, |m, n| m | 1 << n);
+        self.record(behind, seq).await
+    }
+
+    /// Entry `seq` crosses into partitions led elsewhere, and its lowest
+    /// partition is this leader's: wait until every other partition of it
+    /// has applied what came before it that this leader does not decide
+    /// (nothing else writes them then, until this leader's index passes
+    /// it).
+    async fn home_of(&mut self, seq: u64, m: Mask) -> Result<Option<Ended>, BrokerError> {
+        let need: Vec<(usize, u64)> = each(m & !self.mine).map(|n| (n, self.theirs[n])).collect();
+        self.wait_for(seq, need).await
+    }
+
+    /// Entry `seq` crosses into this leader's partitions from another
+    /// leader's, the one that decides it: stop until that one's index
+    /// passes it, then forget what was cached (it wrote here).
+    async fn stop_at(&mut self, seq: u64, m: Mask) -> Result<Option<Ended>, BrokerError> {
+        if let Some(end) = self.wait_for(seq, vec![(home(m), seq)]).await? {
+            return Ok(Some(end));
+        }
+        self.cache.clear();
+        self.at = seq;
+        Ok(None)
+    }
+
+    /// Stopped before entry `seq` (everything before it applied): wait
+    /// until each partition of `need` has its index at its sequence,
+    /// making this leader's progress known first if it must wait.
+    async fn wait_for(
+        &mut self,
+        seq: u64,
+        need: Vec<(usize, u64)>,
+    ) -> Result<Option<Ended>, BrokerError> {
+        let mut progress = self.kv.progress.subscribe();
+        let mut polled = Instant::now();
+        let mut published = false;
+        loop {
+            let known = progress.borrow_and_update().clone();
+            if need.iter().all(|&(n, s)| known[n] >= s) {
+                return Ok(None);
+            }
+            if !published {
+                // The other leaders may be waiting for this one.
+                self.publish(seq - 1).await?;
+                published = true;
+            }
+            if polled.elapsed() >= BARRIER_POLL {
+                // Word of an index written can be lost: read them.
+                let kv = self.kv;
+                futures_util::future::try_join_all(need.iter().map(|&(n, _)| kv.applied(n)))
+                    .await?;
+                polled = Instant::now();
+                continue;
+            }
+            if let Some(end) = self.turn().await? {
+                return Ok(Some(end));
+            }
+            tokio::select! {
+                _ = progress.changed() => {}
+                _ = tokio::time::sleep(BARRIER_POLL) => {}
+                _ = self.stop.changed() => return Ok(Some(Ended::Stopped)),
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Step state on NATS: buckets kept in a key-value stream, written only
-//! by the applier, which takes commits from a log in order.
+//! by the leaders of its partitions, which take commits from a log in
+//! order.
 //!
 //! NATS cannot store several messages atomically, so a commit with state
 //! is made in steps, each safe to cut short (see ARCHITECTURE.md, "step
@@ -9,24 +10,28 @@
 //!    (stream `NS_KVLOG_APP`): the invocation's key `K` (its group and its
 //!    event's identity), the versions it read, its writes and its outputs.
 //!    One message, so it is stored whole or not at all.
-//! 2. The **applier** (one host of the app at a time, the holder of its
-//!    lease: `lead.rs`) reads the log in order from its applied index and
-//!    takes what is waiting in batches (`apply.rs`). It decides each entry
-//!    against the state the entries before it left: if `K` already has a
-//!    committed verdict, the entry is a duplicate (a redelivered event run
-//!    again) and nothing is applied; otherwise the versions read must be
-//!    current and the quotas hold. It writes the batch's **verdicts**
-//!    `_tx.K` first, then the entries (each stamped with its log entry's
-//!    sequence as its version) and the buckets' totals, tells the
-//!    invoking hosts, then moves the **applied index** `_ap.0` past the
-//!    batch.
+//! 2. The entry's keys fall in one or more of the app's 16 **partitions**
+//!    (`part.rs`); each partition has one **leader** at a time, a host of
+//!    the app holding its lease (`lease.rs`), and hosts share the
+//!    partitions. A leader reads the log in order and takes what is
+//!    waiting in batches (`lead.rs`, `apply.rs`); it decides each entry of
+//!    its partitions against the state the entries before it left: if `K`
+//!    already has a committed verdict, the entry is a duplicate (a
+//!    redelivered event run again) and nothing is applied; otherwise the
+//!    versions read must be current and the quotas hold. It writes the
+//!    batch's **verdicts** `_tx.K` first, then the entries (each stamped
+//!    with its log entry's sequence as its version) and the partitions'
+//!    totals, and tells the invoking hosts; its partitions' **applied
+//!    indexes** `_ap.N` follow. An entry whose keys are in partitions of
+//!    several leaders is a barrier: each stops at it, and the leader of
+//!    its lowest partition decides it (`lead.rs`).
 //! 3. The invoking host publishes the outputs of the committed entry (its
 //!    own, or the duplicate's original, read back from the log) and acks
 //!    its delivery.
 //!
-//! A crash after 1 leaves the entry in the log for the applier (and the
+//! A crash after 1 leaves the entry in the log for its leader (and the
 //! event redelivered to a step, whose new entry is then a duplicate); a
-//! crash inside 2 leaves verdicts whose writes the next applier finishes
+//! crash inside 2 leaves verdicts whose writes the next leader finishes
 //! when it reads their entries again from the applied index (an entry
 //! whose version is at least the log entry's is already written), and
 //! entries not decided, which it decides the same way; a crash inside 3
@@ -34,19 +39,21 @@
 //! outputs are published again (the server drops copies within its
 //! duplicate window). So each event's writes are applied once, and its
 //! outputs published at least once. Every write is a compare-and-set on
-//! the subject's last sequence, so an applier that lost its lease cannot
+//! the subject's last sequence, so a leader that lost its lease cannot
 //! overwrite what the next one applied.
 //!
 //! Here: the types, the streams, and reads and compare-and-set writes of
 //! subjects; `commit.rs` is the invoking host's side (steps 1 and 3),
-//! `lead.rs` and `apply.rs` the applier (step 2), `retain.rs` the pruning
-//! of what the log leaves behind.
+//! `part.rs`, `lease.rs`, `lead.rs` and `apply.rs` the leaders (step 2),
+//! `retain.rs` the pruning of what the log leaves behind.
 //!
 //! Subjects of the key-value stream `KV_NS_APP_kv`: `$KV.B.BUCKET.KEY64`
-//! (an entry; the key in unpadded URL-safe base64), `$KV.B._b.BUCKET` (a
-//! bucket's version and totals), `$KV.B._tx.K` (a verdict), `$KV.B._ap.0`
-//! (the applied index), `$KV.B._lease.0` (the applier's lease), where `B`
-//! is `NS_APP_kv`. A deleted entry is a `KV-Operation: DEL` marker.
+//! (an entry; the key in unpadded URL-safe base64), `$KV.B._b.BUCKET` and
+//! `$KV.B._b.BUCKET.N` (the totals of a bucket's keys in partition 0 and
+//! N), `$KV.B._tx.K` (a verdict), `$KV.B._ap.N` (partition N's applied
+//! index), `$KV.B._lease.N` (its leader's lease), `$KV.B._host.ID` (a host
+//! that leads partitions), where `B` is `NS_APP_kv`. A deleted entry is a
+//! `KV-Operation: DEL` marker.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -69,6 +76,8 @@ use tokio::sync::{oneshot, watch};
 mod apply;
 mod commit;
 mod lead;
+mod lease;
+mod part;
 mod retain;
 
 use super::{Names, nats, pulling::scan};
@@ -129,6 +138,18 @@ struct Verdict {
     refused: Option<Refused>,
 }
 
+impl Verdict {
+    /// Entry `seq` (`e`) refused.
+    fn refused(e: &LogEntry, seq: u64, why: Refused) -> Verdict {
+        Verdict {
+            k: e.k.clone(),
+            seq,
+            totals: BTreeMap::new(),
+            refused: Some(why),
+        }
+    }
+}
+
 /// A subject's last message: its value (`None`: absent or deleted), its
 /// version as a read sees it (`0` when absent or deleted), the version it
 /// carries (deletion markers too) and its sequence (for a
@@ -151,16 +172,19 @@ pub(super) struct Kv {
     log_subject: String,
     /// This host's subject for verdicts.
     inbox: String,
-    /// This host, as the holder of the applier's lease.
+    /// This host, as the holder of partitions' leases.
     id: String,
-    /// Whether this host applies now (holds the lease and reads the log).
-    leading: std::sync::atomic::AtomicBool,
+    /// The partitions this host applies now (`part.rs`'s mask).
+    leading: std::sync::atomic::AtomicU32,
     max_payload: usize,
     waiting: Mutex<HashMap<String, oneshot::Sender<Verdict>>>,
     /// One permit per commit in the log and not yet decided.
     deciding: tokio::sync::Semaphore,
     applier: OnceLock<tokio::task::JoinHandle<()>>,
     stop: watch::Sender<bool>,
+    /// Each partition's applied index as last heard (written by any host,
+    /// or read): what a leader stopped at a barrier waits on (`lead.rs`).
+    progress: watch::Sender<Vec<u64>>,
     /// Where the next pass over deleted entries' markers starts (`retain.rs`).
     markers_from: std::sync::atomic::AtomicU64,
     /// The runtime the broker was opened on: commits come from step
@@ -198,6 +222,10 @@ impl Kv {
             uuid::Uuid::new_v4().simple()
         );
         let mut sub = client.subscribe(inbox.clone()).await.map_err(nats)?;
+        let mut indexes = client
+            .subscribe(format!("$KV.{bucket}._ap.*"))
+            .await
+            .map_err(nats)?;
         let kv = Arc::new(Kv {
             js,
             client,
@@ -213,8 +241,19 @@ impl Kv {
             deciding: tokio::sync::Semaphore::new(MAX_DECIDING),
             applier: OnceLock::new(),
             stop: watch::channel(false).0,
+            progress: watch::channel(vec![0; part::PARTITIONS]).0,
             markers_from: Default::default(),
             runtime: tokio::runtime::Handle::current(),
+        });
+        let me = Arc::downgrade(&kv);
+        tokio::spawn(async move {
+            while let Some(m) = indexes.next().await {
+                let Some(kv) = me.upgrade() else { return };
+                let n = m.subject.rsplit('.').next().and_then(|n| n.parse().ok());
+                if let (Some(n), Some(seq)) = (n, lease::applied_of(&m.payload)) {
+                    kv.heard(n, seq);
+                }
+            }
         });
         let me = Arc::downgrade(&kv);
         tokio::spawn(async move {
@@ -231,12 +270,19 @@ impl Kv {
         Ok(kv)
     }
 
-    fn entry_subject(&self, bucket: &str, key: &str) -> String {
-        format!("{}.{bucket}.{}", self.prefix, KEY64.encode(key))
+    /// Partition `n`'s applied index is at least `seq`.
+    fn heard(&self, n: usize, seq: u64) {
+        self.progress.send_if_modified(|known| {
+            let moved = known.get(n).is_some_and(|&k| k < seq);
+            if moved {
+                known[n] = seq;
+            }
+            moved
+        });
     }
 
-    fn totals_subject(&self, bucket: &str) -> String {
-        format!("{}._b.{bucket}", self.prefix)
+    fn entry_subject(&self, bucket: &str, key: &str) -> String {
+        format!("{}.{bucket}.{}", self.prefix, KEY64.encode(key))
     }
 
     fn verdict_subject(&self, k: &str) -> String {
@@ -305,15 +351,20 @@ impl Kv {
         }
     }
 
-    async fn totals(&self, bucket: &str) -> Result<(Totals, Version), BrokerError> {
-        let c = self.current(&self.totals_subject(bucket)).await?;
-        Ok((totals_of(&c), c.version))
+    /// `bucket`'s version: the last commit that wrote it, in any
+    /// partition (versions are log sequences, one clock for all).
+    async fn bucket_version(&self, bucket: &str) -> Result<Version, BrokerError> {
+        let all = (0..part::PARTITIONS).map(|n| self.totals_subject(bucket, n));
+        let read =
+            futures_util::future::try_join_all(all.map(|s| async move { self.current(&s).await }))
+                .await?;
+        Ok(read.iter().map(|c| c.version).max().unwrap_or(0))
     }
 
     /// `bucket`'s keys (sorted) and its version, read version first: a
     /// commit between the two makes the listing's check fail, never pass.
     pub(super) async fn list(&self, bucket: &str) -> Result<(Vec<String>, Version), BrokerError> {
-        let (_, version) = self.totals(bucket).await?;
+        let version = self.bucket_version(bucket).await?;
         let filter = format!("{}.{bucket}.*", self.prefix);
         let mut keys = Vec::new();
         for m in scan(&self.data, &filter).await? {

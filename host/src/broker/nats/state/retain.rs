@@ -5,7 +5,7 @@
 //! again (a duplicate must find it); the broker's pruner says until when
 //! that is (`before`: every event stored before it has been settled by
 //! every consumer, and `[retention] events` has passed). A log entry is
-//! needed until it is applied (below the applied index, `lead.rs`) and
+//! needed until it is applied (below every partition's applied index, `lease.rs`) and
 //! while a verdict names it
 //! (a duplicate's outputs are read back from it). A deleted entry's
 //! marker only matters to an applier that could still write the entry,
@@ -52,10 +52,11 @@ impl Kv {
         .await?
         .map_or(data_last + 1, |(seq, _)| seq);
         purge_below(&self.data, &verdicts, kept).await?;
-        // Log entries applied (below the applied index) that no verdict
-        // left names.
-        let Some(applied) = self.applied().await?.0 else {
-            return Ok(()); // no applier has recorded its progress yet
+        // Log entries applied (below every partition's applied index)
+        // that no verdict left names.
+        let index = self.applied_all().await?;
+        let Some(applied) = index.iter().map(|i| i.seq).min().flatten() else {
+            return Ok(()); // a partition's leader has not recorded its progress yet
         };
         let mut upto = applied + 1;
         let first_verdict = first_message(&self.data, &verdicts, DeliverPolicy::All, false).await?;
