@@ -52,7 +52,7 @@ fn a_host_that_leads_state_partitions_on_nats_is_killed_and_nothing_is_lost_or_d
         .collect();
     // The three share the 16 partitions, each leading some.
     let shares = wait_for(
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         "three hosts share the partitions",
         || {
             let p: Vec<u64> = hosts.iter().map(partitions).collect::<Option<_>>()?;

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::part::{Mask, PARTITIONS};
 use super::{Current, Kv};
 use crate::broker::BrokerError;
-use crate::broker::nats::pulling::scan;
+use crate::broker::nats::nats;
 
 /// How long a lease (and a host's announcement) lasts unless renewed.
 pub(super) const LEASE_TTL: Duration = Duration::from_secs(6);
@@ -125,14 +125,29 @@ impl Kv {
     }
 
     /// How many hosts of the app are running: those whose announcement is
-    /// current. Announcements run out are purged.
+    /// current. Announcements run out are purged. (The subjects are
+    /// listed, then each read: no consumer is made, and nothing waits for
+    /// a message purged meanwhile.)
     async fn hosts(&self, now: u64) -> Result<usize, BrokerError> {
+        use futures_util::TryStreamExt;
+        let filter = format!("{}._host.*", self.prefix);
+        let subjects: Vec<String> = self
+            .data
+            .info_with_subjects(&filter)
+            .await
+            .map_err(nats)?
+            .map_ok(|(subject, _)| subject)
+            .try_collect()
+            .await
+            .map_err(nats)?;
+        let rows =
+            futures_util::future::try_join_all(subjects.iter().map(|s| self.current(s))).await?;
         let mut live = 0;
-        for m in scan(&self.data, &format!("{}._host.*", self.prefix)).await? {
-            match serde_json::from_slice::<Lease>(&m.payload) {
-                Ok(l) if l.until_ms >= now => live += 1,
+        for (subject, c) in subjects.iter().zip(&rows) {
+            match lease_of(c) {
+                Some(l) if l.until_ms >= now => live += 1,
                 _ => {
-                    let _ = self.data.purge().filter(m.subject.to_string()).await;
+                    let _ = self.data.purge().filter(subject.clone()).await;
                 }
             }
         }
