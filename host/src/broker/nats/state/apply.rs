@@ -353,25 +353,15 @@ impl Kv {
                     bytes: sum.bytes + t.bytes,
                 }
             });
-            if t.keys > 0 && t.keys as u64 > e.max_keys {
-                return Verdict::refused(
-                    e,
-                    seq,
-                    Refused::Quota(format!(
-                        "bucket {b} would hold {} keys, over its limit of {}",
-                        t.keys, e.max_keys
-                    )),
-                );
-            }
-            if t.bytes > 0 && t.bytes as u64 > e.max_bucket_bytes {
-                return Verdict::refused(
-                    e,
-                    seq,
-                    Refused::Quota(format!(
-                        "bucket {b} would hold {} bytes, over its limit of {}",
-                        t.bytes, e.max_bucket_bytes
-                    )),
-                );
+            for (what, held, limit) in [
+                ("keys", t.keys, e.max_keys),
+                ("bytes", t.bytes, e.max_bucket_bytes),
+            ] {
+                if held > 0 && held as u64 > limit {
+                    let why =
+                        format!("bucket {b} would hold {held} {what}, over its limit of {limit}");
+                    return Verdict::refused(e, seq, Refused::Quota(why));
+                }
             }
         }
         Verdict {
