@@ -18,7 +18,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::super::nats;
-use super::lead::Leader;
 use super::part::{PARTITIONS, partition, totals_key};
 use super::{Current, Kv, LogEntry, Totals, Verdict, totals_of};
 use crate::broker::BrokerError;
@@ -35,6 +34,15 @@ const MAX_CACHED: usize = 200_000;
 /// sequence before the batch, for the compare-and-set that writes it).
 #[derive(Default)]
 pub(super) struct Cache(HashMap<String, Current>);
+
+/// What a leader decides a batch with (`lead.rs`): the partitions it
+/// leads, the invocations with an entry that another leader decides (the
+/// latest such entry's sequence), and its cache.
+pub(super) struct Deciding<'a> {
+    pub(super) mine: super::part::Mask,
+    pub(super) others: &'a HashMap<String, u64>,
+    pub(super) cache: &'a mut Cache,
+}
 
 impl Cache {
     /// Forget everything: read again as needed.
@@ -82,12 +90,12 @@ impl Kv {
     pub(super) async fn apply_batch(
         &self,
         entries: Vec<(u64, LogEntry)>,
-        leader: &mut Leader<'_>,
+        leader: Deciding<'_>,
     ) -> Result<bool, BrokerError> {
         if entries.is_empty() {
             return Ok(true);
         }
-        let cache = &mut leader.cache;
+        let cache = leader.cache;
         if cache.0.len() > MAX_CACHED {
             cache.0.clear();
         }

@@ -44,7 +44,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::super::nats;
-use super::apply::Cache;
+use super::apply::{Cache, Deciding};
 use super::lease::{ANNOUNCE_AFTER, Held, Index, LEASE_RENEW};
 use super::part::{Mask, PARTITIONS, each, home};
 use super::{Kv, LogEntry};
@@ -69,14 +69,14 @@ pub(super) enum Ended {
 
 /// A leader's state while it leads the partitions `mine`.
 pub(super) struct Leader<'a> {
-    pub(super) kv: &'a Kv,
-    pub(super) mine: Mask,
+    kv: &'a Kv,
+    mine: Mask,
     /// The applied index of each partition this leader leads.
-    pub(super) index: Vec<Index>,
+    index: Vec<Index>,
     /// Invocations with an entry in the log that another leader decides:
     /// the latest such entry's sequence.
-    pub(super) others: HashMap<String, u64>,
-    pub(super) cache: Cache,
+    others: HashMap<String, u64>,
+    cache: Cache,
     /// Per partition: the last entry read that touches it, and the last
     /// such entry that another leader decides.
     touched: Vec<u64>,
@@ -350,8 +350,12 @@ impl Leader<'_> {
 
     /// Apply `pending` (entries this leader decides, in log order).
     async fn apply(&mut self, pending: Vec<(u64, LogEntry)>) -> Result<bool, BrokerError> {
-        let kv = self.kv;
-        kv.apply_batch(pending, self).await
+        let deciding = Deciding {
+            mine: self.mine,
+            others: &self.others,
+            cache: &mut self.cache,
+        };
+        self.kv.apply_batch(pending, deciding).await
     }
 
     /// Entry `seq`, touching partitions `m`, was read: whether this leader
