@@ -9,12 +9,11 @@
 //! Run: `cargo bench -p troupe-tests --bench state_hosts` (`BENCH_ORDERS`
 //! sets the events, default 3000; NATS at 127.0.0.1:4222).
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use troupe_tests::process::HostProcess;
-use troupe_tests::{Backend, TestApp, guest, troupe_bin, wait_for};
+use troupe_tests::{Backend, TestApp, guest, publish_lines, troupe_bin, wait_for};
 
 /// `troupe ARGS` on `app`'s broker: its standard output.
 fn cli(app: &TestApp, args: &[&str]) -> String {
@@ -34,17 +33,16 @@ fn cli(app: &TestApp, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// The events: each increments its own key.
-fn events(n: usize, path: &Path) {
-    let lines: String = (0..n)
+/// The events, one a line: each increments its own key.
+fn events(n: usize) -> Vec<String> {
+    (0..n)
         .map(|i| {
             let ops = serde_json::json!({"main": {"ops": [
                 {"op": "incr", "bucket": "done", "key": format!("o-{i:05}")},
             ]}});
-            format!("{}\n", serde_json::json!({"type": "test.kv", "data": ops}))
+            serde_json::json!({"type": "test.kv", "data": ops}).to_string()
         })
-        .collect();
-    std::fs::write(path, lines).unwrap();
+        .collect()
 }
 
 /// Keys of bucket `done` now.
@@ -81,9 +79,10 @@ fn run(hosts: usize, n: usize) -> f64 {
             (p.iter().sum::<u64>() == 16 && p.iter().all(|&k| k > 0)).then_some(p)
         },
     );
-    events(n, &first.path().join("events.jsonl"));
+    let lines = events(n);
+    let broker = first.broker().to_string();
     let start = Instant::now();
-    cli(&first, &["publish", ".", "--file", "events.jsonl"]);
+    publish_lines(first.path(), &lines, &["--broker", &broker]);
     wait_for(Duration::from_secs(600), "every event counted", || {
         (done(&first) >= n).then_some(())
     });

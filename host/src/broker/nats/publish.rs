@@ -17,6 +17,14 @@ use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 /// wait forever.
 const ACK_WINDOW: usize = 1000;
 
+/// Await `acks` once there are [`ACK_WINDOW`] of them.
+async fn hold_few(acks: &mut Vec<(String, PublishAckFuture)>) -> Result<(), BrokerError> {
+    if acks.len() >= ACK_WINDOW {
+        stored(std::mem::take(acks)).await?;
+    }
+    Ok(())
+}
+
 /// Wait until the server has stored every message sent.
 pub(super) async fn stored(acks: Vec<(String, PublishAckFuture)>) -> Result<(), BrokerError> {
     for (subject, a) in acks {
@@ -123,9 +131,7 @@ impl Publisher {
                 )
                 .await;
             acks.push((subject, ack.map_err(refused)?));
-            if acks.len() >= ACK_WINDOW {
-                stored(std::mem::take(&mut acks)).await?;
-            }
+            hold_few(&mut acks).await?;
         }
         // State rows are key-value entries: a message on `$KV.BUCKET.KEY`.
         for (key, value) in state {
@@ -136,9 +142,7 @@ impl Publisher {
             };
             let ack = self.js.send_publish(subject.clone(), p).await;
             acks.push((subject, ack.map_err(refused)?));
-            if acks.len() >= ACK_WINDOW {
-                stored(std::mem::take(&mut acks)).await?;
-            }
+            hold_few(&mut acks).await?;
         }
         Ok(acks)
     }
